@@ -1,0 +1,61 @@
+// Local training and evaluation of a job's model on a site's data, with LibTorch (CUDA when
+// available and allowed, else CPU). Decoded images are cached in memory; decoding runs on
+// loader threads in parallel with training.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "client/dataset.h"
+#include "common/tensor.h"
+#include "fl/config.pb.h"
+#include "fl/federation.pb.h"
+
+namespace fl {
+
+struct TrainerOptions {
+  std::string device = "auto";  // "auto", "cpu", "cuda"
+  int loader_threads = 2;
+  // Where private heads are kept between rounds (HEAD_MODE_SITE); empty keeps them in memory.
+  std::string state_dir;
+};
+
+struct TrainResult {
+  // New local weights minus `global`, for the tensors this site shares: everything in label
+  // mode (head rows of labels this site does not train stay zero), the backbone only in site mode.
+  TensorList update;
+  uint64_t num_samples = 0;   // samples drawn over all local steps
+  double loss = 0;            // mean training loss over the local steps
+  std::vector<std::string> labels;  // head rows (labels) the update carries
+};
+
+class LocalTrainer {
+ public:
+  virtual ~LocalTrainer() = default;
+
+  // Trains `spec.local_steps` steps from `global` on the train split, using only the columns of
+  // `train_labels` (a missing value is masked out of the loss, never treated as negative).
+  virtual absl::StatusOr<TrainResult> Train(const std::string& job_id, const JobSpec& spec,
+                                            const std::vector<std::string>& train_labels,
+                                            const TensorList& global, uint32_t round) = 0;
+
+  // AUROC per label of `train_labels` on the test split for the model `weights` (with this
+  // site's private head in site mode).
+  virtual absl::StatusOr<std::vector<LabelMetric>> Evaluate(
+      const std::string& job_id, const JobSpec& spec, const std::vector<std::string>& train_labels,
+      const TensorList& weights) = 0;
+
+  // "cuda:<name>" or "cpu:<n> threads".
+  virtual std::string Hardware() const = 0;
+};
+
+absl::StatusOr<std::unique_ptr<LocalTrainer>> CreateLocalTrainer(const Dataset& data,
+                                                                 const TrainerOptions& options);
+
+// Area under the ROC curve of `scores` against binary `targets` (ties counted half). Returns NaN
+// when either class is absent.
+double Auroc(const std::vector<float>& scores, const std::vector<float>& targets);
+
+}  // namespace fl

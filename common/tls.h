@@ -1,0 +1,49 @@
+// Mutual TLS for every connection, and identities taken from peer certificates.
+// A certificate's subject CN is the participant's name and its OU its role.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "absl/status/statusor.h"
+#include "fl/config.pb.h"
+
+namespace fl {
+
+enum class Role { kCoordinator, kSite, kAdmin };
+
+// "coordinator", "site", "admin": the OU written by `flctl provision`.
+const char* RoleName(Role role);
+
+struct Identity {
+  std::string name;  // certificate subject CN
+  Role role = Role::kSite;
+};
+
+// The PEM contents of a TlsConfig, read and checked: every file readable (the error names the
+// file), the key not readable by group or others, the certificate parses and matches the key.
+struct TlsMaterial {
+  std::string ca_pem;
+  std::string cert_pem;
+  std::string key_pem;
+};
+absl::StatusOr<TlsMaterial> LoadTlsMaterial(const TlsConfig& config);
+
+// Server credentials that require and verify a client certificate signed by the CA.
+std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsMaterial& material);
+
+// Channel to `address` presenting our certificate and verifying the server's against the CA;
+// `server_name` is the name the server certificate must carry (SAN or CN).
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
+                                           const std::string& server_name,
+                                           const TlsMaterial& material);
+
+// Identity of the authenticated peer of a call, from its verified certificate.
+absl::StatusOr<Identity> PeerIdentity(const grpc::ServerContext& context);
+
+// Identity written in a PEM certificate (CN and OU of its subject).
+absl::StatusOr<Identity> IdentityFromPem(const std::string& cert_pem);
+
+}  // namespace fl

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages the build, tests and demo need (only those missing).
+set -euo pipefail
+PKGS=(build-essential cmake ninja-build ccache pkg-config git
+  libtorch-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libdcmtk-dev dcmtk prometheus-cpp-dev libsqlite3-dev sqlite3 libssl-dev openssl
+  libgtest-dev libgmock-dev libbenchmark-dev python3 python3-torch python3-torchvision python3-numpy
+  clang libclang-rt-14-dev prometheus)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
