@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <string>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -35,11 +37,40 @@ struct LabelTable {
   // key -> values (one per label; NaN for unknown)
   std::vector<std::pair<std::string, std::vector<float>>> rows;
 };
+// Values: "1"/"1.0"/"true" -> 1; "0"/"0.0"/"false" -> 0; "", "-1", "-1.0", "nan", "na" -> unknown
+// (NaN; CheXpert's -1 "uncertain" is treated as unknown). Whitespace around fields is trimmed,
+// fields may be double-quoted, blank lines are skipped. Errors name the line: wrong field count,
+// a value not in the list above, a duplicate key, a duplicate or empty column name.
 absl::StatusOr<LabelTable> ReadLabelsCsv(const std::string& path);
+
+// Finds a file's labels the way LoadDataset joins: by SOP Instance UID first, then by the path
+// relative to the data folder ('/'-separated).
+class LabelIndex {
+ public:
+  explicit LabelIndex(const LabelTable& table);
+  // The values for the file, or nullptr when the table has no row for it.
+  const std::vector<float>* Find(const std::string& sop_instance_uid,
+                                 const std::string& relative_path) const;
+
+ private:
+  const LabelTable& table_;
+  std::unordered_map<std::string, size_t> row_of_key_;
+};
+
+// Every regular file under `dir` (recursively), sorted, except `exclude` (e.g. the labels CSV
+// when it lies inside the data folder). NotFound when `dir` is not a directory.
+absl::StatusOr<std::vector<std::string>> ListDataFiles(const std::string& dir,
+                                                       const std::string& exclude);
 
 // Scans `dir` recursively, reads each DICOM header, joins with the labels CSV by SOP Instance UID
 // or relative path, and splits by patient (deterministic hash of patient id; test_fraction of the
 // patients go to test). Unreadable files are skipped and counted, never fatal.
+// Details: the split hashes the patient id with 64-bit FNV-1a into [0, 1) and sends the patient to
+// test when below test_fraction (a file without PatientID is its own patient, keyed by its SOP
+// Instance UID). With a labels CSV, files without a row are counted in unlabelled_files and left
+// out of both splits; with labels_csv empty every decodable file is kept with no labels. A second
+// file with an already seen SOP Instance UID is skipped. Each skipped file is logged to stderr
+// with its reason. Errors only for a missing folder, an unreadable CSV or a bad test_fraction.
 absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& labels_csv,
                                     double test_fraction);
 

@@ -36,4 +36,10 @@ void RegisterDicomCodecs();
 // decoded gives an error that says why (truncated, no pixel data, unsupported syntax, ...).
 absl::StatusOr<DicomImage> DecodeDicom(const std::string& path, int size);
 
+// Reads the header facts of `path` without decoding pixels (fast; used by LoadDataset). Checks
+// what can be checked without decompressing: the pixel data element is present, the dimensions
+// are sane, the transfer syntax is one the registered codecs decode, and uncompressed pixel data
+// is as long as rows x columns x bits says. `pixels` stays empty and `size` 0.
+absl::StatusOr<DicomImage> ReadDicomHeader(const std::string& path);
+
 }  // namespace fl

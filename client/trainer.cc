@@ -1,1 +1,512 @@
-// placeholder: being written
+#include "client/trainer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <numeric>
+#include <optional>
+#include <utility>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "client/dicom.h"
+#include "client/trainer_data.h"
+#include "common/status.h"
+#include "common/torch_pch.h"
+#include "models/model.h"
+// Declarations only (no CUDA headers): safe with CPU and CUDA builds of LibTorch.
+#include <torch/cuda.h>
+
+namespace fl {
+namespace {
+
+constexpr int kDefaultBatchSize = 32;
+constexpr int kDefaultLocalSteps = 10;
+constexpr double kDefaultLearningRate = 0.01;
+constexpr int kEvalBatchSize = 64;
+// Per job label: the dataset column it trains/evaluates on, or -1 when it is not in
+// train_labels (its target is then NaN: masked out, never a negative).
+struct LabelMap {
+  std::vector<int> column;
+  int num_trained = 0;
+};
+
+absl::StatusOr<LabelMap> MapLabels(const JobSpec& spec, const std::vector<std::string>& train,
+                                   const std::vector<std::string>& columns) {
+  if (spec.labels().empty()) return absl::InvalidArgumentError("job has no labels");
+  LabelMap map;
+  map.column.assign(spec.labels_size(), -1);
+  for (const std::string& label : train) {
+    auto job_it = std::find(spec.labels().begin(), spec.labels().end(), label);
+    if (job_it == spec.labels().end()) {
+      return absl::InvalidArgumentError(absl::StrCat("train label \"", label,
+                                                     "\" is not in the job's labels [",
+                                                     absl::StrJoin(spec.labels(), ", "), "]"));
+    }
+    auto col_it = std::find(columns.begin(), columns.end(), label);
+    if (col_it == columns.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("train label \"", label,
+                                                     "\" is not a column of this site's labels [",
+                                                     absl::StrJoin(columns, ", "), "]"));
+    }
+    int& slot = map.column[job_it - spec.labels().begin()];
+    if (slot < 0) ++map.num_trained;
+    slot = static_cast<int>(col_it - columns.begin());
+  }
+  if (map.num_trained == 0) return absl::InvalidArgumentError("no train labels given");
+  return map;
+}
+
+bool SiteMode(const JobSpec& spec) { return spec.head_mode() == HEAD_MODE_SITE; }
+
+absl::StatusOr<ModelSpec> ModelSpecFor(const JobSpec& spec) {
+  if (spec.image_size() == 0) return absl::InvalidArgumentError("job image_size is 0");
+  ModelSpec model;
+  model.name = spec.model();
+  model.in_channels = spec.in_channels() > 0 ? static_cast<int>(spec.in_channels()) : 1;
+  model.image_size = static_cast<int>(spec.image_size());
+  model.num_outputs = spec.labels_size();
+  return model;
+}
+
+absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
+    const LocalOptimizer& o, const std::vector<torch::Tensor>& params) {
+  const double lr = o.learning_rate() > 0 ? o.learning_rate() : kDefaultLearningRate;
+  if (o.learning_rate() < 0 || o.momentum() < 0 || o.weight_decay() < 0) {
+    return absl::InvalidArgumentError(
+        "local_optimizer learning_rate, momentum and weight_decay must not be negative");
+  }
+  if (o.name().empty() || o.name() == "sgd") {
+    return std::make_unique<torch::optim::SGD>(
+        params,
+        torch::optim::SGDOptions(lr).momentum(o.momentum()).weight_decay(o.weight_decay()));
+  }
+  if (o.name() == "adam") {
+    return std::make_unique<torch::optim::Adam>(
+        params, torch::optim::AdamOptions(lr).weight_decay(o.weight_decay()));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("local_optimizer.name \"", o.name(), "\" is neither \"sgd\" nor \"adam\""));
+}
+
+uint64_t RoundSeed(const std::string& job_id, uint32_t seed, uint32_t round) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a of the job id, stable across builds
+  for (unsigned char c : job_id) h = (h ^ c) * 1099511628211ull;
+  return h ^ (uint64_t{seed} << 32) ^ (uint64_t{round} * 0x9E3779B97F4A7C15ull);
+}
+
+bool IsHead(const std::string& name, const std::string& prefix) {
+  return absl::StartsWith(name, prefix);
+}
+
+TensorList HeadOf(const TensorList& weights, const std::string& prefix) {
+  TensorList head;
+  for (const NamedTensor& t : weights) {
+    if (IsHead(t.name, prefix)) head.push_back(t);
+  }
+  return head;
+}
+
+const NamedTensor* FindTensor(const TensorList& list, const std::string& name) {
+  for (const NamedTensor& t : list) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+// `local - global` for the shared tensors of `global`, in its order. In label mode the head
+// rows of labels not trained here are exactly zero (weight decay/momentum may have moved them).
+absl::StatusOr<TensorList> ComputeUpdate(const TensorList& global, const TensorList& local,
+                                         bool site_mode, const std::string& prefix,
+                                         const LabelMap& labels) {
+  std::map<std::string, const NamedTensor*> by_name;
+  for (const NamedTensor& t : local) by_name[t.name] = &t;
+  const int64_t num_labels = static_cast<int64_t>(labels.column.size());
+  TensorList update;
+  for (const NamedTensor& g : global) {
+    const bool head = IsHead(g.name, prefix);
+    if (site_mode && head) continue;
+    auto it = by_name.find(g.name);
+    if (it == by_name.end() || it->second->shape != g.shape || g.data.size() != g.numel()) {
+      return absl::InternalError(absl::StrCat("model tensor ", g.name, " does not match global"));
+    }
+    NamedTensor d{g.name, g.shape, std::vector<float>(g.data.size())};
+    for (size_t i = 0; i < d.data.size(); ++i) d.data[i] = it->second->data[i] - g.data[i];
+    if (head && !g.shape.empty() && g.shape[0] == num_labels) {
+      const int64_t row = g.numel() / num_labels;
+      for (int64_t j = 0; j < num_labels; ++j) {
+        if (labels.column[j] >= 0) continue;
+        std::fill(d.data.begin() + j * row, d.data.begin() + (j + 1) * row, 0.0f);
+      }
+    }
+    update.push_back(std::move(d));
+  }
+  return update;
+}
+
+// Name of the first NVIDIA GPU as the driver reports it; "0" when unknown.
+std::string CudaDeviceName() {
+  std::error_code ec;
+  for (const auto& entry :
+       std::filesystem::directory_iterator("/proc/driver/nvidia/gpus", ec)) {
+    std::ifstream in(entry.path() / "information");
+    std::string line;
+    while (std::getline(in, line)) {
+      if (!absl::StartsWith(line, "Model:")) continue;
+      std::string name = line.substr(6);
+      name.erase(0, name.find_first_not_of(" \t"));
+      if (!name.empty()) return name;
+    }
+  }
+  return "0";
+}
+
+int ChannelsOf(const JobSpec& spec) {
+  return spec.in_channels() > 0 ? static_cast<int>(spec.in_channels()) : 1;
+}
+
+absl::StatusOr<std::vector<float>> DecodeDicomPixels(const Sample& sample, int size) {
+  ASSIGN_OR_RETURN(DicomImage image, DecodeDicom(sample.path, size));
+  return std::move(image.pixels);
+}
+
+absl::StatusOr<torch::Device> PickDevice(const std::string& name) {
+  try {
+    if (name == "cpu") return torch::Device(torch::kCPU);
+    if (name == "auto") {
+      return torch::Device(torch::cuda::is_available() ? torch::kCUDA : torch::kCPU);
+    }
+    if (name == "cuda") {
+      if (!torch::cuda::is_available()) {
+        return absl::FailedPreconditionError(
+            "device \"cuda\" asked for, but CUDA is not available (no GPU or a CPU-only LibTorch)");
+      }
+      return torch::Device(torch::kCUDA);
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("probing CUDA: ", e.what_without_backtrace()));
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("device \"", name, "\" is not \"auto\", \"cpu\" or \"cuda\""));
+}
+
+// Test-split scores and known targets per job label, gathered batch by batch.
+struct ScoreTable {
+  explicit ScoreTable(size_t num_labels) : scores(num_labels), targets(num_labels) {}
+
+  absl::Status Add(const HostBatch& batch, const torch::Tensor& probs) {
+    const int64_t num_labels = static_cast<int64_t>(scores.size());
+    if (probs.dim() != 2 || probs.size(0) != batch.n || probs.size(1) != num_labels) {
+      return absl::InternalError(absl::StrCat("model output is not [", batch.n, ", ", num_labels, "]"));
+    }
+    const float* p = probs.data_ptr<float>();
+    for (int64_t i = 0; i < batch.n * num_labels; ++i) {
+      const float t = batch.targets[i];
+      if (std::isnan(t)) continue;
+      scores[i % num_labels].push_back(p[i]);
+      targets[i % num_labels].push_back(t);
+    }
+    images += batch.n;
+    return absl::OkStatus();
+  }
+
+  std::vector<LabelMetric> Metrics(const JobSpec& spec, const std::vector<std::string>& labels) {
+    std::vector<LabelMetric> metrics;
+    for (const std::string& label : labels) {
+      const size_t j = std::find(spec.labels().begin(), spec.labels().end(), label) -
+                       spec.labels().begin();
+      LabelMetric& m = metrics.emplace_back();
+      m.set_label(label);
+      m.set_auroc(Auroc(scores[j], targets[j]));
+      const auto positives = std::count_if(targets[j].begin(), targets[j].end(),
+                                           [](float t) { return t > 0.5f; });
+      m.set_positives(positives);
+      m.set_negatives(targets[j].size() - positives);
+    }
+    return metrics;
+  }
+
+  std::vector<std::vector<float>> scores, targets;
+  int64_t images = 0;
+};
+
+struct StepStats {
+  uint64_t samples = 0;
+  int steps = 0;
+  double loss_sum = 0;
+};
+
+class TorchTrainer : public LocalTrainer {
+ public:
+  TorchTrainer(Dataset data, TrainerOptions options, torch::Device device)
+      : data_(std::move(data)),
+        options_(std::move(options)),
+        device_(device),
+        cache_(options_.loader),
+        heads_(options_.state_dir) {}
+
+  absl::StatusOr<TrainResult> Train(const std::string& job_id, const JobSpec& spec,
+                                    const std::vector<std::string>& train_labels,
+                                    const TensorList& global, uint32_t round) override {
+    const std::string what = absl::StrCat("training job ", job_id, " round ", round);
+    try {
+      auto result = TrainImpl(job_id, spec, train_labels, global, round);
+      if (!result.ok()) return Annotate(result.status(), what);
+      return result;
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat(what, ": LibTorch: ", e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat(what, ": ", e.what()));
+    }
+  }
+
+  absl::StatusOr<std::vector<LabelMetric>> Evaluate(const std::string& job_id,
+                                                    const JobSpec& spec,
+                                                    const std::vector<std::string>& train_labels,
+                                                    const TensorList& weights) override {
+    const std::string what = absl::StrCat("evaluating job ", job_id);
+    try {
+      auto metrics = EvaluateImpl(job_id, spec, train_labels, weights);
+      if (!metrics.ok()) return Annotate(metrics.status(), what);
+      return metrics;
+    } catch (const c10::Error& e) {
+      return absl::InternalError(absl::StrCat(what, ": LibTorch: ", e.what_without_backtrace()));
+    } catch (const std::exception& e) {
+      return absl::InternalError(absl::StrCat(what, ": ", e.what()));
+    }
+  }
+
+  std::string Hardware() const override {
+    if (device_.is_cuda()) return absl::StrCat("cuda:", CudaDeviceName());
+    return absl::StrCat("cpu:", torch::get_num_threads(), " threads");
+  }
+
+ private:
+  absl::StatusOr<TrainResult> TrainImpl(const std::string& job_id, const JobSpec& spec,
+                                        const std::vector<std::string>& train_labels,
+                                        const TensorList& global, uint32_t round);
+  absl::StatusOr<std::vector<LabelMetric>> EvaluateImpl(
+      const std::string& job_id, const JobSpec& spec,
+      const std::vector<std::string>& train_labels, const TensorList& weights);
+  absl::StatusOr<std::shared_ptr<ClassifierImpl>> BuildModel(const std::string& job_id,
+                                                             const JobSpec& spec,
+                                                             const TensorList& weights);
+  absl::StatusOr<TensorList> PrivateHead(const std::string& job_id, ClassifierImpl& model,
+                                         const TensorList& weights);
+  absl::StatusOr<StepStats> RunSteps(ClassifierImpl& model, torch::optim::Optimizer& optimizer,
+                                     BatchPrefetcher& batches, int count, int size,
+                                     int channels);
+  HostBatch LoadBatch(Split split, const std::vector<int>& indices, int size,
+                      const LabelMap& labels, std::optional<uint64_t> augment_seed) {
+    return AssembleBatch(cache_, split, Samples(split), indices, size, labels.column,
+                         augment_seed);
+  }
+  torch::Tensor ToImages(HostBatch& batch, int size, int channels) const;
+  const std::vector<Sample>& Samples(Split split) const {
+    return split == Split::kTrain ? data_.train : data_.test;
+  }
+
+  const Dataset data_;
+  const TrainerOptions options_;
+  const torch::Device device_;
+  ImageCache cache_;
+  HeadStore heads_;
+};
+
+torch::Tensor TorchTrainer::ToImages(HostBatch& batch, int size, int channels) const {
+  torch::Tensor images =
+      torch::from_blob(batch.pixels.data(), {batch.n, 1, size, size}, torch::kFloat32);
+  if (channels > 1) images = images.expand({batch.n, channels, size, size}).contiguous();
+  return images.to(device_, /*non_blocking=*/false, /*copy=*/true);
+}
+
+absl::StatusOr<StepStats> TorchTrainer::RunSteps(ClassifierImpl& model,
+                                                 torch::optim::Optimizer& optimizer,
+                                                 BatchPrefetcher& batches, int count, int size,
+                                                 int channels) {
+  namespace F = torch::nn::functional;
+  StepStats stats;
+  model.train();
+  for (int s = 0; s < count; ++s) {
+    HostBatch batch = batches.Next();
+    RETURN_IF_ERROR(batch.status);
+    if (batch.n == 0 || batch.known_targets == 0) continue;  // nothing to learn from
+    const int64_t num_labels = static_cast<int64_t>(batch.targets.size()) / batch.n;
+    torch::Tensor targets =
+        torch::from_blob(batch.targets.data(), {batch.n, num_labels}, torch::kFloat32)
+            .to(device_, /*non_blocking=*/false, /*copy=*/true);
+    torch::Tensor known = torch::isnan(targets).logical_not();
+    torch::Tensor logits = model.forward(ToImages(batch, size, channels));
+    if (logits.sizes() != targets.sizes()) {
+      return absl::InternalError(absl::StrCat("model output has shape ", c10::str(logits.sizes()),
+                                              ", not [", batch.n, ", ", num_labels, "]"));
+    }
+    torch::Tensor loss =
+        F::binary_cross_entropy_with_logits(
+            logits, torch::where(known, targets, torch::zeros_like(targets)),
+            F::BinaryCrossEntropyWithLogitsFuncOptions()
+                .weight(known.to(torch::kFloat32))
+                .reduction(torch::kSum)) /
+        static_cast<double>(batch.known_targets);
+    optimizer.zero_grad();
+    loss.backward();
+    optimizer.step();
+    stats.loss_sum += loss.item<double>();
+    stats.samples += batch.n;
+    ++stats.steps;
+  }
+  return stats;
+}
+
+absl::StatusOr<TensorList> TorchTrainer::PrivateHead(const std::string& job_id,
+                                                     ClassifierImpl& model,
+                                                     const TensorList& weights) {
+  ASSIGN_OR_RETURN(std::optional<TensorList> kept, heads_.Get(job_id));
+  if (kept.has_value()) return *std::move(kept);
+  // First use: the global model's head when it comes along, else the fresh one (created from
+  // the job's seed, as the global model was).
+  const std::string prefix = model.head_prefix();
+  TensorList fresh = HeadOf(ExtractWeights(model), prefix);
+  TensorList from_global = HeadOf(weights, prefix);
+  return from_global.size() == fresh.size() ? from_global : fresh;
+}
+
+absl::StatusOr<std::shared_ptr<ClassifierImpl>> TorchTrainer::BuildModel(
+    const std::string& job_id, const JobSpec& spec, const TensorList& weights) {
+  ASSIGN_OR_RETURN(ModelSpec model_spec, ModelSpecFor(spec));
+  ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model, CreateModel(model_spec, spec.seed()));
+  if (!SiteMode(spec)) {
+    RETURN_IF_ERROR(Annotate(LoadWeights(*model, weights), "loading the global weights"));
+  } else {
+    ASSIGN_OR_RETURN(TensorList head, PrivateHead(job_id, *model, weights));
+    const std::string prefix = model->head_prefix();
+    TensorList full = ExtractWeights(*model);
+    for (NamedTensor& t : full) {
+      const bool is_head = IsHead(t.name, prefix);
+      const NamedTensor* source = FindTensor(is_head ? head : weights, t.name);
+      if (source == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            is_head ? "the private head" : "the global weights", " lack tensor ", t.name));
+      }
+      t = *source;
+    }
+    RETURN_IF_ERROR(Annotate(LoadWeights(*model, full), "loading backbone and private head"));
+  }
+  model->to(device_);
+  return model;
+}
+
+absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id,
+                                                    const JobSpec& spec,
+                                                    const std::vector<std::string>& train_labels,
+                                                    const TensorList& global, uint32_t round) {
+  if (spec.dp().enabled()) return absl::UnimplementedError("DP-SGD engine: see issue #3");
+  if (data_.train.empty()) {
+    return absl::FailedPreconditionError("the train split is empty: no sample to train on");
+  }
+  ASSIGN_OR_RETURN(LabelMap labels, MapLabels(spec, train_labels, data_.label_names));
+  ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model, BuildModel(job_id, spec, global));
+  ASSIGN_OR_RETURN(std::unique_ptr<torch::optim::Optimizer> optimizer,
+                   MakeOptimizer(spec.local_optimizer(), model->parameters()));
+  const int size = static_cast<int>(spec.image_size());
+  const int steps = spec.local_steps() > 0 ? spec.local_steps() : kDefaultLocalSteps;
+  std::vector<int> usable;
+  for (int i = 0; i < static_cast<int>(data_.train.size()); ++i) {
+    if (!cache_.KnownBad(Split::kTrain, i, size)) usable.push_back(i);
+  }
+  if (usable.empty()) {
+    return absl::FailedPreconditionError("none of the train split's images can be decoded");
+  }
+  const int batch = std::min<int>(spec.batch_size() > 0 ? spec.batch_size() : kDefaultBatchSize,
+                                  usable.size());
+  const uint64_t seed = RoundSeed(job_id, spec.seed(), round);
+  const std::vector<std::vector<int>> plan = PlanTrainBatches(std::move(usable), batch, steps, seed);
+  BatchPrefetcher batches(
+      steps,
+      [&](int k) {
+        return LoadBatch(Split::kTrain, plan[k], size, labels, seed ^ ((k + 1) * 0x9E3779B9ull));
+      },
+      options_.loader_threads, 2 * options_.loader_threads);
+  ASSIGN_OR_RETURN(StepStats stats,
+                   RunSteps(*model, *optimizer, batches, steps, size, ChannelsOf(spec)));
+  if (stats.steps == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "no step possible: no sampled train image decoded with a known value of the train labels (",
+        cache_.failures(), " images undecodable)"));
+  }
+  if (!std::isfinite(stats.loss_sum)) {
+    return absl::InternalError("training diverged: the loss is not finite");
+  }
+  const std::string prefix = model->head_prefix();
+  TensorList local = ExtractWeights(*model);
+  TrainResult result;
+  ASSIGN_OR_RETURN(result.update, ComputeUpdate(global, local, SiteMode(spec), prefix, labels));
+  if (SiteMode(spec)) {
+    RETURN_IF_ERROR(heads_.Put(job_id, HeadOf(local, prefix)));
+  } else {
+    result.labels = train_labels;
+  }
+  result.num_samples = stats.samples;
+  result.loss = stats.loss_sum / stats.steps;
+  return result;
+}
+
+absl::StatusOr<std::vector<LabelMetric>> TorchTrainer::EvaluateImpl(
+    const std::string& job_id, const JobSpec& spec, const std::vector<std::string>& train_labels,
+    const TensorList& weights) {
+  if (data_.test.empty()) {
+    return absl::FailedPreconditionError("the test split is empty: no sample to evaluate on");
+  }
+  ASSIGN_OR_RETURN(LabelMap labels, MapLabels(spec, train_labels, data_.label_names));
+  ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model, BuildModel(job_id, spec, weights));
+  model->eval();
+  torch::NoGradGuard no_grad;
+  const int size = static_cast<int>(spec.image_size());
+  std::vector<std::vector<int>> plan;
+  for (int i = 0; i < static_cast<int>(data_.test.size()); i += kEvalBatchSize) {
+    plan.emplace_back(std::min<int>(kEvalBatchSize, data_.test.size() - i));
+    std::iota(plan.back().begin(), plan.back().end(), i);
+  }
+  BatchPrefetcher batches(
+      plan.size(),
+      [&](int k) { return LoadBatch(Split::kTest, plan[k], size, labels, std::nullopt); },
+      options_.loader_threads, 2 * options_.loader_threads);
+  ScoreTable table(labels.column.size());
+  for (size_t k = 0; k < plan.size(); ++k) {
+    HostBatch batch = batches.Next();
+    RETURN_IF_ERROR(batch.status);
+    if (batch.n == 0) continue;
+    torch::Tensor probs = torch::sigmoid(model->forward(ToImages(batch, size, ChannelsOf(spec))));
+    RETURN_IF_ERROR(table.Add(batch, probs.to(torch::kCPU).contiguous()));
+  }
+  if (table.images == 0) {
+    return absl::FailedPreconditionError("none of the test split's images can be decoded");
+  }
+  return table.Metrics(spec, train_labels);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<LocalTrainer>> CreateLocalTrainer(const Dataset& data,
+                                                                 const TrainerOptions& options) {
+  for (const std::vector<Sample>* split : {&data.train, &data.test}) {
+    for (const Sample& sample : *split) {
+      if (sample.labels.size() != data.label_names.size()) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("sample ", sample.path, " has ", sample.labels.size(),
+                         " label values for ", data.label_names.size(), " label columns"));
+      }
+    }
+  }
+  ASSIGN_OR_RETURN(torch::Device device, PickDevice(options.device));
+  TrainerOptions resolved = options;
+  if (!resolved.loader) resolved.loader = DecodeDicomPixels;
+  if (resolved.loader_threads < 1) resolved.loader_threads = 1;
+  return std::unique_ptr<LocalTrainer>(
+      std::make_unique<TorchTrainer>(data, std::move(resolved), device));
+}
+
+}  // namespace fl

@@ -3,6 +3,7 @@
 // loader threads in parallel with training.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -15,11 +16,17 @@
 
 namespace fl {
 
+// Decodes one sample's image to size x size floats in [0, 1] (DecodeDicom by default).
+using ImageLoader =
+    std::function<absl::StatusOr<std::vector<float>>(const Sample& sample, int size)>;
+
 struct TrainerOptions {
   std::string device = "auto";  // "auto", "cpu", "cuda"
   int loader_threads = 2;
   // Where private heads are kept between rounds (HEAD_MODE_SITE); empty keeps them in memory.
   std::string state_dir;
+  // Empty: decode the sample's DICOM file with DecodeDicom.
+  ImageLoader loader;
 };
 
 struct TrainResult {

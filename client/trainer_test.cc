@@ -1,1 +1,401 @@
-// placeholder: being written
+#include "client/trainer.h"
+
+#include <atomic>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/safetensors.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "models/model.h"
+
+namespace fl {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr int kSize = 32;
+const float kNaN = std::nanf("");
+
+// 32x32 noise; label "left" puts a bright 8x8 square in the left half, "right" in the right half.
+std::vector<float> SyntheticImage(int index, bool left, bool right) {
+  std::mt19937 rng(index * 7919 + 17);
+  std::uniform_real_distribution<float> noise(0.0f, 0.3f);
+  std::uniform_int_distribution<int> y0(2, kSize - 10), left_x0(1, 7), right_x0(17, 23);
+  std::vector<float> image(kSize * kSize);
+  for (float& v : image) v = noise(rng);
+  auto square = [&](int x0, int y) {
+    for (int dy = 0; dy < 8; ++dy) {
+      for (int dx = 0; dx < 8; ++dx) image[(y + dy) * kSize + x0 + dx] = 0.9f;
+    }
+  };
+  if (left) square(left_x0(rng), y0(rng));
+  if (right) square(right_x0(rng), y0(rng));
+  return image;
+}
+
+// Loads "good/<index>_<left>_<right>" as a synthetic image and fails on "bad/...", counting the
+// calls per path.
+class FakeLoader {
+ public:
+  ImageLoader loader() {
+    return [this](const Sample& sample, int size) -> absl::StatusOr<std::vector<float>> {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        ++calls_[sample.path];
+      }
+      int index, left, right;
+      if (size != kSize) return absl::InvalidArgumentError("unexpected size");
+      if (std::sscanf(sample.path.c_str(), "good/%d_%d_%d", &index, &left, &right) != 3) {
+        return absl::DataLossError("truncated pixel data");
+      }
+      return SyntheticImage(index, left != 0, right != 0);
+    };
+  }
+  int calls(const std::string& path) {
+    std::lock_guard<std::mutex> lock(mu_);
+    return calls_[path];
+  }
+
+ private:
+  std::mutex mu_;
+  std::map<std::string, int> calls_;
+};
+
+struct DataOptions {
+  int train = 200;
+  int test = 100;
+  bool right_missing = false;  // every sample lacks a value for "right"
+  int bad_train = 0;           // undecodable samples added to each split
+  int bad_test = 0;
+};
+
+DataOptions Sizes(int train, int test) {
+  DataOptions o;
+  o.train = train;
+  o.test = test;
+  return o;
+}
+
+DataOptions RightMissing(DataOptions o) {
+  o.right_missing = true;
+  return o;
+}
+
+DataOptions WithBad(DataOptions o, int train, int test) {
+  o.bad_train = train;
+  o.bad_test = test;
+  return o;
+}
+
+Dataset MakeDataset(const DataOptions& o) {
+  Dataset data;
+  data.label_names = {"left", "right"};
+  std::mt19937 rng(42);
+  std::bernoulli_distribution coin(0.5);
+  auto add = [&](std::vector<Sample>& split, int count, int first) {
+    for (int i = first; i < first + count; ++i) {
+      const bool left = coin(rng), right = coin(rng);
+      Sample s;
+      s.path = "good/" + std::to_string(i) + "_" + std::to_string(left) + "_" +
+               std::to_string(right);
+      s.patient_id = "p" + std::to_string(i);
+      s.labels = {left ? 1.0f : 0.0f, o.right_missing ? kNaN : (right ? 1.0f : 0.0f)};
+      split.push_back(s);
+    }
+  };
+  add(data.train, o.train, 0);
+  add(data.test, o.test, 100000);
+  for (int i = 0; i < o.bad_train; ++i) data.train.push_back({"bad/train" + std::to_string(i)});
+  for (int i = 0; i < o.bad_test; ++i) data.test.push_back({"bad/test" + std::to_string(i)});
+  for (auto* split : {&data.train, &data.test}) {
+    for (Sample& s : *split) s.labels.resize(2, kNaN);
+  }
+  return data;
+}
+
+JobSpec MakeSpec(HeadMode mode, int steps, int batch) {
+  JobSpec spec;
+  spec.set_model("smallcnn");
+  spec.add_labels("left");
+  spec.add_labels("right");
+  spec.set_image_size(kSize);
+  spec.set_head_mode(mode);
+  spec.set_local_steps(steps);
+  spec.set_batch_size(batch);
+  spec.set_seed(7);
+  spec.mutable_local_optimizer()->set_name("adam");
+  spec.mutable_local_optimizer()->set_learning_rate(0.003);
+  return spec;
+}
+
+struct Global {
+  TensorList weights;
+  std::string head_prefix;
+};
+
+Global GlobalFor(const JobSpec& spec) {
+  auto model = CreateModel({spec.model(), 1, kSize, spec.labels_size()}, spec.seed());
+  EXPECT_TRUE(model.ok()) << model.status();
+  return {ExtractWeights(**model), (*model)->head_prefix()};
+}
+
+std::unique_ptr<LocalTrainer> MakeTrainer(const Dataset& data, FakeLoader& loader,
+                                          const std::string& state_dir = "") {
+  TrainerOptions options;
+  options.device = "cpu";
+  options.state_dir = state_dir;
+  options.loader = loader.loader();
+  auto trainer = CreateLocalTrainer(data, options);
+  EXPECT_TRUE(trainer.ok()) << trainer.status();
+  return *std::move(trainer);
+}
+
+TensorList Apply(const TensorList& global, const TensorList& update) {
+  TensorList out = global;
+  for (NamedTensor& t : out) {
+    for (const NamedTensor& u : update) {
+      if (u.name != t.name) continue;
+      for (size_t i = 0; i < t.data.size(); ++i) t.data[i] += u.data[i];
+    }
+  }
+  return out;
+}
+
+// Sum of |values| of row `row` of a [labels, ...] head tensor.
+double RowMass(const NamedTensor& t, int row) {
+  const int64_t width = t.numel() / t.shape[0];
+  double sum = 0;
+  for (int64_t i = row * width; i < (row + 1) * width; ++i) sum += std::fabs(t.data[i]);
+  return sum;
+}
+
+std::string TempDir(const std::string& name) {
+  const std::string dir = ::testing::TempDir() + "/trainer_test_" + name;
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+TEST(AurocTest, PerfectReversedAndHandComputed) {
+  EXPECT_DOUBLE_EQ(Auroc({0.1f, 0.2f, 0.8f, 0.9f}, {0, 0, 1, 1}), 1.0);
+  EXPECT_DOUBLE_EQ(Auroc({0.9f, 0.8f, 0.2f, 0.1f}, {0, 0, 1, 1}), 0.0);
+  // Positives 0.35 and 0.8 against negatives 0.1 and 0.4: 3 of 4 pairs ordered.
+  EXPECT_DOUBLE_EQ(Auroc({0.1f, 0.4f, 0.35f, 0.8f}, {0, 0, 1, 1}), 0.75);
+}
+
+TEST(AurocTest, TiesCountHalf) {
+  EXPECT_DOUBLE_EQ(Auroc({0.5f, 0.5f, 0.5f, 0.5f}, {1, 0, 1, 0}), 0.5);
+  // Pairs: (0.5 vs 0.2) 1, (0.5 vs 0.5) 0.5, (0.9 vs both) 2 -> 3.5 / 4.
+  EXPECT_DOUBLE_EQ(Auroc({0.2f, 0.5f, 0.5f, 0.9f}, {0, 0, 1, 1}), 0.875);
+}
+
+TEST(AurocTest, NaNWhenAClassIsMissingAndSkipsUnknownTargets) {
+  EXPECT_TRUE(std::isnan(Auroc({0.1f, 0.7f}, {1, 1})));
+  EXPECT_TRUE(std::isnan(Auroc({0.1f, 0.7f}, {0, 0})));
+  EXPECT_TRUE(std::isnan(Auroc({}, {})));
+  EXPECT_DOUBLE_EQ(Auroc({0.1f, 0.9f, 0.95f, 0.7f}, {0, 1, kNaN, 1}), 1.0);
+}
+
+TEST(TrainerTest, MissingValuesGiveNoGradient) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(RightMissing(Sizes(64, 8)));
+  JobSpec spec = MakeSpec(HEAD_MODE_LABEL, 3, 16);
+  spec.mutable_local_optimizer()->set_name("sgd");
+  spec.mutable_local_optimizer()->set_learning_rate(0.1);
+  Global global = GlobalFor(spec);
+  auto result = MakeTrainer(data, loader)->Train("job1", spec, {"left", "right"}, global.weights, 1);
+  ASSERT_TRUE(result.ok()) << result.status();
+  int heads = 0;
+  for (const NamedTensor& t : result->update) {
+    if (t.name.rfind(global.head_prefix, 0) != 0) continue;
+    ++heads;
+    EXPECT_GT(RowMass(t, 0), 0) << t.name;
+    EXPECT_EQ(RowMass(t, 1), 0) << t.name << ": a missing value was trained on";
+  }
+  EXPECT_EQ(heads, 2);
+}
+
+TEST(TrainerTest, UntrainedLabelRowsAreExactlyZero) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(RightMissing(Sizes(64, 8)));
+  JobSpec spec = MakeSpec(HEAD_MODE_LABEL, 4, 16);
+  LocalOptimizer* opt = spec.mutable_local_optimizer();
+  opt->set_name("sgd");
+  opt->set_learning_rate(0.1);
+  opt->set_momentum(0.9);
+  opt->set_weight_decay(0.01);  // moves every row, trained or not
+  Global global = GlobalFor(spec);
+  auto result = MakeTrainer(data, loader)->Train("job1", spec, {"left"}, global.weights, 1);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->update.size(), global.weights.size());
+  for (size_t i = 0; i < global.weights.size(); ++i) {
+    EXPECT_EQ(result->update[i].name, global.weights[i].name);
+    EXPECT_EQ(result->update[i].shape, global.weights[i].shape);
+  }
+  for (const NamedTensor& t : result->update) {
+    if (t.name.rfind(global.head_prefix, 0) != 0) continue;
+    EXPECT_GT(RowMass(t, 0), 0) << t.name;
+    EXPECT_EQ(RowMass(t, 1), 0) << t.name;
+  }
+  EXPECT_EQ(result->labels, std::vector<std::string>{"left"});
+  EXPECT_EQ(result->num_samples, 4u * 16u);
+  EXPECT_TRUE(std::isfinite(result->loss));
+  EXPECT_GT(result->loss, 0);
+}
+
+TEST(TrainerTest, LearnsTheLeftSquare) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(DataOptions());
+  JobSpec spec = MakeSpec(HEAD_MODE_LABEL, 60, 32);
+  Global global = GlobalFor(spec);
+  auto trainer = MakeTrainer(data, loader);
+  auto result = trainer->Train("job1", spec, {"left", "right"}, global.weights, 1);
+  ASSERT_TRUE(result.ok()) << result.status();
+  auto metrics = trainer->Evaluate("job1", spec, {"left", "right"},
+                                   Apply(global.weights, result->update));
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  ASSERT_EQ(metrics->size(), 2u);
+  EXPECT_EQ((*metrics)[0].label(), "left");
+  EXPECT_GT((*metrics)[0].auroc(), 0.9);
+  EXPECT_EQ((*metrics)[0].positives() + (*metrics)[0].negatives(), 100u);
+  EXPECT_GT((*metrics)[0].positives(), 0u);
+}
+
+TEST(TrainerTest, SiteHeadStaysPrivateAndPersists) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(Sizes(64, 16));
+  JobSpec spec = MakeSpec(HEAD_MODE_SITE, 3, 16);
+  Global full = GlobalFor(spec);
+  TensorList backbone;
+  for (const NamedTensor& t : full.weights) {
+    if (t.name.rfind(full.head_prefix, 0) != 0) backbone.push_back(t);
+  }
+  const std::vector<std::string> labels = {"left", "right"};
+  const std::string dir_a = TempDir("a"), dir_b = TempDir("b"), dir_c = TempDir("c");
+  const std::string head_file = "/heads/job-7.safetensors";
+
+  // Trainer A keeps its head in memory between rounds 1 and 2.
+  auto a = MakeTrainer(data, loader, dir_a);
+  auto r1 = a->Train("job-7", spec, labels, backbone, 1);
+  ASSERT_TRUE(r1.ok()) << r1.status();
+  EXPECT_EQ(r1->update.size(), backbone.size());
+  for (const NamedTensor& t : r1->update) EXPECT_NE(t.name.rfind(full.head_prefix, 0), 0u);
+  EXPECT_TRUE(r1->labels.empty());
+  auto head1 = ReadSafetensors(dir_a + head_file);
+  ASSERT_TRUE(head1.ok()) << head1.status();
+  ASSERT_TRUE(a->Train("job-7", spec, labels, backbone, 2).ok());
+  auto head_a = ReadSafetensors(dir_a + head_file);
+  ASSERT_TRUE(head_a.ok());
+  EXPECT_NE((*head_a)[0].data, (*head1)[0].data);
+
+  // B does round 1, then a new trainer on B's state_dir does round 2: same head as A's.
+  ASSERT_TRUE(MakeTrainer(data, loader, dir_b)->Train("job-7", spec, labels, backbone, 1).ok());
+  ASSERT_TRUE(MakeTrainer(data, loader, dir_b)->Train("job-7", spec, labels, backbone, 2).ok());
+  auto head_b = ReadSafetensors(dir_b + head_file);
+  ASSERT_TRUE(head_b.ok());
+  // C does round 2 only, from a fresh head: a different head, so the starting head mattered.
+  ASSERT_TRUE(MakeTrainer(data, loader, dir_c)->Train("job-7", spec, labels, backbone, 2).ok());
+  auto head_c = ReadSafetensors(dir_c + head_file);
+  ASSERT_TRUE(head_c.ok());
+  ASSERT_EQ(head_a->size(), head_b->size());
+  for (size_t i = 0; i < head_a->size(); ++i) {
+    ASSERT_EQ((*head_a)[i].data.size(), (*head_b)[i].data.size());
+    double diff_b = 0, diff_c = 0;
+    for (size_t k = 0; k < (*head_a)[i].data.size(); ++k) {
+      diff_b = std::max<double>(diff_b, std::fabs((*head_a)[i].data[k] - (*head_b)[i].data[k]));
+      diff_c = std::max<double>(diff_c, std::fabs((*head_a)[i].data[k] - (*head_c)[i].data[k]));
+    }
+    EXPECT_LT(diff_b, 1e-5) << (*head_a)[i].name;
+    EXPECT_GT(diff_c, 1e-4) << (*head_a)[i].name;
+  }
+  auto metrics = a->Evaluate("job-7", spec, labels, backbone);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ(metrics->size(), 2u);
+}
+
+TEST(TrainerTest, SkipsUndecodableSamples) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(WithBad(Sizes(40, 20), 3, 2));
+  JobSpec spec = MakeSpec(HEAD_MODE_LABEL, 4, 43);  // every batch holds every sample
+  Global global = GlobalFor(spec);
+  auto trainer = MakeTrainer(data, loader);
+  auto result = trainer->Train("job1", spec, {"left", "right"}, global.weights, 1);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->num_samples, 4u * 40u);
+  ASSERT_TRUE(trainer->Train("job1", spec, {"left", "right"}, global.weights, 2).ok());
+  EXPECT_EQ(loader.calls("bad/train0"), 1);  // a failure is remembered, not retried
+  EXPECT_EQ(loader.calls(data.train[0].path), 1);
+  auto metrics = trainer->Evaluate("job1", spec, {"left"}, global.weights);
+  ASSERT_TRUE(metrics.ok()) << metrics.status();
+  EXPECT_EQ((*metrics)[0].positives() + (*metrics)[0].negatives(), 20u);
+}
+
+TEST(TrainerTest, FailsWhenNoSampleDecodes) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(WithBad(Sizes(0, 0), 5, 2));
+  JobSpec spec = MakeSpec(HEAD_MODE_LABEL, 2, 4);
+  Global global = GlobalFor(spec);
+  auto trainer = MakeTrainer(data, loader);
+  auto result = trainer->Train("job1", spec, {"left"}, global.weights, 1);
+  EXPECT_FALSE(result.ok());
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("decoded"));
+  auto metrics = trainer->Evaluate("job1", spec, {"left"}, global.weights);
+  EXPECT_FALSE(metrics.ok());
+  EXPECT_THAT(std::string(metrics.status().message()), HasSubstr("decoded"));
+}
+
+TEST(TrainerTest, EmptyTrainSplitIsAnError) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(Sizes(0, 10));
+  JobSpec spec = MakeSpec(HEAD_MODE_LABEL, 2, 4);
+  auto result = MakeTrainer(data, loader)->Train("job1", spec, {"left"}, GlobalFor(spec).weights, 1);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(result.status().message()), HasSubstr("train split is empty"));
+}
+
+TEST(TrainerTest, RejectsBadArguments) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(Sizes(8, 4));
+  JobSpec spec = MakeSpec(HEAD_MODE_LABEL, 1, 4);
+  Global global = GlobalFor(spec);
+  auto trainer = MakeTrainer(data, loader);
+  auto unknown = trainer->Train("job1", spec, {"effusion"}, global.weights, 1);
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(unknown.status().message()), HasSubstr("effusion"));
+  JobSpec dp = spec;
+  dp.mutable_dp()->set_enabled(true);
+  EXPECT_EQ(trainer->Train("job1", dp, {"left"}, global.weights, 1).status().code(),
+            absl::StatusCode::kUnimplemented);
+  JobSpec optimizer = spec;
+  optimizer.mutable_local_optimizer()->set_name("lbfgs");
+  EXPECT_EQ(trainer->Train("job1", optimizer, {"left"}, global.weights, 1).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  TensorList truncated(global.weights.begin(), global.weights.end() - 1);
+  EXPECT_FALSE(trainer->Train("job1", spec, {"left"}, truncated, 1).ok());
+}
+
+TEST(TrainerTest, DeviceChoice) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(Sizes(4, 4));
+  EXPECT_THAT(MakeTrainer(data, loader)->Hardware(), HasSubstr("cpu:"));
+  TrainerOptions options;
+  options.device = "tpu";
+  EXPECT_EQ(CreateLocalTrainer(data, options).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  options.device = "cuda";
+  auto cuda = CreateLocalTrainer(data, options);
+  if (cuda.ok()) {
+    EXPECT_THAT((*cuda)->Hardware(), HasSubstr("cuda:"));
+  } else {
+    EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition);
+  }
+}
+
+}  // namespace
+}  // namespace fl

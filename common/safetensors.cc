@@ -1,1 +1,528 @@
-// placeholder: being written
+#include "common/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
+#include "common/status.h"
+
+static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+              "safetensors stores little-endian bytes; this code copies them as they are");
+
+namespace fl {
+namespace {
+
+// Same bound as the reference implementation: a header is never larger than 100 MB.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+constexpr int kMaxJsonDepth = 4;
+
+// ---------------------------------------------------------------------------------------------
+// A JSON subset sufficient for safetensors headers: objects, arrays, strings and non-negative
+// integers. Anything else (floats, negatives, true/false/null) is refused.
+struct JsonValue {
+  enum class Kind { kObject, kArray, kString, kInteger };
+  Kind kind = Kind::kInteger;
+  std::vector<std::pair<std::string, JsonValue>> members;  // kObject, in file order
+  std::vector<JsonValue> items;                            // kArray
+  std::string text;                                        // kString
+  uint64_t integer = 0;                                    // kInteger
+};
+
+class JsonParser {
+ public:
+  explicit JsonParser(absl::string_view text) : text_(text) {}
+
+  // Parses the whole text as one value; only whitespace may follow it.
+  absl::StatusOr<JsonValue> ParseDocument() {
+    JsonValue value;
+    RETURN_IF_ERROR(ParseValue(0, &value));
+    SkipSpace();
+    if (pos_ != text_.size()) return Error("trailing characters after the JSON object");
+    return value;
+  }
+
+ private:
+  absl::Status Error(absl::string_view what) const {
+    return absl::InvalidArgumentError(
+        absl::StrCat("safetensors header: ", what, " at byte ", pos_));
+  }
+  void SkipSpace() {
+    while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\n' ||
+                                   text_[pos_] == '\r' || text_[pos_] == '\t')) {
+      ++pos_;
+    }
+  }
+  bool Consume(char c) {
+    SkipSpace();
+    if (pos_ < text_.size() && text_[pos_] == c) {
+      ++pos_;
+      return true;
+    }
+    return false;
+  }
+
+  absl::Status ParseValue(int depth, JsonValue* out) {
+    if (depth > kMaxJsonDepth) return Error("nesting too deep");
+    SkipSpace();
+    if (pos_ >= text_.size()) return Error("unexpected end");
+    char c = text_[pos_];
+    if (c == '{') return ParseObject(depth, out);
+    if (c == '[') return ParseArray(depth, out);
+    if (c == '"') {
+      out->kind = JsonValue::Kind::kString;
+      return ParseString(&out->text);
+    }
+    if (c >= '0' && c <= '9') return ParseInteger(out);
+    return Error(absl::StrCat("unsupported JSON value starting with '", std::string(1, c), "'"));
+  }
+
+  absl::Status ParseObject(int depth, JsonValue* out) {
+    out->kind = JsonValue::Kind::kObject;
+    ++pos_;  // '{'
+    if (Consume('}')) return absl::OkStatus();
+    do {
+      SkipSpace();
+      if (pos_ >= text_.size() || text_[pos_] != '"') return Error("expected a member name");
+      std::string key;
+      RETURN_IF_ERROR(ParseString(&key));
+      for (const auto& member : out->members) {
+        if (member.first == key) return Error(absl::StrCat("duplicate key \"", key, "\""));
+      }
+      if (!Consume(':')) return Error("expected ':'");
+      JsonValue value;
+      RETURN_IF_ERROR(ParseValue(depth + 1, &value));
+      out->members.emplace_back(std::move(key), std::move(value));
+    } while (Consume(','));
+    if (!Consume('}')) return Error("expected ',' or '}'");
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseArray(int depth, JsonValue* out) {
+    out->kind = JsonValue::Kind::kArray;
+    ++pos_;  // '['
+    if (Consume(']')) return absl::OkStatus();
+    do {
+      JsonValue value;
+      RETURN_IF_ERROR(ParseValue(depth + 1, &value));
+      out->items.push_back(std::move(value));
+    } while (Consume(','));
+    if (!Consume(']')) return Error("expected ',' or ']'");
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseInteger(JsonValue* out) {
+    out->kind = JsonValue::Kind::kInteger;
+    size_t start = pos_;
+    uint64_t value = 0;
+    while (pos_ < text_.size() && text_[pos_] >= '0' && text_[pos_] <= '9') {
+      uint64_t digit = static_cast<uint64_t>(text_[pos_] - '0');
+      if (value > (std::numeric_limits<uint64_t>::max() - digit) / 10) {
+        return Error("integer overflow");
+      }
+      value = value * 10 + digit;
+      ++pos_;
+    }
+    if (pos_ - start > 1 && text_[start] == '0') return Error("integer with a leading zero");
+    if (pos_ < text_.size() && (text_[pos_] == '.' || text_[pos_] == 'e' || text_[pos_] == 'E')) {
+      return Error("non-integer number");
+    }
+    out->integer = value;
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseHex4(uint32_t* code) {
+    if (text_.size() - pos_ < 4) return Error("truncated \\u escape");
+    *code = 0;
+    for (int i = 0; i < 4; ++i) {
+      char h = text_[pos_++];
+      uint32_t v;
+      if (h >= '0' && h <= '9') v = h - '0';
+      else if (h >= 'a' && h <= 'f') v = h - 'a' + 10;
+      else if (h >= 'A' && h <= 'F') v = h - 'A' + 10;
+      else return Error("bad hex digit in \\u escape");
+      *code = *code * 16 + v;
+    }
+    return absl::OkStatus();
+  }
+
+  static void AppendUtf8(uint32_t cp, std::string* out) {
+    if (cp < 0x80) {
+      out->push_back(static_cast<char>(cp));
+    } else if (cp < 0x800) {
+      out->push_back(static_cast<char>(0xC0 | (cp >> 6)));
+      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else if (cp < 0x10000) {
+      out->push_back(static_cast<char>(0xE0 | (cp >> 12)));
+      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    } else {
+      out->push_back(static_cast<char>(0xF0 | (cp >> 18)));
+      out->push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+      out->push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+      out->push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+    }
+  }
+
+  absl::Status ParseUnicodeEscape(std::string* out) {
+    uint32_t cp;
+    RETURN_IF_ERROR(ParseHex4(&cp));
+    if (cp >= 0xDC00 && cp <= 0xDFFF) return Error("unpaired low surrogate");
+    if (cp >= 0xD800 && cp <= 0xDBFF) {
+      if (text_.substr(pos_, 2) != "\\u") return Error("unpaired high surrogate");
+      pos_ += 2;
+      uint32_t low;
+      RETURN_IF_ERROR(ParseHex4(&low));
+      if (low < 0xDC00 || low > 0xDFFF) return Error("bad low surrogate");
+      cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+    }
+    AppendUtf8(cp, out);
+    return absl::OkStatus();
+  }
+
+  absl::Status ParseString(std::string* out) {
+    ++pos_;  // opening quote
+    while (pos_ < text_.size()) {
+      char c = text_[pos_++];
+      if (c == '"') return absl::OkStatus();
+      if (static_cast<unsigned char>(c) < 0x20) return Error("control character in string");
+      if (c != '\\') {
+        out->push_back(c);
+        continue;
+      }
+      if (pos_ >= text_.size()) break;
+      char e = text_[pos_++];
+      switch (e) {
+        case '"': case '\\': case '/': out->push_back(e); break;
+        case 'b': out->push_back('\b'); break;
+        case 'f': out->push_back('\f'); break;
+        case 'n': out->push_back('\n'); break;
+        case 'r': out->push_back('\r'); break;
+        case 't': out->push_back('\t'); break;
+        case 'u': RETURN_IF_ERROR(ParseUnicodeEscape(out)); break;
+        default: return Error("bad escape in string");
+      }
+    }
+    return Error("unterminated string");
+  }
+
+  absl::string_view text_;
+  size_t pos_ = 0;
+};
+
+void AppendJsonString(absl::string_view s, std::string* out) {
+  out->push_back('"');
+  for (char c : s) {
+    unsigned char u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      out->push_back('\\');
+      out->push_back(c);
+    } else if (u < 0x20) {
+      absl::StrAppend(out, "\\u00", std::string(1, "0123456789abcdef"[u >> 4]),
+                      std::string(1, "0123456789abcdef"[u & 15]));
+    } else {
+      out->push_back(c);
+    }
+  }
+  out->push_back('"');
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing.
+
+absl::Status CheckWritable(const TensorList& tensors) {
+  std::set<std::string> names;
+  for (const NamedTensor& t : tensors) {
+    if (t.name.empty()) return absl::InvalidArgumentError("safetensors: empty tensor name");
+    if (t.name == "__metadata__") {
+      return absl::InvalidArgumentError("safetensors: tensor name \"__metadata__\" is reserved");
+    }
+    if (!names.insert(t.name).second) {
+      return absl::InvalidArgumentError(absl::StrCat("safetensors: duplicate tensor ", t.name));
+    }
+    for (int64_t d : t.shape) {
+      if (d < 0) return absl::InvalidArgumentError(absl::StrCat("tensor ", t.name, ": negative dim"));
+    }
+    if (static_cast<int64_t>(t.data.size()) != t.numel()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", t.name, ": ", t.data.size(),
+                                                     " values for shape of ", t.numel()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The header bytes: JSON padded with spaces so the data starts 8-byte aligned.
+std::string BuildHeader(const TensorList& tensors,
+                        const std::map<std::string, std::string>& metadata) {
+  std::string json = "{";
+  if (!metadata.empty()) {
+    json += "\"__metadata__\":{";
+    bool first = true;
+    for (const auto& [key, value] : metadata) {
+      if (!first) json += ",";
+      first = false;
+      AppendJsonString(key, &json);
+      json += ":";
+      AppendJsonString(value, &json);
+    }
+    json += "}";
+  }
+  uint64_t offset = 0;
+  for (const NamedTensor& t : tensors) {
+    if (json.size() > 1) json += ",";
+    AppendJsonString(t.name, &json);
+    json += ":{\"dtype\":\"F32\",\"shape\":[";
+    for (size_t i = 0; i < t.shape.size(); ++i) absl::StrAppend(&json, i ? "," : "", t.shape[i]);
+    absl::StrAppend(&json, "],\"data_offsets\":[", offset, ",", offset + t.byte_size(), "]}");
+    offset += t.byte_size();
+  }
+  json += "}";
+  json.append((8 - json.size() % 8) % 8, ' ');
+  return json;
+}
+
+absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& path) {
+  const char* p = static_cast<const char*>(data);
+  while (size > 0) {
+    ssize_t n = ::write(fd, p, std::min<size_t>(size, 1 << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return absl::InternalError(absl::StrCat("writing ", path, ": ", strerror(errno)));
+    p += n;
+    size -= static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status WriteContents(int fd, const std::string& path, const TensorList& tensors,
+                           const std::map<std::string, std::string>& metadata) {
+  std::string header = BuildHeader(tensors, metadata);
+  unsigned char len[8];
+  uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
+  RETURN_IF_ERROR(WriteAll(fd, len, sizeof(len), path));
+  RETURN_IF_ERROR(WriteAll(fd, header.data(), header.size(), path));
+  for (const NamedTensor& t : tensors) {
+    RETURN_IF_ERROR(WriteAll(fd, t.data.data(), t.byte_size(), path));
+  }
+  if (::fsync(fd) != 0) {
+    return absl::InternalError(absl::StrCat("fsync ", path, ": ", strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+// Makes a completed rename durable; a failure here is reported because the file may vanish.
+absl::Status SyncParentDir(const std::string& path) {
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) return absl::InternalError(absl::StrCat("opening ", dir, ": ", strerror(errno)));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  if (rc != 0) return absl::InternalError(absl::StrCat("fsync ", dir, ": ", strerror(err)));
+  return absl::OkStatus();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading.
+
+struct Entry {
+  NamedTensor tensor;
+  uint64_t begin = 0;
+  uint64_t end = 0;
+};
+
+absl::StatusOr<Entry> ParseEntry(const std::string& name, const JsonValue& v) {
+  auto bad = [&](absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("safetensors tensor ", name, ": ", what));
+  };
+  if (v.kind != JsonValue::Kind::kObject) return bad("entry is not an object");
+  const JsonValue* dtype = nullptr;
+  const JsonValue* shape = nullptr;
+  const JsonValue* offsets = nullptr;
+  for (const auto& [key, value] : v.members) {
+    if (key == "dtype") dtype = &value;
+    else if (key == "shape") shape = &value;
+    else if (key == "data_offsets") offsets = &value;
+    else return bad(absl::StrCat("unknown field \"", key, "\""));
+  }
+  if (!dtype || !shape || !offsets) return bad("needs dtype, shape and data_offsets");
+  if (dtype->kind != JsonValue::Kind::kString || dtype->text != "F32") {
+    return bad(absl::StrCat("dtype must be F32, got ", dtype->text));
+  }
+  if (shape->kind != JsonValue::Kind::kArray) return bad("shape is not an array");
+  Entry e;
+  e.tensor.name = name;
+  uint64_t numel = 1;
+  for (const JsonValue& d : shape->items) {
+    if (d.kind != JsonValue::Kind::kInteger) return bad("shape holds a non-integer");
+    if (d.integer > 0 && numel > (uint64_t{1} << 60) / d.integer) return bad("shape too large");
+    numel *= d.integer;
+    e.tensor.shape.push_back(static_cast<int64_t>(d.integer));
+  }
+  if (offsets->kind != JsonValue::Kind::kArray || offsets->items.size() != 2 ||
+      offsets->items[0].kind != JsonValue::Kind::kInteger ||
+      offsets->items[1].kind != JsonValue::Kind::kInteger) {
+    return bad("data_offsets must be two integers");
+  }
+  e.begin = offsets->items[0].integer;
+  e.end = offsets->items[1].integer;
+  if (e.end < e.begin) return bad("data_offsets end before begin");
+  if (e.end - e.begin != numel * sizeof(float)) {
+    return bad(absl::StrCat("byte range of ", e.end - e.begin, " for ", numel, " F32 values"));
+  }
+  return e;
+}
+
+absl::Status ParseMetadata(const JsonValue& v, std::map<std::string, std::string>* metadata) {
+  if (v.kind != JsonValue::Kind::kObject) {
+    return absl::InvalidArgumentError("safetensors: __metadata__ is not an object");
+  }
+  for (const auto& [key, value] : v.members) {
+    if (value.kind != JsonValue::Kind::kString) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("safetensors: __metadata__ value of ", key, " is not a string"));
+    }
+    if (metadata) (*metadata)[key] = value.text;
+  }
+  return absl::OkStatus();
+}
+
+// Sorts entries by offset and checks they tile [0, data_size) exactly: no gap, no overlap.
+absl::Status CheckLayout(std::vector<Entry>* entries, uint64_t data_size) {
+  std::stable_sort(entries->begin(), entries->end(), [](const Entry& a, const Entry& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  uint64_t expected = 0;
+  for (const Entry& e : *entries) {
+    if (e.begin != expected) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "safetensors tensor ", e.tensor.name, ": data starts at ", e.begin, ", expected ",
+          expected, " (offsets overlap or leave a gap)"));
+    }
+    expected = e.end;
+  }
+  if (expected != data_size) {
+    return absl::InvalidArgumentError(absl::StrCat("safetensors: tensors cover ", expected,
+                                                   " data bytes but the file holds ", data_size));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ReadExact(int fd, void* out, size_t size, uint64_t offset, const std::string& path) {
+  char* p = static_cast<char*>(out);
+  while (size > 0) {
+    ssize_t n = ::pread(fd, p, std::min<size_t>(size, 1 << 30), static_cast<off_t>(offset));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return absl::InternalError(absl::StrCat("reading ", path, ": ", strerror(errno)));
+    if (n == 0) return absl::DataLossError(absl::StrCat(path, ": unexpected end of file"));
+    p += n;
+    offset += static_cast<uint64_t>(n);
+    size -= static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+// Reads and validates the header; returns the entries in data order and the data start.
+absl::StatusOr<std::vector<Entry>> ReadHeader(int fd, const std::string& path,
+                                              std::map<std::string, std::string>* metadata,
+                                              uint64_t* data_start) {
+  struct stat st;
+  if (::fstat(fd, &st) != 0) {
+    return absl::InternalError(absl::StrCat("stat ", path, ": ", strerror(errno)));
+  }
+  uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  if (file_size < 8) return absl::DataLossError(absl::StrCat(path, ": shorter than 8 bytes"));
+  unsigned char len[8];
+  RETURN_IF_ERROR(ReadExact(fd, len, 8, 0, path));
+  uint64_t header_size = 0;
+  for (int i = 0; i < 8; ++i) header_size |= static_cast<uint64_t>(len[i]) << (8 * i);
+  if (header_size < 2 || header_size > kMaxHeaderBytes || header_size > file_size - 8) {
+    return absl::DataLossError(absl::StrCat(path, ": header length ", header_size,
+                                            " does not fit a file of ", file_size, " bytes"));
+  }
+  std::string header(header_size, '\0');
+  RETURN_IF_ERROR(ReadExact(fd, header.data(), header_size, 8, path));
+  if (header[0] != '{') return absl::DataLossError(absl::StrCat(path, ": header is not JSON"));
+  ASSIGN_OR_RETURN(JsonValue root, JsonParser(header).ParseDocument());
+  if (root.kind != JsonValue::Kind::kObject) {
+    return absl::InvalidArgumentError("safetensors: header is not a JSON object");
+  }
+  std::vector<Entry> entries;
+  for (const auto& [name, value] : root.members) {
+    if (name == "__metadata__") {
+      RETURN_IF_ERROR(ParseMetadata(value, metadata));
+      continue;
+    }
+    ASSIGN_OR_RETURN(Entry e, ParseEntry(name, value));
+    entries.push_back(std::move(e));
+  }
+  *data_start = 8 + header_size;
+  RETURN_IF_ERROR(CheckLayout(&entries, file_size - *data_start));
+  return entries;
+}
+
+absl::StatusOr<TensorList> ReadOpen(int fd, const std::string& path,
+                                    std::map<std::string, std::string>* metadata) {
+  uint64_t data_start = 0;
+  ASSIGN_OR_RETURN(std::vector<Entry> entries, ReadHeader(fd, path, metadata, &data_start));
+  TensorList out;
+  out.reserve(entries.size());
+  for (Entry& e : entries) {
+    e.tensor.data.resize((e.end - e.begin) / sizeof(float));
+    RETURN_IF_ERROR(Annotate(
+        ReadExact(fd, e.tensor.data.data(), e.end - e.begin, data_start + e.begin, path),
+        absl::StrCat("tensor ", e.tensor.name)));
+    out.push_back(std::move(e.tensor));
+  }
+  return out;
+}
+
+}  // namespace
+
+absl::Status WriteSafetensors(const std::string& path, const TensorList& tensors,
+                              const std::map<std::string, std::string>& metadata) {
+  RETURN_IF_ERROR(CheckWritable(tensors));
+  std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) return absl::InternalError(absl::StrCat("creating ", tmp, ": ", strerror(errno)));
+  absl::Status status = WriteContents(fd, tmp, tensors, metadata);
+  if (::close(fd) != 0 && status.ok()) {
+    status = absl::InternalError(absl::StrCat("closing ", tmp, ": ", strerror(errno)));
+  }
+  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
+    status = absl::InternalError(absl::StrCat("renaming ", tmp, " to ", path, ": ",
+                                              strerror(errno)));
+  }
+  if (!status.ok()) {
+    ::unlink(tmp.c_str());
+    return status;
+  }
+  return SyncParentDir(path);
+}
+
+absl::StatusOr<TensorList> ReadSafetensors(const std::string& path,
+                                           std::map<std::string, std::string>* metadata) {
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    int err = errno;
+    std::string message = absl::StrCat("opening ", path, ": ", strerror(err));
+    return err == ENOENT ? absl::NotFoundError(message) : absl::InternalError(message);
+  }
+  if (metadata) metadata->clear();
+  absl::StatusOr<TensorList> result = ReadOpen(fd, path, metadata);
+  ::close(fd);
+  return result;
+}
+
+}  // namespace fl

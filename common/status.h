@@ -29,7 +29,7 @@
 namespace fl {
 
 // Prefixes a status message with context ("loading config: ..."), keeping the code.
-inline absl::Status Annotate(const absl::Status& s, std::string_view context) {
+inline absl::Status Annotate(const absl::Status& s, absl::string_view context) {
   if (s.ok()) return s;
   return absl::Status(s.code(), absl::StrCat(context, ": ", s.message()));
 }

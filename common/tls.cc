@@ -1,1 +1,140 @@
-// placeholder: being written
+#include "common/tls.h"
+
+#include <grpc/grpc_security_constants.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/file_util.h"
+#include "common/status.h"
+#include "common/x509.h"
+
+namespace fl {
+namespace {
+
+constexpr int kMaxMessageBytes = 16 << 20;
+
+// Reads the file named by the TlsConfig field `field`; errors name the field and the file.
+absl::StatusOr<std::string> ReadTlsFile(const std::string& field, const std::string& path) {
+  if (path.empty()) return absl::InvalidArgumentError(absl::StrCat("tls.", field, " is not set"));
+  auto contents = ReadFileToString(path);
+  if (!contents.ok()) return Annotate(contents.status(), absl::StrCat("tls.", field));
+  if (contents->empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("tls.", field, ": ", path, " is empty"));
+  }
+  return contents;
+}
+
+// A private key readable by anyone but its owner is refused: it is the participant's identity.
+absl::Status CheckKeyFileMode(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    return absl::NotFoundError(
+        absl::StrCat("tls.key_file: cannot stat ", path, ": ", std::strerror(errno)));
+  }
+  if ((st.st_mode & 077) != 0) {
+    return absl::FailedPreconditionError(absl::StrFormat(
+        "tls.key_file: %s is readable by group or others (mode %04o); run 'chmod 600 %s'", path,
+        st.st_mode & 07777, path));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Role> RoleFromName(const std::string& ou) {
+  for (Role role : {Role::kCoordinator, Role::kSite, Role::kAdmin}) {
+    if (ou == RoleName(role)) return role;
+  }
+  return absl::PermissionDeniedError(absl::StrCat(
+      "certificate OU '", ou, "' is not a role of the consortium (coordinator, site, admin)"));
+}
+
+}  // namespace
+
+const char* RoleName(Role role) {
+  switch (role) {
+    case Role::kCoordinator:
+      return "coordinator";
+    case Role::kSite:
+      return "site";
+    case Role::kAdmin:
+      return "admin";
+  }
+  return "unknown";
+}
+
+absl::StatusOr<TlsMaterial> LoadTlsMaterial(const TlsConfig& config) {
+  TlsMaterial m;
+  ASSIGN_OR_RETURN(m.ca_pem, ReadTlsFile("ca_file", config.ca_file()));
+  ASSIGN_OR_RETURN(m.cert_pem, ReadTlsFile("cert_file", config.cert_file()));
+  ASSIGN_OR_RETURN(m.key_pem, ReadTlsFile("key_file", config.key_file()));
+  RETURN_IF_ERROR(CheckKeyFileMode(config.key_file()));
+  RETURN_IF_ERROR(Annotate(ParseCertSubject(m.ca_pem).status(),
+                           absl::StrCat("tls.ca_file ", config.ca_file())));
+  RETURN_IF_ERROR(Annotate(ParseCertSubject(m.cert_pem).status(),
+                           absl::StrCat("tls.cert_file ", config.cert_file())));
+  RETURN_IF_ERROR(Annotate(CheckPrivateKeyPem(m.key_pem),
+                           absl::StrCat("tls.key_file ", config.key_file())));
+  RETURN_IF_ERROR(Annotate(CheckKeyMatchesCert(m.key_pem, m.cert_pem),
+                           absl::StrCat("tls.key_file ", config.key_file(), " and tls.cert_file ",
+                                        config.cert_file())));
+  // Failing here (expired, or signed by another CA) beats an opaque handshake failure later.
+  RETURN_IF_ERROR(Annotate(VerifyCertChain(m.ca_pem, m.cert_pem),
+                           absl::StrCat("tls.cert_file ", config.cert_file(), " with tls.ca_file ",
+                                        config.ca_file())));
+  return m;
+}
+
+std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsMaterial& material) {
+  grpc::SslServerCredentialsOptions options(
+      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  options.pem_root_certs = material.ca_pem;
+  options.pem_key_cert_pairs.push_back({material.key_pem, material.cert_pem});
+  return grpc::SslServerCredentials(options);
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
+                                           const std::string& server_name,
+                                           const TlsMaterial& material) {
+  grpc::SslCredentialsOptions options;
+  options.pem_root_certs = material.ca_pem;
+  options.pem_private_key = material.key_pem;
+  options.pem_cert_chain = material.cert_pem;
+  grpc::ChannelArguments args;
+  args.SetSslTargetNameOverride(server_name);
+  args.SetMaxReceiveMessageSize(kMaxMessageBytes);
+  args.SetMaxSendMessageSize(kMaxMessageBytes);
+  // Keepalive pings find dead connections through NATs and firewalls that drop idle flows.
+  // The server must accept them (see GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS).
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 20000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  return grpc::CreateCustomChannel(address, grpc::SslCredentials(options), args);
+}
+
+absl::StatusOr<Identity> PeerIdentity(const grpc::ServerContext& context) {
+  std::shared_ptr<const grpc::AuthContext> auth = context.auth_context();
+  if (auth == nullptr || !auth->IsPeerAuthenticated()) {
+    return absl::UnauthenticatedError("the peer presented no verified certificate");
+  }
+  std::vector<grpc::string_ref> pems = auth->FindPropertyValues(GRPC_X509_PEM_CERT_PROPERTY_NAME);
+  if (pems.empty()) {
+    return absl::UnauthenticatedError("the peer's certificate is missing from the auth context");
+  }
+  return IdentityFromPem(std::string(pems.front().data(), pems.front().size()));
+}
+
+absl::StatusOr<Identity> IdentityFromPem(const std::string& cert_pem) {
+  ASSIGN_OR_RETURN(CertSubject subject, ParseCertSubject(cert_pem));
+  if (subject.common_name.empty()) {
+    return absl::PermissionDeniedError("certificate subject has no CN");
+  }
+  Identity identity;
+  identity.name = subject.common_name;
+  ASSIGN_OR_RETURN(identity.role, RoleFromName(subject.organizational_unit));
+  return identity;
+}
+
+}  // namespace fl

@@ -1,0 +1,238 @@
+#include "client/daemon.h"
+
+#include <chrono>
+#include <iostream>
+#include <random>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "common/tensor_stream.h"
+
+namespace fl {
+namespace {
+
+constexpr uint64_t kMaxModelBytes = uint64_t{64} << 30;
+
+void Log(const std::string& line) { std::cerr << "fl-client: " << line << std::endl; }
+
+std::chrono::system_clock::time_point In(int seconds) {
+  return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
+}
+
+}  // namespace
+
+ClientDaemon::ClientDaemon(ClientConfig config, TlsMaterial tls, const Dataset* data,
+                           LocalTrainer* trainer, ClientMetrics* metrics)
+    : config_(std::move(config)),
+      tls_(std::move(tls)),
+      data_(data),
+      trainer_(trainer),
+      metrics_(metrics) {}
+
+JoinRequest ClientDaemon::MakeJoinRequest() const {
+  JoinRequest request;
+  for (size_t l = 0; l < data_->label_names.size(); ++l) {
+    SiteLabel* label = request.add_labels();
+    label->set_name(data_->label_names[l]);
+    for (const auto* split : {&data_->train, &data_->test}) {
+      for (const Sample& s : *split) {
+        if (std::isnan(s.labels[l])) continue;
+        s.labels[l] > 0.5f ? label->set_positives(label->positives() + 1)
+                           : label->set_negatives(label->negatives() + 1);
+      }
+    }
+  }
+  request.set_num_images(data_->train.size() + data_->test.size());
+  request.set_hardware(trainer_->Hardware());
+  request.set_software_version(FL_VERSION);
+  return request;
+}
+
+absl::Status ClientDaemon::Run() {
+  std::mt19937_64 rng(std::random_device{}());
+  double backoff = 1.0;
+  while (!stop_ && !finished_) {
+    auto channel = MakeChannel(config_.coordinator_address(), config_.coordinator_name(), tls_);
+    auto stub = Federation::NewStub(channel);
+    bool joined = false;
+    absl::Status status = Session(*stub, &joined);
+    metrics_->connected.Set(0);
+    if (finished_ || stop_) break;
+    if (joined) backoff = 1.0;
+    // Jittered exponential backoff: sleep uniformly in [backoff/2, backoff].
+    const double sleep = std::uniform_real_distribution<double>(backoff / 2, backoff)(rng);
+    Log(absl::StrFormat("coordinator at %s unavailable (%s); retrying in %.1f s",
+                        config_.coordinator_address(), status.message(), sleep));
+    metrics_->reconnects.Increment();
+    for (double t = 0; t < sleep && !stop_; t += 0.1) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    }
+    backoff = std::min<double>(backoff * 2, config_.max_backoff_seconds());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ClientDaemon::Session(Federation::Stub& stub, bool* joined) {
+  grpc::ClientContext join_ctx;
+  join_ctx.set_deadline(In(15));
+  JoinResponse join;
+  RETURN_IF_ERROR(FromGrpcStatus(stub.Join(&join_ctx, MakeJoinRequest(), &join)));
+  *joined = true;
+  Log(absl::StrCat("joined as '", join.site_name(), "' (coordinator ",
+                   join.coordinator_version(), ")"));
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReader<Task>> reader = stub.Tasks(&ctx, TaskRequest());
+  metrics_->connected.Set(1);
+  Task task;
+  while (!stop_ && reader->Read(&task)) {
+    if (task.job_id().empty()) {
+      if (task.idle() && config_.exit_when_idle() && tasks_done_ > 0) {
+        Log("no job left to run; exiting as configured (exit_when_idle)");
+        finished_ = true;
+        ctx.TryCancel();
+        break;
+      }
+      continue;  // keepalive
+    }
+    absl::Status status = HandleTask(stub, task);
+    if (!status.ok()) {
+      metrics_->tasks.Add({{"result", "failed"}}).Increment();
+      Log(absl::StrCat("task ", task.job_id(), " round ", task.round(), " failed: ",
+                       status.message()));
+    }
+    ++tasks_done_;
+    if (config_.exit_after_tasks() > 0 &&
+        tasks_done_ >= static_cast<int>(config_.exit_after_tasks())) {
+      finished_ = true;
+      ctx.TryCancel();
+      break;
+    }
+  }
+  if (stop_ || finished_) return absl::OkStatus();
+  return Annotate(FromGrpcStatus(reader->Finish()), "task stream");
+}
+
+absl::Status ClientDaemon::HandleTask(Federation::Stub& stub, const Task& task) {
+  std::vector<std::string> labels(task.train_labels().begin(), task.train_labels().end());
+  if (task.spec().dp().enabled()) {
+    // The DP-SGD engine is not in this build; never send an un-noised update for a DP job.
+    const std::string reason = "this site cannot train with DP-SGD yet (no DP engine in this build)";
+    grpc::ClientContext ctx;
+    DeclineRequest request;
+    request.set_job_id(task.job_id());
+    request.set_round(task.round());
+    request.set_reason(reason);
+    Ack ack;
+    metrics_->tasks.Add({{"result", "declined"}}).Increment();
+    return FromGrpcStatus(stub.Decline(&ctx, request, &ack));
+  }
+  TensorList global;
+  RETURN_IF_ERROR(DownloadModel(stub, task, &global));
+  if (task.evaluate_only()) {
+    RETURN_IF_ERROR(EvaluateAndReport(stub, task, labels, global, 0));
+    metrics_->tasks.Add({{"result", "done"}}).Increment();
+    return absl::OkStatus();
+  }
+  if (task.round() > 0) RETURN_IF_ERROR(EvaluateAndReport(stub, task, labels, global, 0));
+  const auto start = std::chrono::steady_clock::now();
+  ASSIGN_OR_RETURN(TrainResult result,
+                   trainer_->Train(task.job_id(), task.spec(), labels, global, task.round()));
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  metrics_->train_duration.Observe(seconds);
+  Log(absl::StrFormat("job %s round %d: trained %d steps on %d samples in %.1f s, loss %.4f",
+                      task.job_id(), task.round(), task.spec().local_steps(), result.num_samples,
+                      seconds, result.loss));
+  RETURN_IF_ERROR(UploadUpdate(stub, task, result));
+  metrics_->tasks.Add({{"result", "done"}}).Increment();
+  return absl::OkStatus();
+}
+
+absl::Status ClientDaemon::DownloadModel(Federation::Stub& stub, const Task& task,
+                                         TensorList* out) {
+  grpc::ClientContext ctx;
+  DownloadRequest request;
+  request.set_job_id(task.job_id());
+  request.set_round(task.round());
+  std::unique_ptr<grpc::ClientReader<TensorChunk>> reader = stub.Download(&ctx, request);
+  uint64_t bytes = 0;
+  absl::StatusOr<TensorList> model = ReadTensors(
+      [&](TensorChunk* chunk) {
+        if (!reader->Read(chunk)) return false;
+        bytes += chunk->data().size();
+        return true;
+      },
+      std::nullopt, kMaxModelBytes);
+  absl::Status finish = FromGrpcStatus(reader->Finish());
+  RETURN_IF_ERROR(Annotate(finish, "download"));
+  RETURN_IF_ERROR(Annotate(model.status(), "download"));
+  metrics_->download_bytes.Increment(static_cast<double>(bytes));
+  *out = std::move(model).value();
+  return absl::OkStatus();
+}
+
+absl::Status ClientDaemon::EvaluateAndReport(Federation::Stub& stub, const Task& task,
+                                             const std::vector<std::string>& labels,
+                                             const TensorList& model, double train_loss) {
+  ASSIGN_OR_RETURN(std::vector<LabelMetric> metrics,
+                   trainer_->Evaluate(task.job_id(), task.spec(), labels, model));
+  MetricsReport report;
+  report.set_job_id(task.job_id());
+  report.set_round(task.round());
+  report.set_train_loss(train_loss);
+  report.set_test_images(data_->test.size());
+  std::vector<std::string> parts;
+  for (LabelMetric& m : metrics) {
+    metrics_->test_auroc.Add({{"job", task.job_id()}, {"label", m.label()}}).Set(m.auroc());
+    parts.push_back(absl::StrFormat("%s %.3f", m.label(), m.auroc()));
+    *report.add_test() = std::move(m);
+  }
+  Log(absl::StrCat("job ", task.job_id(), " model after round ", task.round(), ": AUROC ",
+                   absl::StrJoin(parts, ", ")));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(30));
+  Ack ack;
+  return Annotate(FromGrpcStatus(stub.Report(&ctx, report, &ack)), "report");
+}
+
+absl::Status ClientDaemon::UploadUpdate(Federation::Stub& stub, const Task& task,
+                                        const TrainResult& result) {
+  grpc::ClientContext ctx;
+  UploadResponse response;
+  std::unique_ptr<grpc::ClientWriter<UploadMessage>> writer = stub.Upload(&ctx, &response);
+  UploadMessage message;
+  UploadHeader* header = message.mutable_header();
+  header->set_job_id(task.job_id());
+  header->set_round(task.round());
+  header->set_num_samples(result.num_samples);
+  for (const std::string& label : result.labels) header->add_labels(label);
+  header->set_num_tensors(static_cast<uint32_t>(result.update.size()));
+  header->set_train_loss(result.loss);
+  bool open = writer->Write(message);
+  uint64_t bytes = 0;
+  if (open) {
+    absl::Status written = WriteTensorChunks(result.update, kDefaultChunkBytes,
+                                             [&](const TensorChunk& chunk) {
+                                               UploadMessage m;
+                                               *m.mutable_chunk() = chunk;
+                                               bytes += chunk.data().size();
+                                               return writer->Write(m);
+                                             });
+    open = written.ok();
+  }
+  if (open) {
+    message.Clear();
+    message.mutable_trailer();
+    writer->Write(message);
+  }
+  writer->WritesDone();
+  RETURN_IF_ERROR(Annotate(FromGrpcStatus(writer->Finish()), "upload"));
+  metrics_->upload_bytes.Increment(static_cast<double>(bytes));
+  return absl::OkStatus();
+}
+
+}  // namespace fl

@@ -1,0 +1,55 @@
+#include "client/metrics.h"
+
+namespace fl {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+
+ClientMetrics::ClientMetrics(prometheus::Registry& r)
+    : connected(BuildGauge()
+                    .Name("fl_client_connected")
+                    .Help("1 while the task stream to the coordinator is open")
+                    .Register(r)
+                    .Add({})),
+      tasks(BuildCounter()
+                .Name("fl_client_tasks_total")
+                .Help("Tasks by result (done, declined, failed)")
+                .Register(r)),
+      reconnects(BuildCounter()
+                     .Name("fl_client_reconnects_total")
+                     .Help("Connection attempts after a failure")
+                     .Register(r)
+                     .Add({})),
+      train_duration(BuildHistogram()
+                         .Name("fl_client_train_duration_seconds")
+                         .Help("Local training time per task")
+                         .Register(r)
+                         .Add({}, prometheus::Histogram::BucketBoundaries{
+                                      0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800})),
+      upload_bytes(BuildCounter()
+                       .Name("fl_client_upload_bytes_total")
+                       .Help("Tensor bytes of updates sent")
+                       .Register(r)
+                       .Add({})),
+      download_bytes(BuildCounter()
+                         .Name("fl_client_download_bytes_total")
+                         .Help("Tensor bytes of global models received")
+                         .Register(r)
+                         .Add({})),
+      images(BuildGauge()
+                 .Name("fl_client_images")
+                 .Help("Usable labelled images in the local dataset")
+                 .Register(r)
+                 .Add({})),
+      images_skipped(BuildGauge()
+                         .Name("fl_client_images_skipped")
+                         .Help("Files in the data folder that could not be read")
+                         .Register(r)
+                         .Add({})),
+      test_auroc(BuildGauge()
+                     .Name("fl_client_test_auroc")
+                     .Help("AUROC of the latest global model on the local test split")
+                     .Register(r)) {}
+
+}  // namespace fl

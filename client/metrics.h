@@ -1,0 +1,26 @@
+// Every metric of fl-client, declared once on one registry (tests pass their own).
+#pragma once
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+namespace fl {
+
+struct ClientMetrics {
+  explicit ClientMetrics(prometheus::Registry& registry);
+
+  prometheus::Gauge& connected;
+  prometheus::Family<prometheus::Counter>& tasks;  // label result: done|declined|failed
+  prometheus::Counter& reconnects;
+  prometheus::Histogram& train_duration;
+  prometheus::Counter& upload_bytes;
+  prometheus::Counter& download_bytes;
+  prometheus::Gauge& images;           // usable images (train + test)
+  prometheus::Gauge& images_skipped;   // files that could not be decoded
+  prometheus::Family<prometheus::Gauge>& test_auroc;  // labels job, label (finding name)
+};
+
+}  // namespace fl

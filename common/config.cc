@@ -1,0 +1,227 @@
+#include "common/config.h"
+
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include <google/protobuf/io/tokenizer.h>
+#include <google/protobuf/text_format.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "common/status.h"
+
+namespace fl {
+namespace {
+
+class ErrorCollector : public google::protobuf::io::ErrorCollector {
+ public:
+  void AddError(int line, int column, const std::string& message) override {
+    if (first_.empty()) first_ = absl::StrCat("line ", line + 1, ":", column + 1, ": ", message);
+  }
+  void AddWarning(int, int, const std::string&) override {}
+  const std::string& first() const { return first_; }
+
+ private:
+  std::string first_;
+};
+
+absl::Status Invalid(const std::string& field, const std::string& why) {
+  return absl::InvalidArgumentError(absl::StrCat("config field '", field, "' ", why));
+}
+
+absl::Status RequireNonEmpty(const std::string& field, const std::string& value) {
+  if (value.empty()) return Invalid(field, "is required");
+  return absl::OkStatus();
+}
+
+absl::Status ValidateTls(const std::string& prefix, const TlsConfig& tls) {
+  RETURN_IF_ERROR(RequireNonEmpty(prefix + ".ca_file", tls.ca_file()));
+  RETURN_IF_ERROR(RequireNonEmpty(prefix + ".cert_file", tls.cert_file()));
+  return RequireNonEmpty(prefix + ".key_file", tls.key_file());
+}
+
+absl::Status ValidateAddress(const std::string& field, const std::string& address) {
+  RETURN_IF_ERROR(RequireNonEmpty(field, address));
+  size_t colon = address.rfind(':');
+  if (colon == std::string::npos || colon + 1 == address.size()) {
+    return Invalid(field, absl::StrCat("must be host:port, got '", address, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status InRange(const std::string& field, double value, double lo, double hi) {
+  if (!(value >= lo && value <= hi)) {
+    return Invalid(field, absl::StrCat("must be in [", lo, ", ", hi, "], got ", value));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateOptimizers(JobSpec& spec) {
+  LocalOptimizer* local = spec.mutable_local_optimizer();
+  if (local->name().empty()) local->set_name("sgd");
+  if (local->name() != "sgd" && local->name() != "adam") {
+    return Invalid("local_optimizer.name", absl::StrCat("must be sgd or adam, got '",
+                                                         local->name(), "'"));
+  }
+  if (local->learning_rate() == 0) local->set_learning_rate(0.01);
+  RETURN_IF_ERROR(InRange("local_optimizer.learning_rate", local->learning_rate(), 1e-9, 10));
+  ServerOptimizer* server = spec.mutable_server_optimizer();
+  if (server->kind() == SERVER_OPTIMIZER_UNSPECIFIED) server->set_kind(FEDAVG);
+  if (server->learning_rate() == 0) {
+    server->set_learning_rate(server->kind() == FEDAVG ? 1.0 : 0.01);
+  }
+  if (server->beta1() == 0) server->set_beta1(0.9);
+  if (server->beta2() == 0) server->set_beta2(0.99);
+  if (server->tau() == 0) server->set_tau(1e-3);
+  RETURN_IF_ERROR(InRange("server_optimizer.learning_rate", server->learning_rate(), 1e-9, 100));
+  RETURN_IF_ERROR(InRange("server_optimizer.beta1", server->beta1(), 0, 0.999999));
+  return InRange("server_optimizer.beta2", server->beta2(), 0, 0.999999);
+}
+
+absl::Status ValidateDp(DpSpec& dp) {
+  if (!dp.enabled()) return absl::OkStatus();
+  if (dp.clip_norm() == 0) dp.set_clip_norm(1.0);
+  RETURN_IF_ERROR(InRange("dp.clip_norm", dp.clip_norm(), 1e-9, 1e9));
+  RETURN_IF_ERROR(InRange("dp.delta", dp.delta(), 1e-300, 0.1));
+  if ((dp.noise_multiplier() > 0) == (dp.target_epsilon() > 0)) {
+    return Invalid("dp", "must set exactly one of noise_multiplier and target_epsilon");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+template <typename T>
+absl::StatusOr<T> ParseTextProto(const std::string& text, const std::string& origin) {
+  T message;
+  ErrorCollector errors;
+  google::protobuf::TextFormat::Parser parser;
+  parser.RecordErrorsTo(&errors);
+  if (!parser.ParseFromString(text, &message)) {
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": ", errors.first()));
+  }
+  return message;
+}
+
+template <typename T>
+absl::StatusOr<T> LoadTextProto(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read config file ", path));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return ParseTextProto<T>(buffer.str(), path);
+}
+
+template absl::StatusOr<CoordinatorConfig> ParseTextProto(const std::string&, const std::string&);
+template absl::StatusOr<ClientConfig> ParseTextProto(const std::string&, const std::string&);
+template absl::StatusOr<AdminConfig> ParseTextProto(const std::string&, const std::string&);
+template absl::StatusOr<JobSpec> ParseTextProto(const std::string&, const std::string&);
+template absl::StatusOr<CoordinatorConfig> LoadTextProto(const std::string&);
+template absl::StatusOr<ClientConfig> LoadTextProto(const std::string&);
+template absl::StatusOr<AdminConfig> LoadTextProto(const std::string&);
+template absl::StatusOr<JobSpec> LoadTextProto(const std::string&);
+
+absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig config) {
+  RETURN_IF_ERROR(ValidateAddress("listen_address", config.listen_address()));
+  RETURN_IF_ERROR(RequireNonEmpty("state_dir", config.state_dir()));
+  RETURN_IF_ERROR(ValidateTls("tls", config.tls()));
+  if (!config.metrics_address().empty()) {
+    RETURN_IF_ERROR(ValidateAddress("metrics_address", config.metrics_address()));
+  }
+  if (config.chunk_bytes() == 0) config.set_chunk_bytes(1u << 20);
+  RETURN_IF_ERROR(InRange("chunk_bytes", config.chunk_bytes(), 1024, 4u << 20));
+  if (config.site_timeout_seconds() == 0) config.set_site_timeout_seconds(30);
+  return config;
+}
+
+absl::StatusOr<ClientConfig> ValidateClientConfig(ClientConfig config) {
+  RETURN_IF_ERROR(ValidateAddress("coordinator_address", config.coordinator_address()));
+  if (config.coordinator_name().empty()) config.set_coordinator_name("coordinator");
+  RETURN_IF_ERROR(ValidateTls("tls", config.tls()));
+  RETURN_IF_ERROR(RequireNonEmpty("data_dir", config.data_dir()));
+  RETURN_IF_ERROR(RequireNonEmpty("labels_csv", config.labels_csv()));
+  RETURN_IF_ERROR(RequireNonEmpty("state_dir", config.state_dir()));
+  if (!config.metrics_address().empty()) {
+    RETURN_IF_ERROR(ValidateAddress("metrics_address", config.metrics_address()));
+  }
+  if (config.device().empty()) config.set_device("auto");
+  if (config.device() != "auto" && config.device() != "cpu" && config.device() != "cuda") {
+    return Invalid("device", absl::StrCat("must be auto, cpu or cuda, got '", config.device(), "'"));
+  }
+  if (config.budget().max_epsilon() < 0) return Invalid("budget.max_epsilon", "must be >= 0");
+  if (config.budget().max_epsilon() > 0) {
+    RETURN_IF_ERROR(InRange("budget.delta", config.budget().delta(), 1e-300, 0.1));
+  }
+  if (config.test_fraction() == 0) config.set_test_fraction(0.2);
+  RETURN_IF_ERROR(InRange("test_fraction", config.test_fraction(), 0.01, 0.9));
+  if (config.loader_threads() == 0) config.set_loader_threads(2);
+  RETURN_IF_ERROR(InRange("loader_threads", config.loader_threads(), 1, 64));
+  if (config.max_backoff_seconds() == 0) config.set_max_backoff_seconds(30);
+  return config;
+}
+
+absl::StatusOr<AdminConfig> ValidateAdminConfig(AdminConfig config) {
+  RETURN_IF_ERROR(ValidateAddress("coordinator_address", config.coordinator_address()));
+  if (config.coordinator_name().empty()) config.set_coordinator_name("coordinator");
+  RETURN_IF_ERROR(ValidateTls("tls", config.tls()));
+  return config;
+}
+
+absl::StatusOr<JobSpec> ValidateJobSpec(JobSpec spec) {
+  RETURN_IF_ERROR(RequireNonEmpty("name", spec.name()));
+  RETURN_IF_ERROR(RequireNonEmpty("model", spec.model()));
+  if (spec.labels().empty()) return Invalid("labels", "must name at least one label");
+  std::set<std::string> seen;
+  for (const std::string& label : spec.labels()) {
+    if (label.empty() || !seen.insert(label).second) {
+      return Invalid("labels", absl::StrCat("has an empty or repeated label '", label, "'"));
+    }
+  }
+  if (spec.image_size() == 0) spec.set_image_size(224);
+  RETURN_IF_ERROR(InRange("image_size", spec.image_size(), 8, 4096));
+  if (spec.in_channels() == 0) spec.set_in_channels(1);
+  RETURN_IF_ERROR(InRange("in_channels", spec.in_channels(), 1, 16));
+  if (spec.head_mode() == HEAD_MODE_UNSPECIFIED) spec.set_head_mode(HEAD_MODE_LABEL);
+  RETURN_IF_ERROR(InRange("rounds", spec.rounds(), 1, 100000));
+  if (spec.min_sites() == 0) spec.set_min_sites(1);
+  if (spec.fraction() == 0) spec.set_fraction(1.0);
+  RETURN_IF_ERROR(InRange("fraction", spec.fraction(), 1e-6, 1.0));
+  if (spec.round_deadline_seconds() == 0) spec.set_round_deadline_seconds(600);
+  if (spec.local_steps() == 0) spec.set_local_steps(10);
+  if (spec.batch_size() == 0) spec.set_batch_size(32);
+  RETURN_IF_ERROR(InRange("batch_size", spec.batch_size(), 1, 65536));
+  if (spec.start_timeout_seconds() == 0) spec.set_start_timeout_seconds(120);
+  RETURN_IF_ERROR(ValidateOptimizers(spec));
+  RETURN_IF_ERROR(ValidateDp(*spec.mutable_dp()));
+  return spec;
+}
+
+namespace {
+
+// Loads `path` as T and validates it; errors name the file.
+template <typename T>
+absl::StatusOr<T> LoadAndValidate(const std::string& path,
+                                  absl::StatusOr<T> (*validate)(T config)) {
+  ASSIGN_OR_RETURN(T config, LoadTextProto<T>(path));
+  absl::StatusOr<T> valid = validate(std::move(config));
+  if (!valid.ok()) return Annotate(valid.status(), path);
+  return valid;
+}
+
+}  // namespace
+
+absl::StatusOr<CoordinatorConfig> LoadCoordinatorConfig(const std::string& path) {
+  return LoadAndValidate<CoordinatorConfig>(path, ValidateCoordinatorConfig);
+}
+
+absl::StatusOr<ClientConfig> LoadClientConfig(const std::string& path) {
+  return LoadAndValidate<ClientConfig>(path, ValidateClientConfig);
+}
+
+absl::StatusOr<AdminConfig> LoadAdminConfig(const std::string& path) {
+  return LoadAndValidate<AdminConfig>(path, ValidateAdminConfig);
+}
+
+}  // namespace fl

@@ -1,0 +1,82 @@
+#include "common/config.h"
+
+#include <gtest/gtest.h>
+
+namespace fl {
+namespace {
+
+constexpr char kJob[] = R"pb(
+  name: "cxr" model: "smallcnn" labels: "cardiomegaly" labels: "effusion_left" rounds: 3
+)pb";
+
+TEST(ConfigTest, JobDefaultsFilled) {
+  auto spec = ParseTextProto<JobSpec>(kJob, "job");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto valid = ValidateJobSpec(*spec);
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  EXPECT_EQ(valid->head_mode(), HEAD_MODE_LABEL);
+  EXPECT_EQ(valid->server_optimizer().kind(), FEDAVG);
+  EXPECT_EQ(valid->batch_size(), 32u);
+  EXPECT_EQ(valid->min_sites(), 1u);
+}
+
+TEST(ConfigTest, UnknownFieldRefusedWithItsName) {
+  auto spec = ParseTextProto<JobSpec>("name: \"x\" roundz: 3", "job.conf");
+  ASSERT_FALSE(spec.ok());
+  EXPECT_NE(spec.status().message().find("roundz"), std::string::npos) << spec.status();
+  EXPECT_NE(spec.status().message().find("job.conf"), std::string::npos);
+}
+
+TEST(ConfigTest, InvalidValuesNameTheField) {
+  auto spec = ParseTextProto<JobSpec>(kJob, "job");
+  ASSERT_TRUE(spec.ok());
+  JobSpec bad = *spec;
+  bad.set_fraction(1.5);
+  EXPECT_NE(ValidateJobSpec(bad).status().message().find("'fraction'"), std::string::npos);
+  bad = *spec;
+  bad.add_labels("cardiomegaly");
+  EXPECT_NE(ValidateJobSpec(bad).status().message().find("'labels'"), std::string::npos);
+  bad = *spec;
+  bad.mutable_dp()->set_enabled(true);
+  bad.mutable_dp()->set_delta(1e-6);
+  EXPECT_NE(ValidateJobSpec(bad).status().message().find("'dp'"), std::string::npos);
+  bad = *spec;
+  bad.mutable_local_optimizer()->set_name("lbfgs");
+  EXPECT_NE(ValidateJobSpec(bad).status().message().find("local_optimizer.name"),
+            std::string::npos);
+}
+
+TEST(ConfigTest, ClientConfigRequiresTlsAndData) {
+  auto config = ParseTextProto<ClientConfig>(R"pb(coordinator_address: "localhost:7443")pb", "c");
+  ASSERT_TRUE(config.ok());
+  EXPECT_NE(ValidateClientConfig(*config).status().message().find("tls.ca_file"),
+            std::string::npos);
+  config->mutable_tls()->set_ca_file("ca");
+  config->mutable_tls()->set_cert_file("c");
+  config->mutable_tls()->set_key_file("k");
+  config->set_data_dir("d");
+  config->set_labels_csv("l");
+  config->set_state_dir("s");
+  config->set_device("tpu");
+  EXPECT_NE(ValidateClientConfig(*config).status().message().find("'device'"), std::string::npos);
+  config->set_device("");
+  auto valid = ValidateClientConfig(*config);
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  EXPECT_EQ(valid->coordinator_name(), "coordinator");
+  EXPECT_DOUBLE_EQ(valid->test_fraction(), 0.2);
+}
+
+TEST(ConfigTest, CoordinatorAddressMustHavePort) {
+  CoordinatorConfig config;
+  config.set_listen_address("localhost");
+  EXPECT_NE(ValidateCoordinatorConfig(config).status().message().find("listen_address"),
+            std::string::npos);
+}
+
+TEST(ConfigTest, MissingFileNamed) {
+  auto config = LoadClientConfig("/nonexistent/client.conf");
+  EXPECT_NE(config.status().message().find("/nonexistent/client.conf"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace fl

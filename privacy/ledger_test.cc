@@ -1,0 +1,222 @@
+#include "privacy/ledger.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "privacy/rdp_accountant.h"
+
+namespace fl {
+namespace {
+
+using ::testing::HasSubstr;
+
+constexpr double kDelta = 1e-5;
+
+// A fresh ledger path for the running test, removed (with its WAL files) on destruction.
+class LedgerFile {
+ public:
+  LedgerFile() {
+    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
+    path_ = testing::TempDir() + "ledger_" + info->name() + "_" + std::to_string(getpid()) + ".db";
+    Remove();
+  }
+  ~LedgerFile() { Remove(); }
+  const std::string& path() const { return path_; }
+
+ private:
+  void Remove() {
+    for (const char* suffix : {"", "-wal", "-shm"}) std::remove((path_ + suffix).c_str());
+  }
+  std::string path_;
+};
+
+std::unique_ptr<PrivacyLedger> OpenOrDie(const std::string& path) {
+  auto ledger = PrivacyLedger::Open(path);
+  EXPECT_TRUE(ledger.ok()) << ledger.status();
+  return ledger.ok() ? std::move(*ledger) : nullptr;
+}
+
+TEST(PrivacyLedgerTest, RecordThenGet) {
+  LedgerFile file;
+  auto ledger = OpenOrDie(file.path());
+  ASSERT_NE(ledger, nullptr);
+  ASSERT_TRUE(ledger->Record("job1", "chest", 0, 0.04, 1.5, 1000).ok());
+  ASSERT_TRUE(ledger->Record("job1", "chest", 1, 0.04, 1.5, 1250).ok());
+
+  auto spent = ledger->Get("job1", "chest");
+  ASSERT_TRUE(spent.ok()) << spent.status();
+  EXPECT_EQ(spent->rounds, 2);
+  EXPECT_EQ(spent->steps, 2250u);
+  EXPECT_EQ(spent->orders, DefaultRdpOrders());
+  RdpAccountant expected;
+  expected.AddSteps(0.04, 1.5, 2250);
+  ASSERT_EQ(spent->rdp.size(), expected.rdp().size());
+  for (size_t k = 0; k < spent->rdp.size(); ++k) {
+    EXPECT_DOUBLE_EQ(spent->rdp[k], expected.rdp()[k]);
+  }
+  // The Opacus reference example, through the ledger.
+  auto eps = ledger->Epsilon("job1", "chest", kDelta);
+  ASSERT_TRUE(eps.ok());
+  EXPECT_NEAR(*eps, 7.32911117143, 7.33e-6);
+}
+
+TEST(PrivacyLedgerTest, NothingRecordedIsZero) {
+  LedgerFile file;
+  auto ledger = OpenOrDie(file.path());
+  ASSERT_NE(ledger, nullptr);
+  auto spent = ledger->Get("job1", "chest");
+  ASSERT_TRUE(spent.ok());
+  EXPECT_EQ(spent->rounds, 0);
+  EXPECT_EQ(spent->rdp, std::vector<double>(DefaultRdpOrders().size(), 0.0));
+  auto eps = ledger->Epsilon(std::nullopt, "chest", kDelta);
+  ASSERT_TRUE(eps.ok());
+  EXPECT_EQ(*eps, 0.0);
+}
+
+TEST(PrivacyLedgerTest, RecordIsIdempotent) {
+  LedgerFile file;
+  auto ledger = OpenOrDie(file.path());
+  ASSERT_NE(ledger, nullptr);
+  ASSERT_TRUE(ledger->Record("job1", "chest", 3, 0.01, 1.1, 500).ok());
+  ASSERT_TRUE(ledger->Record("job1", "chest", 3, 0.01, 1.1, 500).ok());
+  auto spent = ledger->Get("job1", "chest");
+  ASSERT_TRUE(spent.ok());
+  EXPECT_EQ(spent->rounds, 1);
+  EXPECT_EQ(spent->steps, 500u);
+
+  // The same round with another cost is refused and the first record kept.
+  absl::Status conflict = ledger->Record("job1", "chest", 3, 0.01, 0.5, 500);
+  EXPECT_EQ(conflict.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_THAT(conflict.message(), HasSubstr("round 3"));
+  spent = ledger->Get("job1", "chest");
+  ASSERT_TRUE(spent.ok());
+  EXPECT_EQ(spent->steps, 500u);
+}
+
+TEST(PrivacyLedgerTest, RejectsInvalidRecords) {
+  LedgerFile file;
+  auto ledger = OpenOrDie(file.path());
+  ASSERT_NE(ledger, nullptr);
+  EXPECT_THAT(ledger->Record("", "chest", 0, 0.1, 1, 1).message(), HasSubstr("job_id"));
+  EXPECT_THAT(ledger->Record("j", "chest", -1, 0.1, 1, 1).message(), HasSubstr("round"));
+  EXPECT_THAT(ledger->Record("j", "chest", 0, 1.1, 1, 1).message(), HasSubstr("q"));
+  EXPECT_THAT(ledger->Record("j", "chest", 0, 0.1, -1, 1).message(), HasSubstr("sigma"));
+}
+
+TEST(PrivacyLedgerTest, ComposesAcrossJobsOnTheSameDataset) {
+  LedgerFile file;
+  auto ledger = OpenOrDie(file.path());
+  ASSERT_NE(ledger, nullptr);
+  ASSERT_TRUE(ledger->Record("jobA", "chest", 0, 0.04, 1.5, 1000).ok());
+  ASSERT_TRUE(ledger->Record("jobB", "chest", 0, 0.01, 0.9, 3000).ok());
+  ASSERT_TRUE(ledger->Record("jobB", "knee", 0, 0.5, 0.5, 100).ok());  // other data: not counted
+
+  auto all = ledger->Epsilon(std::nullopt, "chest", kDelta);
+  ASSERT_TRUE(all.ok()) << all.status();
+  // privacy/reference_rdp.py, "composition".
+  EXPECT_NEAR(*all, 6.571331891332624, 6.58e-6);
+
+  auto job_a = ledger->Epsilon("jobA", "chest", kDelta);
+  auto job_b = ledger->Epsilon("jobB", "chest", kDelta);
+  ASSERT_TRUE(job_a.ok() && job_b.ok());
+  EXPECT_DOUBLE_EQ(*job_a, *ComputeEpsilon(0.04, 1.5, 1000, kDelta));
+  EXPECT_DOUBLE_EQ(*job_b, *ComputeEpsilon(0.01, 0.9, 3000, kDelta));
+  EXPECT_LT(*job_a, *all);
+  EXPECT_LT(*job_b, *all);
+}
+
+TEST(PrivacyLedgerTest, SurvivesReopen) {
+  LedgerFile file;
+  {
+    auto ledger = OpenOrDie(file.path());
+    ASSERT_NE(ledger, nullptr);
+    ASSERT_TRUE(ledger->Record("job1", "chest", 0, 0.04, 1.5, 2250).ok());
+  }
+  auto ledger = OpenOrDie(file.path());
+  ASSERT_NE(ledger, nullptr);
+  auto spent = ledger->Get("job1", "chest");
+  ASSERT_TRUE(spent.ok());
+  EXPECT_EQ(spent->rounds, 1);
+  EXPECT_EQ(spent->steps, 2250u);
+}
+
+TEST(PrivacyLedgerTest, CapCheckDeclinesTheRoundThatWouldExceedIt) {
+  LedgerFile file;
+  auto ledger = OpenOrDie(file.path());
+  ASSERT_NE(ledger, nullptr);
+  constexpr double kCap = 4.0;
+  constexpr double kQ = 0.04, kSigma = 1.5;
+  constexpr uint64_t kStepsPerRound = 250;
+  int64_t accepted = 0;
+  for (int64_t round = 0; round < 100; ++round) {
+    auto eps = ledger->EpsilonIfAdded("chest", kQ, kSigma, kStepsPerRound, kDelta);
+    ASSERT_TRUE(eps.ok()) << eps.status();
+    if (*eps > kCap) break;
+    ASSERT_TRUE(ledger->Record("job1", "chest", round, kQ, kSigma, kStepsPerRound).ok());
+    ++accepted;
+  }
+  // The cap stops training after a finite number of rounds, and never later than it should.
+  ASSERT_GT(accepted, 0);
+  ASSERT_LT(accepted, 100);
+  EXPECT_LE(*ComputeEpsilon(kQ, kSigma, accepted * kStepsPerRound, kDelta), kCap);
+  EXPECT_GT(*ComputeEpsilon(kQ, kSigma, (accepted + 1) * kStepsPerRound, kDelta), kCap);
+  auto spent_eps = ledger->Epsilon(std::nullopt, "chest", kDelta);
+  ASSERT_TRUE(spent_eps.ok());
+  EXPECT_LE(*spent_eps, kCap);
+  // A second job on the same data sees the first job's spending.
+  auto other_job = ledger->EpsilonIfAdded("chest", kQ, kSigma, kStepsPerRound, kDelta);
+  ASSERT_TRUE(other_job.ok());
+  EXPECT_GT(*other_job, kCap);
+}
+
+TEST(PrivacyLedgerTest, RecordSurvivesKillBeforeSending) {
+  LedgerFile file;
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // The client: record the round, then die before anything could be sent.
+    auto ledger = PrivacyLedger::Open(file.path());
+    if (!ledger.ok()) _exit(10);
+    if (!(*ledger)->Record("job1", "chest", 7, 0.04, 1.5, 2250).ok()) _exit(11);
+    raise(SIGKILL);
+    _exit(12);
+  }
+  int wstatus = 0;
+  ASSERT_EQ(waitpid(child, &wstatus, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(wstatus)) << "child exited with " << WEXITSTATUS(wstatus);
+  ASSERT_EQ(WTERMSIG(wstatus), SIGKILL);
+
+  auto ledger = OpenOrDie(file.path());
+  ASSERT_NE(ledger, nullptr);
+  auto spent = ledger->Get("job1", "chest");
+  ASSERT_TRUE(spent.ok()) << spent.status();
+  EXPECT_EQ(spent->rounds, 1);
+  EXPECT_EQ(spent->steps, 2250u);
+  // Retrying the round after the restart does not count it twice.
+  ASSERT_TRUE(ledger->Record("job1", "chest", 7, 0.04, 1.5, 2250).ok());
+  EXPECT_EQ(ledger->Get("job1", "chest")->rounds, 1);
+}
+
+TEST(PrivacyLedgerTest, OpenFailsWithThePath) {
+  auto ledger = PrivacyLedger::Open("/nonexistent-dir/for/ledger.db");
+  ASSERT_FALSE(ledger.ok());
+  EXPECT_THAT(ledger.status().message(), HasSubstr("/nonexistent-dir/for/ledger.db"));
+}
+
+TEST(PrivacyLedgerTest, OpenRefusesAFileThatIsNotADatabase) {
+  LedgerFile file;
+  FILE* f = std::fopen(file.path().c_str(), "w");
+  ASSERT_NE(f, nullptr);
+  std::fputs("this is not an SQLite database, just some text padding it out a bit\n", f);
+  std::fclose(f);
+  EXPECT_FALSE(PrivacyLedger::Open(file.path()).ok());
+}
+
+}  // namespace
+}  // namespace fl

@@ -1,0 +1,117 @@
+#include "server/aggregator.h"
+
+#include <cmath>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace fl {
+
+UpdateLayout MakeLayout(const TensorList& global, const std::string& head_prefix, HeadMode mode,
+                        size_t num_labels) {
+  UpdateLayout layout;
+  for (size_t i = 0; i < global.size(); ++i) {
+    const NamedTensor& t = global[i];
+    const bool head = absl::StartsWith(t.name, head_prefix) && !t.shape.empty() &&
+                      t.shape[0] == static_cast<int64_t>(num_labels);
+    if (head && mode == HEAD_MODE_SITE) continue;
+    layout.shared.push_back({t.name, t.shape});
+    layout.global_index.push_back(i);
+    layout.is_head.push_back(head);
+  }
+  return layout;
+}
+
+void AxpyFloat(float weight, const float* __restrict data, float* __restrict sum, size_t n) {
+  for (size_t i = 0; i < n; ++i) sum[i] += weight * data[i];
+}
+
+Aggregator::Aggregator(UpdateLayout layout, size_t num_labels)
+    : layout_(std::move(layout)), num_labels_(num_labels), label_weight_(num_labels, 0.0) {
+  sums_.reserve(layout_.shared.size());
+  for (const TensorMeta& meta : layout_.shared) {
+    sums_.emplace_back(meta.byte_size() / sizeof(float), 0.0f);
+  }
+}
+
+void Aggregator::BeginUpdate(double weight, std::vector<size_t> label_rows) {
+  weight_ = weight;
+  row_on_.assign(num_labels_, false);
+  for (size_t row : label_rows) {
+    if (row < num_labels_) row_on_[row] = true;
+  }
+}
+
+void Aggregator::Fold(size_t index, uint64_t offset, const float* data, size_t n) {
+  float* sum = sums_[index].data() + offset;
+  const float w = static_cast<float>(weight_);
+  if (!layout_.is_head[index]) {
+    AxpyFloat(w, data, sum, n);
+    return;
+  }
+  // Head tensor: fold only the rows of labels this update carries.
+  const uint64_t row_len = (sums_[index].size()) / num_labels_;
+  for (size_t i = 0; i < n;) {
+    const uint64_t element = offset + i;
+    const uint64_t row = element / row_len;
+    const size_t run = static_cast<size_t>(std::min<uint64_t>(n - i, (row + 1) * row_len - element));
+    if (row_on_[row]) AxpyFloat(w, data + i, sum + i, run);
+    i += run;
+  }
+}
+
+void Aggregator::EndUpdate() {
+  total_weight_ += weight_;
+  for (size_t r = 0; r < num_labels_; ++r) {
+    if (row_on_[r]) label_weight_[r] += weight_;
+  }
+  ++updates_;
+}
+
+namespace {
+
+// Adam/Yogi step on one element; `m`, `v` updated in place.
+float AdaptiveStep(const ServerOptimizer& opt, float delta, float& m, float& v) {
+  const float b1 = static_cast<float>(opt.beta1());
+  const float b2 = static_cast<float>(opt.beta2());
+  m = b1 * m + (1 - b1) * delta;
+  const float d2 = delta * delta;
+  if (opt.kind() == FEDYOGI) {
+    v = v - (1 - b2) * d2 * (v - d2 > 0 ? 1.0f : (v - d2 < 0 ? -1.0f : 0.0f));
+  } else {
+    v = b2 * v + (1 - b2) * d2;
+  }
+  return static_cast<float>(opt.learning_rate()) * m / (std::sqrt(v) + static_cast<float>(opt.tau()));
+}
+
+}  // namespace
+
+absl::Status Aggregator::Apply(const ServerOptimizer& optimizer, TensorList& global,
+                              OptimizerMoments* moments) {
+  if (updates_ == 0 || total_weight_ <= 0) {
+    return absl::FailedPreconditionError("no update to apply");
+  }
+  const bool adaptive = optimizer.kind() == FEDADAM || optimizer.kind() == FEDYOGI;
+  if (adaptive && moments->m.empty()) {
+    for (const NamedTensor& t : global) {
+      moments->m.push_back({t.name, t.shape, std::vector<float>(t.data.size(), 0.0f)});
+      moments->v.push_back({t.name, t.shape, std::vector<float>(t.data.size(), 0.0f)});
+    }
+  }
+  for (size_t k = 0; k < sums_.size(); ++k) {
+    const size_t g = layout_.global_index[k];
+    std::vector<float>& target = global[g].data;
+    const size_t row_len = layout_.is_head[k] ? sums_[k].size() / num_labels_ : sums_[k].size();
+    for (size_t i = 0; i < sums_[k].size(); ++i) {
+      const double w = layout_.is_head[k] ? label_weight_[i / row_len] : total_weight_;
+      if (w <= 0) continue;  // nobody trained this head row
+      const float delta = static_cast<float>(sums_[k][i] / w);
+      target[i] += adaptive ? AdaptiveStep(optimizer, delta, moments->m[g].data[i],
+                                           moments->v[g].data[i])
+                            : static_cast<float>(optimizer.learning_rate()) * delta;
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace fl

@@ -1,0 +1,70 @@
+// Streaming weighted aggregation of model updates and the server optimizers (FedAvg, FedAdam,
+// FedYogi). Torch-free: it works on float buffers so the coordinator's memory stays at a small
+// multiple of one model whatever the number of sites.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "common/tensor.h"
+#include "common/tensor_stream.h"
+#include "fl/config.pb.h"
+
+namespace fl {
+
+// Which tensors an update carries and which are label heads (one row per label of the job).
+struct UpdateLayout {
+  std::vector<TensorMeta> shared;    // tensors in an update, in order
+  std::vector<size_t> global_index;  // index of each shared tensor in the global model
+  std::vector<bool> is_head;         // true: row r of the tensor belongs to label r
+};
+
+// Label mode: every tensor is shared and tensors under `head_prefix` are heads. Site mode: heads
+// are private, so only the backbone is shared.
+UpdateLayout MakeLayout(const TensorList& global, const std::string& head_prefix, HeadMode mode,
+                        size_t num_labels);
+
+// The server optimizer's moment estimates (FedAdam/FedYogi), kept across rounds.
+struct OptimizerMoments {
+  TensorList m, v;
+};
+
+// Running weighted sum of updates. Backbone tensors are averaged over all updates; a head row is
+// averaged only over the updates whose labels include that row's label.
+class Aggregator {
+ public:
+  Aggregator(UpdateLayout layout, size_t num_labels);
+
+  // Starts folding one update with `weight` (its sample count) carrying head rows `label_rows`.
+  void BeginUpdate(double weight, std::vector<size_t> label_rows);
+  // Adds `n` floats of shared tensor `index` at element `offset` of the current update.
+  void Fold(size_t index, uint64_t offset, const float* data, size_t n);
+  void EndUpdate();
+
+  size_t updates() const { return updates_; }
+  const UpdateLayout& layout() const { return layout_; }
+
+  // Applies the averaged update to `global` with the job's server optimizer; `moments` carries
+  // FedAdam/FedYogi state across rounds. Entries that no update covered (head rows of labels
+  // nobody trained) stay unchanged.
+  absl::Status Apply(const ServerOptimizer& optimizer, TensorList& global,
+                     OptimizerMoments* moments);
+
+ private:
+
+  UpdateLayout layout_;
+  size_t num_labels_;
+  std::vector<std::vector<float>> sums_;
+  double total_weight_ = 0;
+  std::vector<double> label_weight_;  // per label row
+  // Current update.
+  double weight_ = 0;
+  std::vector<bool> row_on_;
+  size_t updates_ = 0;
+};
+
+// The fold kernel: sum[i] += weight * data[i]. Exposed for the benchmark.
+void AxpyFloat(float weight, const float* data, float* sum, size_t n);
+
+}  // namespace fl

@@ -1,0 +1,800 @@
+#include "server/coordinator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "common/config.h"
+#include "common/crc32c.h"
+#include "common/safetensors.h"
+#include "common/status.h"
+#include "common/tensor_stream.h"
+
+namespace fl {
+
+namespace fs = std::filesystem;
+
+struct Coordinator::RoundState {
+  std::string job_id;
+  JobSpec spec;
+  uint32_t round = 0;
+  bool evaluate_only = false;
+  absl::Time deadline;
+  std::set<std::string> assigned;
+  std::set<std::string> uploading;
+  std::set<std::string> received;
+  std::set<std::string> reported;
+  std::map<std::string, std::string> declined;
+  double loss_sum = 0;
+  double weight_sum = 0;
+  UpdateLayout layout;
+  std::unique_ptr<Aggregator> aggregator;
+  absl::Time opened;
+};
+
+namespace {
+
+void Log(const std::string& line) { std::cerr << "fl-coordinator: " << line << std::endl; }
+
+double NowSeconds() { return absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()); }
+
+std::string NewJobId(const std::string& name) {
+  std::random_device rd;
+  return absl::StrFormat("%s-%08x", name.substr(0, 24), rd());
+}
+
+bool Terminal(JobState state) { return state == DONE || state == FAILED || state == CANCELLED; }
+
+// Sample-weighted mean AUROC per label over the sites' reports, and the mean over labels.
+void PoolMetrics(const std::map<std::string, SiteReport>& reports, RoundSummary& summary) {
+  std::map<std::string, std::pair<double, double>> acc;  // label -> (sum auroc*n, n)
+  std::map<std::string, LabelMetric> counts;
+  for (const auto& [site, report] : reports) {
+    for (const LabelMetric& m : report.test()) {
+      if (std::isnan(m.auroc())) continue;
+      const double n = static_cast<double>(m.positives() + m.negatives());
+      acc[m.label()].first += m.auroc() * n;
+      acc[m.label()].second += n;
+      LabelMetric& c = counts[m.label()];
+      c.set_positives(c.positives() + m.positives());
+      c.set_negatives(c.negatives() + m.negatives());
+    }
+  }
+  summary.clear_test();
+  double mean = 0;
+  for (const auto& [label, sums] : acc) {
+    LabelMetric* m = summary.add_test();
+    *m = counts[label];
+    m->set_label(label);
+    m->set_auroc(sums.first / sums.second);
+    mean += m->auroc();
+  }
+  summary.set_mean_auroc(acc.empty() ? std::nan("") : mean / acc.size());
+}
+
+double MeanAuroc(const google::protobuf::RepeatedPtrField<LabelMetric>& metrics) {
+  double sum = 0;
+  int n = 0;
+  for (const LabelMetric& m : metrics) {
+    if (!std::isnan(m.auroc())) {
+      sum += m.auroc();
+      ++n;
+    }
+  }
+  return n ? sum / n : std::nan("");
+}
+
+}  // namespace
+
+namespace {
+
+SiteReport* SiteEntry(JobStatus& job, const std::string& site) {
+  for (SiteReport& s : *job.mutable_sites()) {
+    if (s.site() == site) return &s;
+  }
+  SiteReport* entry = job.add_sites();
+  entry->set_site(site);
+  return entry;
+}
+
+}  // namespace
+
+Coordinator::Coordinator(CoordinatorConfig config, Store* store, CoordinatorMetrics* metrics,
+                         ModelInitFn init)
+    : config_(std::move(config)), store_(store), metrics_(metrics), init_(std::move(init)) {}
+
+Coordinator::~Coordinator() { Shutdown(); }
+
+absl::Status Coordinator::Start() {
+  std::error_code ec;
+  fs::create_directories(fs::path(config_.state_dir()) / "spool", ec);
+  fs::create_directories(fs::path(config_.state_dir()) / "checkpoints", ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("cannot create state folders under ", config_.state_dir(), ": ", ec.message()));
+  }
+  ASSIGN_OR_RETURN(std::vector<JobStatus> jobs, store_->Jobs());
+  ASSIGN_OR_RETURN(std::vector<SiteInfo> sites, store_->Sites());
+  {
+    absl::MutexLock lock(&mu_);
+    for (JobStatus& job : jobs) {
+      job_order_.push_back(job.job_id());
+      if (job.state() == RUNNING) Log(absl::StrCat("resuming job ", job.job_id(), " after round ",
+                                                   job.rounds_done()));
+      jobs_[job.job_id()] = std::move(job);
+    }
+    for (SiteInfo& site : sites) {
+      site.set_connected(false);
+      sites_[site.name()].info = std::move(site);
+    }
+  }
+  scheduler_ = std::thread([this] { SchedulerLoop(); });
+  return absl::OkStatus();
+}
+
+void Coordinator::Shutdown() {
+  {
+    absl::MutexLock lock(&mu_);
+    shutdown_ = true;
+  }
+  if (scheduler_.joinable()) scheduler_.join();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sites
+
+absl::StatusOr<JoinResponse> Coordinator::Join(const Identity& who, const JoinRequest& request) {
+  SiteInfo info;
+  {
+    absl::MutexLock lock(&mu_);
+    SiteInfo& site = sites_[who.name].info;
+    site.set_name(who.name);
+    *site.mutable_labels() = request.labels();
+    site.set_num_images(request.num_images());
+    site.set_hardware(request.hardware());
+    site.set_software_version(request.software_version());
+    site.set_last_seen_unix_seconds(NowSeconds());
+    info = site;
+  }
+  RETURN_IF_ERROR(store_->PutSite(info));
+  RETURN_IF_ERROR(store_->Audit(who.name, "join", absl::StrCat(request.num_images(), " images, ",
+                                                               request.labels_size(), " labels")));
+  JoinResponse response;
+  response.set_site_name(who.name);
+  response.set_coordinator_version(FL_VERSION);
+  return response;
+}
+
+absl::Status Coordinator::StreamTasks(const Identity& who,
+                                      const std::function<bool(const Task&)>& send,
+                                      const std::function<bool()>& cancelled) {
+  uint64_t id;
+  {
+    absl::MutexLock lock(&mu_);
+    SiteState& site = sites_[who.name];
+    if (!site.info.connected()) metrics_->sites_connected.Increment();
+    id = site.stream_id = next_stream_id_++;
+    site.info.set_name(who.name);
+    site.info.set_connected(true);
+  }
+  absl::Status result = absl::OkStatus();
+  while (true) {
+    Task task;
+    bool have_task = false;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [&] {
+        mu_.AssertHeld();
+        return shutdown_ || sites_[who.name].stream_id != id || !sites_[who.name].pending.empty();
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(5));
+      SiteState& site = sites_[who.name];
+      if (shutdown_ || site.stream_id != id) break;
+      site.info.set_last_seen_unix_seconds(NowSeconds());
+      if (!site.pending.empty()) {
+        task = site.pending.front();
+        site.pending.erase(site.pending.begin());
+        have_task = true;
+      } else {
+        bool busy = false;
+        for (const auto& [job_id, job] : jobs_) busy |= !Terminal(job.state());
+        task.set_idle(!busy);
+      }
+    }
+    if (cancelled() || !send(task)) {
+      if (have_task) Log(absl::StrCat("task for ", who.name, " not delivered: stream closed"));
+      break;
+    }
+  }
+  absl::MutexLock lock(&mu_);
+  SiteState& site = sites_[who.name];
+  if (site.stream_id == id) {
+    site.stream_id = 0;
+    site.info.set_connected(false);
+    metrics_->sites_connected.Decrement();
+  }
+  return result;
+}
+
+absl::Status Coordinator::Decline(const Identity& who, const DeclineRequest& request) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!round_ || round_->job_id != request.job_id() || round_->round != request.round() ||
+        !round_->assigned.count(who.name)) {
+      return absl::FailedPreconditionError("no such open task for this site");
+    }
+    round_->declined[who.name] = request.reason();
+  }
+  metrics_->declines.Increment();
+  Log(absl::StrCat(who.name, " declined round ", request.round(), " of ", request.job_id(), ": ",
+                   request.reason()));
+  return store_->Audit(who.name, "decline", absl::StrCat(request.job_id(), " round ",
+                                                         request.round(), ": ", request.reason()));
+}
+
+absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& request,
+                                   const std::function<bool(const TensorChunk&)>& emit) {
+  std::shared_ptr<const TensorList> model;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!round_ || round_->job_id != request.job_id() || round_->round != request.round()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "round ", request.round(), " of job ", request.job_id(), " is not open (stale round)"));
+    }
+    if (!round_->assigned.count(who.name)) {
+      return absl::PermissionDeniedError("this site has no task in this round");
+    }
+    model = global_;
+  }
+  uint64_t bytes = 0;
+  RETURN_IF_ERROR(WriteTensorChunks(*model, config_.chunk_bytes(), [&](const TensorChunk& c) {
+    bytes += c.data().size();
+    return emit(c);
+  }));
+  metrics_->download_bytes.Increment(static_cast<double>(bytes));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<UploadResponse> Coordinator::Upload(
+    const Identity& who, const std::function<bool(UploadMessage*)>& next) {
+  UploadMessage message;
+  if (!next(&message) || !message.has_header()) {
+    return absl::InvalidArgumentError("an upload must start with its header");
+  }
+  const UploadHeader header = message.header();
+  std::vector<TensorMeta> expected;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!round_ || round_->evaluate_only || round_->job_id != header.job_id() ||
+        round_->round != header.round()) {
+      metrics_->UpdateRejected().Increment();
+      return absl::FailedPreconditionError(absl::StrCat(
+          "round ", header.round(), " of job ", header.job_id(), " is not open (stale round)"));
+    }
+    if (!round_->assigned.count(who.name)) {
+      metrics_->UpdateRejected().Increment();
+      return absl::PermissionDeniedError("this site has no task in this round");
+    }
+    if (round_->received.count(who.name) || !round_->uploading.insert(who.name).second) {
+      metrics_->UpdateRejected().Increment();
+      return absl::AlreadyExistsError("an update for this round was already received");
+    }
+    expected = round_->layout.shared;
+  }
+  // Spool the update to disk while validating it; only a complete, valid update is folded.
+  const std::string spool = (fs::path(config_.state_dir()) / "spool" /
+                             absl::StrCat(header.job_id(), "-", header.round(), "-", who.name))
+                                .string();
+  absl::Status status = [&]() -> absl::Status {
+    if (header.num_samples() == 0) return absl::InvalidArgumentError("num_samples must be > 0");
+    std::unique_ptr<FILE, int (*)(FILE*)> out(std::fopen(spool.c_str(), "wb"), &std::fclose);
+    if (!out) return absl::UnavailableError(absl::StrCat("cannot write spool file ", spool));
+    ChunkReader reader(expected);
+    auto sink = [&](size_t, uint64_t, const float* data, size_t n) -> absl::Status {
+      if (std::fwrite(data, sizeof(float), n, out.get()) != n) {
+        return absl::ResourceExhaustedError(absl::StrCat("cannot write spool file ", spool,
+                                                         " (disk full?)"));
+      }
+      return absl::OkStatus();
+    };
+    bool trailer = false;
+    while (!trailer && next(&message)) {
+      if (message.has_chunk()) {
+        RETURN_IF_ERROR(reader.Add(message.chunk(), sink));
+      } else if (message.has_trailer()) {
+        trailer = true;
+      } else {
+        return absl::InvalidArgumentError("unexpected message inside an upload");
+      }
+    }
+    if (!trailer) return absl::InvalidArgumentError("upload ended without its trailer (truncated)");
+    RETURN_IF_ERROR(reader.Finish());
+    if (std::fflush(out.get()) != 0) return absl::ResourceExhaustedError("spool flush failed");
+    metrics_->update_bytes.Increment(static_cast<double>(reader.bytes()));
+    return FoldSpool(spool, header, who.name);
+  }();
+  std::error_code ec;
+  fs::remove(spool, ec);
+  {
+    absl::MutexLock lock(&mu_);
+    if (round_ && round_->job_id == header.job_id()) round_->uploading.erase(who.name);
+  }
+  if (!status.ok()) {
+    metrics_->UpdateRejected().Increment();
+    Log(absl::StrCat("refused update from ", who.name, ": ", status.message()));
+    store_->Audit(who.name, "upload-refused", std::string(status.message())).IgnoreError();
+    return status;
+  }
+  metrics_->UpdateAccepted().Increment();
+  UploadResponse response;
+  return response;
+}
+
+absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader& header,
+                                    const std::string& site) {
+  absl::MutexLock fold_lock(&fold_mu_);
+  Aggregator* aggregator;
+  std::vector<size_t> rows;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!round_ || round_->job_id != header.job_id() || round_->round != header.round()) {
+      return absl::FailedPreconditionError("the round closed before the update completed");
+    }
+    std::vector<std::string> allowed = TrainLabels(round_->spec, site);
+    for (const std::string& label : header.labels()) {
+      if (std::find(allowed.begin(), allowed.end(), label) == allowed.end()) {
+        return absl::InvalidArgumentError(absl::StrCat("update carries label '", label,
+                                                       "' that this site does not train"));
+      }
+      auto it = std::find(round_->spec.labels().begin(), round_->spec.labels().end(), label);
+      rows.push_back(static_cast<size_t>(it - round_->spec.labels().begin()));
+    }
+    aggregator = round_->aggregator.get();
+  }
+  // Read the validated update back and fold it, one buffer at a time.
+  std::unique_ptr<FILE, int (*)(FILE*)> in(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!in) return absl::InternalError(absl::StrCat("cannot reread spool file ", path));
+  aggregator->BeginUpdate(static_cast<double>(header.num_samples()), rows);
+  std::vector<float> buffer(config_.chunk_bytes() / sizeof(float));
+  for (size_t k = 0; k < aggregator->layout().shared.size(); ++k) {
+    const uint64_t numel = aggregator->layout().shared[k].byte_size() / sizeof(float);
+    for (uint64_t offset = 0; offset < numel;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer.size(), numel - offset));
+      if (std::fread(buffer.data(), sizeof(float), n, in.get()) != n) {
+        return absl::InternalError(absl::StrCat("spool file ", path, " is short"));
+      }
+      aggregator->Fold(k, offset, buffer.data(), n);
+      offset += n;
+    }
+  }
+  RETURN_IF_ERROR(store_->AddReceipt(header.job_id(), header.round(), site, header.num_samples(),
+                                     aggregator->layout().shared.empty() ? 0 : 1));
+  aggregator->EndUpdate();
+  absl::MutexLock lock(&mu_);
+  round_->received.insert(site);
+  round_->loss_sum += header.train_loss() * header.num_samples();
+  round_->weight_sum += header.num_samples();
+  if (header.privacy().epsilon() > 0) {
+    JobStatus& job = jobs_[header.job_id()];
+    *SiteEntry(job, site)->mutable_privacy() = header.privacy();
+    metrics_->site_epsilon.Add({{"job", header.job_id()}, {"site", site}})
+        .Set(header.privacy().epsilon());
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::Report(const Identity& who, const MetricsReport& report) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(report.job_id());
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", report.job_id()));
+  AttachReport(it->second, who.name, report);
+  if (round_ && round_->job_id == report.job_id() && round_->round == report.round()) {
+    round_->reported.insert(who.name);
+  }
+  return store_->PutJob(it->second);
+}
+
+
+void Coordinator::AttachReport(JobStatus& job, const std::string& site,
+                               const MetricsReport& report) {
+  SiteReport* entry = SiteEntry(job, site);
+  *entry->mutable_test() = report.test();
+  entry->set_mean_auroc(MeanAuroc(report.test()));
+  // A report for round r evaluates the model that round r - 1 produced.
+  if (report.round() == 0 || report.round() > static_cast<uint32_t>(job.rounds_size())) return;
+  std::map<std::string, SiteReport> by_site;
+  for (const SiteReport& s : job.sites()) by_site[s.site()] = s;
+  RoundSummary& summary = *job.mutable_rounds(static_cast<int>(report.round()) - 1);
+  PoolMetrics(by_site, summary);
+  metrics_->job_mean_auroc.Add({{"job", job.job_id()}}).Set(summary.mean_auroc());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scheduling
+
+void Coordinator::SchedulerLoop() {
+  while (true) {
+    std::string job_id;
+    {
+      absl::MutexLock lock(&mu_);
+      auto pick = [&] {
+        mu_.AssertHeld();
+        if (shutdown_) return true;
+        for (const std::string& id : job_order_) {
+          if (!Terminal(jobs_[id].state())) {
+            job_id = id;
+            return true;
+          }
+        }
+        return false;
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&pick), absl::Seconds(1));
+      if (shutdown_) return;
+    }
+    if (job_id.empty()) continue;
+    metrics_->jobs_running.Set(1);
+    absl::Status status = RunJob(job_id);
+    metrics_->jobs_running.Set(0);
+    absl::MutexLock lock(&mu_);
+    round_.reset();
+    global_.reset();
+    if (shutdown_) return;
+    JobStatus& job = jobs_[job_id];
+    if (Terminal(job.state())) continue;
+    job.set_state(status.ok() ? DONE : FAILED);
+    job.set_message(status.ok() ? "" : std::string(status.message()));
+    Log(absl::StrCat("job ", job_id, status.ok() ? " done" : " failed: ",
+                     status.ok() ? "" : status.message()));
+    store_->PutJob(job).IgnoreError();  // logged state is in memory; the next PutJob retries
+  }
+}
+
+absl::Status Coordinator::SetJobState(const std::string& job_id, JobState state,
+                                      const std::string& message) {
+  JobStatus copy;
+  {
+    absl::MutexLock lock(&mu_);
+    JobStatus& job = jobs_[job_id];
+    job.set_state(state);
+    job.set_message(message);
+    copy = job;
+  }
+  return store_->PutJob(copy);
+}
+
+bool Coordinator::JobCancelled(const std::string& job_id) {
+  return shutdown_ || jobs_[job_id].state() == CANCELLED;
+}
+
+absl::Status Coordinator::PrepareModel(const JobStatus& job) {
+  ASSIGN_OR_RETURN(ModelInit init, init_(job.spec()));
+  moments_ = OptimizerMoments{};
+  if (job.rounds_done() > 0) {
+    ASSIGN_OR_RETURN(Checkpoint checkpoint, store_->LatestCheckpoint(job.job_id()));
+    ASSIGN_OR_RETURN(TensorList weights, ReadSafetensors(checkpoint.path));
+    if (MetasOf(weights).size() != init.weights.size()) {
+      return absl::DataLossError(absl::StrCat("checkpoint ", checkpoint.path,
+                                              " does not match the job's model"));
+    }
+    init.weights = std::move(weights);
+  }
+  absl::MutexLock lock(&mu_);
+  global_ = std::make_shared<const TensorList>(std::move(init.weights));
+  head_prefix_ = init.head_prefix;
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::WaitForSites(const JobSpec& spec) {
+  absl::MutexLock lock(&mu_);
+  auto enough = [&] {
+    mu_.AssertHeld();
+    return shutdown_ || EligibleSites(spec).size() >= spec.min_sites();
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(spec.start_timeout_seconds()));
+  if (shutdown_) return absl::CancelledError("coordinator is shutting down");
+  const size_t have = EligibleSites(spec).size();
+  if (have < spec.min_sites()) {
+    return absl::UnavailableError(absl::StrCat("only ", have, " eligible sites connected within ",
+                                               spec.start_timeout_seconds(), " s; job needs ",
+                                               spec.min_sites()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::RunJob(const std::string& job_id) {
+  JobStatus job;
+  {
+    absl::MutexLock lock(&mu_);
+    job = jobs_[job_id];
+  }
+  RETURN_IF_ERROR(PrepareModel(job));
+  RETURN_IF_ERROR(SetJobState(job_id, RUNNING, ""));
+  RETURN_IF_ERROR(WaitForSites(job.spec()));
+  constexpr int kMaxAttempts = 3;
+  for (uint32_t round = job.rounds_done(); round < job.spec().rounds(); ++round) {
+    absl::Status status;
+    for (int attempt = 1; attempt <= kMaxAttempts; ++attempt) {
+      status = RunRound(job_id, round, /*evaluate_only=*/false);
+      if (status.ok() || absl::IsCancelled(status)) break;
+      metrics_->rounds_failed.Increment();
+      Log(absl::StrCat("job ", job_id, " round ", round, " attempt ", attempt, ": ",
+                       status.message()));
+    }
+    RETURN_IF_ERROR(status);
+  }
+  // Every site evaluates the final model on its own test split.
+  return RunRound(job_id, job.spec().rounds(), /*evaluate_only=*/true);
+}
+
+absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round,
+                                   bool evaluate_only) {
+  absl::MutexLock lock(&mu_);
+  auto state = std::make_unique<RoundState>();
+  state->job_id = job_id;
+  state->spec = jobs_[job_id].spec();
+  state->round = round;
+  state->evaluate_only = evaluate_only;
+  state->opened = absl::Now();
+  state->deadline = state->opened + absl::Seconds(state->spec.round_deadline_seconds());
+  state->layout = MakeLayout(*global_, head_prefix_, state->spec.head_mode(),
+                             state->spec.labels_size());
+  state->aggregator = std::make_unique<Aggregator>(state->layout, state->spec.labels_size());
+  std::vector<std::string> chosen = EligibleSites(state->spec);
+  if (!evaluate_only && state->spec.fraction() < 1.0) {
+    std::mt19937_64 rng(std::hash<std::string>()(job_id) ^ round);
+    std::shuffle(chosen.begin(), chosen.end(), rng);
+    const size_t want = std::max<size_t>(
+        state->spec.min_sites(), static_cast<size_t>(std::ceil(state->spec.fraction() * chosen.size())));
+    chosen.resize(std::min(chosen.size(), want));
+  }
+  for (const std::string& site : chosen) {
+    Task task;
+    task.set_job_id(job_id);
+    task.set_round(round);
+    *task.mutable_spec() = state->spec;
+    for (const std::string& label : TrainLabels(state->spec, site)) task.add_train_labels(label);
+    task.set_deadline_unix_seconds(absl::ToDoubleSeconds(state->deadline - absl::UnixEpoch()));
+    task.set_final_round(round + 1 >= state->spec.rounds());
+    task.set_evaluate_only(evaluate_only);
+    sites_[site].pending.push_back(task);
+    state->assigned.insert(site);
+  }
+  Log(absl::StrCat("job ", job_id, evaluate_only ? " final evaluation" : " round ",
+                   evaluate_only ? "" : absl::StrCat(round), ": ", chosen.size(), " sites (",
+                   absl::StrJoin(chosen, ", "), ")"));
+  round_ = std::move(state);
+  RoundState* r = round_.get();
+  auto finished = [&] {
+    mu_.AssertHeld();
+    const auto& done = r->evaluate_only ? r->reported : r->received;
+    return JobCancelled(job_id) || done.size() + r->declined.size() >= r->assigned.size();
+  };
+  mu_.AwaitWithDeadline(absl::Condition(&finished), r->deadline);
+  if (JobCancelled(job_id)) return absl::CancelledError("job cancelled");
+  if (evaluate_only) return absl::OkStatus();
+  const size_t received = r->received.size();
+  if (received < r->spec.min_sites()) {
+    return absl::UnavailableError(absl::StrCat("round ", round, ": only ", received, " of ",
+                                               r->spec.min_sites(), " required updates arrived"));
+  }
+  mu_.Unlock();
+  absl::Status status = CloseRound(job_id, round);
+  mu_.Lock();
+  return status;
+}
+
+std::string Coordinator::CheckpointPath(const std::string& job_id, uint32_t round) const {
+  return (fs::path(config_.state_dir()) / "checkpoints" /
+          absl::StrCat(job_id, "-round-", round, ".safetensors"))
+      .string();
+}
+
+absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) {
+  absl::MutexLock fold_lock(&fold_mu_);
+  TensorList next;
+  JobSpec spec;
+  RoundSummary summary;
+  Aggregator* aggregator;
+  {
+    absl::MutexLock lock(&mu_);
+    aggregator = round_->aggregator.get();  // round_ is replaced only by this thread
+    next = *global_;
+    spec = round_->spec;
+    summary.set_round(round);
+    for (const std::string& site : round_->received) summary.add_sites(site);
+    for (const auto& [site, why] : round_->declined) summary.add_declined(site + ": " + why);
+    summary.set_train_loss(round_->loss_sum / round_->weight_sum);
+    summary.set_mean_auroc(std::nan(""));
+  }
+  RETURN_IF_ERROR(aggregator->Apply(spec.server_optimizer(), next, &moments_));
+  const std::string path = CheckpointPath(job_id, round + 1);
+  RETURN_IF_ERROR(WriteSafetensors(path, next, {{"job_id", job_id},
+                                                {"round", absl::StrCat(round + 1)}}));
+  uint32_t crc = 0;
+  for (const NamedTensor& t : next) crc = Crc32cExtend(crc, t.data.data(), t.byte_size());
+  JobStatus copy;
+  {
+    absl::MutexLock lock(&mu_);
+    JobStatus& job = jobs_[job_id];
+    *job.add_rounds() = summary;
+    job.set_rounds_done(round + 1);
+    copy = job;
+  }
+  RETURN_IF_ERROR(store_->CommitRound(copy, Checkpoint{path, crc, round + 1}));
+  std::error_code ec;
+  if (round >= 1) fs::remove(CheckpointPath(job_id, round - 1), ec);  // keep the last two
+  absl::MutexLock lock(&mu_);
+  global_ = std::make_shared<const TensorList>(std::move(next));
+  metrics_->rounds_completed.Increment();
+  metrics_->round_duration.Observe(absl::ToDoubleSeconds(absl::Now() - round_->opened));
+  Log(absl::StrFormat("job %s round %d committed: %d sites, loss %.4f", job_id, round,
+                      summary.sites_size(), summary.train_loss()));
+  return absl::OkStatus();
+}
+
+std::vector<std::string> Coordinator::EligibleSites(const JobSpec& spec) const {
+  std::vector<std::string> out;
+  for (const auto& [name, site] : sites_) {
+    if (!site.info.connected()) continue;
+    if (!spec.sites().empty() &&
+        std::find(spec.sites().begin(), spec.sites().end(), name) == spec.sites().end()) {
+      continue;
+    }
+    if (!TrainLabels(spec, name).empty()) out.push_back(name);
+  }
+  return out;
+}
+
+std::vector<std::string> Coordinator::TrainLabels(const JobSpec& spec,
+                                                  const std::string& site) const {
+  std::vector<std::string> out;
+  auto it = sites_.find(site);
+  if (it == sites_.end()) return out;
+  for (const std::string& label : spec.labels()) {
+    for (const SiteLabel& have : it->second.info.labels()) {
+      if (have.name() == label) out.push_back(label);
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Admin
+
+absl::StatusOr<JobStatus> Coordinator::SubmitJob(const Identity& who, const JobSpec& spec) {
+  ASSIGN_OR_RETURN(JobSpec valid, ValidateJobSpecForModel(spec));
+  JobStatus job;
+  job.set_job_id(NewJobId(valid.name()));
+  *job.mutable_spec() = valid;
+  job.set_state(QUEUED);
+  RETURN_IF_ERROR(store_->PutJob(job));
+  RETURN_IF_ERROR(store_->Audit(who.name, "submit-job", job.job_id()));
+  absl::MutexLock lock(&mu_);
+  jobs_[job.job_id()] = job;
+  job_order_.push_back(job.job_id());
+  Log(absl::StrCat(who.name, " submitted job ", job.job_id()));
+  return job;
+}
+
+absl::StatusOr<JobSpec> Coordinator::ValidateJobSpecForModel(const JobSpec& spec) {
+  ASSIGN_OR_RETURN(JobSpec valid, ValidateJobSpec(spec));
+  // Building the model once checks the name and the sizes before the job is queued.
+  RETURN_IF_ERROR(init_(valid).status());
+  return valid;
+}
+
+std::vector<JobStatus> Coordinator::ListJobs() {
+  absl::MutexLock lock(&mu_);
+  std::vector<JobStatus> out;
+  for (const std::string& id : job_order_) out.push_back(jobs_[id]);
+  return out;
+}
+
+absl::StatusOr<JobStatus> Coordinator::GetJob(const std::string& job_id) {
+  absl::MutexLock lock(&mu_);
+  auto it = jobs_.find(job_id);
+  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
+  return it->second;
+}
+
+absl::StatusOr<JobStatus> Coordinator::CancelJob(const Identity& who, const std::string& job_id) {
+  JobStatus copy;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
+    if (Terminal(it->second.state())) {
+      return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " already ended"));
+    }
+    it->second.set_state(CANCELLED);
+    it->second.set_message(absl::StrCat("cancelled by ", who.name));
+    copy = it->second;
+  }
+  RETURN_IF_ERROR(store_->PutJob(copy));
+  RETURN_IF_ERROR(store_->Audit(who.name, "cancel-job", job_id));
+  return copy;
+}
+
+std::vector<SiteInfo> Coordinator::ListSites() {
+  absl::MutexLock lock(&mu_);
+  std::vector<SiteInfo> out;
+  for (const auto& [name, site] : sites_) out.push_back(site.info);
+  return out;
+}
+
+namespace {
+
+std::string JsonString(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) {
+      out += absl::StrFormat("\\u%04x", c);
+      continue;
+    }
+    out += c;
+  }
+  return out + "\"";
+}
+
+// The sidecar a researcher needs to use the exported weights.
+std::string Sidecar(const JobStatus& job) {
+  const JobSpec& spec = job.spec();
+  std::vector<std::string> labels;
+  for (const std::string& l : spec.labels()) labels.push_back(JsonString(l));
+  return absl::StrCat(
+      "{\n  \"job_id\": ", JsonString(job.job_id()), ",\n  \"architecture\": ",
+      JsonString(spec.model()), ",\n  \"labels\": [", absl::StrJoin(labels, ", "),
+      "],\n  \"input_size\": ", spec.image_size(), ",\n  \"in_channels\": ", spec.in_channels(),
+      ",\n  \"head_mode\": ", JsonString(spec.head_mode() == HEAD_MODE_SITE ? "site" : "label"),
+      ",\n  \"output\": \"one logit per label; sigmoid gives the probability\"",
+      ",\n  \"preprocessing\": \"DICOM pixel data -> modality LUT -> VOI window (first in file, "
+      "else VOI LUT, else min-max) -> MONOCHROME1 inverted -> area resize to input_size x "
+      "input_size -> scale to [0, 1]\",\n  \"rounds\": ",
+      job.rounds_done(), "\n}\n");
+}
+
+absl::Status StreamFile(const std::string& name, const std::string& path, size_t chunk_bytes,
+                        const std::function<bool(const FileChunk&)>& emit) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::string buffer(chunk_bytes, '\0');
+  FileChunk chunk;
+  uint64_t offset = 0;
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    const size_t n = static_cast<size_t>(in.gcount());
+    if (n == 0) break;
+    chunk.set_file(name);
+    chunk.set_offset(offset);
+    chunk.set_data(buffer.data(), n);
+    offset += n;
+    if (!emit(chunk)) return absl::CancelledError("export stream closed by the peer");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Coordinator::ExportModel(const Identity& who, const std::string& job_id,
+                                      const std::function<bool(const FileChunk&)>& emit) {
+  ASSIGN_OR_RETURN(JobStatus job, GetJob(job_id));
+  ASSIGN_OR_RETURN(Checkpoint checkpoint, store_->LatestCheckpoint(job_id));
+  RETURN_IF_ERROR(store_->Audit(who.name, "export-model", job_id));
+  RETURN_IF_ERROR(StreamFile("model.safetensors", checkpoint.path, config_.chunk_bytes(), emit));
+  FileChunk sidecar;
+  sidecar.set_file("model.json");
+  sidecar.set_data(Sidecar(job));
+  if (!emit(sidecar)) return absl::CancelledError("export stream closed by the peer");
+  return absl::OkStatus();
+}
+
+}  // namespace fl

@@ -1,0 +1,120 @@
+// The coordinator's core: sites, the job queue, the round state machine and streaming
+// aggregation. No gRPC here: server/service.cc adapts these calls to the wire, and tests call
+// them directly. Every method is thread-safe.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "common/tensor.h"
+#include "common/tls.h"
+#include "fl/config.pb.h"
+#include "fl/federation.pb.h"
+#include "server/aggregator.h"
+#include "server/metrics.h"
+#include "server/store.h"
+
+namespace fl {
+
+// A job's freshly initialised model, from the model registry (kept out of this torch-free core).
+struct ModelInit {
+  TensorList weights;
+  std::string head_prefix;
+};
+using ModelInitFn = std::function<absl::StatusOr<ModelInit>(const JobSpec& spec)>;
+
+class Coordinator {
+ public:
+  // REQUIRES: `config` validated; `store` and `metrics` outlive the coordinator.
+  Coordinator(CoordinatorConfig config, Store* store, CoordinatorMetrics* metrics,
+              ModelInitFn init);
+  ~Coordinator();
+
+  // Loads jobs from the store (a job that was running resumes from its last committed round)
+  // and starts the scheduler thread.
+  absl::Status Start();
+  // Stops the scheduler and ends every task stream. Idempotent.
+  void Shutdown();
+
+  // ---- sites (identity from the peer certificate) ----
+  absl::StatusOr<JoinResponse> Join(const Identity& who, const JoinRequest& request);
+  // Delivers tasks and keepalives through `send` until it returns false, `cancelled()` is true,
+  // a newer stream of the same site replaces this one, or Shutdown.
+  absl::Status StreamTasks(const Identity& who, const std::function<bool(const Task&)>& send,
+                           const std::function<bool()>& cancelled);
+  absl::Status Decline(const Identity& who, const DeclineRequest& request);
+  absl::Status Download(const Identity& who, const DownloadRequest& request,
+                        const std::function<bool(const TensorChunk&)>& emit);
+  // Reads an upload through `next` (false at end of stream). Nothing reaches the aggregate
+  // until the whole update has been received and validated.
+  absl::StatusOr<UploadResponse> Upload(const Identity& who,
+                                        const std::function<bool(UploadMessage*)>& next);
+  absl::Status Report(const Identity& who, const MetricsReport& report);
+
+  // ---- admins ----
+  absl::StatusOr<JobStatus> SubmitJob(const Identity& who, const JobSpec& spec);
+  std::vector<JobStatus> ListJobs();
+  absl::StatusOr<JobStatus> GetJob(const std::string& job_id);
+  absl::StatusOr<JobStatus> CancelJob(const Identity& who, const std::string& job_id);
+  std::vector<SiteInfo> ListSites();
+  // The job's latest committed model as safetensors, then its JSON sidecar.
+  absl::Status ExportModel(const Identity& who, const std::string& job_id,
+                           const std::function<bool(const FileChunk&)>& emit);
+
+ private:
+  struct SiteState {
+    SiteInfo info;
+    std::vector<Task> pending;
+    uint64_t stream_id = 0;  // the open stream; 0 when none
+  };
+  struct RoundState;
+
+  absl::StatusOr<JobSpec> ValidateJobSpecForModel(const JobSpec& spec);
+  void SchedulerLoop();
+  absl::Status RunJob(const std::string& job_id);
+  absl::Status PrepareModel(const JobStatus& job);
+  absl::Status WaitForSites(const JobSpec& spec);
+  absl::Status RunRound(const std::string& job_id, uint32_t round, bool evaluate_only);
+  absl::Status CloseRound(const std::string& job_id, uint32_t round);
+  absl::Status FoldSpool(const std::string& path, const UploadHeader& header,
+                         const std::string& site);
+  std::vector<std::string> EligibleSites(const JobSpec& spec) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::vector<std::string> TrainLabels(const JobSpec& spec, const std::string& site) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status SetJobState(const std::string& job_id, JobState state, const std::string& message);
+  void AttachReport(JobStatus& job, const std::string& site, const MetricsReport& report)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool JobCancelled(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::string CheckpointPath(const std::string& job_id, uint32_t round) const;
+
+  const CoordinatorConfig config_;
+  Store* const store_;
+  CoordinatorMetrics* const metrics_;
+  const ModelInitFn init_;
+
+  absl::Mutex mu_;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t next_stream_id_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<std::string, SiteState> sites_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, JobStatus> jobs_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> job_order_ ABSL_GUARDED_BY(mu_);
+  // The running job's model and round.
+  std::shared_ptr<const TensorList> global_ ABSL_GUARDED_BY(mu_);
+  std::string head_prefix_ ABSL_GUARDED_BY(mu_);
+  std::unique_ptr<RoundState> round_ ABSL_GUARDED_BY(mu_);
+  OptimizerMoments moments_;  // only the scheduler thread touches it
+
+  // Serialises folding into the aggregate and applying it.
+  absl::Mutex fold_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::thread scheduler_;
+};
+
+}  // namespace fl

@@ -1,0 +1,61 @@
+#include "server/metrics.h"
+
+namespace fl {
+
+using prometheus::BuildCounter;
+using prometheus::BuildGauge;
+using prometheus::BuildHistogram;
+
+CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
+    : sites_connected(BuildGauge()
+                          .Name("fl_coordinator_sites_connected")
+                          .Help("Sites with an open task stream")
+                          .Register(r)
+                          .Add({})),
+      jobs_running(
+          BuildGauge().Name("fl_coordinator_jobs_running").Help("Jobs running").Register(r).Add({})),
+      rounds_completed(BuildCounter()
+                           .Name("fl_coordinator_rounds_completed_total")
+                           .Help("Rounds aggregated and committed")
+                           .Register(r)
+                           .Add({})),
+      rounds_failed(BuildCounter()
+                        .Name("fl_coordinator_rounds_failed_total")
+                        .Help("Rounds that closed without quorum")
+                        .Register(r)
+                        .Add({})),
+      round_duration(BuildHistogram()
+                         .Name("fl_coordinator_round_duration_seconds")
+                         .Help("Wall time from opening a round to committing it")
+                         .Register(r)
+                         .Add({}, prometheus::Histogram::BucketBoundaries{
+                                      1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600})),
+      updates(BuildCounter()
+                  .Name("fl_coordinator_updates_total")
+                  .Help("Uploaded updates by result (accepted or rejected)")
+                  .Register(r)),
+      update_bytes(BuildCounter()
+                       .Name("fl_coordinator_update_bytes_total")
+                       .Help("Tensor bytes received in updates")
+                       .Register(r)
+                       .Add({})),
+      download_bytes(BuildCounter()
+                         .Name("fl_coordinator_download_bytes_total")
+                         .Help("Tensor bytes of global models sent to sites")
+                         .Register(r)
+                         .Add({})),
+      declines(BuildCounter()
+                   .Name("fl_coordinator_task_declines_total")
+                   .Help("Tasks declined by sites (e.g. privacy budget)")
+                   .Register(r)
+                   .Add({})),
+      site_epsilon(BuildGauge()
+                       .Name("fl_coordinator_site_privacy_epsilon")
+                       .Help("Privacy spent (epsilon) a site reported for a job")
+                       .Register(r)),
+      job_mean_auroc(BuildGauge()
+                         .Name("fl_coordinator_job_mean_auroc")
+                         .Help("Mean test AUROC of the job's latest global model over sites")
+                         .Register(r)) {}
+
+}  // namespace fl

@@ -1,0 +1,35 @@
+// Every metric of fl-coordinator, declared once on one registry (tests pass their own).
+// Names follow Prometheus conventions; label values never carry patient data.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+namespace fl {
+
+struct CoordinatorMetrics {
+  explicit CoordinatorMetrics(prometheus::Registry& registry);
+
+  prometheus::Gauge& sites_connected;
+  prometheus::Gauge& jobs_running;
+  prometheus::Counter& rounds_completed;
+  prometheus::Counter& rounds_failed;
+  prometheus::Histogram& round_duration;
+  prometheus::Family<prometheus::Counter>& updates;  // label result: accepted|rejected
+  prometheus::Counter& update_bytes;
+  prometheus::Counter& download_bytes;
+  prometheus::Counter& declines;
+  prometheus::Family<prometheus::Gauge>& site_epsilon;  // labels job, site
+  prometheus::Family<prometheus::Gauge>& job_mean_auroc;  // label job
+
+  prometheus::Counter& UpdateAccepted() { return updates.Add({{"result", "accepted"}}); }
+  prometheus::Counter& UpdateRejected() { return updates.Add({{"result", "rejected"}}); }
+};
+
+}  // namespace fl

@@ -1,0 +1,114 @@
+#include "server/service.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/grpc_status.h"
+
+namespace fl {
+namespace {
+
+// The caller's identity if its certificate carries `role`, else PERMISSION_DENIED.
+absl::StatusOr<Identity> Caller(const grpc::ServerContext& ctx, Role role) {
+  absl::StatusOr<Identity> who = PeerIdentity(ctx);
+  if (!who.ok()) return who.status();
+  if (who->role != role) {
+    return absl::PermissionDeniedError(absl::StrCat("this call needs a ", RoleName(role),
+                                                    " certificate; caller '", who->name,
+                                                    "' is a ", RoleName(who->role)));
+  }
+  return who;
+}
+
+template <typename T>
+grpc::Status Reply(absl::StatusOr<T> result, T* response) {
+  if (!result.ok()) return ToGrpcStatus(result.status());
+  *response = std::move(result).value();
+  return grpc::Status::OK;
+}
+
+}  // namespace
+
+#define FL_CALLER(ctx, role)                                  \
+  absl::StatusOr<Identity> who = Caller(*(ctx), role);        \
+  if (!who.ok()) return ToGrpcStatus(who.status())
+
+grpc::Status FederationService::Join(grpc::ServerContext* ctx, const JoinRequest* request,
+                                     JoinResponse* response) {
+  FL_CALLER(ctx, Role::kSite);
+  return Reply(core_->Join(*who, *request), response);
+}
+
+grpc::Status FederationService::Tasks(grpc::ServerContext* ctx, const TaskRequest*,
+                                      grpc::ServerWriter<Task>* writer) {
+  FL_CALLER(ctx, Role::kSite);
+  return ToGrpcStatus(core_->StreamTasks(
+      *who, [&](const Task& task) { return writer->Write(task); },
+      [&] { return ctx->IsCancelled(); }));
+}
+
+grpc::Status FederationService::Decline(grpc::ServerContext* ctx, const DeclineRequest* request,
+                                        Ack*) {
+  FL_CALLER(ctx, Role::kSite);
+  return ToGrpcStatus(core_->Decline(*who, *request));
+}
+
+grpc::Status FederationService::Download(grpc::ServerContext* ctx,
+                                         const DownloadRequest* request,
+                                         grpc::ServerWriter<TensorChunk>* writer) {
+  FL_CALLER(ctx, Role::kSite);
+  return ToGrpcStatus(core_->Download(
+      *who, *request, [&](const TensorChunk& chunk) { return writer->Write(chunk); }));
+}
+
+grpc::Status FederationService::Upload(grpc::ServerContext* ctx,
+                                       grpc::ServerReader<UploadMessage>* reader,
+                                       UploadResponse* response) {
+  FL_CALLER(ctx, Role::kSite);
+  return Reply(core_->Upload(*who, [&](UploadMessage* m) { return reader->Read(m); }), response);
+}
+
+grpc::Status FederationService::Report(grpc::ServerContext* ctx, const MetricsReport* request,
+                                       Ack*) {
+  FL_CALLER(ctx, Role::kSite);
+  return ToGrpcStatus(core_->Report(*who, *request));
+}
+
+grpc::Status AdminService::SubmitJob(grpc::ServerContext* ctx, const SubmitJobRequest* request,
+                                     JobStatus* response) {
+  FL_CALLER(ctx, Role::kAdmin);
+  return Reply(core_->SubmitJob(*who, request->spec()), response);
+}
+
+grpc::Status AdminService::ListJobs(grpc::ServerContext* ctx, const ListJobsRequest*,
+                                    ListJobsResponse* response) {
+  FL_CALLER(ctx, Role::kAdmin);
+  for (JobStatus& job : core_->ListJobs()) *response->add_jobs() = std::move(job);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::GetJob(grpc::ServerContext* ctx, const JobRef* request,
+                                  JobStatus* response) {
+  FL_CALLER(ctx, Role::kAdmin);
+  return Reply(core_->GetJob(request->job_id()), response);
+}
+
+grpc::Status AdminService::CancelJob(grpc::ServerContext* ctx, const JobRef* request,
+                                     JobStatus* response) {
+  FL_CALLER(ctx, Role::kAdmin);
+  return Reply(core_->CancelJob(*who, request->job_id()), response);
+}
+
+grpc::Status AdminService::ListSites(grpc::ServerContext* ctx, const ListSitesRequest*,
+                                     ListSitesResponse* response) {
+  FL_CALLER(ctx, Role::kAdmin);
+  for (SiteInfo& site : core_->ListSites()) *response->add_sites() = std::move(site);
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::ExportModel(grpc::ServerContext* ctx, const ExportRequest* request,
+                                       grpc::ServerWriter<FileChunk>* writer) {
+  FL_CALLER(ctx, Role::kAdmin);
+  return ToGrpcStatus(core_->ExportModel(
+      *who, request->job_id(), [&](const FileChunk& chunk) { return writer->Write(chunk); }));
+}
+
+}  // namespace fl

@@ -1,0 +1,60 @@
+// The coordinator's durable state in one SQLite file (WAL mode, synchronous FULL): jobs with their
+// round history, the site registry, update receipts and an append-only audit log. Model weights
+// live in checkpoint files referenced from here with their checksum.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "fl/federation.pb.h"
+
+struct sqlite3;
+
+namespace fl {
+
+struct Checkpoint {
+  std::string path;
+  uint32_t crc32c = 0;
+  uint32_t round = 0;  // rounds completed when it was written
+};
+
+class Store {
+ public:
+  // Opens or creates `path`. Fails if the file is not a usable SQLite database.
+  static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
+  ~Store();
+
+  // Inserts or replaces a job's status.
+  absl::Status PutJob(const JobStatus& job);
+  absl::StatusOr<std::vector<JobStatus>> Jobs();
+
+  // Commits a finished round in one transaction: the job's new status and its checkpoint.
+  absl::Status CommitRound(const JobStatus& job, const Checkpoint& checkpoint);
+  // The newest checkpoint of a job, or NOT_FOUND.
+  absl::StatusOr<Checkpoint> LatestCheckpoint(const std::string& job_id);
+
+  absl::Status PutSite(const SiteInfo& site);
+  absl::StatusOr<std::vector<SiteInfo>> Sites();
+
+  // Records that (job, round, site) was aggregated; ALREADY_EXISTS if it already was.
+  absl::Status AddReceipt(const std::string& job_id, uint32_t round, const std::string& site,
+                          uint64_t samples, uint64_t bytes);
+
+  // Appends to the audit log: who (certificate identity) did what.
+  absl::Status Audit(const std::string& identity, const std::string& action,
+                     const std::string& detail);
+  // The last `limit` audit entries, oldest first, as "time identity action detail".
+  absl::StatusOr<std::vector<std::string>> AuditLog(int limit);
+
+ private:
+  explicit Store(sqlite3* db) : db_(db) {}
+  absl::Status Exec(const std::string& sql);
+
+  absl::Mutex mu_;
+  sqlite3* db_;  // owned
+};
+
+}  // namespace fl

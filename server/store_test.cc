@@ -1,0 +1,72 @@
+#include "server/store.h"
+
+#include <filesystem>
+
+#include <gtest/gtest.h>
+
+namespace fl {
+namespace {
+
+std::string TempDb(const std::string& name) {
+  std::string dir = ::testing::TempDir() + "/store_test_" + name;
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir + "/state.db";
+}
+
+TEST(StoreTest, JobsRoundsAndCheckpointsSurviveReopen) {
+  const std::string path = TempDb("reopen");
+  {
+    auto store = Store::Open(path);
+    ASSERT_TRUE(store.ok()) << store.status();
+    JobStatus job;
+    job.set_job_id("j1");
+    job.set_state(RUNNING);
+    ASSERT_TRUE((*store)->PutJob(job).ok());
+    job.set_rounds_done(1);
+    job.add_rounds()->set_round(0);
+    ASSERT_TRUE((*store)->CommitRound(job, Checkpoint{"/x/j1-1.safetensors", 42, 1}).ok());
+  }
+  auto store = Store::Open(path);
+  ASSERT_TRUE(store.ok());
+  auto jobs = (*store)->Jobs();
+  ASSERT_TRUE(jobs.ok());
+  ASSERT_EQ(jobs->size(), 1u);
+  EXPECT_EQ((*jobs)[0].rounds_done(), 1u);
+  auto checkpoint = (*store)->LatestCheckpoint("j1");
+  ASSERT_TRUE(checkpoint.ok());
+  EXPECT_EQ(checkpoint->crc32c, 42u);
+  EXPECT_EQ(checkpoint->round, 1u);
+  EXPECT_EQ((*store)->LatestCheckpoint("nope").status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(StoreTest, DuplicateReceiptRefused) {
+  auto store = Store::Open(TempDb("receipt"));
+  ASSERT_TRUE(store.ok());
+  ASSERT_TRUE((*store)->AddReceipt("j1", 3, "site-a", 10, 100).ok());
+  EXPECT_EQ((*store)->AddReceipt("j1", 3, "site-a", 10, 100).code(),
+            absl::StatusCode::kAlreadyExists);
+  EXPECT_TRUE((*store)->AddReceipt("j1", 4, "site-a", 10, 100).ok());
+}
+
+TEST(StoreTest, AuditLogAppends) {
+  auto store = Store::Open(TempDb("audit"));
+  ASSERT_TRUE(store.ok());
+  ASSERT_TRUE((*store)->Audit("alice", "submit-job", "j1").ok());
+  ASSERT_TRUE((*store)->Audit("site-a", "join", "10 images").ok());
+  auto log = (*store)->AuditLog(10);
+  ASSERT_TRUE(log.ok());
+  ASSERT_EQ(log->size(), 2u);
+  EXPECT_NE((*log)[1].find("site-a join"), std::string::npos);
+}
+
+TEST(StoreTest, NotADatabaseRefused) {
+  const std::string path = TempDb("garbage");
+  FILE* f = std::fopen(path.c_str(), "wb");
+  std::fputs("this is not sqlite, just text that is long enough to be a header", f);
+  std::fclose(f);
+  EXPECT_FALSE(Store::Open(path).ok());
+}
+
+}  // namespace
+}  // namespace fl

@@ -1,0 +1,117 @@
+// flctl data check: reads every file of a data folder exactly as the client would and reports
+// what it found, per file and in total.
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "client/dataset.h"
+#include "client/dicom.h"
+#include "common/status.h"
+#include "tools/cli.h"
+
+namespace fl {
+namespace {
+
+constexpr char kUsage[] = "usage: flctl data check DIR [--labels CSV] [--json]";
+
+struct FileReport {
+  std::string path;
+  absl::StatusOr<DicomImage> image;
+  bool labelled = false;
+};
+
+std::string JsonString(const std::string& text) {
+  std::string out = "\"";
+  for (unsigned char c : text) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          out += absl::StrFormat("\\u%04x", c);
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string JsonObject(const FileReport& r) {
+  const bool ok = r.image.ok();
+  const DicomImage empty;
+  const DicomImage& im = ok ? *r.image : empty;
+  return absl::StrCat(
+      "{\"path\":", JsonString(r.path), ",\"ok\":", ok ? "true" : "false",
+      ",\"reason\":", JsonString(ok ? "" : std::string(r.image.status().message())),
+      ",\"rows\":", im.rows, ",\"cols\":", im.cols, ",\"bits\":", im.bits_stored,
+      ",\"photometric\":", JsonString(im.photometric),
+      ",\"transfer_syntax\":", JsonString(im.transfer_syntax),
+      ",\"transfer_syntax_name\":", JsonString(im.transfer_syntax_name),
+      ",\"sop_instance_uid\":", JsonString(im.sop_instance_uid),
+      ",\"labelled\":", r.labelled ? "true" : "false", "}");
+}
+
+std::string TextLine(const FileReport& r) {
+  if (!r.image.ok()) return absl::StrCat("skip  ", r.path, ": ", r.image.status().message());
+  const DicomImage& im = *r.image;
+  return absl::StrCat("ok    ", r.path, ": ", im.rows, "x", im.cols, " ", im.bits_stored,
+                      "-bit ", im.photometric, " ", im.transfer_syntax_name, " (",
+                      im.transfer_syntax, ")", r.labelled ? " labelled" : "");
+}
+
+int Check(const std::string& dir, const std::string& labels_csv, bool json) {
+  LabelTable table;
+  if (!labels_csv.empty()) {
+    auto read = ReadLabelsCsv(labels_csv);
+    if (!read.ok()) return cli::Fail(read.status(), 2);
+    table = *std::move(read);
+  }
+  const LabelIndex index(table);
+  auto files = ListDataFiles(dir, labels_csv);
+  if (!files.ok()) return cli::Fail(files.status(), 2);
+  int decoded = 0, labelled = 0;
+  if (json) std::cout << "[";
+  for (size_t i = 0; i < files->size(); ++i) {
+    FileReport r{(*files)[i], DecodeDicom((*files)[i], 0)};
+    if (r.image.ok()) {
+      ++decoded;
+      const std::string rel = std::filesystem::relative(r.path, dir).generic_string();
+      r.labelled = !labels_csv.empty() && index.Find(r.image->sop_instance_uid, rel) != nullptr;
+      labelled += r.labelled;
+    }
+    if (json) {
+      std::cout << (i ? ",\n" : "\n") << JsonObject(r);
+    } else {
+      std::cout << TextLine(r) << "\n";
+    }
+  }
+  if (json) std::cout << "\n]\n";
+  (json ? std::cerr : std::cout)
+      << "files: " << files->size() << ", decoded: " << decoded
+      << ", skipped: " << files->size() - decoded
+      << (labels_csv.empty() ? "" : absl::StrCat(", with labels: ", labelled)) << "\n";
+  return 0;
+}
+
+int RunData(const std::vector<std::string>& argv) {
+  auto args = cli::Args::Parse(argv, {"json"});
+  if (!args.ok()) return cli::Fail(args.status(), 2);
+  absl::Status known = args->CheckKnown({"labels", "json"});
+  if (!known.ok()) return cli::Fail(absl::InvalidArgumentError(absl::StrCat(known.message(), "\n", kUsage)), 2);
+  const auto& words = args->positional();
+  if (words.size() != 2 || words[0] != "check") {
+    return cli::Fail(absl::InvalidArgumentError(kUsage), 2);
+  }
+  return Check(words[1], args->Get("labels"), args->Has("json"));
+}
+
+FL_COMMAND("data", "check a DICOM data folder as the client reads it (data check DIR)", RunData);
+
+}  // namespace
+}  // namespace fl

@@ -1,0 +1,49 @@
+// `flctl provision`: the consortium's CA and one kit per participant (coordinator, sites,
+// admins), each a folder holding ca.pem, cert.pem, key.pem (0600) and the daemon's config file.
+//
+// Layout under `out_dir`:
+//   ca/ca.key, ca/ca.pem                       the consortium CA (created once, then reused)
+//   coordinator/{ca.pem,cert.pem,key.pem,coordinator.conf}
+//   sites/<name>/{ca.pem,cert.pem,key.pem,client.conf}
+//   admins/<name>/{ca.pem,cert.pem,key.pem,admin.conf}
+// Provisioning is additive: a kit whose cert.pem exists is left untouched, so running it again
+// with more sites issues only the new kits and never changes a certificate already handed out.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace fl {
+
+struct ProvisionOptions {
+  std::string out_dir;              // made absolute; the configs carry absolute paths
+  std::string coordinator_address;  // HOST:PORT the sites and admins dial
+  std::string coordinator_name = "coordinator";  // the coordinator certificate's CN and a SAN
+  std::vector<std::string> coordinator_dns;      // extra SAN DNS names of the coordinator
+  std::vector<std::string> sites;
+  std::vector<std::string> admins;
+  int valid_days = 825;  // of participant certificates; the CA gets at least ten years
+  // If set, a site's data_dir is <data_root>/<site> and labels_csv <data_root>/<site>/labels.csv;
+  // otherwise placeholders that hospital IT replaces.
+  std::string data_root;
+  std::string coordinator_metrics;  // metrics_address of the coordinator; empty disables
+  double max_epsilon = 10.0;        // each site's privacy budget cap
+  double delta = 1e-6;
+};
+
+// What one run did, as paths of kit folders (and of the CA folder).
+struct ProvisionReport {
+  std::vector<std::string> created;
+  std::vector<std::string> kept;  // already provisioned, left untouched
+};
+
+// Creates the CA (or reuses the one in out_dir/ca) and every missing kit.
+absl::StatusOr<ProvisionReport> Provision(const ProvisionOptions& options);
+
+// OK if `name` may name a site or an admin: [a-z0-9][a-z0-9_-]{0,62}.
+absl::Status ValidateParticipantName(const std::string& name);
+
+}  // namespace fl
