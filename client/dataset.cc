@@ -92,13 +92,20 @@ absl::Status ParseRow(const std::vector<std::string>& fields, LabelTable* table)
   return absl::OkStatus();
 }
 
-// 64-bit FNV-1a of `text` mapped to [0, 1).
+// 64-bit FNV-1a of `text`, mixed by MurmurHash3's fmix64 finalizer (FNV alone barely moves the
+// high bits for ids that differ only at the end, like "P000017" and "P000018"), mapped to [0, 1).
+// Stable across platforms and releases: changing it would move patients between splits.
 double StableFraction(const std::string& text) {
   uint64_t hash = 14695981039346656037ull;
   for (unsigned char c : text) {
     hash ^= c;
     hash *= 1099511628211ull;
   }
+  hash ^= hash >> 33;
+  hash *= 0xff51afd7ed558ccdull;
+  hash ^= hash >> 33;
+  hash *= 0xc4ceb9fe1a85ec53ull;
+  hash ^= hash >> 33;
   return static_cast<double>(hash >> 11) * (1.0 / 9007199254740992.0);
 }
 

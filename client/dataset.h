@@ -65,7 +65,7 @@ absl::StatusOr<std::vector<std::string>> ListDataFiles(const std::string& dir,
 // Scans `dir` recursively, reads each DICOM header, joins with the labels CSV by SOP Instance UID
 // or relative path, and splits by patient (deterministic hash of patient id; test_fraction of the
 // patients go to test). Unreadable files are skipped and counted, never fatal.
-// Details: the split hashes the patient id with 64-bit FNV-1a into [0, 1) and sends the patient to
+// Details: the split hashes the patient id (64-bit FNV-1a + fmix64) into [0, 1) and sends it to
 // test when below test_fraction (a file without PatientID is its own patient, keyed by its SOP
 // Instance UID). With a labels CSV, files without a row are counted in unlabelled_files and left
 // out of both splits; with labels_csv empty every decodable file is kept with no labels. A second

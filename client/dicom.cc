@@ -46,6 +46,12 @@ absl::Status CheckFile(const std::string& path, bool* has_magic) {
   char head[132] = {};
   in.read(head, sizeof(head));
   *has_magic = in.gcount() == sizeof(head) && std::memcmp(head + 128, "DICM", 4) == 0;
+  // Without the magic, only a raw dataset starting with group 0002 or 0008 is worth parsing.
+  const int group = static_cast<unsigned char>(head[0]) | static_cast<unsigned char>(head[1]) << 8;
+  if (!*has_magic && (in.gcount() < 8 || (group != 0x0002 && group != 0x0008))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        path, ": not a DICOM file (no 'DICM' magic at byte 128, no dataset at byte 0)"));
+  }
   return absl::OkStatus();
 }
 

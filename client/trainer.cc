@@ -296,6 +296,11 @@ class TorchTrainer : public LocalTrainer {
                                                              const TensorList& weights);
   absl::StatusOr<TensorList> PrivateHead(const std::string& job_id, ClassifierImpl& model,
                                          const TensorList& weights);
+  absl::StatusOr<std::vector<std::vector<int>>> PlanRound(const JobSpec& spec, int steps,
+                                                          uint64_t seed) const;
+  absl::StatusOr<StepStats> TrainSteps(ClassifierImpl& model, torch::optim::Optimizer& optimizer,
+                                       const JobSpec& spec, const LabelMap& labels,
+                                       uint64_t seed);
   absl::StatusOr<StepStats> RunSteps(ClassifierImpl& model, torch::optim::Optimizer& optimizer,
                                      BatchPrefetcher& batches, int count, int size,
                                      int channels);
@@ -399,6 +404,48 @@ absl::StatusOr<std::shared_ptr<ClassifierImpl>> TorchTrainer::BuildModel(
   return model;
 }
 
+absl::StatusOr<std::vector<std::vector<int>>> TorchTrainer::PlanRound(const JobSpec& spec,
+                                                                      int steps,
+                                                                      uint64_t seed) const {
+  const int size = static_cast<int>(spec.image_size());
+  std::vector<int> usable;
+  for (int i = 0; i < static_cast<int>(data_.train.size()); ++i) {
+    if (!cache_.KnownBad(Split::kTrain, i, size)) usable.push_back(i);
+  }
+  if (usable.empty()) {
+    return absl::FailedPreconditionError("none of the train split's images can be decoded");
+  }
+  const int batch = std::min<int>(spec.batch_size() > 0 ? spec.batch_size() : kDefaultBatchSize,
+                                  usable.size());
+  return PlanTrainBatches(std::move(usable), batch, steps, seed);
+}
+
+absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ClassifierImpl& model,
+                                                   torch::optim::Optimizer& optimizer,
+                                                   const JobSpec& spec, const LabelMap& labels,
+                                                   uint64_t seed) {
+  const int size = static_cast<int>(spec.image_size());
+  const int steps = spec.local_steps() > 0 ? spec.local_steps() : kDefaultLocalSteps;
+  ASSIGN_OR_RETURN(const std::vector<std::vector<int>> plan, PlanRound(spec, steps, seed));
+  BatchPrefetcher batches(
+      steps,
+      [&](int k) {
+        return LoadBatch(Split::kTrain, plan[k], size, labels, seed ^ ((k + 1) * 0x9E3779B9ull));
+      },
+      options_.loader_threads, 2 * options_.loader_threads);
+  ASSIGN_OR_RETURN(StepStats stats,
+                   RunSteps(model, optimizer, batches, steps, size, ChannelsOf(spec)));
+  if (stats.steps == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "no step possible: no sampled train image decoded with a known value of the train "
+        "labels (", cache_.failures(), " images undecodable)"));
+  }
+  if (!std::isfinite(stats.loss_sum)) {
+    return absl::InternalError("training diverged: the loss is not finite");
+  }
+  return stats;
+}
+
 absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id,
                                                     const JobSpec& spec,
                                                     const std::vector<std::string>& train_labels,
@@ -411,35 +458,8 @@ absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id,
   ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model, BuildModel(job_id, spec, global));
   ASSIGN_OR_RETURN(std::unique_ptr<torch::optim::Optimizer> optimizer,
                    MakeOptimizer(spec.local_optimizer(), model->parameters()));
-  const int size = static_cast<int>(spec.image_size());
-  const int steps = spec.local_steps() > 0 ? spec.local_steps() : kDefaultLocalSteps;
-  std::vector<int> usable;
-  for (int i = 0; i < static_cast<int>(data_.train.size()); ++i) {
-    if (!cache_.KnownBad(Split::kTrain, i, size)) usable.push_back(i);
-  }
-  if (usable.empty()) {
-    return absl::FailedPreconditionError("none of the train split's images can be decoded");
-  }
-  const int batch = std::min<int>(spec.batch_size() > 0 ? spec.batch_size() : kDefaultBatchSize,
-                                  usable.size());
-  const uint64_t seed = RoundSeed(job_id, spec.seed(), round);
-  const std::vector<std::vector<int>> plan = PlanTrainBatches(std::move(usable), batch, steps, seed);
-  BatchPrefetcher batches(
-      steps,
-      [&](int k) {
-        return LoadBatch(Split::kTrain, plan[k], size, labels, seed ^ ((k + 1) * 0x9E3779B9ull));
-      },
-      options_.loader_threads, 2 * options_.loader_threads);
-  ASSIGN_OR_RETURN(StepStats stats,
-                   RunSteps(*model, *optimizer, batches, steps, size, ChannelsOf(spec)));
-  if (stats.steps == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "no step possible: no sampled train image decoded with a known value of the train labels (",
-        cache_.failures(), " images undecodable)"));
-  }
-  if (!std::isfinite(stats.loss_sum)) {
-    return absl::InternalError("training diverged: the loss is not finite");
-  }
+  ASSIGN_OR_RETURN(StepStats stats, TrainSteps(*model, *optimizer, spec, labels,
+                                               RoundSeed(job_id, spec.seed(), round)));
   const std::string prefix = model->head_prefix();
   TensorList local = ExtractWeights(*model);
   TrainResult result;

@@ -75,15 +75,15 @@ absl::StatusOr<TlsMaterial> LoadTlsMaterial(const TlsConfig& config) {
                            absl::StrCat("tls.ca_file ", config.ca_file())));
   RETURN_IF_ERROR(Annotate(ParseCertSubject(m.cert_pem).status(),
                            absl::StrCat("tls.cert_file ", config.cert_file())));
-  RETURN_IF_ERROR(Annotate(CheckPrivateKeyPem(m.key_pem),
-                           absl::StrCat("tls.key_file ", config.key_file())));
-  RETURN_IF_ERROR(Annotate(CheckKeyMatchesCert(m.key_pem, m.cert_pem),
-                           absl::StrCat("tls.key_file ", config.key_file(), " and tls.cert_file ",
-                                        config.cert_file())));
+  RETURN_IF_ERROR(
+      Annotate(CheckPrivateKeyPem(m.key_pem), absl::StrCat("tls.key_file ", config.key_file())));
+  RETURN_IF_ERROR(Annotate(
+      CheckKeyMatchesCert(m.key_pem, m.cert_pem),
+      absl::StrCat("tls.key_file ", config.key_file(), " and tls.cert_file ", config.cert_file())));
   // Failing here (expired, or signed by another CA) beats an opaque handshake failure later.
-  RETURN_IF_ERROR(Annotate(VerifyCertChain(m.ca_pem, m.cert_pem),
-                           absl::StrCat("tls.cert_file ", config.cert_file(), " with tls.ca_file ",
-                                        config.ca_file())));
+  RETURN_IF_ERROR(Annotate(
+      VerifyCertChain(m.ca_pem, m.cert_pem),
+      absl::StrCat("tls.cert_file ", config.cert_file(), " with tls.ca_file ", config.ca_file())));
   return m;
 }
 

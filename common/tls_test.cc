@@ -1,5 +1,9 @@
 #include "common/tls.h"
 
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
@@ -8,11 +12,6 @@
 #include <memory>
 #include <string>
 #include <thread>
-
-#include <grpcpp/generic/async_generic_service.h>
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <gtest/gtest.h>
 
 #include "common/file_util.h"
 #include "common/x509.h"
@@ -150,12 +149,10 @@ TEST(IdentityFromPemTest, RefusesUnknownRoleAndGarbage) {
   Consortium c = MakeConsortium();
   auto rogue = IssueCert(c.ca, Request("mallory", "superuser"));
   ASSERT_TRUE(rogue.ok());
-  EXPECT_EQ(IdentityFromPem(rogue->cert_pem).status().code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(IdentityFromPem(rogue->cert_pem).status().code(), absl::StatusCode::kPermissionDenied);
   auto no_ou = IssueCert(c.ca, Request("nobody", ""));
   ASSERT_TRUE(no_ou.ok());
-  EXPECT_EQ(IdentityFromPem(no_ou->cert_pem).status().code(),
-            absl::StatusCode::kPermissionDenied);
+  EXPECT_EQ(IdentityFromPem(no_ou->cert_pem).status().code(), absl::StatusCode::kPermissionDenied);
   EXPECT_EQ(IdentityFromPem("junk").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
@@ -194,12 +191,11 @@ class TestServer {
       stream.Read(&request, this);
       if (!cq_->Next(&tag, &ok)) break;
       absl::StatusOr<Identity> identity = PeerIdentity(context);
-      std::string reply = identity.ok()
-                              ? identity->name + "/" + RoleName(identity->role)
-                              : "error: " + std::string(identity.status().message());
+      std::string reply = identity.ok() ? identity->name + "/" + RoleName(identity->role)
+                                        : "error: " + std::string(identity.status().message());
       grpc::Slice slice(reply);
-      stream.WriteAndFinish(grpc::ByteBuffer(&slice, 1), grpc::WriteOptions(),
-                            grpc::Status::OK, this);
+      stream.WriteAndFinish(grpc::ByteBuffer(&slice, 1), grpc::WriteOptions(), grpc::Status::OK,
+                            this);
       if (!cq_->Next(&tag, &ok)) break;
       ok = true;
     }
@@ -220,22 +216,20 @@ absl::StatusOr<std::string> Call(const std::shared_ptr<grpc::Channel>& channel,
   grpc::GenericStub stub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  grpc::ByteBuffer request, response;
-  request.Clear();
   grpc::Slice empty("");
-  request = grpc::ByteBuffer(&empty, 1);
+  grpc::ByteBuffer request(&empty, 1), response;
   std::promise<grpc::Status> done;
   stub.UnaryCall(&context, method, grpc::StubOptions(), &request, &response,
                  [&done](grpc::Status status) { done.set_value(std::move(status)); });
   grpc::Status status = done.get_future().get();
   if (!status.ok()) {
-    return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                        status.error_message());
+    return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
   }
   std::vector<grpc::Slice> slices;
   if (!response.Dump(&slices).ok()) return absl::InternalError("cannot read the response");
   std::string out;
-  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
   return out;
 }
 
@@ -290,8 +284,7 @@ TEST_F(MutualTlsTest, RefusesClientWithoutCertificate) {
   options.pem_root_certs = c_.ca.cert_pem;
   grpc::ChannelArguments args;
   args.SetSslTargetNameOverride("coordinator");
-  auto channel =
-      grpc::CreateCustomChannel(server_->address(), grpc::SslCredentials(options), args);
+  auto channel = grpc::CreateCustomChannel(server_->address(), grpc::SslCredentials(options), args);
   EXPECT_FALSE(Call(channel, kWhoAmI).ok());
 }
 

@@ -86,7 +86,8 @@ absl::StatusOr<KeyPtr> NewP256Key() {
 
 absl::StatusOr<std::string> KeyToPem(EVP_PKEY* key) {
   BioPtr bio(BIO_new(BIO_s_mem()));
-  if (!bio || PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
+  if (!bio ||
+      PEM_write_bio_PrivateKey(bio.get(), key, nullptr, nullptr, 0, nullptr, nullptr) != 1) {
     return OpenSslError("writing a private key as PEM");
   }
   return BioContents(bio.get());
@@ -119,8 +120,8 @@ absl::Status SetSubject(X509* cert, const CertRequest& request) {
   X509_NAME* name = X509_get_subject_name(cert);
   auto add = [name](const char* field, const std::string& value) {
     return X509_NAME_add_entry_by_txt(name, field, MBSTRING_UTF8,
-                                      reinterpret_cast<const unsigned char*>(value.c_str()),
-                                      -1, -1, 0) == 1;
+                                      reinterpret_cast<const unsigned char*>(value.c_str()), -1, -1,
+                                      0) == 1;
   };
   if (request.common_name.empty()) {
     return absl::InvalidArgumentError("a certificate needs a common name");
@@ -203,10 +204,9 @@ absl::Status AddExtensions(X509* cert, X509* issuer, const CertRequest& request)
   X509V3_set_ctx(&ctx, issuer, cert, nullptr, nullptr, 0);
   RETURN_IF_ERROR(AddConfExtension(cert, &ctx, NID_basic_constraints,
                                    request.is_ca ? "critical,CA:TRUE" : "critical,CA:FALSE"));
-  RETURN_IF_ERROR(AddConfExtension(
-      cert, &ctx, NID_key_usage,
-      request.is_ca ? "critical,keyCertSign,cRLSign,digitalSignature"
-                    : "critical,digitalSignature,keyAgreement"));
+  RETURN_IF_ERROR(AddConfExtension(cert, &ctx, NID_key_usage,
+                                   request.is_ca ? "critical,keyCertSign,cRLSign,digitalSignature"
+                                                 : "critical,digitalSignature,keyAgreement"));
   if (!request.is_ca) {
     RETURN_IF_ERROR(AddConfExtension(cert, &ctx, NID_ext_key_usage, "serverAuth,clientAuth"));
   }
@@ -318,9 +318,8 @@ absl::Status VerifyCertChain(const std::string& ca_pem, const std::string& cert_
   if (X509_verify_cert(ctx.get()) != 1) {
     int error = X509_STORE_CTX_get_error(ctx.get());
     ERR_clear_error();
-    return absl::FailedPreconditionError(
-        absl::StrCat("certificate does not verify against the CA: ",
-                     X509_verify_cert_error_string(error)));
+    return absl::FailedPreconditionError(absl::StrCat(
+        "certificate does not verify against the CA: ", X509_verify_cert_error_string(error)));
   }
   return absl::OkStatus();
 }

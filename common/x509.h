@@ -14,9 +14,9 @@ namespace fl {
 
 // What a certificate says about its holder.
 struct CertRequest {
-  std::string common_name;          // the participant's name (site name, "coordinator", ...)
-  std::string organizational_unit;  // its role: "coordinator", "site" or "admin"; may be empty
-  std::vector<std::string> dns_names;     // subjectAltName DNS entries (server certificates)
+  std::string common_name;             // the participant's name (site name, "coordinator", ...)
+  std::string organizational_unit;     // its role: "coordinator", "site" or "admin"; may be empty
+  std::vector<std::string> dns_names;  // subjectAltName DNS entries (server certificates)
   std::vector<std::string> ip_addresses;  // subjectAltName IP entries, IPv4 or IPv6 text
   int valid_days = 825;
   bool is_ca = false;

@@ -1,6 +1,7 @@
 #include "common/x509.h"
 
 #include <arpa/inet.h>
+#include <gtest/gtest.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -8,8 +9,6 @@
 #include <memory>
 #include <set>
 #include <string>
-
-#include <gtest/gtest.h>
 
 namespace fl {
 namespace {
@@ -25,15 +24,15 @@ std::unique_ptr<X509, void (*)(X509*)> RawCert(const std::string& pem) {
 // "DNS:name" and "IP:a.b.c.d" entries of the certificate's subjectAltName.
 std::set<std::string> SanEntries(X509* cert) {
   std::set<std::string> out;
-  auto* names = static_cast<GENERAL_NAMES*>(
-      X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
+  auto* names =
+      static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(cert, NID_subject_alt_name, nullptr, nullptr));
   if (names == nullptr) return out;
   for (int i = 0; i < sk_GENERAL_NAME_num(names); ++i) {
     GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
     if (name->type == GEN_DNS) {
-      out.insert("DNS:" + std::string(reinterpret_cast<const char*>(
-                                          ASN1_STRING_get0_data(name->d.dNSName)),
-                                      ASN1_STRING_length(name->d.dNSName)));
+      out.insert("DNS:" +
+                 std::string(reinterpret_cast<const char*>(ASN1_STRING_get0_data(name->d.dNSName)),
+                             ASN1_STRING_length(name->d.dNSName)));
     } else if (name->type == GEN_IPADD && ASN1_STRING_length(name->d.iPAddress) == 4) {
       char text[INET_ADDRSTRLEN];
       inet_ntop(AF_INET, ASN1_STRING_get0_data(name->d.iPAddress), text, sizeof(text));

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <utility>
 
 #include "common/torch_pch.h"
@@ -55,8 +56,16 @@ class SmallCnnImpl : public ClassifierImpl {
 // ------------------------------------------------------------------------------------------------
 // ResNet-9
 
-nn::Sequential ConvGnMish(int64_t in, int64_t out, bool pool) {
-  nn::Sequential block(Conv(in, out, 3, 1, 1), Norm(32, out), nn::Mish());
+// A Sequential with a concrete forward, so that it can be nested in another Sequential.
+class StackImpl : public nn::SequentialImpl {
+ public:
+  using nn::SequentialImpl::SequentialImpl;
+  torch::Tensor forward(torch::Tensor x) { return nn::SequentialImpl::forward(x); }
+};
+TORCH_MODULE(Stack);
+
+Stack ConvGnMish(int64_t in, int64_t out, bool pool) {
+  Stack block(Conv(in, out, 3, 1, 1), Norm(32, out), nn::Mish());
   if (pool) block->push_back(nn::MaxPool2d(nn::MaxPool2dOptions(2)));
   return block;
 }
@@ -85,15 +94,17 @@ class ResNet9Impl : public ClassifierImpl {
     x = x + res1_->forward(x);
     x = layer3_->forward(layer2_->forward(x));
     x = x + res2_->forward(x);
-    x = torch::cat({torch::adaptive_max_pool2d(x, {1, 1}), torch::adaptive_avg_pool2d(x, {1, 1})},
-                   1)
-            .flatten(1);
+    torch::Tensor max_pool = std::get<0>(torch::adaptive_max_pool2d(x, {1, 1}));
+    x = torch::cat({max_pool, torch::adaptive_avg_pool2d(x, {1, 1})}, 1).flatten(1);
     return fc_->forward(x);
   }
   std::string head_prefix() const override { return "fc."; }
 
  private:
-  nn::Sequential prep_, layer1_, res1_, layer2_, layer3_, res2_;
+  Stack prep_, layer1_;
+  nn::Sequential res1_;
+  Stack layer2_, layer3_;
+  nn::Sequential res2_;
   nn::Linear fc_;
 };
 

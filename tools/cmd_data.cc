@@ -22,6 +22,14 @@ struct FileReport {
   bool labelled = false;
 };
 
+// Why a file was skipped, without the "PATH: " prefix the decoder's messages carry.
+std::string Reason(const FileReport& r) {
+  if (r.image.ok()) return "";
+  std::string message(r.image.status().message());
+  const std::string prefix = r.path + ": ";
+  return message.rfind(prefix, 0) == 0 ? message.substr(prefix.size()) : message;
+}
+
 std::string JsonString(const std::string& text) {
   std::string out = "\"";
   for (unsigned char c : text) {
@@ -48,7 +56,7 @@ std::string JsonObject(const FileReport& r) {
   const DicomImage& im = ok ? *r.image : empty;
   return absl::StrCat(
       "{\"path\":", JsonString(r.path), ",\"ok\":", ok ? "true" : "false",
-      ",\"reason\":", JsonString(ok ? "" : std::string(r.image.status().message())),
+      ",\"reason\":", JsonString(Reason(r)),
       ",\"rows\":", im.rows, ",\"cols\":", im.cols, ",\"bits\":", im.bits_stored,
       ",\"photometric\":", JsonString(im.photometric),
       ",\"transfer_syntax\":", JsonString(im.transfer_syntax),
@@ -58,7 +66,7 @@ std::string JsonObject(const FileReport& r) {
 }
 
 std::string TextLine(const FileReport& r) {
-  if (!r.image.ok()) return absl::StrCat("skip  ", r.path, ": ", r.image.status().message());
+  if (!r.image.ok()) return absl::StrCat("skip  ", r.path, ": ", Reason(r));
   const DicomImage& im = *r.image;
   return absl::StrCat("ok    ", r.path, ": ", im.rows, "x", im.cols, " ", im.bits_stored,
                       "-bit ", im.photometric, " ", im.transfer_syntax_name, " (",

@@ -26,9 +26,8 @@ std::vector<std::string> List(const std::string& value) {
 
 absl::StatusOr<ProvisionOptions> ParseOptions(const cli::Args& args) {
   RETURN_IF_ERROR(args.CheckKnown({"out", "coordinator-address", "coordinator-name",
-                                   "coordinator-dns", "sites", "admins", "valid-days",
-                                   "data-root", "coordinator-metrics", "max-epsilon", "delta",
-                                   "add"}));
+                                   "coordinator-dns", "sites", "admins", "valid-days", "data-root",
+                                   "coordinator-metrics", "max-epsilon", "delta", "add"}));
   ProvisionOptions o;
   ASSIGN_OR_RETURN(o.out_dir, args.Require("out"));
   ASSIGN_OR_RETURN(o.coordinator_address, args.Require("coordinator-address"));

@@ -127,7 +127,7 @@ Shapes DrawShapes(const PhantomSubject& subject, const PhantomOptions& options, 
   s.heel = rng.Uniform(-0.04, 0.04);
   s.mediastinum = 0.045 * s.scale;
   s.lateral = 0.31 * s.scale;
-  s.lung_cy = 0.44;
+  s.lung_cy = 0.455;
   s.lung_ay = 0.28 * s.scale;
   s.dome[0] = 0.66 * s.scale + 0.04;
   s.dome[1] = s.dome[0] + rng.Uniform(0.005, 0.025);  // the left hemidiaphragm sits lower
@@ -164,7 +164,7 @@ Layout MakeLayout(const Shapes& s, const PhantomSubject& subject) {
   l.heart_ax = ctr * s.lateral;  // half of ctr x (2 x lateral)
   l.heart_cx = l.mid + 0.35 * l.heart_ax;  // the heart lies mostly to the patient's left
   l.heart_ay = 0.105 * s.scale * std::sqrt(ctr / 0.42);
-  l.heart_cy = l.dome[1] - 0.6 * l.heart_ay + s.heart_cy;
+  l.heart_cy = l.dome[1] - 0.75 * l.heart_ay + s.heart_cy;
   return l;
 }
 

@@ -1,14 +1,13 @@
 #include "tools/provision.h"
 
 #include <arpa/inet.h>
+#include <google/protobuf/message.h>
+#include <google/protobuf/text_format.h>
 #include <sys/stat.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <set>
-
-#include <google/protobuf/message.h>
-#include <google/protobuf/text_format.h>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -155,8 +154,7 @@ absl::Status ProvisionCoordinator(const ProvisionOptions& o, const std::string& 
 }
 
 absl::Status ProvisionSite(const ProvisionOptions& o, const std::string& out,
-                           const std::string& name, const KeyAndCert& ca,
-                           ProvisionReport* report) {
+                           const std::string& name, const KeyAndCert& ca, ProvisionReport* report) {
   std::string kit = out + "/sites/" + name;
   ClientConfig config;
   config.set_coordinator_address(o.coordinator_address);
@@ -169,8 +167,7 @@ absl::Status ProvisionSite(const ProvisionOptions& o, const std::string& out,
   config.set_device("auto");
   config.mutable_budget()->set_max_epsilon(o.max_epsilon);
   config.mutable_budget()->set_delta(o.delta);
-  return WriteKit(kit, ca, Participant(name, "site", o.valid_days), "client.conf", config,
-                  report);
+  return WriteKit(kit, ca, Participant(name, "site", o.valid_days), "client.conf", config, report);
 }
 
 absl::Status ProvisionAdmin(const ProvisionOptions& o, const std::string& out,
@@ -181,8 +178,7 @@ absl::Status ProvisionAdmin(const ProvisionOptions& o, const std::string& out,
   config.set_coordinator_address(o.coordinator_address);
   config.set_coordinator_name(o.coordinator_name);
   *config.mutable_tls() = KitTls(kit);
-  return WriteKit(kit, ca, Participant(name, "admin", o.valid_days), "admin.conf", config,
-                  report);
+  return WriteKit(kit, ca, Participant(name, "admin", o.valid_days), "admin.conf", config, report);
 }
 
 absl::Status ValidateOptions(const ProvisionOptions& o) {

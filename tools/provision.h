@@ -19,8 +19,8 @@
 namespace fl {
 
 struct ProvisionOptions {
-  std::string out_dir;              // made absolute; the configs carry absolute paths
-  std::string coordinator_address;  // HOST:PORT the sites and admins dial
+  std::string out_dir;                           // made absolute; the configs carry absolute paths
+  std::string coordinator_address;               // HOST:PORT the sites and admins dial
   std::string coordinator_name = "coordinator";  // the coordinator certificate's CN and a SAN
   std::vector<std::string> coordinator_dns;      // extra SAN DNS names of the coordinator
   std::vector<std::string> sites;

@@ -1,5 +1,10 @@
 #include "tools/provision.h"
 
+#include <google/protobuf/text_format.h>
+#include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <gtest/gtest.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 
@@ -8,12 +13,6 @@
 #include <future>
 #include <string>
 #include <vector>
-
-#include <google/protobuf/text_format.h>
-#include <grpcpp/generic/async_generic_service.h>
-#include <grpcpp/generic/generic_stub.h>
-#include <grpcpp/health_check_service_interface.h>
-#include <gtest/gtest.h>
 
 #include "common/file_util.h"
 #include "common/tls.h"
@@ -66,8 +65,8 @@ TEST_F(ProvisionTest, WritesKitsWithPrivateKeys) {
   EXPECT_TRUE(report->kept.empty());
   EXPECT_EQ(Mode(out_ + "/ca/ca.key"), 0600);
   EXPECT_EQ(Mode(out_ + "/ca"), 0700);
-  for (const std::string kit : {"/coordinator", "/sites/hospital-a", "/sites/hospital_b",
-                                "/admins/alice"}) {
+  for (const std::string kit :
+       {"/coordinator", "/sites/hospital-a", "/sites/hospital_b", "/admins/alice"}) {
     EXPECT_EQ(Mode(out_ + kit), 0700) << kit;
     EXPECT_EQ(Mode(out_ + kit + "/key.pem"), 0600) << kit;
     EXPECT_EQ(Read(out_ + kit + "/ca.pem"), Read(out_ + "/ca/ca.pem"));
@@ -131,16 +130,16 @@ TEST_F(ProvisionTest, SiteKitReachesCoordinatorKitOverMutualTls) {
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   ASSERT_TRUE(server != nullptr && port > 0);
 
-  auto channel = MakeChannel("127.0.0.1:" + std::to_string(port), client.coordinator_name(),
-                             *client_material);
+  auto channel =
+      MakeChannel("127.0.0.1:" + std::to_string(port), client.coordinator_name(), *client_material);
   grpc::GenericStub stub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
   grpc::Slice empty("");
   grpc::ByteBuffer request(&empty, 1), response;
   std::promise<grpc::Status> done;
-  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request,
-                 &response, [&done](grpc::Status status) { done.set_value(status); });
+  stub.UnaryCall(&context, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                 [&done](grpc::Status status) { done.set_value(status); });
   grpc::Status status = done.get_future().get();
   EXPECT_TRUE(status.ok()) << status.error_message();
   server->Shutdown();

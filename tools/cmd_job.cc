@@ -1,0 +1,226 @@
+// flctl job / sites / export: the operator's admin commands over mutual TLS.
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <thread>
+
+#include <google/protobuf/util/json_util.h>
+
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/config.h"
+#include "common/grpc_status.h"
+#include "common/status.h"
+#include "common/tls.h"
+#include "fl/federation.grpc.pb.h"
+#include "tools/cli.h"
+
+namespace fl::cli {
+namespace {
+
+constexpr char kJobUsage[] =
+    "usage: flctl job submit --config ADMIN.conf --spec JOB.conf\n"
+    "       flctl job list|status|wait|cancel --config ADMIN.conf [JOB_ID] [--json]";
+
+absl::StatusOr<std::unique_ptr<Admin::Stub>> Connect(const Args& args) {
+  ASSIGN_OR_RETURN(std::string path, args.Require("config"));
+  ASSIGN_OR_RETURN(AdminConfig config, LoadAdminConfig(path));
+  ASSIGN_OR_RETURN(TlsMaterial tls, LoadTlsMaterial(config.tls()));
+  return Admin::NewStub(MakeChannel(config.coordinator_address(), config.coordinator_name(), tls));
+}
+
+const char* StateName(JobState state) {
+  switch (state) {
+    case QUEUED: return "queued";
+    case RUNNING: return "running";
+    case DONE: return "done";
+    case FAILED: return "failed";
+    case CANCELLED: return "cancelled";
+    default: return "unknown";
+  }
+}
+
+std::string Json(const google::protobuf::Message& message) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions options;
+  options.add_whitespace = true;
+  options.preserve_proto_field_names = true;
+  google::protobuf::util::MessageToJsonString(message, &out, options);
+  return out;
+}
+
+std::string Auroc(double v) { return std::isnan(v) ? "-" : absl::StrFormat("%.3f", v); }
+
+void PrintStatus(const JobStatus& job) {
+  std::cout << absl::StrFormat("job %s (%s): %s, %d/%d rounds%s\n", job.job_id(),
+                               job.spec().model(), StateName(job.state()), job.rounds_done(),
+                               job.spec().rounds(),
+                               job.message().empty() ? "" : " - " + job.message());
+  for (const RoundSummary& r : job.rounds()) {
+    std::vector<std::string> labels;
+    for (const LabelMetric& m : r.test()) labels.push_back(m.label() + " " + Auroc(m.auroc()));
+    std::cout << absl::StrFormat("  round %d: sites %s, loss %.4f, mean AUROC %s%s%s\n", r.round(),
+                                 absl::StrJoin(r.sites(), ","), r.train_loss(),
+                                 Auroc(r.mean_auroc()), labels.empty() ? "" : " | ",
+                                 absl::StrJoin(labels, ", "));
+    for (const std::string& d : r.declined()) std::cout << "    declined: " << d << "\n";
+  }
+  for (const SiteReport& s : job.sites()) {
+    std::cout << absl::StrFormat("  site %s: mean AUROC %s", s.site(), Auroc(s.mean_auroc()));
+    if (s.privacy().epsilon() > 0) {
+      std::cout << absl::StrFormat(", privacy spent epsilon %.3f at delta %g", s.privacy().epsilon(),
+                                   s.privacy().delta());
+    }
+    std::cout << "\n";
+  }
+}
+
+absl::Status Submit(Admin::Stub& stub, const Args& args) {
+  ASSIGN_OR_RETURN(std::string spec_path, args.Require("spec"));
+  ASSIGN_OR_RETURN(JobSpec spec, LoadTextProto<JobSpec>(spec_path));
+  grpc::ClientContext ctx;
+  SubmitJobRequest request;
+  *request.mutable_spec() = spec;
+  JobStatus job;
+  RETURN_IF_ERROR(FromGrpcStatus(stub.SubmitJob(&ctx, request, &job)));
+  std::cout << job.job_id() << "\n";
+  return absl::OkStatus();
+}
+
+absl::StatusOr<JobStatus> Get(Admin::Stub& stub, const std::string& id) {
+  grpc::ClientContext ctx;
+  JobRef ref;
+  ref.set_job_id(id);
+  JobStatus job;
+  RETURN_IF_ERROR(FromGrpcStatus(stub.GetJob(&ctx, ref, &job)));
+  return job;
+}
+
+// Polls until the job ends; prints each newly committed round.
+absl::Status Wait(Admin::Stub& stub, const std::string& id, bool json) {
+  int printed = 0;
+  while (true) {
+    ASSIGN_OR_RETURN(JobStatus job, Get(stub, id));
+    for (; !json && printed < job.rounds_size() - 1; ++printed) {
+      const RoundSummary& r = job.rounds(printed);
+      std::cout << absl::StrFormat("%s round %d: sites %s, loss %.4f, mean AUROC %s\n", id,
+                                   r.round(), absl::StrJoin(r.sites(), ","), r.train_loss(),
+                                   Auroc(r.mean_auroc()))
+                << std::flush;
+    }
+    if (job.state() == DONE || job.state() == FAILED || job.state() == CANCELLED) {
+      json ? (void)(std::cout << Json(job) << "\n") : PrintStatus(job);
+      return job.state() == DONE ? absl::OkStatus()
+                                 : absl::AbortedError(absl::StrCat("job ", id, " ",
+                                                                   StateName(job.state())));
+    }
+    std::this_thread::sleep_for(std::chrono::seconds(1));
+  }
+}
+
+int RunJob(const std::vector<std::string>& argv) {
+  absl::StatusOr<Args> args = Args::Parse(argv, {"json"});
+  if (!args.ok()) return Fail(args.status(), 2);
+  if (absl::Status s = args->CheckKnown({"config", "spec", "json"}); !s.ok()) return Fail(s, 2);
+  const auto& words = args->positional();
+  if (words.empty()) return Fail(absl::InvalidArgumentError(kJobUsage), 2);
+  const std::string& verb = words[0];
+  const bool json = args->Has("json");
+  absl::StatusOr<std::unique_ptr<Admin::Stub>> stub = Connect(*args);
+  if (!stub.ok()) return Fail(stub.status(), 2);
+  absl::Status status;
+  if (verb == "submit") {
+    status = Submit(**stub, *args);
+  } else if (verb == "list") {
+    grpc::ClientContext ctx;
+    ListJobsResponse jobs;
+    status = FromGrpcStatus((*stub)->ListJobs(&ctx, ListJobsRequest(), &jobs));
+    if (status.ok() && json) std::cout << Json(jobs) << "\n";
+    for (const JobStatus& job : jobs.jobs()) {
+      if (!json) std::cout << absl::StrFormat("%s\t%s\t%d/%d\n", job.job_id(), StateName(job.state()),
+                                   job.rounds_done(), job.spec().rounds());
+    }
+  } else if ((verb == "status" || verb == "wait" || verb == "cancel") && words.size() == 2) {
+    if (verb == "wait") {
+      status = Wait(**stub, words[1], json);
+    } else if (verb == "status") {
+      absl::StatusOr<JobStatus> job = Get(**stub, words[1]);
+      status = job.status();
+      if (job.ok()) json ? (void)(std::cout << Json(*job) << "\n") : PrintStatus(*job);
+    } else {
+      grpc::ClientContext ctx;
+      JobRef ref;
+      ref.set_job_id(words[1]);
+      JobStatus job;
+      status = FromGrpcStatus((*stub)->CancelJob(&ctx, ref, &job));
+      if (status.ok()) PrintStatus(job);
+    }
+  } else {
+    return Fail(absl::InvalidArgumentError(kJobUsage), 2);
+  }
+  return status.ok() ? 0 : Fail(status);
+}
+
+int RunSites(const std::vector<std::string>& argv) {
+  absl::StatusOr<Args> args = Args::Parse(argv, {"json"});
+  if (!args.ok()) return Fail(args.status(), 2);
+  absl::StatusOr<std::unique_ptr<Admin::Stub>> stub = Connect(*args);
+  if (!stub.ok()) return Fail(stub.status(), 2);
+  grpc::ClientContext ctx;
+  ListSitesResponse sites;
+  absl::Status status = FromGrpcStatus((*stub)->ListSites(&ctx, ListSitesRequest(), &sites));
+  if (!status.ok()) return Fail(status);
+  if (args->Has("json")) {
+    std::cout << Json(sites) << "\n";
+    return 0;
+  }
+  for (const SiteInfo& s : sites.sites()) {
+    std::vector<std::string> labels;
+    for (const SiteLabel& l : s.labels()) labels.push_back(l.name());
+    std::cout << absl::StrFormat("%s\t%s\t%d images\t%s\t%s\n", s.name(),
+                                 s.connected() ? "connected" : "offline", s.num_images(),
+                                 s.hardware(), absl::StrJoin(labels, ","));
+  }
+  return 0;
+}
+
+// flctl export JOB_ID --config ADMIN.conf --out DIR: model.safetensors + model.json.
+int RunExport(const std::vector<std::string>& argv) {
+  absl::StatusOr<Args> args = Args::Parse(argv);
+  if (!args.ok()) return Fail(args.status(), 2);
+  absl::StatusOr<std::string> out = args->Require("out");
+  if (!out.ok() || args->positional().size() != 1) {
+    return Fail(absl::InvalidArgumentError("usage: flctl export JOB_ID --config ADMIN.conf --out DIR"), 2);
+  }
+  absl::StatusOr<std::unique_ptr<Admin::Stub>> stub = Connect(*args);
+  if (!stub.ok()) return Fail(stub.status(), 2);
+  std::filesystem::create_directories(*out);
+  grpc::ClientContext ctx;
+  ExportRequest request;
+  request.set_job_id(args->positional()[0]);
+  auto reader = (*stub)->ExportModel(&ctx, request);
+  std::map<std::string, std::ofstream> files;
+  FileChunk chunk;
+  while (reader->Read(&chunk)) {
+    if (chunk.file() != "model.safetensors" && chunk.file() != "model.json") continue;
+    auto [it, fresh] = files.try_emplace(chunk.file());
+    if (fresh) it->second.open(*out + "/" + chunk.file() + ".part", std::ios::binary);
+    it->second.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
+  }
+  absl::Status status = FromGrpcStatus(reader->Finish());
+  for (auto& [name, stream] : files) {
+    stream.close();
+    if (status.ok()) std::filesystem::rename(*out + "/" + name + ".part", *out + "/" + name);
+  }
+  if (!status.ok()) return Fail(status);
+  std::cout << "wrote " << *out << "/model.safetensors and " << *out << "/model.json\n";
+  return 0;
+}
+
+FL_COMMAND("job", "submit, list, inspect, wait for and cancel training jobs", RunJob);
+FL_COMMAND("sites", "list the consortium's sites and whether they are connected", RunSites);
+FL_COMMAND("export", "download a job's global model (safetensors + JSON sidecar)", RunExport);
+
+}  // namespace
+}  // namespace fl::cli
