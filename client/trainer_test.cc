@@ -262,6 +262,9 @@ TEST(TrainerTest, LearnsTheLeftSquare) {
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   ASSERT_EQ(metrics->size(), 2u);
   EXPECT_EQ((*metrics)[0].label(), "left");
+  RecordProperty("left_auroc", std::to_string((*metrics)[0].auroc()));
+  RecordProperty("right_auroc", std::to_string((*metrics)[1].auroc()));
+  RecordProperty("loss", std::to_string(result->loss));
   EXPECT_GT((*metrics)[0].auroc(), 0.9);
   EXPECT_EQ((*metrics)[0].positives() + (*metrics)[0].negatives(), 100u);
   EXPECT_GT((*metrics)[0].positives(), 0u);

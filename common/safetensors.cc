@@ -18,18 +18,21 @@
 #include "common/status.h"
 
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
-              "safetensors stores little-endian bytes; this code copies them as they are");
+              "safetensors stores little-endian bytes; this code copies them "
+              "as they are");
 
 namespace fl {
 namespace {
 
-// Same bound as the reference implementation: a header is never larger than 100 MB.
+// Same bound as the reference implementation: a header is never larger than 100
+// MB.
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 constexpr int kMaxJsonDepth = 4;
 
 // ---------------------------------------------------------------------------------------------
-// A JSON subset sufficient for safetensors headers: objects, arrays, strings and non-negative
-// integers. Anything else (floats, negatives, true/false/null) is refused.
+// A JSON subset sufficient for safetensors headers: objects, arrays, strings
+// and non-negative integers. Anything else (floats, negatives, true/false/null)
+// is refused.
 struct JsonValue {
   enum class Kind { kObject, kArray, kString, kInteger };
   Kind kind = Kind::kInteger;
@@ -72,7 +75,7 @@ class JsonParser {
     return false;
   }
 
-  absl::Status ParseValue(int depth, JsonValue* out) {
+  absl::Status ParseValue(int depth, JsonValue *out) {
     if (depth > kMaxJsonDepth) return Error("nesting too deep");
     SkipSpace();
     if (pos_ >= text_.size()) return Error("unexpected end");
@@ -87,7 +90,7 @@ class JsonParser {
     return Error(absl::StrCat("unsupported JSON value starting with '", std::string(1, c), "'"));
   }
 
-  absl::Status ParseObject(int depth, JsonValue* out) {
+  absl::Status ParseObject(int depth, JsonValue *out) {
     out->kind = JsonValue::Kind::kObject;
     ++pos_;  // '{'
     if (Consume('}')) return absl::OkStatus();
@@ -96,7 +99,7 @@ class JsonParser {
       if (pos_ >= text_.size() || text_[pos_] != '"') return Error("expected a member name");
       std::string key;
       RETURN_IF_ERROR(ParseString(&key));
-      for (const auto& member : out->members) {
+      for (const auto &member : out->members) {
         if (member.first == key) return Error(absl::StrCat("duplicate key \"", key, "\""));
       }
       if (!Consume(':')) return Error("expected ':'");
@@ -108,7 +111,7 @@ class JsonParser {
     return absl::OkStatus();
   }
 
-  absl::Status ParseArray(int depth, JsonValue* out) {
+  absl::Status ParseArray(int depth, JsonValue *out) {
     out->kind = JsonValue::Kind::kArray;
     ++pos_;  // '['
     if (Consume(']')) return absl::OkStatus();
@@ -121,7 +124,7 @@ class JsonParser {
     return absl::OkStatus();
   }
 
-  absl::Status ParseInteger(JsonValue* out) {
+  absl::Status ParseInteger(JsonValue *out) {
     out->kind = JsonValue::Kind::kInteger;
     size_t start = pos_;
     uint64_t value = 0;
@@ -141,22 +144,26 @@ class JsonParser {
     return absl::OkStatus();
   }
 
-  absl::Status ParseHex4(uint32_t* code) {
+  absl::Status ParseHex4(uint32_t *code) {
     if (text_.size() - pos_ < 4) return Error("truncated \\u escape");
     *code = 0;
     for (int i = 0; i < 4; ++i) {
       char h = text_[pos_++];
       uint32_t v;
-      if (h >= '0' && h <= '9') v = h - '0';
-      else if (h >= 'a' && h <= 'f') v = h - 'a' + 10;
-      else if (h >= 'A' && h <= 'F') v = h - 'A' + 10;
-      else return Error("bad hex digit in \\u escape");
+      if (h >= '0' && h <= '9')
+        v = h - '0';
+      else if (h >= 'a' && h <= 'f')
+        v = h - 'a' + 10;
+      else if (h >= 'A' && h <= 'F')
+        v = h - 'A' + 10;
+      else
+        return Error("bad hex digit in \\u escape");
       *code = *code * 16 + v;
     }
     return absl::OkStatus();
   }
 
-  static void AppendUtf8(uint32_t cp, std::string* out) {
+  static void AppendUtf8(uint32_t cp, std::string *out) {
     if (cp < 0x80) {
       out->push_back(static_cast<char>(cp));
     } else if (cp < 0x800) {
@@ -174,7 +181,7 @@ class JsonParser {
     }
   }
 
-  absl::Status ParseUnicodeEscape(std::string* out) {
+  absl::Status ParseUnicodeEscape(std::string *out) {
     uint32_t cp;
     RETURN_IF_ERROR(ParseHex4(&cp));
     if (cp >= 0xDC00 && cp <= 0xDFFF) return Error("unpaired low surrogate");
@@ -190,7 +197,7 @@ class JsonParser {
     return absl::OkStatus();
   }
 
-  absl::Status ParseString(std::string* out) {
+  absl::Status ParseString(std::string *out) {
     ++pos_;  // opening quote
     while (pos_ < text_.size()) {
       char c = text_[pos_++];
@@ -203,14 +210,31 @@ class JsonParser {
       if (pos_ >= text_.size()) break;
       char e = text_[pos_++];
       switch (e) {
-        case '"': case '\\': case '/': out->push_back(e); break;
-        case 'b': out->push_back('\b'); break;
-        case 'f': out->push_back('\f'); break;
-        case 'n': out->push_back('\n'); break;
-        case 'r': out->push_back('\r'); break;
-        case 't': out->push_back('\t'); break;
-        case 'u': RETURN_IF_ERROR(ParseUnicodeEscape(out)); break;
-        default: return Error("bad escape in string");
+        case '"':
+        case '\\':
+        case '/':
+          out->push_back(e);
+          break;
+        case 'b':
+          out->push_back('\b');
+          break;
+        case 'f':
+          out->push_back('\f');
+          break;
+        case 'n':
+          out->push_back('\n');
+          break;
+        case 'r':
+          out->push_back('\r');
+          break;
+        case 't':
+          out->push_back('\t');
+          break;
+        case 'u':
+          RETURN_IF_ERROR(ParseUnicodeEscape(out));
+          break;
+        default:
+          return Error("bad escape in string");
       }
     }
     return Error("unterminated string");
@@ -220,7 +244,7 @@ class JsonParser {
   size_t pos_ = 0;
 };
 
-void AppendJsonString(absl::string_view s, std::string* out) {
+void AppendJsonString(absl::string_view s, std::string *out) {
   out->push_back('"');
   for (char c : s) {
     unsigned char u = static_cast<unsigned char>(c);
@@ -240,9 +264,9 @@ void AppendJsonString(absl::string_view s, std::string* out) {
 // ---------------------------------------------------------------------------------------------
 // Writing.
 
-absl::Status CheckWritable(const TensorList& tensors) {
+absl::Status CheckWritable(const TensorList &tensors) {
   std::set<std::string> names;
-  for (const NamedTensor& t : tensors) {
+  for (const NamedTensor &t : tensors) {
     if (t.name.empty()) return absl::InvalidArgumentError("safetensors: empty tensor name");
     if (t.name == "__metadata__") {
       return absl::InvalidArgumentError("safetensors: tensor name \"__metadata__\" is reserved");
@@ -251,24 +275,25 @@ absl::Status CheckWritable(const TensorList& tensors) {
       return absl::InvalidArgumentError(absl::StrCat("safetensors: duplicate tensor ", t.name));
     }
     for (int64_t d : t.shape) {
-      if (d < 0) return absl::InvalidArgumentError(absl::StrCat("tensor ", t.name, ": negative dim"));
+      if (d < 0)
+        return absl::InvalidArgumentError(absl::StrCat("tensor ", t.name, ": negative dim"));
     }
     if (static_cast<int64_t>(t.data.size()) != t.numel()) {
-      return absl::InvalidArgumentError(absl::StrCat("tensor ", t.name, ": ", t.data.size(),
-                                                     " values for shape of ", t.numel()));
+      return absl::InvalidArgumentError(
+          absl::StrCat("tensor ", t.name, ": ", t.data.size(), " values for shape of ", t.numel()));
     }
   }
   return absl::OkStatus();
 }
 
 // The header bytes: JSON padded with spaces so the data starts 8-byte aligned.
-std::string BuildHeader(const TensorList& tensors,
-                        const std::map<std::string, std::string>& metadata) {
+std::string BuildHeader(const TensorList &tensors,
+                        const std::map<std::string, std::string> &metadata) {
   std::string json = "{";
   if (!metadata.empty()) {
     json += "\"__metadata__\":{";
     bool first = true;
-    for (const auto& [key, value] : metadata) {
+    for (const auto &[key, value] : metadata) {
       if (!first) json += ",";
       first = false;
       AppendJsonString(key, &json);
@@ -278,7 +303,7 @@ std::string BuildHeader(const TensorList& tensors,
     json += "}";
   }
   uint64_t offset = 0;
-  for (const NamedTensor& t : tensors) {
+  for (const NamedTensor &t : tensors) {
     if (json.size() > 1) json += ",";
     AppendJsonString(t.name, &json);
     json += ":{\"dtype\":\"F32\",\"shape\":[";
@@ -291,8 +316,8 @@ std::string BuildHeader(const TensorList& tensors,
   return json;
 }
 
-absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
+absl::Status WriteAll(int fd, const void *data, size_t size, const std::string &path) {
+  const char *p = static_cast<const char *>(data);
   while (size > 0) {
     ssize_t n = ::write(fd, p, std::min<size_t>(size, 1 << 30));
     if (n < 0 && errno == EINTR) continue;
@@ -303,15 +328,15 @@ absl::Status WriteAll(int fd, const void* data, size_t size, const std::string& 
   return absl::OkStatus();
 }
 
-absl::Status WriteContents(int fd, const std::string& path, const TensorList& tensors,
-                           const std::map<std::string, std::string>& metadata) {
+absl::Status WriteContents(int fd, const std::string &path, const TensorList &tensors,
+                           const std::map<std::string, std::string> &metadata) {
   std::string header = BuildHeader(tensors, metadata);
   unsigned char len[8];
   uint64_t n = header.size();
   for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
   RETURN_IF_ERROR(WriteAll(fd, len, sizeof(len), path));
   RETURN_IF_ERROR(WriteAll(fd, header.data(), header.size(), path));
-  for (const NamedTensor& t : tensors) {
+  for (const NamedTensor &t : tensors) {
     RETURN_IF_ERROR(WriteAll(fd, t.data.data(), t.byte_size(), path));
   }
   if (::fsync(fd) != 0) {
@@ -320,8 +345,9 @@ absl::Status WriteContents(int fd, const std::string& path, const TensorList& te
   return absl::OkStatus();
 }
 
-// Makes a completed rename durable; a failure here is reported because the file may vanish.
-absl::Status SyncParentDir(const std::string& path) {
+// Makes a completed rename durable; a failure here is reported because the file
+// may vanish.
+absl::Status SyncParentDir(const std::string &path) {
   size_t slash = path.rfind('/');
   std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
   int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -342,19 +368,23 @@ struct Entry {
   uint64_t end = 0;
 };
 
-absl::StatusOr<Entry> ParseEntry(const std::string& name, const JsonValue& v) {
+absl::StatusOr<Entry> ParseEntry(const std::string &name, const JsonValue &v) {
   auto bad = [&](absl::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat("safetensors tensor ", name, ": ", what));
   };
   if (v.kind != JsonValue::Kind::kObject) return bad("entry is not an object");
-  const JsonValue* dtype = nullptr;
-  const JsonValue* shape = nullptr;
-  const JsonValue* offsets = nullptr;
-  for (const auto& [key, value] : v.members) {
-    if (key == "dtype") dtype = &value;
-    else if (key == "shape") shape = &value;
-    else if (key == "data_offsets") offsets = &value;
-    else return bad(absl::StrCat("unknown field \"", key, "\""));
+  const JsonValue *dtype = nullptr;
+  const JsonValue *shape = nullptr;
+  const JsonValue *offsets = nullptr;
+  for (const auto &[key, value] : v.members) {
+    if (key == "dtype")
+      dtype = &value;
+    else if (key == "shape")
+      shape = &value;
+    else if (key == "data_offsets")
+      offsets = &value;
+    else
+      return bad(absl::StrCat("unknown field \"", key, "\""));
   }
   if (!dtype || !shape || !offsets) return bad("needs dtype, shape and data_offsets");
   if (dtype->kind != JsonValue::Kind::kString || dtype->text != "F32") {
@@ -364,7 +394,7 @@ absl::StatusOr<Entry> ParseEntry(const std::string& name, const JsonValue& v) {
   Entry e;
   e.tensor.name = name;
   uint64_t numel = 1;
-  for (const JsonValue& d : shape->items) {
+  for (const JsonValue &d : shape->items) {
     if (d.kind != JsonValue::Kind::kInteger) return bad("shape holds a non-integer");
     if (d.integer > 0 && numel > (uint64_t{1} << 60) / d.integer) return bad("shape too large");
     numel *= d.integer;
@@ -384,11 +414,11 @@ absl::StatusOr<Entry> ParseEntry(const std::string& name, const JsonValue& v) {
   return e;
 }
 
-absl::Status ParseMetadata(const JsonValue& v, std::map<std::string, std::string>* metadata) {
+absl::Status ParseMetadata(const JsonValue &v, std::map<std::string, std::string> *metadata) {
   if (v.kind != JsonValue::Kind::kObject) {
     return absl::InvalidArgumentError("safetensors: __metadata__ is not an object");
   }
-  for (const auto& [key, value] : v.members) {
+  for (const auto &[key, value] : v.members) {
     if (value.kind != JsonValue::Kind::kString) {
       return absl::InvalidArgumentError(
           absl::StrCat("safetensors: __metadata__ value of ", key, " is not a string"));
@@ -398,17 +428,18 @@ absl::Status ParseMetadata(const JsonValue& v, std::map<std::string, std::string
   return absl::OkStatus();
 }
 
-// Sorts entries by offset and checks they tile [0, data_size) exactly: no gap, no overlap.
-absl::Status CheckLayout(std::vector<Entry>* entries, uint64_t data_size) {
-  std::stable_sort(entries->begin(), entries->end(), [](const Entry& a, const Entry& b) {
+// Sorts entries by offset and checks they tile [0, data_size) exactly: no gap,
+// no overlap.
+absl::Status CheckLayout(std::vector<Entry> *entries, uint64_t data_size) {
+  std::stable_sort(entries->begin(), entries->end(), [](const Entry &a, const Entry &b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
   uint64_t expected = 0;
-  for (const Entry& e : *entries) {
+  for (const Entry &e : *entries) {
     if (e.begin != expected) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "safetensors tensor ", e.tensor.name, ": data starts at ", e.begin, ", expected ",
-          expected, " (offsets overlap or leave a gap)"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("safetensors tensor ", e.tensor.name, ": data starts at ", e.begin,
+                       ", expected ", expected, " (offsets overlap or leave a gap)"));
     }
     expected = e.end;
   }
@@ -419,8 +450,8 @@ absl::Status CheckLayout(std::vector<Entry>* entries, uint64_t data_size) {
   return absl::OkStatus();
 }
 
-absl::Status ReadExact(int fd, void* out, size_t size, uint64_t offset, const std::string& path) {
-  char* p = static_cast<char*>(out);
+absl::Status ReadExact(int fd, void *out, size_t size, uint64_t offset, const std::string &path) {
+  char *p = static_cast<char *>(out);
   while (size > 0) {
     ssize_t n = ::pread(fd, p, std::min<size_t>(size, 1 << 30), static_cast<off_t>(offset));
     if (n < 0 && errno == EINTR) continue;
@@ -433,10 +464,11 @@ absl::Status ReadExact(int fd, void* out, size_t size, uint64_t offset, const st
   return absl::OkStatus();
 }
 
-// Reads and validates the header; returns the entries in data order and the data start.
-absl::StatusOr<std::vector<Entry>> ReadHeader(int fd, const std::string& path,
-                                              std::map<std::string, std::string>* metadata,
-                                              uint64_t* data_start) {
+// Reads and validates the header; returns the entries in data order and the
+// data start.
+absl::StatusOr<std::vector<Entry>> ReadHeader(int fd, const std::string &path,
+                                              std::map<std::string, std::string> *metadata,
+                                              uint64_t *data_start) {
   struct stat st;
   if (::fstat(fd, &st) != 0) {
     return absl::InternalError(absl::StrCat("stat ", path, ": ", strerror(errno)));
@@ -459,7 +491,7 @@ absl::StatusOr<std::vector<Entry>> ReadHeader(int fd, const std::string& path,
     return absl::InvalidArgumentError("safetensors: header is not a JSON object");
   }
   std::vector<Entry> entries;
-  for (const auto& [name, value] : root.members) {
+  for (const auto &[name, value] : root.members) {
     if (name == "__metadata__") {
       RETURN_IF_ERROR(ParseMetadata(value, metadata));
       continue;
@@ -472,17 +504,17 @@ absl::StatusOr<std::vector<Entry>> ReadHeader(int fd, const std::string& path,
   return entries;
 }
 
-absl::StatusOr<TensorList> ReadOpen(int fd, const std::string& path,
-                                    std::map<std::string, std::string>* metadata) {
+absl::StatusOr<TensorList> ReadOpen(int fd, const std::string &path,
+                                    std::map<std::string, std::string> *metadata) {
   uint64_t data_start = 0;
   ASSIGN_OR_RETURN(std::vector<Entry> entries, ReadHeader(fd, path, metadata, &data_start));
   TensorList out;
   out.reserve(entries.size());
-  for (Entry& e : entries) {
+  for (Entry &e : entries) {
     e.tensor.data.resize((e.end - e.begin) / sizeof(float));
-    RETURN_IF_ERROR(Annotate(
-        ReadExact(fd, e.tensor.data.data(), e.end - e.begin, data_start + e.begin, path),
-        absl::StrCat("tensor ", e.tensor.name)));
+    RETURN_IF_ERROR(
+        Annotate(ReadExact(fd, e.tensor.data.data(), e.end - e.begin, data_start + e.begin, path),
+                 absl::StrCat("tensor ", e.tensor.name)));
     out.push_back(std::move(e.tensor));
   }
   return out;
@@ -490,8 +522,8 @@ absl::StatusOr<TensorList> ReadOpen(int fd, const std::string& path,
 
 }  // namespace
 
-absl::Status WriteSafetensors(const std::string& path, const TensorList& tensors,
-                              const std::map<std::string, std::string>& metadata) {
+absl::Status WriteSafetensors(const std::string &path, const TensorList &tensors,
+                              const std::map<std::string, std::string> &metadata) {
   RETURN_IF_ERROR(CheckWritable(tensors));
   std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -501,8 +533,8 @@ absl::Status WriteSafetensors(const std::string& path, const TensorList& tensors
     status = absl::InternalError(absl::StrCat("closing ", tmp, ": ", strerror(errno)));
   }
   if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    status = absl::InternalError(absl::StrCat("renaming ", tmp, " to ", path, ": ",
-                                              strerror(errno)));
+    status =
+        absl::InternalError(absl::StrCat("renaming ", tmp, " to ", path, ": ", strerror(errno)));
   }
   if (!status.ok()) {
     ::unlink(tmp.c_str());
@@ -511,8 +543,8 @@ absl::Status WriteSafetensors(const std::string& path, const TensorList& tensors
   return SyncParentDir(path);
 }
 
-absl::StatusOr<TensorList> ReadSafetensors(const std::string& path,
-                                           std::map<std::string, std::string>* metadata) {
+absl::StatusOr<TensorList> ReadSafetensors(const std::string &path,
+                                           std::map<std::string, std::string> *metadata) {
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
     int err = errno;

@@ -1,5 +1,6 @@
 #include "common/safetensors.h"
 
+#include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <cstdint>
@@ -8,31 +9,29 @@
 #include <sstream>
 #include <string>
 
-#include <gtest/gtest.h>
-
 namespace fl {
 namespace {
 
-std::string TempPath(const std::string& name) {
-  const char* dir = std::getenv("TEST_TMPDIR");
-  return std::string(dir ? dir : "/tmp") + "/safetensors_test_" + std::to_string(::getpid()) +
-         "_" + name;
+std::string TempPath(const std::string &name) {
+  const char *dir = std::getenv("TEST_TMPDIR");
+  return std::string(dir ? dir : "/tmp") + "/safetensors_test_" + std::to_string(::getpid()) + "_" +
+         name;
 }
 
-std::string ReadFile(const std::string& path) {
+std::string ReadFile(const std::string &path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
 }
 
-void WriteFile(const std::string& path, const std::string& bytes) {
+void WriteFile(const std::string &path, const std::string &bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << bytes;
 }
 
 // A file made by hand: the given JSON header (padded) followed by `data`.
-std::string MakeFile(std::string header, const std::string& data) {
+std::string MakeFile(std::string header, const std::string &data) {
   header.append((8 - header.size() % 8) % 8, ' ');
   std::string out(8, '\0');
   uint64_t n = header.size();
@@ -69,7 +68,8 @@ TEST(SafetensorsTest, HeaderIsAlignedAndReadableJson) {
   ASSERT_TRUE(WriteSafetensors(path, Sample()).ok());
   std::string bytes = ReadFile(path);
   uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  for (int i = 0; i < 8; ++i)
+    n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
   EXPECT_EQ(n % 8, 0u);
   EXPECT_EQ(bytes.size(), 8 + n + (8 + 3 + 1) * sizeof(float));
   std::string header = bytes.substr(8, n);
@@ -164,7 +164,8 @@ TEST(SafetensorsTest, CorruptHeaderRefused) {
   std::remove(path.c_str());
 }
 
-// Each header is wrong in one way; the error must name the offending tensor where there is one.
+// Each header is wrong in one way; the error must name the offending tensor
+// where there is one.
 TEST(SafetensorsTest, InvalidEntriesRefusedWithName) {
   std::string path = TempPath("invalid.safetensors");
   std::string data(8, '\0');
@@ -175,19 +176,22 @@ TEST(SafetensorsTest, InvalidEntriesRefusedWithName) {
   const Case cases[] = {
       {R"({"x":{"dtype":"F16","shape":[4],"data_offsets":[0,8]}})", "x"},
       {R"({"x":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}})", "x"},
-      {R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"y":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "overlap"},
+      {R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"y":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+       "overlap"},
       {R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}})", "x"},
       {R"({"x":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}})", "data bytes"},
       {R"({"x":{"dtype":"F32","shape":[-2],"data_offsets":[0,8]}})", "unsupported"},
       {R"({"x":{"dtype":"F32","shape":[2.0],"data_offsets":[0,8]}})", "non-integer"},
       {R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[8,0]}})", "x"},
       {R"({"x":{"dtype":"F32","shape":[2]}})", "x"},
-      {R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"x":{"dtype":"F32","shape":[0],"data_offsets":[8,8]}})", "duplicate"},
-      {R"({"__metadata__":{"k":1},"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "__metadata__"},
+      {R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"x":{"dtype":"F32","shape":[0],"data_offsets":[8,8]}})",
+       "duplicate"},
+      {R"({"__metadata__":{"k":1},"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})",
+       "__metadata__"},
       {R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}} junk)", "trailing"},
       {R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8])", "expected"},
   };
-  for (const Case& c : cases) {
+  for (const Case &c : cases) {
     WriteFile(path, MakeFile(c.header, data));
     auto out = ReadSafetensors(path);
     ASSERT_FALSE(out.ok()) << c.header;

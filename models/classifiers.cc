@@ -14,8 +14,7 @@ namespace {
 namespace nn = torch::nn;
 
 nn::Conv2d Conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding) {
-  return nn::Conv2d(
-      nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding).bias(false));
+  return nn::Conv2d(nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding).bias(false));
 }
 
 nn::GroupNorm Norm(int64_t groups, int64_t channels) {
@@ -27,7 +26,7 @@ nn::GroupNorm Norm(int64_t groups, int64_t channels) {
 
 class SmallCnnImpl : public ClassifierImpl {
  public:
-  explicit SmallCnnImpl(const ModelSpec& spec) {
+  explicit SmallCnnImpl(const ModelSpec &spec) {
     const int64_t widths[] = {16, 32, 64, 64};
     int64_t in = spec.in_channels;
     for (int64_t width : widths) {
@@ -56,7 +55,8 @@ class SmallCnnImpl : public ClassifierImpl {
 // ------------------------------------------------------------------------------------------------
 // ResNet-9
 
-// A Sequential with a concrete forward, so that it can be nested in another Sequential.
+// A Sequential with a concrete forward, so that it can be nested in another
+// Sequential.
 class StackImpl : public nn::SequentialImpl {
  public:
   using nn::SequentialImpl::SequentialImpl;
@@ -72,7 +72,7 @@ Stack ConvGnMish(int64_t in, int64_t out, bool pool) {
 
 class ResNet9Impl : public ClassifierImpl {
  public:
-  explicit ResNet9Impl(const ModelSpec& spec)
+  explicit ResNet9Impl(const ModelSpec &spec)
       : prep_(ConvGnMish(spec.in_channels, 64, false)),
         layer1_(ConvGnMish(64, 128, true)),
         res1_(ConvGnMish(128, 128, false), ConvGnMish(128, 128, false)),
@@ -111,7 +111,8 @@ class ResNet9Impl : public ClassifierImpl {
 // ------------------------------------------------------------------------------------------------
 // torchvision ResNet with GroupNorm
 
-// torchvision's BasicBlock (bottleneck=false) or Bottleneck (bottleneck=true, stride on the 3x3).
+// torchvision's BasicBlock (bottleneck=false) or Bottleneck (bottleneck=true,
+// stride on the 3x3).
 class ResBlockImpl : public nn::Module {
  public:
   ResBlockImpl(int64_t inplanes, int64_t planes, int64_t stride, bool bottleneck)
@@ -153,7 +154,7 @@ class ResBlockImpl : public nn::Module {
 
 class ResNetImpl : public ClassifierImpl {
  public:
-  ResNetImpl(const ModelSpec& spec, const int (&blocks)[4], bool bottleneck) {
+  ResNetImpl(const ModelSpec &spec, const int (&blocks)[4], bool bottleneck) {
     conv1_ = register_module("conv1", Conv(spec.in_channels, 64, 7, 2, 3));
     bn1_ = register_module("bn1", Norm(32, 64));
     int64_t inplanes = 64;
@@ -173,7 +174,7 @@ class ResNetImpl : public ClassifierImpl {
   torch::Tensor forward(torch::Tensor x) override {
     x = torch::relu(bn1_->forward(conv1_->forward(x)));
     x = torch::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
-    for (nn::Sequential& layer : layers_) x = layer->forward(x);
+    for (nn::Sequential &layer : layers_) x = layer->forward(x);
     x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
     return fc_->forward(x);
   }
@@ -186,44 +187,45 @@ class ResNetImpl : public ClassifierImpl {
   nn::Linear fc_{nullptr};
 };
 
-// PyTorch's default bound for Linear/Conv biases and Linear weights: 1/sqrt(fan_in).
-double FanInBound(const torch::Tensor& weight) {
+// PyTorch's default bound for Linear/Conv biases and Linear weights:
+// 1/sqrt(fan_in).
+double FanInBound(const torch::Tensor &weight) {
   const int64_t fan_in = weight.numel() / weight.size(0);
   return fan_in > 0 ? 1.0 / std::sqrt(static_cast<double>(fan_in)) : 0.0;
 }
 
 }  // namespace
 
-std::shared_ptr<ClassifierImpl> MakeSmallCnn(const ModelSpec& spec) {
+std::shared_ptr<ClassifierImpl> MakeSmallCnn(const ModelSpec &spec) {
   return std::make_shared<SmallCnnImpl>(spec);
 }
 
-std::shared_ptr<ClassifierImpl> MakeResNet9(const ModelSpec& spec) {
+std::shared_ptr<ClassifierImpl> MakeResNet9(const ModelSpec &spec) {
   return std::make_shared<ResNet9Impl>(spec);
 }
 
-std::shared_ptr<ClassifierImpl> MakeResNet(const ModelSpec& spec, int depth) {
+std::shared_ptr<ClassifierImpl> MakeResNet(const ModelSpec &spec, int depth) {
   static constexpr int kResNet18[4] = {2, 2, 2, 2};
   static constexpr int kResNet50[4] = {3, 4, 6, 3};
   if (depth == 50) return std::make_shared<ResNetImpl>(spec, kResNet50, true);
   return std::make_shared<ResNetImpl>(spec, kResNet18, false);
 }
 
-void InitWeights(torch::nn::Module& model, uint64_t seed) {
+void InitWeights(torch::nn::Module &model, uint64_t seed) {
   torch::NoGradGuard no_grad;
   at::Generator gen = at::detail::createCPUGenerator(seed);
-  for (const std::shared_ptr<nn::Module>& m : model.modules(/*include_self=*/true)) {
-    if (auto* conv = m->as<nn::Conv2d>()) {
-      const torch::Tensor& w = conv->weight;
+  for (const std::shared_ptr<nn::Module> &m : model.modules(/*include_self=*/true)) {
+    if (auto *conv = m->as<nn::Conv2d>()) {
+      const torch::Tensor &w = conv->weight;
       const int64_t fan_out = w.size(0) * (w.numel() / (w.size(0) * w.size(1)));
       const double std = std::sqrt(2.0 / static_cast<double>(fan_out));
       w.normal_(0.0, std, gen);
       if (conv->bias.defined()) conv->bias.uniform_(-FanInBound(w), FanInBound(w), gen);
-    } else if (auto* linear = m->as<nn::Linear>()) {
+    } else if (auto *linear = m->as<nn::Linear>()) {
       const double bound = FanInBound(linear->weight);
       linear->weight.uniform_(-bound, bound, gen);
       if (linear->bias.defined()) linear->bias.uniform_(-bound, bound, gen);
-    } else if (auto* norm = m->as<nn::GroupNorm>()) {
+    } else if (auto *norm = m->as<nn::GroupNorm>()) {
       if (norm->weight.defined()) norm->weight.fill_(1.0);
       if (norm->bias.defined()) norm->bias.zero_();
     }

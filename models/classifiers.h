@@ -1,5 +1,6 @@
-// Internal to fl_models: the classifier architectures behind the registry (models/model.h).
-// Parameter names follow the PyTorch modules given in tests/interop/check_model.py.
+// Internal to fl_models: the classifier architectures behind the registry
+// (models/model.h). Parameter names follow the PyTorch modules given in
+// tests/interop/check_model.py.
 #pragma once
 
 #include <cstdint>
@@ -10,27 +11,32 @@
 namespace fl {
 namespace models_internal {
 
-// 4 x [conv3x3 (no bias) - GroupNorm(8) - ReLU - maxpool2], channels 16-32-64-64, global average
-// pool, `fc`. Names: features.{0,4,8,12}.weight (convs), features.{1,5,9,13}.{weight,bias}
-// (GroupNorm), fc.{weight,bias}. REQUIRES: image_size >= 16.
-std::shared_ptr<ClassifierImpl> MakeSmallCnn(const ModelSpec& spec);
+// 4 x [conv3x3 (no bias) - GroupNorm(8) - ReLU - maxpool2], channels
+// 16-32-64-64, global average pool, `fc`. Names: features.{0,4,8,12}.weight
+// (convs), features.{1,5,9,13}.{weight,bias} (GroupNorm), fc.{weight,bias}.
+// REQUIRES: image_size >= 16.
+std::shared_ptr<ClassifierImpl> MakeSmallCnn(const ModelSpec &spec);
 
 // ResNet-9 of the DP chest-radiograph work: conv3x3-GroupNorm(32)-Mish blocks,
 //   prep (64), layer1 (128, maxpool) + res1 (two 128 blocks, residual),
-//   layer2 (256, maxpool), layer3 (512, maxpool) + res2 (two 512 blocks, residual),
-//   concat(adaptive max pool, adaptive avg pool) -> fc Linear(1024, num_outputs).
-// Names: prep.0.weight, prep.1.{weight,bias}, layer1.0/1, res1.{0,1}.{0,1}, layer2.0/1, layer3.0/1,
-// res2.{0,1}.{0,1}, fc.{weight,bias}. REQUIRES: image_size >= 8.
-std::shared_ptr<ClassifierImpl> MakeResNet9(const ModelSpec& spec);
+//   layer2 (256, maxpool), layer3 (512, maxpool) + res2 (two 512 blocks,
+//   residual), concat(adaptive max pool, adaptive avg pool) -> fc Linear(1024,
+//   num_outputs).
+// Names: prep.0.weight, prep.1.{weight,bias}, layer1.0/1, res1.{0,1}.{0,1},
+// layer2.0/1, layer3.0/1, res2.{0,1}.{0,1}, fc.{weight,bias}. REQUIRES:
+// image_size >= 8.
+std::shared_ptr<ClassifierImpl> MakeResNet9(const ModelSpec &spec);
 
-// torchvision's ResNet-18 (depth 18) or ResNet-50 (depth 50) with GroupNorm(32, c) in place of
-// every BatchNorm and conv1 taking spec.in_channels. REQUIRES: depth is 18 or 50, image_size >= 32.
-std::shared_ptr<ClassifierImpl> MakeResNet(const ModelSpec& spec, int depth);
+// torchvision's ResNet-18 (depth 18) or ResNet-50 (depth 50) with GroupNorm(32,
+// c) in place of every BatchNorm and conv1 taking spec.in_channels. REQUIRES:
+// depth is 18 or 50, image_size >= 32.
+std::shared_ptr<ClassifierImpl> MakeResNet(const ModelSpec &spec, int depth);
 
-// Re-initialises every Conv2d (Kaiming normal, fan_out, ReLU gain; bias as PyTorch's default),
-// Linear (PyTorch's default uniform) and GroupNorm (weight 1, bias 0) of `model` from a private
-// generator seeded with `seed`: the result depends on `seed` only, never on the global RNG.
-void InitWeights(torch::nn::Module& model, uint64_t seed);
+// Re-initialises every Conv2d (Kaiming normal, fan_out, ReLU gain; bias as
+// PyTorch's default), Linear (PyTorch's default uniform) and GroupNorm (weight
+// 1, bias 0) of `model` from a private generator seeded with `seed`: the result
+// depends on `seed` only, never on the global RNG.
+void InitWeights(torch::nn::Module &model, uint64_t seed);
 
 }  // namespace models_internal
 }  // namespace fl

@@ -1,15 +1,15 @@
 #include "models/model.h"
 
+#include <gtest/gtest.h>
+
 #include <algorithm>
 #include <set>
 #include <string>
 
-#include <gtest/gtest.h>
-
 namespace fl {
 namespace {
 
-ModelSpec Spec(const std::string& name, int in_channels = 1, int outputs = 8) {
+ModelSpec Spec(const std::string &name, int in_channels = 1, int outputs = 8) {
   ModelSpec spec;
   spec.name = name;
   spec.in_channels = in_channels;
@@ -18,13 +18,13 @@ ModelSpec Spec(const std::string& name, int in_channels = 1, int outputs = 8) {
   return spec;
 }
 
-std::shared_ptr<ClassifierImpl> MustCreate(const ModelSpec& spec, uint64_t seed) {
+std::shared_ptr<ClassifierImpl> MustCreate(const ModelSpec &spec, uint64_t seed) {
   auto model = CreateModel(spec, seed);
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? *model : nullptr;
 }
 
-bool SameWeights(const TensorList& a, const TensorList& b) {
+bool SameWeights(const TensorList &a, const TensorList &b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i) {
     if (a[i].name != b[i].name || a[i].shape != b[i].shape || a[i].data != b[i].data) return false;
@@ -32,8 +32,8 @@ bool SameWeights(const TensorList& a, const TensorList& b) {
   return true;
 }
 
-const NamedTensor* Find(const TensorList& list, const std::string& name) {
-  for (const NamedTensor& t : list) {
+const NamedTensor *Find(const TensorList &list, const std::string &name) {
+  for (const NamedTensor &t : list) {
     if (t.name == name) return &t;
   }
   return nullptr;
@@ -69,7 +69,7 @@ TEST_P(EveryModelTest, OutputShapeAndHead) {
     EXPECT_TRUE(torch::isfinite(out).all().item<bool>());
     EXPECT_EQ(model->head_prefix(), "fc.");
     TensorList w = ExtractWeights(*model);
-    const NamedTensor* head = Find(w, "fc.weight");
+    const NamedTensor *head = Find(w, "fc.weight");
     ASSERT_NE(head, nullptr);
     EXPECT_EQ(head->shape.at(0), 5);
     ASSERT_NE(Find(w, "fc.bias"), nullptr);
@@ -103,20 +103,21 @@ INSTANTIATE_TEST_SUITE_P(Models, EveryModelTest,
                          ::testing::Values("smallcnn", "resnet9", "resnet18", "resnet50"));
 
 TEST(ModelNamesTest, ResNetMatchesTorchvisionNamesAndSizes) {
-  // torchvision.models.resnet18() / resnet50() parameter counts (3 channels, 1000 classes).
+  // torchvision.models.resnet18() / resnet50() parameter counts (3 channels,
+  // 1000 classes).
   for (auto [name, count] : {std::pair<std::string, int64_t>{"resnet18", 11689512},
                              std::pair<std::string, int64_t>{"resnet50", 25557032}}) {
     TensorList w = ExtractWeights(*MustCreate(Spec(name, 3, 1000), 1));
     int64_t total = 0;
-    for (const NamedTensor& t : w) total += t.numel();
+    for (const NamedTensor &t : w) total += t.numel();
     EXPECT_EQ(total, count) << name;
     EXPECT_EQ(w.front().name, "conv1.weight");
     EXPECT_EQ(w.back().name, "fc.bias");
   }
   TensorList r18 = ExtractWeights(*MustCreate(Spec("resnet18"), 1));
-  for (const char* name : {"bn1.weight", "layer1.0.conv1.weight", "layer1.1.bn2.bias",
-                           "layer2.0.downsample.0.weight", "layer2.0.downsample.1.weight",
-                           "layer4.1.conv2.weight"}) {
+  for (const char *name :
+       {"bn1.weight", "layer1.0.conv1.weight", "layer1.1.bn2.bias", "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.weight", "layer4.1.conv2.weight"}) {
     EXPECT_NE(Find(r18, name), nullptr) << name;
   }
   EXPECT_EQ(Find(r18, "layer1.0.downsample.0.weight"), nullptr);
@@ -127,7 +128,7 @@ TEST(ModelNamesTest, ResNetMatchesTorchvisionNamesAndSizes) {
 
 TEST(ModelNamesTest, ResNet9Names) {
   TensorList w = ExtractWeights(*MustCreate(Spec("resnet9"), 1));
-  for (const char* name : {"prep.0.weight", "prep.1.weight", "layer1.0.weight", "res1.1.0.weight",
+  for (const char *name : {"prep.0.weight", "prep.1.weight", "layer1.0.weight", "res1.1.0.weight",
                            "res2.0.1.bias", "layer3.1.weight"}) {
     EXPECT_NE(Find(w, name), nullptr) << name;
   }
@@ -138,7 +139,7 @@ TEST(WeightsTest, ParametersThenBuffersAsFloat) {
   torch::nn::BatchNorm2d bn(4);
   TensorList w = ExtractWeights(*bn);
   std::vector<std::string> names;
-  for (const NamedTensor& t : w) names.push_back(t.name);
+  for (const NamedTensor &t : w) names.push_back(t.name);
   EXPECT_EQ(names, (std::vector<std::string>{"weight", "bias", "running_mean", "running_var",
                                              "num_batches_tracked"}));
   EXPECT_EQ(w.back().shape, std::vector<int64_t>{});
@@ -163,10 +164,10 @@ TEST(WeightsTest, MismatchedLoadRefusedNamingTensorAndLeavesModelUnchanged) {
   duplicated.push_back(other.front());
   TensorList wrong_head = ExtractWeights(*MustCreate(Spec("smallcnn", 1, 3), 2));
 
-  const std::pair<const TensorList*, std::string> cases[] = {
-      {&missing, before[1].name}, {&extra, "ghost.weight"},  {&reshaped, "fc.bias"},
+  const std::pair<const TensorList *, std::string> cases[] = {
+      {&missing, before[1].name},    {&extra, "ghost.weight"},      {&reshaped, "fc.bias"},
       {&short_data, before[0].name}, {&duplicated, before[0].name}, {&wrong_head, "fc.weight"}};
-  for (const auto& [weights, mention] : cases) {
+  for (const auto &[weights, mention] : cases) {
     absl::Status status = LoadWeights(*model, *weights);
     ASSERT_FALSE(status.ok()) << mention;
     EXPECT_NE(std::string(status.message()).find(mention), std::string::npos) << status;
@@ -177,7 +178,8 @@ TEST(WeightsTest, MismatchedLoadRefusedNamingTensorAndLeavesModelUnchanged) {
 TEST(SmallCnnTest, LearnsASimpleTaskQuickly) {
   auto model = MustCreate(Spec("smallcnn", 1, 1), 5);
   torch::manual_seed(0);
-  // Label 1: bright square in the upper-left quadrant; label 0: in the lower-right.
+  // Label 1: bright square in the upper-left quadrant; label 0: in the
+  // lower-right.
   torch::Tensor x = 0.1 * torch::randn({16, 1, 64, 64});
   torch::Tensor y = torch::zeros({16, 1});
   for (int i = 0; i < 16; ++i) {

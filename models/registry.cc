@@ -19,22 +19,22 @@ using models_internal::MakeResNet9;
 using models_internal::MakeSmallCnn;
 
 struct RegistryEntry {
-  const char* name;
+  const char *name;
   int min_image_size;  // smallest input side the architecture's pooling allows
-  std::function<std::shared_ptr<ClassifierImpl>(const ModelSpec&)> make;
+  std::function<std::shared_ptr<ClassifierImpl>(const ModelSpec &)> make;
 };
 
-const std::vector<RegistryEntry>& Registry() {
-  static const auto* registry = new std::vector<RegistryEntry>{
+const std::vector<RegistryEntry> &Registry() {
+  static const auto *registry = new std::vector<RegistryEntry>{
       {"smallcnn", 16, MakeSmallCnn},
       {"resnet9", 8, MakeResNet9},
-      {"resnet18", 32, [](const ModelSpec& s) { return MakeResNet(s, 18); }},
-      {"resnet50", 32, [](const ModelSpec& s) { return MakeResNet(s, 50); }},
+      {"resnet18", 32, [](const ModelSpec &s) { return MakeResNet(s, 18); }},
+      {"resnet50", 32, [](const ModelSpec &s) { return MakeResNet(s, 50); }},
   };
   return *registry;
 }
 
-absl::Status ValidateSpec(const ModelSpec& spec, const RegistryEntry& entry) {
+absl::Status ValidateSpec(const ModelSpec &spec, const RegistryEntry &entry) {
   if (spec.in_channels < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("model ", spec.name, ": in_channels must be >= 1, got ", spec.in_channels));
@@ -44,9 +44,9 @@ absl::Status ValidateSpec(const ModelSpec& spec, const RegistryEntry& entry) {
         absl::StrCat("model ", spec.name, ": num_outputs must be >= 1, got ", spec.num_outputs));
   }
   if (spec.image_size < entry.min_image_size) {
-    return absl::InvalidArgumentError(absl::StrCat("model ", spec.name, ": image_size must be >= ",
-                                                   entry.min_image_size, ", got ",
-                                                   spec.image_size));
+    return absl::InvalidArgumentError(absl::StrCat("model ", spec.name,
+                                                   ": image_size must be >= ", entry.min_image_size,
+                                                   ", got ", spec.image_size));
   }
   return absl::OkStatus();
 }
@@ -56,26 +56,27 @@ std::string ShapeString(c10::IntArrayRef shape) {
 }
 
 // The model's parameters then buffers by name, as ExtractWeights orders them.
-std::vector<std::pair<std::string, torch::Tensor>> NamedTensors(torch::nn::Module& model) {
+std::vector<std::pair<std::string, torch::Tensor>> NamedTensors(torch::nn::Module &model) {
   std::vector<std::pair<std::string, torch::Tensor>> out;
-  for (const auto& item : model.named_parameters(/*recurse=*/true)) {
+  for (const auto &item : model.named_parameters(/*recurse=*/true)) {
     out.emplace_back(item.key(), item.value());
   }
-  for (const auto& item : model.named_buffers(/*recurse=*/true)) {
+  for (const auto &item : model.named_buffers(/*recurse=*/true)) {
     out.emplace_back(item.key(), item.value());
   }
   return out;
 }
 
-// Checks every name and shape of `weights` against the model before anything is written.
-absl::Status CheckCompatible(const std::vector<std::pair<std::string, torch::Tensor>>& targets,
-                             const std::map<std::string, const NamedTensor*>& by_name) {
-  for (const auto& [name, tensor] : targets) {
+// Checks every name and shape of `weights` against the model before anything is
+// written.
+absl::Status CheckCompatible(const std::vector<std::pair<std::string, torch::Tensor>> &targets,
+                             const std::map<std::string, const NamedTensor *> &by_name) {
+  for (const auto &[name, tensor] : targets) {
     auto it = by_name.find(name);
     if (it == by_name.end()) {
       return absl::InvalidArgumentError(absl::StrCat("weights lack tensor ", name));
     }
-    const NamedTensor& w = *it->second;
+    const NamedTensor &w = *it->second;
     if (!tensor.sizes().equals(w.shape)) {
       return absl::InvalidArgumentError(absl::StrCat("tensor ", name, ": model shape ",
                                                      ShapeString(tensor.sizes()),
@@ -93,37 +94,36 @@ absl::Status CheckCompatible(const std::vector<std::pair<std::string, torch::Ten
 
 std::vector<std::string> ModelNames() {
   std::vector<std::string> names;
-  for (const RegistryEntry& entry : Registry()) names.emplace_back(entry.name);
+  for (const RegistryEntry &entry : Registry()) names.emplace_back(entry.name);
   return names;
 }
 
-absl::StatusOr<std::shared_ptr<ClassifierImpl>> CreateModel(const ModelSpec& spec,
-                                                            uint64_t seed) {
-  const RegistryEntry* entry = nullptr;
-  for (const RegistryEntry& e : Registry()) {
+absl::StatusOr<std::shared_ptr<ClassifierImpl>> CreateModel(const ModelSpec &spec, uint64_t seed) {
+  const RegistryEntry *entry = nullptr;
+  for (const RegistryEntry &e : Registry()) {
     if (spec.name == e.name) entry = &e;
   }
   if (entry == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("unknown model \"", spec.name,
-                                                   "\"; known: ", absl::StrJoin(ModelNames(), ", ")));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown model \"", spec.name, "\"; known: ", absl::StrJoin(ModelNames(), ", ")));
   }
   RETURN_IF_ERROR(ValidateSpec(spec, *entry));
   try {
     std::shared_ptr<ClassifierImpl> model = entry->make(spec);
     models_internal::InitWeights(*model, seed);
     return model;
-  } catch (const c10::Error& e) {
+  } catch (const c10::Error &e) {
     return absl::InternalError(
         absl::StrCat("creating model ", spec.name, ": ", e.what_without_backtrace()));
-  } catch (const std::exception& e) {
+  } catch (const std::exception &e) {
     return absl::InternalError(absl::StrCat("creating model ", spec.name, ": ", e.what()));
   }
 }
 
-TensorList ExtractWeights(torch::nn::Module& model) {
+TensorList ExtractWeights(torch::nn::Module &model) {
   torch::NoGradGuard no_grad;
   TensorList out;
-  for (const auto& [name, tensor] : NamedTensors(model)) {
+  for (const auto &[name, tensor] : NamedTensors(model)) {
     torch::Tensor cpu = tensor.detach().to(torch::kCPU, torch::kFloat32).contiguous();
     NamedTensor t;
     t.name = name;
@@ -135,9 +135,9 @@ TensorList ExtractWeights(torch::nn::Module& model) {
   return out;
 }
 
-absl::Status LoadWeights(torch::nn::Module& model, const TensorList& weights) {
-  std::map<std::string, const NamedTensor*> by_name;
-  for (const NamedTensor& w : weights) {
+absl::Status LoadWeights(torch::nn::Module &model, const TensorList &weights) {
+  std::map<std::string, const NamedTensor *> by_name;
+  for (const NamedTensor &w : weights) {
     if (!by_name.emplace(w.name, &w).second) {
       return absl::InvalidArgumentError(absl::StrCat("weights hold tensor ", w.name, " twice"));
     }
@@ -147,21 +147,21 @@ absl::Status LoadWeights(torch::nn::Module& model, const TensorList& weights) {
     RETURN_IF_ERROR(CheckCompatible(targets, by_name));
     if (targets.size() != by_name.size()) {
       std::set<std::string> known;
-      for (const auto& target : targets) known.insert(target.first);
-      for (const NamedTensor& w : weights) {
+      for (const auto &target : targets) known.insert(target.first);
+      for (const NamedTensor &w : weights) {
         if (!known.count(w.name)) {
           return absl::InvalidArgumentError(absl::StrCat("model has no tensor ", w.name));
         }
       }
     }
     torch::NoGradGuard no_grad;
-    for (auto& [name, tensor] : targets) {
-      const NamedTensor& w = *by_name.at(name);
-      torch::Tensor src = torch::from_blob(const_cast<float*>(w.data.data()), w.shape,
+    for (auto &[name, tensor] : targets) {
+      const NamedTensor &w = *by_name.at(name);
+      torch::Tensor src = torch::from_blob(const_cast<float *>(w.data.data()), w.shape,
                                            torch::TensorOptions().dtype(torch::kFloat32));
       tensor.copy_(src);
     }
-  } catch (const c10::Error& e) {
+  } catch (const c10::Error &e) {
     return absl::InternalError(absl::StrCat("loading weights: ", e.what_without_backtrace()));
   }
   return absl::OkStatus();

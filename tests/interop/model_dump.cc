@@ -1,8 +1,10 @@
 // fl-model-dump MODEL OUT_DIR: writes, for the interop check (check_model.py),
-//   OUT_DIR/model.safetensors   the freshly created model's weights (in_channels 1, image_size 64,
+//   OUT_DIR/model.safetensors   the freshly created model's weights
+//   (in_channels 1, image_size 64,
 //                               num_outputs 8, seed 7),
-//   OUT_DIR/input.safetensors   "input": a fixed pseudo-random batch [2, 1, 64, 64],
-//   OUT_DIR/output.safetensors  "output": the model's eval-mode logits for that batch [2, 8].
+//   OUT_DIR/input.safetensors   "input": a fixed pseudo-random batch [2, 1, 64,
+//   64], OUT_DIR/output.safetensors  "output": the model's eval-mode logits for
+//   that batch [2, 8].
 #include <cstring>
 #include <iostream>
 #include <string>
@@ -17,7 +19,7 @@
 namespace fl {
 namespace {
 
-NamedTensor ToNamed(const std::string& name, const torch::Tensor& tensor) {
+NamedTensor ToNamed(const std::string &name, const torch::Tensor &tensor) {
   torch::Tensor cpu = tensor.detach().to(torch::kCPU, torch::kFloat32).contiguous();
   NamedTensor out;
   out.name = name;
@@ -27,7 +29,7 @@ NamedTensor ToNamed(const std::string& name, const torch::Tensor& tensor) {
   return out;
 }
 
-absl::Status Dump(const std::string& name, const std::string& dir) {
+absl::Status Dump(const std::string &name, const std::string &dir) {
   ModelSpec spec;
   spec.name = name;
   spec.in_channels = 1;
@@ -44,7 +46,7 @@ absl::Status Dump(const std::string& name, const std::string& dir) {
     torch::Tensor output = model->forward(input);
     RETURN_IF_ERROR(WriteSafetensors(dir + "/input.safetensors", {ToNamed("input", input)}));
     return WriteSafetensors(dir + "/output.safetensors", {ToNamed("output", output)});
-  } catch (const c10::Error& e) {
+  } catch (const c10::Error &e) {
     return absl::InternalError(absl::StrCat("running ", name, ": ", e.what_without_backtrace()));
   }
 }
@@ -52,7 +54,7 @@ absl::Status Dump(const std::string& name, const std::string& dir) {
 }  // namespace
 }  // namespace fl
 
-int main(int argc, char** argv) {
+int main(int argc, char **argv) {
   if (argc != 3) {
     std::cerr << "usage: fl-model-dump MODEL OUT_DIR\n";
     return 2;
