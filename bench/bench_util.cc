@@ -15,10 +15,10 @@
 namespace fl::bench {
 
 absl::StatusOr<std::vector<int64_t>> ParseIntFlags(
-    const std::vector<std::string>& args,
-    const std::vector<std::pair<std::string, int64_t>>& defaults) {
+    const std::vector<std::string> &args,
+    const std::vector<std::pair<std::string, int64_t>> &defaults) {
   std::vector<int64_t> values;
-  for (const auto& d : defaults) values.push_back(d.second);
+  for (const auto &d : defaults) values.push_back(d.second);
   for (size_t i = 0; i < args.size(); ++i) {
     if (!absl::StartsWith(args[i], "--")) {
       return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", args[i], "'"));
@@ -35,7 +35,8 @@ absl::StatusOr<std::vector<int64_t>> ParseIntFlags(
     }
     size_t k = 0;
     while (k < defaults.size() && defaults[k].first != name) ++k;
-    if (k == defaults.size()) return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
+    if (k == defaults.size())
+      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
     if (!absl::SimpleAtoi(text, &values[k]) || values[k] <= 0) {
       return absl::InvalidArgumentError(absl::StrCat("--", name, " wants a positive integer"));
     }
@@ -43,7 +44,7 @@ absl::StatusOr<std::vector<int64_t>> ParseIntFlags(
   return values;
 }
 
-absl::StatusOr<double> BestOf(int repetitions, const std::function<absl::Status()>& body) {
+absl::StatusOr<double> BestOf(int repetitions, const std::function<absl::Status()> &body) {
   if (absl::Status s = body(); !s.ok()) return s;
   double best = 1e300;
   for (int r = 0; r < repetitions; ++r) {
@@ -55,7 +56,7 @@ absl::StatusOr<double> BestOf(int repetitions, const std::function<absl::Status(
   return best;
 }
 
-absl::StatusOr<uint64_t> ProcStatusBytes(const std::string& field) {
+absl::StatusOr<uint64_t> ProcStatusBytes(const std::string &field) {
   std::ifstream in("/proc/self/status");
   std::string line;
   const std::string prefix = field + ":";
@@ -72,9 +73,9 @@ double MibPerSecond(uint64_t bytes, double seconds) {
   return seconds > 0 ? static_cast<double>(bytes) / kMib / seconds : 0.0;
 }
 
-void PrintKeyValues(const std::vector<std::pair<std::string, double>>& values) {
+void PrintKeyValues(const std::vector<std::pair<std::string, double>> &values) {
   std::vector<std::string> parts;
-  for (const auto& [key, value] : values) parts.push_back(absl::StrFormat("%s=%.2f", key, value));
+  for (const auto &[key, value] : values) parts.push_back(absl::StrFormat("%s=%.2f", key, value));
   std::printf("%s\n", absl::StrJoin(parts, " ").c_str());
   std::fflush(stdout);
 }

@@ -1,0 +1,41 @@
+// fl-bench NAME [flags]: runs one benchmark; its last output line is key=value
+// results.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "bench/benches.h"
+
+namespace {
+
+constexpr char kUsage[] =
+    "usage: fl-bench NAME [flags]\n"
+    "  aggregate [--mib 64] [--sites 20]       FedAvg "
+    "fold vs memcpy; peak memory over sites\n"
+    "  transfer [--mib 64] [--chunk_kib 1024]  gRPC "
+    "mutual-TLS upload vs a plain TLS socket\n";
+
+}  // namespace
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    std::fputs(kUsage, stderr);
+    return 2;
+  }
+  const std::string name = argv[1];
+  const std::vector<std::string> args(argv + 2, argv + argc);
+  absl::Status status;
+  if (name == "aggregate") {
+    status = fl::bench::RunAggregateBench(args);
+  } else if (name == "transfer") {
+    status = fl::bench::RunTransferBench(args);
+  } else {
+    std::fprintf(stderr, "fl-bench: unknown benchmark '%s'\n%s", name.c_str(), kUsage);
+    return 2;
+  }
+  if (!status.ok()) {
+    std::fprintf(stderr, "fl-bench %s: %s\n", name.c_str(), status.ToString().c_str());
+    return 1;
+  }
+  return 0;
+}
