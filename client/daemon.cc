@@ -9,6 +9,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/grpc_status.h"
+#include "common/log.h"
 #include "common/status.h"
 #include "common/tensor_stream.h"
 
@@ -17,7 +18,7 @@ namespace {
 
 constexpr uint64_t kMaxModelBytes = uint64_t{64} << 30;
 
-void Log(const std::string& line) { std::cerr << "fl-client: " << line << std::endl; }
+void Log(const std::string& line) { LogLine("fl-client", line); }
 
 std::chrono::system_clock::time_point In(int seconds) {
   return std::chrono::system_clock::now() + std::chrono::seconds(seconds);

@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "common/config.h"
 #include "common/crc32c.h"
+#include "common/log.h"
 #include "common/safetensors.h"
 #include "common/status.h"
 #include "common/tensor_stream.h"
@@ -42,7 +43,7 @@ struct Coordinator::RoundState {
 
 namespace {
 
-void Log(const std::string& line) { std::cerr << "fl-coordinator: " << line << std::endl; }
+void Log(const std::string& line) { LogLine("fl-coordinator", line); }
 
 double NowSeconds() { return absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()); }
 
