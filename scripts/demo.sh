@@ -12,8 +12,8 @@ BIN=$ROOT/build/bin
 D=$ROOT/build/demo
 rm -rf "$D"
 mkdir -p "$D/logs" "$D/data"
-ROUNDS=${FL_DEMO_ROUNDS:-12}
-STEPS=${FL_DEMO_STEPS:-25}
+ROUNDS=${FL_DEMO_ROUNDS:-30}
+STEPS=${FL_DEMO_STEPS:-30}
 SCALE=${FL_DEMO_SCALE:-1}
 PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 PIDS=()
@@ -53,7 +53,7 @@ job_spec() {  # name, labels (comma list), sites (comma list or empty), min site
   {
     echo "name: \"$1\" model: \"smallcnn\" image_size: 64 rounds: $ROUNDS local_steps: $STEPS"
     echo "batch_size: 32 min_sites: $4 round_deadline_seconds: 300 seed: 5"
-    echo "local_optimizer { name: \"adam\" learning_rate: 0.002 }"
+    echo "local_optimizer { name: \"adam\" learning_rate: 0.003 }"
     IFS=, read -ra L <<< "$2"; for l in "${L[@]}"; do echo "labels: \"$l\""; done
     if [ -n "$3" ]; then IFS=, read -ra S <<< "$3"; for s in "${S[@]}"; do echo "sites: \"$s\""; done; fi
   } > "$D/$1.job"
