@@ -1,24 +1,24 @@
 // fl-client: the hospital daemon. Usage: fl-client --config FILE
-#include <csignal>
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <thread>
 
-#include <prometheus/exposer.h>
 
 #include "client/daemon.h"
 #include "client/dataset.h"
 #include "client/metrics.h"
 #include "client/trainer.h"
 #include "common/config.h"
+#include "common/daemon_util.h"
+#include "common/log.h"
 #include "common/tls.h"
 
 namespace fl {
 namespace {
 
 int Die(const absl::Status& status) {
-  std::cerr << "fl-client: " << status.message() << std::endl;
+  LogLine("fl-client", std::string(status.message()));
   return 1;
 }
 
@@ -36,9 +36,9 @@ int Run(const std::string& config_path) {
   absl::StatusOr<Dataset> data =
       LoadDataset(config->data_dir(), config->labels_csv(), config->test_fraction());
   if (!data.ok()) return Die(data.status());
-  std::cerr << "fl-client: " << data->train.size() << " training and " << data->test.size()
-            << " test images, " << data->skipped_files << " files skipped, "
-            << data->unlabelled_files << " without labels" << std::endl;
+  LogLine("fl-client", absl::StrCat(data->train.size(), " training and ", data->test.size(),
+                                    " test images, ", data->skipped_files, " files skipped, ",
+                                    data->unlabelled_files, " without labels"));
   TrainerOptions options;
   options.device = config->device();
   options.loader_threads = static_cast<int>(config->loader_threads());
@@ -49,24 +49,12 @@ int Run(const std::string& config_path) {
   ClientMetrics metrics(*registry);
   metrics.images.Set(static_cast<double>(data->train.size() + data->test.size()));
   metrics.images_skipped.Set(data->skipped_files);
-  std::unique_ptr<prometheus::Exposer> exposer;
-  if (!config->metrics_address().empty()) {
-    try {
-      exposer = std::make_unique<prometheus::Exposer>(config->metrics_address());
-      exposer->RegisterCollectable(registry);
-    } catch (const std::exception& e) {
-      return Die(absl::UnavailableError("cannot serve metrics on " + config->metrics_address() +
-                                        ": " + e.what()));
-    }
-  }
+  absl::StatusOr<std::unique_ptr<prometheus::Exposer>> exposer =
+      StartMetricsExposer("fl-client", config->metrics_address(), registry, "");
+  if (!exposer.ok()) return Die(exposer.status());
   ClientDaemon daemon(*config, *tls, &*data, trainer->get(), &metrics);
   std::thread([&daemon] {
-    sigset_t signals;
-    sigemptyset(&signals);
-    sigaddset(&signals, SIGINT);
-    sigaddset(&signals, SIGTERM);
-    int signal_number = 0;
-    sigwait(&signals, &signal_number);
+    WaitForStopSignal();
     daemon.Stop();
   }).detach();
   absl::Status status = daemon.Run();
@@ -78,15 +66,7 @@ int Run(const std::string& config_path) {
 }  // namespace fl
 
 int main(int argc, char** argv) {
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  std::signal(SIGPIPE, SIG_IGN);
-  if (argc != 3 || std::string(argv[1]) != "--config") {
-    std::cerr << "usage: fl-client --config FILE" << std::endl;
-    return 2;
-  }
-  return fl::Run(argv[2]);
+  fl::BlockStopSignals();  // before any thread starts; one thread waits for them
+  std::optional<std::string> config = fl::ConfigFlag(argc, argv, "fl-client");
+  return config ? fl::Run(*config) : 2;
 }

@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/sqlite.h"
 #include "common/status.h"
 #include "privacy/rdp_accountant.h"
 
@@ -31,88 +32,9 @@ CREATE TABLE IF NOT EXISTS rounds (
 CREATE INDEX IF NOT EXISTS rounds_by_dataset ON rounds (dataset_id);
 )sql";
 
-absl::Status SqlError(sqlite3* db, const std::string& what) {
-  return absl::InternalError(absl::StrCat("privacy ledger: ", what, ": ", sqlite3_errmsg(db)));
-}
-
-absl::Status Exec(sqlite3* db, const char* sql) {
-  char* error = nullptr;
-  if (sqlite3_exec(db, sql, nullptr, nullptr, &error) != SQLITE_OK) {
-    absl::Status status = absl::InternalError(absl::StrCat(
-        "privacy ledger: '", sql, "': ", error != nullptr ? error : sqlite3_errmsg(db)));
-    sqlite3_free(error);
-    return status;
-  }
-  return absl::OkStatus();
-}
-
-// A prepared statement, finalized on scope exit.
-class Statement {
- public:
-  Statement(sqlite3* db, const char* sql) : db_(db) {
-    status_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) == SQLITE_OK
-                  ? absl::OkStatus()
-                  : SqlError(db, absl::StrCat("preparing '", sql, "'"));
-  }
-  ~Statement() { sqlite3_finalize(stmt_); }
-  Statement(const Statement&) = delete;
-  Statement& operator=(const Statement&) = delete;
-
-  const absl::Status& status() const { return status_; }
-  sqlite3_stmt* get() { return stmt_; }
-  void BindText(int i, const std::string& s) {
-    sqlite3_bind_text(stmt_, i, s.data(), static_cast<int>(s.size()), SQLITE_TRANSIENT);
-  }
-  // SQLITE_ROW: true; SQLITE_DONE: false; anything else: an error.
-  absl::StatusOr<bool> Step() {
-    const int rc = sqlite3_step(stmt_);
-    if (rc == SQLITE_ROW) return true;
-    if (rc == SQLITE_DONE) return false;
-    return SqlError(db_, "step");
-  }
-
- private:
-  sqlite3* db_;
-  sqlite3_stmt* stmt_ = nullptr;
-  absl::Status status_;
-};
-
-// An IMMEDIATE transaction (takes the write lock up front); rolled back unless committed.
-class Transaction {
- public:
-  explicit Transaction(sqlite3* db) : db_(db) {}
-  ~Transaction() {
-    if (open_) Exec(db_, "ROLLBACK").IgnoreError();  // the first error is what the caller sees
-  }
-  absl::Status Begin() {
-    RETURN_IF_ERROR(Exec(db_, "BEGIN IMMEDIATE"));
-    open_ = true;
-    return absl::OkStatus();
-  }
-  absl::Status Commit() {
-    RETURN_IF_ERROR(Exec(db_, "COMMIT"));
-    open_ = false;
-    return absl::OkStatus();
-  }
-
- private:
-  sqlite3* db_;
-  bool open_ = false;
-};
-
+// Creates the schema, or checks that an existing file's schema is one this build reads.
 absl::Status Configure(sqlite3* db) {
-  sqlite3_busy_timeout(db, kBusyTimeoutMs);
-  {
-    Statement wal(db, "PRAGMA journal_mode=WAL");
-    RETURN_IF_ERROR(wal.status());
-    ASSIGN_OR_RETURN(bool row, wal.Step());
-    const unsigned char* mode = row ? sqlite3_column_text(wal.get(), 0) : nullptr;
-    if (mode == nullptr || std::string(reinterpret_cast<const char*>(mode)) != "wal") {
-      return absl::FailedPreconditionError("privacy ledger: the file system refuses WAL mode");
-    }
-  }
-  RETURN_IF_ERROR(Exec(db, "PRAGMA synchronous=FULL"));
-  Statement version(db, "PRAGMA user_version");
+  SqlStatement version(db, "PRAGMA user_version");
   RETURN_IF_ERROR(version.status());
   ASSIGN_OR_RETURN(bool row, version.Step());
   const int found = row ? sqlite3_column_int(version.get(), 0) : 0;
@@ -120,10 +42,10 @@ absl::Status Configure(sqlite3* db) {
     return absl::FailedPreconditionError(absl::StrCat(
         "privacy ledger schema version ", found, " is newer than this build's ", kSchemaVersion));
   }
-  Transaction txn(db);
+  SqlTransaction txn(db);
   RETURN_IF_ERROR(txn.Begin());
-  RETURN_IF_ERROR(Exec(db, kSchema));
-  RETURN_IF_ERROR(Exec(db, absl::StrCat("PRAGMA user_version=", kSchemaVersion).c_str()));
+  RETURN_IF_ERROR(SqliteExec(db, kSchema));
+  RETURN_IF_ERROR(SqliteExec(db, absl::StrCat("PRAGMA user_version=", kSchemaVersion)));
   return txn.Commit();
 }
 
@@ -144,15 +66,7 @@ absl::Status CheckCost(double q, double sigma, uint64_t steps) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PrivacyLedger>> PrivacyLedger::Open(const std::string& path) {
-  sqlite3* db = nullptr;
-  const int rc = sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
-                                 nullptr);
-  if (rc != SQLITE_OK) {
-    absl::Status status = absl::UnavailableError(absl::StrCat(
-        "cannot open privacy ledger '", path, "': ", db ? sqlite3_errmsg(db) : "out of memory"));
-    sqlite3_close(db);
-    return status;
-  }
+  ASSIGN_OR_RETURN(sqlite3* db, OpenSqlite(path, "privacy ledger", kBusyTimeoutMs));
   if (absl::Status status = Configure(db); !status.ok()) {
     sqlite3_close(db);
     return Annotate(status, absl::StrCat("opening privacy ledger '", path, "'"));
@@ -178,14 +92,14 @@ absl::Status PrivacyLedger::Record(const std::string& job_id, const std::string&
 absl::Status PrivacyLedger::RecordLocked(const std::string& job_id,
                                          const std::string& dataset_id, int64_t round, double q,
                                          double sigma, uint64_t steps) {
-  Transaction txn(db_);
+  SqlTransaction txn(db_);
   RETURN_IF_ERROR(txn.Begin());
-  Statement find(db_,
+  SqlStatement find(db_,
                  "SELECT sample_rate, noise_multiplier, steps FROM rounds "
                  "WHERE job_id = ?1 AND dataset_id = ?2 AND round = ?3");
   RETURN_IF_ERROR(find.status());
-  find.BindText(1, job_id);
-  find.BindText(2, dataset_id);
+  find.Bind(1, job_id);
+  find.Bind(2, dataset_id);
   sqlite3_bind_int64(find.get(), 3, round);
   ASSIGN_OR_RETURN(bool exists, find.Step());
   if (exists) {
@@ -198,12 +112,12 @@ absl::Status PrivacyLedger::RecordLocked(const std::string& job_id,
     return absl::AlreadyExistsError(absl::StrCat("already recorded with q=", old_q, " sigma=",
                                                  old_sigma, " steps=", old_steps));
   }
-  Statement insert(db_,
+  SqlStatement insert(db_,
                    "INSERT INTO rounds (job_id, dataset_id, round, sample_rate, noise_multiplier,"
                    " steps, recorded_at_unix_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
   RETURN_IF_ERROR(insert.status());
-  insert.BindText(1, job_id);
-  insert.BindText(2, dataset_id);
+  insert.Bind(1, job_id);
+  insert.Bind(2, dataset_id);
   sqlite3_bind_int64(insert.get(), 3, round);
   sqlite3_bind_double(insert.get(), 4, q);
   sqlite3_bind_double(insert.get(), 5, sigma);
@@ -217,14 +131,14 @@ absl::StatusOr<PrivacyLedger::Spent> PrivacyLedger::Load(const std::optional<std
                                                          const std::string& dataset_id) {
   // One statement is one consistent snapshot; grouping by (q, sigma) in a fixed order makes the
   // composed curve independent of insertion order.
-  Statement rows(db_,
+  SqlStatement rows(db_,
                  "SELECT sample_rate, noise_multiplier, SUM(steps), COUNT(*) FROM rounds "
                  "WHERE dataset_id = ?1 AND (?2 IS NULL OR job_id = ?2) "
                  "GROUP BY sample_rate, noise_multiplier "
                  "ORDER BY sample_rate, noise_multiplier");
   RETURN_IF_ERROR(rows.status());
-  rows.BindText(1, dataset_id);
-  if (job_id.has_value()) rows.BindText(2, *job_id);
+  rows.Bind(1, dataset_id);
+  if (job_id.has_value()) rows.Bind(2, *job_id);
   RdpAccountant accountant;
   Spent spent;
   while (true) {

@@ -14,6 +14,7 @@
 #include "absl/time/clock.h"
 #include "common/config.h"
 #include "common/crc32c.h"
+#include "common/json_lite.h"
 #include "common/log.h"
 #include "common/safetensors.h"
 #include "common/status.h"
@@ -27,6 +28,7 @@ struct Coordinator::RoundState {
   std::string job_id;
   JobSpec spec;
   uint32_t round = 0;
+  uint32_t attempt = 1;
   bool evaluate_only = false;
   absl::Time deadline;
   std::set<std::string> assigned;
@@ -36,6 +38,7 @@ struct Coordinator::RoundState {
   std::map<std::string, std::string> declined;
   double loss_sum = 0;
   double weight_sum = 0;
+  bool poisoned = false;  // the aggregate holds part of an update; never apply it
   UpdateLayout layout;
   std::unique_ptr<Aggregator> aggregator;
   absl::Time opened;
@@ -186,7 +189,6 @@ absl::Status Coordinator::StreamTasks(const Identity& who,
     site.info.set_name(who.name);
     site.info.set_connected(true);
   }
-  absl::Status result = absl::OkStatus();
   while (true) {
     Task task;
     bool have_task = false;
@@ -222,7 +224,7 @@ absl::Status Coordinator::StreamTasks(const Identity& who,
     site.info.set_connected(false);
     metrics_->sites_connected.Decrement();
   }
-  return result;
+  return absl::OkStatus();
 }
 
 absl::Status Coordinator::Decline(const Identity& who, const DeclineRequest& request) {
@@ -272,6 +274,7 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(
   }
   const UploadHeader header = message.header();
   std::vector<TensorMeta> expected;
+  std::vector<size_t> rows;
   {
     absl::MutexLock lock(&mu_);
     if (!round_ || round_->evaluate_only || round_->job_id != header.job_id() ||
@@ -289,6 +292,13 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(
       return absl::AlreadyExistsError("an update for this round was already received");
     }
     expected = round_->layout.shared;
+    absl::StatusOr<std::vector<size_t>> label_rows = LabelRows(who.name, header);
+    if (!label_rows.ok()) {
+      round_->uploading.erase(who.name);
+      metrics_->UpdateRejected().Increment();
+      return label_rows.status();
+    }
+    rows = std::move(label_rows).value();
   }
   // Spool the update to disk while validating it; only a complete, valid update is folded.
   const std::string spool = (fs::path(config_.state_dir()) / "spool" /
@@ -320,7 +330,7 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(
     RETURN_IF_ERROR(reader.Finish());
     if (std::fflush(out.get()) != 0) return absl::ResourceExhaustedError("spool flush failed");
     metrics_->update_bytes.Increment(static_cast<double>(reader.bytes()));
-    return FoldSpool(spool, header, who.name);
+    return FoldSpool(spool, header, who.name, rows, reader.bytes());
   }();
   std::error_code ec;
   fs::remove(spool, ec);
@@ -331,7 +341,10 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(
   if (!status.ok()) {
     metrics_->UpdateRejected().Increment();
     Log(absl::StrCat("refused update from ", who.name, ": ", status.message()));
-    store_->Audit(who.name, "upload-refused", std::string(status.message())).IgnoreError();
+    if (absl::Status s = store_->Audit(who.name, "upload-refused", std::string(status.message()));
+        !s.ok()) {
+      Log(absl::StrCat("audit log write failed: ", s.message()));
+    }
     return status;
   }
   metrics_->UpdateAccepted().Increment();
@@ -339,30 +352,48 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(
   return response;
 }
 
+absl::StatusOr<std::vector<size_t>> Coordinator::LabelRows(const std::string& site,
+                                                           const UploadHeader& header) {
+  const JobSpec& spec = round_->spec;
+  const std::vector<std::string> allowed = TrainLabels(spec, site);
+  std::vector<size_t> rows;
+  for (const std::string& label : header.labels()) {
+    if (std::find(allowed.begin(), allowed.end(), label) == allowed.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("update carries label '", label, "' that this site does not train"));
+    }
+    auto it = std::find(spec.labels().begin(), spec.labels().end(), label);
+    rows.push_back(static_cast<size_t>(it - spec.labels().begin()));
+  }
+  return rows;
+}
+
 absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader& header,
-                                    const std::string& site) {
+                                    const std::string& site, const std::vector<size_t>& rows,
+                                    uint64_t bytes) {
   absl::MutexLock fold_lock(&fold_mu_);
   Aggregator* aggregator;
-  std::vector<size_t> rows;
+  uint32_t attempt;
   {
     absl::MutexLock lock(&mu_);
     if (!round_ || round_->job_id != header.job_id() || round_->round != header.round()) {
       return absl::FailedPreconditionError("the round closed before the update completed");
     }
-    std::vector<std::string> allowed = TrainLabels(round_->spec, site);
-    for (const std::string& label : header.labels()) {
-      if (std::find(allowed.begin(), allowed.end(), label) == allowed.end()) {
-        return absl::InvalidArgumentError(absl::StrCat("update carries label '", label,
-                                                       "' that this site does not train"));
-      }
-      auto it = std::find(round_->spec.labels().begin(), round_->spec.labels().end(), label);
-      rows.push_back(static_cast<size_t>(it - round_->spec.labels().begin()));
-    }
     aggregator = round_->aggregator.get();
+    attempt = round_->attempt;
   }
-  // Read the validated update back and fold it, one buffer at a time.
+  // Once folding starts it must finish, so everything that can fail is checked first: the
+  // spool holds exactly the update's bytes, and the receipt (refusing a duplicate) is written.
+  std::error_code ec;
+  if (fs::file_size(path, ec) != bytes || ec) {
+    return absl::InternalError(absl::StrCat("spool file ", path, " does not hold ", bytes,
+                                            " bytes"));
+  }
   std::unique_ptr<FILE, int (*)(FILE*)> in(std::fopen(path.c_str(), "rb"), &std::fclose);
   if (!in) return absl::InternalError(absl::StrCat("cannot reread spool file ", path));
+  RETURN_IF_ERROR(
+      store_->AddReceipt(header.job_id(), header.round(), attempt, site, header.num_samples(),
+                         bytes));
   aggregator->BeginUpdate(static_cast<double>(header.num_samples()), rows);
   std::vector<float> buffer(config_.chunk_bytes() / sizeof(float));
   for (size_t k = 0; k < aggregator->layout().shared.size(); ++k) {
@@ -370,14 +401,17 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
     for (uint64_t offset = 0; offset < numel;) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer.size(), numel - offset));
       if (std::fread(buffer.data(), sizeof(float), n, in.get()) != n) {
-        return absl::InternalError(absl::StrCat("spool file ", path, " is short"));
+        // An I/O error after the size check: the sum now holds part of an update, so this
+        // round's aggregate must not be applied; the round is run again.
+        absl::MutexLock lock(&mu_);
+        round_->poisoned = true;
+        return absl::DataLossError(absl::StrCat("read error in spool file ", path,
+                                                "; this round will be run again"));
       }
       aggregator->Fold(k, offset, buffer.data(), n);
       offset += n;
     }
   }
-  RETURN_IF_ERROR(store_->AddReceipt(header.job_id(), header.round(), site, header.num_samples(),
-                                     aggregator->layout().shared.empty() ? 0 : 1));
   aggregator->EndUpdate();
   absl::MutexLock lock(&mu_);
   round_->received.insert(site);
@@ -393,14 +427,18 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
 }
 
 absl::Status Coordinator::Report(const Identity& who, const MetricsReport& report) {
-  absl::MutexLock lock(&mu_);
-  auto it = jobs_.find(report.job_id());
-  if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", report.job_id()));
-  AttachReport(it->second, who.name, report);
-  if (round_ && round_->job_id == report.job_id() && round_->round == report.round()) {
-    round_->reported.insert(who.name);
+  JobStatus copy;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(report.job_id());
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", report.job_id()));
+    AttachReport(it->second, who.name, report);
+    if (round_ && round_->job_id == report.job_id() && round_->round == report.round()) {
+      round_->reported.insert(who.name);
+    }
+    copy = it->second;
   }
-  return store_->PutJob(it->second);
+  return store_->PutJob(copy);  // outside the lock: an fsync must not stall every site
 }
 
 
@@ -454,7 +492,9 @@ void Coordinator::SchedulerLoop() {
     job.set_message(status.ok() ? "" : std::string(status.message()));
     Log(absl::StrCat("job ", job_id, status.ok() ? " done" : " failed: ",
                      status.ok() ? "" : status.message()));
-    store_->PutJob(job).IgnoreError();  // logged state is in memory; the next PutJob retries
+    if (absl::Status s = store_->PutJob(job); !s.ok()) {
+      Log(absl::StrCat("cannot record the end of job ", job_id, ": ", s.message()));
+    }
   }
 }
 
@@ -523,7 +563,7 @@ absl::Status Coordinator::RunJob(const std::string& job_id) {
   for (uint32_t round = job.rounds_done(); round < job.spec().rounds(); ++round) {
     absl::Status status;
     for (int attempt = 1; attempt <= kMaxAttempts; ++attempt) {
-      status = RunRound(job_id, round, /*evaluate_only=*/false);
+      status = RunRound(job_id, round, attempt, /*evaluate_only=*/false);
       if (status.ok() || absl::IsCancelled(status)) break;
       metrics_->rounds_failed.Increment();
       Log(absl::StrCat("job ", job_id, " round ", round, " attempt ", attempt, ": ",
@@ -532,16 +572,17 @@ absl::Status Coordinator::RunJob(const std::string& job_id) {
     RETURN_IF_ERROR(status);
   }
   // Every site evaluates the final model on its own test split.
-  return RunRound(job_id, job.spec().rounds(), /*evaluate_only=*/true);
+  return RunRound(job_id, job.spec().rounds(), /*attempt=*/1, /*evaluate_only=*/true);
 }
 
-absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round,
+absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, uint32_t attempt,
                                    bool evaluate_only) {
   absl::MutexLock lock(&mu_);
   auto state = std::make_unique<RoundState>();
   state->job_id = job_id;
   state->spec = jobs_[job_id].spec();
   state->round = round;
+  state->attempt = attempt;
   state->evaluate_only = evaluate_only;
   state->opened = absl::Now();
   state->deadline = state->opened + absl::Seconds(state->spec.round_deadline_seconds());
@@ -581,6 +622,7 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round,
   mu_.AwaitWithDeadline(absl::Condition(&finished), r->deadline);
   if (JobCancelled(job_id)) return absl::CancelledError("job cancelled");
   if (evaluate_only) return absl::OkStatus();
+  if (r->poisoned) return absl::DataLossError(absl::StrCat("round ", round, ": aggregate damaged"));
   const size_t received = r->received.size();
   if (received < r->spec.min_sites()) {
     return absl::UnavailableError(absl::StrCat("round ", round, ": only ", received, " of ",
@@ -733,29 +775,16 @@ std::vector<SiteInfo> Coordinator::ListSites() {
 
 namespace {
 
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') out += '\\';
-    if (static_cast<unsigned char>(c) < 0x20) {
-      out += absl::StrFormat("\\u%04x", c);
-      continue;
-    }
-    out += c;
-  }
-  return out + "\"";
-}
-
 // The sidecar a researcher needs to use the exported weights.
 std::string Sidecar(const JobStatus& job) {
   const JobSpec& spec = job.spec();
   std::vector<std::string> labels;
-  for (const std::string& l : spec.labels()) labels.push_back(JsonString(l));
+  for (const std::string& l : spec.labels()) labels.push_back(JsonQuote(l));
   return absl::StrCat(
-      "{\n  \"job_id\": ", JsonString(job.job_id()), ",\n  \"architecture\": ",
-      JsonString(spec.model()), ",\n  \"labels\": [", absl::StrJoin(labels, ", "),
+      "{\n  \"job_id\": ", JsonQuote(job.job_id()), ",\n  \"architecture\": ",
+      JsonQuote(spec.model()), ",\n  \"labels\": [", absl::StrJoin(labels, ", "),
       "],\n  \"input_size\": ", spec.image_size(), ",\n  \"in_channels\": ", spec.in_channels(),
-      ",\n  \"head_mode\": ", JsonString(spec.head_mode() == HEAD_MODE_SITE ? "site" : "label"),
+      ",\n  \"head_mode\": ", JsonQuote(spec.head_mode() == HEAD_MODE_SITE ? "site" : "label"),
       ",\n  \"output\": \"one logit per label; sigmoid gives the probability\"",
       ",\n  \"preprocessing\": \"DICOM pixel data -> modality LUT -> VOI window (first in file, "
       "else VOI LUT, else min-max) -> MONOCHROME1 inverted -> area resize to input_size x "

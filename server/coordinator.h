@@ -81,10 +81,17 @@ class Coordinator {
   absl::Status RunJob(const std::string& job_id);
   absl::Status PrepareModel(const JobStatus& job);
   absl::Status WaitForSites(const JobSpec& spec);
-  absl::Status RunRound(const std::string& job_id, uint32_t round, bool evaluate_only);
+  absl::Status RunRound(const std::string& job_id, uint32_t round, uint32_t attempt,
+                        bool evaluate_only);
   absl::Status CloseRound(const std::string& job_id, uint32_t round);
+  // Head rows (label indexes) of an upload's labels; each must be one this site trains.
+  absl::StatusOr<std::vector<size_t>> LabelRows(const std::string& site,
+                                                const UploadHeader& header)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Folds a complete, validated update of `bytes` bytes spooled at `path`.
   absl::Status FoldSpool(const std::string& path, const UploadHeader& header,
-                         const std::string& site);
+                         const std::string& site, const std::vector<size_t>& rows,
+                         uint64_t bytes);
   std::vector<std::string> EligibleSites(const JobSpec& spec) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::string> TrainLabels(const JobSpec& spec, const std::string& site) const

@@ -39,9 +39,10 @@ class Store {
   absl::Status PutSite(const SiteInfo& site);
   absl::StatusOr<std::vector<SiteInfo>> Sites();
 
-  // Records that (job, round, site) was aggregated; ALREADY_EXISTS if it already was.
-  absl::Status AddReceipt(const std::string& job_id, uint32_t round, const std::string& site,
-                          uint64_t samples, uint64_t bytes);
+  // Records that (job, round, attempt, site) is being aggregated; ALREADY_EXISTS if it already
+  // was. A round that is run again (no quorum, damaged aggregate) has a new attempt number.
+  absl::Status AddReceipt(const std::string& job_id, uint32_t round, uint32_t attempt,
+                          const std::string& site, uint64_t samples, uint64_t bytes);
 
   // Appends to the audit log: who (certificate identity) did what.
   absl::Status Audit(const std::string& identity, const std::string& action,
@@ -51,7 +52,6 @@ class Store {
 
  private:
   explicit Store(sqlite3* db) : db_(db) {}
-  absl::Status Exec(const std::string& sql);
 
   absl::Mutex mu_;
   sqlite3* db_;  // owned

@@ -43,10 +43,11 @@ TEST(StoreTest, JobsRoundsAndCheckpointsSurviveReopen) {
 TEST(StoreTest, DuplicateReceiptRefused) {
   auto store = Store::Open(TempDb("receipt"));
   ASSERT_TRUE(store.ok());
-  ASSERT_TRUE((*store)->AddReceipt("j1", 3, "site-a", 10, 100).ok());
-  EXPECT_EQ((*store)->AddReceipt("j1", 3, "site-a", 10, 100).code(),
+  ASSERT_TRUE((*store)->AddReceipt("j1", 3, 1, "site-a", 10, 100).ok());
+  EXPECT_EQ((*store)->AddReceipt("j1", 3, 1, "site-a", 10, 100).code(),
             absl::StatusCode::kAlreadyExists);
-  EXPECT_TRUE((*store)->AddReceipt("j1", 4, "site-a", 10, 100).ok());
+  EXPECT_TRUE((*store)->AddReceipt("j1", 3, 2, "site-a", 10, 100).ok());  // the round run again
+  EXPECT_TRUE((*store)->AddReceipt("j1", 4, 1, "site-a", 10, 100).ok());
 }
 
 TEST(StoreTest, AuditLogAppends) {

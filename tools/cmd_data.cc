@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "client/dataset.h"
 #include "client/dicom.h"
+#include "common/json_lite.h"
 #include "common/status.h"
 #include "tools/cli.h"
 
@@ -30,38 +31,18 @@ std::string Reason(const FileReport& r) {
   return message.rfind(prefix, 0) == 0 ? message.substr(prefix.size()) : message;
 }
 
-std::string JsonString(const std::string& text) {
-  std::string out = "\"";
-  for (unsigned char c : text) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          out += absl::StrFormat("\\u%04x", c);
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
-}
-
 std::string JsonObject(const FileReport& r) {
   const bool ok = r.image.ok();
   const DicomImage empty;
   const DicomImage& im = ok ? *r.image : empty;
   return absl::StrCat(
-      "{\"path\":", JsonString(r.path), ",\"ok\":", ok ? "true" : "false",
-      ",\"reason\":", JsonString(Reason(r)),
+      "{\"path\":", JsonQuote(r.path), ",\"ok\":", ok ? "true" : "false",
+      ",\"reason\":", JsonQuote(Reason(r)),
       ",\"rows\":", im.rows, ",\"cols\":", im.cols, ",\"bits\":", im.bits_stored,
-      ",\"photometric\":", JsonString(im.photometric),
-      ",\"transfer_syntax\":", JsonString(im.transfer_syntax),
-      ",\"transfer_syntax_name\":", JsonString(im.transfer_syntax_name),
-      ",\"sop_instance_uid\":", JsonString(im.sop_instance_uid),
+      ",\"photometric\":", JsonQuote(im.photometric),
+      ",\"transfer_syntax\":", JsonQuote(im.transfer_syntax),
+      ",\"transfer_syntax_name\":", JsonQuote(im.transfer_syntax_name),
+      ",\"sop_instance_uid\":", JsonQuote(im.sop_instance_uid),
       ",\"labelled\":", r.labelled ? "true" : "false", "}");
 }
 

@@ -52,6 +52,12 @@ std::string Json(const google::protobuf::Message& message) {
 
 std::string Auroc(double v) { return std::isnan(v) ? "-" : absl::StrFormat("%.3f", v); }
 
+// "round R: sites a,b, loss L, mean AUROC M".
+std::string RoundLine(const RoundSummary& r) {
+  return absl::StrFormat("round %d: sites %s, loss %.4f, mean AUROC %s", r.round(),
+                         absl::StrJoin(r.sites(), ","), r.train_loss(), Auroc(r.mean_auroc()));
+}
+
 void PrintStatus(const JobStatus& job) {
   std::cout << absl::StrFormat("job %s (%s): %s, %d/%d rounds%s\n", job.job_id(),
                                job.spec().model(), StateName(job.state()), job.rounds_done(),
@@ -60,10 +66,8 @@ void PrintStatus(const JobStatus& job) {
   for (const RoundSummary& r : job.rounds()) {
     std::vector<std::string> labels;
     for (const LabelMetric& m : r.test()) labels.push_back(m.label() + " " + Auroc(m.auroc()));
-    std::cout << absl::StrFormat("  round %d: sites %s, loss %.4f, mean AUROC %s%s%s\n", r.round(),
-                                 absl::StrJoin(r.sites(), ","), r.train_loss(),
-                                 Auroc(r.mean_auroc()), labels.empty() ? "" : " | ",
-                                 absl::StrJoin(labels, ", "));
+    std::cout << "  " << RoundLine(r) << (labels.empty() ? "" : " | ")
+              << absl::StrJoin(labels, ", ") << "\n";
     for (const std::string& d : r.declined()) std::cout << "    declined: " << d << "\n";
   }
   for (const SiteReport& s : job.sites()) {
@@ -103,11 +107,7 @@ absl::Status Wait(Admin::Stub& stub, const std::string& id, bool json) {
   while (true) {
     ASSIGN_OR_RETURN(JobStatus job, Get(stub, id));
     for (; !json && printed < job.rounds_size() - 1; ++printed) {
-      const RoundSummary& r = job.rounds(printed);
-      std::cout << absl::StrFormat("%s round %d: sites %s, loss %.4f, mean AUROC %s\n", id,
-                                   r.round(), absl::StrJoin(r.sites(), ","), r.train_loss(),
-                                   Auroc(r.mean_auroc()))
-                << std::flush;
+      std::cout << id << " " << RoundLine(job.rounds(printed)) << std::endl;
     }
     if (job.state() == DONE || job.state() == FAILED || job.state() == CANCELLED) {
       json ? (void)(std::cout << Json(job) << "\n") : PrintStatus(job);

@@ -1,0 +1,68 @@
+#include "common/daemon_util.h"
+
+#include <pthread.h>
+
+#include <csignal>
+#include <iostream>
+
+#include "absl/strings/str_cat.h"
+#include "common/file_util.h"
+#include "common/log.h"
+
+namespace fl {
+namespace {
+
+sigset_t StopSignals() {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  return signals;
+}
+
+}  // namespace
+
+void BlockStopSignals() {
+  const sigset_t signals = StopSignals();
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);
+}
+
+int WaitForStopSignal() {
+  const sigset_t signals = StopSignals();
+  int signal_number = 0;
+  sigwait(&signals, &signal_number);
+  return signal_number;
+}
+
+std::optional<std::string> ConfigFlag(int argc, char** argv, const char* program) {
+  if (argc == 3 && std::string(argv[1]) == "--config") return std::string(argv[2]);
+  std::cerr << "usage: " << program << " --config FILE" << std::endl;
+  return std::nullopt;
+}
+
+absl::Status WritePortFile(const std::string& path, int port) {
+  if (path.empty()) return absl::OkStatus();
+  return WriteFileAtomic(path, absl::StrCat(port, "\n"), 0644);
+}
+
+absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartMetricsExposer(
+    const char* program, const std::string& address,
+    std::shared_ptr<prometheus::Registry> registry, const std::string& port_file) {
+  if (address.empty()) return nullptr;
+  std::unique_ptr<prometheus::Exposer> exposer;
+  try {
+    exposer = std::make_unique<prometheus::Exposer>(address);
+  } catch (const std::exception& e) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot serve metrics on ", address, ": ", e.what()));
+  }
+  exposer->RegisterCollectable(registry);
+  for (int port : exposer->GetListeningPorts()) {
+    LogLine(program, absl::StrCat("metrics on port ", port));
+    if (absl::Status s = WritePortFile(port_file, port); !s.ok()) return s;
+  }
+  return exposer;
+}
+
+}  // namespace fl

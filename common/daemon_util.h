@@ -1,0 +1,34 @@
+// Start-up and shutdown pieces shared by fl-coordinator and fl-client.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include <prometheus/exposer.h>
+#include <prometheus/registry.h>
+
+#include "absl/status/statusor.h"
+
+namespace fl {
+
+// Blocks SIGINT and SIGTERM in the calling thread and every thread it starts afterwards, so that
+// only WaitForStopSignal sees them; ignores SIGPIPE. Call first thing in main.
+void BlockStopSignals();
+
+// Waits for SIGINT or SIGTERM and returns its number. REQUIRES: BlockStopSignals() was called.
+int WaitForStopSignal();
+
+// FILE from "PROGRAM --config FILE", or nullopt after printing the usage to stderr.
+std::optional<std::string> ConfigFlag(int argc, char** argv, const char* program);
+
+// Writes `port` to `path` atomically; a no-op when `path` is empty.
+absl::Status WritePortFile(const std::string& path, int port);
+
+// Serves `registry` on http://ADDRESS/metrics; nullptr when `address` is empty. The bound port
+// is logged and, when `port_file` is set, written to it.
+absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartMetricsExposer(
+    const char* program, const std::string& address,
+    std::shared_ptr<prometheus::Registry> registry, const std::string& port_file);
+
+}  // namespace fl
