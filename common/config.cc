@@ -193,6 +193,8 @@ absl::StatusOr<JobSpec> ValidateJobSpec(JobSpec spec) {
   if (spec.batch_size() == 0) spec.set_batch_size(32);
   RETURN_IF_ERROR(InRange("batch_size", spec.batch_size(), 1, 65536));
   if (spec.start_timeout_seconds() == 0) spec.set_start_timeout_seconds(120);
+  RETURN_IF_ERROR(InRange("max_update_norm", spec.max_update_norm(), 0, 1e12));
+  RETURN_IF_ERROR(InRange("clip_update_norm", spec.clip_update_norm(), 0, 1e12));
   RETURN_IF_ERROR(ValidateOptimizers(spec));
   RETURN_IF_ERROR(ValidateDp(*spec.mutable_dp()));
   return spec;

@@ -34,8 +34,9 @@ Aggregator::Aggregator(UpdateLayout layout, size_t num_labels)
   }
 }
 
-void Aggregator::BeginUpdate(double weight, std::vector<size_t> label_rows) {
+void Aggregator::BeginUpdate(double weight, std::vector<size_t> label_rows, double scale) {
   weight_ = weight;
+  scale_ = scale;
   row_on_.assign(num_labels_, false);
   for (size_t row : label_rows) {
     if (row < num_labels_) row_on_[row] = true;
@@ -44,7 +45,7 @@ void Aggregator::BeginUpdate(double weight, std::vector<size_t> label_rows) {
 
 void Aggregator::Fold(size_t index, uint64_t offset, const float* data, size_t n) {
   float* sum = sums_[index].data() + offset;
-  const float w = static_cast<float>(weight_);
+  const float w = static_cast<float>(weight_ * scale_);
   if (!layout_.is_head[index]) {
     AxpyFloat(w, data, sum, n);
     return;

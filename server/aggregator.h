@@ -36,8 +36,9 @@ class Aggregator {
  public:
   Aggregator(UpdateLayout layout, size_t num_labels);
 
-  // Starts folding one update with `weight` (its sample count) carrying head rows `label_rows`.
-  void BeginUpdate(double weight, std::vector<size_t> label_rows);
+  // Starts folding one update with `weight` (its sample count) carrying head rows `label_rows`;
+  // its values are multiplied by `scale` (norm clipping) without changing its weight.
+  void BeginUpdate(double weight, std::vector<size_t> label_rows, double scale = 1.0);
   // Adds `n` floats of shared tensor `index` at element `offset` of the current update.
   void Fold(size_t index, uint64_t offset, const float* data, size_t n);
   void EndUpdate();
@@ -60,6 +61,7 @@ class Aggregator {
   std::vector<double> label_weight_;  // per label row
   // Current update.
   double weight_ = 0;
+  double scale_ = 1.0;
   std::vector<bool> row_on_;
   size_t updates_ = 0;
 };

@@ -189,6 +189,8 @@ absl::Status Coordinator::StreamTasks(const Identity& who,
     site.info.set_name(who.name);
     site.info.set_connected(true);
   }
+  // Wake every second to notice a cancelled stream; send a keepalive every 5 s when idle.
+  absl::Time last_sent = absl::Now();
   while (true) {
     Task task;
     bool have_task = false;
@@ -198,7 +200,7 @@ absl::Status Coordinator::StreamTasks(const Identity& who,
         mu_.AssertHeld();
         return shutdown_ || sites_[who.name].stream_id != id || !sites_[who.name].pending.empty();
       };
-      mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(5));
+      mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(1));
       SiteState& site = sites_[who.name];
       if (shutdown_ || site.stream_id != id) break;
       site.info.set_last_seen_unix_seconds(NowSeconds());
@@ -212,10 +214,20 @@ absl::Status Coordinator::StreamTasks(const Identity& who,
         task.set_idle(!busy);
       }
     }
+    if (!have_task && absl::Now() - last_sent < absl::Seconds(5)) {
+      if (cancelled()) break;
+      continue;
+    }
     if (cancelled() || !send(task)) {
-      if (have_task) Log(absl::StrCat("task for ", who.name, " not delivered: stream closed"));
+      if (have_task) {  // keep it for the site's next stream in this round
+        absl::MutexLock lock(&mu_);
+        auto& pending = sites_[who.name].pending;
+        pending.insert(pending.begin(), task);
+        Log(absl::StrCat("task for ", who.name, " not delivered: stream closed; kept"));
+      }
       break;
     }
+    last_sent = absl::Now();
   }
   absl::MutexLock lock(&mu_);
   SiteState& site = sites_[who.name];
@@ -266,75 +278,95 @@ absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& r
   return absl::OkStatus();
 }
 
+absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity& who,
+                                                                 const UploadHeader& header) {
+  absl::MutexLock lock(&mu_);
+  if (!round_ || round_->evaluate_only || round_->job_id != header.job_id() ||
+      round_->round != header.round()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "round ", header.round(), " of job ", header.job_id(), " is not open (stale round)"));
+  }
+  if (!round_->assigned.count(who.name)) {
+    return absl::PermissionDeniedError("this site has no task in this round");
+  }
+  if (round_->received.count(who.name) || round_->uploading.count(who.name)) {
+    return absl::AlreadyExistsError("an update for this round was already received");
+  }
+  const JobSpec& spec = round_->spec;
+  // A site cannot weigh more than the samples its task allows (twice the nominal count leaves
+  // room for Poisson-sampled batches).
+  const uint64_t max_samples = 2 * uint64_t{spec.local_steps()} * spec.batch_size();
+  if (header.num_samples() == 0 || header.num_samples() > max_samples) {
+    return absl::InvalidArgumentError(absl::StrCat("num_samples ", header.num_samples(),
+                                                   " is outside [1, ", max_samples, "]"));
+  }
+  ASSIGN_OR_RETURN(std::vector<size_t> rows, LabelRows(who.name, header));
+  round_->uploading.insert(who.name);
+  return UploadPlan{round_->layout.shared, std::move(rows), spec.max_update_norm(),
+                    spec.clip_update_norm()};
+}
+
+absl::StatusOr<double> Coordinator::ReceiveToSpool(
+    const std::function<bool(UploadMessage*)>& next, const std::vector<TensorMeta>& expected,
+    const std::string& spool, uint64_t* bytes) {
+  std::unique_ptr<FILE, int (*)(FILE*)> out(std::fopen(spool.c_str(), "wb"), &std::fclose);
+  if (!out) return absl::UnavailableError(absl::StrCat("cannot write spool file ", spool));
+  ChunkReader reader(expected);
+  double sum_squares = 0;
+  auto sink = [&](size_t, uint64_t, const float* data, size_t n) -> absl::Status {
+    for (size_t i = 0; i < n; ++i) sum_squares += double{data[i]} * data[i];
+    if (std::fwrite(data, sizeof(float), n, out.get()) != n) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot write spool file ", spool, " (disk full?)"));
+    }
+    return absl::OkStatus();
+  };
+  UploadMessage message;
+  bool trailer = false;
+  while (!trailer && next(&message)) {
+    if (message.has_chunk()) {
+      RETURN_IF_ERROR(reader.Add(message.chunk(), sink));
+    } else if (message.has_trailer()) {
+      trailer = true;
+    } else {
+      return absl::InvalidArgumentError("unexpected message inside an upload");
+    }
+  }
+  if (!trailer) return absl::InvalidArgumentError("upload ended without its trailer (truncated)");
+  RETURN_IF_ERROR(reader.Finish());
+  if (std::fflush(out.get()) != 0) return absl::ResourceExhaustedError("spool flush failed");
+  *bytes = reader.bytes();
+  metrics_->update_bytes.Increment(static_cast<double>(reader.bytes()));
+  return std::sqrt(sum_squares);
+}
+
 absl::StatusOr<UploadResponse> Coordinator::Upload(
     const Identity& who, const std::function<bool(UploadMessage*)>& next) {
-  UploadMessage message;
-  if (!next(&message) || !message.has_header()) {
-    return absl::InvalidArgumentError("an upload must start with its header");
-  }
-  const UploadHeader header = message.header();
-  std::vector<TensorMeta> expected;
-  std::vector<size_t> rows;
-  {
-    absl::MutexLock lock(&mu_);
-    if (!round_ || round_->evaluate_only || round_->job_id != header.job_id() ||
-        round_->round != header.round()) {
-      metrics_->UpdateRejected().Increment();
-      return absl::FailedPreconditionError(absl::StrCat(
-          "round ", header.round(), " of job ", header.job_id(), " is not open (stale round)"));
+  UploadMessage first;
+  absl::StatusOr<UploadPlan> plan =
+      next(&first) && first.has_header()
+          ? AdmitUpload(who, first.header())
+          : absl::InvalidArgumentError("an upload must start with its header");
+  uint64_t bytes = 0;
+  absl::Status status = plan.status();
+  if (plan.ok()) {
+    const UploadHeader& header = first.header();
+    const std::string spool = (fs::path(config_.state_dir()) / "spool" /
+                               absl::StrCat(header.job_id(), "-", header.round(), "-", who.name))
+                                  .string();
+    absl::StatusOr<double> norm = ReceiveToSpool(next, plan->expected, spool, &bytes);
+    status = norm.status();
+    if (norm.ok() && plan->max_norm > 0 && *norm > plan->max_norm) {
+      status = absl::InvalidArgumentError(
+          absl::StrCat("update norm ", *norm, " exceeds the job's bound ", plan->max_norm));
     }
-    if (!round_->assigned.count(who.name)) {
-      metrics_->UpdateRejected().Increment();
-      return absl::PermissionDeniedError("this site has no task in this round");
+    if (status.ok()) {
+      const double scale =
+          plan->clip_norm > 0 && *norm > plan->clip_norm ? plan->clip_norm / *norm : 1.0;
+      status = FoldSpool(spool, header, who.name, plan->rows, bytes, scale);
     }
-    if (round_->received.count(who.name) || !round_->uploading.insert(who.name).second) {
-      metrics_->UpdateRejected().Increment();
-      return absl::AlreadyExistsError("an update for this round was already received");
-    }
-    expected = round_->layout.shared;
-    absl::StatusOr<std::vector<size_t>> label_rows = LabelRows(who.name, header);
-    if (!label_rows.ok()) {
-      round_->uploading.erase(who.name);
-      metrics_->UpdateRejected().Increment();
-      return label_rows.status();
-    }
-    rows = std::move(label_rows).value();
-  }
-  // Spool the update to disk while validating it; only a complete, valid update is folded.
-  const std::string spool = (fs::path(config_.state_dir()) / "spool" /
-                             absl::StrCat(header.job_id(), "-", header.round(), "-", who.name))
-                                .string();
-  absl::Status status = [&]() -> absl::Status {
-    if (header.num_samples() == 0) return absl::InvalidArgumentError("num_samples must be > 0");
-    std::unique_ptr<FILE, int (*)(FILE*)> out(std::fopen(spool.c_str(), "wb"), &std::fclose);
-    if (!out) return absl::UnavailableError(absl::StrCat("cannot write spool file ", spool));
-    ChunkReader reader(expected);
-    auto sink = [&](size_t, uint64_t, const float* data, size_t n) -> absl::Status {
-      if (std::fwrite(data, sizeof(float), n, out.get()) != n) {
-        return absl::ResourceExhaustedError(absl::StrCat("cannot write spool file ", spool,
-                                                         " (disk full?)"));
-      }
-      return absl::OkStatus();
-    };
-    bool trailer = false;
-    while (!trailer && next(&message)) {
-      if (message.has_chunk()) {
-        RETURN_IF_ERROR(reader.Add(message.chunk(), sink));
-      } else if (message.has_trailer()) {
-        trailer = true;
-      } else {
-        return absl::InvalidArgumentError("unexpected message inside an upload");
-      }
-    }
-    if (!trailer) return absl::InvalidArgumentError("upload ended without its trailer (truncated)");
-    RETURN_IF_ERROR(reader.Finish());
-    if (std::fflush(out.get()) != 0) return absl::ResourceExhaustedError("spool flush failed");
-    metrics_->update_bytes.Increment(static_cast<double>(reader.bytes()));
-    return FoldSpool(spool, header, who.name, rows, reader.bytes());
-  }();
-  std::error_code ec;
-  fs::remove(spool, ec);
-  {
+    std::error_code ec;
+    fs::remove(spool, ec);
     absl::MutexLock lock(&mu_);
     if (round_ && round_->job_id == header.job_id()) round_->uploading.erase(who.name);
   }
@@ -349,6 +381,7 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(
   }
   metrics_->UpdateAccepted().Increment();
   UploadResponse response;
+  response.set_bytes_received(bytes);
   return response;
 }
 
@@ -370,7 +403,7 @@ absl::StatusOr<std::vector<size_t>> Coordinator::LabelRows(const std::string& si
 
 absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader& header,
                                     const std::string& site, const std::vector<size_t>& rows,
-                                    uint64_t bytes) {
+                                    uint64_t bytes, double scale) {
   absl::MutexLock fold_lock(&fold_mu_);
   Aggregator* aggregator;
   uint32_t attempt;
@@ -394,7 +427,7 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   RETURN_IF_ERROR(
       store_->AddReceipt(header.job_id(), header.round(), attempt, site, header.num_samples(),
                          bytes));
-  aggregator->BeginUpdate(static_cast<double>(header.num_samples()), rows);
+  aggregator->BeginUpdate(static_cast<double>(header.num_samples()), rows, scale);
   std::vector<float> buffer(config_.chunk_bytes() / sizeof(float));
   for (size_t k = 0; k < aggregator->layout().shared.size(); ++k) {
     const uint64_t numel = aggregator->layout().shared[k].byte_size() / sizeof(float);
@@ -596,6 +629,12 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, ui
     const size_t want = std::max<size_t>(
         state->spec.min_sites(), static_cast<size_t>(std::ceil(state->spec.fraction() * chosen.size())));
     chosen.resize(std::min(chosen.size(), want));
+  }
+  for (auto& [name, site] : sites_) {  // tasks of an earlier attempt that were never taken
+    auto& pending = site.pending;
+    pending.erase(std::remove_if(pending.begin(), pending.end(),
+                                 [&](const Task& t) { return t.job_id() == job_id; }),
+                  pending.end());
   }
   for (const std::string& site : chosen) {
     Task task;

@@ -88,10 +88,23 @@ class Coordinator {
   absl::StatusOr<std::vector<size_t>> LabelRows(const std::string& site,
                                                 const UploadHeader& header)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Folds a complete, validated update of `bytes` bytes spooled at `path`.
+  // What an admitted upload must carry and how it is bounded.
+  struct UploadPlan {
+    std::vector<TensorMeta> expected;
+    std::vector<size_t> rows;  // head rows of its labels
+    double max_norm = 0;
+    double clip_norm = 0;
+  };
+  // Checks an upload's header against the open round and marks the site as uploading.
+  absl::StatusOr<UploadPlan> AdmitUpload(const Identity& who, const UploadHeader& header);
+  // Validates the chunk stream while writing it to `spool`; returns the update's L2 norm.
+  absl::StatusOr<double> ReceiveToSpool(const std::function<bool(UploadMessage*)>& next,
+                                        const std::vector<TensorMeta>& expected,
+                                        const std::string& spool, uint64_t* bytes);
+  // Folds a complete, validated update of `bytes` bytes spooled at `path`, scaled by `scale`.
   absl::Status FoldSpool(const std::string& path, const UploadHeader& header,
                          const std::string& site, const std::vector<size_t>& rows,
-                         uint64_t bytes);
+                         uint64_t bytes, double scale);
   std::vector<std::string> EligibleSites(const JobSpec& spec) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::string> TrainLabels(const JobSpec& spec, const std::string& site) const

@@ -1,0 +1,334 @@
+// The coordinator core driven directly, as the gRPC layer would drive it: sites join, take
+// tasks, download, and upload valid and hostile updates.
+#include "server/coordinator.h"
+
+#include <cmath>
+#include <deque>
+#include <filesystem>
+#include <limits>
+#include <thread>
+
+#include <gtest/gtest.h>
+
+#include "common/safetensors.h"
+
+namespace fl {
+namespace {
+
+// A tiny torch-free "model": a backbone of 4 values and a head of 2 labels x 2 features.
+absl::StatusOr<ModelInit> TinyModel(const JobSpec&) {
+  return ModelInit{{{"conv.weight", {4}, {0, 0, 0, 0}},
+                    {"fc.weight", {2, 2}, {0, 0, 0, 0}},
+                    {"fc.bias", {2}, {0, 0}}},
+                   "fc."};
+}
+
+// One site's task stream, run on its own thread.
+class SiteStream {
+ public:
+  SiteStream(Coordinator* core, std::string name) : who_{std::move(name), Role::kSite} {
+    thread_ = std::thread([this, core] {
+      core->StreamTasks(
+               who_,
+               [this](const Task& task) {
+                 if (task.job_id().empty()) return true;
+                 absl::MutexLock lock(&mu_);
+                 tasks_.push_back(task);
+                 return true;
+               },
+               [this] { return stop_.load(); })
+          .IgnoreError();  // the test ends streams by stopping them; nothing to report
+    });
+  }
+  ~SiteStream() {
+    stop_ = true;
+    thread_.join();
+  }
+  // The next task, waiting up to 20 s.
+  Task Next() {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this] {
+      mu_.AssertHeld();
+      return !tasks_.empty();
+    };
+    EXPECT_TRUE(mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(20)));
+    if (tasks_.empty()) return Task();
+    Task task = tasks_.front();
+    tasks_.pop_front();
+    return task;
+  }
+  const Identity& who() const { return who_; }
+
+ private:
+  Identity who_;
+  std::atomic<bool> stop_{false};
+  absl::Mutex mu_;
+  std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
+  std::thread thread_;
+};
+
+class CoordinatorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = ::testing::TempDir() + "/coordinator_test_" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    config_.set_state_dir(dir_);
+    config_.set_chunk_bytes(8);  // several chunks per tensor
+    store_ = std::move(Store::Open(dir_ + "/state.db")).value();
+    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, TinyModel);
+    ASSERT_TRUE(core_->Start().ok());
+    Join("site-a", {"a", "b"});
+    Join("site-b", {"a"});
+  }
+  void TearDown() override {
+    core_->Shutdown();  // ends the task streams at once
+    a_.reset();
+    b_.reset();
+  }
+
+  void Join(const std::string& site, const std::vector<std::string>& labels) {
+    JoinRequest request;
+    for (const std::string& l : labels) request.add_labels()->set_name(l);
+    ASSERT_TRUE(core_->Join({site, Role::kSite}, request).ok());
+  }
+
+  std::string Submit(JobSpec spec) {
+    spec.set_name("t");
+    spec.set_model("tiny");
+    spec.add_labels("a");
+    spec.add_labels("b");
+    spec.set_min_sites(2);
+    spec.set_local_steps(1);
+    spec.set_batch_size(10);
+    if (spec.round_deadline_seconds() == 0) spec.set_round_deadline_seconds(30);
+    spec.set_start_timeout_seconds(20);
+    auto job = core_->SubmitJob({"op", Role::kAdmin}, spec);
+    EXPECT_TRUE(job.ok()) << job.status();
+    return job->job_id();
+  }
+
+  // Streams header + chunks of `update` + trailer; `mutate` may damage the messages first.
+  absl::StatusOr<UploadResponse> Upload(
+      const Identity& who, const Task& task, const TensorList& update, uint64_t samples,
+      const std::vector<std::string>& labels,
+      const std::function<void(std::vector<UploadMessage>&)>& mutate = nullptr) {
+    std::vector<UploadMessage> messages(1);
+    UploadHeader* header = messages[0].mutable_header();
+    header->set_job_id(task.job_id());
+    header->set_round(task.round());
+    header->set_num_samples(samples);
+    for (const std::string& l : labels) header->add_labels(l);
+    EXPECT_TRUE(WriteTensorChunks(update, 8, [&](const TensorChunk& c) {
+                  messages.emplace_back();
+                  *messages.back().mutable_chunk() = c;
+                  return true;
+                }).ok());
+    messages.emplace_back();
+    messages.back().mutable_trailer();
+    if (mutate) mutate(messages);
+    size_t i = 0;
+    return core_->Upload(who, [&](UploadMessage* m) {
+      if (i == messages.size()) return false;
+      *m = messages[i++];
+      return true;
+    });
+  }
+
+  TensorList Download(const Identity& who, const Task& task) {
+    DownloadRequest request;
+    request.set_job_id(task.job_id());
+    request.set_round(task.round());
+    std::vector<TensorChunk> chunks;
+    EXPECT_TRUE(core_->Download(who, request, [&](const TensorChunk& c) {
+                      chunks.push_back(c);
+                      return true;
+                    }).ok());
+    size_t i = 0;
+    auto model = ReadTensors(
+        [&](TensorChunk* c) {
+          if (i == chunks.size()) return false;
+          *c = chunks[i++];
+          return true;
+        },
+        std::nullopt);
+    EXPECT_TRUE(model.ok()) << model.status();
+    return model.ok() ? *model : TensorList();
+  }
+
+  JobStatus WaitForState(const std::string& id, JobState state) {
+    for (int i = 0; i < 400; ++i) {
+      auto job = core_->GetJob(id);
+      if (job.ok() && job->state() == state) return *job;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ADD_FAILURE() << "job " << id << " never reached state " << state;
+    return JobStatus();
+  }
+
+  std::string dir_;
+  CoordinatorConfig config_;
+  prometheus::Registry registry_;
+  CoordinatorMetrics metrics_{registry_};
+  std::unique_ptr<Store> store_;
+  std::unique_ptr<Coordinator> core_;
+  std::unique_ptr<SiteStream> a_, b_;
+};
+
+TensorList Update(float backbone, float head_a, float head_b) {
+  return {{"conv.weight", {4}, {backbone, backbone, backbone, backbone}},
+          {"fc.weight", {2, 2}, {head_a, head_a, head_b, head_b}},
+          {"fc.bias", {2}, {head_a, head_b}}};
+}
+
+double Rejected(prometheus::Registry& registry) {
+  for (const auto& family : registry.Collect()) {
+    if (family.name != "fl_coordinator_updates_total") continue;
+    for (const auto& m : family.metric) {
+      if (m.label[0].value == "rejected") return m.counter.value;
+    }
+  }
+  return 0;
+}
+
+TEST_F(CoordinatorTest, HostileUpdatesRefusedAndAggregateExact) {
+  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
+  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  JobSpec spec;
+  spec.set_rounds(1);
+  spec.set_max_update_norm(100);
+  const std::string id = Submit(spec);
+  Task ta = a_->Next();
+  Task tb = b_->Next();
+  ASSERT_EQ(ta.job_id(), id);
+  EXPECT_EQ(std::vector<std::string>(ta.train_labels().begin(), ta.train_labels().end()),
+            std::vector<std::string>({"a", "b"}));
+  EXPECT_EQ(tb.train_labels_size(), 1);
+  EXPECT_EQ(Download(a_->who(), ta).size(), 3u);
+
+  const TensorList good_b = Update(3, 2, 0);
+  auto code = [](const absl::StatusOr<UploadResponse>& r) { return r.status().code(); };
+  using absl::StatusCode;
+  // NaN, wrong shape, bad checksum, truncated, stale round, a label it does not train,
+  // an inflated sample count, a norm over the bound: each refused.
+  TensorList nan = good_b;
+  nan[0].data[2] = std::numeric_limits<float>::quiet_NaN();
+  EXPECT_EQ(code(Upload(b_->who(), tb, nan, 10, {"a"})), StatusCode::kInvalidArgument);
+  TensorList shape = good_b;
+  shape[1].shape = {4, 1};
+  EXPECT_EQ(code(Upload(b_->who(), tb, shape, 10, {"a"})), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Upload(b_->who(), tb, good_b, 10, {"a"},
+                        [](auto& m) { (*m[2].mutable_chunk()->mutable_data())[0] ^= 1; })),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Upload(b_->who(), tb, good_b, 10, {"a"}, [](auto& m) { m.pop_back(); })),
+            StatusCode::kInvalidArgument);
+  Task stale = tb;
+  stale.set_round(7);
+  EXPECT_EQ(code(Upload(b_->who(), stale, good_b, 10, {"a"})), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(code(Upload(b_->who(), tb, good_b, 10, {"b"})), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Upload(b_->who(), tb, good_b, 1000, {"a"})), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(Upload(b_->who(), tb, Update(300, 0, 0), 10, {"a"})),
+            StatusCode::kInvalidArgument);
+  // An admin or an unassigned identity cannot upload.
+  EXPECT_EQ(code(Upload({"site-z", Role::kSite}, tb, good_b, 10, {"a"})),
+            StatusCode::kPermissionDenied);
+  EXPECT_EQ(Rejected(registry_), 9);
+
+  // Valid updates; a replay of site-b's is refused.
+  ASSERT_TRUE(Upload(b_->who(), tb, good_b, 15, {"a"}).ok());
+  EXPECT_EQ(code(Upload(b_->who(), tb, good_b, 15, {"a"})), StatusCode::kAlreadyExists);
+  ASSERT_TRUE(Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"}).ok());
+
+  // Final evaluation tasks, then the job ends.
+  Task ea = a_->Next();
+  Task eb = b_->Next();
+  EXPECT_TRUE(ea.evaluate_only());
+  MetricsReport report;
+  report.set_job_id(id);
+  report.set_round(1);
+  LabelMetric* m = report.add_test();
+  m->set_label("a");
+  m->set_auroc(0.75);
+  m->set_positives(5);
+  m->set_negatives(5);
+  ASSERT_TRUE(core_->Report(a_->who(), report).ok());
+  ASSERT_TRUE(core_->Report(b_->who(), report).ok());
+  JobStatus job = WaitForState(id, DONE);
+  ASSERT_EQ(job.rounds_size(), 1);
+  EXPECT_DOUBLE_EQ(job.rounds(0).mean_auroc(), 0.75);
+
+  // Backbone: (15*3 + 5*1) / 20 = 2.5. Row a: (15*2 + 5*4) / 20 = 2.5. Row b: site-a only: 6.
+  auto checkpoint = store_->LatestCheckpoint(id);
+  ASSERT_TRUE(checkpoint.ok());
+  auto weights = ReadSafetensors(checkpoint->path);
+  ASSERT_TRUE(weights.ok());
+  EXPECT_FLOAT_EQ((*weights)[0].data[0], 2.5f);
+  EXPECT_FLOAT_EQ((*weights)[1].data[0], 2.5f);
+  EXPECT_FLOAT_EQ((*weights)[1].data[2], 6.0f);
+  EXPECT_FLOAT_EQ((*weights)[2].data[1], 6.0f);
+}
+
+TEST_F(CoordinatorTest, NormClippingScalesWithoutChangingWeight) {
+  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
+  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  JobSpec spec;
+  spec.set_rounds(1);
+  spec.set_clip_update_norm(2.0);
+  const std::string id = Submit(spec);
+  Task ta = a_->Next();
+  Task tb = b_->Next();
+  // site-b: norm of (1,1,1,1 | 0..) is 2: unchanged. site-a: ten values of 10, norm
+  // 10 * sqrt(10), scaled by 2 / (10 * sqrt(10)).
+  ASSERT_TRUE(Upload(b_->who(), tb, Update(1, 0, 0), 10, {"a"}).ok());
+  ASSERT_TRUE(Upload(a_->who(), ta, Update(10, 10, 10), 10, {"a", "b"}).ok());
+  a_->Next();
+  b_->Next();
+  core_->CancelJob({"op", Role::kAdmin}, id).IgnoreError();  // skip the final evaluation
+  auto checkpoint = store_->LatestCheckpoint(id);
+  ASSERT_TRUE(checkpoint.ok());
+  auto weights = ReadSafetensors(checkpoint->path);
+  ASSERT_TRUE(weights.ok());
+  const double scale = 2.0 / (10 * std::sqrt(10.0));
+  EXPECT_NEAR((*weights)[0].data[0], (10 * 1 + 10 * 10 * scale) / 20.0, 1e-6);
+}
+
+TEST_F(CoordinatorTest, RoundWithoutQuorumIsRetriedThenFailsWithReason) {
+  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
+  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  JobSpec spec;
+  spec.set_rounds(1);
+  spec.set_round_deadline_seconds(1);
+  const std::string id = Submit(spec);  // nobody uploads: three attempts of 1 s, then failure
+  JobStatus job = WaitForState(id, FAILED);
+  EXPECT_NE(job.message().find("required updates"), std::string::npos) << job.message();
+}
+
+TEST_F(CoordinatorTest, RunningJobResumesAfterRestartFromLastCommittedRound) {
+  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
+  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  JobSpec spec;
+  spec.set_rounds(2);
+  const std::string id = Submit(spec);
+  Task ta = a_->Next();
+  Task tb = b_->Next();
+  ASSERT_TRUE(Upload(a_->who(), ta, Update(1, 1, 1), 10, {"a", "b"}).ok());
+  ASSERT_TRUE(Upload(b_->who(), tb, Update(1, 1, 0), 10, {"a"}).ok());
+  ta = a_->Next();  // round 1 opened: round 0 is committed
+  ASSERT_EQ(ta.round(), 1u);
+  // Restart the coordinator (the store and checkpoints stay).
+  core_->Shutdown();
+  a_.reset();
+  b_.reset();
+  core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, TinyModel);
+  ASSERT_TRUE(core_->Start().ok());
+  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
+  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  ta = a_->Next();
+  EXPECT_EQ(ta.round(), 1u);
+  TensorList global = Download(a_->who(), ta);
+  EXPECT_FLOAT_EQ(global[0].data[0], 1.0f);  // the round-0 aggregate, not a fresh model
+}
+
+}  // namespace
+}  // namespace fl
