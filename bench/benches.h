@@ -19,4 +19,10 @@ absl::Status RunAggregateBench(const std::vector<std::string> &args);
 // size, default 1024).
 absl::Status RunTransferBench(const std::vector<std::string> &args);
 
+// One training step of a classifier (ResNet-18 with GroupNorm, 1 channel, 8
+// outputs, BCE, SGD) without and with DP-SGD: time and peak-memory ratios.
+// CUDA when available. Flags: --model (default resnet18), --size (128 on CPU,
+// 224 on CUDA), --batch (32 on CPU, 64 on CUDA), --steps (timed, default 5).
+absl::Status RunDpBench(const std::vector<std::string> &args);
+
 }  // namespace fl::bench

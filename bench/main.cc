@@ -13,7 +13,9 @@ constexpr char kUsage[] =
     "  aggregate [--mib 64] [--sites 20]       FedAvg "
     "fold vs memcpy; peak memory over sites\n"
     "  transfer [--mib 64] [--chunk_kib 1024]  gRPC "
-    "mutual-TLS upload vs a plain TLS socket\n";
+    "mutual-TLS upload vs a plain TLS socket\n"
+    "  dp [--size 128] [--batch 32] [--model resnet18] [--steps 5]\n"
+    "                                          non-private vs DP-SGD step; peak memory\n";
 
 }  // namespace
 
@@ -29,6 +31,8 @@ int main(int argc, char **argv) {
     status = fl::bench::RunAggregateBench(args);
   } else if (name == "transfer") {
     status = fl::bench::RunTransferBench(args);
+  } else if (name == "dp") {
+    status = fl::bench::RunDpBench(args);
   } else {
     std::fprintf(stderr, "fl-bench: unknown benchmark '%s'\n%s", name.c_str(), kUsage);
     return 2;

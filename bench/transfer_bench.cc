@@ -130,6 +130,7 @@ absl::StatusOr<double> TimeGrpc(const Pki &pki, const std::vector<TensorMeta> &m
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort("127.0.0.1:0", MakeServerCredentials(pki.coordinator), &port);
+  ConfigureServerBuilder(builder);  // the coordinator's transport settings
   builder.RegisterService(&service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (server == nullptr || port == 0) return absl::InternalError("gRPC server did not start");

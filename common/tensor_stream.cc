@@ -17,6 +17,17 @@ uint64_t NumelOf(const std::vector<int64_t>& shape) {
   return n;
 }
 
+// Bytes of a float32 tensor of `shape`, or false when a dimension is negative or the size
+// does not fit in 64 bits (a hostile header must not wrap around to a small size).
+bool ByteSizeOf(const std::vector<int64_t>& shape, uint64_t* bytes) {
+  uint64_t n = sizeof(float);
+  for (int64_t d : shape) {
+    if (d < 0 || __builtin_mul_overflow(n, static_cast<uint64_t>(d), &n)) return false;
+  }
+  *bytes = n;
+  return true;
+}
+
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ","), "]");
 }
@@ -98,12 +109,9 @@ absl::Status ChunkReader::StartTensor(const TensorChunk& chunk) {
   const TensorHeader& h = chunk.header();
   if (h.dtype() != FLOAT32) return Bad(h.name(), "dtype must be FLOAT32");
   std::vector<int64_t> shape(h.shape().begin(), h.shape().end());
-  for (int64_t d : shape) {
-    if (d < 0 || d > (int64_t{1} << 40)) return Bad(h.name(), "absurd dimension");
-  }
-  if (h.byte_size() != NumelOf(shape) * sizeof(float)) {
-    return Bad(h.name(), "byte_size does not match its shape");
-  }
+  uint64_t bytes = 0;
+  if (!ByteSizeOf(shape, &bytes)) return Bad(h.name(), "absurd shape (negative or overflowing)");
+  if (h.byte_size() != bytes) return Bad(h.name(), "byte_size does not match its shape");
   if (expected_) {
     if (current_ >= metas_.size()) return Bad(h.name(), "more tensors than the model has");
     const TensorMeta& want = metas_[current_];
@@ -144,7 +152,7 @@ absl::Status ChunkReader::Add(const TensorChunk& chunk, const Sink& sink) {
   }
   const size_t n = data.size() / sizeof(float);
   buffer_.resize(n);
-  std::memcpy(buffer_.data(), data.data(), data.size());
+  if (n > 0) std::memcpy(buffer_.data(), data.data(), data.size());
   for (size_t i = 0; i < n; ++i) {
     if (!std::isfinite(buffer_[i])) {
       return Bad(meta.name, absl::StrCat("non-finite value at element ", offset_ / 4 + i));

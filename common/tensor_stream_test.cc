@@ -144,3 +144,27 @@ TEST(TensorStreamTest, ModelOver2GiBStreamsInChunks) {
 
 }  // namespace
 }  // namespace fl
+
+namespace fl {
+namespace {
+
+// Found by fuzz_update_decoder: dimensions whose product wraps around 2^64 made a one-float
+// tensor look like a huge one, so its shape disagreed with its data.
+TEST(TensorStreamTest, RegressionShapeProductOverflowRefused) {
+  TensorChunk chunk;
+  TensorHeader* h = chunk.mutable_header();
+  h->set_name("x");
+  h->set_dtype(FLOAT32);
+  for (int64_t d : {4294967297LL, 4294967295LL, 4294967297LL, 4294967295LL}) h->add_shape(d);
+  h->set_byte_size(4);
+  chunk.set_data(std::string(4, '\0'));
+  chunk.set_last(true);
+  chunk.set_crc32c(Crc32c(chunk.data().data(), 4));
+  ChunkReader reader(std::nullopt, 1 << 20);
+  absl::Status status =
+      reader.Add(chunk, [](size_t, uint64_t, const float*, size_t) { return absl::OkStatus(); });
+  EXPECT_NE(status.message().find("absurd shape"), std::string::npos) << status;
+}
+
+}  // namespace
+}  // namespace fl

@@ -40,6 +40,11 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
                                            const std::string& server_name,
                                            const TlsMaterial& material);
 
+// Transport settings of every server of the project: accepts the clients' keepalive pings,
+// bounds message sizes (tensors travel in chunks) and opens HTTP/2 flow-control windows wide
+// enough for bulk tensor streams.
+void ConfigureServerBuilder(grpc::ServerBuilder& builder);
+
 // Identity of the authenticated peer of a call, from its verified certificate.
 absl::StatusOr<Identity> PeerIdentity(const grpc::ServerContext& context);
 

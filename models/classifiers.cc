@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "common/torch_pch.h"
+#include "models/dp_layers.h"
 
 namespace fl {
 namespace models_internal {
@@ -13,12 +14,14 @@ namespace {
 
 namespace nn = torch::nn;
 
-nn::Conv2d Conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding) {
-  return nn::Conv2d(nn::Conv2dOptions(in, out, kernel).stride(stride).padding(padding).bias(false));
+// Every parameterised layer is DP-aware (models/dp_layers.h), so any model can be trained with
+// DP-SGD; without a GradSampleTape they behave as the plain torch layers.
+DPConv2d Conv(int64_t in, int64_t out, int64_t kernel, int64_t stride, int64_t padding) {
+  return DPConv2d(DPConv2dOptions(in, out, kernel).stride(stride).padding(padding).bias(false));
 }
 
-nn::GroupNorm Norm(int64_t groups, int64_t channels) {
-  return nn::GroupNorm(nn::GroupNormOptions(groups, channels));
+DPGroupNorm Norm(int64_t groups, int64_t channels) {
+  return DPGroupNorm(nn::GroupNormOptions(groups, channels));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -37,7 +40,7 @@ class SmallCnnImpl : public ClassifierImpl {
       in = width;
     }
     register_module("features", features_);
-    fc_ = register_module("fc", nn::Linear(in, spec.num_outputs));
+    fc_ = register_module("fc", DPLinear(in, spec.num_outputs));
   }
 
   torch::Tensor forward(torch::Tensor x) override {
@@ -49,7 +52,7 @@ class SmallCnnImpl : public ClassifierImpl {
 
  private:
   nn::Sequential features_;
-  nn::Linear fc_{nullptr};
+  DPLinear fc_{nullptr};
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -105,7 +108,7 @@ class ResNet9Impl : public ClassifierImpl {
   nn::Sequential res1_;
   Stack layer2_, layer3_;
   nn::Sequential res2_;
-  nn::Linear fc_;
+  DPLinear fc_;
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -147,8 +150,8 @@ class ResBlockImpl : public nn::Module {
 
  private:
   bool bottleneck_;
-  nn::Conv2d conv1_{nullptr}, conv2_{nullptr}, conv3_{nullptr};
-  nn::GroupNorm bn1_{nullptr}, bn2_{nullptr}, bn3_{nullptr};
+  DPConv2d conv1_{nullptr}, conv2_{nullptr}, conv3_{nullptr};
+  DPGroupNorm bn1_{nullptr}, bn2_{nullptr}, bn3_{nullptr};
   nn::Sequential downsample_{nullptr};
 };
 
@@ -168,7 +171,7 @@ class ResNetImpl : public ClassifierImpl {
       }
       layers_[i] = register_module("layer" + std::to_string(i + 1), layer);
     }
-    fc_ = register_module("fc", nn::Linear(inplanes, spec.num_outputs));
+    fc_ = register_module("fc", DPLinear(inplanes, spec.num_outputs));
   }
 
   torch::Tensor forward(torch::Tensor x) override {
@@ -181,10 +184,10 @@ class ResNetImpl : public ClassifierImpl {
   std::string head_prefix() const override { return "fc."; }
 
  private:
-  nn::Conv2d conv1_{nullptr};
-  nn::GroupNorm bn1_{nullptr};
+  DPConv2d conv1_{nullptr};
+  DPGroupNorm bn1_{nullptr};
   nn::Sequential layers_[4] = {nullptr, nullptr, nullptr, nullptr};
-  nn::Linear fc_{nullptr};
+  DPLinear fc_{nullptr};
 };
 
 // PyTorch's default bound for Linear/Conv biases and Linear weights:
@@ -215,17 +218,17 @@ void InitWeights(torch::nn::Module &model, uint64_t seed) {
   torch::NoGradGuard no_grad;
   at::Generator gen = at::detail::createCPUGenerator(seed);
   for (const std::shared_ptr<nn::Module> &m : model.modules(/*include_self=*/true)) {
-    if (auto *conv = m->as<nn::Conv2d>()) {
+    if (auto *conv = m->as<DPConv2d>()) {
       const torch::Tensor &w = conv->weight;
       const int64_t fan_out = w.size(0) * (w.numel() / (w.size(0) * w.size(1)));
       const double std = std::sqrt(2.0 / static_cast<double>(fan_out));
       w.normal_(0.0, std, gen);
       if (conv->bias.defined()) conv->bias.uniform_(-FanInBound(w), FanInBound(w), gen);
-    } else if (auto *linear = m->as<nn::Linear>()) {
+    } else if (auto *linear = m->as<DPLinear>()) {
       const double bound = FanInBound(linear->weight);
       linear->weight.uniform_(-bound, bound, gen);
       if (linear->bias.defined()) linear->bias.uniform_(-bound, bound, gen);
-    } else if (auto *norm = m->as<nn::GroupNorm>()) {
+    } else if (auto *norm = m->as<DPGroupNorm>()) {
       if (norm->weight.defined()) norm->weight.fill_(1.0);
       if (norm->bias.defined()) norm->bias.zero_();
     }

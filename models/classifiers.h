@@ -32,8 +32,11 @@ std::shared_ptr<ClassifierImpl> MakeResNet9(const ModelSpec &spec);
 // depth is 18 or 50, image_size >= 32.
 std::shared_ptr<ClassifierImpl> MakeResNet(const ModelSpec &spec, int depth);
 
-// Re-initialises every Conv2d (Kaiming normal, fan_out, ReLU gain; bias as
-// PyTorch's default), Linear (PyTorch's default uniform) and GroupNorm (weight
+// Every model is built from the DP-aware layers of models/dp_layers.h (same
+// parameter names and shapes as torch::nn::Conv2d / Linear / GroupNorm).
+
+// Re-initialises every DPConv2d (Kaiming normal, fan_out, ReLU gain; bias as
+// PyTorch's default), DPLinear (PyTorch's default uniform) and DPGroupNorm (weight
 // 1, bias 0) of `model` from a private generator seeded with `seed`: the result
 // depends on `seed` only, never on the global RNG.
 void InitWeights(torch::nn::Module &model, uint64_t seed);

@@ -6,3 +6,4 @@ scripts/deps.sh
 scripts/build.sh
 cd build
 ctest --output-on-failure -j "${FL_TEST_JOBS:-2}" "$@"
+../scripts/fuzz.sh

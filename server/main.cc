@@ -52,9 +52,7 @@ int Run(const std::string& config_path) {
   builder.AddListeningPort(config->listen_address(), MakeServerCredentials(*tls), &port);
   builder.RegisterService(&federation);
   builder.RegisterService(&admin);
-  builder.SetMaxReceiveMessageSize(16 << 20);
-  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5000);
+  ConfigureServerBuilder(builder);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     return Die(absl::UnavailableError(absl::StrCat("cannot listen on ", config->listen_address())));

@@ -1,0 +1,215 @@
+// fl-bench dp: one training step of the same classifier without and with DP-SGD (privacy/dp_sgd.h),
+// time and peak memory. Peak memory is measured in forked children (one per mode) before the
+// parent touches LibTorch, so each child's process peak belongs to one mode only.
+#include <dlfcn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "bench/bench_util.h"
+#include "bench/benches.h"
+#include "common/status.h"
+#include "common/torch_pch.h"
+#include "models/model.h"
+#include "privacy/dp_sgd.h"
+#include "torch/cuda.h"
+
+namespace fl::bench {
+namespace {
+
+struct DpBenchConfig {
+  std::string model = "resnet18";
+  int64_t size = 0, batch = 0, steps = 5;
+};
+
+// A model, its inputs and both kinds of step, on CUDA when available.
+class StepRunner {
+ public:
+  static absl::StatusOr<std::unique_ptr<StepRunner>> Create(const DpBenchConfig &config) {
+    ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model,
+                     CreateModel({config.model, 1, static_cast<int>(config.size), 8}, 1));
+    auto runner = std::unique_ptr<StepRunner>(new StepRunner(std::move(model), config));
+    DpSgdOptions options;
+    options.clip_norm = 1.0;
+    options.noise_multiplier = 1.0;
+    options.expected_batch_size = static_cast<double>(config.batch);
+    ASSIGN_OR_RETURN(runner->engine_, DpSgdEngine::Create(*runner->model_, options));
+    return runner;
+  }
+
+  absl::Status Step(bool dp) {
+    try {
+      if (dp) {
+        RETURN_IF_ERROR(engine_->AccumulateMicroBatch([this] { return Loss().sum(1); }));
+        RETURN_IF_ERROR(engine_->Step(opt_));
+      } else {
+        opt_.zero_grad();
+        Loss().sum(1).mean().backward();
+        opt_.step();
+      }
+      if (device_.is_cuda()) torch::cuda::synchronize();
+      return absl::OkStatus();
+    } catch (const std::exception &e) {
+      return absl::InternalError(absl::StrCat("training step: ", e.what()));
+    }
+  }
+
+  bool cuda() const { return device_.is_cuda(); }
+
+ private:
+  StepRunner(std::shared_ptr<ClassifierImpl> model, const DpBenchConfig &config)
+      : device_(torch::cuda::is_available() ? torch::kCUDA : torch::kCPU),
+        model_(std::move(model)),
+        opt_(model_->parameters(), 0.01) {
+    model_->to(device_);
+    torch::manual_seed(0);
+    x_ = torch::randn({config.batch, 1, config.size, config.size}).to(device_);
+    y_ = torch::randint(0, 2, {config.batch, 8}).to(torch::kFloat32).to(device_);
+  }
+
+  torch::Tensor Loss() {
+    namespace F = torch::nn::functional;
+    return F::binary_cross_entropy_with_logits(
+        model_->forward(x_), y_,
+        F::BinaryCrossEntropyWithLogitsFuncOptions().reduction(torch::kNone));
+  }
+
+  torch::Device device_;
+  std::shared_ptr<ClassifierImpl> model_;
+  torch::optim::SGD opt_;
+  std::unique_ptr<DpSgdEngine> engine_;
+  torch::Tensor x_, y_;
+};
+
+// Bytes in use on the current CUDA device (driver view, so the caching allocator's reserve
+// counts), or -1 if the CUDA runtime is not loaded.
+int64_t CudaBytesInUse() {
+  using MemGetInfo = int (*)(size_t *, size_t *);
+  auto fn = reinterpret_cast<MemGetInfo>(dlsym(RTLD_DEFAULT, "cudaMemGetInfo"));
+  size_t free_bytes = 0, total = 0;
+  if (fn == nullptr || fn(&free_bytes, &total) != 0) return -1;
+  return static_cast<int64_t>(total - free_bytes);
+}
+
+// In a child, CPU: a warm-up step, then the growth of the process's peak resident memory (VmHWM,
+// reset through /proc/self/clear_refs) over one more step, in bytes; -1 on failure.
+int64_t MeasurePeakGrowth(const DpBenchConfig &config, bool dp) {
+  auto runner = StepRunner::Create(config);
+  if (!runner.ok() || !(*runner)->Step(dp).ok()) return -1;
+  std::ofstream("/proc/self/clear_refs") << "5";
+  auto base = ProcStatusBytes("VmRSS");
+  if (!base.ok() || !(*runner)->Step(dp).ok()) return -1;
+  auto peak = ProcStatusBytes("VmHWM");
+  return peak.ok() ? static_cast<int64_t>(*peak) - static_cast<int64_t>(*base) : -1;
+}
+
+// In a child, CUDA: device memory in use (the caching allocator keeps what the peak needed)
+// after two steps minus before the model existed, in bytes; -1 on failure.
+int64_t MeasureCudaGrowth(const DpBenchConfig &config, bool dp) {
+  torch::ones({1}, torch::kCUDA);  // creates the context
+  const int64_t before = CudaBytesInUse();
+  auto runner = StepRunner::Create(config);
+  if (before < 0 || !runner.ok() || !(*runner)->Step(dp).ok() || !(*runner)->Step(dp).ok()) {
+    return -1;
+  }
+  const int64_t after = CudaBytesInUse();
+  return after < 0 ? -1 : after - before;
+}
+
+// Forks a child that measures one mode; -1 if it failed.
+int64_t PeakGrowthInChild(const DpBenchConfig &config, bool dp) {
+  int fds[2];
+  if (pipe(fds) != 0) return -1;
+  const pid_t pid = fork();
+  if (pid == 0) {
+    close(fds[0]);
+    const int64_t growth = torch::cuda::is_available() ? MeasureCudaGrowth(config, dp)
+                                                        : MeasurePeakGrowth(config, dp);
+    const ssize_t written = write(fds[1], &growth, sizeof(growth));
+    _exit(written == sizeof(growth) ? 0 : 1);
+  }
+  close(fds[1]);
+  int64_t growth = -1;
+  if (pid < 0 || read(fds[0], &growth, sizeof(growth)) != sizeof(growth)) growth = -1;
+  close(fds[0]);
+  if (pid > 0) waitpid(pid, nullptr, 0);
+  return growth;
+}
+
+// Seconds per step for `steps` timed steps after one warm-up: {best, median}.
+absl::StatusOr<std::pair<double, double>> TimeSteps(StepRunner &runner, bool dp, int64_t steps) {
+  RETURN_IF_ERROR(runner.Step(dp));
+  std::vector<double> times;
+  for (int64_t i = 0; i < steps; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    RETURN_IF_ERROR(runner.Step(dp));
+    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  return std::make_pair(times.front(), times[times.size() / 2]);
+}
+
+absl::StatusOr<DpBenchConfig> ParseConfig(std::vector<std::string> args, bool cuda) {
+  DpBenchConfig config;
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--model" && i + 1 < args.size()) {
+      config.model = args[i + 1];
+      args.erase(args.begin() + i, args.begin() + i + 2);
+      break;
+    }
+  }
+  ASSIGN_OR_RETURN(std::vector<int64_t> v,
+                   ParseIntFlags(args, {{"size", cuda ? 224 : 128},
+                                        {"batch", cuda ? 64 : 32},
+                                        {"steps", 5}}));
+  config.size = v[0];
+  config.batch = v[1];
+  config.steps = std::max<int64_t>(1, v[2]);
+  return config;
+}
+
+}  // namespace
+
+absl::Status RunDpBench(const std::vector<std::string> &args) {
+  // Children first: the parent must not have started LibTorch's thread pools or CUDA when it
+  // forks. A child also tells whether CUDA is there, for the device-dependent defaults.
+  RETURN_IF_ERROR(ParseConfig(args, false).status());
+  bool cuda = false;
+  const pid_t pid = fork();
+  if (pid == 0) _exit(torch::cuda::is_available() ? 1 : 0);
+  int wstatus = 0;
+  if (pid > 0 && waitpid(pid, &wstatus, 0) == pid && WIFEXITED(wstatus)) {
+    cuda = WEXITSTATUS(wstatus) == 1;
+  }
+  ASSIGN_OR_RETURN(DpBenchConfig config, ParseConfig(args, cuda));
+  const int64_t growth[2] = {PeakGrowthInChild(config, false), PeakGrowthInChild(config, true)};
+
+  ASSIGN_OR_RETURN(std::unique_ptr<StepRunner> runner, StepRunner::Create(config));
+  std::printf("fl-bench dp: %s, %lld px, batch %lld, %s, %lld timed steps\n", config.model.c_str(),
+              static_cast<long long>(config.size), static_cast<long long>(config.batch),
+              runner->cuda() ? "CUDA" : "CPU", static_cast<long long>(config.steps));
+  ASSIGN_OR_RETURN(auto plain, TimeSteps(*runner, false, config.steps));
+  ASSIGN_OR_RETURN(auto dp, TimeSteps(*runner, true, config.steps));
+  std::printf("non-private step: best %.1f ms, median %.1f ms\n", plain.first * 1e3,
+              plain.second * 1e3);
+  std::printf("DP-SGD step:      best %.1f ms, median %.1f ms\n", dp.first * 1e3, dp.second * 1e3);
+  double memory_ratio = -1;
+  if (growth[0] > 0 && growth[1] >= 0) {
+    memory_ratio = static_cast<double>(growth[1]) / static_cast<double>(growth[0]);
+    std::printf("peak memory growth over a step: non-private %.1f MiB, DP %.1f MiB\n",
+                growth[0] / double(kMib), growth[1] / double(kMib));
+  } else {
+    std::printf("peak memory: not measured (-1)\n");
+  }
+  PrintKeyValues({{"dp_step_ratio", dp.first / plain.first}, {"peak_memory_ratio", memory_ratio}});
+  return absl::OkStatus();
+}
+
+}  // namespace fl::bench

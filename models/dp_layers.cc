@@ -1,0 +1,501 @@
+#include "models/dp_layers.h"
+
+#include <utility>
+
+#include "common/torch_pch.h"
+
+namespace fl {
+namespace {
+
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+thread_local GradSampleTape *g_active_tape = nullptr;
+
+constexpr char kSinkKey[] = "dp_sink";
+
+// ------------------------------------------------------------------------------------------------
+// Per-sample math shared by the records. x: [N, T, K] rows per sample, dy: [N, T, out].
+
+// [N, out, K]: each sample's sum over positions of dy_t x_t^T.
+Tensor PerSampleOuter(const Tensor &x, const Tensor &dy) {
+  return torch::bmm(dy.transpose(1, 2), x);
+}
+
+// [N]: ||sum_t dy_t x_t^T||_F^2 without forming it (Gram matrices over positions).
+Tensor GhostSquaredNorm(const Tensor &x, const Tensor &dy) {
+  if (x.size(1) == 1) return dy.pow(2).sum({1, 2}) * x.pow(2).sum({1, 2});
+  Tensor gram_x = torch::bmm(x, x.transpose(1, 2));
+  Tensor gram_dy = torch::bmm(dy, dy.transpose(1, 2));
+  return (gram_x * gram_dy).sum({1, 2});
+}
+
+// Whether materialising per-sample gradients costs fewer multiply-adds than the
+// Gram-matrix norm (T positions, K inputs, `out` outputs per sample).
+bool MaterialiseIsCheaper(int64_t positions, int64_t in, int64_t out) {
+  return static_cast<double>(out) * in <= static_cast<double>(positions) * (in + out);
+}
+
+bool UseMaterialised(GradSampleMode mode, int64_t positions, int64_t in, int64_t out) {
+  if (mode == GradSampleMode::kMaterialise) return true;
+  if (mode == GradSampleMode::kGhost) return false;
+  return MaterialiseIsCheaper(positions, in, out);
+}
+
+// The shape [n, param shape...].
+std::vector<int64_t> WithBatch(int64_t n, const Tensor &param) {
+  std::vector<int64_t> shape = {n};
+  for (int64_t d : param.sizes()) shape.push_back(d);
+  return shape;
+}
+
+std::vector<Tensor> DefinedOnly(std::initializer_list<Tensor> tensors) {
+  std::vector<Tensor> out;
+  for (const Tensor &t : tensors) {
+    if (t.defined()) out.push_back(t);
+  }
+  return out;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Records
+
+// Per-sample gradients held explicitly: [N, shape...] per parameter.
+class MaterialisedRecord : public GradSampleRecord {
+ public:
+  MaterialisedRecord(std::vector<Tensor> params, std::vector<Tensor> grads)
+      : GradSampleRecord(std::move(params)), grads_(std::move(grads)) {}
+  int64_t batch_size() const override { return grads_.at(0).size(0); }
+  Tensor SquaredNorms() const override {
+    Tensor total = torch::zeros({batch_size()}, grads_[0].options());
+    for (const Tensor &g : grads_) total += g.flatten(1).pow(2).sum(1);
+    return total;
+  }
+  std::vector<Tensor> ScaledSum(const Tensor &scale) const override {
+    std::vector<Tensor> sums;
+    for (size_t i = 0; i < grads_.size(); ++i) {
+      Tensor s = scale.to(grads_[i].dtype()).unsqueeze(0);
+      sums.push_back(torch::matmul(s, grads_[i].flatten(1)).view(params()[i].sizes()));
+    }
+    return sums;
+  }
+  std::vector<Tensor> PerSampleGrads() const override { return grads_; }
+
+ private:
+  std::vector<Tensor> grads_;
+};
+
+// Linear, ghost: keeps x [N, T, in] and dy [N, T, out].
+class LinearGhostRecord : public GradSampleRecord {
+ public:
+  LinearGhostRecord(const Tensor &weight, const Tensor &bias, Tensor x, Tensor dy)
+      : GradSampleRecord(DefinedOnly({weight, bias})),
+        has_bias_(bias.defined()),
+        x_(std::move(x)),
+        dy_(std::move(dy)) {}
+  int64_t batch_size() const override { return x_.size(0); }
+  Tensor SquaredNorms() const override {
+    Tensor norms = GhostSquaredNorm(x_, dy_);
+    if (has_bias_) norms = norms + dy_.sum(1).pow(2).sum(1);
+    return norms;
+  }
+  std::vector<Tensor> ScaledSum(const Tensor &scale) const override {
+    Tensor scaled = (dy_ * scale.to(dy_.dtype()).view({-1, 1, 1})).flatten(0, 1);
+    std::vector<Tensor> sums = {scaled.t().mm(x_.flatten(0, 1))};
+    if (has_bias_) sums.push_back(scaled.sum(0));
+    return sums;
+  }
+  std::vector<Tensor> PerSampleGrads() const override {
+    std::vector<Tensor> grads = {PerSampleOuter(x_, dy_)};
+    if (has_bias_) grads.push_back(dy_.sum(1));
+    return grads;
+  }
+
+ private:
+  bool has_bias_;
+  Tensor x_, dy_;
+};
+
+struct ConvGeometry {
+  std::vector<int64_t> kernel, stride, padding, dilation;
+};
+
+// [N, in*kh*kw, T]: the im2col patches of x.
+Tensor Unfold(const Tensor &x, const ConvGeometry &g) {
+  return torch::im2col(x, g.kernel, g.dilation, g.padding, g.stride);
+}
+
+// Conv2d, ghost: keeps the layer input x [N, in, H, W] and dy [N, out, H', W'].
+class ConvGhostRecord : public GradSampleRecord {
+ public:
+  ConvGhostRecord(const Tensor &weight, const Tensor &bias, Tensor x, Tensor dy, ConvGeometry geo)
+      : GradSampleRecord(DefinedOnly({weight, bias})),
+        has_bias_(bias.defined()),
+        x_(std::move(x)),
+        dy_(std::move(dy)),
+        geo_(std::move(geo)) {}
+  int64_t batch_size() const override { return x_.size(0); }
+  Tensor SquaredNorms() const override {
+    Tensor patches = Unfold(x_, geo_).transpose(1, 2);
+    Tensor dy = dy_.flatten(2).transpose(1, 2);
+    Tensor norms = GhostSquaredNorm(patches, dy);
+    if (has_bias_) norms = norms + dy.sum(1).pow(2).sum(1);
+    return norms;
+  }
+  std::vector<Tensor> ScaledSum(const Tensor &scale) const override {
+    Tensor scaled = dy_ * scale.to(dy_.dtype()).view({-1, 1, 1, 1});
+    const Tensor &w = params()[0];
+    std::vector<int64_t> bias_sizes = {w.size(0)};
+    auto grads = at::convolution_backward(
+        scaled, x_, w, has_bias_ ? at::OptionalIntArrayRef(bias_sizes) : c10::nullopt, geo_.stride,
+        geo_.padding, geo_.dilation, false, {0, 0}, 1, {false, true, has_bias_});
+    std::vector<Tensor> sums = {std::get<1>(grads)};
+    if (has_bias_) sums.push_back(std::get<2>(grads));
+    return sums;
+  }
+  std::vector<Tensor> PerSampleGrads() const override {
+    Tensor per_sample = PerSampleOuter(Unfold(x_, geo_).transpose(1, 2), dy_.flatten(2).transpose(1, 2));
+    std::vector<Tensor> grads = {per_sample.view(WithBatch(batch_size(), params()[0]))};
+    if (has_bias_) grads.push_back(dy_.flatten(2).sum(2));
+    return grads;
+  }
+
+ private:
+  bool has_bias_;
+  Tensor x_, dy_;
+  ConvGeometry geo_;
+};
+
+// Zero per-sample gradients for an empty batch.
+std::unique_ptr<GradSampleRecord> EmptyRecord(std::vector<Tensor> params) {
+  std::vector<Tensor> grads;
+  for (const Tensor &p : params) grads.push_back(torch::zeros(WithBatch(0, p), p.options()));
+  return std::make_unique<MaterialisedRecord>(std::move(params), std::move(grads));
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tape plumbing for the autograd functions
+
+// LibTorch 1.13's custom functions take no undefined tensors: a missing bias (or GroupNorm
+// weight) crosses apply() as an empty placeholder.
+Tensor OrPlaceholder(const Tensor &t, const Tensor &like) {
+  return t.defined() ? t : torch::empty({0}, like.options());
+}
+Tensor FromPlaceholder(const Tensor &t) { return t.numel() == 0 ? Tensor() : t; }
+
+// Remembers the active sink (if any) in the graph node, for its backward.
+void RememberSink(AutogradContext *ctx) {
+  c10::intrusive_ptr<GradSampleSink> sink = GradSampleTape::ActiveSink();
+  if (sink) ctx->saved_data[kSinkKey] = at::IValue::make_capsule(std::move(sink));
+}
+
+// The sink to record into, or null when gradients are to be computed plainly.
+GradSampleSink *RecordingSink(AutogradContext *ctx) {
+  auto it = ctx->saved_data.find(kSinkKey);
+  if (it == ctx->saved_data.end()) return nullptr;
+  auto *sink = static_cast<GradSampleSink *>(it->second.toCapsule().get());
+  return sink->open() ? sink : nullptr;
+}
+
+// Keeps the capsule (and so the sink) alive during the backward that uses it.
+c10::intrusive_ptr<torch::CustomClassHolder> SinkHolder(AutogradContext *ctx) {
+  auto it = ctx->saved_data.find(kSinkKey);
+  if (it == ctx->saved_data.end()) return {};
+  return it->second.toCapsule();
+}
+
+// ------------------------------------------------------------------------------------------------
+// Conv2d
+
+class DPConv2dFunction : public torch::autograd::Function<DPConv2dFunction> {
+ public:
+  static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &weight,
+                        const Tensor &bias_or_placeholder, std::vector<int64_t> stride,
+                        std::vector<int64_t> padding, std::vector<int64_t> dilation) {
+    const Tensor bias = FromPlaceholder(bias_or_placeholder);
+    ctx->save_for_backward({x, weight, bias});
+    ctx->saved_data["stride"] = stride;
+    ctx->saved_data["padding"] = padding;
+    ctx->saved_data["dilation"] = dilation;
+    RememberSink(ctx);
+    return at::conv2d(x, weight, bias, stride, padding, dilation, 1);
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
+    const Tensor dy = grad_outputs[0];
+    ConvGeometry geo{{weight.size(2), weight.size(3)},
+                     ctx->saved_data["stride"].toIntVector(),
+                     ctx->saved_data["padding"].toIntVector(),
+                     ctx->saved_data["dilation"].toIntVector()};
+    auto holder = SinkHolder(ctx);
+    GradSampleSink *sink = RecordingSink(ctx);
+    const bool has_bias = bias.defined();
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
+                                      sink == nullptr && ctx->needs_input_grad(1),
+                                      sink == nullptr && has_bias && ctx->needs_input_grad(2)};
+    Tensor gx, gw, gb;
+    if (mask[0] || mask[1] || mask[2]) {
+      std::vector<int64_t> bias_sizes = {weight.size(0)};
+      std::tie(gx, gw, gb) = at::convolution_backward(
+          dy, x, weight, has_bias ? at::OptionalIntArrayRef(bias_sizes) : c10::nullopt, geo.stride,
+          geo.padding, geo.dilation, false, {0, 0}, 1, mask);
+    }
+    if (sink != nullptr) sink->Add(MakeRecord(sink->mode(), weight, bias, x, dy, std::move(geo)));
+    return {gx, gw, gb, Tensor(), Tensor(), Tensor()};
+  }
+
+ private:
+  static std::unique_ptr<GradSampleRecord> MakeRecord(GradSampleMode mode, const Tensor &weight,
+                                                      const Tensor &bias, const Tensor &x,
+                                                      const Tensor &dy, ConvGeometry geo) {
+    if (x.size(0) == 0) return EmptyRecord(DefinedOnly({weight, bias}));
+    ConvGhostRecord ghost(weight, bias, x, dy, std::move(geo));
+    const int64_t positions = dy.size(2) * dy.size(3);
+    if (!UseMaterialised(mode, positions, weight[0].numel(), weight.size(0))) {
+      return std::make_unique<ConvGhostRecord>(std::move(ghost));
+    }
+    return std::make_unique<MaterialisedRecord>(ghost.params(), ghost.PerSampleGrads());
+  }
+};
+
+// ------------------------------------------------------------------------------------------------
+// Linear
+
+class DPLinearFunction : public torch::autograd::Function<DPLinearFunction> {
+ public:
+  static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &weight,
+                        const Tensor &bias_or_placeholder) {
+    const Tensor bias = FromPlaceholder(bias_or_placeholder);
+    ctx->save_for_backward({x, weight, bias});
+    RememberSink(ctx);
+    return at::linear(x, weight, bias);
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
+    const Tensor dy = grad_outputs[0];
+    auto holder = SinkHolder(ctx);
+    GradSampleSink *sink = RecordingSink(ctx);
+    Tensor gx, gw, gb;
+    if (ctx->needs_input_grad(0)) gx = dy.matmul(weight);
+    const Tensor dy2 = dy.reshape({-1, weight.size(0)});
+    if (sink == nullptr) {
+      if (ctx->needs_input_grad(1)) gw = dy2.t().mm(x.reshape({-1, weight.size(1)}));
+      if (bias.defined() && ctx->needs_input_grad(2)) gb = dy2.sum(0);
+    } else {
+      sink->Add(MakeRecord(sink->mode(), weight, bias, x, dy));
+    }
+    return {gx, gw, gb};
+  }
+
+ private:
+  static std::unique_ptr<GradSampleRecord> MakeRecord(GradSampleMode mode, const Tensor &weight,
+                                                      const Tensor &bias, const Tensor &x,
+                                                      const Tensor &dy) {
+    const int64_t n = x.size(0);
+    if (n == 0) return EmptyRecord(DefinedOnly({weight, bias}));
+    LinearGhostRecord ghost(weight, bias, x.reshape({n, -1, weight.size(1)}),
+                            dy.reshape({n, -1, weight.size(0)}));
+    const int64_t positions = x.numel() / (n * weight.size(1));
+    if (!UseMaterialised(mode, positions, weight.size(1), weight.size(0))) {
+      return std::make_unique<LinearGhostRecord>(std::move(ghost));
+    }
+    return std::make_unique<MaterialisedRecord>(ghost.params(), ghost.PerSampleGrads());
+  }
+};
+
+// ------------------------------------------------------------------------------------------------
+// GroupNorm
+
+class DPGroupNormFunction : public torch::autograd::Function<DPGroupNormFunction> {
+ public:
+  static Tensor forward(AutogradContext *ctx, const Tensor &input,
+                        const Tensor &weight_or_placeholder, const Tensor &bias_or_placeholder,
+                        int64_t groups, double eps) {
+    const Tensor weight = FromPlaceholder(weight_or_placeholder);
+    const Tensor bias = FromPlaceholder(bias_or_placeholder);
+    const Tensor x = input.contiguous();
+    const int64_t n = x.size(0), c = x.size(1);
+    ctx->saved_data["groups"] = groups;
+    RememberSink(ctx);
+    if (x.numel() == 0) {
+      ctx->save_for_backward({x, weight, bias, Tensor(), Tensor()});
+      return torch::empty_like(x);
+    }
+    auto [y, mean, rstd] =
+        at::native_group_norm(x, weight, bias, n, c, x.numel() / (n * c), groups, eps);
+    ctx->save_for_backward({x, weight, bias, mean, rstd});
+    return y;
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs) {
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
+    const Tensor &mean = saved[3], &rstd = saved[4];
+    const Tensor dy = grad_outputs[0].contiguous();
+    const int64_t groups = ctx->saved_data["groups"].toInt();
+    const bool affine = weight.defined();
+    auto holder = SinkHolder(ctx);
+    GradSampleSink *sink = RecordingSink(ctx);
+    const int64_t n = x.size(0), c = x.size(1);
+    Tensor gx, gw, gb;
+    if (x.numel() == 0) {
+      if (ctx->needs_input_grad(0)) gx = torch::zeros_like(x);
+      if (sink == nullptr && affine) gw = torch::zeros_like(weight), gb = torch::zeros_like(weight);
+    } else {
+      const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
+                                        sink == nullptr && affine && ctx->needs_input_grad(1),
+                                        sink == nullptr && affine && ctx->needs_input_grad(2)};
+      if (mask[0] || mask[1] || mask[2]) {
+        std::tie(gx, gw, gb) = at::native_group_norm_backward(
+            dy, x, mean, rstd, weight, n, c, x.numel() / (n * c), groups, mask);
+      }
+    }
+    if (sink != nullptr && affine) {
+      sink->Add(MakeRecord(weight, bias, x, dy, mean, rstd, groups));
+    }
+    return {gx, gw, gb, Tensor(), Tensor()};
+  }
+
+ private:
+  // GroupNorm's per-sample gradients are [N, C] sums, always cheap to hold.
+  static std::unique_ptr<GradSampleRecord> MakeRecord(const Tensor &weight, const Tensor &bias,
+                                                      const Tensor &x, const Tensor &dy,
+                                                      const Tensor &mean, const Tensor &rstd,
+                                                      int64_t groups) {
+    const int64_t n = x.size(0), c = x.size(1);
+    if (x.numel() == 0) return EmptyRecord({weight, bias});
+    Tensor x_hat = (x.view({n, groups, -1}) - mean.view({n, groups, 1}).to(x.dtype())) *
+                   rstd.view({n, groups, 1}).to(x.dtype());
+    Tensor dy3 = dy.view({n, c, -1});
+    Tensor gw = (x_hat.view({n, c, -1}) * dy3).sum(2);
+    return std::make_unique<MaterialisedRecord>(std::vector<Tensor>{weight, bias},
+                                                std::vector<Tensor>{gw, dy3.sum(2)});
+  }
+};
+
+}  // namespace
+
+// ------------------------------------------------------------------------------------------------
+// Sink and tape
+
+namespace {
+
+std::vector<int64_t> ToVector(const torch::ExpandingArray<2> &a) {
+  return std::vector<int64_t>(a->begin(), a->end());
+}
+
+}  // namespace
+
+bool GradSampleSink::open() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return open_;
+}
+
+void GradSampleSink::Close() {
+  std::lock_guard<std::mutex> lock(mu_);
+  open_ = false;
+  records_.clear();
+}
+
+void GradSampleSink::Add(std::unique_ptr<GradSampleRecord> record) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (open_ && record != nullptr) records_.push_back(std::move(record));
+}
+
+std::vector<std::unique_ptr<GradSampleRecord>> GradSampleSink::Take() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::exchange(records_, {});
+}
+
+GradSampleTape::GradSampleTape(GradSampleMode mode)
+    : sink_(c10::make_intrusive<GradSampleSink>(mode)), previous_(g_active_tape) {
+  g_active_tape = this;
+}
+
+GradSampleTape::~GradSampleTape() {
+  sink_->Close();
+  g_active_tape = previous_;
+}
+
+c10::intrusive_ptr<GradSampleSink> GradSampleTape::ActiveSink() {
+  return g_active_tape == nullptr ? c10::intrusive_ptr<GradSampleSink>() : g_active_tape->sink_;
+}
+
+// ------------------------------------------------------------------------------------------------
+// Modules: parameters are created by the plain torch module so that names, shapes and
+// initialisation are exactly PyTorch's.
+
+DPConv2dImpl::DPConv2dImpl(DPConv2dOptions options_) : options(std::move(options_)) { reset(); }
+
+void DPConv2dImpl::reset() {
+  torch::nn::Conv2d plain(torch::nn::Conv2dOptions(options.in_channels(), options.out_channels(),
+                                                   options.kernel_size())
+                              .stride(options.stride())
+                              .padding(options.padding())
+                              .dilation(options.dilation())
+                              .bias(options.bias()));
+  weight = register_parameter("weight", plain->weight);
+  if (options.bias()) {
+    bias = register_parameter("bias", plain->bias);
+  } else {
+    bias = register_parameter("bias", Tensor(), /*requires_grad=*/false);
+  }
+}
+
+Tensor DPConv2dImpl::forward(const Tensor &input) {
+  return DPConv2dFunction::apply(input, weight, OrPlaceholder(bias, weight),
+                                 ToVector(options.stride()),
+                                 ToVector(options.padding()), ToVector(options.dilation()));
+}
+
+DPLinearImpl::DPLinearImpl(torch::nn::LinearOptions options_) : options(std::move(options_)) {
+  reset();
+}
+
+void DPLinearImpl::reset() {
+  torch::nn::Linear plain(options);
+  weight = register_parameter("weight", plain->weight);
+  if (options.bias()) {
+    bias = register_parameter("bias", plain->bias);
+  } else {
+    bias = register_parameter("bias", Tensor(), /*requires_grad=*/false);
+  }
+}
+
+Tensor DPLinearImpl::forward(const Tensor &input) {
+  return DPLinearFunction::apply(input, weight, OrPlaceholder(bias, weight));
+}
+
+DPGroupNormImpl::DPGroupNormImpl(torch::nn::GroupNormOptions options_)
+    : options(std::move(options_)) {
+  reset();
+}
+
+void DPGroupNormImpl::reset() {
+  torch::nn::GroupNorm plain(options);
+  if (options.affine()) {
+    weight = register_parameter("weight", plain->weight);
+    bias = register_parameter("bias", plain->bias);
+  } else {
+    weight = register_parameter("weight", Tensor(), /*requires_grad=*/false);
+    bias = register_parameter("bias", Tensor(), /*requires_grad=*/false);
+  }
+}
+
+Tensor DPGroupNormImpl::forward(const Tensor &input) {
+  return DPGroupNormFunction::apply(input, OrPlaceholder(weight, input), OrPlaceholder(bias, input),
+                                    options.num_groups(), options.eps());
+}
+
+bool IsDpAwareModule(const torch::nn::Module &module) {
+  return dynamic_cast<const DPConv2dImpl *>(&module) != nullptr ||
+         dynamic_cast<const DPLinearImpl *>(&module) != nullptr ||
+         dynamic_cast<const DPGroupNormImpl *>(&module) != nullptr;
+}
+
+}  // namespace fl
