@@ -1,6 +1,8 @@
 #include "client/daemon.h"
 
 #include <chrono>
+#include <cmath>
+#include <optional>
 #include <iostream>
 #include <random>
 #include <thread>
@@ -27,11 +29,12 @@ std::chrono::system_clock::time_point In(int seconds) {
 }  // namespace
 
 ClientDaemon::ClientDaemon(ClientConfig config, TlsMaterial tls, const Dataset* data,
-                           LocalTrainer* trainer, ClientMetrics* metrics)
+                           LocalTrainer* trainer, PrivacyLedger* ledger, ClientMetrics* metrics)
     : config_(std::move(config)),
       tls_(std::move(tls)),
       data_(data),
       trainer_(trainer),
+      ledger_(ledger),
       metrics_(metrics) {}
 
 JoinRequest ClientDaemon::MakeJoinRequest() const {
@@ -117,28 +120,70 @@ absl::Status ClientDaemon::Session(Federation::Stub& stub, bool* joined) {
   return Annotate(FromGrpcStatus(reader->Finish()), "task stream");
 }
 
+absl::Status ClientDaemon::DeclineTask(Federation::Stub& stub, const Task& task,
+                                       const std::string& reason) {
+  Log(absl::StrCat("declining job ", task.job_id(), " round ", task.round(), ": ", reason));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(In(30));
+  DeclineRequest request;
+  request.set_job_id(task.job_id());
+  request.set_round(task.round());
+  request.set_reason(reason);
+  Ack ack;
+  metrics_->tasks.Add({{"result", "declined"}}).Increment();
+  return Annotate(FromGrpcStatus(stub.Decline(&ctx, request, &ack)), "decline");
+}
+
+absl::StatusOr<std::string> ClientDaemon::BudgetRefusal(const Task& task, const DpPlan& plan) {
+  const PrivacyBudget& cap = config_.budget();
+  if (cap.max_epsilon() <= 0) return std::string();
+  ASSIGN_OR_RETURN(double epsilon,
+                   ledger_->EpsilonIfAdded(config_.data_dir(), plan.sample_rate,
+                                           plan.noise_multiplier, plan.steps_per_round,
+                                           cap.delta()));
+  if (epsilon <= cap.max_epsilon()) return std::string();
+  return absl::StrFormat(
+      "privacy budget: this round would bring this dataset to epsilon %.3f at delta %g, over "
+      "the site's cap of %.3f",
+      epsilon, cap.delta(), cap.max_epsilon());
+}
+
+absl::StatusOr<PrivacyReport> ClientDaemon::RecordPrivacy(const Task& task, const DpPlan& plan) {
+  RETURN_IF_ERROR(ledger_->Record(task.job_id(), config_.data_dir(), task.round(),
+                                  plan.sample_rate, plan.noise_multiplier,
+                                  plan.steps_per_round));
+  ASSIGN_OR_RETURN(double epsilon,
+                   ledger_->Epsilon(task.job_id(), config_.data_dir(), plan.delta));
+  metrics_->privacy_epsilon.Add({{"job", task.job_id()}}).Set(epsilon);
+  PrivacyReport report;
+  report.set_epsilon(epsilon);
+  report.set_delta(plan.delta);
+  report.set_noise_multiplier(plan.noise_multiplier);
+  report.set_sample_rate(plan.sample_rate);
+  ASSIGN_OR_RETURN(PrivacyLedger::Spent spent, ledger_->Get(task.job_id(), config_.data_dir()));
+  report.set_steps(spent.steps);
+  return report;
+}
+
 absl::Status ClientDaemon::HandleTask(Federation::Stub& stub, const Task& task) {
   std::vector<std::string> labels(task.train_labels().begin(), task.train_labels().end());
-  if (task.spec().dp().enabled()) {
-    // The DP-SGD engine is not in this build; never send an un-noised update for a DP job.
-    const std::string reason = "this site cannot train with DP-SGD yet (no DP engine in this build)";
-    grpc::ClientContext ctx;
-    DeclineRequest request;
-    request.set_job_id(task.job_id());
-    request.set_round(task.round());
-    request.set_reason(reason);
-    Ack ack;
-    metrics_->tasks.Add({{"result", "declined"}}).Increment();
-    return FromGrpcStatus(stub.Decline(&ctx, request, &ack));
+  std::optional<DpPlan> plan;
+  if (task.spec().dp().enabled() && !task.evaluate_only()) {
+    absl::StatusOr<DpPlan> planned = PlanDp(task.spec(), data_->train.size());
+    if (!planned.ok()) return DeclineTask(stub, task, std::string(planned.status().message()));
+    ASSIGN_OR_RETURN(std::string refusal, BudgetRefusal(task, *planned));
+    if (!refusal.empty()) return DeclineTask(stub, task, refusal);
+    plan = *planned;
   }
   TensorList global;
   RETURN_IF_ERROR(DownloadModel(stub, task, &global));
-  if (task.evaluate_only()) {
+  if (task.evaluate_only() || task.round() > 0) {
     RETURN_IF_ERROR(EvaluateAndReport(stub, task, labels, global, 0));
+  }
+  if (task.evaluate_only()) {
     metrics_->tasks.Add({{"result", "done"}}).Increment();
     return absl::OkStatus();
   }
-  if (task.round() > 0) RETURN_IF_ERROR(EvaluateAndReport(stub, task, labels, global, 0));
   const auto start = std::chrono::steady_clock::now();
   ASSIGN_OR_RETURN(TrainResult result,
                    trainer_->Train(task.job_id(), task.spec(), labels, global, task.round()));
@@ -148,7 +193,12 @@ absl::Status ClientDaemon::HandleTask(Federation::Stub& stub, const Task& task) 
   Log(absl::StrFormat("job %s round %d: trained %d steps on %d samples in %.1f s, loss %.4f",
                       task.job_id(), task.round(), task.spec().local_steps(), result.num_samples,
                       seconds, result.loss));
-  RETURN_IF_ERROR(UploadUpdate(stub, task, result));
+  PrivacyReport privacy;
+  if (plan) {
+    // The cost is durable in the ledger before any byte of the update leaves.
+    ASSIGN_OR_RETURN(privacy, RecordPrivacy(task, *plan));
+  }
+  RETURN_IF_ERROR(UploadUpdate(stub, task, result, privacy));
   metrics_->tasks.Add({{"result", "done"}}).Increment();
   return absl::OkStatus();
 }
@@ -201,7 +251,8 @@ absl::Status ClientDaemon::EvaluateAndReport(Federation::Stub& stub, const Task&
 }
 
 absl::Status ClientDaemon::UploadUpdate(Federation::Stub& stub, const Task& task,
-                                        const TrainResult& result) {
+                                        const TrainResult& result,
+                                        const PrivacyReport& privacy) {
   grpc::ClientContext ctx;
   UploadResponse response;
   std::unique_ptr<grpc::ClientWriter<UploadMessage>> writer = stub.Upload(&ctx, &response);
@@ -213,6 +264,7 @@ absl::Status ClientDaemon::UploadUpdate(Federation::Stub& stub, const Task& task
   for (const std::string& label : result.labels) header->add_labels(label);
   header->set_num_tensors(static_cast<uint32_t>(result.update.size()));
   header->set_train_loss(result.loss);
+  *header->mutable_privacy() = privacy;
   bool open = writer->Write(message);
   uint64_t bytes = 0;
   if (open) {

@@ -14,14 +14,17 @@
 #include "common/tls.h"
 #include "fl/config.pb.h"
 #include "fl/federation.grpc.pb.h"
+#include "privacy/dp_plan.h"
+#include "privacy/ledger.h"
 
 namespace fl {
 
 class ClientDaemon {
  public:
-  // REQUIRES: `config` validated; all pointers outlive the daemon.
+  // REQUIRES: `config` validated; all pointers outlive the daemon. `ledger` records the privacy
+  // spent on this site's dataset (named by config.data_dir) by every DP job.
   ClientDaemon(ClientConfig config, TlsMaterial tls, const Dataset* data, LocalTrainer* trainer,
-               ClientMetrics* metrics);
+               PrivacyLedger* ledger, ClientMetrics* metrics);
 
   // Runs until Stop() or an exit condition of the config (exit_after_tasks, exit_when_idle).
   absl::Status Run();
@@ -35,13 +38,20 @@ class ClientDaemon {
   absl::Status EvaluateAndReport(Federation::Stub& stub, const Task& task,
                                  const std::vector<std::string>& labels, const TensorList& model,
                                  double train_loss);
-  absl::Status UploadUpdate(Federation::Stub& stub, const Task& task, const TrainResult& result);
+  absl::Status UploadUpdate(Federation::Stub& stub, const Task& task, const TrainResult& result,
+                            const PrivacyReport& privacy);
+  absl::Status DeclineTask(Federation::Stub& stub, const Task& task, const std::string& reason);
+  // Why this site must not take the DP task (empty: it may): the round would exceed the cap.
+  absl::StatusOr<std::string> BudgetRefusal(const Task& task, const DpPlan& plan);
+  // Records the round's cost in the ledger (before anything is sent) and reports the job's ε.
+  absl::StatusOr<PrivacyReport> RecordPrivacy(const Task& task, const DpPlan& plan);
   JoinRequest MakeJoinRequest() const;
 
   const ClientConfig config_;
   const TlsMaterial tls_;
   const Dataset* data_;
   LocalTrainer* trainer_;
+  PrivacyLedger* ledger_;
   ClientMetrics* metrics_;
   std::atomic<bool> stop_{false};
   int tasks_done_ = 0;

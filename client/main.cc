@@ -52,7 +52,10 @@ int Run(const std::string& config_path) {
   absl::StatusOr<std::unique_ptr<prometheus::Exposer>> exposer =
       StartMetricsExposer("fl-client", config->metrics_address(), registry, "");
   if (!exposer.ok()) return Die(exposer.status());
-  ClientDaemon daemon(*config, *tls, &*data, trainer->get(), &metrics);
+  absl::StatusOr<std::unique_ptr<PrivacyLedger>> ledger =
+      PrivacyLedger::Open((std::filesystem::path(config->state_dir()) / "privacy.db").string());
+  if (!ledger.ok()) return Die(ledger.status());
+  ClientDaemon daemon(*config, *tls, &*data, trainer->get(), ledger->get(), &metrics);
   std::thread([&daemon] {
     WaitForStopSignal();
     daemon.Stop();

@@ -50,6 +50,10 @@ ClientMetrics::ClientMetrics(prometheus::Registry& r)
       test_auroc(BuildGauge()
                      .Name("fl_client_test_auroc")
                      .Help("AUROC of the latest global model on the local test split")
-                     .Register(r)) {}
+                     .Register(r)),
+      privacy_epsilon(BuildGauge()
+                          .Name("fl_client_privacy_epsilon")
+                          .Help("Privacy spent (epsilon at the job's delta) recorded for a job")
+                          .Register(r)) {}
 
 }  // namespace fl

@@ -21,6 +21,7 @@ struct ClientMetrics {
   prometheus::Gauge& images;           // usable images (train + test)
   prometheus::Gauge& images_skipped;   // files that could not be decoded
   prometheus::Family<prometheus::Gauge>& test_auroc;  // labels job, label (finding name)
+  prometheus::Family<prometheus::Gauge>& privacy_epsilon;  // label job
 };
 
 }  // namespace fl

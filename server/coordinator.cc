@@ -664,8 +664,12 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, ui
   if (r->poisoned) return absl::DataLossError(absl::StrCat("round ", round, ": aggregate damaged"));
   const size_t received = r->received.size();
   if (received < r->spec.min_sites()) {
-    return absl::UnavailableError(absl::StrCat("round ", round, ": only ", received, " of ",
-                                               r->spec.min_sites(), " required updates arrived"));
+    std::vector<std::string> declined;
+    for (const auto& [site, why] : r->declined) declined.push_back(site + ": " + why);
+    return absl::UnavailableError(absl::StrCat(
+        "round ", round, ": only ", received, " of ", r->spec.min_sites(),
+        " required updates arrived", declined.empty() ? "" : " (declined: ",
+        absl::StrJoin(declined, "; "), declined.empty() ? "" : ")"));
   }
   mu_.Unlock();
   absl::Status status = CloseRound(job_id, round);

@@ -148,6 +148,27 @@ class FederationTest(unittest.TestCase):
         finally:
             fed.stop()
 
+    def test_dp_round_over_the_site_budget_is_declined_with_the_reason(self):
+        fed = Federation("dp_budget")
+        try:
+            fed.start_coordinator()
+            fed.start_client("site-b", seed=2)
+            spec = f"{fed.dir}/dp.conf"
+            with open(spec, "w") as f:
+                # q = 8/~38, sigma 0.3, 50 steps: far beyond the kit's cap of epsilon 10.
+                f.write('name: "dp" model: "smallcnn" image_size: 32 rounds: 1 local_steps: 50 '
+                        'batch_size: 8 min_sites: 1 start_timeout_seconds: 60 '
+                        'round_deadline_seconds: 20 labels: "cardiomegaly" '
+                        'dp { enabled: true noise_multiplier: 0.3 delta: 1e-6 }\n')
+            job_id = fed.flctl("job", "submit", "--spec", spec).stdout.strip()
+            fed.flctl("job", "wait", job_id, check=False)
+            status = json.loads(fed.flctl("job", "status", job_id, "--json").stdout)
+            self.assertEqual(status["state"], "FAILED")
+            self.assertIn("site-b: privacy budget", status["message"])
+            self.assertIn("fl_coordinator_task_declines_total 3", fed.metrics())
+        finally:
+            fed.stop()
+
     def test_refuses_plaintext_foreign_ca_and_wrong_role(self):
         fed = Federation("refusals")
         other = Federation("other_ca")
