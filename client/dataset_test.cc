@@ -7,6 +7,7 @@
 
 #include "client/dicom.h"
 #include "gtest/gtest.h"
+#include "common/test_dir.h"
 #include "tools/phantom.h"
 
 namespace fl {
@@ -15,10 +16,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string MakeTempDir(const std::string& name) {
-  const fs::path dir = fs::path(::testing::TempDir()) / ("dataset_test_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
+  return FreshTestDir(name);
 }
 
 std::string WriteText(const std::string& path, const std::string& text) {

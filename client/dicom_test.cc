@@ -18,6 +18,7 @@
 #include "dcmtk/dcmjpls/djencode.h"
 #include "dcmtk/dcmjpls/djrparam.h"
 #include "gtest/gtest.h"
+#include "common/test_dir.h"
 #include "tools/phantom.h"
 
 namespace fl {
@@ -26,10 +27,7 @@ namespace {
 namespace fs = std::filesystem;
 
 std::string MakeTempDir(const std::string& name) {
-  const fs::path dir = fs::path(::testing::TempDir()) / ("dicom_test_" + name);
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
+  return FreshTestDir(name);
 }
 
 // One phantom file (seed 7) in `dir`, with the given photometric interpretation.

@@ -13,6 +13,7 @@
 #include "common/safetensors.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "common/test_dir.h"
 #include "models/model.h"
 
 namespace fl {
@@ -177,9 +178,7 @@ double RowMass(const NamedTensor& t, int row) {
 }
 
 std::string TempDir(const std::string& name) {
-  const std::string dir = ::testing::TempDir() + "/trainer_test_" + name;
-  std::filesystem::remove_all(dir);
-  return dir;
+  return FreshTestDir(name);
 }
 
 TEST(AurocTest, PerfectReversedAndHandComputed) {

@@ -8,6 +8,8 @@
 #include <iostream>
 #include <random>
 
+#include <unistd.h>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -303,7 +305,7 @@ absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity&
   ASSIGN_OR_RETURN(std::vector<size_t> rows, LabelRows(who.name, header));
   round_->uploading.insert(who.name);
   return UploadPlan{round_->layout.shared, std::move(rows), spec.max_update_norm(),
-                    spec.clip_update_norm()};
+                    spec.clip_update_norm(), round_->attempt};
 }
 
 absl::StatusOr<double> Coordinator::ReceiveToSpool(
@@ -334,7 +336,10 @@ absl::StatusOr<double> Coordinator::ReceiveToSpool(
   }
   if (!trailer) return absl::InvalidArgumentError("upload ended without its trailer (truncated)");
   RETURN_IF_ERROR(reader.Finish());
-  if (std::fflush(out.get()) != 0) return absl::ResourceExhaustedError("spool flush failed");
+  // Durable before its receipt is written: a restart may fold it again.
+  if (std::fflush(out.get()) != 0 || ::fsync(fileno(out.get())) != 0) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot write spool file ", spool));
+  }
   *bytes = reader.bytes();
   metrics_->update_bytes.Increment(static_cast<double>(reader.bytes()));
   return std::sqrt(sum_squares);
@@ -351,9 +356,7 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(
   absl::Status status = plan.status();
   if (plan.ok()) {
     const UploadHeader& header = first.header();
-    const std::string spool = (fs::path(config_.state_dir()) / "spool" /
-                               absl::StrCat(header.job_id(), "-", header.round(), "-", who.name))
-                                  .string();
+    const std::string spool = SpoolPath(header.job_id(), header.round(), plan->attempt, who.name);
     absl::StatusOr<double> norm = ReceiveToSpool(next, plan->expected, spool, &bytes);
     status = norm.status();
     if (norm.ok() && plan->max_norm > 0 && *norm > plan->max_norm) {
@@ -366,7 +369,7 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(
       status = FoldSpool(spool, header, who.name, plan->rows, bytes, scale);
     }
     std::error_code ec;
-    fs::remove(spool, ec);
+    if (!status.ok()) fs::remove(spool, ec);  // a folded update's spool stays until the commit
     absl::MutexLock lock(&mu_);
     if (round_ && round_->job_id == header.job_id()) round_->uploading.erase(who.name);
   }
@@ -424,9 +427,8 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   }
   std::unique_ptr<FILE, int (*)(FILE*)> in(std::fopen(path.c_str(), "rb"), &std::fclose);
   if (!in) return absl::InternalError(absl::StrCat("cannot reread spool file ", path));
-  RETURN_IF_ERROR(
-      store_->AddReceipt(header.job_id(), header.round(), attempt, site, header.num_samples(),
-                         bytes));
+  RETURN_IF_ERROR(store_->AddReceipt(
+      Receipt{header.job_id(), header.round(), attempt, site, header, scale, bytes, path}));
   aggregator->BeginUpdate(static_cast<double>(header.num_samples()), rows, scale);
   std::vector<float> buffer(config_.chunk_bytes() / sizeof(float));
   for (size_t k = 0; k < aggregator->layout().shared.size(); ++k) {
@@ -595,7 +597,9 @@ absl::Status Coordinator::RunJob(const std::string& job_id) {
   constexpr int kMaxAttempts = 3;
   for (uint32_t round = job.rounds_done(); round < job.spec().rounds(); ++round) {
     absl::Status status;
-    for (int attempt = 1; attempt <= kMaxAttempts; ++attempt) {
+    ASSIGN_OR_RETURN(std::vector<Receipt> earlier, store_->Receipts(job_id, round));
+    const uint32_t first = earlier.empty() ? 1 : earlier.back().attempt + 1;  // after a restart
+    for (uint32_t attempt = first; attempt < first + kMaxAttempts; ++attempt) {
       status = RunRound(job_id, round, attempt, /*evaluate_only=*/false);
       if (status.ok() || absl::IsCancelled(status)) break;
       metrics_->rounds_failed.Increment();
@@ -608,27 +612,73 @@ absl::Status Coordinator::RunJob(const std::string& job_id) {
   return RunRound(job_id, job.spec().rounds(), /*attempt=*/1, /*evaluate_only=*/true);
 }
 
+std::set<std::string> Coordinator::CarryOverUpdates() {
+  std::string job_id;
+  uint32_t round, attempt;
+  {
+    absl::MutexLock lock(&mu_);
+    job_id = round_->job_id;
+    round = round_->round;
+    attempt = round_->attempt;
+  }
+  std::set<std::string> carried;
+  absl::StatusOr<std::vector<Receipt>> receipts = store_->Receipts(job_id, round);
+  if (!receipts.ok()) {
+    Log(absl::StrCat("cannot read the receipts of round ", round, ": ", receipts.status().message()));
+    return carried;
+  }
+  std::map<std::string, Receipt> latest;  // per site, its update of the newest earlier attempt
+  for (Receipt& r : *receipts) {
+    if (r.attempt < attempt) latest[r.site] = std::move(r);
+  }
+  for (const auto& [site, r] : latest) {
+    absl::StatusOr<std::vector<size_t>> rows;
+    {
+      absl::MutexLock lock(&mu_);
+      rows = LabelRows(site, r.header);
+    }
+    absl::Status status = rows.status();
+    if (status.ok()) status = FoldSpool(r.spool, r.header, site, *rows, r.bytes, r.scale);
+    if (status.ok()) {
+      carried.insert(site);
+    } else {
+      Log(absl::StrCat("update of ", site, " from attempt ", r.attempt, " not reused: ",
+                       status.message()));
+    }
+  }
+  return carried;
+}
+
 absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, uint32_t attempt,
                                    bool evaluate_only) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto state = std::make_unique<RoundState>();
+    state->job_id = job_id;
+    state->spec = jobs_[job_id].spec();
+    state->round = round;
+    state->attempt = attempt;
+    state->evaluate_only = evaluate_only;
+    state->opened = absl::Now();
+    state->deadline = state->opened + absl::Seconds(state->spec.round_deadline_seconds());
+    state->layout = MakeLayout(*global_, head_prefix_, state->spec.head_mode(),
+                               state->spec.labels_size());
+    state->aggregator = std::make_unique<Aggregator>(state->layout, state->spec.labels_size());
+    round_ = std::move(state);
+  }
+  const std::set<std::string> carried = evaluate_only ? std::set<std::string>() : CarryOverUpdates();
   absl::MutexLock lock(&mu_);
-  auto state = std::make_unique<RoundState>();
-  state->job_id = job_id;
-  state->spec = jobs_[job_id].spec();
-  state->round = round;
-  state->attempt = attempt;
-  state->evaluate_only = evaluate_only;
-  state->opened = absl::Now();
-  state->deadline = state->opened + absl::Seconds(state->spec.round_deadline_seconds());
-  state->layout = MakeLayout(*global_, head_prefix_, state->spec.head_mode(),
-                             state->spec.labels_size());
-  state->aggregator = std::make_unique<Aggregator>(state->layout, state->spec.labels_size());
-  std::vector<std::string> chosen = EligibleSites(state->spec);
-  if (!evaluate_only && state->spec.fraction() < 1.0) {
+  RoundState* r = round_.get();
+  std::vector<std::string> chosen;
+  for (const std::string& site : EligibleSites(r->spec)) {
+    if (!carried.count(site)) chosen.push_back(site);
+  }
+  if (!evaluate_only && r->spec.fraction() < 1.0) {
     std::mt19937_64 rng(std::hash<std::string>()(job_id) ^ round);
     std::shuffle(chosen.begin(), chosen.end(), rng);
     const size_t want = std::max<size_t>(
-        state->spec.min_sites(), static_cast<size_t>(std::ceil(state->spec.fraction() * chosen.size())));
-    chosen.resize(std::min(chosen.size(), want));
+        r->spec.min_sites(), static_cast<size_t>(std::ceil(r->spec.fraction() * chosen.size())));
+    chosen.resize(std::min(chosen.size(), want > carried.size() ? want - carried.size() : 0));
   }
   for (auto& [name, site] : sites_) {  // tasks of an earlier attempt that were never taken
     auto& pending = site.pending;
@@ -636,23 +686,26 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, ui
                                  [&](const Task& t) { return t.job_id() == job_id; }),
                   pending.end());
   }
+  r->assigned = carried;
   for (const std::string& site : chosen) {
     Task task;
     task.set_job_id(job_id);
     task.set_round(round);
-    *task.mutable_spec() = state->spec;
-    for (const std::string& label : TrainLabels(state->spec, site)) task.add_train_labels(label);
-    task.set_deadline_unix_seconds(absl::ToDoubleSeconds(state->deadline - absl::UnixEpoch()));
-    task.set_final_round(round + 1 >= state->spec.rounds());
+    *task.mutable_spec() = r->spec;
+    for (const std::string& label : TrainLabels(r->spec, site)) task.add_train_labels(label);
+    task.set_deadline_unix_seconds(absl::ToDoubleSeconds(r->deadline - absl::UnixEpoch()));
+    task.set_final_round(round + 1 >= r->spec.rounds());
     task.set_evaluate_only(evaluate_only);
     sites_[site].pending.push_back(task);
-    state->assigned.insert(site);
+    r->assigned.insert(site);
+  }
+  if (!carried.empty()) {
+    Log(absl::StrCat("job ", job_id, " round ", round, ": reusing the updates of ",
+                     absl::StrJoin(carried, ", "), " received before"));
   }
   Log(absl::StrCat("job ", job_id, evaluate_only ? " final evaluation" : " round ",
                    evaluate_only ? "" : absl::StrCat(round), ": ", chosen.size(), " sites (",
                    absl::StrJoin(chosen, ", "), ")"));
-  round_ = std::move(state);
-  RoundState* r = round_.get();
   auto finished = [&] {
     mu_.AssertHeld();
     const auto& done = r->evaluate_only ? r->reported : r->received;
@@ -675,6 +728,13 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, ui
   absl::Status status = CloseRound(job_id, round);
   mu_.Lock();
   return status;
+}
+
+std::string Coordinator::SpoolPath(const std::string& job_id, uint32_t round, uint32_t attempt,
+                                   const std::string& site) const {
+  return (fs::path(config_.state_dir()) / "spool" /
+          absl::StrCat(job_id, "-", round, "-", attempt, "-", site))
+      .string();
 }
 
 std::string Coordinator::CheckpointPath(const std::string& job_id, uint32_t round) const {
@@ -717,6 +777,10 @@ absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) 
   RETURN_IF_ERROR(store_->CommitRound(copy, Checkpoint{path, crc, round + 1}));
   std::error_code ec;
   if (round >= 1) fs::remove(CheckpointPath(job_id, round - 1), ec);  // keep the last two
+  if (absl::StatusOr<std::vector<Receipt>> receipts = store_->Receipts(job_id, round);
+      receipts.ok()) {
+    for (const Receipt& r : *receipts) fs::remove(r.spool, ec);
+  }
   absl::MutexLock lock(&mu_);
   global_ = std::make_shared<const TensorList>(std::move(next));
   metrics_->rounds_completed.Increment();

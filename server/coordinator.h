@@ -94,6 +94,7 @@ class Coordinator {
     std::vector<size_t> rows;  // head rows of its labels
     double max_norm = 0;
     double clip_norm = 0;
+    uint32_t attempt = 0;
   };
   // Checks an upload's header against the open round and marks the site as uploading.
   absl::StatusOr<UploadPlan> AdmitUpload(const Identity& who, const UploadHeader& header);
@@ -114,6 +115,11 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool JobCancelled(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string CheckpointPath(const std::string& job_id, uint32_t round) const;
+  std::string SpoolPath(const std::string& job_id, uint32_t round, uint32_t attempt,
+                        const std::string& site) const;
+  // Folds again the updates an earlier attempt of the open round received (before a restart or
+  // a retry), so those sites need not train again. Returns the sites carried over.
+  std::set<std::string> CarryOverUpdates();
 
   const CoordinatorConfig config_;
   Store* const store_;

@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include "common/test_dir.h"
+
 #include "common/safetensors.h"
 
 namespace fl {
@@ -70,10 +72,7 @@ class SiteStream {
 class CoordinatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = ::testing::TempDir() + "/coordinator_test_" +
-           ::testing::UnitTest::GetInstance()->current_test_info()->name();
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
+    dir_ = FreshTestDir();
     config_.set_state_dir(dir_);
     config_.set_chunk_bytes(8);  // several chunks per tensor
     store_ = std::move(Store::Open(dir_ + "/state.db")).value();
@@ -328,6 +327,46 @@ TEST_F(CoordinatorTest, RunningJobResumesAfterRestartFromLastCommittedRound) {
   EXPECT_EQ(ta.round(), 1u);
   TensorList global = Download(a_->who(), ta);
   EXPECT_FLOAT_EQ(global[0].data[0], 1.0f);  // the round-0 aggregate, not a fresh model
+}
+
+}  // namespace
+}  // namespace fl
+
+namespace fl {
+namespace {
+
+// A restart in the middle of a round loses nothing: the update received before is folded again
+// from its spool, only the other site is asked, and the aggregate is exactly the one of an
+// uninterrupted round.
+TEST_F(CoordinatorTest, RestartMidRoundReusesReceivedUpdatesExactlyOnce) {
+  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
+  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  JobSpec spec;
+  spec.set_rounds(1);
+  const std::string id = Submit(spec);
+  Task ta = a_->Next();
+  b_->Next();
+  ASSERT_TRUE(Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"}).ok());
+  core_->Shutdown();  // the "crash": site-b never uploaded in this process
+  a_.reset();
+  b_.reset();
+  core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, TinyModel);
+  ASSERT_TRUE(core_->Start().ok());
+  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
+  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  Task tb = b_->Next();
+  ASSERT_EQ(tb.job_id(), id);
+  EXPECT_FALSE(tb.evaluate_only());
+  ASSERT_TRUE(Upload(b_->who(), tb, Update(3, 2, 0), 15, {"a"}).ok());
+  Task ea = a_->Next();  // site-a's first task after the restart is the final evaluation
+  EXPECT_TRUE(ea.evaluate_only());
+  auto checkpoint = store_->LatestCheckpoint(id);
+  ASSERT_TRUE(checkpoint.ok());
+  auto weights = ReadSafetensors(checkpoint->path);
+  ASSERT_TRUE(weights.ok());
+  EXPECT_FLOAT_EQ((*weights)[0].data[0], 2.5f);  // (15*3 + 5*1) / 20, as without the restart
+  EXPECT_FLOAT_EQ((*weights)[1].data[2], 6.0f);
+  EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/spool"));  // spools dropped at the commit
 }
 
 }  // namespace

@@ -15,8 +15,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (job_id TEXT NOT NULL, round INTEGER NOT 
   path TEXT NOT NULL, crc32c INTEGER NOT NULL, PRIMARY KEY (job_id, round));
 CREATE TABLE IF NOT EXISTS sites (name TEXT PRIMARY KEY, info BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts (job_id TEXT NOT NULL, round INTEGER NOT NULL,
-  attempt INTEGER NOT NULL, site TEXT NOT NULL, samples INTEGER NOT NULL, bytes INTEGER NOT NULL,
-  time REAL NOT NULL, PRIMARY KEY (job_id, round, attempt, site));
+  attempt INTEGER NOT NULL, site TEXT NOT NULL, header BLOB NOT NULL, scale REAL NOT NULL,
+  bytes INTEGER NOT NULL, spool TEXT NOT NULL, time REAL NOT NULL,
+  PRIMARY KEY (job_id, round, attempt, site));
 CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, time REAL NOT NULL,
   identity TEXT NOT NULL, action TEXT NOT NULL, detail TEXT NOT NULL);
 )sql";
@@ -99,19 +100,41 @@ absl::StatusOr<std::vector<SiteInfo>> Store::Sites() {
   return ReadProtos<SiteInfo>(db_, "SELECT info FROM sites ORDER BY name");
 }
 
-absl::Status Store::AddReceipt(const std::string& job_id, uint32_t round, uint32_t attempt,
-                               const std::string& site, uint64_t samples, uint64_t bytes) {
+absl::Status Store::AddReceipt(const Receipt& r) {
   absl::MutexLock lock(&mu_);
-  SqlStatement stmt(db_, "INSERT INTO receipts (job_id, round, attempt, site, samples, bytes, time) "
-                 "VALUES (?, ?, ?, ?, ?, ?, ?)");
-  return stmt.Bind(1, job_id)
-      .Bind(2, static_cast<int64_t>(round))
-      .Bind(3, static_cast<int64_t>(attempt))
-      .Bind(4, site)
-      .Bind(5, static_cast<int64_t>(samples))
-      .Bind(6, static_cast<int64_t>(bytes))
-      .Bind(7, Now())
+  SqlStatement stmt(db_, "INSERT INTO receipts (job_id, round, attempt, site, header, scale, "
+                         "bytes, spool, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  return stmt.Bind(1, r.job_id)
+      .Bind(2, static_cast<int64_t>(r.round))
+      .Bind(3, static_cast<int64_t>(r.attempt))
+      .Bind(4, r.site)
+      .BindBlob(5, r.header.SerializeAsString())
+      .Bind(6, r.scale)
+      .Bind(7, static_cast<int64_t>(r.bytes))
+      .Bind(8, r.spool)
+      .Bind(9, Now())
       .Run();
+}
+
+absl::StatusOr<std::vector<Receipt>> Store::Receipts(const std::string& job_id, uint32_t round) {
+  absl::MutexLock lock(&mu_);
+  SqlStatement stmt(db_, "SELECT attempt, site, header, scale, bytes, spool FROM receipts "
+                         "WHERE job_id = ? AND round = ? ORDER BY attempt, site");
+  stmt.Bind(1, job_id).Bind(2, static_cast<int64_t>(round));
+  std::vector<Receipt> out;
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, stmt.Step());
+    if (!row) break;
+    Receipt r{job_id, round, static_cast<uint32_t>(stmt.Int(0)), stmt.Blob(1)};
+    if (!r.header.ParseFromString(stmt.Blob(2))) {
+      return absl::DataLossError("state database holds an unreadable receipt");
+    }
+    r.scale = stmt.Double(3);
+    r.bytes = static_cast<uint64_t>(stmt.Int(4));
+    r.spool = stmt.Blob(5);
+    out.push_back(std::move(r));
+  }
+  return out;
 }
 
 absl::Status Store::Audit(const std::string& identity, const std::string& action,

@@ -21,6 +21,19 @@ struct Checkpoint {
   uint32_t round = 0;  // rounds completed when it was written
 };
 
+// A validated update that was folded into a round's aggregate; its spool file is kept until the
+// round commits, so a restarted coordinator can fold it again instead of asking for it again.
+struct Receipt {
+  std::string job_id;
+  uint32_t round = 0;
+  uint32_t attempt = 0;
+  std::string site;
+  UploadHeader header;
+  double scale = 1.0;  // norm clipping factor applied when folding
+  uint64_t bytes = 0;
+  std::string spool;   // path of the spooled update
+};
+
 class Store {
  public:
   // Opens or creates `path`. Fails if the file is not a usable SQLite database.
@@ -40,9 +53,10 @@ class Store {
   absl::StatusOr<std::vector<SiteInfo>> Sites();
 
   // Records that (job, round, attempt, site) is being aggregated; ALREADY_EXISTS if it already
-  // was. A round that is run again (no quorum, damaged aggregate) has a new attempt number.
-  absl::Status AddReceipt(const std::string& job_id, uint32_t round, uint32_t attempt,
-                          const std::string& site, uint64_t samples, uint64_t bytes);
+  // was. A round that is run again (no quorum, damaged aggregate, restart) has a new attempt.
+  absl::Status AddReceipt(const Receipt& receipt);
+  // Every receipt of a round, oldest attempt first.
+  absl::StatusOr<std::vector<Receipt>> Receipts(const std::string& job_id, uint32_t round);
 
   // Appends to the audit log: who (certificate identity) did what.
   absl::Status Audit(const std::string& identity, const std::string& action,

@@ -4,14 +4,13 @@
 
 #include <gtest/gtest.h>
 
+#include "common/test_dir.h"
+
 namespace fl {
 namespace {
 
 std::string TempDb(const std::string& name) {
-  std::string dir = ::testing::TempDir() + "/store_test_" + name;
-  std::filesystem::remove_all(dir);
-  std::filesystem::create_directories(dir);
-  return dir + "/state.db";
+  return FreshTestDir(name) + "/state.db";
 }
 
 TEST(StoreTest, JobsRoundsAndCheckpointsSurviveReopen) {
@@ -40,14 +39,27 @@ TEST(StoreTest, JobsRoundsAndCheckpointsSurviveReopen) {
   EXPECT_EQ((*store)->LatestCheckpoint("nope").status().code(), absl::StatusCode::kNotFound);
 }
 
-TEST(StoreTest, DuplicateReceiptRefused) {
+TEST(StoreTest, DuplicateReceiptRefusedAndReceiptsReadBack) {
   auto store = Store::Open(TempDb("receipt"));
   ASSERT_TRUE(store.ok());
-  ASSERT_TRUE((*store)->AddReceipt("j1", 3, 1, "site-a", 10, 100).ok());
-  EXPECT_EQ((*store)->AddReceipt("j1", 3, 1, "site-a", 10, 100).code(),
-            absl::StatusCode::kAlreadyExists);
-  EXPECT_TRUE((*store)->AddReceipt("j1", 3, 2, "site-a", 10, 100).ok());  // the round run again
-  EXPECT_TRUE((*store)->AddReceipt("j1", 4, 1, "site-a", 10, 100).ok());
+  Receipt r{"j1", 3, 1, "site-a"};
+  r.header.set_num_samples(10);
+  r.header.add_labels("a");
+  r.scale = 0.5;
+  r.bytes = 100;
+  r.spool = "/spool/j1-3-1-site-a";
+  ASSERT_TRUE((*store)->AddReceipt(r).ok());
+  EXPECT_EQ((*store)->AddReceipt(r).code(), absl::StatusCode::kAlreadyExists);
+  r.attempt = 2;  // the round run again
+  EXPECT_TRUE((*store)->AddReceipt(r).ok());
+  auto receipts = (*store)->Receipts("j1", 3);
+  ASSERT_TRUE(receipts.ok());
+  ASSERT_EQ(receipts->size(), 2u);
+  EXPECT_EQ((*receipts)[1].attempt, 2u);
+  EXPECT_EQ((*receipts)[1].header.labels(0), "a");
+  EXPECT_DOUBLE_EQ((*receipts)[1].scale, 0.5);
+  EXPECT_EQ((*receipts)[1].spool, "/spool/j1-3-1-site-a");
+  EXPECT_TRUE((*store)->Receipts("j1", 4)->empty());
 }
 
 TEST(StoreTest, AuditLogAppends) {

@@ -7,6 +7,7 @@
 #include "client/dataset.h"
 #include "client/dicom.h"
 #include "gtest/gtest.h"
+#include "common/test_dir.h"
 
 namespace fl {
 namespace {
@@ -135,8 +136,7 @@ TEST(PhantomTest, RenderingIsDeterministicAndFast) {
 }
 
 TEST(PhantomTest, DatasetFilesMatchLabelsAndDemographics) {
-  const std::string dir = (fs::path(::testing::TempDir()) / "phantom_test_ds").string();
-  fs::remove_all(dir);
+  const std::string dir = FreshTestDir();
   PhantomOptions options;
   options.count = 30;
   options.size = 64;
