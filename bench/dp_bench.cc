@@ -130,8 +130,8 @@ int64_t PeakGrowthInChild(const DpBenchConfig &config, bool dp) {
   const pid_t pid = fork();
   if (pid == 0) {
     close(fds[0]);
-    const int64_t growth = torch::cuda::is_available() ? MeasureCudaGrowth(config, dp)
-                                                        : MeasurePeakGrowth(config, dp);
+    const int64_t growth =
+        torch::cuda::is_available() ? MeasureCudaGrowth(config, dp) : MeasurePeakGrowth(config, dp);
     const ssize_t written = write(fds[1], &growth, sizeof(growth));
     _exit(written == sizeof(growth) ? 0 : 1);
   }
@@ -150,7 +150,8 @@ absl::StatusOr<std::pair<double, double>> TimeSteps(StepRunner &runner, bool dp,
   for (int64_t i = 0; i < steps; ++i) {
     const auto start = std::chrono::steady_clock::now();
     RETURN_IF_ERROR(runner.Step(dp));
-    times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    times.push_back(
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   }
   std::sort(times.begin(), times.end());
   return std::make_pair(times.front(), times[times.size() / 2]);
@@ -165,10 +166,9 @@ absl::StatusOr<DpBenchConfig> ParseConfig(std::vector<std::string> args, bool cu
       break;
     }
   }
-  ASSIGN_OR_RETURN(std::vector<int64_t> v,
-                   ParseIntFlags(args, {{"size", cuda ? 224 : 128},
-                                        {"batch", cuda ? 64 : 32},
-                                        {"steps", 5}}));
+  ASSIGN_OR_RETURN(
+      std::vector<int64_t> v,
+      ParseIntFlags(args, {{"size", cuda ? 224 : 128}, {"batch", cuda ? 64 : 32}, {"steps", 5}}));
   config.size = v[0];
   config.batch = v[1];
   config.steps = std::max<int64_t>(1, v[2]);

@@ -17,6 +17,8 @@
 #include "common/status.h"
 #include "common/torch_pch.h"
 #include "models/model.h"
+#include "privacy/dp_plan.h"
+#include "privacy/dp_sgd.h"
 // Declarations only (no CUDA headers): safe with CPU and CUDA builds of LibTorch.
 #include <torch/cuda.h>
 
@@ -237,7 +239,48 @@ struct StepStats {
   uint64_t samples = 0;
   int steps = 0;
   double loss_sum = 0;
+  double mean_loss = 0;  // per step (non-private) or per sample (DP-SGD)
 };
+
+// The Poisson batches of one DP round, each split into micro-batches of at most `batch`
+// indices: step s trains on micro[first[s]] .. micro[first[s + 1] - 1] (possibly none).
+struct DpRound {
+  std::vector<std::vector<int>> micro;
+  std::vector<size_t> first;
+  uint64_t drawn = 0;
+};
+
+absl::StatusOr<DpRound> DrawDpRound(int64_t n, const DpPlan& plan, int batch, uint64_t seed) {
+  at::Generator generator = at::detail::createCPUGenerator(seed);
+  DpRound round;
+  for (uint64_t s = 0; s < plan.steps_per_round; ++s) {
+    round.first.push_back(round.micro.size());
+    ASSIGN_OR_RETURN(const std::vector<int64_t> drawn,
+                     PoissonSample(n, plan.sample_rate, generator));
+    round.drawn += drawn.size();
+    for (size_t i = 0; i < drawn.size(); i += batch) {
+      round.micro.emplace_back(drawn.begin() + i,
+                               drawn.begin() + std::min(drawn.size(), i + batch));
+    }
+  }
+  round.first.push_back(round.micro.size());
+  return round;
+}
+
+// Per-sample BCE-with-logits summed over the sample's known targets (NaN: unknown, masked);
+// [n]. Summed, not averaged, so that a sample's gradient does not grow as its labels go missing.
+torch::Tensor PerSampleLoss(const torch::Tensor& logits, const torch::Tensor& targets) {
+  namespace F = torch::nn::functional;
+  TORCH_CHECK(logits.sizes() == targets.sizes(), "model output has shape ", logits.sizes(),
+              ", not ", targets.sizes());
+  torch::Tensor known = torch::isnan(targets).logical_not();
+  return F::binary_cross_entropy_with_logits(
+             logits, torch::where(known, targets, torch::zeros_like(targets)),
+             F::BinaryCrossEntropyWithLogitsFuncOptions()
+                 .weight(known.to(torch::kFloat32))
+                 .reduction(torch::kNone))
+      .sum(1);
+}
 
 class TorchTrainer : public LocalTrainer {
  public:
@@ -301,6 +344,13 @@ class TorchTrainer : public LocalTrainer {
   absl::StatusOr<StepStats> TrainSteps(ClassifierImpl& model, torch::optim::Optimizer& optimizer,
                                        const JobSpec& spec, const LabelMap& labels,
                                        uint64_t seed);
+  absl::StatusOr<StepStats> DpTrainSteps(ClassifierImpl& model,
+                                         torch::optim::Optimizer& optimizer, const JobSpec& spec,
+                                         const LabelMap& labels, uint64_t seed);
+  absl::StatusOr<StepStats> RunDpSteps(ClassifierImpl& model, torch::optim::Optimizer& optimizer,
+                                       DpSgdEngine& engine, const DpRound& round,
+                                       BatchPrefetcher& batches, int size, int channels);
+  torch::Tensor ToTargets(HostBatch& batch) const;
   absl::StatusOr<StepStats> RunSteps(ClassifierImpl& model, torch::optim::Optimizer& optimizer,
                                      BatchPrefetcher& batches, int count, int size,
                                      int channels);
@@ -328,6 +378,40 @@ torch::Tensor TorchTrainer::ToImages(HostBatch& batch, int size, int channels) c
   return images.to(device_, /*non_blocking=*/false, /*copy=*/true);
 }
 
+torch::Tensor TorchTrainer::ToTargets(HostBatch& batch) const {
+  const int64_t num_labels = static_cast<int64_t>(batch.targets.size()) / batch.n;
+  return torch::from_blob(batch.targets.data(), {batch.n, num_labels}, torch::kFloat32)
+      .to(device_, /*non_blocking=*/false, /*copy=*/true);
+}
+
+absl::StatusOr<StepStats> TorchTrainer::RunDpSteps(ClassifierImpl& model,
+                                                   torch::optim::Optimizer& optimizer,
+                                                   DpSgdEngine& engine, const DpRound& round,
+                                                   BatchPrefetcher& batches, int size,
+                                                   int channels) {
+  StepStats stats;
+  model.train();
+  for (size_t s = 0; s + 1 < round.first.size(); ++s) {
+    for (size_t k = round.first[s]; k < round.first[s + 1]; ++k) {
+      HostBatch batch = batches.Next();
+      RETURN_IF_ERROR(batch.status);
+      stats.samples += batch.n;
+      // A sample without a known target has a zero loss: nothing to accumulate.
+      if (batch.n == 0 || batch.known_targets == 0) continue;
+      RETURN_IF_ERROR(engine.AccumulateMicroBatch([&] {
+        torch::Tensor losses =
+            PerSampleLoss(model.forward(ToImages(batch, size, channels)), ToTargets(batch));
+        stats.loss_sum += losses.detach().sum().item<double>();
+        return losses;
+      }));
+    }
+    // An empty batch still steps: the noise alone, so the batch size is not revealed.
+    RETURN_IF_ERROR(engine.Step(optimizer));
+    ++stats.steps;
+  }
+  return stats;
+}
+
 absl::StatusOr<StepStats> TorchTrainer::RunSteps(ClassifierImpl& model,
                                                  torch::optim::Optimizer& optimizer,
                                                  BatchPrefetcher& batches, int count, int size,
@@ -339,10 +423,8 @@ absl::StatusOr<StepStats> TorchTrainer::RunSteps(ClassifierImpl& model,
     HostBatch batch = batches.Next();
     RETURN_IF_ERROR(batch.status);
     if (batch.n == 0 || batch.known_targets == 0) continue;  // nothing to learn from
-    const int64_t num_labels = static_cast<int64_t>(batch.targets.size()) / batch.n;
-    torch::Tensor targets =
-        torch::from_blob(batch.targets.data(), {batch.n, num_labels}, torch::kFloat32)
-            .to(device_, /*non_blocking=*/false, /*copy=*/true);
+    torch::Tensor targets = ToTargets(batch);
+    const int64_t num_labels = targets.size(1);
     torch::Tensor known = torch::isnan(targets).logical_not();
     torch::Tensor logits = model.forward(ToImages(batch, size, channels));
     if (logits.sizes() != targets.sizes()) {
@@ -443,6 +525,53 @@ absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ClassifierImpl& model,
   if (!std::isfinite(stats.loss_sum)) {
     return absl::InternalError("training diverged: the loss is not finite");
   }
+  stats.mean_loss = stats.loss_sum / stats.steps;
+  return stats;
+}
+
+// DP-SGD with the plan the daemon recorded in its ledger (PlanDp over the whole train split).
+// Sampling is over the whole train split; an undecodable sample that is drawn is dropped from
+// its batch (the loader skips it). That slightly changes the sampling (such a sample acts as one
+// with a zero gradient), which the accounting with q over the whole split still covers.
+absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ClassifierImpl& model,
+                                                     torch::optim::Optimizer& optimizer,
+                                                     const JobSpec& spec, const LabelMap& labels,
+                                                     uint64_t seed) {
+  const int64_t n = static_cast<int64_t>(data_.train.size());
+  ASSIGN_OR_RETURN(const DpPlan plan, PlanDp(spec, n));
+  const bool test_seed = options_.dp_test_seed != 0;
+  uint64_t sample_seed = options_.dp_test_seed ^ seed;
+  if (!test_seed) {
+    ASSIGN_OR_RETURN(sample_seed, SecureSeed());
+  }
+  DpSgdOptions dp;
+  dp.clip_norm = spec.dp().clip_norm();
+  dp.noise_multiplier = plan.noise_multiplier;
+  dp.expected_batch_size = plan.sample_rate * n;
+  dp.secure_noise = !test_seed;
+  dp.test_seed = sample_seed * 0x9E3779B97F4A7C15ull + 1;  // noise apart from sampling
+  ASSIGN_OR_RETURN(std::unique_ptr<DpSgdEngine> engine, DpSgdEngine::Create(model, dp));
+  const int batch = spec.batch_size() > 0 ? spec.batch_size() : kDefaultBatchSize;
+  ASSIGN_OR_RETURN(const DpRound round, DrawDpRound(n, plan, batch, sample_seed));
+  const int size = static_cast<int>(spec.image_size());
+  BatchPrefetcher batches(
+      static_cast<int>(round.micro.size()),
+      [&](int k) {
+        return LoadBatch(Split::kTrain, round.micro[k], size, labels,
+                         seed ^ ((k + 1) * 0x9E3779B9ull));
+      },
+      options_.loader_threads, 2 * options_.loader_threads);
+  ASSIGN_OR_RETURN(StepStats stats, RunDpSteps(model, optimizer, *engine, round, batches, size,
+                                               ChannelsOf(spec)));
+  if (round.drawn > 0 && stats.samples == 0) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "none of the ", round.drawn, " sampled train images decoded (", cache_.failures(),
+        " images undecodable)"));
+  }
+  if (!std::isfinite(stats.loss_sum)) {
+    return absl::InternalError("training diverged: the loss is not finite");
+  }
+  stats.mean_loss = stats.samples > 0 ? stats.loss_sum / stats.samples : 0.0;
   return stats;
 }
 
@@ -450,7 +579,6 @@ absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id,
                                                     const JobSpec& spec,
                                                     const std::vector<std::string>& train_labels,
                                                     const TensorList& global, uint32_t round) {
-  if (spec.dp().enabled()) return absl::UnimplementedError("DP-SGD engine: see issue #3");
   if (data_.train.empty()) {
     return absl::FailedPreconditionError("the train split is empty: no sample to train on");
   }
@@ -458,8 +586,12 @@ absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id,
   ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model, BuildModel(job_id, spec, global));
   ASSIGN_OR_RETURN(std::unique_ptr<torch::optim::Optimizer> optimizer,
                    MakeOptimizer(spec.local_optimizer(), model->parameters()));
-  ASSIGN_OR_RETURN(StepStats stats, TrainSteps(*model, *optimizer, spec, labels,
-                                               RoundSeed(job_id, spec.seed(), round)));
+  const uint64_t seed = RoundSeed(job_id, spec.seed(), round);
+  ASSIGN_OR_RETURN(StepStats stats,
+                   spec.dp().enabled() ? DpTrainSteps(*model, *optimizer, spec, labels, seed)
+                                       : TrainSteps(*model, *optimizer, spec, labels, seed));
+  // Label mode: ComputeUpdate zeroes the head rows of labels not trained here. With DP-SGD the
+  // engine noised those rows too; they are rows whose noise is simply not sent.
   const std::string prefix = model->head_prefix();
   TensorList local = ExtractWeights(*model);
   TrainResult result;
@@ -470,7 +602,7 @@ absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id,
     result.labels = train_labels;
   }
   result.num_samples = stats.samples;
-  result.loss = stats.loss_sum / stats.steps;
+  result.loss = stats.mean_loss;
   return result;
 }
 

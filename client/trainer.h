@@ -3,6 +3,7 @@
 // loader threads in parallel with training.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -27,14 +28,18 @@ struct TrainerOptions {
   std::string state_dir;
   // Empty: decode the sample's DICOM file with DecodeDicom.
   ImageLoader loader;
+  // FOR TESTS ONLY: non-zero makes DP-SGD's Poisson sampling and noise reproducible from this
+  // seed (and the job and round). 0, the only value for production, seeds both from the OS CSPRNG.
+  uint64_t dp_test_seed = 0;
 };
 
 struct TrainResult {
   // New local weights minus `global`, for the tensors this site shares: everything in label
   // mode (head rows of labels this site does not train stay zero), the backbone only in site mode.
   TensorList update;
-  uint64_t num_samples = 0;   // samples drawn over all local steps
-  double loss = 0;            // mean training loss over the local steps
+  uint64_t num_samples = 0;   // samples trained on over all local steps (decodable ones)
+  // Mean training loss: over the local steps; with DP, over the samples (per-sample loss).
+  double loss = 0;
   std::vector<std::string> labels;  // head rows (labels) the update carries
 };
 

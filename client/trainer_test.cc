@@ -148,10 +148,12 @@ Global GlobalFor(const JobSpec& spec) {
 }
 
 std::unique_ptr<LocalTrainer> MakeTrainer(const Dataset& data, FakeLoader& loader,
-                                          const std::string& state_dir = "") {
+                                          const std::string& state_dir = "",
+                                          uint64_t dp_test_seed = 0) {
   TrainerOptions options;
   options.device = "cpu";
   options.state_dir = state_dir;
+  options.dp_test_seed = dp_test_seed;
   options.loader = loader.loader();
   auto trainer = CreateLocalTrainer(data, options);
   EXPECT_TRUE(trainer.ok()) << trainer.status();
@@ -371,9 +373,9 @@ TEST(TrainerTest, RejectsBadArguments) {
   EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(unknown.status().message()), HasSubstr("effusion"));
   JobSpec dp = spec;
-  dp.mutable_dp()->set_enabled(true);
-  EXPECT_EQ(trainer->Train("job1", dp, {"left"}, global.weights, 1).status().code(),
-            absl::StatusCode::kUnimplemented);
+  dp.mutable_dp()->set_enabled(true);  // neither noise_multiplier nor target_epsilon
+  dp.mutable_dp()->set_clip_norm(1.0);
+  EXPECT_FALSE(trainer->Train("job1", dp, {"left"}, global.weights, 1).ok());
   JobSpec optimizer = spec;
   optimizer.mutable_local_optimizer()->set_name("lbfgs");
   EXPECT_EQ(trainer->Train("job1", optimizer, {"left"}, global.weights, 1).status().code(),
@@ -397,6 +399,144 @@ TEST(TrainerTest, DeviceChoice) {
   } else {
     EXPECT_EQ(cuda.status().code(), absl::StatusCode::kFailedPrecondition);
   }
+}
+
+// Label mode, SGD without momentum (so the update is the sum of the noised steps), DP-SGD with
+// C = 1 and the given sigma.
+JobSpec DpSpec(double sigma, int steps = 3) {
+  JobSpec spec = MakeSpec(HEAD_MODE_LABEL, steps, 16);
+  spec.mutable_local_optimizer()->set_name("sgd");
+  spec.mutable_local_optimizer()->set_learning_rate(0.1);
+  spec.mutable_dp()->set_enabled(true);
+  spec.mutable_dp()->set_clip_norm(1.0);
+  spec.mutable_dp()->set_noise_multiplier(sigma);
+  spec.mutable_dp()->set_delta(1e-5);
+  return spec;
+}
+
+double SquaredNorm(const TensorList& list) {
+  double sum = 0;
+  for (const NamedTensor& t : list) {
+    for (float v : t.data) sum += double{v} * v;
+  }
+  return sum;
+}
+
+std::vector<float> Flatten(const TensorList& list) {
+  std::vector<float> out;
+  for (const NamedTensor& t : list) out.insert(out.end(), t.data.begin(), t.data.end());
+  return out;
+}
+
+TEST(DpTrainerTest, UpdateHasTheGlobalShapesAndZeroUntrainedRows) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(RightMissing(Sizes(64, 8)));
+  JobSpec spec = DpSpec(0.5);
+  Global global = GlobalFor(spec);
+  auto result =
+      MakeTrainer(data, loader, "", /*dp_test_seed=*/11)->Train("job1", spec, {"left"},
+                                                                global.weights, 1);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->update.size(), global.weights.size());
+  for (size_t i = 0; i < global.weights.size(); ++i) {
+    EXPECT_EQ(result->update[i].name, global.weights[i].name);
+    EXPECT_EQ(result->update[i].shape, global.weights[i].shape);
+  }
+  int heads = 0;
+  for (const NamedTensor& t : result->update) {
+    if (t.name.rfind(global.head_prefix, 0) != 0) continue;
+    ++heads;
+    EXPECT_GT(RowMass(t, 0), 0) << t.name;
+    EXPECT_EQ(RowMass(t, 1), 0) << t.name << ": the noise of an untrained row was sent";
+  }
+  EXPECT_EQ(heads, 2);
+  EXPECT_EQ(result->labels, std::vector<std::string>{"left"});
+  // Poisson batches of expected size 16 over 3 steps: 48 expected, never exactly fixed.
+  EXPECT_GT(result->num_samples, 10u);
+  EXPECT_LT(result->num_samples, 100u);
+  EXPECT_TRUE(std::isfinite(result->loss));
+  EXPECT_GT(result->loss, 0);
+}
+
+TEST(DpTrainerTest, TestSeedReproducesAndSecureSeedDoesNot) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(Sizes(48, 8));
+  JobSpec spec = DpSpec(0.5, 2);
+  Global global = GlobalFor(spec);
+  const std::vector<std::string> labels = {"left", "right"};
+  auto run = [&](uint64_t seed) {
+    auto result = MakeTrainer(data, loader, "", seed)->Train("job1", spec, labels,
+                                                             global.weights, 1);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? Flatten(result->update) : std::vector<float>();
+  };
+  const std::vector<float> a = run(5), b = run(5), c = run(6);
+  ASSERT_FALSE(a.empty());
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  EXPECT_NE(run(0), run(0));  // production: sampling and noise from the OS CSPRNG
+}
+
+TEST(DpTrainerTest, NoiseIsPresentAndScalesWithSigma) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(Sizes(64, 8));
+  const std::vector<std::string> labels = {"left", "right"};
+  Global global = GlobalFor(DpSpec(0.5));
+  auto train = [&](const JobSpec& spec) {
+    auto result = MakeTrainer(data, loader, "", 3)->Train("job1", spec, labels, global.weights, 1);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? result->update : TensorList();
+  };
+  JobSpec plain = DpSpec(0.5);
+  plain.mutable_dp()->set_enabled(false);
+  const TensorList low = train(DpSpec(0.5)), high = train(DpSpec(4.0)), none = train(plain);
+  ASSERT_FALSE(low.empty());
+  ASSERT_FALSE(none.empty());
+  EXPECT_NE(Flatten(low), Flatten(none));
+  // Same test seed, so the same Poisson batches: only the noise differs. Per step the clipped
+  // signal moves the weights by at most lr * C = 0.1; the noise by lr * sigma * C / 16 per
+  // coordinate, over tens of thousands of coordinates.
+  RecordProperty("update_norm2_sigma_0.5", std::to_string(SquaredNorm(low)));
+  RecordProperty("update_norm2_sigma_4", std::to_string(SquaredNorm(high)));
+  EXPECT_GT(SquaredNorm(high), 4 * SquaredNorm(low));
+  // The clipped signal alone moves the weights by at most 3 * 0.1 in norm over the 3 steps.
+  EXPECT_GT(SquaredNorm(low), 4 * 0.3 * 0.3);
+}
+
+TEST(DpTrainerTest, SiteModeKeepsTheHeadPrivate) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(Sizes(48, 8));
+  JobSpec spec = DpSpec(0.5, 2);
+  spec.set_head_mode(HEAD_MODE_SITE);
+  Global full = GlobalFor(spec);
+  TensorList backbone;
+  for (const NamedTensor& t : full.weights) {
+    if (t.name.rfind(full.head_prefix, 0) != 0) backbone.push_back(t);
+  }
+  auto result = MakeTrainer(data, loader, "", 9)->Train("job-7", spec, {"left", "right"},
+                                                        backbone, 1);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->update.size(), backbone.size());
+  for (const NamedTensor& t : result->update) EXPECT_NE(t.name.rfind(full.head_prefix, 0), 0u);
+  EXPECT_TRUE(result->labels.empty());
+  EXPECT_GT(SquaredNorm(result->update), 0);
+}
+
+TEST(DpTrainerTest, UndecodableSamplesAreDroppedFromTheBatch) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(WithBad(Sizes(20, 4), 20, 0));
+  JobSpec spec = DpSpec(0.5, 4);
+  spec.set_batch_size(40);  // q = 1: every sample is drawn at every step
+  Global global = GlobalFor(spec);
+  auto result = MakeTrainer(data, loader, "", 4)->Train("job1", spec, {"left", "right"},
+                                                        global.weights, 1);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->num_samples, 4u * 20u);
+  Dataset bad = MakeDataset(WithBad(Sizes(0, 4), 6, 0));
+  spec.set_batch_size(6);
+  auto failed = MakeTrainer(bad, loader, "", 4)->Train("job1", spec, {"left"}, global.weights, 1);
+  EXPECT_EQ(failed.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(failed.status().message()), HasSubstr("decoded"));
 }
 
 }  // namespace

@@ -154,9 +154,17 @@ class ConvGhostRecord : public GradSampleRecord {
     if (has_bias_) sums.push_back(std::get<2>(grads));
     return sums;
   }
+  // The per-sample weight gradients are the weight gradient of one convolution with the batch
+  // folded into the channels as N groups (the fast convolution kernels, no im2col).
   std::vector<Tensor> PerSampleGrads() const override {
-    Tensor per_sample = PerSampleOuter(Unfold(x_, geo_).transpose(1, 2), dy_.flatten(2).transpose(1, 2));
-    std::vector<Tensor> grads = {per_sample.view(WithBatch(batch_size(), params()[0]))};
+    const Tensor &w = params()[0];
+    const int64_t n = batch_size();
+    Tensor grouped_weight = w.repeat({n, 1, 1, 1});  // only its shape is used
+    auto backward = at::convolution_backward(
+        dy_.reshape({1, n * w.size(0), dy_.size(2), dy_.size(3)}),
+        x_.reshape({1, n * w.size(1), x_.size(2), x_.size(3)}), grouped_weight, c10::nullopt,
+        geo_.stride, geo_.padding, geo_.dilation, false, {0, 0}, n, {false, true, false});
+    std::vector<Tensor> grads = {std::get<1>(backward).view(WithBatch(n, w))};
     if (has_bias_) grads.push_back(dy_.flatten(2).sum(2));
     return grads;
   }
@@ -351,8 +359,8 @@ class DPGroupNormFunction : public torch::autograd::Function<DPGroupNormFunction
                                         sink == nullptr && affine && ctx->needs_input_grad(1),
                                         sink == nullptr && affine && ctx->needs_input_grad(2)};
       if (mask[0] || mask[1] || mask[2]) {
-        std::tie(gx, gw, gb) = at::native_group_norm_backward(
-            dy, x, mean, rstd, weight, n, c, x.numel() / (n * c), groups, mask);
+        std::tie(gx, gw, gb) = at::native_group_norm_backward(dy, x, mean, rstd, weight, n, c,
+                                                              x.numel() / (n * c), groups, mask);
       }
     }
     if (sink != nullptr && affine) {
@@ -433,12 +441,12 @@ c10::intrusive_ptr<GradSampleSink> GradSampleTape::ActiveSink() {
 DPConv2dImpl::DPConv2dImpl(DPConv2dOptions options_) : options(std::move(options_)) { reset(); }
 
 void DPConv2dImpl::reset() {
-  torch::nn::Conv2d plain(torch::nn::Conv2dOptions(options.in_channels(), options.out_channels(),
-                                                   options.kernel_size())
-                              .stride(options.stride())
-                              .padding(options.padding())
-                              .dilation(options.dilation())
-                              .bias(options.bias()));
+  torch::nn::Conv2d plain(
+      torch::nn::Conv2dOptions(options.in_channels(), options.out_channels(), options.kernel_size())
+          .stride(options.stride())
+          .padding(options.padding())
+          .dilation(options.dilation())
+          .bias(options.bias()));
   weight = register_parameter("weight", plain->weight);
   if (options.bias()) {
     bias = register_parameter("bias", plain->bias);
@@ -449,8 +457,8 @@ void DPConv2dImpl::reset() {
 
 Tensor DPConv2dImpl::forward(const Tensor &input) {
   return DPConv2dFunction::apply(input, weight, OrPlaceholder(bias, weight),
-                                 ToVector(options.stride()),
-                                 ToVector(options.padding()), ToVector(options.dilation()));
+                                 ToVector(options.stride()), ToVector(options.padding()),
+                                 ToVector(options.dilation()));
 }
 
 DPLinearImpl::DPLinearImpl(torch::nn::LinearOptions options_) : options(std::move(options_)) {

@@ -25,7 +25,9 @@ namespace fl {
 enum class GradSampleMode {
   kAuto,         // per layer, whichever of the two below costs fewer multiply-adds
   kMaterialise,  // per-sample gradients are formed (and kept for the clipped sum)
-  kGhost,        // norms from activations and output gradients only
+  // Norms from activations and output gradients only (Gram matrices: N*T^2 memory per conv
+  // layer with T output positions, prohibitive for the early layers of big images).
+  kGhost,
 };
 
 // What one call of a DP-aware layer contributes, for a batch of N samples
@@ -66,7 +68,7 @@ class GradSampleSink : public torch::CustomClassHolder {
  private:
   const GradSampleMode mode_;
   mutable std::mutex mu_;
-  bool open_ = true;  // guarded by mu_
+  bool open_ = true;                                        // guarded by mu_
   std::vector<std::unique_ptr<GradSampleRecord>> records_;  // guarded by mu_
 };
 

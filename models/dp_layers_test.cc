@@ -38,10 +38,9 @@ std::vector<LayerCase> Cases(torch::Dtype dtype) {
                      [layer](const Tensor &x) mutable { return layer->forward(x); },
                      std::move(shape)});
   };
-  add("conv_stride_pad_bias",
-      DPConv2d(DPConv2dOptions(3, 4, 3).stride(2).padding(1)), std::vector<int64_t>{3, 7, 6});
-  add("conv_no_bias_dilation",
-      DPConv2d(DPConv2dOptions(2, 5, {2, 3}).dilation(2).bias(false)),
+  add("conv_stride_pad_bias", DPConv2d(DPConv2dOptions(3, 4, 3).stride(2).padding(1)),
+      std::vector<int64_t>{3, 7, 6});
+  add("conv_no_bias_dilation", DPConv2d(DPConv2dOptions(2, 5, {2, 3}).dilation(2).bias(false)),
       std::vector<int64_t>{2, 6, 8});
   add("linear", DPLinear(6, 3), std::vector<int64_t>{6});
   add("linear_sequence", DPLinear(torch::nn::LinearOptions(4, 3).bias(false)),
@@ -70,9 +69,9 @@ std::vector<Tensor> LoopGrads(LayerCase &c, const Tensor &x, const Tensor &r) {
   }
   std::vector<Tensor> out;
   for (size_t k = 0; k < params.size(); ++k) {
-    out.push_back(per_param[k].empty() ? torch::zeros(BatchShape(0, params[k].sizes().vec()),
-                                                      params[k].options())
-                                       : torch::stack(per_param[k]));
+    out.push_back(per_param[k].empty()
+                      ? torch::zeros(BatchShape(0, params[k].sizes().vec()), params[k].options())
+                      : torch::stack(per_param[k]));
     params[k].mutable_grad() = Tensor();
   }
   return out;

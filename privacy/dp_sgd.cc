@@ -1,5 +1,7 @@
 #include "privacy/dp_sgd.h"
 
+#include <mutex>
+
 #include <sys/random.h>
 
 #include <cerrno>
@@ -95,11 +97,24 @@ absl::StatusOr<std::vector<int64_t>> PoissonSample(int64_t n, double q, at::Gene
 }
 
 DpSgdEngine::DpSgdEngine(std::vector<std::pair<std::string, Tensor>> params,
-                         const DpSgdOptions &options, at::Generator generator)
+                         const DpSgdOptions &options, uint64_t seed)
     : params_(std::move(params)),
       options_(options),
-      generator_(std::move(generator)),
+      seed_(seed),
+      generator_(at::detail::createCPUGenerator(seed)),
       sums_(params_.size()) {}
+
+at::Generator DpSgdEngine::NoiseGenerator(const torch::Device &device) {
+  if (device.is_cpu()) return generator_;
+  if (!device_generator_.defined()) {
+    // The device's own generator, seeded from the same (secure) seed: drawing on the CPU and
+    // copying costs more than the rest of a GPU step.
+    device_generator_ = at::globalContext().defaultGenerator(device);
+    std::lock_guard<std::mutex> lock(device_generator_.mutex());
+    device_generator_.set_current_seed(seed_);
+  }
+  return device_generator_;
+}
 
 absl::StatusOr<std::unique_ptr<DpSgdEngine>> DpSgdEngine::Create(torch::nn::Module &model,
                                                                  const DpSgdOptions &options) {
@@ -114,11 +129,10 @@ absl::StatusOr<std::unique_ptr<DpSgdEngine>> DpSgdEngine::Create(torch::nn::Modu
     if (item.value().requires_grad()) params.emplace_back(item.key(), item.value());
   }
   return std::unique_ptr<DpSgdEngine>(
-      new DpSgdEngine(std::move(params), options, at::detail::createCPUGenerator(seed)));
+      new DpSgdEngine(std::move(params), options, seed));
 }
 
-absl::Status DpSgdEngine::AccumulateMicroBatch(
-    const std::function<Tensor()> &per_sample_loss) {
+absl::Status DpSgdEngine::AccumulateMicroBatch(const std::function<Tensor()> &per_sample_loss) {
   try {
     for (auto &param : params_) param.second.mutable_grad() = Tensor();
     std::vector<std::unique_ptr<GradSampleRecord>> records;
@@ -227,8 +241,7 @@ absl::Status DpSgdEngine::Step(torch::optim::Optimizer &opt) {
       const Tensor &p = params_[i].second;
       Tensor grad = sums_[i].defined() ? sums_[i] : torch::zeros_like(p);
       if (noise_std > 0) {
-        Tensor noise = torch::randn(p.sizes(), generator_, p.options().device(torch::kCPU));
-        grad = grad + noise.to(p.device()) * noise_std;
+        grad = grad + torch::randn(p.sizes(), NoiseGenerator(p.device()), p.options()) * noise_std;
       }
       p.mutable_grad() = grad / options_.expected_batch_size;
       sums_[i] = Tensor();

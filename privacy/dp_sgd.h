@@ -75,7 +75,7 @@ class DpSgdEngine {
 
  private:
   DpSgdEngine(std::vector<std::pair<std::string, torch::Tensor>> params,
-              const DpSgdOptions &options, at::Generator generator);
+              const DpSgdOptions &options, uint64_t seed);
   absl::StatusOr<std::vector<std::vector<const GradSampleRecord *>>> GroupByLayer(
       const std::vector<std::unique_ptr<GradSampleRecord>> &records) const;
   absl::Status ClipAndAccumulate(const std::vector<std::unique_ptr<GradSampleRecord>> &records);
@@ -84,7 +84,12 @@ class DpSgdEngine {
 
   std::vector<std::pair<std::string, torch::Tensor>> params_;  // trainable, in model order
   DpSgdOptions options_;
-  at::Generator generator_;
+  // The generator noise for a parameter on `device` is drawn from.
+  at::Generator NoiseGenerator(const torch::Device &device);
+
+  uint64_t seed_;
+  at::Generator generator_;         // CPU
+  at::Generator device_generator_;  // the accelerator's, once a parameter lives there
   std::vector<torch::Tensor> sums_;  // per params_; undefined until first accumulated
   int64_t samples_ = 0;
   torch::Tensor last_norms_;

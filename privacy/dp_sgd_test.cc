@@ -58,8 +58,9 @@ double MaxRelativeDiff(nn::Module &a, nn::Module &b) {
   double worst = 0;
   for (auto &item : a.named_parameters()) {
     const Tensor &want = pb[item.key()];
-    worst = std::max(worst, ((item.value() - want).abs().max() /
-                             want.abs().max().clamp_min(1e-12)).item<double>());
+    worst = std::max(
+        worst,
+        ((item.value() - want).abs().max() / want.abs().max().clamp_min(1e-12)).item<double>());
   }
   return worst;
 }
@@ -69,7 +70,7 @@ struct Batch {
 };
 
 Batch RandomBatch(int64_t n) {
-  return {torch::randn({n, 2, 6, 6}, torch::kFloat64),
+  return {torch::randn({n, 2, 8, 8}, torch::kFloat64),
           torch::randint(0, 2, {n, 3}, torch::kFloat64)};
 }
 
@@ -80,8 +81,9 @@ TEST(DpSgdTest, NoNoiseHugeClipEqualsPlainSgdOnSummedLoss) {
   plain_net = Copy(dp_net);
   Batch b = RandomBatch(5);
   torch::optim::SGD dp_opt(dp_net->parameters(), 0.5), plain_opt(plain_net->parameters(), 0.5);
-  ASSERT_TRUE(DpSgdStep(*dp_net, dp_opt, [&] { return PerSampleLoss(dp_net, b.x, b.y); },
-                        TestOptions(1e9, 0.0, 4.0))
+  ASSERT_TRUE(DpSgdStep(
+                  *dp_net, dp_opt, [&] { return PerSampleLoss(dp_net, b.x, b.y); },
+                  TestOptions(1e9, 0.0, 4.0))
                   .ok());
   plain_opt.zero_grad();
   (PerSampleLoss(plain_net, b.x, b.y).sum() / 4.0).backward();
@@ -118,8 +120,9 @@ TEST_P(DpSgdClipTest, ClippedSumEqualsLoopOfSingleSamplePasses) {
     DpSgdOptions options = TestOptions(0.05, 0.0, 3.0);
     options.norm_mode = GetParam();
     torch::optim::SGD opt(dp_net->parameters(), 1.0);
-    ASSERT_TRUE(
-        DpSgdStep(*dp_net, opt, [&] { return PerSampleLoss(dp_net, b.x, b.y); }, options).ok());
+    ASSERT_TRUE(DpSgdStep(
+                    *dp_net, opt, [&] { return PerSampleLoss(dp_net, b.x, b.y); }, options)
+                    .ok());
     ReferenceClippedStep(ref_net, b, 0.05, 3.0);
     EXPECT_LT(MaxRelativeDiff(*dp_net, *ref_net), 1e-9) << "n=" << n;
   }
@@ -145,8 +148,9 @@ TEST(DpSgdTest, MicroBatchesAccumulateToTheLogicalBatch) {
   }
   EXPECT_EQ((*engine)->samples(), 6);
   ASSERT_TRUE((*engine)->Step(opt_a).ok());
-  ASSERT_TRUE(DpSgdStep(*whole, opt_whole, [&] { return PerSampleLoss(whole, b.x, b.y); },
-                        TestOptions(0.1, 0.0, 6.0))
+  ASSERT_TRUE(DpSgdStep(
+                  *whole, opt_whole, [&] { return PerSampleLoss(whole, b.x, b.y); },
+                  TestOptions(0.1, 0.0, 6.0))
                   .ok());
   EXPECT_LT(MaxRelativeDiff(*a, *whole), 1e-10);
 }
@@ -160,9 +164,9 @@ Tensor NoiseOnlyDelta(uint64_t seed, bool empty_batch) {
   DpSgdOptions options = TestOptions(2.0, 1.5, 4.0);
   options.test_seed = seed;
   torch::optim::SGD opt(net->parameters(), 1.0);
-  Tensor x = torch::randn({empty_batch ? 0 : 3, 2, 6, 6});
-  absl::Status status =
-      DpSgdStep(*net, opt, [&] { return net->forward(x).sum(1) * 0.0; }, options);
+  Tensor x = torch::randn({empty_batch ? 0 : 3, 2, 8, 8});
+  absl::Status status = DpSgdStep(
+      *net, opt, [&] { return net->forward(x).sum(1) * 0.0; }, options);
   EXPECT_TRUE(status.ok()) << status;
   std::vector<Tensor> deltas;
   std::vector<Tensor> after = net->parameters();
@@ -192,9 +196,13 @@ TEST(DpSgdTest, SecureNoiseDiffersBetweenEngines) {
   options.secure_noise = true;
   torch::optim::SGD opt(net->parameters(), 1.0);
   Tensor w0 = net->parameters()[0].detach().clone();
-  ASSERT_TRUE(DpSgdStep(*net, opt, [] { return torch::zeros({0}); }, options).ok());
+  ASSERT_TRUE(DpSgdStep(
+                  *net, opt, [] { return torch::zeros({0}); }, options)
+                  .ok());
   Tensor w1 = net->parameters()[0].detach().clone();
-  ASSERT_TRUE(DpSgdStep(*net, opt, [] { return torch::zeros({0}); }, options).ok());
+  ASSERT_TRUE(DpSgdStep(
+                  *net, opt, [] { return torch::zeros({0}); }, options)
+                  .ok());
   Tensor w2 = net->parameters()[0].detach().clone();
   EXPECT_FALSE(torch::allclose(w1 - w0, w2 - w1));
 }

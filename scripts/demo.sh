@@ -30,7 +30,7 @@ ALL=cardiomegaly,congestion,effusion_right,effusion_left,infiltrate_right,infilt
   --labels "$ALL" --site hospital-a
 "$BIN/flctl" phantom --out "$D/data/hospital-b" --count $((400 * SCALE)) --size 128 --seed 22 \
   --labels cardiomegaly,effusion_right,effusion_left --contrast 0.8 --noise 0.07 --site hospital-b
-"$BIN/flctl" phantom --out "$D/data/hospital-c" --count $((80 * SCALE)) --size 128 --seed 33 \
+"$BIN/flctl" phantom --out "$D/data/hospital-c" --count $((60 * SCALE)) --size 128 --seed 33 --noise 0.1 \
   --labels infiltrate_right,infiltrate_left,atelectasis_right,atelectasis_left --contrast 1.2 \
   --photometric MONOCHROME1 --site hospital-c
 
