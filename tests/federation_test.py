@@ -169,6 +169,34 @@ class FederationTest(unittest.TestCase):
         finally:
             fed.stop()
 
+    def test_dp_job_trains_and_reports_the_privacy_spent(self):
+        fed = Federation("dp_job")
+        try:
+            fed.start_coordinator()
+            fed.start_client("site-b", seed=2)
+            spec = f"{fed.dir}/dp.conf"
+            with open(spec, "w") as f:
+                f.write('name: "dp" model: "smallcnn" image_size: 32 rounds: 1 local_steps: 3 '
+                        'batch_size: 8 min_sites: 1 start_timeout_seconds: 60 '
+                        'round_deadline_seconds: 120 labels: "cardiomegaly" '
+                        'dp { enabled: true noise_multiplier: 1.0 clip_norm: 1.0 delta: 1e-6 }\n')
+            job_id = fed.flctl("job", "submit", "--spec", spec).stdout.strip()
+            fed.flctl("job", "wait", job_id)
+            status = json.loads(fed.flctl("job", "status", job_id, "--json").stdout)
+            self.assertEqual(status["state"], "DONE")
+            privacy = status["sites"][0]["privacy"]
+            self.assertGreater(privacy["epsilon"], 0.5)
+            self.assertLess(privacy["epsilon"], 10)
+            self.assertEqual(privacy["steps"], "3")  # uint64 prints as a JSON string
+            self.assertIn('fl_coordinator_site_privacy_epsilon{job="' + job_id, fed.metrics())
+            # The site's ledger holds the round (flctl privacy ledger reads it).
+            ledger = f"{fed.dir}/pki/sites/site-b/state/privacy.db"
+            out = run(f"{BIN}/flctl", "privacy", "ledger", "--ledger", ledger, "--dataset",
+                      f"{fed.dir}/data/site-b", "--delta", "1e-6").stdout
+            self.assertAlmostEqual(float(out.split()[0]), privacy["epsilon"], places=6)
+        finally:
+            fed.stop()
+
     def test_refuses_plaintext_foreign_ca_and_wrong_role(self):
         fed = Federation("refusals")
         other = Federation("other_ca")
