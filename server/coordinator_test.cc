@@ -156,6 +156,32 @@ class CoordinatorTest : public ::testing::Test {
     return model.ok() ? *model : TensorList();
   }
 
+  // Stops the coordinator as a crash would leave it (the store and files stay) and starts a new
+  // one on the same state, with the sites reconnecting.
+  void Restart() {
+    core_->Shutdown();
+    a_.reset();
+    b_.reset();
+    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, TinyModel);
+    ASSERT_TRUE(core_->Start().ok());
+    ConnectSites();
+  }
+
+  void ConnectSites() {
+    a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
+    b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  }
+
+  // The job's latest committed global model.
+  TensorList CommittedWeights(const std::string& id) {
+    auto checkpoint = store_->LatestCheckpoint(id);
+    EXPECT_TRUE(checkpoint.ok()) << checkpoint.status();
+    if (!checkpoint.ok()) return TensorList();
+    auto weights = ReadSafetensors(checkpoint->path);
+    EXPECT_TRUE(weights.ok()) << weights.status();
+    return weights.ok() ? *weights : TensorList();
+  }
+
   JobStatus WaitForState(const std::string& id, JobState state) {
     for (int i = 0; i < 400; ++i) {
       auto job = core_->GetJob(id);
@@ -192,8 +218,7 @@ double Rejected(prometheus::Registry& registry) {
 }
 
 TEST_F(CoordinatorTest, HostileUpdatesRefusedAndAggregateExact) {
-  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
-  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  ConnectSites();
   JobSpec spec;
   spec.set_rounds(1);
   spec.set_max_update_norm(100);
@@ -258,19 +283,16 @@ TEST_F(CoordinatorTest, HostileUpdatesRefusedAndAggregateExact) {
   EXPECT_DOUBLE_EQ(job.rounds(0).mean_auroc(), 0.75);
 
   // Backbone: (15*3 + 5*1) / 20 = 2.5. Row a: (15*2 + 5*4) / 20 = 2.5. Row b: site-a only: 6.
-  auto checkpoint = store_->LatestCheckpoint(id);
-  ASSERT_TRUE(checkpoint.ok());
-  auto weights = ReadSafetensors(checkpoint->path);
-  ASSERT_TRUE(weights.ok());
-  EXPECT_FLOAT_EQ((*weights)[0].data[0], 2.5f);
-  EXPECT_FLOAT_EQ((*weights)[1].data[0], 2.5f);
-  EXPECT_FLOAT_EQ((*weights)[1].data[2], 6.0f);
-  EXPECT_FLOAT_EQ((*weights)[2].data[1], 6.0f);
+  const TensorList weights = CommittedWeights(id);
+  ASSERT_EQ(weights.size(), 3u);
+  EXPECT_FLOAT_EQ(weights[0].data[0], 2.5f);
+  EXPECT_FLOAT_EQ(weights[1].data[0], 2.5f);
+  EXPECT_FLOAT_EQ(weights[1].data[2], 6.0f);
+  EXPECT_FLOAT_EQ(weights[2].data[1], 6.0f);
 }
 
 TEST_F(CoordinatorTest, NormClippingScalesWithoutChangingWeight) {
-  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
-  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  ConnectSites();
   JobSpec spec;
   spec.set_rounds(1);
   spec.set_clip_update_norm(2.0);
@@ -284,17 +306,14 @@ TEST_F(CoordinatorTest, NormClippingScalesWithoutChangingWeight) {
   a_->Next();
   b_->Next();
   core_->CancelJob({"op", Role::kAdmin}, id).IgnoreError();  // skip the final evaluation
-  auto checkpoint = store_->LatestCheckpoint(id);
-  ASSERT_TRUE(checkpoint.ok());
-  auto weights = ReadSafetensors(checkpoint->path);
-  ASSERT_TRUE(weights.ok());
+  const TensorList weights = CommittedWeights(id);
+  ASSERT_EQ(weights.size(), 3u);
   const double scale = 2.0 / (10 * std::sqrt(10.0));
-  EXPECT_NEAR((*weights)[0].data[0], (10 * 1 + 10 * 10 * scale) / 20.0, 1e-6);
+  EXPECT_NEAR(weights[0].data[0], (10 * 1 + 10 * 10 * scale) / 20.0, 1e-6);
 }
 
 TEST_F(CoordinatorTest, RoundWithoutQuorumIsRetriedThenFailsWithReason) {
-  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
-  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  ConnectSites();
   JobSpec spec;
   spec.set_rounds(1);
   spec.set_round_deadline_seconds(1);
@@ -304,8 +323,7 @@ TEST_F(CoordinatorTest, RoundWithoutQuorumIsRetriedThenFailsWithReason) {
 }
 
 TEST_F(CoordinatorTest, RunningJobResumesAfterRestartFromLastCommittedRound) {
-  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
-  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  ConnectSites();
   JobSpec spec;
   spec.set_rounds(2);
   const std::string id = Submit(spec);
@@ -315,14 +333,7 @@ TEST_F(CoordinatorTest, RunningJobResumesAfterRestartFromLastCommittedRound) {
   ASSERT_TRUE(Upload(b_->who(), tb, Update(1, 1, 0), 10, {"a"}).ok());
   ta = a_->Next();  // round 1 opened: round 0 is committed
   ASSERT_EQ(ta.round(), 1u);
-  // Restart the coordinator (the store and checkpoints stay).
-  core_->Shutdown();
-  a_.reset();
-  b_.reset();
-  core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, TinyModel);
-  ASSERT_TRUE(core_->Start().ok());
-  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
-  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  Restart();
   ta = a_->Next();
   EXPECT_EQ(ta.round(), 1u);
   TensorList global = Download(a_->who(), ta);
@@ -339,33 +350,24 @@ namespace {
 // from its spool, only the other site is asked, and the aggregate is exactly the one of an
 // uninterrupted round.
 TEST_F(CoordinatorTest, RestartMidRoundReusesReceivedUpdatesExactlyOnce) {
-  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
-  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  ConnectSites();
   JobSpec spec;
   spec.set_rounds(1);
   const std::string id = Submit(spec);
   Task ta = a_->Next();
   b_->Next();
   ASSERT_TRUE(Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"}).ok());
-  core_->Shutdown();  // the "crash": site-b never uploaded in this process
-  a_.reset();
-  b_.reset();
-  core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, TinyModel);
-  ASSERT_TRUE(core_->Start().ok());
-  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
-  b_ = std::make_unique<SiteStream>(core_.get(), "site-b");
+  Restart();  // site-b never uploaded before it
   Task tb = b_->Next();
   ASSERT_EQ(tb.job_id(), id);
   EXPECT_FALSE(tb.evaluate_only());
   ASSERT_TRUE(Upload(b_->who(), tb, Update(3, 2, 0), 15, {"a"}).ok());
   Task ea = a_->Next();  // site-a's first task after the restart is the final evaluation
   EXPECT_TRUE(ea.evaluate_only());
-  auto checkpoint = store_->LatestCheckpoint(id);
-  ASSERT_TRUE(checkpoint.ok());
-  auto weights = ReadSafetensors(checkpoint->path);
-  ASSERT_TRUE(weights.ok());
-  EXPECT_FLOAT_EQ((*weights)[0].data[0], 2.5f);  // (15*3 + 5*1) / 20, as without the restart
-  EXPECT_FLOAT_EQ((*weights)[1].data[2], 6.0f);
+  const TensorList weights = CommittedWeights(id);
+  ASSERT_EQ(weights.size(), 3u);
+  EXPECT_FLOAT_EQ(weights[0].data[0], 2.5f);  // (15*3 + 5*1) / 20, as without the restart
+  EXPECT_FLOAT_EQ(weights[1].data[2], 6.0f);
   EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/spool"));  // spools dropped at the commit
 }
 
