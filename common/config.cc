@@ -8,6 +8,7 @@
 #include <google/protobuf/io/tokenizer.h>
 #include <google/protobuf/text_format.h>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
@@ -133,6 +134,15 @@ absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig co
   if (config.chunk_bytes() == 0) config.set_chunk_bytes(1u << 20);
   RETURN_IF_ERROR(InRange("chunk_bytes", config.chunk_bytes(), 1024, 4u << 20));
   if (config.site_timeout_seconds() == 0) config.set_site_timeout_seconds(30);
+  for (std::string& fingerprint : *config.mutable_revoked_certificates()) {
+    fingerprint = absl::AsciiStrToLower(fingerprint);
+    if (fingerprint.size() != 64 ||
+        fingerprint.find_first_not_of("0123456789abcdef") != std::string::npos) {
+      return Invalid("revoked_certificates",
+                     absl::StrCat("must hold SHA-256 fingerprints (64 hex digits), got '",
+                                  fingerprint, "'"));
+    }
+  }
   return config;
 }
 

@@ -73,6 +73,22 @@ TEST(ConfigTest, CoordinatorAddressMustHavePort) {
             std::string::npos);
 }
 
+TEST(ConfigTest, RevokedCertificatesMustBeFingerprints) {
+  CoordinatorConfig config;
+  config.set_listen_address("0.0.0.0:7443");
+  config.set_state_dir("s");
+  config.mutable_tls()->set_ca_file("ca");
+  config.mutable_tls()->set_cert_file("c");
+  config.mutable_tls()->set_key_file("k");
+  config.add_revoked_certificates(std::string(64, 'A'));
+  auto valid = ValidateCoordinatorConfig(config);
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  EXPECT_EQ(valid->revoked_certificates(0), std::string(64, 'a'));  // compared in lowercase
+  config.add_revoked_certificates("alice");
+  EXPECT_NE(ValidateCoordinatorConfig(config).status().message().find("revoked_certificates"),
+            std::string::npos);
+}
+
 TEST(ConfigTest, MissingFileNamed) {
   auto config = LoadClientConfig("/nonexistent/client.conf");
   EXPECT_NE(config.status().message().find("/nonexistent/client.conf"), std::string::npos);

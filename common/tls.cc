@@ -164,6 +164,7 @@ absl::StatusOr<Identity> IdentityFromPem(const std::string& cert_pem) {
   }
   Identity identity;
   identity.name = subject.common_name;
+  identity.fingerprint = subject.fingerprint;
   ASSIGN_OR_RETURN(identity.role, RoleFromName(subject.organizational_unit));
   return identity;
 }

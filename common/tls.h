@@ -20,6 +20,7 @@ const char* RoleName(Role role);
 struct Identity {
   std::string name;  // certificate subject CN
   Role role = Role::kSite;
+  std::string fingerprint;  // SHA-256 of the certificate (hex), for revocation
 };
 
 // The PEM contents of a TlsConfig, read and checked: every file readable (the error names the

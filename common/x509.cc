@@ -284,7 +284,19 @@ absl::StatusOr<KeyAndCert> IssueCert(const KeyAndCert& ca, const CertRequest& re
 absl::StatusOr<CertSubject> ParseCertSubject(const std::string& cert_pem) {
   ASSIGN_OR_RETURN(X509Ptr cert, ParseCert(cert_pem));
   X509_NAME* name = X509_get_subject_name(cert.get());
-  return CertSubject{NameField(name, NID_commonName), NameField(name, NID_organizationalUnitName)};
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  if (X509_digest(cert.get(), EVP_sha256(), digest, &length) != 1) {
+    return OpenSslError("computing the certificate's fingerprint");
+  }
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string fingerprint;
+  for (unsigned int i = 0; i < length; ++i) {
+    fingerprint += kHex[digest[i] >> 4];
+    fingerprint += kHex[digest[i] & 15];
+  }
+  return CertSubject{NameField(name, NID_commonName), NameField(name, NID_organizationalUnitName),
+                     fingerprint};
 }
 
 absl::Status CheckPrivateKeyPem(const std::string& key_pem) { return ParseKey(key_pem).status(); }

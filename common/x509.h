@@ -44,6 +44,7 @@ absl::StatusOr<KeyAndCert> IssueCert(const KeyAndCert& ca, const CertRequest& re
 struct CertSubject {
   std::string common_name;
   std::string organizational_unit;
+  std::string fingerprint;  // SHA-256 of the DER certificate, lowercase hex (revocation lists)
 };
 // InvalidArgument if `cert_pem` is not a PEM certificate.
 absl::StatusOr<CertSubject> ParseCertSubject(const std::string& cert_pem);

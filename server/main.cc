@@ -1,6 +1,7 @@
 // fl-coordinator: the consortium's coordinator daemon. Usage: fl-coordinator --config FILE
 #include <filesystem>
 #include <memory>
+#include <set>
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
@@ -44,8 +45,10 @@ int Run(const std::string& config_path) {
   if (!exposer.ok()) return Die(exposer.status());
   Coordinator core(*config, store->get(), &metrics, InitModelFromRegistry);
   if (absl::Status s = core.Start(); !s.ok()) return Die(s);
-  FederationService federation(&core);
-  AdminService admin(&core);
+  const Authorizer auth(std::set<std::string>(config->revoked_certificates().begin(),
+                                               config->revoked_certificates().end()));
+  FederationService federation(&core, &auth);
+  AdminService admin(&core, &auth);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;

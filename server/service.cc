@@ -6,18 +6,6 @@
 namespace fl {
 namespace {
 
-// The caller's identity if its certificate carries `role`, else PERMISSION_DENIED.
-absl::StatusOr<Identity> Caller(const grpc::ServerContext& ctx, Role role) {
-  absl::StatusOr<Identity> who = PeerIdentity(ctx);
-  if (!who.ok()) return who.status();
-  if (who->role != role) {
-    return absl::PermissionDeniedError(absl::StrCat("this call needs a ", RoleName(role),
-                                                    " certificate; caller '", who->name,
-                                                    "' is a ", RoleName(who->role)));
-  }
-  return who;
-}
-
 template <typename T>
 grpc::Status Reply(absl::StatusOr<T> result, T* response) {
   if (!result.ok()) return ToGrpcStatus(result.status());
@@ -27,8 +15,23 @@ grpc::Status Reply(absl::StatusOr<T> result, T* response) {
 
 }  // namespace
 
+absl::StatusOr<Identity> Authorizer::Check(const grpc::ServerContext& ctx, Role role) const {
+  absl::StatusOr<Identity> who = PeerIdentity(ctx);
+  if (!who.ok()) return who.status();
+  if (revoked_.count(who->fingerprint)) {
+    return absl::PermissionDeniedError(absl::StrCat("the certificate of '", who->name,
+                                                    "' is revoked"));
+  }
+  if (who->role != role) {
+    return absl::PermissionDeniedError(absl::StrCat("this call needs a ", RoleName(role),
+                                                    " certificate; caller '", who->name,
+                                                    "' is a ", RoleName(who->role)));
+  }
+  return who;
+}
+
 #define FL_CALLER(ctx, role)                                  \
-  absl::StatusOr<Identity> who = Caller(*(ctx), role);        \
+  absl::StatusOr<Identity> who = auth_->Check(*(ctx), role);  \
   if (!who.ok()) return ToGrpcStatus(who.status())
 
 grpc::Status FederationService::Join(grpc::ServerContext* ctx, const JoinRequest* request,

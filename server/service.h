@@ -2,14 +2,29 @@
 // identity from its certificate and checks its role; all logic is in Coordinator.
 #pragma once
 
+#include <set>
+#include <string>
+
 #include "fl/federation.grpc.pb.h"
 #include "server/coordinator.h"
 
 namespace fl {
 
+// Who may make a call: a verified certificate of the right role that is not revoked.
+class Authorizer {
+ public:
+  explicit Authorizer(std::set<std::string> revoked_fingerprints)
+      : revoked_(std::move(revoked_fingerprints)) {}
+  // The caller's identity, or UNAUTHENTICATED / PERMISSION_DENIED saying why not.
+  absl::StatusOr<Identity> Check(const grpc::ServerContext& ctx, Role role) const;
+
+ private:
+  const std::set<std::string> revoked_;
+};
+
 class FederationService final : public Federation::Service {
  public:
-  explicit FederationService(Coordinator* core) : core_(core) {}
+  FederationService(Coordinator* core, const Authorizer* auth) : core_(core), auth_(auth) {}
   grpc::Status Join(grpc::ServerContext* ctx, const JoinRequest* request,
                     JoinResponse* response) override;
   grpc::Status Tasks(grpc::ServerContext* ctx, const TaskRequest* request,
@@ -25,11 +40,12 @@ class FederationService final : public Federation::Service {
 
  private:
   Coordinator* core_;
+  const Authorizer* auth_;
 };
 
 class AdminService final : public Admin::Service {
  public:
-  explicit AdminService(Coordinator* core) : core_(core) {}
+  AdminService(Coordinator* core, const Authorizer* auth) : core_(core), auth_(auth) {}
   grpc::Status SubmitJob(grpc::ServerContext* ctx, const SubmitJobRequest* request,
                          JobStatus* response) override;
   grpc::Status ListJobs(grpc::ServerContext* ctx, const ListJobsRequest* request,
@@ -45,6 +61,7 @@ class AdminService final : public Admin::Service {
 
  private:
   Coordinator* core_;
+  const Authorizer* auth_;
 };
 
 }  // namespace fl

@@ -2,6 +2,7 @@
 with freshly provisioned certificates, plus the refusals of mutual TLS.
 
 Run by CTest: federation_test.py BIN_DIR WORK_DIR [unittest args]."""
+import hashlib
 import json
 import os
 import shutil
@@ -38,21 +39,21 @@ def run(*args, check=True, timeout=120):
 class Federation:
     """A provisioned consortium with a running coordinator."""
 
-    def __init__(self, name):
+    def __init__(self, name, admins="operator"):
         self.dir = os.path.join(WORK, name)
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
         self.port = free_port()
         self.procs = []
         run(f"{BIN}/flctl", "provision", "--out", f"{self.dir}/pki", "--coordinator-address",
-            f"127.0.0.1:{self.port}", "--sites", ",".join(SITES), "--admins", "operator",
+            f"127.0.0.1:{self.port}", "--sites", ",".join(SITES), "--admins", admins,
             "--data-root", f"{self.dir}/data")
         self.admin = f"{self.dir}/pki/admins/operator/admin.conf"
 
-    def start_coordinator(self):
+    def start_coordinator(self, extra=""):
         conf = f"{self.dir}/pki/coordinator/coordinator.conf"
         with open(conf, "a") as f:
-            f.write(f'port_file: "{self.dir}/port"\nmetrics_address: "127.0.0.1:0"\n')
+            f.write(f'port_file: "{self.dir}/port"\nmetrics_address: "127.0.0.1:0"\n' + extra)
         self.spawn("coordinator", f"{BIN}/fl-coordinator", "--config", conf)
         for _ in range(200):
             if os.path.exists(f"{self.dir}/port") and os.path.exists(f"{self.dir}/port.metrics"):
@@ -194,6 +195,22 @@ class FederationTest(unittest.TestCase):
             out = run(f"{BIN}/flctl", "privacy", "ledger", "--ledger", ledger, "--dataset",
                       f"{fed.dir}/data/site-b", "--delta", "1e-6").stdout
             self.assertAlmostEqual(float(out.split()[0]), privacy["epsilon"], places=6)
+        finally:
+            fed.stop()
+
+    def test_revoked_certificate_is_refused(self):
+        fed = Federation("revoked", admins="operator,auditor")
+        try:
+            cert = f"{fed.dir}/pki/admins/auditor/cert.pem"
+            fingerprint = run(f"{BIN}/flctl", "cert", "fingerprint", cert).stdout.strip()
+            der = ssl.PEM_cert_to_DER_cert(open(cert).read())
+            self.assertEqual(fingerprint, hashlib.sha256(der).hexdigest())
+            fed.start_coordinator(f'revoked_certificates: "{fingerprint.upper()}"\n')
+            r = run(f"{BIN}/flctl", "job", "list", "--config",
+                    f"{fed.dir}/pki/admins/auditor/admin.conf", check=False)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("revoked", r.stderr)
+            self.assertEqual(fed.flctl("job", "list").returncode, 0)  # the operator is not
         finally:
             fed.stop()
 
