@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -146,6 +147,41 @@ class FederationTest(unittest.TestCase):
             # The clients exit by themselves once no job is left.
             for p in fed.procs[1:]:
                 self.assertEqual(p.wait(timeout=60), 0)
+        finally:
+            fed.stop()
+
+    def test_coordinator_killed_mid_job_resumes_and_clients_carry_on(self):
+        fed = Federation("kill9")
+        try:
+            fed.start_coordinator()
+            for i, site in enumerate(["site-a", "site-b"]):
+                fed.start_client(site, seed=i + 1)
+            spec = f"{fed.dir}/job.conf"
+            with open(spec, "w") as f:
+                f.write('name: "k" model: "smallcnn" image_size: 32 rounds: 4 local_steps: 3 '
+                        'batch_size: 8 min_sites: 2 start_timeout_seconds: 60 '
+                        'round_deadline_seconds: 120 labels: "cardiomegaly"\n')
+            job_id = fed.flctl("job", "submit", "--spec", spec).stdout.strip()
+            for _ in range(600):  # until round 0 is committed
+                status = json.loads(fed.flctl("job", "status", job_id, "--json").stdout)
+                if status.get("rounds_done", 0) >= 1:
+                    break
+                time.sleep(0.1)
+            coordinator = fed.procs[0]
+            coordinator.send_signal(signal.SIGKILL)
+            coordinator.wait()
+            fed.spawn("coordinator-restarted", f"{BIN}/fl-coordinator", "--config",
+                      f"{fed.dir}/pki/coordinator/coordinator.conf")
+            fed.procs[0] = fed.procs.pop()  # keep the clients at procs[1:]
+            fed.flctl("job", "wait", job_id)
+            status = json.loads(fed.flctl("job", "status", job_id, "--json").stdout)
+            self.assertEqual(status["state"], "DONE")
+            self.assertEqual([r["round"] if "round" in r else 0 for r in status["rounds"]],
+                             [0, 1, 2, 3])
+            for r in status["rounds"]:
+                self.assertEqual(sorted(r["sites"]), ["site-a", "site-b"])
+            for p in fed.procs[1:]:
+                self.assertEqual(p.wait(timeout=60), 0)  # the clients reconnected by themselves
         finally:
             fed.stop()
 

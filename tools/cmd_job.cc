@@ -101,11 +101,19 @@ absl::StatusOr<JobStatus> Get(Admin::Stub& stub, const std::string& id) {
   return job;
 }
 
-// Polls until the job ends; prints each newly committed round.
+// Polls until the job ends; prints each newly committed round. Rides out a coordinator restart
+// (up to a minute unreachable).
 absl::Status Wait(Admin::Stub& stub, const std::string& id, bool json) {
   int printed = 0;
+  int unreachable_seconds = 0;
   while (true) {
-    ASSIGN_OR_RETURN(JobStatus job, Get(stub, id));
+    absl::StatusOr<JobStatus> got = Get(stub, id);
+    if (absl::IsUnavailable(got.status()) && ++unreachable_seconds <= 60) {
+      std::this_thread::sleep_for(std::chrono::seconds(1));
+      continue;
+    }
+    ASSIGN_OR_RETURN(JobStatus job, std::move(got));
+    unreachable_seconds = 0;
     for (; !json && printed < job.rounds_size() - 1; ++printed) {
       std::cout << id << " " << RoundLine(job.rounds(printed)) << std::endl;
     }
