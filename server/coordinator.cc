@@ -190,6 +190,14 @@ absl::Status Coordinator::StreamTasks(const Identity& who,
     id = site.stream_id = next_stream_id_++;
     site.info.set_name(who.name);
     site.info.set_connected(true);
+    // A site that comes back during a round it has not finished (it crashed or lost its
+    // connection after taking the task) gets its task again.
+    const bool owes_task = round_ && round_->assigned.count(who.name) &&
+                           !round_->received.count(who.name) &&
+                           !round_->uploading.count(who.name) &&
+                           !round_->declined.count(who.name) &&
+                           !(round_->evaluate_only && round_->reported.count(who.name));
+    if (owes_task && site.pending.empty()) site.pending.push_back(MakeTask(who.name));
   }
   // Wake every second to notice a cancelled stream; send a keepalive every 5 s when idle.
   absl::Time last_sent = absl::Now();
@@ -612,6 +620,18 @@ absl::Status Coordinator::RunJob(const std::string& job_id) {
   return RunRound(job_id, job.spec().rounds(), /*attempt=*/1, /*evaluate_only=*/true);
 }
 
+Task Coordinator::MakeTask(const std::string& site) const {
+  Task task;
+  task.set_job_id(round_->job_id);
+  task.set_round(round_->round);
+  *task.mutable_spec() = round_->spec;
+  for (const std::string& label : TrainLabels(round_->spec, site)) task.add_train_labels(label);
+  task.set_deadline_unix_seconds(absl::ToDoubleSeconds(round_->deadline - absl::UnixEpoch()));
+  task.set_final_round(round_->round + 1 >= round_->spec.rounds());
+  task.set_evaluate_only(round_->evaluate_only);
+  return task;
+}
+
 std::set<std::string> Coordinator::CarryOverUpdates() {
   std::string job_id;
   uint32_t round, attempt;
@@ -688,15 +708,7 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, ui
   }
   r->assigned = carried;
   for (const std::string& site : chosen) {
-    Task task;
-    task.set_job_id(job_id);
-    task.set_round(round);
-    *task.mutable_spec() = r->spec;
-    for (const std::string& label : TrainLabels(r->spec, site)) task.add_train_labels(label);
-    task.set_deadline_unix_seconds(absl::ToDoubleSeconds(r->deadline - absl::UnixEpoch()));
-    task.set_final_round(round + 1 >= r->spec.rounds());
-    task.set_evaluate_only(evaluate_only);
-    sites_[site].pending.push_back(task);
+    sites_[site].pending.push_back(MakeTask(site));
     r->assigned.insert(site);
   }
   if (!carried.empty()) {

@@ -120,6 +120,8 @@ class Coordinator {
   // Folds again the updates an earlier attempt of the open round received (before a restart or
   // a retry), so those sites need not train again. Returns the sites carried over.
   std::set<std::string> CarryOverUpdates();
+  // The open round's task for `site`.
+  Task MakeTask(const std::string& site) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoordinatorConfig config_;
   Store* const store_;

@@ -373,3 +373,29 @@ TEST_F(CoordinatorTest, RestartMidRoundReusesReceivedUpdatesExactlyOnce) {
 
 }  // namespace
 }  // namespace fl
+
+namespace fl {
+namespace {
+
+// A site that took its task and then went away (crash, lost connection) gets the same task
+// again when it reconnects within the round.
+TEST_F(CoordinatorTest, SiteThatComesBackInTheRoundGetsItsTaskAgain) {
+  ConnectSites();
+  JobSpec spec;
+  spec.set_rounds(1);
+  const std::string id = Submit(spec);
+  Task first = a_->Next();
+  Task tb = b_->Next();
+  a_.reset();  // site-a "crashes" after taking its task
+  a_ = std::make_unique<SiteStream>(core_.get(), "site-a");
+  Task again = a_->Next();
+  EXPECT_EQ(again.job_id(), id);
+  EXPECT_EQ(again.round(), first.round());
+  EXPECT_FALSE(again.evaluate_only());
+  ASSERT_TRUE(Upload(a_->who(), again, Update(1, 1, 1), 10, {"a", "b"}).ok());
+  ASSERT_TRUE(Upload(b_->who(), tb, Update(1, 1, 0), 10, {"a"}).ok());
+  EXPECT_TRUE(a_->Next().evaluate_only());  // the round closed with both updates
+}
+
+}  // namespace
+}  // namespace fl
