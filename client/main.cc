@@ -17,10 +17,7 @@
 namespace fl {
 namespace {
 
-int Die(const absl::Status& status) {
-  LogLine("fl-client", std::string(status.message()));
-  return 1;
-}
+int Die(const absl::Status& status) { return ExitWithError("fl-client", status); }
 
 int Run(const std::string& config_path) {
   absl::StatusOr<ClientConfig> config = LoadClientConfig(config_path);

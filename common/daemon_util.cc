@@ -41,6 +41,11 @@ std::optional<std::string> ConfigFlag(int argc, char** argv, const char* program
   return std::nullopt;
 }
 
+int ExitWithError(const char* program, const absl::Status& status) {
+  LogLine(program, std::string(status.message()));
+  return 1;
+}
+
 absl::Status WritePortFile(const std::string& path, int port) {
   if (path.empty()) return absl::OkStatus();
   return WriteFileAtomic(path, absl::StrCat(port, "\n"), 0644);

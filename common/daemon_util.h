@@ -22,6 +22,9 @@ int WaitForStopSignal();
 // FILE from "PROGRAM --config FILE", or nullopt after printing the usage to stderr.
 std::optional<std::string> ConfigFlag(int argc, char** argv, const char* program);
 
+// Logs "PROGRAM: <status message>" and returns exit code 1.
+int ExitWithError(const char* program, const absl::Status& status);
+
 // Writes `port` to `path` atomically; a no-op when `path` is empty.
 absl::Status WritePortFile(const std::string& path, int port);
 

@@ -18,10 +18,7 @@
 namespace fl {
 namespace {
 
-int Die(const absl::Status& status) {
-  LogLine("fl-coordinator", std::string(status.message()));
-  return 1;
-}
+int Die(const absl::Status& status) { return ExitWithError("fl-coordinator", status); }
 
 int Run(const std::string& config_path) {
   absl::StatusOr<CoordinatorConfig> config = LoadCoordinatorConfig(config_path);

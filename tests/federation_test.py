@@ -80,6 +80,21 @@ class Federation:
     def flctl(self, *args, check=True):
         return run(f"{BIN}/flctl", *args, "--config", self.admin, check=check, timeout=300)
 
+    def submit(self, spec_text):
+        """Submits a job written as text-format JobSpec; returns its id."""
+        path = f"{self.dir}/job-{len(os.listdir(self.dir))}.conf"
+        with open(path, "w") as f:
+            f.write(spec_text)
+        return self.flctl("job", "submit", "--spec", path).stdout.strip()
+
+    def status(self, job_id):
+        return json.loads(self.flctl("job", "status", job_id, "--json").stdout)
+
+    def wait(self, job_id, check=True):
+        """Waits for the job to end and returns its status."""
+        self.flctl("job", "wait", job_id, check=check)
+        return self.status(job_id)
+
     def metrics(self):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
             return r.read().decode()
@@ -115,16 +130,12 @@ class FederationTest(unittest.TestCase):
             fed.start_coordinator()
             for i, site in enumerate(SITES):
                 fed.start_client(site, seed=i + 1)
-            spec = f"{fed.dir}/job.conf"
-            with open(spec, "w") as f:
-                f.write('name: "it" model: "smallcnn" image_size: 32 rounds: 2 local_steps: 3 '
-                        'batch_size: 8 min_sites: 3 start_timeout_seconds: 60 '
-                        'round_deadline_seconds: 120\n')
-                for label in ["cardiomegaly", "effusion_right", "effusion_left", "infiltrate_right"]:
-                    f.write(f'labels: "{label}"\n')
-            job_id = fed.flctl("job", "submit", "--spec", spec).stdout.strip()
-            fed.flctl("job", "wait", job_id)
-            status = json.loads(fed.flctl("job", "status", job_id, "--json").stdout)
+            labels = ["cardiomegaly", "effusion_right", "effusion_left", "infiltrate_right"]
+            job_id = fed.submit(
+                'name: "it" model: "smallcnn" image_size: 32 rounds: 2 local_steps: 3 '
+                'batch_size: 8 min_sites: 3 start_timeout_seconds: 60 round_deadline_seconds: 120 '
+                + " ".join(f'labels: "{label}"' for label in labels))
+            status = fed.wait(job_id)
             self.assertEqual(status["state"], "DONE")
             self.assertEqual(len(status["rounds"]), 2)
             for r in status["rounds"]:
@@ -156,15 +167,12 @@ class FederationTest(unittest.TestCase):
             fed.start_coordinator()
             for i, site in enumerate(["site-a", "site-b"]):
                 fed.start_client(site, seed=i + 1)
-            spec = f"{fed.dir}/job.conf"
-            with open(spec, "w") as f:
-                f.write('name: "k" model: "smallcnn" image_size: 32 rounds: 4 local_steps: 3 '
-                        'batch_size: 8 min_sites: 2 start_timeout_seconds: 60 '
-                        'round_deadline_seconds: 120 labels: "cardiomegaly"\n')
-            job_id = fed.flctl("job", "submit", "--spec", spec).stdout.strip()
+            job_id = fed.submit('name: "k" model: "smallcnn" image_size: 32 rounds: 4 '
+                                'local_steps: 3 batch_size: 8 min_sites: 2 '
+                                'start_timeout_seconds: 60 round_deadline_seconds: 120 '
+                                'labels: "cardiomegaly"')
             for _ in range(600):  # until round 0 is committed
-                status = json.loads(fed.flctl("job", "status", job_id, "--json").stdout)
-                if status.get("rounds_done", 0) >= 1:
+                if fed.status(job_id).get("rounds_done", 0) >= 1:
                     break
                 time.sleep(0.1)
             coordinator = fed.procs[0]
@@ -173,8 +181,7 @@ class FederationTest(unittest.TestCase):
             fed.spawn("coordinator-restarted", f"{BIN}/fl-coordinator", "--config",
                       f"{fed.dir}/pki/coordinator/coordinator.conf")
             fed.procs[0] = fed.procs.pop()  # keep the clients at procs[1:]
-            fed.flctl("job", "wait", job_id)
-            status = json.loads(fed.flctl("job", "status", job_id, "--json").stdout)
+            status = fed.wait(job_id)
             self.assertEqual(status["state"], "DONE")
             self.assertEqual([r["round"] if "round" in r else 0 for r in status["rounds"]],
                              [0, 1, 2, 3])
@@ -190,16 +197,13 @@ class FederationTest(unittest.TestCase):
         try:
             fed.start_coordinator()
             fed.start_client("site-b", seed=2)
-            spec = f"{fed.dir}/dp.conf"
-            with open(spec, "w") as f:
-                # q = 8/~38, sigma 0.3, 50 steps: far beyond the kit's cap of epsilon 10.
-                f.write('name: "dp" model: "smallcnn" image_size: 32 rounds: 1 local_steps: 50 '
-                        'batch_size: 8 min_sites: 1 start_timeout_seconds: 60 '
-                        'round_deadline_seconds: 20 labels: "cardiomegaly" '
-                        'dp { enabled: true noise_multiplier: 0.3 delta: 1e-6 }\n')
-            job_id = fed.flctl("job", "submit", "--spec", spec).stdout.strip()
-            fed.flctl("job", "wait", job_id, check=False)
-            status = json.loads(fed.flctl("job", "status", job_id, "--json").stdout)
+            # q = 8/~38, sigma 0.3, 50 steps: far beyond the kit's cap of epsilon 10.
+            job_id = fed.submit('name: "dp" model: "smallcnn" image_size: 32 rounds: 1 '
+                                'local_steps: 50 batch_size: 8 min_sites: 1 '
+                                'start_timeout_seconds: 60 round_deadline_seconds: 20 '
+                                'labels: "cardiomegaly" '
+                                'dp { enabled: true noise_multiplier: 0.3 delta: 1e-6 }')
+            status = fed.wait(job_id, check=False)
             self.assertEqual(status["state"], "FAILED")
             self.assertIn("site-b: privacy budget", status["message"])
             self.assertIn("fl_coordinator_task_declines_total 3", fed.metrics())
@@ -211,15 +215,12 @@ class FederationTest(unittest.TestCase):
         try:
             fed.start_coordinator()
             fed.start_client("site-b", seed=2)
-            spec = f"{fed.dir}/dp.conf"
-            with open(spec, "w") as f:
-                f.write('name: "dp" model: "smallcnn" image_size: 32 rounds: 1 local_steps: 3 '
-                        'batch_size: 8 min_sites: 1 start_timeout_seconds: 60 '
-                        'round_deadline_seconds: 120 labels: "cardiomegaly" '
-                        'dp { enabled: true noise_multiplier: 1.0 clip_norm: 1.0 delta: 1e-6 }\n')
-            job_id = fed.flctl("job", "submit", "--spec", spec).stdout.strip()
-            fed.flctl("job", "wait", job_id)
-            status = json.loads(fed.flctl("job", "status", job_id, "--json").stdout)
+            job_id = fed.submit('name: "dp" model: "smallcnn" image_size: 32 rounds: 1 '
+                                'local_steps: 3 batch_size: 8 min_sites: 1 '
+                                'start_timeout_seconds: 60 round_deadline_seconds: 120 '
+                                'labels: "cardiomegaly" dp { enabled: true noise_multiplier: 1.0 '
+                                'clip_norm: 1.0 delta: 1e-6 }')
+            status = fed.wait(job_id)
             self.assertEqual(status["state"], "DONE")
             privacy = status["sites"][0]["privacy"]
             self.assertGreater(privacy["epsilon"], 0.5)
