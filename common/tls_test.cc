@@ -10,6 +10,7 @@
 #include <chrono>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 
@@ -170,6 +171,12 @@ class TestServer {
     thread_ = std::thread([this] { Serve(); });
   }
   ~TestServer() {
+    {
+      // RequestCall after Shutdown trips an assertion inside gRPC, so the serving thread asks
+      // for a call only while holding this lock and before the flag is set.
+      std::lock_guard<std::mutex> lock(mu_);
+      stopping_ = true;
+    }
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     cq_->Shutdown();
     thread_.join();
@@ -185,7 +192,11 @@ class TestServer {
     while (ok) {
       grpc::GenericServerContext context;
       grpc::GenericServerAsyncReaderWriter stream(&context);
-      service_.RequestCall(&context, &stream, cq_.get(), cq_.get(), this);
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        if (stopping_) break;
+        service_.RequestCall(&context, &stream, cq_.get(), cq_.get(), this);
+      }
       if (!cq_->Next(&tag, &ok) || !ok) break;
       grpc::ByteBuffer request;
       stream.Read(&request, this);
@@ -204,6 +215,8 @@ class TestServer {
   }
 
   int port_ = 0;
+  std::mutex mu_;
+  bool stopping_ = false;
   grpc::AsyncGenericService service_;
   std::unique_ptr<grpc::ServerCompletionQueue> cq_;
   std::unique_ptr<grpc::Server> server_;
