@@ -28,7 +28,7 @@ std::chrono::system_clock::time_point In(int seconds) {
 
 }  // namespace
 
-ClientDaemon::ClientDaemon(ClientConfig config, TlsMaterial tls, const Dataset* data,
+ClientDaemon::ClientDaemon(ClientConfig config, CertificateProvider tls, const Dataset* data,
                            LocalTrainer* trainer, PrivacyLedger* ledger, ClientMetrics* metrics)
     : config_(std::move(config)),
       tls_(std::move(tls)),

@@ -23,7 +23,7 @@ class ClientDaemon {
  public:
   // REQUIRES: `config` validated; all pointers outlive the daemon. `ledger` records the privacy
   // spent on this site's dataset (named by config.data_dir) by every DP job.
-  ClientDaemon(ClientConfig config, TlsMaterial tls, const Dataset* data, LocalTrainer* trainer,
+  ClientDaemon(ClientConfig config, CertificateProvider tls, const Dataset* data, LocalTrainer* trainer,
                PrivacyLedger* ledger, ClientMetrics* metrics);
 
   // Runs until Stop() or an exit condition of the config (exit_after_tasks, exit_when_idle).
@@ -48,7 +48,7 @@ class ClientDaemon {
   JoinRequest MakeJoinRequest() const;
 
   const ClientConfig config_;
-  const TlsMaterial tls_;
+  const CertificateProvider tls_;
   const Dataset* data_;
   LocalTrainer* trainer_;
   PrivacyLedger* ledger_;

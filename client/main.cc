@@ -11,7 +11,9 @@
 #include "client/trainer.h"
 #include "common/config.h"
 #include "common/daemon_util.h"
+#include "common/file_util.h"
 #include "common/log.h"
+#include "common/status.h"
 #include "common/tls.h"
 
 namespace fl {
@@ -22,14 +24,14 @@ int Die(const absl::Status& status) { return ExitWithError("fl-client", status);
 int Run(const std::string& config_path) {
   absl::StatusOr<ClientConfig> config = LoadClientConfig(config_path);
   if (!config.ok()) return Die(config.status());
-  absl::StatusOr<TlsMaterial> tls = LoadTlsMaterial(config->tls());
-  if (!tls.ok()) return Die(tls.status());
-  std::error_code ec;
-  std::filesystem::create_directories(config->state_dir(), ec);
-  if (ec) {
-    return Die(absl::FailedPreconditionError("cannot create state_dir " + config->state_dir() +
-                                             ": " + ec.message()));
+  if (absl::Status s = MakeDirs(config->state_dir(), 0700); !s.ok()) {
+    return Die(Annotate(s, "state_dir"));
   }
+  auto registry = std::make_shared<prometheus::Registry>();
+  ClientMetrics metrics(*registry);
+  absl::StatusOr<std::unique_ptr<TlsWatcher>> tls =
+      StartTlsWatcher("fl-client", config->tls(), config->state_dir(), &metrics.tls_reloads);
+  if (!tls.ok()) return Die(tls.status());
   absl::StatusOr<Dataset> data =
       LoadDataset(config->data_dir(), config->labels_csv(), config->test_fraction());
   if (!data.ok()) return Die(data.status());
@@ -42,8 +44,6 @@ int Run(const std::string& config_path) {
   options.state_dir = config->state_dir();
   absl::StatusOr<std::unique_ptr<LocalTrainer>> trainer = CreateLocalTrainer(*data, options);
   if (!trainer.ok()) return Die(trainer.status());
-  auto registry = std::make_shared<prometheus::Registry>();
-  ClientMetrics metrics(*registry);
   metrics.images.Set(static_cast<double>(data->train.size() + data->test.size()));
   metrics.images_skipped.Set(data->skipped_files);
   absl::StatusOr<std::unique_ptr<prometheus::Exposer>> exposer =
@@ -52,7 +52,7 @@ int Run(const std::string& config_path) {
   absl::StatusOr<std::unique_ptr<PrivacyLedger>> ledger =
       PrivacyLedger::Open((std::filesystem::path(config->state_dir()) / "privacy.db").string());
   if (!ledger.ok()) return Die(ledger.status());
-  ClientDaemon daemon(*config, *tls, &*data, trainer->get(), ledger->get(), &metrics);
+  ClientDaemon daemon(*config, (*tls)->provider(), &*data, trainer->get(), ledger->get(), &metrics);
   std::thread([&daemon] {
     WaitForStopSignal();
     daemon.Stop();

@@ -54,6 +54,10 @@ ClientMetrics::ClientMetrics(prometheus::Registry& r)
       privacy_epsilon(BuildGauge()
                           .Name("fl_client_privacy_epsilon")
                           .Help("Privacy spent (epsilon at the job's delta) recorded for a job")
-                          .Register(r)) {}
+                          .Register(r)),
+      tls_reloads(BuildCounter()
+                      .Name("fl_client_tls_reloads_total")
+                      .Help("Changed TLS files picked up (ok) or refused, keeping the last good set")
+                      .Register(r)) {}
 
 }  // namespace fl

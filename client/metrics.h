@@ -22,6 +22,7 @@ struct ClientMetrics {
   prometheus::Gauge& images_skipped;   // files that could not be decoded
   prometheus::Family<prometheus::Gauge>& test_auroc;  // labels job, label (finding name)
   prometheus::Family<prometheus::Gauge>& privacy_epsilon;  // label job
+  prometheus::Family<prometheus::Counter>& tls_reloads;    // label result: ok|refused
 };
 
 }  // namespace fl

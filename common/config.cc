@@ -37,10 +37,19 @@ absl::Status RequireNonEmpty(const std::string& field, const std::string& value)
   return absl::OkStatus();
 }
 
-absl::Status ValidateTls(const std::string& prefix, const TlsConfig& tls) {
-  RETURN_IF_ERROR(RequireNonEmpty(prefix + ".ca_file", tls.ca_file()));
-  RETURN_IF_ERROR(RequireNonEmpty(prefix + ".cert_file", tls.cert_file()));
-  return RequireNonEmpty(prefix + ".key_file", tls.key_file());
+absl::Status InRange(const std::string& field, double value, double lo, double hi) {
+  if (!(value >= lo && value <= hi)) {
+    return Invalid(field, absl::StrCat("must be in [", lo, ", ", hi, "], got ", value));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateTls(const std::string& prefix, TlsConfig* tls) {
+  RETURN_IF_ERROR(RequireNonEmpty(prefix + ".ca_file", tls->ca_file()));
+  RETURN_IF_ERROR(RequireNonEmpty(prefix + ".cert_file", tls->cert_file()));
+  RETURN_IF_ERROR(RequireNonEmpty(prefix + ".key_file", tls->key_file()));
+  if (tls->reload_seconds() == 0) tls->set_reload_seconds(60);
+  return InRange(prefix + ".reload_seconds", tls->reload_seconds(), 1, 86400);
 }
 
 absl::Status ValidateAddress(const std::string& field, const std::string& address) {
@@ -48,13 +57,6 @@ absl::Status ValidateAddress(const std::string& field, const std::string& addres
   size_t colon = address.rfind(':');
   if (colon == std::string::npos || colon + 1 == address.size()) {
     return Invalid(field, absl::StrCat("must be host:port, got '", address, "'"));
-  }
-  return absl::OkStatus();
-}
-
-absl::Status InRange(const std::string& field, double value, double lo, double hi) {
-  if (!(value >= lo && value <= hi)) {
-    return Invalid(field, absl::StrCat("must be in [", lo, ", ", hi, "], got ", value));
   }
   return absl::OkStatus();
 }
@@ -127,7 +129,7 @@ template absl::StatusOr<JobSpec> LoadTextProto(const std::string&);
 absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig config) {
   RETURN_IF_ERROR(ValidateAddress("listen_address", config.listen_address()));
   RETURN_IF_ERROR(RequireNonEmpty("state_dir", config.state_dir()));
-  RETURN_IF_ERROR(ValidateTls("tls", config.tls()));
+  RETURN_IF_ERROR(ValidateTls("tls", config.mutable_tls()));
   if (!config.metrics_address().empty()) {
     RETURN_IF_ERROR(ValidateAddress("metrics_address", config.metrics_address()));
   }
@@ -149,7 +151,7 @@ absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig co
 absl::StatusOr<ClientConfig> ValidateClientConfig(ClientConfig config) {
   RETURN_IF_ERROR(ValidateAddress("coordinator_address", config.coordinator_address()));
   if (config.coordinator_name().empty()) config.set_coordinator_name("coordinator");
-  RETURN_IF_ERROR(ValidateTls("tls", config.tls()));
+  RETURN_IF_ERROR(ValidateTls("tls", config.mutable_tls()));
   RETURN_IF_ERROR(RequireNonEmpty("data_dir", config.data_dir()));
   RETURN_IF_ERROR(RequireNonEmpty("labels_csv", config.labels_csv()));
   RETURN_IF_ERROR(RequireNonEmpty("state_dir", config.state_dir()));
@@ -175,7 +177,7 @@ absl::StatusOr<ClientConfig> ValidateClientConfig(ClientConfig config) {
 absl::StatusOr<AdminConfig> ValidateAdminConfig(AdminConfig config) {
   RETURN_IF_ERROR(ValidateAddress("coordinator_address", config.coordinator_address()));
   if (config.coordinator_name().empty()) config.set_coordinator_name("coordinator");
-  RETURN_IF_ERROR(ValidateTls("tls", config.tls()));
+  RETURN_IF_ERROR(ValidateTls("tls", config.mutable_tls()));
   return config;
 }
 

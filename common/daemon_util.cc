@@ -3,6 +3,7 @@
 #include <pthread.h>
 
 #include <csignal>
+#include <filesystem>
 #include <iostream>
 
 #include "absl/strings/str_cat.h"
@@ -68,6 +69,19 @@ absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartMetricsExposer(
     if (absl::Status s = WritePortFile(port_file, port); !s.ok()) return s;
   }
   return exposer;
+}
+
+absl::StatusOr<std::unique_ptr<TlsWatcher>> StartTlsWatcher(
+    const char* program, const TlsConfig& tls, const std::string& state_dir,
+    prometheus::Family<prometheus::Counter>* reloads) {
+  const std::string active = (std::filesystem::path(state_dir) / "tls").string();
+  return TlsWatcher::Start(tls, active, [program, reloads](const absl::Status& status) {
+    reloads->Add({{"result", status.ok() ? "ok" : "refused"}}).Increment();
+    LogLine(program, status.ok() ? "TLS files changed: new certificates in use for new connections"
+                                 : absl::StrCat("TLS files changed but refused (still using the "
+                                                "previous ones): ",
+                                                status.message()));
+  });
 }
 
 }  // namespace fl

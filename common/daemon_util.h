@@ -5,10 +5,13 @@
 #include <optional>
 #include <string>
 
+#include <prometheus/counter.h>
 #include <prometheus/exposer.h>
+#include <prometheus/family.h>
 #include <prometheus/registry.h>
 
 #include "absl/status/statusor.h"
+#include "common/tls_watch.h"
 
 namespace fl {
 
@@ -33,5 +36,11 @@ absl::Status WritePortFile(const std::string& path, int port);
 absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartMetricsExposer(
     const char* program, const std::string& address,
     std::shared_ptr<prometheus::Registry> registry, const std::string& port_file);
+
+// Watches the daemon's TLS files (validated copies live in STATE_DIR/tls); each reload of
+// changed files is logged and counted in `reloads` by result (ok, refused).
+absl::StatusOr<std::unique_ptr<TlsWatcher>> StartTlsWatcher(
+    const char* program, const TlsConfig& tls, const std::string& state_dir,
+    prometheus::Family<prometheus::Counter>* reloads);
 
 }  // namespace fl

@@ -1,6 +1,7 @@
 #include "common/tls.h"
 
 #include <grpc/grpc_security_constants.h>
+#include <grpcpp/security/tls_credentials_options.h>
 #include <sys/stat.h>
 
 #include <cerrno>
@@ -87,12 +88,22 @@ absl::StatusOr<TlsMaterial> LoadTlsMaterial(const TlsConfig& config) {
   return m;
 }
 
+CertificateProvider FixedCertificates(const TlsMaterial& material) {
+  return std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
+      material.ca_pem, std::vector<grpc::experimental::IdentityKeyCertPair>{
+                           {material.key_pem, material.cert_pem}});
+}
+
+std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(CertificateProvider provider) {
+  grpc::experimental::TlsServerCredentialsOptions options(std::move(provider));
+  options.watch_root_certs();
+  options.watch_identity_key_cert_pairs();
+  options.set_cert_request_type(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  return grpc::experimental::TlsServerCredentials(options);
+}
+
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsMaterial& material) {
-  grpc::SslServerCredentialsOptions options(
-      GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-  options.pem_root_certs = material.ca_pem;
-  options.pem_key_cert_pairs.push_back({material.key_pem, material.cert_pem});
-  return grpc::SslServerCredentials(options);
+  return MakeServerCredentials(FixedCertificates(material));
 }
 
 namespace {
@@ -128,10 +139,17 @@ void ConfigureServerBuilder(grpc::ServerBuilder& builder) {
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
                                            const std::string& server_name,
                                            const TlsMaterial& material) {
-  grpc::SslCredentialsOptions options;
-  options.pem_root_certs = material.ca_pem;
-  options.pem_private_key = material.key_pem;
-  options.pem_cert_chain = material.cert_pem;
+  return MakeChannel(address, server_name, FixedCertificates(material));
+}
+
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
+                                           const std::string& server_name,
+                                           CertificateProvider provider) {
+  grpc::experimental::TlsChannelCredentialsOptions options;
+  options.set_certificate_provider(std::move(provider));
+  options.watch_root_certs();
+  options.watch_identity_key_cert_pairs();
+  options.set_verify_server_certs(true);
   grpc::ChannelArguments args;
   args.SetSslTargetNameOverride(server_name);
   args.SetMaxReceiveMessageSize(kMaxMessageBytes);
@@ -142,7 +160,7 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
   args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
   args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   SetBulkTransferArgs(args);
-  return grpc::CreateCustomChannel(address, grpc::SslCredentials(options), args);
+  return grpc::CreateCustomChannel(address, grpc::experimental::TlsCredentials(options), args);
 }
 
 absl::StatusOr<Identity> PeerIdentity(const grpc::ServerContext& context) {

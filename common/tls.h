@@ -6,6 +6,7 @@
 #include <string>
 
 #include <grpcpp/grpcpp.h>
+#include <grpcpp/security/tls_certificate_provider.h>
 
 #include "absl/status/statusor.h"
 #include "fl/config.pb.h"
@@ -32,11 +33,20 @@ struct TlsMaterial {
 };
 absl::StatusOr<TlsMaterial> LoadTlsMaterial(const TlsConfig& config);
 
+// Where a TLS handshake takes its CA and key pair from: fixed material, or a TlsWatcher that
+// follows rotated files (common/tls_watch.h).
+using CertificateProvider = std::shared_ptr<grpc::experimental::CertificateProviderInterface>;
+CertificateProvider FixedCertificates(const TlsMaterial& material);
+
 // Server credentials that require and verify a client certificate signed by the CA.
+std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(CertificateProvider provider);
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsMaterial& material);
 
 // Channel to `address` presenting our certificate and verifying the server's against the CA;
 // `server_name` is the name the server certificate must carry (SAN or CN).
+std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
+                                           const std::string& server_name,
+                                           CertificateProvider provider);
 std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
                                            const std::string& server_name,
                                            const TlsMaterial& material);

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "common/file_util.h"
+#include "common/tls_watch.h"
 #include "common/x509.h"
 
 namespace fl {
@@ -161,10 +162,11 @@ TEST(IdentityFromPemTest, RefusesUnknownRoleAndGarbage) {
 // that answers every call with the caller's identity as PeerIdentity sees it ("name/role").
 class TestServer {
  public:
-  explicit TestServer(const TlsMaterial& material) {
+  explicit TestServer(const TlsMaterial& material) : TestServer(FixedCertificates(material)) {}
+  explicit TestServer(CertificateProvider provider) {
     grpc::EnableDefaultHealthCheckService(true);
     grpc::ServerBuilder builder;
-    builder.AddListeningPort("127.0.0.1:0", MakeServerCredentials(material), &port_);
+    builder.AddListeningPort("127.0.0.1:0", MakeServerCredentials(std::move(provider)), &port_);
     builder.RegisterAsyncGenericService(&service_);
     cq_ = builder.AddCompletionQueue();
     server_ = builder.BuildAndStart();
@@ -310,6 +312,109 @@ TEST_F(MutualTlsTest, RefusesExpiredClientCertificate) {
   EXPECT_FALSE(Call(Channel(Material(c_.ca, *expired)), kWhoAmI).ok());
   // The same client with a valid certificate gets in.
   EXPECT_TRUE(Call(Channel(Material(c_.ca, c_.site)), kWhoAmI).ok());
+}
+
+// Calls WhoAmI on a fresh channel until it answers as `expect` ("" = until it is refused), for
+// at most 10 s: gRPC's file watcher picks up a rotation within reload_seconds.
+bool EventuallyAnswers(const std::string& address, const CertificateProvider& provider,
+                       const std::string& expect) {
+  for (int i = 0; i < 100; ++i) {
+    absl::StatusOr<std::string> reply = Call(MakeChannel(address, "coordinator", provider), kWhoAmI);
+    if (expect.empty() ? !reply.ok() : (reply.ok() && *reply == expect)) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+std::string Bundle(const KeyAndCert& a, const KeyAndCert& b) { return a.cert_pem + b.cert_pem; }
+
+TEST(TlsWatcherTest, ServerPicksUpRotatedCaAndCertificateWithoutRestart) {
+  Consortium c = MakeConsortium(), next = MakeConsortium();
+  TempDir kit, active;
+  TlsConfig config = WriteKit(kit.path(), c.ca, c.coordinator);
+  config.set_reload_seconds(1);
+  std::vector<absl::Status> reloads;
+  auto watcher = TlsWatcher::Start(config, active.path() + "/tls",
+                                   [&](const absl::Status& s) { reloads.push_back(s); });
+  ASSERT_TRUE(watcher.ok()) << watcher.status();
+  TestServer server((*watcher)->provider());
+  const CertificateProvider old_site = FixedCertificates(Material(c.ca, c.site));
+  // A site of the next consortium CA, trusting both CAs.
+  TlsMaterial next_site = Material(next.ca, next.site);
+  next_site.ca_pem = Bundle(c.ca, next.ca);
+  ASSERT_TRUE(EventuallyAnswers(server.address(), old_site, "hospital-a/site"));
+  EXPECT_TRUE(EventuallyAnswers(server.address(), FixedCertificates(next_site), ""));
+
+  // Phase 1 of a CA rollover: the coordinator trusts both CAs, keeps its old certificate.
+  ASSERT_TRUE(WriteFileAtomic(config.ca_file(), Bundle(c.ca, next.ca), 0644).ok());
+  EXPECT_EQ((*watcher)->CheckNow().value_or(false), true);
+  EXPECT_TRUE(EventuallyAnswers(server.address(), FixedCertificates(next_site), "hospital-a/site"));
+  EXPECT_TRUE(EventuallyAnswers(server.address(), old_site, "hospital-a/site"));
+
+  // Phase 2: a certificate from the new CA. A client that trusts only the new CA gets in, so
+  // the server presents the new certificate.
+  ASSERT_TRUE(WriteFileAtomic(config.key_file(), next.coordinator.key_pem, 0600).ok());
+  ASSERT_TRUE(WriteFileAtomic(config.cert_file(), next.coordinator.cert_pem, 0644).ok());
+  EXPECT_EQ((*watcher)->CheckNow().value_or(false), true);
+  EXPECT_TRUE(EventuallyAnswers(server.address(), FixedCertificates(Material(next.ca, next.site)),
+                                "hospital-a/site"));
+  EXPECT_EQ((*watcher)->current().cert_pem, next.coordinator.cert_pem);
+  ASSERT_EQ(reloads.size(), 2u);
+  EXPECT_TRUE(reloads[0].ok() && reloads[1].ok());
+  EXPECT_EQ((*watcher)->CheckNow().value_or(true), false);  // unchanged files: nothing to do
+}
+
+TEST(TlsWatcherTest, RefusedRotationKeepsTheLastGoodSet) {
+  Consortium c = MakeConsortium(), other = MakeConsortium();
+  TempDir kit, active;
+  TlsConfig config = WriteKit(kit.path(), c.ca, c.coordinator);
+  config.set_reload_seconds(1);
+  std::vector<absl::Status> reloads;
+  auto watcher = TlsWatcher::Start(config, active.path() + "/tls",
+                                   [&](const absl::Status& s) { reloads.push_back(s); });
+  ASSERT_TRUE(watcher.ok()) << watcher.status();
+  TestServer server((*watcher)->provider());
+  const CertificateProvider site = FixedCertificates(Material(c.ca, c.site));
+
+  // A world-readable key, then a certificate that does not match the key: both refused.
+  ASSERT_TRUE(WriteFileAtomic(config.key_file(), c.coordinator.key_pem, 0644).ok());
+  EXPECT_EQ((*watcher)->CheckNow().value_or(true), false);  // not settled yet
+  absl::StatusOr<bool> checked = (*watcher)->CheckNow();
+  ASSERT_FALSE(checked.ok());
+  EXPECT_NE(checked.status().message().find("chmod 600"), std::string::npos) << checked.status();
+  ASSERT_EQ(chmod(config.key_file().c_str(), 0600), 0);
+  ASSERT_TRUE(WriteFileAtomic(config.cert_file(), other.coordinator.cert_pem, 0644).ok());
+  EXPECT_TRUE((*watcher)->CheckNow().ok());
+  EXPECT_FALSE((*watcher)->CheckNow().ok());
+  ASSERT_EQ(reloads.size(), 2u);
+  EXPECT_FALSE(reloads[1].ok());
+  std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past two file-watcher polls
+  EXPECT_TRUE(EventuallyAnswers(server.address(), site, "hospital-a/site"));
+  EXPECT_EQ((*watcher)->current().cert_pem, c.coordinator.cert_pem);
+}
+
+TEST(TlsWatcherTest, ClientPresentsItsRotatedCertificate) {
+  Consortium c = MakeConsortium();
+  TestServer server(Material(c.ca, c.coordinator));
+  TempDir kit, active;
+  TlsConfig config = WriteKit(kit.path(), c.ca, c.site);
+  config.set_reload_seconds(1);
+  auto watcher = TlsWatcher::Start(config, active.path() + "/tls", nullptr);
+  ASSERT_TRUE(watcher.ok()) << watcher.status();
+  ASSERT_TRUE(EventuallyAnswers(server.address(), (*watcher)->provider(), "hospital-a/site"));
+  // The site's certificate is renewed under a new name; new connections present it.
+  KeyAndCert renewed = IssueCert(c.ca, Request("hospital-a2", "site")).value();
+  ASSERT_TRUE(WriteFileAtomic(config.key_file(), renewed.key_pem, 0600).ok());
+  ASSERT_TRUE(WriteFileAtomic(config.cert_file(), renewed.cert_pem, 0644).ok());
+  EXPECT_TRUE(EventuallyAnswers(server.address(), (*watcher)->provider(), "hospital-a2/site"));
+}
+
+TEST(TlsWatcherTest, StartRefusesABadKit) {
+  Consortium c = MakeConsortium();
+  TempDir kit, active;
+  TlsConfig config = WriteKit(kit.path(), c.ca, c.site, 0644);
+  auto watcher = TlsWatcher::Start(config, active.path() + "/tls", nullptr);
+  EXPECT_EQ(watcher.status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
 }  // namespace

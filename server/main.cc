@@ -2,12 +2,16 @@
 #include <filesystem>
 #include <memory>
 #include <set>
+#include <thread>
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 
 #include "common/config.h"
+#include "absl/synchronization/notification.h"
+#include "absl/time/time.h"
 #include "common/daemon_util.h"
+#include "common/file_util.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "common/tls.h"
@@ -20,36 +24,61 @@ namespace {
 
 int Die(const absl::Status& status) { return ExitWithError("fl-coordinator", status); }
 
+// Rereads the config file's revocation list every `interval` until `stop` is notified: a
+// certificate added to (or removed from) revoked_certificates takes effect without a restart.
+void WatchRevocations(const std::string& config_path, absl::Duration interval, Authorizer* auth,
+                      CoordinatorMetrics* metrics, absl::Notification* stop) {
+  std::string last_error;  // a broken file is reported once per distinct error
+  while (!stop->WaitForNotificationWithTimeout(interval)) {
+    absl::StatusOr<CoordinatorConfig> config = LoadCoordinatorConfig(config_path);
+    if (!config.ok()) {
+      if (last_error != config.status().message()) {
+        last_error = std::string(config.status().message());
+        metrics->config_reloads.Add({{"result", "refused"}}).Increment();
+        LogLine("fl-coordinator", absl::StrCat("config file unreadable, revocation list kept: ",
+                                               last_error));
+      }
+      continue;
+    }
+    if (auth->SetRevoked({config->revoked_certificates().begin(),
+                          config->revoked_certificates().end()})) {
+      metrics->config_reloads.Add({{"result", "ok"}}).Increment();
+      LogLine("fl-coordinator", absl::StrCat("revocation list reloaded: ",
+                                             config->revoked_certificates_size(),
+                                             " revoked certificates"));
+    }
+  }
+}
+
 int Run(const std::string& config_path) {
   absl::StatusOr<CoordinatorConfig> config = LoadCoordinatorConfig(config_path);
   if (!config.ok()) return Die(config.status());
-  absl::StatusOr<TlsMaterial> tls = LoadTlsMaterial(config->tls());
-  if (!tls.ok()) return Die(tls.status());
-  std::error_code ec;
-  std::filesystem::create_directories(config->state_dir(), ec);
-  if (ec) {
-    return Die(absl::FailedPreconditionError(
-        absl::StrCat("cannot create state_dir ", config->state_dir(), ": ", ec.message())));
+  if (absl::Status s = MakeDirs(config->state_dir(), 0700); !s.ok()) {
+    return Die(Annotate(s, "state_dir"));
   }
+  auto registry = std::make_shared<prometheus::Registry>();
+  CoordinatorMetrics metrics(*registry);
+  absl::StatusOr<std::unique_ptr<TlsWatcher>> tls =
+      StartTlsWatcher("fl-coordinator", config->tls(), config->state_dir(), &metrics.tls_reloads);
+  if (!tls.ok()) return Die(tls.status());
   absl::StatusOr<std::unique_ptr<Store>> store =
       Store::Open((std::filesystem::path(config->state_dir()) / "state.db").string());
   if (!store.ok()) return Die(store.status());
-  auto registry = std::make_shared<prometheus::Registry>();
-  CoordinatorMetrics metrics(*registry);
   absl::StatusOr<std::unique_ptr<prometheus::Exposer>> exposer = StartMetricsExposer(
       "fl-coordinator", config->metrics_address(), registry,
       config->port_file().empty() ? "" : config->port_file() + ".metrics");
   if (!exposer.ok()) return Die(exposer.status());
   Coordinator core(*config, store->get(), &metrics, InitModelFromRegistry);
   if (absl::Status s = core.Start(); !s.ok()) return Die(s);
-  const Authorizer auth(std::set<std::string>(config->revoked_certificates().begin(),
-                                               config->revoked_certificates().end()));
+  Authorizer auth(std::set<std::string>(config->revoked_certificates().begin(),
+                                         config->revoked_certificates().end()));
   FederationService federation(&core, &auth);
   AdminService admin(&core, &auth);
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(config->listen_address(), MakeServerCredentials(*tls), &port);
+  builder.AddListeningPort(config->listen_address(), MakeServerCredentials((*tls)->provider()),
+                           &port);
   builder.RegisterService(&federation);
   builder.RegisterService(&admin);
   ConfigureServerBuilder(builder);
@@ -59,8 +88,14 @@ int Run(const std::string& config_path) {
   }
   if (absl::Status s = WritePortFile(config->port_file(), port); !s.ok()) return Die(s);
   LogLine("fl-coordinator", absl::StrCat("listening on port ", port));
+  absl::Notification stop_watching;
+  std::thread revocations(WatchRevocations, config_path,
+                          absl::Seconds(config->tls().reload_seconds()), &auth, &metrics,
+                          &stop_watching);
   const int signal_number = WaitForStopSignal();
   LogLine("fl-coordinator", absl::StrCat("stopping on signal ", signal_number));
+  stop_watching.Notify();
+  revocations.join();
   core.Shutdown();
   server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   return 0;

@@ -56,6 +56,15 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
       job_mean_auroc(BuildGauge()
                          .Name("fl_coordinator_job_mean_auroc")
                          .Help("Mean test AUROC of the job's latest global model over sites")
+                         .Register(r)),
+      tls_reloads(BuildCounter()
+                      .Name("fl_coordinator_tls_reloads_total")
+                      .Help("Changed TLS files picked up (ok) or refused, keeping the last good set")
+                      .Register(r)),
+      config_reloads(BuildCounter()
+                         .Name("fl_coordinator_config_reloads_total")
+                         .Help("Changed config files whose revocation list was applied (ok) or "
+                               "refused")
                          .Register(r)) {}
 
 }  // namespace fl

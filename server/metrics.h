@@ -27,6 +27,8 @@ struct CoordinatorMetrics {
   prometheus::Counter& declines;
   prometheus::Family<prometheus::Gauge>& site_epsilon;  // labels job, site
   prometheus::Family<prometheus::Gauge>& job_mean_auroc;  // label job
+  prometheus::Family<prometheus::Counter>& tls_reloads;     // label result: ok|refused
+  prometheus::Family<prometheus::Counter>& config_reloads;  // label result: ok|refused
 
   prometheus::Counter& UpdateAccepted() { return updates.Add({{"result", "accepted"}}); }
   prometheus::Counter& UpdateRejected() { return updates.Add({{"result", "rejected"}}); }

@@ -15,10 +15,22 @@ grpc::Status Reply(absl::StatusOr<T> result, T* response) {
 
 }  // namespace
 
+bool Authorizer::SetRevoked(std::set<std::string> revoked_fingerprints) {
+  absl::MutexLock lock(&mu_);
+  if (revoked_fingerprints == revoked_) return false;
+  revoked_ = std::move(revoked_fingerprints);
+  return true;
+}
+
+bool Authorizer::IsRevoked(const std::string& fingerprint) const {
+  absl::MutexLock lock(&mu_);
+  return revoked_.count(fingerprint) > 0;
+}
+
 absl::StatusOr<Identity> Authorizer::Check(const grpc::ServerContext& ctx, Role role) const {
   absl::StatusOr<Identity> who = PeerIdentity(ctx);
   if (!who.ok()) return who.status();
-  if (revoked_.count(who->fingerprint)) {
+  if (IsRevoked(who->fingerprint)) {
     return absl::PermissionDeniedError(absl::StrCat("the certificate of '", who->name,
                                                     "' is revoked"));
   }
@@ -45,7 +57,7 @@ grpc::Status FederationService::Tasks(grpc::ServerContext* ctx, const TaskReques
   FL_CALLER(ctx, Role::kSite);
   return ToGrpcStatus(core_->StreamTasks(
       *who, [&](const Task& task) { return writer->Write(task); },
-      [&] { return ctx->IsCancelled(); }));
+      [&] { return ctx->IsCancelled() || auth_->IsRevoked(who->fingerprint); }));
 }
 
 grpc::Status FederationService::Decline(grpc::ServerContext* ctx, const DeclineRequest* request,

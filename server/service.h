@@ -17,9 +17,14 @@ class Authorizer {
       : revoked_(std::move(revoked_fingerprints)) {}
   // The caller's identity, or UNAUTHENTICATED / PERMISSION_DENIED saying why not.
   absl::StatusOr<Identity> Check(const grpc::ServerContext& ctx, Role role) const;
+  // Replaces the revocation list (SHA-256 fingerprints) for every later check; returns whether
+  // it changed. Open task streams of newly revoked certificates end within about a second.
+  bool SetRevoked(std::set<std::string> revoked_fingerprints);
+  bool IsRevoked(const std::string& fingerprint) const;
 
  private:
-  const std::set<std::string> revoked_;
+  mutable absl::Mutex mu_;
+  std::set<std::string> revoked_ ABSL_GUARDED_BY(mu_);
 };
 
 class FederationService final : public Federation::Service {

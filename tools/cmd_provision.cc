@@ -16,9 +16,11 @@ constexpr char kUsage[] =
     "         [--coordinator-name coordinator] [--coordinator-dns a,b] [--sites a,b,c]\n"
     "         [--admins alice,bob] [--valid-days 825] [--data-root R]\n"
     "         [--coordinator-metrics HOST:PORT] [--max-epsilon 10] [--delta 1e-6] [--add]\n"
+    "         [--renew coordinator,NAME,...]\n"
     "Creates DIR/ca (once) and the kits DIR/coordinator, DIR/sites/NAME, DIR/admins/NAME.\n"
     "Existing kits are never changed, so running it again (or with --add) only adds\n"
-    "participants.\n";
+    "participants; --renew gives the named existing kits a new key and certificate, which\n"
+    "running daemons pick up without a restart.\n";
 
 std::vector<std::string> List(const std::string& value) {
   return absl::StrSplit(value, ',', absl::SkipWhitespace());
@@ -27,7 +29,8 @@ std::vector<std::string> List(const std::string& value) {
 absl::StatusOr<ProvisionOptions> ParseOptions(const cli::Args& args) {
   RETURN_IF_ERROR(args.CheckKnown({"out", "coordinator-address", "coordinator-name",
                                    "coordinator-dns", "sites", "admins", "valid-days", "data-root",
-                                   "coordinator-metrics", "max-epsilon", "delta", "add"}));
+                                   "coordinator-metrics", "max-epsilon", "delta", "add",
+                                   "renew"}));
   ProvisionOptions o;
   ASSIGN_OR_RETURN(o.out_dir, args.Require("out"));
   ASSIGN_OR_RETURN(o.coordinator_address, args.Require("coordinator-address"));
@@ -35,6 +38,7 @@ absl::StatusOr<ProvisionOptions> ParseOptions(const cli::Args& args) {
   o.coordinator_dns = List(args.Get("coordinator-dns"));
   o.sites = List(args.Get("sites"));
   o.admins = List(args.Get("admins"));
+  o.renew = List(args.Get("renew"));
   ASSIGN_OR_RETURN(int64_t days, args.GetInt("valid-days", 825));
   if (days <= 0 || days > 36500) {
     return absl::InvalidArgumentError("--valid-days must be between 1 and 36500");
@@ -63,6 +67,7 @@ int RunProvision(const std::vector<std::string>& argv) {
   if (!report.ok()) return cli::Fail(report.status());
   for (const std::string& path : report->created) std::cout << "wrote " << path << "\n";
   for (const std::string& path : report->kept) std::cout << "kept  " << path << " (exists)\n";
+  for (const std::string& path : report->renewed) std::cout << "renewed " << path << "\n";
   return 0;
 }
 

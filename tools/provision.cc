@@ -103,12 +103,23 @@ absl::StatusOr<KeyAndCert> LoadOrCreateCa(const std::string& out, int valid_days
 }
 
 // Issues and writes one kit unless its cert.pem exists. cert.pem is written last, so a kit
-// interrupted half-way is completed by the next run.
-absl::Status WriteKit(const std::string& kit, const KeyAndCert& ca, const CertRequest& request,
-                      const std::string& conf_name, const google::protobuf::Message& config,
-                      ProvisionReport* report) {
+// interrupted half-way is completed by the next run. An existing kit named in o.renew gets a
+// new key and certificate; its config is left as it is.
+absl::Status WriteKit(const ProvisionOptions& o, const std::string& kit, const KeyAndCert& ca,
+                      const CertRequest& request, const std::string& conf_name,
+                      const google::protobuf::Message& config, ProvisionReport* report) {
   if (FileExists(kit + "/cert.pem")) {
-    report->kept.push_back(kit);
+    const std::string name = request.organizational_unit == std::string("coordinator")
+                                 ? "coordinator"
+                                 : request.common_name;
+    if (std::find(o.renew.begin(), o.renew.end(), name) == o.renew.end()) {
+      report->kept.push_back(kit);
+      return absl::OkStatus();
+    }
+    ASSIGN_OR_RETURN(KeyAndCert own, IssueCert(ca, request));
+    RETURN_IF_ERROR(WriteFileAtomic(kit + "/key.pem", own.key_pem, 0600));
+    RETURN_IF_ERROR(WriteFileAtomic(kit + "/cert.pem", own.cert_pem, 0644));
+    report->renewed.push_back(kit);
     return absl::OkStatus();
   }
   ASSIGN_OR_RETURN(KeyAndCert own, IssueCert(ca, request));
@@ -150,7 +161,7 @@ absl::Status ProvisionCoordinator(const ProvisionOptions& o, const std::string& 
   config.set_state_dir(kit + "/state");
   *config.mutable_tls() = KitTls(kit);
   config.set_metrics_address(o.coordinator_metrics);
-  return WriteKit(kit, ca, request, "coordinator.conf", config, report);
+  return WriteKit(o, kit, ca, request, "coordinator.conf", config, report);
 }
 
 absl::Status ProvisionSite(const ProvisionOptions& o, const std::string& out,
@@ -167,7 +178,8 @@ absl::Status ProvisionSite(const ProvisionOptions& o, const std::string& out,
   config.set_device("auto");
   config.mutable_budget()->set_max_epsilon(o.max_epsilon);
   config.mutable_budget()->set_delta(o.delta);
-  return WriteKit(kit, ca, Participant(name, "site", o.valid_days), "client.conf", config, report);
+  return WriteKit(o, kit, ca, Participant(name, "site", o.valid_days), "client.conf", config,
+                  report);
 }
 
 absl::Status ProvisionAdmin(const ProvisionOptions& o, const std::string& out,
@@ -178,7 +190,8 @@ absl::Status ProvisionAdmin(const ProvisionOptions& o, const std::string& out,
   config.set_coordinator_address(o.coordinator_address);
   config.set_coordinator_name(o.coordinator_name);
   *config.mutable_tls() = KitTls(kit);
-  return WriteKit(kit, ca, Participant(name, "admin", o.valid_days), "admin.conf", config, report);
+  return WriteKit(o, kit, ca, Participant(name, "admin", o.valid_days), "admin.conf", config,
+                  report);
 }
 
 absl::Status ValidateOptions(const ProvisionOptions& o) {
@@ -190,6 +203,15 @@ absl::Status ValidateOptions(const ProvisionOptions& o) {
   std::string dns_name = o.coordinator_name;
   std::replace(dns_name.begin(), dns_name.end(), '.', '-');
   RETURN_IF_ERROR(Annotate(ValidateParticipantName(dns_name), "--coordinator-name"));
+  for (const std::string& name : o.renew) {
+    const bool known = name == "coordinator" ||
+                       std::find(o.sites.begin(), o.sites.end(), name) != o.sites.end() ||
+                       std::find(o.admins.begin(), o.admins.end(), name) != o.admins.end();
+    if (!known) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--renew names '", name, "', which is not the coordinator nor in --sites or --admins"));
+    }
+  }
   for (const auto* names : {&o.sites, &o.admins}) {
     std::set<std::string> seen;
     for (const std::string& name : *names) {

@@ -7,7 +7,10 @@
 //   sites/<name>/{ca.pem,cert.pem,key.pem,client.conf}
 //   admins/<name>/{ca.pem,cert.pem,key.pem,admin.conf}
 // Provisioning is additive: a kit whose cert.pem exists is left untouched, so running it again
-// with more sites issues only the new kits and never changes a certificate already handed out.
+// with more sites issues only the new kits and never changes a certificate already handed out,
+// except for the participants named in `renew`: they get a new key and certificate in place
+// (key.pem, then cert.pem, each written atomically), which running daemons pick up by
+// themselves (TlsConfig.reload_seconds).
 #pragma once
 
 #include <string>
@@ -32,12 +35,15 @@ struct ProvisionOptions {
   std::string coordinator_metrics;  // metrics_address of the coordinator; empty disables
   double max_epsilon = 10.0;        // each site's privacy budget cap
   double delta = 1e-6;
+  // Existing kits to re-key: "coordinator" (the coordinator's kit), site or admin names.
+  std::vector<std::string> renew;
 };
 
 // What one run did, as paths of kit folders (and of the CA folder).
 struct ProvisionReport {
   std::vector<std::string> created;
-  std::vector<std::string> kept;  // already provisioned, left untouched
+  std::vector<std::string> kept;     // already provisioned, left untouched
+  std::vector<std::string> renewed;  // existing kits given a new key and certificate
 };
 
 // Creates the CA (or reuses the one in out_dir/ca) and every missing kit.

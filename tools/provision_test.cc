@@ -168,6 +168,37 @@ TEST_F(ProvisionTest, RerunKeepsExistingKitsAndAddsNewOnes) {
   EXPECT_TRUE(VerifyCertChain(ca_before, Read(out_ + "/sites/hospital_b/cert.pem")).ok());
 }
 
+TEST_F(ProvisionTest, RenewReKeysOnlyTheNamedKits) {
+  ASSERT_TRUE(Provision(options_).ok());
+  const std::string ca = Read(out_ + "/ca/ca.pem");
+  const std::string site_cert = Read(out_ + "/sites/hospital-a/cert.pem");
+  const std::string site_key = Read(out_ + "/sites/hospital-a/key.pem");
+  const std::string site_conf = Read(out_ + "/sites/hospital-a/client.conf");
+  const std::string coordinator = Read(out_ + "/coordinator/cert.pem");
+  const std::string other = Read(out_ + "/sites/hospital_b/cert.pem");
+
+  options_.renew = {"coordinator", "hospital-a"};
+  auto report = Provision(options_);
+  ASSERT_TRUE(report.ok()) << report.status();
+  EXPECT_EQ(report->renewed.size(), 2u);
+  EXPECT_TRUE(report->created.empty());
+  EXPECT_EQ(Read(out_ + "/ca/ca.pem"), ca);
+  EXPECT_EQ(Read(out_ + "/sites/hospital_b/cert.pem"), other);
+  EXPECT_EQ(Read(out_ + "/sites/hospital-a/client.conf"), site_conf);
+  const std::string renewed = Read(out_ + "/sites/hospital-a/cert.pem");
+  EXPECT_NE(renewed, site_cert);
+  EXPECT_NE(Read(out_ + "/sites/hospital-a/key.pem"), site_key);
+  EXPECT_NE(Read(out_ + "/coordinator/cert.pem"), coordinator);
+  EXPECT_TRUE(VerifyCertChain(ca, renewed).ok());
+  EXPECT_TRUE(CheckKeyMatchesCert(Read(out_ + "/sites/hospital-a/key.pem"), renewed).ok());
+  auto subject = ParseCertSubject(renewed);
+  ASSERT_TRUE(subject.ok());
+  EXPECT_EQ(subject->common_name, "hospital-a");
+
+  options_.renew = {"hospital-z"};
+  EXPECT_EQ(Provision(options_).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(ProvisionTest, RefusesBadNamesAndAddresses) {
   std::vector<std::string> bad_names = {"Hospital", "-a", "a b", "a/b", "", std::string(64, 'a')};
   for (const std::string& bad : bad_names) {
