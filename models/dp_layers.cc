@@ -3,17 +3,94 @@
 #include <utility>
 
 #include "common/torch_pch.h"
+#include "models/dp_layers_internal.h"
 
 namespace fl {
-namespace {
+namespace dp_internal {
 
 using torch::Tensor;
 using torch::autograd::AutogradContext;
-using torch::autograd::variable_list;
 
-thread_local GradSampleTape *g_active_tape = nullptr;
+namespace {
 
 constexpr char kSinkKey[] = "dp_sink";
+
+// Whether materialising per-sample gradients costs fewer multiply-adds than the
+// Gram-matrix norm (T positions, K inputs, `out` outputs per sample).
+bool MaterialiseIsCheaper(int64_t positions, int64_t in, int64_t out) {
+  return static_cast<double>(out) * in <= static_cast<double>(positions) * (in + out);
+}
+
+}  // namespace
+
+bool UseMaterialised(GradSampleMode mode, int64_t positions, int64_t in, int64_t out) {
+  if (mode == GradSampleMode::kMaterialise) return true;
+  if (mode == GradSampleMode::kGhost) return false;
+  return MaterialiseIsCheaper(positions, in, out);
+}
+
+std::vector<int64_t> WithBatch(int64_t n, const Tensor &param) {
+  std::vector<int64_t> shape = {n};
+  for (int64_t d : param.sizes()) shape.push_back(d);
+  return shape;
+}
+
+std::vector<Tensor> DefinedOnly(std::initializer_list<Tensor> tensors) {
+  std::vector<Tensor> out;
+  for (const Tensor &t : tensors) {
+    if (t.defined()) out.push_back(t);
+  }
+  return out;
+}
+
+Tensor MaterialisedRecord::SquaredNorms() const {
+  Tensor total = torch::zeros({batch_size()}, grads_[0].options());
+  for (const Tensor &g : grads_) total += g.flatten(1).pow(2).sum(1);
+  return total;
+}
+
+std::vector<Tensor> MaterialisedRecord::ScaledSum(const Tensor &scale) const {
+  std::vector<Tensor> sums;
+  for (size_t i = 0; i < grads_.size(); ++i) {
+    Tensor s = scale.to(grads_[i].dtype()).unsqueeze(0);
+    sums.push_back(torch::matmul(s, grads_[i].flatten(1)).view(params()[i].sizes()));
+  }
+  return sums;
+}
+
+std::unique_ptr<GradSampleRecord> ZeroRecord(std::vector<Tensor> params, int64_t n) {
+  std::vector<Tensor> grads;
+  for (const Tensor &p : params) grads.push_back(torch::zeros(WithBatch(n, p), p.options()));
+  return std::make_unique<MaterialisedRecord>(std::move(params), std::move(grads));
+}
+
+Tensor OrPlaceholder(const Tensor &t, const Tensor &like) {
+  return t.defined() ? t : torch::empty({0}, like.options());
+}
+
+Tensor FromPlaceholder(const Tensor &t) { return t.numel() == 0 ? Tensor() : t; }
+
+void RememberSink(AutogradContext *ctx) {
+  c10::intrusive_ptr<GradSampleSink> sink = GradSampleTape::ActiveSink();
+  if (sink) ctx->saved_data[kSinkKey] = at::IValue::make_capsule(std::move(sink));
+}
+
+GradSampleSink *RecordingSink(AutogradContext *ctx) {
+  auto it = ctx->saved_data.find(kSinkKey);
+  if (it == ctx->saved_data.end()) return nullptr;
+  auto *sink = static_cast<GradSampleSink *>(it->second.toCapsule().get());
+  return sink->open() ? sink : nullptr;
+}
+
+c10::intrusive_ptr<torch::CustomClassHolder> SinkHolder(AutogradContext *ctx) {
+  auto it = ctx->saved_data.find(kSinkKey);
+  if (it == ctx->saved_data.end()) return {};
+  return it->second.toCapsule();
+}
+
+namespace {
+
+using torch::autograd::variable_list;
 
 // ------------------------------------------------------------------------------------------------
 // Per-sample math shared by the records. x: [N, T, K] rows per sample, dy: [N, T, out].
@@ -31,60 +108,8 @@ Tensor GhostSquaredNorm(const Tensor &x, const Tensor &dy) {
   return (gram_x * gram_dy).sum({1, 2});
 }
 
-// Whether materialising per-sample gradients costs fewer multiply-adds than the
-// Gram-matrix norm (T positions, K inputs, `out` outputs per sample).
-bool MaterialiseIsCheaper(int64_t positions, int64_t in, int64_t out) {
-  return static_cast<double>(out) * in <= static_cast<double>(positions) * (in + out);
-}
-
-bool UseMaterialised(GradSampleMode mode, int64_t positions, int64_t in, int64_t out) {
-  if (mode == GradSampleMode::kMaterialise) return true;
-  if (mode == GradSampleMode::kGhost) return false;
-  return MaterialiseIsCheaper(positions, in, out);
-}
-
-// The shape [n, param shape...].
-std::vector<int64_t> WithBatch(int64_t n, const Tensor &param) {
-  std::vector<int64_t> shape = {n};
-  for (int64_t d : param.sizes()) shape.push_back(d);
-  return shape;
-}
-
-std::vector<Tensor> DefinedOnly(std::initializer_list<Tensor> tensors) {
-  std::vector<Tensor> out;
-  for (const Tensor &t : tensors) {
-    if (t.defined()) out.push_back(t);
-  }
-  return out;
-}
-
 // ------------------------------------------------------------------------------------------------
 // Records
-
-// Per-sample gradients held explicitly: [N, shape...] per parameter.
-class MaterialisedRecord : public GradSampleRecord {
- public:
-  MaterialisedRecord(std::vector<Tensor> params, std::vector<Tensor> grads)
-      : GradSampleRecord(std::move(params)), grads_(std::move(grads)) {}
-  int64_t batch_size() const override { return grads_.at(0).size(0); }
-  Tensor SquaredNorms() const override {
-    Tensor total = torch::zeros({batch_size()}, grads_[0].options());
-    for (const Tensor &g : grads_) total += g.flatten(1).pow(2).sum(1);
-    return total;
-  }
-  std::vector<Tensor> ScaledSum(const Tensor &scale) const override {
-    std::vector<Tensor> sums;
-    for (size_t i = 0; i < grads_.size(); ++i) {
-      Tensor s = scale.to(grads_[i].dtype()).unsqueeze(0);
-      sums.push_back(torch::matmul(s, grads_[i].flatten(1)).view(params()[i].sizes()));
-    }
-    return sums;
-  }
-  std::vector<Tensor> PerSampleGrads() const override { return grads_; }
-
- private:
-  std::vector<Tensor> grads_;
-};
 
 // Linear, ghost: keeps x [N, T, in] and dy [N, T, out].
 class LinearGhostRecord : public GradSampleRecord {
@@ -119,14 +144,48 @@ class LinearGhostRecord : public GradSampleRecord {
 
 struct ConvGeometry {
   std::vector<int64_t> kernel, stride, padding, dilation;
+  int64_t groups = 1;
+  // Zeros, one per spatial dimension (no transposed convolutions here).
+  std::vector<int64_t> output_padding() const { return std::vector<int64_t>(kernel.size(), 0); }
 };
 
-// [N, in*kh*kw, T]: the im2col patches of x.
-Tensor Unfold(const Tensor &x, const ConvGeometry &g) {
-  return torch::im2col(x, g.kernel, g.dilation, g.padding, g.stride);
+// [N, T, in*k1*...*kd]: the patches of x under the kernel, in the weight's flatten order.
+Tensor Patches(const Tensor &x, const ConvGeometry &g) {
+  if (g.kernel.size() == 2) {
+    return torch::im2col(x, g.kernel, g.dilation, g.padding, g.stride).transpose(1, 2);
+  }
+  const int64_t d = static_cast<int64_t>(g.kernel.size());
+  std::vector<int64_t> pad;  // constant_pad_nd pads the last dimension first
+  for (int64_t i = d - 1; i >= 0; --i) pad.insert(pad.end(), {g.padding[i], g.padding[i]});
+  Tensor p = at::constant_pad_nd(x, pad, 0);
+  for (int64_t i = 0; i < d; ++i) {
+    // Each unfold appends a window dimension; its dilated taps are every dilation-th element.
+    const int64_t span = g.dilation[i] * (g.kernel[i] - 1) + 1;
+    p = p.unfold(2 + i, span, g.stride[i]).slice(-1, 0, span, g.dilation[i]);
+  }
+  std::vector<int64_t> order = {0};  // [N, out positions..., C, kernel offsets...]
+  for (int64_t i = 0; i < d; ++i) order.push_back(2 + i);
+  order.push_back(1);
+  for (int64_t i = 0; i < d; ++i) order.push_back(2 + d + i);
+  return p.permute(order).reshape({x.size(0), -1, x.size(1) * c10::multiply_integers(g.kernel)});
 }
 
-// Conv2d, ghost: keeps the layer input x [N, in, H, W] and dy [N, out, H', W'].
+// [N*G, T, F/G] from [N, T, F]: group g of sample n's features becomes row n*G+g.
+Tensor PerGroup(const Tensor &t, int64_t groups) {
+  if (groups == 1) return t;
+  return t.reshape({t.size(0), t.size(1), groups, -1})
+      .permute({0, 2, 1, 3})
+      .reshape({-1, t.size(1), t.size(2) / groups});
+}
+
+// The shape {n, -1, 1, ..., 1} that broadcasts a [n] tensor over a `dims`-dimensional one.
+std::vector<int64_t> BatchView(int64_t dims) {
+  std::vector<int64_t> shape(dims, 1);
+  shape[0] = -1;
+  return shape;
+}
+
+// Convolution (2-d or 3-d, grouped), ghost: keeps the layer input x [N, in, *] and dy [N, out, *].
 class ConvGhostRecord : public GradSampleRecord {
  public:
   ConvGhostRecord(const Tensor &weight, const Tensor &bias, Tensor x, Tensor dy, ConvGeometry geo)
@@ -137,33 +196,41 @@ class ConvGhostRecord : public GradSampleRecord {
         geo_(std::move(geo)) {}
   int64_t batch_size() const override { return x_.size(0); }
   Tensor SquaredNorms() const override {
-    Tensor patches = Unfold(x_, geo_).transpose(1, 2);
     Tensor dy = dy_.flatten(2).transpose(1, 2);
-    Tensor norms = GhostSquaredNorm(patches, dy);
+    Tensor norms =
+        GhostSquaredNorm(PerGroup(Patches(x_, geo_), geo_.groups), PerGroup(dy, geo_.groups))
+            .view({batch_size(), geo_.groups})
+            .sum(1);
     if (has_bias_) norms = norms + dy.sum(1).pow(2).sum(1);
     return norms;
   }
   std::vector<Tensor> ScaledSum(const Tensor &scale) const override {
-    Tensor scaled = dy_ * scale.to(dy_.dtype()).view({-1, 1, 1, 1});
+    Tensor scaled = dy_ * scale.to(dy_.dtype()).view(BatchView(dy_.dim()));
     const Tensor &w = params()[0];
     std::vector<int64_t> bias_sizes = {w.size(0)};
     auto grads = at::convolution_backward(
         scaled, x_, w, has_bias_ ? at::OptionalIntArrayRef(bias_sizes) : c10::nullopt, geo_.stride,
-        geo_.padding, geo_.dilation, false, {0, 0}, 1, {false, true, has_bias_});
+        geo_.padding, geo_.dilation, false, geo_.output_padding(), geo_.groups,
+        {false, true, has_bias_});
     std::vector<Tensor> sums = {std::get<1>(grads)};
     if (has_bias_) sums.push_back(std::get<2>(grads));
     return sums;
   }
   // The per-sample weight gradients are the weight gradient of one convolution with the batch
-  // folded into the channels as N groups (the fast convolution kernels, no im2col).
+  // folded into the channels as N*G groups (the fast convolution kernels, no im2col).
   std::vector<Tensor> PerSampleGrads() const override {
     const Tensor &w = params()[0];
     const int64_t n = batch_size();
-    Tensor grouped_weight = w.repeat({n, 1, 1, 1});  // only its shape is used
-    auto backward = at::convolution_backward(
-        dy_.reshape({1, n * w.size(0), dy_.size(2), dy_.size(3)}),
-        x_.reshape({1, n * w.size(1), x_.size(2), x_.size(3)}), grouped_weight, c10::nullopt,
-        geo_.stride, geo_.padding, geo_.dilation, false, {0, 0}, n, {false, true, false});
+    std::vector<int64_t> repeats(w.dim(), 1);
+    repeats[0] = n;
+    Tensor grouped_weight = w.repeat(repeats);  // only its shape is used
+    std::vector<int64_t> dy_shape = dy_.sizes().vec(), x_shape = x_.sizes().vec();
+    dy_shape[1] *= n, x_shape[1] *= n;
+    dy_shape[0] = x_shape[0] = 1;
+    auto backward =
+        at::convolution_backward(dy_.reshape(dy_shape), x_.reshape(x_shape), grouped_weight,
+                                 c10::nullopt, geo_.stride, geo_.padding, geo_.dilation, false,
+                                 geo_.output_padding(), n * geo_.groups, {false, true, false});
     std::vector<Tensor> grads = {std::get<1>(backward).view(WithBatch(n, w))};
     if (has_bias_) grads.push_back(dy_.flatten(2).sum(2));
     return grads;
@@ -175,69 +242,34 @@ class ConvGhostRecord : public GradSampleRecord {
   ConvGeometry geo_;
 };
 
-// Zero per-sample gradients for an empty batch.
-std::unique_ptr<GradSampleRecord> EmptyRecord(std::vector<Tensor> params) {
-  std::vector<Tensor> grads;
-  for (const Tensor &p : params) grads.push_back(torch::zeros(WithBatch(0, p), p.options()));
-  return std::make_unique<MaterialisedRecord>(std::move(params), std::move(grads));
-}
-
 // ------------------------------------------------------------------------------------------------
-// Tape plumbing for the autograd functions
+// Convolution (2-d and 3-d)
 
-// LibTorch 1.13's custom functions take no undefined tensors: a missing bias (or GroupNorm
-// weight) crosses apply() as an empty placeholder.
-Tensor OrPlaceholder(const Tensor &t, const Tensor &like) {
-  return t.defined() ? t : torch::empty({0}, like.options());
-}
-Tensor FromPlaceholder(const Tensor &t) { return t.numel() == 0 ? Tensor() : t; }
-
-// Remembers the active sink (if any) in the graph node, for its backward.
-void RememberSink(AutogradContext *ctx) {
-  c10::intrusive_ptr<GradSampleSink> sink = GradSampleTape::ActiveSink();
-  if (sink) ctx->saved_data[kSinkKey] = at::IValue::make_capsule(std::move(sink));
-}
-
-// The sink to record into, or null when gradients are to be computed plainly.
-GradSampleSink *RecordingSink(AutogradContext *ctx) {
-  auto it = ctx->saved_data.find(kSinkKey);
-  if (it == ctx->saved_data.end()) return nullptr;
-  auto *sink = static_cast<GradSampleSink *>(it->second.toCapsule().get());
-  return sink->open() ? sink : nullptr;
-}
-
-// Keeps the capsule (and so the sink) alive during the backward that uses it.
-c10::intrusive_ptr<torch::CustomClassHolder> SinkHolder(AutogradContext *ctx) {
-  auto it = ctx->saved_data.find(kSinkKey);
-  if (it == ctx->saved_data.end()) return {};
-  return it->second.toCapsule();
-}
-
-// ------------------------------------------------------------------------------------------------
-// Conv2d
-
-class DPConv2dFunction : public torch::autograd::Function<DPConv2dFunction> {
+class DPConvFunction : public torch::autograd::Function<DPConvFunction> {
  public:
   static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &weight,
                         const Tensor &bias_or_placeholder, std::vector<int64_t> stride,
-                        std::vector<int64_t> padding, std::vector<int64_t> dilation) {
+                        std::vector<int64_t> padding, std::vector<int64_t> dilation,
+                        int64_t groups) {
     const Tensor bias = FromPlaceholder(bias_or_placeholder);
     ctx->save_for_backward({x, weight, bias});
     ctx->saved_data["stride"] = stride;
     ctx->saved_data["padding"] = padding;
     ctx->saved_data["dilation"] = dilation;
+    ctx->saved_data["groups"] = groups;
     RememberSink(ctx);
-    return at::conv2d(x, weight, bias, stride, padding, dilation, 1);
+    std::vector<int64_t> output_padding(stride.size(), 0);
+    return at::convolution(x, weight, bias, stride, padding, dilation, false, output_padding,
+                           groups);
   }
 
   static variable_list backward(AutogradContext *ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
     const Tensor dy = grad_outputs[0];
-    ConvGeometry geo{{weight.size(2), weight.size(3)},
-                     ctx->saved_data["stride"].toIntVector(),
+    ConvGeometry geo{weight.sizes().slice(2).vec(), ctx->saved_data["stride"].toIntVector(),
                      ctx->saved_data["padding"].toIntVector(),
-                     ctx->saved_data["dilation"].toIntVector()};
+                     ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt()};
     auto holder = SinkHolder(ctx);
     GradSampleSink *sink = RecordingSink(ctx);
     const bool has_bias = bias.defined();
@@ -249,20 +281,22 @@ class DPConv2dFunction : public torch::autograd::Function<DPConv2dFunction> {
       std::vector<int64_t> bias_sizes = {weight.size(0)};
       std::tie(gx, gw, gb) = at::convolution_backward(
           dy, x, weight, has_bias ? at::OptionalIntArrayRef(bias_sizes) : c10::nullopt, geo.stride,
-          geo.padding, geo.dilation, false, {0, 0}, 1, mask);
+          geo.padding, geo.dilation, false, geo.output_padding(), geo.groups, mask);
     }
     if (sink != nullptr) sink->Add(MakeRecord(sink->mode(), weight, bias, x, dy, std::move(geo)));
-    return {gx, gw, gb, Tensor(), Tensor(), Tensor()};
+    return {gx, gw, gb, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 
  private:
   static std::unique_ptr<GradSampleRecord> MakeRecord(GradSampleMode mode, const Tensor &weight,
                                                       const Tensor &bias, const Tensor &x,
                                                       const Tensor &dy, ConvGeometry geo) {
-    if (x.size(0) == 0) return EmptyRecord(DefinedOnly({weight, bias}));
+    if (x.size(0) == 0) return ZeroRecord(DefinedOnly({weight, bias}), 0);
+    const int64_t groups = geo.groups;
     ConvGhostRecord ghost(weight, bias, x, dy, std::move(geo));
-    const int64_t positions = dy.size(2) * dy.size(3);
-    if (!UseMaterialised(mode, positions, weight[0].numel(), weight.size(0))) {
+    const int64_t positions = dy[0][0].numel();
+    // Per group: T positions, in/G * kernel inputs, out/G outputs.
+    if (!UseMaterialised(mode, positions, weight[0].numel(), weight.size(0) / groups)) {
       return std::make_unique<ConvGhostRecord>(std::move(ghost));
     }
     return std::make_unique<MaterialisedRecord>(ghost.params(), ghost.PerSampleGrads());
@@ -305,7 +339,7 @@ class DPLinearFunction : public torch::autograd::Function<DPLinearFunction> {
                                                       const Tensor &bias, const Tensor &x,
                                                       const Tensor &dy) {
     const int64_t n = x.size(0);
-    if (n == 0) return EmptyRecord(DefinedOnly({weight, bias}));
+    if (n == 0) return ZeroRecord(DefinedOnly({weight, bias}), 0);
     LinearGhostRecord ghost(weight, bias, x.reshape({n, -1, weight.size(1)}),
                             dy.reshape({n, -1, weight.size(0)}));
     const int64_t positions = x.numel() / (n * weight.size(1));
@@ -376,7 +410,7 @@ class DPGroupNormFunction : public torch::autograd::Function<DPGroupNormFunction
                                                       const Tensor &mean, const Tensor &rstd,
                                                       int64_t groups) {
     const int64_t n = x.size(0), c = x.size(1);
-    if (x.numel() == 0) return EmptyRecord({weight, bias});
+    if (x.numel() == 0) return ZeroRecord({weight, bias}, n);
     Tensor x_hat = (x.view({n, groups, -1}) - mean.view({n, groups, 1}).to(x.dtype())) *
                    rstd.view({n, groups, 1}).to(x.dtype());
     Tensor dy3 = dy.view({n, c, -1});
@@ -388,14 +422,34 @@ class DPGroupNormFunction : public torch::autograd::Function<DPGroupNormFunction
 
 }  // namespace
 
+Tensor DPConvolution(const Tensor &input, const Tensor &weight, const Tensor &bias,
+                     std::vector<int64_t> stride, std::vector<int64_t> padding,
+                     std::vector<int64_t> dilation, int64_t groups) {
+  return DPConvFunction::apply(input, weight, OrPlaceholder(bias, weight), std::move(stride),
+                               std::move(padding), std::move(dilation), groups);
+}
+
+Tensor DPGroupNormalisation(const Tensor &input, const Tensor &weight, const Tensor &bias,
+                            int64_t groups, double eps) {
+  return DPGroupNormFunction::apply(input, OrPlaceholder(weight, input), OrPlaceholder(bias, input),
+                                    groups, eps);
+}
+
+}  // namespace dp_internal
+
+using dp_internal::DPConvolution;
+using dp_internal::DPLinearFunction;
+using dp_internal::OrPlaceholder;
+using dp_internal::DPGroupNormalisation;
+using dp_internal::ToVector;
+using torch::Tensor;
+
 // ------------------------------------------------------------------------------------------------
 // Sink and tape
 
 namespace {
 
-std::vector<int64_t> ToVector(const torch::ExpandingArray<2> &a) {
-  return std::vector<int64_t>(a->begin(), a->end());
-}
+thread_local GradSampleTape *g_active_tape = nullptr;
 
 }  // namespace
 
@@ -456,9 +510,8 @@ void DPConv2dImpl::reset() {
 }
 
 Tensor DPConv2dImpl::forward(const Tensor &input) {
-  return DPConv2dFunction::apply(input, weight, OrPlaceholder(bias, weight),
-                                 ToVector(options.stride()), ToVector(options.padding()),
-                                 ToVector(options.dilation()));
+  return DPConvolution(input, weight, bias, ToVector(options.stride()), ToVector(options.padding()),
+                       ToVector(options.dilation()), 1);
 }
 
 DPLinearImpl::DPLinearImpl(torch::nn::LinearOptions options_) : options(std::move(options_)) {
@@ -496,14 +549,18 @@ void DPGroupNormImpl::reset() {
 }
 
 Tensor DPGroupNormImpl::forward(const Tensor &input) {
-  return DPGroupNormFunction::apply(input, OrPlaceholder(weight, input), OrPlaceholder(bias, input),
-                                    options.num_groups(), options.eps());
+  return DPGroupNormalisation(input, weight, bias, options.num_groups(), options.eps());
 }
 
 bool IsDpAwareModule(const torch::nn::Module &module) {
   return dynamic_cast<const DPConv2dImpl *>(&module) != nullptr ||
          dynamic_cast<const DPLinearImpl *>(&module) != nullptr ||
-         dynamic_cast<const DPGroupNormImpl *>(&module) != nullptr;
+         dynamic_cast<const DPGroupNormImpl *>(&module) != nullptr ||
+         dynamic_cast<const DPConv3dImpl *>(&module) != nullptr ||
+         dynamic_cast<const DPLayerNormImpl *>(&module) != nullptr ||
+         dynamic_cast<const DPInstanceNorm2dImpl *>(&module) != nullptr ||
+         dynamic_cast<const DPInstanceNorm3dImpl *>(&module) != nullptr ||
+         dynamic_cast<const DPEmbeddingImpl *>(&module) != nullptr;
 }
 
 }  // namespace fl

@@ -1,6 +1,6 @@
-// DP-aware layers: drop-in replacements for torch::nn::Conv2d, Linear and
-// GroupNorm whose backward can hand per-sample gradient information to a
-// GradSampleTape instead of accumulating the batch gradient.
+// DP-aware layers: drop-in replacements for torch::nn::Conv2d, Conv3d, Linear,
+// GroupNorm, LayerNorm, InstanceNorm2d/3d and Embedding whose backward can hand per-sample gradient
+// information to a GradSampleTape instead of accumulating the batch gradient.
 //
 // LibTorch modules have no forward/backward hooks, so each layer's forward runs
 // a custom autograd function. With no tape active, forward, backward and the
@@ -152,6 +152,88 @@ class DPGroupNormImpl : public torch::nn::Cloneable<DPGroupNormImpl> {
   torch::Tensor bias;
 };
 TORCH_MODULE(DPGroupNorm);
+
+// The subset of torch::nn::Conv3dOptions that DPConv3d supports: explicit zero padding.
+struct DPConv3dOptions {
+  DPConv3dOptions(int64_t in_channels, int64_t out_channels, torch::ExpandingArray<3> kernel_size)
+      : in_channels_(in_channels), out_channels_(out_channels), kernel_size_(kernel_size) {}
+  TORCH_ARG(int64_t, in_channels);
+  TORCH_ARG(int64_t, out_channels);
+  TORCH_ARG(torch::ExpandingArray<3>, kernel_size);
+  TORCH_ARG(torch::ExpandingArray<3>, stride) = 1;
+  TORCH_ARG(torch::ExpandingArray<3>, padding) = 0;
+  TORCH_ARG(torch::ExpandingArray<3>, dilation) = 1;
+  // REQUIRES: divides in_channels and out_channels (else the constructor throws, as Conv3d's).
+  TORCH_ARG(int64_t, groups) = 1;
+  TORCH_ARG(bool, bias) = true;
+};
+
+// Conv3d with torch::nn::Conv3d's parameters ("weight" [out, in/groups, kd, kh, kw], "bias"
+// [out]), shapes and initialisation. Input [N, in, D, H, W].
+class DPConv3dImpl : public torch::nn::Cloneable<DPConv3dImpl> {
+ public:
+  explicit DPConv3dImpl(DPConv3dOptions options);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor &input);
+
+  DPConv3dOptions options;
+  torch::Tensor weight;
+  torch::Tensor bias;  // undefined when options.bias() is false
+};
+TORCH_MODULE(DPConv3d);
+
+// LayerNorm with torch::nn::LayerNorm's parameters ("weight" ones, "bias" zeros, both of shape
+// normalized_shape, when elementwise_affine). Input [N, ..., normalized_shape...]: every position
+// of the middle dimensions belongs to sample n.
+class DPLayerNormImpl : public torch::nn::Cloneable<DPLayerNormImpl> {
+ public:
+  explicit DPLayerNormImpl(torch::nn::LayerNormOptions options);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor &input);
+
+  torch::nn::LayerNormOptions options;
+  torch::Tensor weight;
+  torch::Tensor bias;
+};
+TORCH_MODULE(DPLayerNorm);
+
+// InstanceNorm{D}d with torch's parameters ("weight" ones, "bias" zeros, [C], when affine; note
+// that torch's default is affine=false). Statistics are those of each sample, as in training mode;
+// running statistics are not supported: track_running_stats=true makes the constructor throw
+// c10::Error (they would be un-noised aggregates of the private data). Input [N, C, *] with D
+// spatial dimensions.
+template <size_t D>
+class DPInstanceNormImpl : public torch::nn::Cloneable<DPInstanceNormImpl<D>> {
+ public:
+  explicit DPInstanceNormImpl(torch::nn::InstanceNormOptions options);
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor &input);
+
+  torch::nn::InstanceNormOptions options;
+  torch::Tensor weight;
+  torch::Tensor bias;
+};
+using DPInstanceNorm2dImpl = DPInstanceNormImpl<2>;
+using DPInstanceNorm3dImpl = DPInstanceNormImpl<3>;
+TORCH_MODULE(DPInstanceNorm2d);
+TORCH_MODULE(DPInstanceNorm3d);
+
+// Embedding with torch::nn::Embedding's parameter ("weight" [num_embeddings, embedding_dim],
+// N(0, 1) with the padding_idx row zero) and padding_idx semantics (that row gets no gradient).
+// max_norm, scale_grad_by_freq (mixes the samples of a batch) and sparse are not supported: the
+// constructor throws c10::Error. Input: integer indices [N, ...].
+class DPEmbeddingImpl : public torch::nn::Cloneable<DPEmbeddingImpl> {
+ public:
+  explicit DPEmbeddingImpl(torch::nn::EmbeddingOptions options);
+  DPEmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim)
+      : DPEmbeddingImpl(torch::nn::EmbeddingOptions(num_embeddings, embedding_dim)) {}
+  void reset() override;
+  torch::Tensor forward(const torch::Tensor &indices);
+
+  torch::nn::EmbeddingOptions options;
+  torch::Tensor weight;
+};
+TORCH_MODULE(DPEmbedding);
 
 // True for the DP-aware layers above: their direct parameters are covered by
 // the records of a GradSampleTape.

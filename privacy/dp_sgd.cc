@@ -1,12 +1,11 @@
 #include "privacy/dp_sgd.h"
 
-#include <mutex>
-
 #include <sys/random.h>
 
 #include <cerrno>
 #include <cstring>
 #include <exception>
+#include <mutex>
 #include <unordered_map>
 
 #include "absl/strings/match.h"
@@ -24,6 +23,20 @@ bool IsBatchNorm(const torch::nn::Module &module) {
          module.as<torch::nn::BatchNorm2d>() != nullptr ||
          module.as<torch::nn::BatchNorm3d>() != nullptr ||
          absl::StrContains(module.name(), "BatchNorm");
+}
+
+template <typename Holder>
+bool TracksRunningStatsAs(const torch::nn::Module &module) {
+  const auto *m = module.as<Holder>();
+  return m != nullptr && m->options.track_running_stats();
+}
+
+// Running statistics are un-noised aggregates of the private data that would leave the site with
+// the model (InstanceNorm with track_running_stats; the DP-aware InstanceNorm refuses the option).
+bool TracksRunningStats(const torch::nn::Module &module) {
+  return TracksRunningStatsAs<torch::nn::InstanceNorm1d>(module) ||
+         TracksRunningStatsAs<torch::nn::InstanceNorm2d>(module) ||
+         TracksRunningStatsAs<torch::nn::InstanceNorm3d>(module);
 }
 
 std::string Join(const std::string &prefix, const std::string &name) {
@@ -54,6 +67,12 @@ absl::Status CheckDpCompatible(torch::nn::Module &model) {
       return absl::FailedPreconditionError(absl::StrCat(
           "DP-SGD refuses module '", item.key(), "' (", module.name(),
           "): BatchNorm mixes samples, so per-sample gradients do not exist; use GroupNorm"));
+    }
+    if (TracksRunningStats(module)) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "DP-SGD refuses module '", item.key(), "' (", module.name(),
+          "): track_running_stats=true keeps un-noised statistics of the private data; set it to "
+          "false"));
     }
     if (IsDpAwareModule(module)) continue;
     for (const auto &param : module.named_parameters(/*recurse=*/false)) {
@@ -128,8 +147,7 @@ absl::StatusOr<std::unique_ptr<DpSgdEngine>> DpSgdEngine::Create(torch::nn::Modu
   for (const auto &item : model.named_parameters(/*recurse=*/true)) {
     if (item.value().requires_grad()) params.emplace_back(item.key(), item.value());
   }
-  return std::unique_ptr<DpSgdEngine>(
-      new DpSgdEngine(std::move(params), options, seed));
+  return std::unique_ptr<DpSgdEngine>(new DpSgdEngine(std::move(params), options, seed));
 }
 
 absl::Status DpSgdEngine::AccumulateMicroBatch(const std::function<Tensor()> &per_sample_loss) {

@@ -37,7 +37,8 @@ struct DpSgdOptions {
   GradSampleMode norm_mode = GradSampleMode::kAuto;
 };
 
-// OK if `model` can be trained with DP-SGD: no BatchNorm module (FailedPrecondition naming it) and
+// OK if `model` can be trained with DP-SGD: no BatchNorm module and no InstanceNorm with
+// track_running_stats (FailedPrecondition naming it), and
 // every trainable parameter belongs to a DP-aware layer (InvalidArgument naming the parameter
 // otherwise: it would be neither clipped nor noised).
 absl::Status CheckDpCompatible(torch::nn::Module &model);
@@ -88,8 +89,8 @@ class DpSgdEngine {
   at::Generator NoiseGenerator(const torch::Device &device);
 
   uint64_t seed_;
-  at::Generator generator_;         // CPU
-  at::Generator device_generator_;  // the accelerator's, once a parameter lives there
+  at::Generator generator_;          // CPU
+  at::Generator device_generator_;   // the accelerator's, once a parameter lives there
   std::vector<torch::Tensor> sums_;  // per params_; undefined until first accumulated
   int64_t samples_ = 0;
   torch::Tensor last_norms_;

@@ -1,5 +1,6 @@
 #include "privacy/dp_sgd.h"
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -28,6 +29,21 @@ nn::Sequential SmallNet() {
                         DPGroupNorm(nn::GroupNormOptions(2, 4)), nn::ReLU(),
                         DPConv2d(DPConv2dOptions(4, 4, 3).bias(false)), Flatten(),
                         DPLinear(4 * 2 * 2, 3));
+}
+
+// conv3d (stride, padding, groups) - InstanceNorm3d - ReLU - flatten - linear.
+nn::Sequential VolumeNet() {
+  return nn::Sequential(DPConv3d(DPConv3dOptions(2, 4, 3).stride(2).padding(1).groups(2)),
+                        DPInstanceNorm3d(nn::InstanceNormOptions(4).affine(true)), nn::ReLU(),
+                        Flatten(), DPLinear(4 * 3 * 3 * 3, 3));
+}
+
+constexpr int64_t kVocabulary = 9, kTokens = 5;
+
+// embedding - LayerNorm - linear per token - ReLU - flatten - linear.
+nn::Sequential TokenNet() {
+  return nn::Sequential(DPEmbedding(kVocabulary, 6), DPLayerNorm(nn::LayerNormOptions({6})),
+                        DPLinear(6, 4), nn::ReLU(), Flatten(), DPLinear(kTokens * 4, 3));
 }
 
 nn::Sequential Copy(const nn::Sequential &net) {
@@ -74,6 +90,27 @@ Batch RandomBatch(int64_t n) {
           torch::randint(0, 2, {n, 3}, torch::kFloat64)};
 }
 
+// A network (fp64) and random inputs of n samples for it.
+struct NetCase {
+  std::string name;
+  std::function<nn::Sequential()> make;
+  std::function<Tensor(int64_t)> inputs;
+};
+
+std::vector<NetCase> NetCases() {
+  return {
+      {"conv2d_groupnorm_linear", SmallNet, [](int64_t n) { return RandomBatch(n).x; }},
+      {"conv3d_instancenorm3d_linear", VolumeNet,
+       [](int64_t n) {
+         return torch::randn({n, 2, 6, 6, 6}, torch::kFloat64);
+       }},
+      {"embedding_layernorm_linear", TokenNet,
+       [](int64_t n) {
+         return torch::randint(0, kVocabulary, {n, kTokens}, torch::kLong);
+       }},
+  };
+}
+
 TEST(DpSgdTest, NoNoiseHugeClipEqualsPlainSgdOnSummedLoss) {
   torch::manual_seed(0);
   nn::Sequential dp_net = SmallNet(), plain_net;
@@ -108,23 +145,31 @@ void ReferenceClippedStep(nn::Sequential &net, const Batch &b, double clip, doub
   for (size_t k = 0; k < params.size(); ++k) params[k] -= total[k] / batch;  // SGD, lr 1
 }
 
+// One DP step (no noise, SGD lr 1) on n samples equals the reference loop; the fp64 result checks
+// per-sample norms, clipping and the clipped sum of every layer in the network.
+void CheckClippedStep(const NetCase &net_case, int64_t n, GradSampleMode mode) {
+  SCOPED_TRACE("n=" + std::to_string(n));
+  torch::manual_seed(n);
+  nn::Sequential dp_net = net_case.make();
+  dp_net->to(torch::kFloat64);
+  nn::Sequential ref_net = Copy(dp_net);
+  Batch b{net_case.inputs(n), torch::randint(0, 2, {n, 3}, torch::kFloat64)};
+  DpSgdOptions options = TestOptions(0.05, 0.0, 3.0);
+  options.norm_mode = mode;
+  torch::optim::SGD opt(dp_net->parameters(), 1.0);
+  absl::Status status = DpSgdStep(
+      *dp_net, opt, [&] { return PerSampleLoss(dp_net, b.x, b.y); }, options);
+  ASSERT_TRUE(status.ok()) << status;
+  ReferenceClippedStep(ref_net, b, 0.05, 3.0);
+  EXPECT_LT(MaxRelativeDiff(*dp_net, *ref_net), 1e-9);
+}
+
 class DpSgdClipTest : public ::testing::TestWithParam<GradSampleMode> {};
 
 TEST_P(DpSgdClipTest, ClippedSumEqualsLoopOfSingleSamplePasses) {
-  for (int64_t n : {0, 1, 6}) {
-    torch::manual_seed(n);
-    nn::Sequential dp_net = SmallNet();
-    dp_net->to(torch::kFloat64);
-    nn::Sequential ref_net = Copy(dp_net);
-    Batch b = RandomBatch(n);
-    DpSgdOptions options = TestOptions(0.05, 0.0, 3.0);
-    options.norm_mode = GetParam();
-    torch::optim::SGD opt(dp_net->parameters(), 1.0);
-    ASSERT_TRUE(DpSgdStep(
-                    *dp_net, opt, [&] { return PerSampleLoss(dp_net, b.x, b.y); }, options)
-                    .ok());
-    ReferenceClippedStep(ref_net, b, 0.05, 3.0);
-    EXPECT_LT(MaxRelativeDiff(*dp_net, *ref_net), 1e-9) << "n=" << n;
+  for (const NetCase &net_case : NetCases()) {
+    SCOPED_TRACE(net_case.name);
+    for (int64_t n : {0, 1, 6}) CheckClippedStep(net_case, n, GetParam());
   }
 }
 
@@ -213,6 +258,18 @@ TEST(DpSgdTest, BatchNormModelIsRefused) {
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(status.message().find("BatchNorm"), std::string::npos) << status;
   EXPECT_FALSE(DpSgdEngine::Create(*net, TestOptions(1, 1, 1)).ok());
+}
+
+TEST(DpSgdTest, InstanceNormWithRunningStatsIsRefused) {
+  nn::Sequential net(DPConv2d(DPConv2dOptions(1, 4, 3)),
+                     nn::InstanceNorm2d(nn::InstanceNormOptions(4).track_running_stats(true)));
+  absl::Status status = CheckDpCompatible(*net);
+  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(status.message().find("track_running_stats"), std::string::npos) << status;
+  nn::Sequential fine(DPConv2d(DPConv2dOptions(1, 4, 3)), nn::InstanceNorm2d(4));
+  EXPECT_TRUE(CheckDpCompatible(*fine).ok());
+  EXPECT_TRUE(CheckDpCompatible(*VolumeNet()).ok());
+  EXPECT_TRUE(CheckDpCompatible(*TokenNet()).ok());
 }
 
 TEST(DpSgdTest, ParameterOutsideDpLayersIsNamed) {
