@@ -34,6 +34,37 @@ Aggregator::Aggregator(UpdateLayout layout, size_t num_labels)
   }
 }
 
+Aggregator::Aggregator(UpdateLayout layout, size_t num_labels,
+                       std::vector<std::vector<float>> sums)
+    : layout_(std::move(layout)),
+      num_labels_(num_labels),
+      sums_(std::move(sums)),
+      label_weight_(num_labels, 0.0) {}
+
+absl::StatusOr<Aggregator> Aggregator::FromAverage(UpdateLayout layout, size_t num_labels,
+                                                   std::vector<std::vector<float>> average,
+                                                   const std::vector<bool>& row_covered,
+                                                   size_t updates) {
+  if (average.size() != layout.shared.size() || row_covered.size() != num_labels) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "combined update has ", average.size(), " tensors and ", row_covered.size(),
+        " label rows; the layout has ", layout.shared.size(), " and ", num_labels));
+  }
+  for (size_t k = 0; k < average.size(); ++k) {
+    if (average[k].size() * sizeof(float) != layout.shared[k].byte_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("combined update of ",
+                                                     layout.shared[k].name, " has ",
+                                                     average[k].size(), " values"));
+    }
+  }
+  // The sums hold the average itself, so every weight is 1 (or 0 for rows nobody covered).
+  Aggregator aggregator(std::move(layout), num_labels, std::move(average));
+  aggregator.total_weight_ = updates > 0 ? 1.0 : 0.0;
+  for (size_t r = 0; r < num_labels; ++r) aggregator.label_weight_[r] = row_covered[r] ? 1.0 : 0.0;
+  aggregator.updates_ = updates;
+  return aggregator;
+}
+
 void Aggregator::BeginUpdate(double weight, std::vector<size_t> label_rows, double scale) {
   weight_ = weight;
   scale_ = scale;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "common/tensor.h"
 #include "common/tensor_stream.h"
 #include "fl/config.pb.h"
@@ -31,10 +32,20 @@ struct OptimizerMoments {
 };
 
 // Running weighted sum of updates. Backbone tensors are averaged over all updates; a head row is
-// averaged only over the updates whose labels include that row's label.
+// averaged only over the updates whose labels include that row's label. Robust rules (median,
+// trimmed mean; server/robust_aggregator.h) hand their result in through FromAverage.
 class Aggregator {
  public:
   Aggregator(UpdateLayout layout, size_t num_labels);
+
+  // An aggregator that holds an already combined update (e.g. a coordinate-wise median), so
+  // that Apply runs the server optimizer on it exactly as on a mean. `average` has one buffer
+  // per shared tensor of `layout`; `row_covered[r]` false leaves head row r unchanged;
+  // `updates` is how many updates it combines. INVALID_ARGUMENT if the sizes do not match.
+  static absl::StatusOr<Aggregator> FromAverage(UpdateLayout layout, size_t num_labels,
+                                                std::vector<std::vector<float>> average,
+                                                const std::vector<bool>& row_covered,
+                                                size_t updates);
 
   // Starts folding one update with `weight` (its sample count) carrying head rows `label_rows`;
   // its values are multiplied by `scale` (norm clipping) without changing its weight.
@@ -53,6 +64,7 @@ class Aggregator {
                      OptimizerMoments* moments);
 
  private:
+  Aggregator(UpdateLayout layout, size_t num_labels, std::vector<std::vector<float>> sums);
 
   UpdateLayout layout_;
   size_t num_labels_;

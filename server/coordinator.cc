@@ -21,6 +21,7 @@
 #include "common/safetensors.h"
 #include "common/status.h"
 #include "common/tensor_stream.h"
+#include "server/robust_aggregator.h"
 
 namespace fl {
 
@@ -42,7 +43,8 @@ struct Coordinator::RoundState {
   double weight_sum = 0;
   bool poisoned = false;  // the aggregate holds part of an update; never apply it
   UpdateLayout layout;
-  std::unique_ptr<Aggregator> aggregator;
+  std::unique_ptr<Aggregator> aggregator;  // weighted mean only; folded as updates arrive
+  std::vector<SpooledUpdate> spooled;      // robust rules only; combined when the round closes
   absl::Time opened;
 };
 
@@ -58,6 +60,25 @@ std::string NewJobId(const std::string& name) {
 }
 
 bool Terminal(JobState state) { return state == DONE || state == FAILED || state == CANCELLED; }
+
+bool IsRobust(const JobSpec& spec) {
+  return spec.aggregation() == AGGREGATION_MEDIAN ||
+         spec.aggregation() == AGGREGATION_TRIMMED_MEAN;
+}
+
+// Checks `aggregation` and `trim_fraction` (0 means the default, 0.1); errors name the field.
+absl::Status ValidateAggregation(JobSpec& spec) {
+  if (!Aggregation_IsValid(spec.aggregation())) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config field 'aggregation' has unknown value ", static_cast<int>(spec.aggregation())));
+  }
+  if (spec.trim_fraction() == 0) spec.set_trim_fraction(0.1);
+  if (!(spec.trim_fraction() >= 0 && spec.trim_fraction() < 0.5)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config field 'trim_fraction' must be in [0, 0.5), got ", spec.trim_fraction()));
+  }
+  return absl::OkStatus();
+}
 
 // Sample-weighted mean AUROC per label over the sites' reports, and the mean over labels.
 void PoolMetrics(const std::map<std::string, SiteReport>& reports, RoundSummary& summary) {
@@ -423,7 +444,7 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
     if (!round_ || round_->job_id != header.job_id() || round_->round != header.round()) {
       return absl::FailedPreconditionError("the round closed before the update completed");
     }
-    aggregator = round_->aggregator.get();
+    aggregator = round_->aggregator.get();  // null under a robust rule
     attempt = round_->attempt;
   }
   // Once folding starts it must finish, so everything that can fail is checked first: the
@@ -437,26 +458,21 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   if (!in) return absl::InternalError(absl::StrCat("cannot reread spool file ", path));
   RETURN_IF_ERROR(store_->AddReceipt(
       Receipt{header.job_id(), header.round(), attempt, site, header, scale, bytes, path}));
-  aggregator->BeginUpdate(static_cast<double>(header.num_samples()), rows, scale);
-  std::vector<float> buffer(config_.chunk_bytes() / sizeof(float));
-  for (size_t k = 0; k < aggregator->layout().shared.size(); ++k) {
-    const uint64_t numel = aggregator->layout().shared[k].byte_size() / sizeof(float);
-    for (uint64_t offset = 0; offset < numel;) {
-      const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer.size(), numel - offset));
-      if (std::fread(buffer.data(), sizeof(float), n, in.get()) != n) {
-        // An I/O error after the size check: the sum now holds part of an update, so this
-        // round's aggregate must not be applied; the round is run again.
-        absl::MutexLock lock(&mu_);
-        round_->poisoned = true;
-        return absl::DataLossError(absl::StrCat("read error in spool file ", path,
-                                                "; this round will be run again"));
-      }
-      aggregator->Fold(k, offset, buffer.data(), n);
-      offset += n;
+  if (aggregator != nullptr) {
+    aggregator->BeginUpdate(static_cast<double>(header.num_samples()), rows, scale);
+    if (!FoldFile(aggregator, in.get())) {
+      // An I/O error after the size check: the sum now holds part of an update, so this
+      // round's aggregate must not be applied; the round is run again.
+      absl::MutexLock lock(&mu_);
+      round_->poisoned = true;
+      return absl::DataLossError(absl::StrCat("read error in spool file ", path,
+                                              "; this round will be run again"));
     }
+    aggregator->EndUpdate();
   }
-  aggregator->EndUpdate();
   absl::MutexLock lock(&mu_);
+  // Under a robust rule the spool is only recorded; CloseRound reads it (it stays until commit).
+  if (aggregator == nullptr) round_->spooled.push_back(SpooledUpdate{path, rows, scale, bytes});
   round_->received.insert(site);
   round_->loss_sum += header.train_loss() * header.num_samples();
   round_->weight_sum += header.num_samples();
@@ -467,6 +483,20 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
         .Set(header.privacy().epsilon());
   }
   return absl::OkStatus();
+}
+
+bool Coordinator::FoldFile(Aggregator* aggregator, FILE* in) const {
+  std::vector<float> buffer(config_.chunk_bytes() / sizeof(float));
+  for (size_t k = 0; k < aggregator->layout().shared.size(); ++k) {
+    const uint64_t numel = aggregator->layout().shared[k].byte_size() / sizeof(float);
+    for (uint64_t offset = 0; offset < numel;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer.size(), numel - offset));
+      if (std::fread(buffer.data(), sizeof(float), n, in) != n) return false;
+      aggregator->Fold(k, offset, buffer.data(), n);
+      offset += n;
+    }
+  }
+  return true;
 }
 
 absl::Status Coordinator::Report(const Identity& who, const MetricsReport& report) {
@@ -683,7 +713,9 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, ui
     state->deadline = state->opened + absl::Seconds(state->spec.round_deadline_seconds());
     state->layout = MakeLayout(*global_, head_prefix_, state->spec.head_mode(),
                                state->spec.labels_size());
-    state->aggregator = std::make_unique<Aggregator>(state->layout, state->spec.labels_size());
+    if (!IsRobust(state->spec)) {
+      state->aggregator = std::make_unique<Aggregator>(state->layout, state->spec.labels_size());
+    }
     round_ = std::move(state);
   }
   const std::set<std::string> carried = evaluate_only ? std::set<std::string>() : CarryOverUpdates();
@@ -760,10 +792,8 @@ absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) 
   TensorList next;
   JobSpec spec;
   RoundSummary summary;
-  Aggregator* aggregator;
   {
     absl::MutexLock lock(&mu_);
-    aggregator = round_->aggregator.get();  // round_ is replaced only by this thread
     next = *global_;
     spec = round_->spec;
     summary.set_round(round);
@@ -772,6 +802,8 @@ absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) 
     summary.set_train_loss(round_->loss_sum / round_->weight_sum);
     summary.set_mean_auroc(std::nan(""));
   }
+  ASSIGN_OR_RETURN(std::unique_ptr<Aggregator> robust, CombineRobust());
+  Aggregator* aggregator = robust ? robust.get() : MeanAggregator();
   RETURN_IF_ERROR(aggregator->Apply(spec.server_optimizer(), next, &moments_));
   const std::string path = CheckpointPath(job_id, round + 1);
   RETURN_IF_ERROR(WriteSafetensors(path, next, {{"job_id", job_id},
@@ -800,6 +832,39 @@ absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) 
   Log(absl::StrFormat("job %s round %d committed: %d sites, loss %.4f", job_id, round,
                       summary.sites_size(), summary.train_loss()));
   return absl::OkStatus();
+}
+
+Aggregator* Coordinator::MeanAggregator() {
+  absl::MutexLock lock(&mu_);
+  return round_->aggregator.get();  // round_ is replaced only by the scheduler thread
+}
+
+absl::StatusOr<std::unique_ptr<Aggregator>> Coordinator::CombineRobust() {
+  UpdateLayout layout;
+  size_t num_labels;
+  RobustOptions options;
+  std::vector<SpooledUpdate> spooled;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!IsRobust(round_->spec)) return std::unique_ptr<Aggregator>();
+    layout = round_->layout;
+    num_labels = static_cast<size_t>(round_->spec.labels_size());
+    options.rule = round_->spec.aggregation();
+    options.trim_fraction = round_->spec.trim_fraction();
+    spooled = round_->spooled;
+  }
+  // A spool that cannot be read fails the round before anything is applied; the next attempt
+  // re-admits the spools that are still sound (CarryOverUpdates).
+  absl::StatusOr<RobustResult> result = CombineSpools(layout, num_labels, spooled, options);
+  if (!result.ok()) {
+    return Annotate(result.status(), absl::StrCat("robust aggregation (",
+                                                  Aggregation_Name(options.rule), ")"));
+  }
+  ASSIGN_OR_RETURN(Aggregator combined,
+                   Aggregator::FromAverage(std::move(layout), num_labels,
+                                           std::move(result->combined), result->row_covered,
+                                           result->updates));
+  return std::make_unique<Aggregator>(std::move(combined));
 }
 
 std::vector<std::string> Coordinator::EligibleSites(const JobSpec& spec) const {
@@ -848,6 +913,7 @@ absl::StatusOr<JobStatus> Coordinator::SubmitJob(const Identity& who, const JobS
 
 absl::StatusOr<JobSpec> Coordinator::ValidateJobSpecForModel(const JobSpec& spec) {
   ASSIGN_OR_RETURN(JobSpec valid, ValidateJobSpec(spec));
+  RETURN_IF_ERROR(ValidateAggregation(valid));
   // Building the model once checks the name and the sizes before the job is queued.
   RETURN_IF_ERROR(init_(valid).status());
   return valid;

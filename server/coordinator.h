@@ -3,6 +3,7 @@
 // them directly. Every method is thread-safe.
 #pragma once
 
+#include <cstdio>
 #include <functional>
 #include <map>
 #include <memory>
@@ -103,9 +104,19 @@ class Coordinator {
                                         const std::vector<TensorMeta>& expected,
                                         const std::string& spool, uint64_t* bytes);
   // Folds a complete, validated update of `bytes` bytes spooled at `path`, scaled by `scale`.
+  // Under a robust rule (median, trimmed mean) it checks the spool and writes the receipt, and
+  // the round's spools are combined only when it closes.
   absl::Status FoldSpool(const std::string& path, const UploadHeader& header,
                          const std::string& site, const std::vector<size_t>& rows,
                          uint64_t bytes, double scale);
+  // Folds the update read from `in` into `aggregator`; false on a read error (the aggregate
+  // then holds part of it).
+  bool FoldFile(Aggregator* aggregator, FILE* in) const;
+  // The open round's weighted-mean aggregate (null under a robust rule).
+  Aggregator* MeanAggregator();
+  // Under a robust rule, the open round's spools combined (median or trimmed mean) and ready
+  // for Apply; null under the weighted mean. DATA_LOSS when a spool cannot be read.
+  absl::StatusOr<std::unique_ptr<Aggregator>> CombineRobust();
   std::vector<std::string> EligibleSites(const JobSpec& spec) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::string> TrainLabels(const JobSpec& spec, const std::string& site) const

@@ -399,3 +399,108 @@ TEST_F(CoordinatorTest, SiteThatComesBackInTheRoundGetsItsTaskAgain) {
 
 }  // namespace
 }  // namespace fl
+
+namespace fl {
+namespace {
+
+// Robust aggregation: a third site sends a huge but finite update; under the median the
+// global model stays with the honest sites.
+TEST_F(CoordinatorTest, MedianKeepsTheModelCloseToHonestSites) {
+  Join("site-c", {"a"});
+  ConnectSites();
+  SiteStream c(core_.get(), "site-c");
+  JobSpec spec;
+  spec.set_rounds(1);
+  spec.set_aggregation(AGGREGATION_MEDIAN);
+  const std::string id = Submit(spec);
+  Task ta = a_->Next();
+  Task tb = b_->Next();
+  Task tc = c.Next();
+  ASSERT_TRUE(Upload(a_->who(), ta, Update(1.0f, 1.0f, 0.5f), 10, {"a", "b"}).ok());
+  ASSERT_TRUE(Upload(b_->who(), tb, Update(1.2f, 1.2f, 0), 10, {"a"}).ok());
+  ASSERT_TRUE(Upload(c.who(), tc, Update(1e6f, 1e6f, 1e6f), 20, {"a"}).ok());
+  EXPECT_TRUE(a_->Next().evaluate_only());  // the round closed with three updates
+  core_->CancelJob({"op", Role::kAdmin}, id).IgnoreError();  // skip the final evaluation
+  const TensorList weights = CommittedWeights(id);
+  ASSERT_EQ(weights.size(), 3u);
+  for (float v : weights[0].data) EXPECT_FLOAT_EQ(v, 1.2f);  // median of 1, 1.2, 1e6
+  EXPECT_FLOAT_EQ(weights[1].data[0], 1.2f);                 // row a: same three
+  EXPECT_FLOAT_EQ(weights[1].data[2], 0.5f);                 // row b: site-a alone
+  EXPECT_FLOAT_EQ(weights[2].data[0], 1.2f);
+}
+
+TEST_F(CoordinatorTest, TrimFractionOutOfRangeRefusedNamingTheField) {
+  JobSpec spec;
+  spec.set_name("t");
+  spec.set_model("tiny");
+  spec.add_labels("a");
+  spec.set_rounds(1);
+  spec.set_aggregation(AGGREGATION_TRIMMED_MEAN);
+  spec.set_trim_fraction(0.5);
+  auto job = core_->SubmitJob({"op", Role::kAdmin}, spec);
+  EXPECT_EQ(job.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(job.status().message().find("'trim_fraction'"), std::string::npos) << job.status();
+  spec.set_trim_fraction(-0.1);
+  EXPECT_FALSE(core_->SubmitJob({"op", Role::kAdmin}, spec).ok());
+  spec.set_trim_fraction(0);  // the default, 0.1
+  auto valid = core_->SubmitJob({"op", Role::kAdmin}, spec);
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  EXPECT_DOUBLE_EQ(valid->spec().trim_fraction(), 0.1);
+}
+
+// Under the median a restart mid-round re-admits the spooled update too.
+TEST_F(CoordinatorTest, MedianAfterRestartMidRoundUsesTheEarlierSpool) {
+  ConnectSites();
+  JobSpec spec;
+  spec.set_rounds(1);
+  spec.set_aggregation(AGGREGATION_MEDIAN);
+  const std::string id = Submit(spec);
+  Task ta = a_->Next();
+  b_->Next();
+  ASSERT_TRUE(Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"}).ok());
+  Restart();
+  Task tb = b_->Next();
+  ASSERT_EQ(tb.job_id(), id);
+  ASSERT_TRUE(Upload(b_->who(), tb, Update(3, 2, 0), 15, {"a"}).ok());
+  EXPECT_TRUE(a_->Next().evaluate_only());
+  const TensorList weights = CommittedWeights(id);
+  ASSERT_EQ(weights.size(), 3u);
+  EXPECT_FLOAT_EQ(weights[0].data[0], 2.0f);  // median of 1 and 3, unweighted
+  EXPECT_FLOAT_EQ(weights[1].data[0], 3.0f);  // row a: median of 4 and 2
+  EXPECT_FLOAT_EQ(weights[1].data[2], 6.0f);  // row b: site-a alone
+  EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/spool"));
+}
+
+// A spool lost before the round closes fails that attempt without touching the model; the
+// retry re-admits the sound spool and asks the other site again.
+TEST_F(CoordinatorTest, MedianWithUnreadableSpoolRetriesTheRound) {
+  ConnectSites();
+  JobSpec spec;
+  spec.set_rounds(1);
+  spec.set_aggregation(AGGREGATION_MEDIAN);
+  const std::string id = Submit(spec);
+  Task ta = a_->Next();
+  Task tb = b_->Next();
+  ASSERT_TRUE(Upload(a_->who(), ta, Update(100, 100, 100), 10, {"a", "b"}).ok());
+  for (const auto& entry : std::filesystem::directory_iterator(dir_ + "/spool")) {
+    std::filesystem::remove(entry.path());  // site-a's spool, the only one so far
+  }
+  ASSERT_TRUE(Upload(b_->who(), tb, Update(3, 2, 0), 10, {"a"}).ok());
+  Task again = a_->Next();  // attempt 2: only site-a is asked
+  ASSERT_EQ(again.job_id(), id);
+  EXPECT_FALSE(again.evaluate_only());
+  EXPECT_EQ(again.round(), 0u);
+  ASSERT_TRUE(Upload(a_->who(), again, Update(5, 4, 6), 10, {"a", "b"}).ok());
+  EXPECT_TRUE(a_->Next().evaluate_only());
+  core_->CancelJob({"op", Role::kAdmin}, id).IgnoreError();
+  const TensorList weights = CommittedWeights(id);
+  ASSERT_EQ(weights.size(), 3u);
+  EXPECT_FLOAT_EQ(weights[0].data[0], 4.0f);  // median of 5 and 3 applied once to 0
+  EXPECT_FLOAT_EQ(weights[1].data[2], 6.0f);
+  auto job = core_->GetJob(id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->rounds_done(), 1u);
+}
+
+}  // namespace
+}  // namespace fl
