@@ -25,4 +25,11 @@ absl::Status RunTransferBench(const std::vector<std::string> &args);
 // 224 on CUDA), --batch (32 on CPU, 64 on CUDA), --steps (timed, default 5).
 absl::Status RunDpBench(const std::vector<std::string> &args);
 
+// One real fl-coordinator (child process) and --clients lightweight simulated sites in this
+// process, each with its own mutual-TLS channel and certificate, running a job of --rounds
+// rounds of a registry model (--model, default smallcnn) whose head has enough labels for about
+// --params parameters (or --labels labels). Round time, the coordinator's peak memory growth
+// over the model size, control-RPC latency percentiles. Defaults: 200 clients, 3 rounds, 1M.
+absl::Status RunLoadBench(const std::vector<std::string> &args);
+
 }  // namespace fl::bench

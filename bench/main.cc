@@ -15,7 +15,9 @@ constexpr char kUsage[] =
     "  transfer [--mib 64] [--chunk_kib 1024]  gRPC "
     "mutual-TLS upload vs a plain TLS socket\n"
     "  dp [--size 128] [--batch 32] [--model resnet18] [--steps 5]\n"
-    "                                          non-private vs DP-SGD step; peak memory\n";
+    "                                          non-private vs DP-SGD step; peak memory\n"
+    "  load [--clients 200] [--rounds 3] [--params 1000000] [--labels L] [--model smallcnn]\n"
+    "                                          fl-coordinator under many simulated sites\n";
 
 }  // namespace
 
@@ -33,6 +35,8 @@ int main(int argc, char **argv) {
     status = fl::bench::RunTransferBench(args);
   } else if (name == "dp") {
     status = fl::bench::RunDpBench(args);
+  } else if (name == "load") {
+    status = fl::bench::RunLoadBench(args);
   } else {
     std::fprintf(stderr, "fl-bench: unknown benchmark '%s'\n%s", name.c_str(), kUsage);
     return 2;
