@@ -44,14 +44,12 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr char kServerName[] = "coordinator";
-constexpr int kPerSiteLabels = 2;
-
 struct LoadOptions {
-  int64_t clients, rounds, params, labels;
-  std::string model = "smallcnn";
+  int64_t clients, rounds, labels;
+  std::string model = "mediumcnn";  // about 1M parameters
 };
 
-// Flags: --model NAME plus the integer flags (--labels 0: derive the label count from --params).
+// Flags: --model NAME plus the integer flags --clients, --rounds, --labels.
 absl::StatusOr<LoadOptions> ParseLoadFlags(std::vector<std::string> args) {
   LoadOptions o;
   for (size_t i = 0; i < args.size(); ++i) {
@@ -67,14 +65,11 @@ absl::StatusOr<LoadOptions> ParseLoadFlags(std::vector<std::string> args) {
     }
   }
   ASSIGN_OR_RETURN(const std::vector<int64_t> v,
-                   ParseIntFlags(args, {{"clients", 200},
-                                        {"rounds", 3},
-                                        {"params", 1000000},
-                                        {"labels", 1 << 30}}));
+                   ParseIntFlags(args, {{"clients", 200}, {"rounds", 3}, {"labels", 8}}));
   o.clients = v[0];
   o.rounds = v[1];
-  o.params = v[2];
-  o.labels = v[3] == (1 << 30) ? 0 : v[3];
+  o.labels = v[2];
+  if (o.labels < 1) return absl::InvalidArgumentError("--labels must be at least 1");
   return o;
 }
 
@@ -93,24 +88,6 @@ absl::StatusOr<uint64_t> ModelParams(const std::string &name, int64_t labels) {
   } catch (const std::exception &e) {
     return absl::InternalError(absl::StrCat("counting the parameters of ", name, ": ", e.what()));
   }
-}
-
-// The label count that brings the model nearest `params` from above (each label adds one head
-// row), unless --labels fixed it. Returns the count and the resulting size.
-absl::StatusOr<std::pair<int64_t, uint64_t>> ChooseLabels(const LoadOptions &o) {
-  if (o.labels > 0) {
-    ASSIGN_OR_RETURN(const uint64_t n, ModelParams(o.model, o.labels));
-    return std::make_pair(o.labels, n);
-  }
-  ASSIGN_OR_RETURN(const uint64_t one, ModelParams(o.model, 1));
-  ASSIGN_OR_RETURN(const uint64_t two, ModelParams(o.model, 2));
-  const uint64_t per_label = two - one;
-  const uint64_t backbone = one - per_label;
-  int64_t labels = kPerSiteLabels;
-  if (static_cast<uint64_t>(o.params) > backbone + labels * per_label) {
-    labels = static_cast<int64_t>((o.params - backbone + per_label - 1) / per_label);
-  }
-  return std::make_pair(labels, backbone + labels * per_label);
 }
 
 std::string LabelName(int64_t i) { return absl::StrFormat("f%05d", i); }
@@ -490,8 +467,8 @@ absl::Status RunJob(const LoadOptions &o, int64_t labels, const Pki &pki,
 
 absl::Status RunLoadBench(const std::vector<std::string> &args) {
   ASSIGN_OR_RETURN(const LoadOptions o, ParseLoadFlags(args));
-  ASSIGN_OR_RETURN(const auto choice, ChooseLabels(o));
-  const auto [labels, params] = choice;
+  const int64_t labels = o.labels;
+  ASSIGN_OR_RETURN(const uint64_t params, ModelParams(o.model, labels));
   std::printf("model: %s with %lld labels: %llu parameters (%.2f MiB float32); %lld sites, "
               "%lld rounds\n",
               o.model.c_str(), static_cast<long long>(labels),

@@ -193,7 +193,7 @@ absl::Status SimSite::Upload(const Task& task) {
   const absl::Status written =
       !open ? absl::OkStatus()
             : StreamGeneratedUpdate(
-                  metas_, options_.seed * 131 + task.round(), kDefaultChunkBytes,
+                  metas_, options_.seed * 131 + task.round(), kUploadChunkBytes,
                   [&](const TensorChunk& chunk) {
                     *message.mutable_chunk() = chunk;
                     open = writer->Write(message);

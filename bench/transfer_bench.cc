@@ -148,7 +148,7 @@ absl::StatusOr<double> TimeGrpc(const Pki &pki, const std::vector<TensorMeta> &m
 
 absl::Status RunTransferBench(const std::vector<std::string> &args) {
   ASSIGN_OR_RETURN(const std::vector<int64_t> flags,
-                   ParseIntFlags(args, {{"mib", 64}, {"chunk_kib", 1024}}));
+                   ParseIntFlags(args, {{"mib", 64}, {"chunk_kib", static_cast<int64_t>(kUploadChunkBytes >> 10)}}));
   const size_t chunk_bytes = static_cast<size_t>(flags[1]) * 1024;
   const std::vector<TensorMeta> metas = BenchModelMetas(flags[0]);
   const uint64_t bytes = static_cast<uint64_t>(flags[0]) * kMib;

@@ -268,7 +268,7 @@ absl::Status ClientDaemon::UploadUpdate(Federation::Stub& stub, const Task& task
   bool open = writer->Write(message);
   uint64_t bytes = 0;
   if (open) {
-    absl::Status written = WriteTensorChunks(result.update, kDefaultChunkBytes,
+    absl::Status written = WriteTensorChunks(result.update, kUploadChunkBytes,
                                              [&](const TensorChunk& chunk) {
                                                UploadMessage m;
                                                *m.mutable_chunk() = chunk;

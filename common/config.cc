@@ -136,6 +136,8 @@ absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig co
   if (config.chunk_bytes() == 0) config.set_chunk_bytes(1u << 20);
   RETURN_IF_ERROR(InRange("chunk_bytes", config.chunk_bytes(), 1024, 4u << 20));
   if (config.site_timeout_seconds() == 0) config.set_site_timeout_seconds(30);
+  if (config.max_concurrent_transfers() == 0) config.set_max_concurrent_transfers(4);
+  RETURN_IF_ERROR(InRange("max_concurrent_transfers", config.max_concurrent_transfers(), 1, 1024));
   for (std::string& fingerprint : *config.mutable_revoked_certificates()) {
     fingerprint = absl::AsciiStrToLower(fingerprint);
     if (fingerprint.size() != 64 ||

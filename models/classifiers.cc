@@ -27,10 +27,10 @@ DPGroupNorm Norm(int64_t groups, int64_t channels) {
 // ------------------------------------------------------------------------------------------------
 // SmallCnn
 
+// Conv-GroupNorm-ReLU-MaxPool stages of the given widths, global average pooling, linear head.
 class SmallCnnImpl : public ClassifierImpl {
  public:
-  explicit SmallCnnImpl(const ModelSpec &spec) {
-    const int64_t widths[] = {16, 32, 64, 64};
+  SmallCnnImpl(const ModelSpec &spec, const std::vector<int64_t> &widths) {
     int64_t in = spec.in_channels;
     for (int64_t width : widths) {
       features_->push_back(Conv(in, width, 3, 1, 1));
@@ -200,7 +200,11 @@ double FanInBound(const torch::Tensor &weight) {
 }  // namespace
 
 std::shared_ptr<ClassifierImpl> MakeSmallCnn(const ModelSpec &spec) {
-  return std::make_shared<SmallCnnImpl>(spec);
+  return std::make_shared<SmallCnnImpl>(spec, std::vector<int64_t>{16, 32, 64, 64});
+}
+
+std::shared_ptr<ClassifierImpl> MakeMediumCnn(const ModelSpec &spec) {
+  return std::make_shared<SmallCnnImpl>(spec, std::vector<int64_t>{32, 64, 128, 256, 256});
 }
 
 std::shared_ptr<ClassifierImpl> MakeResNet9(const ModelSpec &spec) {

@@ -16,6 +16,8 @@ namespace models_internal {
 // (convs), features.{1,5,9,13}.{weight,bias} (GroupNorm), fc.{weight,bias}.
 // REQUIRES: image_size >= 16.
 std::shared_ptr<ClassifierImpl> MakeSmallCnn(const ModelSpec &spec);
+// SmallCnn's design with five wider stages: about 1M parameters, for load tests and 128 px.
+std::shared_ptr<ClassifierImpl> MakeMediumCnn(const ModelSpec &spec);
 
 // ResNet-9 of the DP chest-radiograph work: conv3x3-GroupNorm(32)-Mish blocks,
 //   prep (64), layer1 (128, maxpool) + res1 (two 128 blocks, residual),

@@ -42,7 +42,8 @@ const NamedTensor *Find(const TensorList &list, const std::string &name) {
 TEST(ModelRegistryTest, KnowsAllNames) {
   std::vector<std::string> names = ModelNames();
   std::set<std::string> got(names.begin(), names.end());
-  EXPECT_EQ(got, (std::set<std::string>{"smallcnn", "resnet9", "resnet18", "resnet50"}));
+  EXPECT_EQ(got,
+            (std::set<std::string>{"smallcnn", "mediumcnn", "resnet9", "resnet18", "resnet50"}));
 }
 
 TEST(ModelRegistryTest, RefusesUnknownNameAndBadSpecs) {
@@ -100,7 +101,8 @@ TEST_P(EveryModelTest, ExtractLoadRoundTrip) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EveryModelTest,
-                         ::testing::Values("smallcnn", "resnet9", "resnet18", "resnet50"));
+                         ::testing::Values("smallcnn", "mediumcnn", "resnet9", "resnet18",
+                                           "resnet50"));
 
 TEST(ModelNamesTest, ResNetMatchesTorchvisionNamesAndSizes) {
   // torchvision.models.resnet18() / resnet50() parameter counts (3 channels,

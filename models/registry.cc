@@ -16,6 +16,7 @@ namespace {
 
 using models_internal::MakeResNet;
 using models_internal::MakeResNet9;
+using models_internal::MakeMediumCnn;
 using models_internal::MakeSmallCnn;
 
 struct RegistryEntry {
@@ -27,6 +28,7 @@ struct RegistryEntry {
 const std::vector<RegistryEntry> &Registry() {
   static const auto *registry = new std::vector<RegistryEntry>{
       {"smallcnn", 16, MakeSmallCnn},
+      {"mediumcnn", 32, MakeMediumCnn},
       {"resnet9", 8, MakeResNet9},
       {"resnet18", 32, [](const ModelSpec &s) { return MakeResNet(s, 18); }},
       {"resnet50", 32, [](const ModelSpec &s) { return MakeResNet(s, 50); }},

@@ -172,6 +172,10 @@ void Coordinator::Shutdown() {
     absl::MutexLock lock(&mu_);
     shutdown_ = true;
   }
+  {
+    absl::MutexLock lock(&transfer_mu_);
+    transfers_closed_ = true;
+  }
   if (scheduler_.joinable()) scheduler_.join();
 }
 
@@ -286,6 +290,27 @@ absl::Status Coordinator::Decline(const Identity& who, const DeclineRequest& req
                                                          request.round(), ": ", request.reason()));
 }
 
+struct Coordinator::TransferSlot {
+  explicit TransferSlot(Coordinator* c) : owner(c) {}
+  ~TransferSlot() {
+    absl::MutexLock lock(&owner->transfer_mu_);
+    --owner->transfers_;
+  }
+  Coordinator* const owner;
+};
+
+std::unique_ptr<Coordinator::TransferSlot> Coordinator::AcquireTransferSlot() {
+  const uint32_t limit = std::max<uint32_t>(1, config_.max_concurrent_transfers());
+  absl::MutexLock lock(&transfer_mu_);
+  auto ready = [this, limit]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(transfer_mu_) {
+    return transfers_closed_ || transfers_ < limit;
+  };
+  transfer_mu_.Await(absl::Condition(&ready));
+  if (transfers_closed_) return nullptr;
+  ++transfers_;
+  return std::make_unique<TransferSlot>(this);
+}
+
 absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& request,
                                    const std::function<bool(const TensorChunk&)>& emit) {
   std::shared_ptr<const TensorList> model;
@@ -300,6 +325,8 @@ absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& r
     }
     model = global_;
   }
+  std::unique_ptr<TransferSlot> slot = AcquireTransferSlot();
+  if (!slot) return absl::UnavailableError("the coordinator is shutting down");
   uint64_t bytes = 0;
   RETURN_IF_ERROR(WriteTensorChunks(*model, config_.chunk_bytes(), [&](const TensorChunk& c) {
     bytes += c.data().size();
@@ -376,6 +403,8 @@ absl::StatusOr<double> Coordinator::ReceiveToSpool(
 
 absl::StatusOr<UploadResponse> Coordinator::Upload(
     const Identity& who, const std::function<bool(UploadMessage*)>& next) {
+  std::unique_ptr<TransferSlot> slot = AcquireTransferSlot();
+  if (!slot) return absl::UnavailableError("the coordinator is shutting down");
   UploadMessage first;
   absl::StatusOr<UploadPlan> plan =
       next(&first) && first.has_header()

@@ -151,6 +151,14 @@ class Coordinator {
   std::unique_ptr<RoundState> round_ ABSL_GUARDED_BY(mu_);
   OptimizerMoments moments_;  // only the scheduler thread touches it
 
+  // Waits for one of config.max_concurrent_transfers() transfer slots; the returned guard frees
+  // it. Gives up (nullptr) on Shutdown.
+  struct TransferSlot;
+  std::unique_ptr<TransferSlot> AcquireTransferSlot();
+  absl::Mutex transfer_mu_;
+  uint32_t transfers_ ABSL_GUARDED_BY(transfer_mu_) = 0;
+  bool transfers_closed_ ABSL_GUARDED_BY(transfer_mu_) = false;
+
   // Serialises folding into the aggregate and applying it.
   absl::Mutex fold_mu_ ABSL_ACQUIRED_AFTER(mu_);
   std::thread scheduler_;
