@@ -1,126 +1,24 @@
 """End-to-end tests with real processes: fl-coordinator and three fl-client daemons on loopback
-with freshly provisioned certificates, plus the refusals of mutual TLS.
+with freshly provisioned certificates, the refusals of mutual TLS (foreign CA, wrong role,
+revoked or expired certificates), certificate rotation and revocation without a restart, sites
+stopped, killed and restarted mid-round, and corrupt DICOM files in a site's folder. The
+helpers live in fedlib.py.
 
 Run by CTest: federation_test.py BIN_DIR WORK_DIR [unittest args]."""
 import hashlib
 import json
 import os
-import shutil
+import re
 import signal
 import socket
 import ssl
-import struct
-import subprocess
 import sys
 import time
 import unittest
-import urllib.request
 
-BIN = WORK = None
-SITES = {  # site -> labels it has
-    "site-a": "cardiomegaly,effusion_right,effusion_left,infiltrate_right",
-    "site-b": "cardiomegaly,effusion_right",
-    "site-c": "infiltrate_right,effusion_left",
-}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(*args, check=True, timeout=120):
-    result = subprocess.run([str(a) for a in args], capture_output=True, text=True, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"{args} failed ({result.returncode}): {result.stderr}")
-    return result
-
-
-class Federation:
-    """A provisioned consortium with a running coordinator."""
-
-    def __init__(self, name, admins="operator"):
-        self.dir = os.path.join(WORK, name)
-        shutil.rmtree(self.dir, ignore_errors=True)
-        os.makedirs(self.dir)
-        self.port = free_port()
-        self.procs = []
-        run(f"{BIN}/flctl", "provision", "--out", f"{self.dir}/pki", "--coordinator-address",
-            f"127.0.0.1:{self.port}", "--sites", ",".join(SITES), "--admins", admins,
-            "--data-root", f"{self.dir}/data")
-        self.admin = f"{self.dir}/pki/admins/operator/admin.conf"
-
-    def start_coordinator(self, extra=""):
-        conf = f"{self.dir}/pki/coordinator/coordinator.conf"
-        with open(conf, "a") as f:
-            f.write(f'port_file: "{self.dir}/port"\nmetrics_address: "127.0.0.1:0"\n' + extra)
-        self.spawn("coordinator", f"{BIN}/fl-coordinator", "--config", conf)
-        for _ in range(200):
-            if os.path.exists(f"{self.dir}/port") and os.path.exists(f"{self.dir}/port.metrics"):
-                break
-            time.sleep(0.05)
-        self.metrics_port = int(open(f"{self.dir}/port.metrics").read())
-
-    def start_client(self, site, count=48, seed=1, extra=""):
-        data = f"{self.dir}/data/{site}"
-        run(f"{BIN}/flctl", "phantom", "--out", data, "--count", count, "--size", 64, "--seed",
-            seed, "--labels", SITES[site], "--site", site)
-        conf = f"{self.dir}/pki/sites/{site}/client.conf"
-        with open(conf, "a") as f:
-            f.write('exit_when_idle: true\nloader_threads: 1\n' + extra)
-        return self.spawn(site, f"{BIN}/fl-client", "--config", conf)
-
-    def spawn(self, name, *args):
-        log = open(f"{self.dir}/{name}.log", "w")
-        proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
-
-    def flctl(self, *args, check=True):
-        return run(f"{BIN}/flctl", *args, "--config", self.admin, check=check, timeout=300)
-
-    def submit(self, spec_text):
-        """Submits a job written as text-format JobSpec; returns its id."""
-        path = f"{self.dir}/job-{len(os.listdir(self.dir))}.conf"
-        with open(path, "w") as f:
-            f.write(spec_text)
-        return self.flctl("job", "submit", "--spec", path).stdout.strip()
-
-    def status(self, job_id):
-        return json.loads(self.flctl("job", "status", job_id, "--json").stdout)
-
-    def wait(self, job_id, check=True):
-        """Waits for the job to end and returns its status."""
-        self.flctl("job", "wait", job_id, check=check)
-        return self.status(job_id)
-
-    def metrics(self):
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
-            return r.read().decode()
-
-    def stop(self):
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def metric(text, name):
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{}"):
-            return float(line.split()[-1])
-    raise AssertionError(f"metric {name} not exported")
-
-
-def read_safetensors(path):
-    with open(path, "rb") as f:
-        (n,) = struct.unpack("<Q", f.read(8))
-        return json.loads(f.read(n))
+import fedlib
+from fedlib import (SITES, Federation, make_expired_cert, metric, read_safetensors, round_sites,
+                    run, wait_until, write_corrupt_dicoms)
 
 
 class FederationTest(unittest.TestCase):
@@ -148,7 +46,8 @@ class FederationTest(unittest.TestCase):
             fed.flctl("export", job_id, "--out", f"{fed.dir}/model")
             header = read_safetensors(f"{fed.dir}/model/model.safetensors")
             self.assertEqual(header["fc.weight"]["shape"], [4, 64])
-            sidecar = json.load(open(f"{fed.dir}/model/model.json"))
+            with open(f"{fed.dir}/model/model.json") as f:
+                sidecar = json.load(f)
             self.assertEqual(sidecar["labels"], ["cardiomegaly", "effusion_right", "effusion_left",
                                                  "infiltrate_right"])
             text = fed.metrics()
@@ -178,7 +77,7 @@ class FederationTest(unittest.TestCase):
             coordinator = fed.procs[0]
             coordinator.send_signal(signal.SIGKILL)
             coordinator.wait()
-            fed.spawn("coordinator-restarted", f"{BIN}/fl-coordinator", "--config",
+            fed.spawn("coordinator-restarted", f"{fedlib.BIN}/fl-coordinator", "--config",
                       f"{fed.dir}/pki/coordinator/coordinator.conf")
             fed.procs[0] = fed.procs.pop()  # keep the clients at procs[1:]
             status = fed.wait(job_id)
@@ -229,7 +128,7 @@ class FederationTest(unittest.TestCase):
             self.assertIn('fl_coordinator_site_privacy_epsilon{job="' + job_id, fed.metrics())
             # The site's ledger holds the round (flctl privacy ledger reads it).
             ledger = f"{fed.dir}/pki/sites/site-b/state/privacy.db"
-            out = run(f"{BIN}/flctl", "privacy", "ledger", "--ledger", ledger, "--dataset",
+            out = run(f"{fedlib.BIN}/flctl", "privacy", "ledger", "--ledger", ledger, "--dataset",
                       f"{fed.dir}/data/site-b", "--delta", "1e-6").stdout
             self.assertAlmostEqual(float(out.split()[0]), privacy["epsilon"], places=6)
         finally:
@@ -239,11 +138,10 @@ class FederationTest(unittest.TestCase):
         fed = Federation("revoked", admins="operator,auditor")
         try:
             cert = f"{fed.dir}/pki/admins/auditor/cert.pem"
-            fingerprint = run(f"{BIN}/flctl", "cert", "fingerprint", cert).stdout.strip()
-            der = ssl.PEM_cert_to_DER_cert(open(cert).read())
-            self.assertEqual(fingerprint, hashlib.sha256(der).hexdigest())
+            fingerprint = run(f"{fedlib.BIN}/flctl", "cert", "fingerprint", cert).stdout.strip()
+            self.assertEqual(fingerprint, sha256_of_cert(cert))
             fed.start_coordinator(f'revoked_certificates: "{fingerprint.upper()}"\n')
-            r = run(f"{BIN}/flctl", "job", "list", "--config",
+            r = run(f"{fedlib.BIN}/flctl", "job", "list", "--config",
                     f"{fed.dir}/pki/admins/auditor/admin.conf", check=False)
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("revoked", r.stderr)
@@ -282,7 +180,7 @@ class FederationTest(unittest.TestCase):
                 text = f.read().replace(f"127.0.0.1:{other.port}", f"127.0.0.1:{fed.port}")
             with open(foreign, "w") as f:
                 f.write(text)
-            r = run(f"{BIN}/flctl", "job", "list", "--config", foreign, check=False)
+            r = run(f"{fedlib.BIN}/flctl", "job", "list", "--config", foreign, check=False)
             self.assertNotEqual(r.returncode, 0)
             # A site certificate cannot call admin RPCs.
             site_conf = f"{fed.dir}/site-as-admin.conf"
@@ -291,7 +189,7 @@ class FederationTest(unittest.TestCase):
                 f.write(f'coordinator_address: "127.0.0.1:{fed.port}"\n'
                         f'tls {{ ca_file: "{kit}/ca.pem" cert_file: "{kit}/cert.pem" '
                         f'key_file: "{kit}/key.pem" }}\n')
-            r = run(f"{BIN}/flctl", "job", "list", "--config", site_conf, check=False)
+            r = run(f"{fedlib.BIN}/flctl", "job", "list", "--config", site_conf, check=False)
             self.assertNotEqual(r.returncode, 0)
             self.assertIn("admin certificate", r.stderr)
             # The real admin works.
@@ -299,8 +197,251 @@ class FederationTest(unittest.TestCase):
         finally:
             fed.stop()
 
+    def test_certificates_rotate_and_revocations_apply_without_restart(self):
+        fed = Federation("rotate", admins="operator,auditor")
+        try:
+            fed.set_tls_reload(1)
+            fed.start_coordinator()
+            coordinator = fed.procs[0]
+            fed.start_client("site-a", seed=1, metrics=True)
+            fed.start_client("site-b", seed=2, exit_when_idle=False)
+            kit = f"{fed.dir}/pki/coordinator"
+            first_cert = sha256_of_cert(f"{kit}/cert.pem")
+            self.assertEqual(tls_probe(fed, "operator")[0], first_cert)
+            job_id = fed.submit(JOB_ALL_LABELS.format(name="rot", rounds=4, min_sites=2,
+                                                      deadline=120))
+            # Hold the job mid-round (site-b stopped) while the kits are renewed.
+            fed.wait_rounds(job_id, 1, timeout=120)
+            fed.clients["site-b"].send_signal(signal.SIGSTOP)
+            site_cert = sha256_of_cert(f"{fed.dir}/pki/sites/site-a/cert.pem")
+            out = fed.renew(["coordinator", "site-a"]).stdout
+            self.assertIn(f"renewed {kit}", out)
+            new_cert = sha256_of_cert(f"{kit}/cert.pem")
+            self.assertNotEqual(new_cert, first_cert)
+            self.assertNotEqual(sha256_of_cert(f"{fed.dir}/pki/sites/site-a/cert.pem"), site_cert)
+            # Both daemons pick the new files up, never catching a half-written pair as bad.
+            reloads = "fl_coordinator_tls_reloads_total"
+            wait_until(lambda: metric_or_zero(fed.metrics(), reloads, {"result": "ok"}) >= 1, 15,
+                       "the coordinator's TLS reload")
+            wait_until(lambda: metric_or_zero(fed.client_metrics("site-a"),
+                                              "fl_client_tls_reloads_total",
+                                              {"result": "ok"}) >= 1, 15, "site-a's TLS reload")
+            self.assertEqual(metric_or_zero(fed.metrics(), reloads, {"result": "refused"}), 0)
+            # New connections are served the renewed certificate by the same process (gRPC's
+            # own file watcher swaps it in up to reload_seconds after the reload is counted).
+            wait_until(lambda: tls_probe(fed, "operator")[0] == new_cert, 5,
+                       "the renewed certificate on a new connection", interval=0.2)
+            self.assertTrue(tls_probe(fed, "operator")[1],
+                            "an admin with a valid certificate got no HTTP/2 answer")
+            self.assertLess(len(fed.committed(job_id)), 4, "the job ended before the renewal")
+            fed.clients["site-b"].send_signal(signal.SIGCONT)
+            status = fed.wait(job_id)
+            self.assertEqual(status["state"], "DONE")
+            self.assertEqual(round_sites(status), {r: ["site-a", "site-b"] for r in range(4)})
+            self.assertIsNone(coordinator.poll(), "the coordinator stopped")
+            self.assertEqual(fed.log("coordinator").count("listening on port"), 1)
+            self.assertIn(job_id, fed.flctl("job", "list").stdout)
+            # Revocation of an admin and of a connected site, by editing the running config.
+            self.assertEqual(fed.clients["site-a"].wait(timeout=60), 0)  # idle: it left
+            auditor = f"{fed.dir}/pki/admins/auditor/admin.conf"
+            self.assertEqual(fed.flctl("job", "list", config=auditor).returncode, 0)
+            connected = "fl_coordinator_sites_connected"
+            wait_until(lambda: metric(fed.metrics(), connected) == 1, 10, "site-b alone")
+            with open(fed.coordinator_conf, "a") as f:
+                for cert in ["admins/auditor/cert.pem", "sites/site-b/cert.pem"]:
+                    f.write(f'revoked_certificates: "{sha256_of_cert(f"{fed.dir}/pki/{cert}")}"\n')
+            # site-b's open task stream ends within about a second of the reload.
+            wait_until(lambda: metric(fed.metrics(), connected) == 0, 5,
+                       "site-b's task stream to end")
+            r = fed.flctl("job", "list", config=auditor, check=False)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertIn("revoked", r.stderr)
+            self.assertIn(job_id, fed.flctl("job", "list").stdout)  # the operator is not
+            self.assertGreaterEqual(
+                metric(fed.metrics(), "fl_coordinator_config_reloads_total", {"result": "ok"}), 1)
+            wait_until(lambda: "revoked" in fed.log("site-b"), 10, "site-b to be told")
+            self.assertEqual(metric(fed.metrics(), connected), 0)  # its retries are refused
+            self.assertIsNone(coordinator.poll(), "the coordinator stopped")
+        finally:
+            fed.stop()
+
+    def test_expired_certificate_is_refused(self):
+        fed = Federation("expired")
+        try:
+            fed.start_coordinator()
+            kit = f"{fed.dir}/expired-admin"
+            cert, key = make_expired_cert(f"{fed.dir}/pki/ca", kit, "some-admin", "admin")
+            subject = run("openssl", "x509", "-in", cert, "-noout", "-subject", "-enddate").stdout
+            self.assertIn("some-admin", subject)
+            self.assertIn("2020", subject)
+            # Signed by the consortium's CA: only its dates are wrong.
+            run("openssl", "verify", "-no_check_time", "-CAfile", f"{fed.dir}/pki/ca/ca.pem", cert)
+            # The control: a valid admin certificate gets the server's HTTP/2 SETTINGS.
+            _, reply = tls_probe(fed, "operator")
+            self.assertTrue(reply, "a valid admin certificate was not answered")
+            _, reply = tls_probe(fed, cert=cert, key=key)
+            self.assertEqual(reply, b"", "an expired certificate was answered")
+            # flctl refuses to use it, and says why.
+            conf = f"{kit}/admin.conf"
+            with open(conf, "w") as f:
+                f.write(f'coordinator_address: "127.0.0.1:{fed.port}"\n'
+                        f'tls {{ ca_file: "{fed.dir}/pki/ca/ca.pem" cert_file: "{cert}" '
+                        f'key_file: "{key}" }}\n')
+            r = fed.flctl("job", "list", config=conf, check=False)
+            self.assertNotEqual(r.returncode, 0)
+            self.assertRegex(r.stderr.lower(), "expired|verif")
+            self.assertIsNone(fed.procs[0].poll(), "the coordinator stopped")
+            self.assertEqual(fed.flctl("job", "list").returncode, 0)
+        finally:
+            fed.stop()
+
+    def test_client_stopped_past_the_deadline_and_killed_rejoin(self):
+        fed = Federation("stop_kill")
+        try:
+            fed.start_coordinator()
+            for i, site in enumerate(SITES):
+                fed.start_client(site, seed=i + 1)
+            fed.wait_connected(3)  # min_sites is 2: the job must not start without site-c
+            deadline, rounds = 8, 8
+            job_id = fed.submit(JOB_ALL_LABELS.format(name="sk", rounds=rounds, min_sites=2,
+                                                      deadline=deadline))
+            # SIGSTOP site-c in round 1, until a round closes without it at the deadline.
+            fed.wait_rounds(job_id, 1, timeout=120)
+            stopped = fed.clients["site-c"]
+            stopped.send_signal(signal.SIGSTOP)
+            stop_round = len(fed.committed(job_id))
+            without_c = min(wait_until(
+                lambda: [r for r, n in fed.committed(job_id).items() if r >= stop_round and n == 2],
+                3 * deadline, "a round closed without the stopped site"))
+            stopped.send_signal(signal.SIGCONT)
+            # Awake again, site-c drops its stale work and takes part in a later round.
+            rejoined = min(wait_until(
+                lambda: [r for r, n in fed.committed(job_id).items() if r > without_c and n == 3],
+                3 * deadline, "a round with site-c after SIGCONT"))
+            # kill -9 site-b as soon as it logs a trained round: the kill lands just before,
+            # during ("upload ended without its trailer") or just after its upload; the checks
+            # below hold in each case.
+            killed = fed.clients["site-b"]
+            trained = re.escape(f"job {job_id} round ") + r"(\d+): trained"
+            seen = len(re.findall(trained, fed.log("site-b")))
+            round_killed = int(wait_until(
+                lambda: (lambda m: m[seen] if len(m) > seen else None)(
+                    re.findall(trained, fed.log("site-b"))),
+                3 * deadline, "site-b training a round", interval=0.005))
+            killed.send_signal(signal.SIGKILL)
+            killed.wait()
+            self.assertLess(round_killed, rounds - 1, "no round left for site-b to rejoin")
+            fed.restart_client("site-b")
+            status = fed.wait(job_id)
+            self.assertEqual(status["state"], "DONE")
+            # site-c had its task in the stalled round, which closed at its deadline.
+            log = fed.round_log(job_id)
+            self.assertIn("site-c", log[without_c]["assigned"])
+            self.assertGreater(log[without_c]["committed"] - log[without_c]["opened"],
+                               deadline - 0.5)
+            self.assertIn("site-b", log[round_killed]["assigned"])
+            by_round = round_sites(status)
+            self.assertEqual(list(by_round), list(range(rounds)))
+            self.assertEqual(by_round[without_c], ["site-a", "site-b"])
+            self.assertEqual(by_round[rejoined], sorted(SITES))
+            for r, sites in by_round.items():
+                self.assertGreaterEqual(len(sites), 2, f"round {r}: {sites}")
+                self.assertEqual(len(set(sites)), len(sites), f"round {r}: {sites}")
+            self.assertTrue([r for r, s in by_round.items() if r > round_killed and "site-b" in s],
+                            f"the restarted site-b never took part: {by_round}")
+            # Every accepted update is in exactly one committed round: no partial or stale
+            # upload was folded in.
+            text = fed.metrics()
+            accepted = metric(text, "fl_coordinator_updates_total", {"result": "accepted"})
+            self.assertEqual(accepted, sum(len(s) for s in by_round.values()))
+            refusals = fed.log("coordinator").count("refused update from ")  # stale, truncated
+            self.assertEqual(metric_or_zero(text, "fl_coordinator_updates_total",
+                                            {"result": "rejected"}), refusals)
+            self.assertEqual(metric(text, "fl_coordinator_rounds_completed_total"), rounds)
+            spool = f"{fed.dir}/pki/coordinator/state/spool"
+            self.assertEqual(os.listdir(spool) if os.path.isdir(spool) else [], [])
+            for site, p in fed.clients.items():
+                self.assertEqual(p.wait(timeout=60), 0, f"{site} did not exit cleanly")
+        finally:
+            fed.stop()
+
+    def test_corrupt_dicom_files_are_skipped_by_the_running_client(self):
+        fed = Federation("corrupt")
+        try:
+            fed.start_coordinator()
+            fed.make_data("site-b", count=48, seed=2)
+            data = f"{fed.dir}/data/site-b"
+            reasons = write_corrupt_dicoms(f"{data}/img_000000.dcm", data)
+            with open(f"{data}/labels.csv", "a") as f:  # labelled, so only the damage skips them
+                f.writelines(f"{name},1,0\n" for name in reasons)
+            fed.start_client("site-b", make_data=False, metrics=True)
+            text = fed.client_metrics("site-b")
+            self.assertEqual(metric(text, "fl_client_images_skipped"), len(reasons))
+            self.assertEqual(metric(text, "fl_client_images"), 48)
+            log = fed.log("site-b")
+            for name, reason in reasons.items():
+                self.assertIn(f"dataset: skipping {data}/{name}: ", log)
+                line = next(l for l in log.splitlines() if f"skipping {data}/{name}: " in l)
+                self.assertIn(reason, line)
+            self.assertIn(f"{len(reasons)} files skipped, 0 without labels", log)
+            job_id = fed.submit('name: "c" model: "smallcnn" image_size: 32 rounds: 2 '
+                                'local_steps: 3 batch_size: 8 min_sites: 1 '
+                                'start_timeout_seconds: 60 round_deadline_seconds: 120 '
+                                'labels: "cardiomegaly" labels: "effusion_right"')
+            status = fed.wait(job_id)
+            self.assertEqual(status["state"], "DONE")
+            self.assertEqual(round_sites(status), {0: ["site-b"], 1: ["site-b"]})
+            self.assertEqual(fed.clients["site-b"].wait(timeout=60), 0)
+        finally:
+            fed.stop()
+
+
+JOB_ALL_LABELS = (
+    'name: "{name}" model: "smallcnn" image_size: 32 rounds: {rounds} local_steps: 3 '
+    'batch_size: 8 min_sites: {min_sites} start_timeout_seconds: 60 '
+    'round_deadline_seconds: {deadline} labels: "cardiomegaly" labels: "effusion_right" '
+    'labels: "effusion_left" labels: "infiltrate_right"')
+
+
+def sha256_of_cert(cert):
+    """SHA-256 of a PEM certificate's DER bytes, as `flctl cert fingerprint` prints it (checked
+    in test_revoked_certificate_is_refused)."""
+    with open(cert) as f:
+        return hashlib.sha256(ssl.PEM_cert_to_DER_cert(f.read())).hexdigest()
+
+
+def metric_or_zero(text, name, labels):
+    """Like metric(), but a labelled series not created yet counts as 0."""
+    try:
+        return metric(text, name, labels)
+    except AssertionError:
+        return 0
+
+
+def tls_probe(fed, admin=None, cert=None, key=None):
+    """Opens TLS to the coordinator presenting an admin kit's (or the given) certificate and
+    sends the HTTP/2 preface; returns (SHA-256 of the server's certificate, its first bytes or
+    b"" when the server closed or refused)."""
+    if admin:
+        cert = f"{fed.dir}/pki/admins/{admin}/cert.pem"
+        key = f"{fed.dir}/pki/admins/{admin}/key.pem"
+    ctx = ssl.create_default_context(cafile=f"{fed.dir}/pki/ca/ca.pem")
+    ctx.check_hostname = False
+    ctx.set_alpn_protocols(["h2"])
+    ctx.load_cert_chain(cert, key)
+    peer = None
+    try:
+        with socket.create_connection(("127.0.0.1", fed.port), timeout=5) as raw:
+            with ctx.wrap_socket(raw) as tls:
+                peer = hashlib.sha256(tls.getpeercert(binary_form=True)).hexdigest()
+                tls.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" +
+                            b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                reply = tls.recv(64)
+    except (ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        reply = b""
+    return peer, reply
+
 
 if __name__ == "__main__":
-    BIN, WORK = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-    os.makedirs(WORK, exist_ok=True)
+    fedlib.setup(sys.argv[1], sys.argv[2])
     unittest.main(argv=[sys.argv[0]] + sys.argv[3:], verbosity=2)
