@@ -9,6 +9,7 @@
 #include <unordered_set>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "client/dicom.h"
 #include "common/status.h"
@@ -115,8 +116,11 @@ std::string RelativePath(const std::string& dir, const std::string& path) {
   return ec ? path : rel.generic_string();
 }
 
+// The DICOM reader's messages already start with the file's path; it is not repeated.
 void LogSkip(const std::string& path, const std::string& reason) {
-  std::cerr << "dataset: skipping " << path << ": " << reason << "\n";
+  std::cerr << "dataset: skipping "
+            << (absl::StartsWith(reason, path) ? reason : absl::StrCat(path, ": ", reason))
+            << "\n";
 }
 
 }  // namespace

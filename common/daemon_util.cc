@@ -77,7 +77,8 @@ absl::StatusOr<std::unique_ptr<TlsWatcher>> StartTlsWatcher(
   const std::string active = (std::filesystem::path(state_dir) / "tls").string();
   return TlsWatcher::Start(tls, active, [program, reloads](const absl::Status& status) {
     reloads->Add({{"result", status.ok() ? "ok" : "refused"}}).Increment();
-    LogLine(program, status.ok() ? "TLS files changed: new certificates in use for new connections"
+    LogLine(program, status.ok() ? "TLS files changed and checked: new connections use them within "
+                                               "reload_seconds"
                                  : absl::StrCat("TLS files changed but refused (still using the "
                                                 "previous ones): ",
                                                 status.message()));

@@ -164,7 +164,7 @@ def markdown(runs, keys, pearson_r, seconds):
         fmt(r["privacy"].get("epsilon"), 2) if r["target_epsilon"] else "∞" for r in runs) + " |")
     lines.append("| noise multiplier σ | " + " | ".join(
         fmt(r["privacy"].get("noise_multiplier"), 2) if r["target_epsilon"] else "0" for r in runs) + " |")
-    lines += ["", "## Fairness: accuracy at threshold 0.5 and statistical parity difference (SPD)",
+    lines += ["", "## Fairness: accuracy at a prevalence-matched threshold per finding and statistical parity difference (SPD)",
               "", "| group | n | " + " | ".join(f"{r['name']} acc / SPD" for r in runs) +
               " | Pearson r (ε, SPD) |", "|---" * (len(runs) + 3) + "|"]
     for a, g in keys:

@@ -113,7 +113,7 @@ while IFS=$'\t' read -r -u 3 name eps id; do
   for site in "${SITES[@]}"; do
     # At the site, on its own held-out data: only the aggregate report comes back.
     "$BIN/flctl" evaluate "$D/models/$name/model.safetensors" --data "$D/test/$site" \
-      --threshold 0.5 --json > "$D/eval/$name/$site.json"
+      --threshold prevalence --json > "$D/eval/$name/$site.json"
   done
 done 3< "$D/jobs.tsv"
 

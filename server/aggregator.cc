@@ -1,9 +1,12 @@
 #include "server/aggregator.h"
 
 #include <cmath>
+#include <map>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/safetensors.h"
+#include "common/status.h"
 
 namespace fl {
 
@@ -144,6 +147,36 @@ absl::Status Aggregator::Apply(const ServerOptimizer& optimizer, TensorList& glo
     }
   }
   return absl::OkStatus();
+}
+
+std::string MomentsPath(const std::string& checkpoint_path) {
+  return checkpoint_path + ".moments";
+}
+
+absl::Status WriteMoments(const std::string& path, const OptimizerMoments& moments) {
+  TensorList all;
+  for (const NamedTensor& t : moments.m) all.push_back({"m." + t.name, t.shape, t.data});
+  for (const NamedTensor& t : moments.v) all.push_back({"v." + t.name, t.shape, t.data});
+  return WriteSafetensors(path, all);
+}
+
+absl::StatusOr<OptimizerMoments> ReadMoments(const std::string& path, const TensorList& model) {
+  ASSIGN_OR_RETURN(TensorList all, ReadSafetensors(path));
+  std::map<std::string, NamedTensor*> by_name;
+  for (NamedTensor& t : all) by_name[t.name] = &t;
+  OptimizerMoments moments;
+  for (const char* prefix : {"m.", "v."}) {
+    for (const NamedTensor& want : model) {
+      auto it = by_name.find(prefix + want.name);
+      if (it == by_name.end() || it->second->shape != want.shape) {
+        return absl::DataLossError(absl::StrCat("optimizer moments ", path, " lack '", prefix,
+                                                want.name, "' of the model's shape"));
+      }
+      TensorList& out = prefix[0] == 'm' ? moments.m : moments.v;
+      out.push_back({want.name, want.shape, std::move(it->second->data)});
+    }
+  }
+  return moments;
 }
 
 }  // namespace fl

@@ -31,6 +31,13 @@ struct OptimizerMoments {
   TensorList m, v;
 };
 
+// Where the moments belonging to the checkpoint at `checkpoint_path` are kept.
+std::string MomentsPath(const std::string& checkpoint_path);
+// Writes `moments` atomically as safetensors (tensors "m.<name>" and "v.<name>").
+absl::Status WriteMoments(const std::string& path, const OptimizerMoments& moments);
+// Reads moments written by WriteMoments; each must match the shape of `model`'s tensor.
+absl::StatusOr<OptimizerMoments> ReadMoments(const std::string& path, const TensorList& model);
+
 // Running weighted sum of updates. Backbone tensors are averaged over all updates; a head row is
 // averaged only over the updates whose labels include that row's label. Robust rules (median,
 // trimmed mean; server/robust_aggregator.h) hand their result in through FromAverage.

@@ -10,6 +10,7 @@
 
 #include <unistd.h>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -424,7 +425,7 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(
     if (status.ok()) {
       const double scale =
           plan->clip_norm > 0 && *norm > plan->clip_norm ? plan->clip_norm / *norm : 1.0;
-      status = FoldSpool(spool, header, who.name, plan->rows, bytes, scale);
+      status = FoldSpool(spool, header, who.name, plan->rows, bytes, scale, plan->attempt);
     }
     std::error_code ec;
     if (!status.ok()) fs::remove(spool, ec);  // a folded update's spool stays until the commit
@@ -464,17 +465,21 @@ absl::StatusOr<std::vector<size_t>> Coordinator::LabelRows(const std::string& si
 
 absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader& header,
                                     const std::string& site, const std::vector<size_t>& rows,
-                                    uint64_t bytes, double scale) {
+                                    uint64_t bytes, double scale, uint32_t attempt) {
+  // Held while folding: the scheduler takes it too before it replaces round_ (and its
+  // aggregator), so a fold always finishes into the attempt it started in.
   absl::MutexLock fold_lock(&fold_mu_);
   Aggregator* aggregator;
-  uint32_t attempt;
   {
     absl::MutexLock lock(&mu_);
     if (!round_ || round_->job_id != header.job_id() || round_->round != header.round()) {
       return absl::FailedPreconditionError("the round closed before the update completed");
     }
+    if (round_->attempt != attempt) {
+      return absl::FailedPreconditionError(
+          "the round was retried while the update arrived; the site is asked again");
+    }
     aggregator = round_->aggregator.get();  // null under a robust rule
-    attempt = round_->attempt;
   }
   // Once folding starts it must finish, so everything that can fail is checked first: the
   // spool holds exactly the update's bytes, and the receipt (refusing a duplicate) is written.
@@ -584,6 +589,7 @@ void Coordinator::SchedulerLoop() {
     metrics_->jobs_running.Set(1);
     absl::Status status = RunJob(job_id);
     metrics_->jobs_running.Set(0);
+    absl::MutexLock fold_lock(&fold_mu_);
     absl::MutexLock lock(&mu_);
     round_.reset();
     global_.reset();
@@ -626,6 +632,10 @@ absl::Status Coordinator::PrepareModel(const JobStatus& job) {
     if (MetasOf(weights).size() != init.weights.size()) {
       return absl::DataLossError(absl::StrCat("checkpoint ", checkpoint.path,
                                               " does not match the job's model"));
+    }
+    const ServerOptimizerKind kind = job.spec().server_optimizer().kind();
+    if (kind == FEDADAM || kind == FEDYOGI) {
+      ASSIGN_OR_RETURN(moments_, ReadMoments(MomentsPath(checkpoint.path), weights));
     }
     init.weights = std::move(weights);
   }
@@ -717,7 +727,9 @@ std::set<std::string> Coordinator::CarryOverUpdates() {
       rows = LabelRows(site, r.header);
     }
     absl::Status status = rows.status();
-    if (status.ok()) status = FoldSpool(r.spool, r.header, site, *rows, r.bytes, r.scale);
+    if (status.ok()) {
+      status = FoldSpool(r.spool, r.header, site, *rows, r.bytes, r.scale, attempt);
+    }
     if (status.ok()) {
       carried.insert(site);
     } else {
@@ -731,6 +743,7 @@ std::set<std::string> Coordinator::CarryOverUpdates() {
 absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, uint32_t attempt,
                                    bool evaluate_only) {
   {
+    absl::MutexLock fold_lock(&fold_mu_);  // no fold is using the aggregator being replaced
     absl::MutexLock lock(&mu_);
     auto state = std::make_unique<RoundState>();
     state->job_id = job_id;
@@ -803,6 +816,18 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, ui
   return status;
 }
 
+void Coordinator::RemoveSpools(const std::string& job_id, uint32_t round) {
+  // Every attempt's spools: also those of uploads a crash cut before their receipt was written.
+  const std::string prefix = absl::StrCat(job_id, "-", round, "-");
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(fs::path(config_.state_dir()) / "spool", ec)) {
+    if (absl::StartsWith(entry.path().filename().string(), prefix)) {
+      std::error_code ignored;
+      fs::remove(entry.path(), ignored);
+    }
+  }
+}
+
 std::string Coordinator::SpoolPath(const std::string& job_id, uint32_t round, uint32_t attempt,
                                    const std::string& site) const {
   return (fs::path(config_.state_dir()) / "spool" /
@@ -837,6 +862,8 @@ absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) 
   const std::string path = CheckpointPath(job_id, round + 1);
   RETURN_IF_ERROR(WriteSafetensors(path, next, {{"job_id", job_id},
                                                 {"round", absl::StrCat(round + 1)}}));
+  // FedAdam/FedYogi state goes next to the checkpoint, so a restart resumes the same optimizer.
+  if (!moments_.m.empty()) RETURN_IF_ERROR(WriteMoments(MomentsPath(path), moments_));
   uint32_t crc = 0;
   for (const NamedTensor& t : next) crc = Crc32cExtend(crc, t.data.data(), t.byte_size());
   JobStatus copy;
@@ -849,11 +876,11 @@ absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) 
   }
   RETURN_IF_ERROR(store_->CommitRound(copy, Checkpoint{path, crc, round + 1}));
   std::error_code ec;
-  if (round >= 1) fs::remove(CheckpointPath(job_id, round - 1), ec);  // keep the last two
-  if (absl::StatusOr<std::vector<Receipt>> receipts = store_->Receipts(job_id, round);
-      receipts.ok()) {
-    for (const Receipt& r : *receipts) fs::remove(r.spool, ec);
+  if (round >= 1) {  // keep the last two
+    fs::remove(CheckpointPath(job_id, round - 1), ec);
+    fs::remove(MomentsPath(CheckpointPath(job_id, round - 1)), ec);
   }
+  RemoveSpools(job_id, round);
   absl::MutexLock lock(&mu_);
   global_ = std::make_shared<const TensorList>(std::move(next));
   metrics_->rounds_completed.Increment();

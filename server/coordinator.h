@@ -103,12 +103,13 @@ class Coordinator {
   absl::StatusOr<double> ReceiveToSpool(const std::function<bool(UploadMessage*)>& next,
                                         const std::vector<TensorMeta>& expected,
                                         const std::string& spool, uint64_t* bytes);
-  // Folds a complete, validated update of `bytes` bytes spooled at `path`, scaled by `scale`.
+  // Folds a complete, validated update of `bytes` bytes spooled at `path`, scaled by `scale`,
+  // into attempt `attempt` of the open round (refused if the round moved on meanwhile).
   // Under a robust rule (median, trimmed mean) it checks the spool and writes the receipt, and
   // the round's spools are combined only when it closes.
   absl::Status FoldSpool(const std::string& path, const UploadHeader& header,
                          const std::string& site, const std::vector<size_t>& rows,
-                         uint64_t bytes, double scale);
+                         uint64_t bytes, double scale, uint32_t attempt);
   // Folds the update read from `in` into `aggregator`; false on a read error (the aggregate
   // then holds part of it).
   bool FoldFile(Aggregator* aggregator, FILE* in) const;
@@ -126,6 +127,8 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool JobCancelled(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::string CheckpointPath(const std::string& job_id, uint32_t round) const;
+  // Deletes the spool files of every attempt of a committed round.
+  void RemoveSpools(const std::string& job_id, uint32_t round);
   std::string SpoolPath(const std::string& job_id, uint32_t round, uint32_t attempt,
                         const std::string& site) const;
   // Folds again the updates an earlier attempt of the open round received (before a restart or
@@ -160,7 +163,7 @@ class Coordinator {
   bool transfers_closed_ ABSL_GUARDED_BY(transfer_mu_) = false;
 
   // Serialises folding into the aggregate and applying it.
-  absl::Mutex fold_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  absl::Mutex fold_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   std::thread scheduler_;
 };
 

@@ -12,6 +12,7 @@
 
 #include "common/test_dir.h"
 
+#include "common/file_util.h"
 #include "common/safetensors.h"
 
 namespace fl {
@@ -500,6 +501,65 @@ TEST_F(CoordinatorTest, MedianWithUnreadableSpoolRetriesTheRound) {
   auto job = core_->GetJob(id);
   ASSERT_TRUE(job.ok());
   EXPECT_EQ(job->rounds_done(), 1u);
+}
+
+}  // namespace
+}  // namespace fl
+
+namespace fl {
+namespace {
+
+void FoldAll(Aggregator& aggregator, const TensorList& update, double weight,
+             std::vector<size_t> rows) {
+  aggregator.BeginUpdate(weight, std::move(rows));
+  for (size_t k = 0; k < update.size(); ++k) {
+    aggregator.Fold(k, 0, update[k].data.data(), update[k].data.size());
+  }
+  aggregator.EndUpdate();
+}
+
+// FedAdam's moments are checkpointed with the model: a job restarted between rounds ends with
+// exactly the model of an uninterrupted run. Spool files a crash left without a receipt are
+// removed when their round commits.
+TEST_F(CoordinatorTest, FedAdamMomentsSurviveARestartAndStraySpoolsAreRemoved) {
+  ConnectSites();
+  JobSpec spec;
+  spec.set_rounds(3);
+  spec.mutable_server_optimizer()->set_kind(FEDADAM);
+  spec.mutable_server_optimizer()->set_learning_rate(0.1);
+  const std::string id = Submit(spec);
+  const std::string stray = dir_ + "/spool/" + id + "-0-7-site-z";
+  ASSERT_TRUE(WriteFileAtomic(stray, "cut by a crash", 0600).ok());
+  const std::vector<std::pair<TensorList, TensorList>> updates = {
+      {Update(1, 2, 3), Update(3, 1, 0)},
+      {Update(-1, 0.5, 2), Update(2, -2, 0)},
+      {Update(0.5, 1, -1), Update(-3, 4, 0)}};
+  for (uint32_t round = 0; round < 3; ++round) {
+    if (round == 2) Restart();  // after round 1 committed
+    Task ta = a_->Next();
+    Task tb = b_->Next();
+    ASSERT_EQ(ta.round(), round);
+    if (round == 1) {  // round 0 committed
+      EXPECT_FALSE(std::filesystem::exists(stray));
+      EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/spool"));
+    }
+    ASSERT_TRUE(Upload(a_->who(), ta, updates[round].first, 10, {"a", "b"}).ok());
+    ASSERT_TRUE(Upload(b_->who(), tb, updates[round].second, 15, {"a"}).ok());
+  }
+  EXPECT_TRUE(a_->Next().evaluate_only());
+  // The same three rounds applied without a restart.
+  TensorList expected = std::move(TinyModel(spec)).value().weights;
+  OptimizerMoments moments;
+  const ServerOptimizer optimizer = core_->GetJob(id)->spec().server_optimizer();
+  for (const auto& [a, b] : updates) {
+    Aggregator aggregator(MakeLayout(expected, "fc.", HEAD_MODE_LABEL, 2), 2);
+    FoldAll(aggregator, a, 10, {0, 1});
+    FoldAll(aggregator, b, 15, {0});
+    ASSERT_TRUE(aggregator.Apply(optimizer, expected, &moments).ok());
+  }
+  const TensorList got = CommittedWeights(id);
+  ASSERT_EQ(got.size(), expected.size());
+  for (size_t k = 0; k < got.size(); ++k) EXPECT_EQ(got[k].data, expected[k].data) << k;
 }
 
 }  // namespace

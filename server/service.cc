@@ -55,9 +55,14 @@ grpc::Status FederationService::Join(grpc::ServerContext* ctx, const JoinRequest
 grpc::Status FederationService::Tasks(grpc::ServerContext* ctx, const TaskRequest*,
                                       grpc::ServerWriter<Task>* writer) {
   FL_CALLER(ctx, Role::kSite);
-  return ToGrpcStatus(core_->StreamTasks(
+  absl::Status status = core_->StreamTasks(
       *who, [&](const Task& task) { return writer->Write(task); },
-      [&] { return ctx->IsCancelled() || auth_->IsRevoked(who->fingerprint); }));
+      [&] { return ctx->IsCancelled() || auth_->IsRevoked(who->fingerprint); });
+  if (status.ok() && auth_->IsRevoked(who->fingerprint)) {
+    status = absl::PermissionDeniedError(
+        absl::StrCat("the certificate of '", who->name, "' was revoked"));
+  }
+  return ToGrpcStatus(status);
 }
 
 grpc::Status FederationService::Decline(grpc::ServerContext* ctx, const DeclineRequest* request,

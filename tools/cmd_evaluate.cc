@@ -14,7 +14,7 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: flctl evaluate MODEL.safetensors --data DIR [--labels CSV (default DIR/labels.csv)] "
-    "[--sidecar MODEL.json] [--threshold 0.5] [--age-bands 40,60] [--split all|test|train] "
+    "[--sidecar MODEL.json] [--threshold 0.5|prevalence] [--age-bands 40,60] [--split all|test|train] "
     "[--test-fraction 0.2] [--batch-size 64] [--threads 2] [--json]";
 
 absl::StatusOr<std::vector<int>> ParseEdges(const std::string& text) {
@@ -42,7 +42,12 @@ absl::StatusOr<EvaluateOptions> OptionsFromArgs(const cli::Args& args) {
   o.labels_csv = args.Get("labels", o.data_dir + "/labels.csv");
   o.sidecar_path = args.Get("sidecar");
   o.split = args.Get("split", o.split);
-  ASSIGN_OR_RETURN(o.threshold, args.GetDouble("threshold", o.threshold));
+  if (args.Get("threshold") == "prevalence") {
+    o.threshold = 0;
+  } else {
+    ASSIGN_OR_RETURN(o.threshold, args.GetDouble("threshold", o.threshold));
+    if (o.threshold == 0) return absl::InvalidArgumentError("--threshold must be in (0, 1)");
+  }
   ASSIGN_OR_RETURN(o.test_fraction, args.GetDouble("test-fraction", o.test_fraction));
   ASSIGN_OR_RETURN(int64_t batch, args.GetInt("batch-size", o.batch_size));
   ASSIGN_OR_RETURN(int64_t threads, args.GetInt("threads", o.threads));

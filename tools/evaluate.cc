@@ -209,7 +209,7 @@ absl::Status PredictBatch(const EvalContext& ctx, const std::vector<Sample>& sam
 }
 
 absl::Status ValidateOptions(const EvaluateOptions& o) {
-  if (!(o.threshold > 0 && o.threshold < 1)) {
+  if (!(o.threshold >= 0 && o.threshold < 1)) {
     return absl::InvalidArgumentError(absl::StrCat("threshold ", o.threshold, " is not in (0, 1)"));
   }
   if (o.split != "all" && o.split != "test" && o.split != "train") {
@@ -321,7 +321,7 @@ namespace {
 
 // Accuracy of `members` of `predictions` as GroupResult::accuracy defines it.
 double GroupAccuracy(const std::vector<Prediction>& predictions, const std::vector<size_t>& members,
-                     size_t num_labels, double threshold) {
+                     size_t num_labels, const std::vector<double>& threshold) {
   double sum = 0;
   int labels = 0;
   for (size_t k = 0; k < num_labels; ++k) {
@@ -330,7 +330,7 @@ double GroupAccuracy(const std::vector<Prediction>& predictions, const std::vect
       const float t = predictions[i].targets[k];
       if (std::isnan(t)) continue;
       ++known;
-      if ((predictions[i].probs[k] >= threshold) == (t > 0.5f)) ++right;
+      if ((predictions[i].probs[k] >= threshold[k]) == (t > 0.5f)) ++right;
     }
     if (known == 0) continue;
     sum += static_cast<double>(right) / known;
@@ -357,7 +357,7 @@ void FillSpd(std::vector<GroupResult>& groups, size_t first) {
 void AddAttribute(const std::string& attribute, const std::vector<std::string>& names,
                   const std::function<int(const Prediction&)>& group_of,
                   const std::vector<Prediction>& predictions, size_t num_labels,
-                  double threshold, std::vector<GroupResult>& out) {
+                  const std::vector<double>& threshold, std::vector<GroupResult>& out) {
   std::vector<std::vector<size_t>> members(names.size());
   for (size_t i = 0; i < predictions.size(); ++i) {
     const int g = group_of(predictions[i]);
@@ -372,6 +372,26 @@ void AddAttribute(const std::string& attribute, const std::vector<std::string>& 
 }
 
 std::string Num(double v) { return std::isnan(v) ? "null" : absl::StrFormat("%.6g", v); }
+
+// Per label, the score above which as many images are called positive as the label has
+// positives among the known targets (0.5 when a label has no known target).
+std::vector<double> PrevalenceThresholds(const std::vector<Prediction>& predictions,
+                                         size_t num_labels) {
+  std::vector<double> out(num_labels, 0.5);
+  for (size_t k = 0; k < num_labels; ++k) {
+    std::vector<float> scores;
+    size_t positives = 0;
+    for (const Prediction& p : predictions) {
+      if (std::isnan(p.targets[k])) continue;
+      scores.push_back(p.probs[k]);
+      positives += p.targets[k] > 0.5f;
+    }
+    if (scores.empty()) continue;
+    std::sort(scores.begin(), scores.end(), std::greater<float>());
+    out[k] = positives == 0 ? std::nextafter(scores.front(), 2.0f) : scores[positives - 1];
+  }
+  return out;
+}
 
 }  // namespace
 
@@ -414,12 +434,15 @@ EvaluationReport Summarize(const std::vector<std::string>& label_names,
   report.mean_auroc = defined > 0 ? auroc_sum / defined : kNaN;
   std::vector<size_t> all(predictions.size());
   std::iota(all.begin(), all.end(), size_t{0});
-  report.accuracy = GroupAccuracy(predictions, all, label_names.size(), threshold);
+  const std::vector<double> thresholds =
+      threshold > 0 ? std::vector<double>(label_names.size(), threshold)
+                    : PrevalenceThresholds(predictions, label_names.size());
+  report.accuracy = GroupAccuracy(predictions, all, label_names.size(), thresholds);
   auto sex = [](const Prediction& p) { return p.sex == "M" ? 0 : p.sex == "F" ? 1 : -1; };
-  AddAttribute("sex", {"M", "F"}, sex, predictions, label_names.size(), threshold,
+  AddAttribute("sex", {"M", "F"}, sex, predictions, label_names.size(), thresholds,
                report.groups);
   auto age = [&](const Prediction& p) { return AgeBand(p.age_years, age_edges); };
-  AddAttribute("age", AgeBandNames(age_edges), age, predictions, label_names.size(), threshold,
+  AddAttribute("age", AgeBandNames(age_edges), age, predictions, label_names.size(), thresholds,
                report.groups);
   return report;
 }

@@ -78,6 +78,7 @@ std::vector<std::string> AgeBandNames(const std::vector<int>& edges);
 int AgeBand(int age_years, const std::vector<int>& edges);
 
 // The report of `predictions`, whose probs/targets follow `label_names`. Pure arithmetic.
+// `threshold` 0 picks a prevalence-matched threshold per label (see EvaluateOptions).
 // REQUIRES: every prediction has label_names.size() probs and targets; edges ascending.
 EvaluationReport Summarize(const std::vector<std::string>& label_names,
                            const std::vector<Prediction>& predictions, double threshold,
@@ -91,7 +92,9 @@ struct EvaluateOptions {
   // Which images: "all", or the client's "test" / "train" split at test_fraction.
   std::string split = "all";
   double test_fraction = 0.2;
-  double threshold = 0.5;    // in (0, 1)
+  // In (0, 1); 0: per label, the score that calls as many images positive as the label has
+  // positives (matches the prevalence, so a rare finding is not simply always "negative").
+  double threshold = 0.5;
   std::vector<int> age_edges = {40, 60};
   int batch_size = 64;
   int threads = 2;           // decoding threads

@@ -73,6 +73,22 @@ TEST(SummarizeTest, HandComputedAccuracyAndSpd) {
   EXPECT_EQ(Group(r, "age", "60+").n, 2);
 }
 
+// Threshold 0: per label, as many images called positive as the label has positives. A model
+// whose scores are all below 0.5 but rank well still gets credit for its ranking.
+TEST(SummarizeTest, PrevalenceThresholdPerLabel) {
+  const std::vector<Prediction> predictions = {
+      P("M", 30, {0.30f, 0.9f}, {1, 0}), P("M", 50, {0.20f, 0.8f}, {1, 1}),
+      P("F", 70, {0.10f, 0.7f}, {0, 1}), P("F", 70, {0.05f, 0.1f}, {0, 0})};
+  const EvaluationReport fixed = Summarize({"x", "y"}, predictions, 0.5, {40, 60});
+  const EvaluationReport matched = Summarize({"x", "y"}, predictions, 0, {40, 60});
+  // Label x at 0.5: every image called negative, 2 of 4 right; matched (2 positives: scores
+  // >= 0.20), all 4 right. Label y at 0.5: 3 of 4 right; matched (scores >= 0.8), 2 of 4.
+  EXPECT_DOUBLE_EQ(fixed.accuracy, (0.5 + 0.75) / 2);
+  EXPECT_DOUBLE_EQ(matched.accuracy, (1.0 + 0.5) / 2);
+  EXPECT_DOUBLE_EQ(Group(matched, "sex", "M").accuracy, (1.0 + 0.5) / 2);
+  EXPECT_DOUBLE_EQ(Group(matched, "sex", "F").accuracy, (1.0 + 0.5) / 2);
+}
+
 TEST(SummarizeTest, ThresholdIsInclusiveAndEmptyGroupsAreNaN) {
   const std::vector<Prediction> preds = {P("M", 50, {0.5f}, {1}), P("M", 50, {0.49f}, {1})};
   const EvaluationReport r = Summarize({"a"}, preds, 0.5, {40, 60});
