@@ -1,4 +1,5 @@
 // fl-client: the hospital daemon. Usage: fl-client --config FILE
+#include <atomic>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -42,6 +43,8 @@ int Run(const std::string& config_path) {
   options.device = config->device();
   options.loader_threads = static_cast<int>(config->loader_threads());
   options.state_dir = config->state_dir();
+  std::atomic<bool> stopping{false};
+  options.cancelled = [&stopping] { return stopping.load(); };
   absl::StatusOr<std::unique_ptr<LocalTrainer>> trainer = CreateLocalTrainer(*data, options);
   if (!trainer.ok()) return Die(trainer.status());
   metrics.images.Set(static_cast<double>(data->train.size() + data->test.size()));
@@ -53,8 +56,9 @@ int Run(const std::string& config_path) {
       PrivacyLedger::Open((std::filesystem::path(config->state_dir()) / "privacy.db").string());
   if (!ledger.ok()) return Die(ledger.status());
   ClientDaemon daemon(*config, (*tls)->provider(), &*data, trainer->get(), ledger->get(), &metrics);
-  std::thread([&daemon] {
+  std::thread([&daemon, &stopping] {
     WaitForStopSignal();
+    stopping = true;
     daemon.Stop();
   }).detach();
   absl::Status status = daemon.Run();

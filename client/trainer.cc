@@ -351,6 +351,7 @@ class TorchTrainer : public LocalTrainer {
                                        DpSgdEngine& engine, const DpRound& round,
                                        BatchPrefetcher& batches, int size, int channels);
   torch::Tensor ToTargets(HostBatch& batch) const;
+  absl::Status CheckCancelled() const;
   absl::StatusOr<StepStats> RunSteps(ClassifierImpl& model, torch::optim::Optimizer& optimizer,
                                      BatchPrefetcher& batches, int count, int size,
                                      int channels);
@@ -392,6 +393,7 @@ absl::StatusOr<StepStats> TorchTrainer::RunDpSteps(ClassifierImpl& model,
   StepStats stats;
   model.train();
   for (size_t s = 0; s + 1 < round.first.size(); ++s) {
+    RETURN_IF_ERROR(CheckCancelled());
     for (size_t k = round.first[s]; k < round.first[s + 1]; ++k) {
       HostBatch batch = batches.Next();
       RETURN_IF_ERROR(batch.status);
@@ -412,6 +414,13 @@ absl::StatusOr<StepStats> TorchTrainer::RunDpSteps(ClassifierImpl& model,
   return stats;
 }
 
+absl::Status TorchTrainer::CheckCancelled() const {
+  if (options_.cancelled && options_.cancelled()) {
+    return absl::CancelledError("training interrupted: the client is stopping");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<StepStats> TorchTrainer::RunSteps(ClassifierImpl& model,
                                                  torch::optim::Optimizer& optimizer,
                                                  BatchPrefetcher& batches, int count, int size,
@@ -420,6 +429,7 @@ absl::StatusOr<StepStats> TorchTrainer::RunSteps(ClassifierImpl& model,
   StepStats stats;
   model.train();
   for (int s = 0; s < count; ++s) {
+    RETURN_IF_ERROR(CheckCancelled());
     HostBatch batch = batches.Next();
     RETURN_IF_ERROR(batch.status);
     if (batch.n == 0 || batch.known_targets == 0) continue;  // nothing to learn from

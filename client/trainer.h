@@ -31,6 +31,9 @@ struct TrainerOptions {
   // FOR TESTS ONLY: non-zero makes DP-SGD's Poisson sampling and noise reproducible from this
   // seed (and the job and round). 0, the only value for production, seeds both from the OS CSPRNG.
   uint64_t dp_test_seed = 0;
+  // Checked before every step; when it returns true, Train stops with CANCELLED (the daemon is
+  // shutting down). Unset: never.
+  std::function<bool()> cancelled;
 };
 
 struct TrainResult {

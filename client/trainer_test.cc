@@ -354,6 +354,24 @@ TEST(TrainerTest, FailsWhenNoSampleDecodes) {
   EXPECT_THAT(std::string(metrics.status().message()), HasSubstr("decoded"));
 }
 
+// A stopping client does not finish its local steps: training ends with CANCELLED.
+TEST(TrainerTest, StopsWhenCancelled) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(Sizes(8, 2));
+  JobSpec spec = MakeSpec(HEAD_MODE_LABEL, 5, 4);
+  Global global = GlobalFor(spec);
+  TrainerOptions options;
+  options.device = "cpu";
+  options.loader = loader.loader();
+  int checks = 0;
+  options.cancelled = [&checks] { return ++checks > 2; };  // stop before the third step
+  auto trainer = CreateLocalTrainer(data, options);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  auto result = (*trainer)->Train("job1", spec, {"left"}, global.weights, 1);
+  EXPECT_EQ(result.status().code(), absl::StatusCode::kCancelled) << result.status();
+  EXPECT_EQ(checks, 3);
+}
+
 TEST(TrainerTest, EmptyTrainSplitIsAnError) {
   FakeLoader loader;
   Dataset data = MakeDataset(Sizes(0, 10));
