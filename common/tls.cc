@@ -108,11 +108,11 @@ std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(const TlsMaterial
 
 namespace {
 
-// HTTP/2 flow control for streams of 1 MiB tensor chunks. BDP probing is off: on fast links it
-// keeps resizing windows mid-stream, which measured 3x slower than fixed windows. A receiver's
-// window bounds what a peer may push before it is read: clients take downloads with a wide
-// window; the coordinator, which may have hundreds of sites uploading at once, grants each
-// stream a narrow one, so its receive buffers stay small whatever the number of sites.
+// HTTP/2 flow control for bulk tensor streams. BDP probing is off: it keeps resizing windows
+// mid-stream, which measured 2-3x slower on loopback than fixed windows. A receiver's window
+// bounds what a peer may push before it is read: clients take downloads with a wide window; the
+// coordinator, which may have hundreds of sites uploading at once, grants each stream a narrow
+// one, so its receive buffers stay small whatever the number of sites.
 constexpr int kClientWindowBytes = 8 << 20;
 constexpr int kServerWindowBytes = 256 << 10;
 constexpr int kFrameBytes = 1 << 20;
