@@ -134,6 +134,48 @@ class FederationTest(unittest.TestCase):
         finally:
             fed.stop()
 
+    def test_dp_update_on_the_wire_carries_the_noise(self):
+        """The coordinator measures the L2 norm of the update bytes that reach it. The job bounds it
+        by the most an un-noised DP update can reach: plain SGD moves at most lr x C x |batch| / B
+        per step, bounded here with Poisson batches up to 3x their expected size B. With sigma =
+        0.001 the update passes the bound; with sigma = 1 it is refused with a norm several times
+        the bound: the noise is in the bytes that left the site, not added after."""
+        fed = Federation("dp_wire")
+        try:
+            fed.start_coordinator()
+            # sigma = 0.001 spends a huge epsilon: this test site's cap is lifted for it.
+            conf = fed.site_conf("site-b")
+            with open(conf) as f:
+                text = f.read()
+            with open(conf, "w") as f:
+                f.write(re.sub(r"max_epsilon: [0-9.e+-]+", "max_epsilon: 1e300", text))
+            fed.start_client("site-b", seed=2, exit_when_idle=False)
+            lr, steps, clip = 0.1, 3, 1.0
+            bound = lr * steps * clip * 3
+
+            def spec(name, sigma):
+                return (f'name: "{name}" model: "smallcnn" image_size: 32 rounds: 1 '
+                        f'local_steps: {steps} batch_size: 8 min_sites: 1 '
+                        'start_timeout_seconds: 60 round_deadline_seconds: 20 '
+                        f'labels: "cardiomegaly" max_update_norm: {bound} '
+                        f'local_optimizer {{ name: "sgd" learning_rate: {lr} }} '
+                        f'dp {{ enabled: true noise_multiplier: {sigma} clip_norm: {clip} '
+                        'delta: 1e-6 }')
+
+            quiet = fed.submit(spec("almost-plain", 0.001))
+            self.assertEqual(fed.wait(quiet)["state"], "DONE")
+            self.assertNotIn("refused update", fed.log("coordinator"))
+            noisy = fed.submit(spec("noised", 1.0))
+            line = wait_until(
+                lambda: next((l for l in fed.log("coordinator").splitlines()
+                              if "refused update" in l and "exceeds the job's bound" in l), None),
+                120, "the noised update to be refused")
+            norm = float(line.split("update norm ")[1].split()[0])
+            self.assertGreater(norm, 3 * bound, line)
+            fed.flctl("job", "cancel", noisy)
+        finally:
+            fed.stop()
+
     def test_revoked_certificate_is_refused(self):
         fed = Federation("revoked", admins="operator,auditor")
         try:
