@@ -38,14 +38,15 @@ import fedlib  # noqa: E402  (after the path)
 #               receipt yet
 #   fold:       the update's receipt is durable and it is being folded into the running sum
 #   apply:      all updates folded; the server optimizer is being applied (CloseRound)
-#   checkpoint: the new checkpoint's .tmp file is written and synced, not yet renamed
+#   checkpoint: the new checkpoint's .tmp file is written and synced, not yet renamed (the first
+#               rename of the round's CloseRound: optimizer moments are written after it)
 #   commit:     the checkpoint is renamed into place but SQLite does not know the round yet
 KILL_POINTS = {
     "download": [("fl::Coordinator::Download", "site")],
     "upload": [("fl::Coordinator::Upload", "site"), ("fl::ChunkReader::Add", None)],
     "fold": [("fl::Coordinator::Upload", "site"), ("fl::Coordinator::FoldFile", None)],
     "apply": [("fl::Aggregator::Apply", "round")],
-    "checkpoint": [("fl::WriteSafetensors", "round"), ("'rename@plt'", None)],
+    "checkpoint": [("fl::Coordinator::CloseRound", "round"), ("'rename@plt'", None)],
     "commit": [("fl::Store::CommitRound", "round")],
 }
 
