@@ -209,6 +209,13 @@ absl::StatusOr<JobSpec> ValidateJobSpec(JobSpec spec) {
   if (spec.start_timeout_seconds() == 0) spec.set_start_timeout_seconds(120);
   RETURN_IF_ERROR(InRange("max_update_norm", spec.max_update_norm(), 0, 1e12));
   RETURN_IF_ERROR(InRange("clip_update_norm", spec.clip_update_norm(), 0, 1e12));
+  if (!Aggregation_IsValid(spec.aggregation())) {
+    return Invalid("aggregation", absl::StrCat("has unknown value ", spec.aggregation()));
+  }
+  if (spec.trim_fraction() == 0) spec.set_trim_fraction(0.1);
+  if (!(spec.trim_fraction() > 0 && spec.trim_fraction() < 0.5)) {
+    return Invalid("trim_fraction", absl::StrCat("must be in (0, 0.5), got ", spec.trim_fraction()));
+  }
   RETURN_IF_ERROR(ValidateOptimizers(spec));
   RETURN_IF_ERROR(ValidateDp(*spec.mutable_dp()));
   return spec;

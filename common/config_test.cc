@@ -44,6 +44,13 @@ TEST(ConfigTest, InvalidValuesNameTheField) {
   bad.mutable_local_optimizer()->set_name("lbfgs");
   EXPECT_NE(ValidateJobSpec(bad).status().message().find("local_optimizer.name"),
             std::string::npos);
+  bad = *spec;
+  bad.set_trim_fraction(0.5);
+  EXPECT_NE(ValidateJobSpec(bad).status().message().find("'trim_fraction'"), std::string::npos);
+  bad = *spec;
+  bad.set_aggregation(static_cast<Aggregation>(42));
+  EXPECT_NE(ValidateJobSpec(bad).status().message().find("'aggregation'"), std::string::npos);
+  EXPECT_DOUBLE_EQ(ValidateJobSpec(*spec)->trim_fraction(), 0.1);  // unset means 0.1
 }
 
 TEST(ConfigTest, ClientConfigRequiresTlsAndData) {

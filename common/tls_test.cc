@@ -328,16 +328,28 @@ bool EventuallyAnswers(const std::string& address, const CertificateProvider& pr
 
 std::string Bundle(const KeyAndCert& a, const KeyAndCert& b) { return a.cert_pem + b.cert_pem; }
 
+// A kit of `own` signed by `ca`, watched with reload_seconds 1; `reloads` collects what the
+// watcher reported.
+struct WatchedKit {
+  WatchedKit(const KeyAndCert& ca, const KeyAndCert& own) {
+    config = WriteKit(kit.path(), ca, own);
+    config.set_reload_seconds(1);
+    auto started = TlsWatcher::Start(config, active.path() + "/tls",
+                                     [this](const absl::Status& s) { reloads.push_back(s); });
+    EXPECT_TRUE(started.ok()) << started.status();
+    if (started.ok()) watcher = *std::move(started);
+  }
+  TempDir kit, active;
+  TlsConfig config;
+  std::vector<absl::Status> reloads;
+  std::unique_ptr<TlsWatcher> watcher;  // last: stopped before what its callback uses
+};
+
 TEST(TlsWatcherTest, ServerPicksUpRotatedCaAndCertificateWithoutRestart) {
   Consortium c = MakeConsortium(), next = MakeConsortium();
-  TempDir kit, active;
-  TlsConfig config = WriteKit(kit.path(), c.ca, c.coordinator);
-  config.set_reload_seconds(1);
-  std::vector<absl::Status> reloads;
-  auto watcher = TlsWatcher::Start(config, active.path() + "/tls",
-                                   [&](const absl::Status& s) { reloads.push_back(s); });
-  ASSERT_TRUE(watcher.ok()) << watcher.status();
-  TestServer server((*watcher)->provider());
+  WatchedKit w(c.ca, c.coordinator);
+  ASSERT_NE(w.watcher, nullptr);
+  TestServer server(w.watcher->provider());
   const CertificateProvider old_site = FixedCertificates(Material(c.ca, c.site));
   // A site of the next consortium CA, trusting both CAs.
   TlsMaterial next_site = Material(next.ca, next.site);
@@ -346,67 +358,59 @@ TEST(TlsWatcherTest, ServerPicksUpRotatedCaAndCertificateWithoutRestart) {
   EXPECT_TRUE(EventuallyAnswers(server.address(), FixedCertificates(next_site), ""));
 
   // Phase 1 of a CA rollover: the coordinator trusts both CAs, keeps its old certificate.
-  ASSERT_TRUE(WriteFileAtomic(config.ca_file(), Bundle(c.ca, next.ca), 0644).ok());
-  EXPECT_EQ((*watcher)->CheckNow().value_or(false), true);
+  ASSERT_TRUE(WriteFileAtomic(w.config.ca_file(), Bundle(c.ca, next.ca), 0644).ok());
+  EXPECT_EQ(w.watcher->CheckNow().value_or(false), true);
   EXPECT_TRUE(EventuallyAnswers(server.address(), FixedCertificates(next_site), "hospital-a/site"));
   EXPECT_TRUE(EventuallyAnswers(server.address(), old_site, "hospital-a/site"));
 
   // Phase 2: a certificate from the new CA. A client that trusts only the new CA gets in, so
   // the server presents the new certificate.
-  ASSERT_TRUE(WriteFileAtomic(config.key_file(), next.coordinator.key_pem, 0600).ok());
-  ASSERT_TRUE(WriteFileAtomic(config.cert_file(), next.coordinator.cert_pem, 0644).ok());
-  EXPECT_EQ((*watcher)->CheckNow().value_or(false), true);
+  ASSERT_TRUE(WriteFileAtomic(w.config.key_file(), next.coordinator.key_pem, 0600).ok());
+  ASSERT_TRUE(WriteFileAtomic(w.config.cert_file(), next.coordinator.cert_pem, 0644).ok());
+  EXPECT_EQ(w.watcher->CheckNow().value_or(false), true);
   EXPECT_TRUE(EventuallyAnswers(server.address(), FixedCertificates(Material(next.ca, next.site)),
                                 "hospital-a/site"));
-  EXPECT_EQ((*watcher)->current().cert_pem, next.coordinator.cert_pem);
-  ASSERT_EQ(reloads.size(), 2u);
-  EXPECT_TRUE(reloads[0].ok() && reloads[1].ok());
-  EXPECT_EQ((*watcher)->CheckNow().value_or(true), false);  // unchanged files: nothing to do
+  EXPECT_EQ(w.watcher->current().cert_pem, next.coordinator.cert_pem);
+  ASSERT_EQ(w.reloads.size(), 2u);
+  EXPECT_TRUE(w.reloads[0].ok() && w.reloads[1].ok());
+  EXPECT_EQ(w.watcher->CheckNow().value_or(true), false);  // unchanged files: nothing to do
 }
 
 TEST(TlsWatcherTest, RefusedRotationKeepsTheLastGoodSet) {
   Consortium c = MakeConsortium(), other = MakeConsortium();
-  TempDir kit, active;
-  TlsConfig config = WriteKit(kit.path(), c.ca, c.coordinator);
-  config.set_reload_seconds(1);
-  std::vector<absl::Status> reloads;
-  auto watcher = TlsWatcher::Start(config, active.path() + "/tls",
-                                   [&](const absl::Status& s) { reloads.push_back(s); });
-  ASSERT_TRUE(watcher.ok()) << watcher.status();
-  TestServer server((*watcher)->provider());
+  WatchedKit w(c.ca, c.coordinator);
+  ASSERT_NE(w.watcher, nullptr);
+  TestServer server(w.watcher->provider());
   const CertificateProvider site = FixedCertificates(Material(c.ca, c.site));
 
   // A world-readable key, then a certificate that does not match the key: both refused.
-  ASSERT_TRUE(WriteFileAtomic(config.key_file(), c.coordinator.key_pem, 0644).ok());
-  EXPECT_EQ((*watcher)->CheckNow().value_or(true), false);  // not settled yet
-  absl::StatusOr<bool> checked = (*watcher)->CheckNow();
+  ASSERT_TRUE(WriteFileAtomic(w.config.key_file(), c.coordinator.key_pem, 0644).ok());
+  EXPECT_EQ(w.watcher->CheckNow().value_or(true), false);  // not settled yet
+  absl::StatusOr<bool> checked = w.watcher->CheckNow();
   ASSERT_FALSE(checked.ok());
   EXPECT_NE(checked.status().message().find("chmod 600"), std::string::npos) << checked.status();
-  ASSERT_EQ(chmod(config.key_file().c_str(), 0600), 0);
-  ASSERT_TRUE(WriteFileAtomic(config.cert_file(), other.coordinator.cert_pem, 0644).ok());
-  EXPECT_TRUE((*watcher)->CheckNow().ok());
-  EXPECT_FALSE((*watcher)->CheckNow().ok());
-  ASSERT_EQ(reloads.size(), 2u);
-  EXPECT_FALSE(reloads[1].ok());
+  ASSERT_EQ(chmod(w.config.key_file().c_str(), 0600), 0);
+  ASSERT_TRUE(WriteFileAtomic(w.config.cert_file(), other.coordinator.cert_pem, 0644).ok());
+  EXPECT_TRUE(w.watcher->CheckNow().ok());
+  EXPECT_FALSE(w.watcher->CheckNow().ok());
+  ASSERT_EQ(w.reloads.size(), 2u);
+  EXPECT_FALSE(w.reloads[1].ok());
   std::this_thread::sleep_for(std::chrono::milliseconds(2500));  // past two file-watcher polls
   EXPECT_TRUE(EventuallyAnswers(server.address(), site, "hospital-a/site"));
-  EXPECT_EQ((*watcher)->current().cert_pem, c.coordinator.cert_pem);
+  EXPECT_EQ(w.watcher->current().cert_pem, c.coordinator.cert_pem);
 }
 
 TEST(TlsWatcherTest, ClientPresentsItsRotatedCertificate) {
   Consortium c = MakeConsortium();
   TestServer server(Material(c.ca, c.coordinator));
-  TempDir kit, active;
-  TlsConfig config = WriteKit(kit.path(), c.ca, c.site);
-  config.set_reload_seconds(1);
-  auto watcher = TlsWatcher::Start(config, active.path() + "/tls", nullptr);
-  ASSERT_TRUE(watcher.ok()) << watcher.status();
-  ASSERT_TRUE(EventuallyAnswers(server.address(), (*watcher)->provider(), "hospital-a/site"));
+  WatchedKit w(c.ca, c.site);
+  ASSERT_NE(w.watcher, nullptr);
+  ASSERT_TRUE(EventuallyAnswers(server.address(), w.watcher->provider(), "hospital-a/site"));
   // The site's certificate is renewed under a new name; new connections present it.
   KeyAndCert renewed = IssueCert(c.ca, Request("hospital-a2", "site")).value();
-  ASSERT_TRUE(WriteFileAtomic(config.key_file(), renewed.key_pem, 0600).ok());
-  ASSERT_TRUE(WriteFileAtomic(config.cert_file(), renewed.cert_pem, 0644).ok());
-  EXPECT_TRUE(EventuallyAnswers(server.address(), (*watcher)->provider(), "hospital-a2/site"));
+  ASSERT_TRUE(WriteFileAtomic(w.config.key_file(), renewed.key_pem, 0600).ok());
+  ASSERT_TRUE(WriteFileAtomic(w.config.cert_file(), renewed.cert_pem, 0644).ok());
+  EXPECT_TRUE(EventuallyAnswers(server.address(), w.watcher->provider(), "hospital-a2/site"));
 }
 
 TEST(TlsWatcherTest, StartRefusesABadKit) {

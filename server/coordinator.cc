@@ -67,20 +67,6 @@ bool IsRobust(const JobSpec& spec) {
          spec.aggregation() == AGGREGATION_TRIMMED_MEAN;
 }
 
-// Checks `aggregation` and `trim_fraction` (0 means the default, 0.1); errors name the field.
-absl::Status ValidateAggregation(JobSpec& spec) {
-  if (!Aggregation_IsValid(spec.aggregation())) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config field 'aggregation' has unknown value ", static_cast<int>(spec.aggregation())));
-  }
-  if (spec.trim_fraction() == 0) spec.set_trim_fraction(0.1);
-  if (!(spec.trim_fraction() >= 0 && spec.trim_fraction() < 0.5)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "config field 'trim_fraction' must be in [0, 0.5), got ", spec.trim_fraction()));
-  }
-  return absl::OkStatus();
-}
-
 // Sample-weighted mean AUROC per label over the sites' reports, and the mean over labels.
 void PoolMetrics(const std::map<std::string, SiteReport>& reports, RoundSummary& summary) {
   std::map<std::string, std::pair<double, double>> acc;  // label -> (sum auroc*n, n)
@@ -969,7 +955,6 @@ absl::StatusOr<JobStatus> Coordinator::SubmitJob(const Identity& who, const JobS
 
 absl::StatusOr<JobSpec> Coordinator::ValidateJobSpecForModel(const JobSpec& spec) {
   ASSIGN_OR_RETURN(JobSpec valid, ValidateJobSpec(spec));
-  RETURN_IF_ERROR(ValidateAggregation(valid));
   // Building the model once checks the name and the sizes before the job is queued.
   RETURN_IF_ERROR(init_(valid).status());
   return valid;
