@@ -46,24 +46,33 @@ namespace fs = std::filesystem;
 constexpr char kServerName[] = "coordinator";
 struct LoadOptions {
   int64_t clients, rounds, labels;
-  std::string model = "mediumcnn";  // about 1M parameters
+  std::string model = "mediumcnn";    // about 1M parameters
+  std::string fit_model = "resnet9";  // about 6.6M parameters; "none": no second run
 };
 
-// Flags: --model NAME plus the integer flags --clients, --rounds, --labels.
-absl::StatusOr<LoadOptions> ParseLoadFlags(std::vector<std::string> args) {
-  LoadOptions o;
+// Removes `--name VALUE` or `--name=VALUE` from `args` into `*value`.
+void TakeStringFlag(std::vector<std::string> &args, const std::string &name,
+                    std::string *value) {
   for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--model" && i + 1 < args.size()) {
-      o.model = args[i + 1];
+    if (args[i] == "--" + name && i + 1 < args.size()) {
+      *value = args[i + 1];
       args.erase(args.begin() + i, args.begin() + i + 2);
-      break;
+      return;
     }
-    if (absl::StartsWith(args[i], "--model=")) {
-      o.model = args[i].substr(8);
+    if (absl::StartsWith(args[i], "--" + name + "=")) {
+      *value = args[i].substr(name.size() + 3);
       args.erase(args.begin() + i);
-      break;
+      return;
     }
   }
+}
+
+// Flags: --model NAME, --fit_model NAME|none, plus the integer flags --clients, --rounds,
+// --labels.
+absl::StatusOr<LoadOptions> ParseLoadFlags(std::vector<std::string> args) {
+  LoadOptions o;
+  TakeStringFlag(args, "model", &o.model);
+  TakeStringFlag(args, "fit_model", &o.fit_model);
   ASSIGN_OR_RETURN(const std::vector<int64_t> v,
                    ParseIntFlags(args, {{"clients", 200}, {"rounds", 3}, {"labels", 8}}));
   o.clients = v[0];
@@ -374,7 +383,15 @@ std::vector<double> RoundTimes(const LoadStats &stats, int64_t rounds) {
   return times;
 }
 
-void PrintResults(const LoadOptions &o, const LoadStats &stats, const Memory &m, double job_s) {
+// What one run measured: the coordinator's peak above its RSS with every site connected, and
+// the key=value results.
+struct RunResult {
+  double model_bytes = 0, over_connected_bytes = 0;
+  std::vector<std::pair<std::string, double>> values;
+};
+
+RunResult PrintResults(const LoadOptions &o, const LoadStats &stats, const Memory &m,
+                       double job_s) {
   const double model = static_cast<double>(stats.model_params()) * sizeof(float);
   const std::vector<double> rounds = RoundTimes(stats, o.rounds);
   std::printf("job: %lld rounds + final evaluation in %.2f s\n", static_cast<long long>(o.rounds),
@@ -405,14 +422,16 @@ void PrintResults(const LoadOptions &o, const LoadStats &stats, const Memory &m,
     const auto it = samples.find(kind);
     return it == samples.end() ? 0.0 : 1e3 * Percentile(it->second, 99);
   };
-  PrintKeyValues({{"round_time_s", Percentile(rounds, 50)},
+  RunResult result{model, over_idle};
+  result.values = {{"round_time_s", Percentile(rounds, 50)},
                   {"peak_memory_model_ratio", growth / model},
                   {"peak_over_connected_model_ratio", over_idle / model},
                   {"join_p99_ms", p99_ms("join")},
                   {"report_p99_ms", p99_ms("report")},
                   {"first_task_p99_ms", p99_ms("first_task")},
                   {"download_p99_ms", p99_ms("download")},
-                  {"upload_p99_ms", p99_ms("upload")}});
+                  {"upload_p99_ms", p99_ms("upload")}};
+  return result;
 }
 
 absl::StatusOr<std::string> MakeTempDir() {
@@ -425,8 +444,8 @@ absl::StatusOr<std::string> MakeTempDir() {
 }
 
 // Submits the job once every site is connected, waits for it, and measures.
-absl::Status RunJob(const LoadOptions &o, int64_t labels, const Pki &pki,
-                    CoordinatorProcess &coordinator, Memory &memory) {
+absl::StatusOr<RunResult> RunJob(const LoadOptions &o, int64_t labels, const Pki &pki,
+                                 CoordinatorProcess &coordinator, Memory &memory) {
   ASSIGN_OR_RETURN(const TlsMaterial admin_tls, LoadTlsMaterial(pki.admin));
   auto admin = Admin::NewStub(
       MakeChannel(absl::StrCat("127.0.0.1:", coordinator.port()), kServerName, admin_tls));
@@ -459,41 +478,66 @@ absl::Status RunJob(const LoadOptions &o, int64_t labels, const Pki &pki,
   fleet.StopAndJoin();
   RETURN_IF_ERROR(stats.first_error());
   if (stats.model_params() == 0) return absl::InternalError("no site downloaded the model");
-  PrintResults(o, stats, memory, job_s);
-  return absl::OkStatus();
+  return PrintResults(o, stats, memory, job_s);
+}
+
+// One whole job with a fresh coordinator in `dir`.
+absl::StatusOr<RunResult> RunModel(const LoadOptions &o, const std::string &dir, const Pki &pki) {
+  ASSIGN_OR_RETURN(const uint64_t params, ModelParams(o.model, o.labels));
+  std::printf("model: %s with %lld labels: %llu parameters (%.2f MiB float32); %lld sites, "
+              "%lld rounds\n",
+              o.model.c_str(), static_cast<long long>(o.labels),
+              static_cast<unsigned long long>(params), params * 4.0 / kMib,
+              static_cast<long long>(o.clients), static_cast<long long>(o.rounds));
+  std::fflush(stdout);
+  RETURN_IF_ERROR(MakeDirs(dir, 0700));
+  Memory memory;
+  CoordinatorProcess coordinator;
+  absl::Status status = coordinator.Start(dir, pki.coordinator);
+  if (status.ok()) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(500));  // settle after start-up
+    absl::StatusOr<uint64_t> rss = ProcBytes(coordinator.pid(), "VmRSS");
+    status = rss.status();
+    if (rss.ok()) memory.startup = *rss;
+  }
+  absl::StatusOr<RunResult> result =
+      status.ok() ? RunJob(o, o.labels, pki, coordinator, memory) : status;
+  if (!result.ok()) {
+    std::fprintf(stderr, "end of the coordinator's log:\n%s\n", coordinator.LogTail().c_str());
+  }
+  return result;
 }
 
 }  // namespace
 
+// Runs the job with --model, then (unless --fit_model none) with the larger --fit_model, and
+// fits the coordinator's peak above its connected baseline as a * model + b: a is what the
+// model size costs (target: at most 3), b the fixed overhead of the sites' connections.
 absl::Status RunLoadBench(const std::vector<std::string> &args) {
   ASSIGN_OR_RETURN(const LoadOptions o, ParseLoadFlags(args));
-  const int64_t labels = o.labels;
-  ASSIGN_OR_RETURN(const uint64_t params, ModelParams(o.model, labels));
-  std::printf("model: %s with %lld labels: %llu parameters (%.2f MiB float32); %lld sites, "
-              "%lld rounds\n",
-              o.model.c_str(), static_cast<long long>(labels),
-              static_cast<unsigned long long>(params), params * 4.0 / kMib,
-              static_cast<long long>(o.clients), static_cast<long long>(o.rounds));
-  std::fflush(stdout);
   ASSIGN_OR_RETURN(const std::string dir, MakeTempDir());
   ASSIGN_OR_RETURN(const Pki pki, WritePki(dir, o.clients));
-  Memory memory;
-  absl::Status status;
-  {
-    CoordinatorProcess coordinator;
-    status = coordinator.Start(dir, pki.coordinator);
-    if (status.ok()) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(500));  // settle after start-up
-      absl::StatusOr<uint64_t> rss = ProcBytes(coordinator.pid(), "VmRSS");
-      status = rss.status();
-      if (rss.ok()) memory.startup = *rss;
+  absl::StatusOr<RunResult> main = RunModel(o, dir + "/run-main", pki);
+  if (!main.ok()) return Annotate(main.status(), absl::StrCat("files kept in ", dir));
+  std::vector<std::pair<std::string, double>> values = main->values;
+  if (o.fit_model != "none") {
+    LoadOptions fit = o;
+    fit.model = o.fit_model;
+    absl::StatusOr<RunResult> big = RunModel(fit, dir + "/run-fit", pki);
+    if (!big.ok()) return Annotate(big.status(), absl::StrCat("files kept in ", dir));
+    if (big->model_bytes <= main->model_bytes) {
+      return absl::InvalidArgumentError("--fit_model must be larger than --model");
     }
-    if (status.ok()) status = RunJob(o, labels, pki, coordinator, memory);
-    if (!status.ok()) {
-      std::fprintf(stderr, "end of the coordinator's log:\n%s\n", coordinator.LogTail().c_str());
-    }
+    const double a = (big->over_connected_bytes - main->over_connected_bytes) /
+                     (big->model_bytes - main->model_bytes);
+    const double b = main->over_connected_bytes - a * main->model_bytes;
+    std::printf("coordinator peak above connected ~= %.2f x model + %.1f MiB (fit over %s and "
+                "%s)\n",
+                a, b / kMib, o.model.c_str(), o.fit_model.c_str());
+    values.push_back({"memory_model_multiple", a});
+    values.push_back({"memory_fixed_mib", b / kMib});
   }
-  if (!status.ok()) return Annotate(status, absl::StrCat("files kept in ", dir));
+  PrintKeyValues(values);
   std::error_code ec;
   fs::remove_all(dir, ec);
   return absl::OkStatus();

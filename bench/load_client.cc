@@ -6,6 +6,7 @@
 #include "bench/bench_model.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
+#include "common/upload.h"
 
 namespace fl::bench {
 namespace {
@@ -172,41 +173,29 @@ absl::Status SimSite::Download(const Task& task) {
 }
 
 absl::Status SimSite::Upload(const Task& task) {
+  UploadHeader header;
+  header.set_job_id(task.job_id());
+  header.set_round(task.round());
+  // Within the coordinator's bound of 2 * local_steps * batch_size samples.
+  header.set_num_samples(1 + options_.seed % (task.spec().local_steps() *
+                                              task.spec().batch_size()));
+  for (const std::string& label : task.train_labels()) header.add_labels(label);
+  header.set_num_tensors(static_cast<uint32_t>(metas_.size()));
+  header.set_train_loss(0.5 + 0.001 * (options_.seed % 100));
   grpc::ClientContext ctx;
   ctx.set_deadline(In(kTransferSeconds));
-  UploadResponse response;
   const double start = MonotonicSeconds();
-  std::unique_ptr<grpc::ClientWriter<UploadMessage>> writer = stub_->Upload(&ctx, &response);
-  UploadMessage message;
-  UploadHeader* header = message.mutable_header();
-  header->set_job_id(task.job_id());
-  header->set_round(task.round());
-  // Within the coordinator's bound of 2 * local_steps * batch_size samples.
-  header->set_num_samples(1 + options_.seed % (task.spec().local_steps() *
-                                               task.spec().batch_size()));
-  for (const std::string& label : task.train_labels()) header->add_labels(label);
-  header->set_num_tensors(static_cast<uint32_t>(metas_.size()));
-  header->set_train_loss(0.5 + 0.001 * (options_.seed % 100));
-  bool open = writer->Write(message);
   // Label mode: an update carries every tensor of the model, in model order, so the shapes
   // of the download are the layout of the upload.
-  const absl::Status written =
-      !open ? absl::OkStatus()
-            : StreamGeneratedUpdate(
-                  metas_, options_.seed * 131 + task.round(), kUploadChunkBytes,
-                  [&](const TensorChunk& chunk) {
-                    *message.mutable_chunk() = chunk;
-                    open = writer->Write(message);
-                    return open ? absl::OkStatus()
-                                : absl::UnavailableError("upload stream closed by the server");
-                  });
-  if (open) {
-    message.mutable_trailer();
-    writer->Write(message);
-  }
-  writer->WritesDone();
-  RETURN_IF_ERROR(Annotate(FromGrpcStatus(writer->Finish()), "upload"));  // the server's reason
-  RETURN_IF_ERROR(Annotate(written, "upload"));
+  ASSIGN_OR_RETURN(const UploadResponse response,
+                   SendUpload(*stub_, ctx, header, [&](const auto& emit) {
+                     return StreamGeneratedUpdate(metas_, options_.seed * 131 + task.round(),
+                                                  kUploadChunkBytes, [&](const TensorChunk& c) {
+                                                    return emit(c) ? absl::OkStatus()
+                                                                   : absl::CancelledError(
+                                                                         "upload stream closed");
+                                                  });
+                   }));
   uint64_t bytes = 0;
   for (const TensorMeta& m : metas_) bytes += m.byte_size();
   if (response.bytes_received() != bytes) {

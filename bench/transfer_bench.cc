@@ -15,6 +15,7 @@
 #include "common/grpc_status.h"
 #include "common/status.h"
 #include "common/tls.h"
+#include "common/upload.h"
 #include "common/x509.h"
 #include "fl/federation.grpc.pb.h"
 
@@ -31,17 +32,24 @@ class UploadOnlyService final : public Federation::Service {
   UploadOnlyService(std::vector<TensorMeta> metas, bool validate)
       : metas_(std::move(metas)), validate_(validate) {}
 
-  grpc::Status Upload(grpc::ServerContext *, grpc::ServerReader<UploadMessage> *reader,
-                      UploadResponse *response) override {
-    return ToGrpcStatus(ReadUpload(*reader, *response));
+  grpc::Status Upload(grpc::ServerContext *,
+                      grpc::ServerReaderWriter<UploadReply, UploadMessage> *stream) override {
+    UploadReply reply;
+    absl::Status status = ReadUpload(*stream, *reply.mutable_done());
+    if (status.ok()) stream->Write(reply);
+    return ToGrpcStatus(status);
   }
 
  private:
-  absl::Status ReadUpload(grpc::ServerReader<UploadMessage> &reader, UploadResponse &response) {
+  absl::Status ReadUpload(grpc::ServerReaderWriter<UploadReply, UploadMessage> &reader,
+                          UploadResponse &response) {
     UploadMessage message;
     if (!reader.Read(&message) || !message.has_header()) {
       return absl::InvalidArgumentError("upload must start with a header");
     }
+    UploadReply grant;
+    grant.mutable_grant();
+    if (!reader.Write(grant)) return absl::CancelledError("the client went away");
     ChunkReader chunks(metas_);
     const ChunkReader::Sink drop = [](size_t, uint64_t, const float *, size_t) {
       return absl::OkStatus();
@@ -94,26 +102,15 @@ absl::StatusOr<Pki> MakePki() {
 // the server got every byte.
 absl::Status UploadOnce(Federation::Stub &stub, const TensorList &update, uint64_t bytes,
                         size_t chunk_bytes) {
+  UploadHeader header;
+  header.set_job_id("bench");
+  header.set_num_samples(100);
+  header.set_num_tensors(static_cast<uint32_t>(update.size()));
   grpc::ClientContext context;
-  UploadResponse response;
-  std::unique_ptr<grpc::ClientWriter<UploadMessage>> writer = stub.Upload(&context, &response);
-  UploadMessage message;
-  UploadHeader *header = message.mutable_header();
-  header->set_job_id("bench");
-  header->set_num_samples(100);
-  header->set_num_tensors(static_cast<uint32_t>(update.size()));
-  bool open = writer->Write(message);
-  absl::Status written = WriteTensorChunks(update, chunk_bytes, [&](const TensorChunk &c) {
-    *message.mutable_chunk() = c;
-    return open = writer->Write(message);
-  });
-  if (open) {
-    message.mutable_trailer();
-    writer->Write(message);
-  }
-  writer->WritesDone();
-  RETURN_IF_ERROR(FromGrpcStatus(writer->Finish()));
-  RETURN_IF_ERROR(written);
+  ASSIGN_OR_RETURN(const UploadResponse response,
+                   SendUpload(stub, context, header, [&](const auto &emit) {
+                     return WriteTensorChunks(update, chunk_bytes, emit);
+                   }));
   if (response.bytes_received() != bytes) {
     return absl::InternalError(
         absl::StrCat("server received ", response.bytes_received(), " bytes of ", bytes));

@@ -14,6 +14,7 @@
 #include "common/log.h"
 #include "common/status.h"
 #include "common/tensor_stream.h"
+#include "common/upload.h"
 
 namespace fl {
 namespace {
@@ -253,38 +254,20 @@ absl::Status ClientDaemon::EvaluateAndReport(Federation::Stub& stub, const Task&
 absl::Status ClientDaemon::UploadUpdate(Federation::Stub& stub, const Task& task,
                                         const TrainResult& result,
                                         const PrivacyReport& privacy) {
+  UploadHeader header;
+  header.set_job_id(task.job_id());
+  header.set_round(task.round());
+  header.set_num_samples(result.num_samples);
+  for (const std::string& label : result.labels) header.add_labels(label);
+  header.set_num_tensors(static_cast<uint32_t>(result.update.size()));
+  header.set_train_loss(result.loss);
+  *header.mutable_privacy() = privacy;
   grpc::ClientContext ctx;
-  UploadResponse response;
-  std::unique_ptr<grpc::ClientWriter<UploadMessage>> writer = stub.Upload(&ctx, &response);
-  UploadMessage message;
-  UploadHeader* header = message.mutable_header();
-  header->set_job_id(task.job_id());
-  header->set_round(task.round());
-  header->set_num_samples(result.num_samples);
-  for (const std::string& label : result.labels) header->add_labels(label);
-  header->set_num_tensors(static_cast<uint32_t>(result.update.size()));
-  header->set_train_loss(result.loss);
-  *header->mutable_privacy() = privacy;
-  bool open = writer->Write(message);
-  uint64_t bytes = 0;
-  if (open) {
-    absl::Status written = WriteTensorChunks(result.update, kUploadChunkBytes,
-                                             [&](const TensorChunk& chunk) {
-                                               UploadMessage m;
-                                               *m.mutable_chunk() = chunk;
-                                               bytes += chunk.data().size();
-                                               return writer->Write(m);
-                                             });
-    open = written.ok();
-  }
-  if (open) {
-    message.Clear();
-    message.mutable_trailer();
-    writer->Write(message);
-  }
-  writer->WritesDone();
-  RETURN_IF_ERROR(Annotate(FromGrpcStatus(writer->Finish()), "upload"));
-  metrics_->upload_bytes.Increment(static_cast<double>(bytes));
+  ASSIGN_OR_RETURN(const UploadResponse response,
+                   SendUpload(stub, ctx, header, [&](const auto& emit) {
+                     return WriteTensorChunks(result.update, kUploadChunkBytes, emit);
+                   }));
+  metrics_->upload_bytes.Increment(static_cast<double>(response.bytes_received()));
   return absl::OkStatus();
 }
 

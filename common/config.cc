@@ -138,6 +138,8 @@ absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig co
   if (config.site_timeout_seconds() == 0) config.set_site_timeout_seconds(30);
   if (config.max_concurrent_transfers() == 0) config.set_max_concurrent_transfers(4);
   RETURN_IF_ERROR(InRange("max_concurrent_transfers", config.max_concurrent_transfers(), 1, 1024));
+  if (config.grpc_memory_mib() == 0) config.set_grpc_memory_mib(64);
+  RETURN_IF_ERROR(InRange("grpc_memory_mib", config.grpc_memory_mib(), 16, 1 << 20));
   for (std::string& fingerprint : *config.mutable_revoked_certificates()) {
     fingerprint = absl::AsciiStrToLower(fingerprint);
     if (fingerprint.size() != 64 ||

@@ -121,8 +121,9 @@ float AdaptiveStep(const ServerOptimizer& opt, float delta, float& m, float& v) 
 
 }  // namespace
 
-absl::Status Aggregator::Apply(const ServerOptimizer& optimizer, TensorList& global,
-                              OptimizerMoments* moments) {
+absl::StatusOr<TensorList> Aggregator::NextModel(const ServerOptimizer& optimizer,
+                                                 const TensorList& global,
+                                                 OptimizerMoments* moments) {
   if (updates_ == 0 || total_weight_ <= 0) {
     return absl::FailedPreconditionError("no update to apply");
   }
@@ -133,19 +134,40 @@ absl::Status Aggregator::Apply(const ServerOptimizer& optimizer, TensorList& glo
       moments->v.push_back({t.name, t.shape, std::vector<float>(t.data.size(), 0.0f)});
     }
   }
+  // Each shared tensor's sum buffer becomes that tensor of the next model, so the peak is the
+  // global model plus the sums, never a third copy.
+  std::vector<int64_t> shared_at(global.size(), -1);
   for (size_t k = 0; k < sums_.size(); ++k) {
     const size_t g = layout_.global_index[k];
-    std::vector<float>& target = global[g].data;
-    const size_t row_len = layout_.is_head[k] ? sums_[k].size() / num_labels_ : sums_[k].size();
-    for (size_t i = 0; i < sums_[k].size(); ++i) {
+    shared_at[g] = static_cast<int64_t>(k);
+    std::vector<float>& sum = sums_[k];
+    const std::vector<float>& current = global[g].data;
+    const size_t row_len = layout_.is_head[k] ? sum.size() / num_labels_ : sum.size();
+    for (size_t i = 0; i < sum.size(); ++i) {
       const double w = layout_.is_head[k] ? label_weight_[i / row_len] : total_weight_;
-      if (w <= 0) continue;  // nobody trained this head row
-      const float delta = static_cast<float>(sums_[k][i] / w);
-      target[i] += adaptive ? AdaptiveStep(optimizer, delta, moments->m[g].data[i],
-                                           moments->v[g].data[i])
-                            : static_cast<float>(optimizer.learning_rate()) * delta;
+      if (w <= 0) {  // nobody trained this head row
+        sum[i] = current[i];
+        continue;
+      }
+      const float delta = static_cast<float>(sum[i] / w);
+      sum[i] = current[i] + (adaptive ? AdaptiveStep(optimizer, delta, moments->m[g].data[i],
+                                                     moments->v[g].data[i])
+                                      : static_cast<float>(optimizer.learning_rate()) * delta);
     }
   }
+  TensorList next;
+  next.reserve(global.size());
+  for (size_t g = 0; g < global.size(); ++g) {
+    next.push_back({global[g].name, global[g].shape,
+                    shared_at[g] < 0 ? global[g].data : std::move(sums_[shared_at[g]])});
+  }
+  updates_ = 0;  // the sums are gone
+  return next;
+}
+
+absl::Status Aggregator::Apply(const ServerOptimizer& optimizer, TensorList& global,
+                               OptimizerMoments* moments) {
+  ASSIGN_OR_RETURN(global, NextModel(optimizer, global, moments));
   return absl::OkStatus();
 }
 

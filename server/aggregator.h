@@ -64,9 +64,14 @@ class Aggregator {
   size_t updates() const { return updates_; }
   const UpdateLayout& layout() const { return layout_; }
 
-  // Applies the averaged update to `global` with the job's server optimizer; `moments` carries
-  // FedAdam/FedYogi state across rounds. Entries that no update covered (head rows of labels
-  // nobody trained) stay unchanged.
+  // The next global model: the averaged update applied to `global` with the job's server
+  // optimizer; `moments` carries FedAdam/FedYogi state across rounds. Entries that no update
+  // covered (head rows of labels nobody trained) stay unchanged. The next model is built in the
+  // aggregator's own sum buffers (memory: `global` plus the sums), so the aggregator is spent:
+  // a second call fails with FAILED_PRECONDITION.
+  absl::StatusOr<TensorList> NextModel(const ServerOptimizer& optimizer, const TensorList& global,
+                                       OptimizerMoments* moments);
+  // NextModel, replacing `global`.
   absl::Status Apply(const ServerOptimizer& optimizer, TensorList& global,
                      OptimizerMoments* moments);
 

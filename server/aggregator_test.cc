@@ -86,6 +86,28 @@ TEST(AggregatorTest, FedAdamFirstStepMovesByLearningRate) {
   EXPECT_FLOAT_EQ(moments.m[0].data[0], 0.05f);
 }
 
+// Site mode: the next model takes the backbone from the sums and copies the private head; the
+// aggregator is spent afterwards.
+TEST(AggregatorTest, NextModelKeepsUnsharedTensorsAndSpendsTheAggregator) {
+  const TensorList global = {{"conv.weight", {2}, {1.0f, 2.0f}},
+                             {"fc.weight", {3, 2}, {1, 2, 3, 4, 5, 6}}};
+  Aggregator agg(MakeLayout(global, "fc.", HEAD_MODE_SITE, 3), 3);
+  agg.BeginUpdate(4.0, {});
+  const float conv[2] = {2, -2};
+  agg.Fold(0, 0, conv, 2);
+  agg.EndUpdate();
+  ServerOptimizer fedavg;
+  fedavg.set_kind(FEDAVG);
+  fedavg.set_learning_rate(0.5);
+  auto next = agg.NextModel(fedavg, global, nullptr);
+  ASSERT_TRUE(next.ok()) << next.status();
+  EXPECT_EQ((*next)[0].data, std::vector<float>({2, 1}));
+  EXPECT_EQ((*next)[1].data, global[1].data);
+  EXPECT_EQ((*next)[1].name, "fc.weight");
+  EXPECT_EQ(agg.NextModel(fedavg, global, nullptr).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
 TEST(AggregatorTest, ApplyWithoutUpdatesRefused) {
   TensorList global = Global();
   Aggregator agg(MakeLayout(global, "fc.", HEAD_MODE_LABEL, 3), 3);

@@ -286,14 +286,17 @@ struct Coordinator::TransferSlot {
   Coordinator* const owner;
 };
 
-std::unique_ptr<Coordinator::TransferSlot> Coordinator::AcquireTransferSlot() {
+absl::StatusOr<std::unique_ptr<Coordinator::TransferSlot>> Coordinator::AcquireTransferSlot(
+    const std::function<bool()>& cancelled) {
   const uint32_t limit = std::max<uint32_t>(1, config_.max_concurrent_transfers());
   absl::MutexLock lock(&transfer_mu_);
   auto ready = [this, limit]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(transfer_mu_) {
     return transfers_closed_ || transfers_ < limit;
   };
-  transfer_mu_.Await(absl::Condition(&ready));
-  if (transfers_closed_) return nullptr;
+  while (!transfer_mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(1))) {
+    if (cancelled && cancelled()) return absl::CancelledError("the site went away while waiting");
+  }
+  if (transfers_closed_) return absl::UnavailableError("the coordinator is shutting down");
   ++transfers_;
   return std::make_unique<TransferSlot>(this);
 }
@@ -312,8 +315,7 @@ absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& r
     }
     model = global_;
   }
-  std::unique_ptr<TransferSlot> slot = AcquireTransferSlot();
-  if (!slot) return absl::UnavailableError("the coordinator is shutting down");
+  ASSIGN_OR_RETURN(std::unique_ptr<TransferSlot> slot, AcquireTransferSlot());
   uint64_t bytes = 0;
   RETURN_IF_ERROR(WriteTensorChunks(*model, config_.chunk_bytes(), [&](const TensorChunk& c) {
     bytes += c.data().size();
@@ -388,13 +390,11 @@ absl::StatusOr<double> Coordinator::ReceiveToSpool(
   return std::sqrt(sum_squares);
 }
 
-absl::StatusOr<UploadResponse> Coordinator::Upload(
-    const Identity& who, const std::function<bool(UploadMessage*)>& next) {
-  std::unique_ptr<TransferSlot> slot = AcquireTransferSlot();
-  if (!slot) return absl::UnavailableError("the coordinator is shutting down");
+absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
+                                                   const UploadStream& stream) {
   UploadMessage first;
   absl::StatusOr<UploadPlan> plan =
-      next(&first) && first.has_header()
+      stream.next(&first) && first.has_header()
           ? AdmitUpload(who, first.header())
           : absl::InvalidArgumentError("an upload must start with its header");
   uint64_t bytes = 0;
@@ -402,7 +402,12 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(
   if (plan.ok()) {
     const UploadHeader& header = first.header();
     const std::string spool = SpoolPath(header.job_id(), header.round(), plan->attempt, who.name);
-    absl::StatusOr<double> norm = ReceiveToSpool(next, plan->expected, spool, &bytes);
+    // The site sends its chunks only once granted: a waiting upload costs no buffer space.
+    absl::StatusOr<std::unique_ptr<TransferSlot>> slot = AcquireTransferSlot(stream.cancelled);
+    absl::StatusOr<double> norm =
+        !slot.ok()        ? absl::StatusOr<double>(slot.status())
+        : !stream.grant() ? absl::CancelledError("the site went away before its grant")
+                          : ReceiveToSpool(stream.next, plan->expected, spool, &bytes);
     status = norm.status();
     if (norm.ok() && plan->max_norm > 0 && *norm > plan->max_norm) {
       status = absl::InvalidArgumentError(
@@ -829,12 +834,35 @@ std::string Coordinator::CheckpointPath(const std::string& job_id, uint32_t roun
 
 absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) {
   absl::MutexLock fold_lock(&fold_mu_);
-  TensorList next;
+  absl::Status status = CommitNextModel(job_id, round);
+  if (status.ok() || moments_.m.empty()) return status;
+  // FedAdam/FedYogi moments stepped before the commit failed: take them back from the last
+  // commit, so that the round's retry steps them once.
+  moments_ = OptimizerMoments{};
+  absl::StatusOr<Checkpoint> last = store_->LatestCheckpoint(job_id);
+  if (!last.ok() && !absl::IsNotFound(last.status())) {
+    return Annotate(last.status(), status.message());
+  }
+  if (last.ok()) {  // else the failed round was the first: the moments start from zero
+    std::shared_ptr<const TensorList> global;
+    {
+      absl::MutexLock lock(&mu_);
+      global = global_;
+    }
+    absl::StatusOr<OptimizerMoments> moments = ReadMoments(MomentsPath(last->path), *global);
+    if (!moments.ok()) return Annotate(moments.status(), status.message());
+    moments_ = *std::move(moments);
+  }
+  return status;
+}
+
+absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t round) {
+  std::shared_ptr<const TensorList> global;
   JobSpec spec;
   RoundSummary summary;
   {
     absl::MutexLock lock(&mu_);
-    next = *global_;
+    global = global_;
     spec = round_->spec;
     summary.set_round(round);
     for (const std::string& site : round_->received) summary.add_sites(site);
@@ -844,7 +872,9 @@ absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) 
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Aggregator> robust, CombineRobust());
   Aggregator* aggregator = robust ? robust.get() : MeanAggregator();
-  RETURN_IF_ERROR(aggregator->Apply(spec.server_optimizer(), next, &moments_));
+  ASSIGN_OR_RETURN(TensorList next,
+                   aggregator->NextModel(spec.server_optimizer(), *global, &moments_));
+  global.reset();
   const std::string path = CheckpointPath(job_id, round + 1);
   RETURN_IF_ERROR(WriteSafetensors(path, next, {{"job_id", job_id},
                                                 {"round", absl::StrCat(round + 1)}}));
@@ -855,11 +885,10 @@ absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) 
   JobStatus copy;
   {
     absl::MutexLock lock(&mu_);
-    JobStatus& job = jobs_[job_id];
-    *job.add_rounds() = summary;
-    job.set_rounds_done(round + 1);
-    copy = job;
+    copy = jobs_[job_id];
   }
+  *copy.add_rounds() = summary;
+  copy.set_rounds_done(round + 1);
   RETURN_IF_ERROR(store_->CommitRound(copy, Checkpoint{path, crc, round + 1}));
   std::error_code ec;
   if (round >= 1) {  // keep the last two
@@ -868,6 +897,9 @@ absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) 
   }
   RemoveSpools(job_id, round);
   absl::MutexLock lock(&mu_);
+  JobStatus& job = jobs_[job_id];  // only once stored: a failed commit leaves no trace here
+  *job.add_rounds() = summary;
+  job.set_rounds_done(round + 1);
   global_ = std::make_shared<const TensorList>(std::move(next));
   metrics_->rounds_completed.Increment();
   metrics_->round_duration.Observe(absl::ToDoubleSeconds(absl::Now() - round_->opened));

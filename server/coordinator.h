@@ -53,10 +53,15 @@ class Coordinator {
   absl::Status Decline(const Identity& who, const DeclineRequest& request);
   absl::Status Download(const Identity& who, const DownloadRequest& request,
                         const std::function<bool(const TensorChunk&)>& emit);
-  // Reads an upload through `next` (false at end of stream). Nothing reaches the aggregate
-  // until the whole update has been received and validated.
-  absl::StatusOr<UploadResponse> Upload(const Identity& who,
-                                        const std::function<bool(UploadMessage*)>& next);
+  // One upload stream as the core sees it.
+  struct UploadStream {
+    std::function<bool(UploadMessage*)> next;  // false at end of stream
+    std::function<bool()> grant;               // tells the site to send its chunks; false: gone
+    std::function<bool()> cancelled;           // the site went away (polled while it waits)
+  };
+  // Reads the header, checks it, waits for a transfer slot, grants, then reads the chunks.
+  // Nothing reaches the aggregate until the whole update has been received and validated.
+  absl::StatusOr<UploadResponse> Upload(const Identity& who, const UploadStream& stream);
   absl::Status Report(const Identity& who, const MetricsReport& report);
 
   // ---- admins ----
@@ -84,7 +89,10 @@ class Coordinator {
   absl::Status WaitForSites(const JobSpec& spec);
   absl::Status RunRound(const std::string& job_id, uint32_t round, uint32_t attempt,
                         bool evaluate_only);
+  // Applies the round's aggregate and commits the next model (checkpoint, moments, store).
   absl::Status CloseRound(const std::string& job_id, uint32_t round);
+  absl::Status CommitNextModel(const std::string& job_id, uint32_t round)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(fold_mu_);
   // Head rows (label indexes) of an upload's labels; each must be one this site trains.
   absl::StatusOr<std::vector<size_t>> LabelRows(const std::string& site,
                                                 const UploadHeader& header)
@@ -155,9 +163,10 @@ class Coordinator {
   OptimizerMoments moments_;  // only the scheduler thread touches it
 
   // Waits for one of config.max_concurrent_transfers() transfer slots; the returned guard frees
-  // it. Gives up (nullptr) on Shutdown.
+  // it. Gives up (UNAVAILABLE) on Shutdown or once `cancelled` (if given) returns true.
   struct TransferSlot;
-  std::unique_ptr<TransferSlot> AcquireTransferSlot();
+  absl::StatusOr<std::unique_ptr<TransferSlot>> AcquireTransferSlot(
+      const std::function<bool()>& cancelled = nullptr);
   absl::Mutex transfer_mu_;
   uint32_t transfers_ ABSL_GUARDED_BY(transfer_mu_) = 0;
   bool transfers_closed_ ABSL_GUARDED_BY(transfer_mu_) = false;

@@ -10,6 +10,8 @@
 
 #include <gtest/gtest.h>
 
+#include "absl/synchronization/notification.h"
+
 #include "common/test_dir.h"
 
 #include "common/file_util.h"
@@ -109,11 +111,10 @@ class CoordinatorTest : public ::testing::Test {
     return job->job_id();
   }
 
-  // Streams header + chunks of `update` + trailer; `mutate` may damage the messages first.
-  absl::StatusOr<UploadResponse> Upload(
-      const Identity& who, const Task& task, const TensorList& update, uint64_t samples,
-      const std::vector<std::string>& labels,
-      const std::function<void(std::vector<UploadMessage>&)>& mutate = nullptr) {
+  // Header + chunks of `update` + trailer.
+  static std::vector<UploadMessage> Messages(const Task& task, const TensorList& update,
+                                             uint64_t samples,
+                                             const std::vector<std::string>& labels) {
     std::vector<UploadMessage> messages(1);
     UploadHeader* header = messages[0].mutable_header();
     header->set_job_id(task.job_id());
@@ -127,13 +128,23 @@ class CoordinatorTest : public ::testing::Test {
                 }).ok());
     messages.emplace_back();
     messages.back().mutable_trailer();
+    return messages;
+  }
+
+  // Streams the messages of `update`; `mutate` may damage them first.
+  absl::StatusOr<UploadResponse> Upload(
+      const Identity& who, const Task& task, const TensorList& update, uint64_t samples,
+      const std::vector<std::string>& labels,
+      const std::function<void(std::vector<UploadMessage>&)>& mutate = nullptr) {
+    std::vector<UploadMessage> messages = Messages(task, update, samples, labels);
     if (mutate) mutate(messages);
     size_t i = 0;
-    return core_->Upload(who, [&](UploadMessage* m) {
+    auto next = [&](UploadMessage* m) {
       if (i == messages.size()) return false;
       *m = messages[i++];
       return true;
-    });
+    };
+    return core_->Upload(who, {next, [] { return true; }, [] { return false; }});
   }
 
   TensorList Download(const Identity& who, const Task& task) {
@@ -290,6 +301,61 @@ TEST_F(CoordinatorTest, HostileUpdatesRefusedAndAggregateExact) {
   EXPECT_FLOAT_EQ(weights[1].data[0], 2.5f);
   EXPECT_FLOAT_EQ(weights[1].data[2], 6.0f);
   EXPECT_FLOAT_EQ(weights[2].data[1], 6.0f);
+}
+
+// With one transfer slot, a second upload is checked and then waits without a grant (the site
+// sends nothing more); when its site goes away it ends, and a retry succeeds once the slot frees.
+TEST_F(CoordinatorTest, UploadIsGrantedOnlyWhenATransferSlotIsFree) {
+  config_.set_max_concurrent_transfers(1);
+  Restart();
+  JobSpec spec;
+  spec.set_rounds(1);
+  Submit(spec);
+  Task ta = a_->Next();
+  Task tb = b_->Next();
+  absl::Notification a_granted, a_go;
+  const std::vector<UploadMessage> a_messages = Messages(ta, Update(1, 4, 6), 5, {"a", "b"});
+  std::thread a([&] {
+    size_t i = 0;
+    auto next = [&](UploadMessage* m) {
+      if (i == 1) a_go.WaitForNotification();  // holds the slot after its grant
+      if (i == a_messages.size()) return false;
+      *m = a_messages[i++];
+      return true;
+    };
+    auto grant = [&] {
+      a_granted.Notify();
+      return true;
+    };
+    auto done = core_->Upload(a_->who(), {next, grant, [] { return false; }});
+    EXPECT_TRUE(done.ok()) << done.status();
+  });
+  a_granted.WaitForNotification();
+
+  const std::vector<UploadMessage> b_messages = Messages(tb, Update(3, 2, 0), 15, {"a"});
+  std::atomic<bool> b_granted{false}, b_gone{false};
+  size_t b_read = 0;
+  std::thread b([&] {
+    auto next = [&](UploadMessage* m) {
+      if (b_read == b_messages.size()) return false;
+      *m = b_messages[b_read++];
+      return true;
+    };
+    auto grant = [&] { return b_granted = true; };
+    auto done = core_->Upload(b_->who(), {next, grant, [&] { return b_gone.load(); }});
+    EXPECT_EQ(done.status().code(), absl::StatusCode::kCancelled) << done.status();
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  EXPECT_FALSE(b_granted.load());
+  b_gone = true;
+  b.join();
+  EXPECT_FALSE(b_granted.load());
+  EXPECT_EQ(b_read, 1u);  // only the header was read
+
+  a_go.Notify();
+  a.join();
+  auto retried = Upload(b_->who(), tb, Update(3, 2, 0), 15, {"a"});
+  EXPECT_TRUE(retried.ok()) << retried.status();
 }
 
 TEST_F(CoordinatorTest, NormClippingScalesWithoutChangingWeight) {

@@ -1,4 +1,6 @@
 // fl-coordinator: the consortium's coordinator daemon. Usage: fl-coordinator --config FILE
+#include <malloc.h>
+
 #include <filesystem>
 #include <memory>
 #include <set>
@@ -6,6 +8,7 @@
 
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/resource_quota.h>
 
 #include "common/config.h"
 #include "absl/synchronization/notification.h"
@@ -82,6 +85,9 @@ int Run(const std::string& config_path) {
   builder.RegisterService(&federation);
   builder.RegisterService(&admin);
   ConfigureServerBuilder(builder);
+  grpc::ResourceQuota quota("fl-coordinator");
+  quota.Resize(size_t{config->grpc_memory_mib()} << 20);
+  builder.SetResourceQuota(quota);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
   if (!server || port == 0) {
     return Die(absl::UnavailableError(absl::StrCat("cannot listen on ", config->listen_address())));
@@ -105,6 +111,13 @@ int Run(const std::string& config_path) {
 }  // namespace fl
 
 int main(int argc, char** argv) {
+  // Whole-model buffers (global weights, sums, moments) are mmapped and given back to the
+  // system when freed. By default glibc raises its mmap threshold after such a free, after
+  // which multi-MiB tensors come from the heap and freed ones stay resident. A high trim
+  // threshold keeps the chunk-sized buffers of transfers in the heap instead of growing and
+  // shrinking it on every message.
+  mallopt(M_MMAP_THRESHOLD, 2 << 20);
+  mallopt(M_TRIM_THRESHOLD, 32 << 20);
   fl::BlockStopSignals();  // before any thread starts; the main thread waits for them
   std::optional<std::string> config = fl::ConfigFlag(argc, argv, "fl-coordinator");
   return config ? fl::Run(*config) : 2;

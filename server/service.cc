@@ -79,11 +79,18 @@ grpc::Status FederationService::Download(grpc::ServerContext* ctx,
       *who, *request, [&](const TensorChunk& chunk) { return writer->Write(chunk); }));
 }
 
-grpc::Status FederationService::Upload(grpc::ServerContext* ctx,
-                                       grpc::ServerReader<UploadMessage>* reader,
-                                       UploadResponse* response) {
+grpc::Status FederationService::Upload(
+    grpc::ServerContext* ctx, grpc::ServerReaderWriter<UploadReply, UploadMessage>* stream) {
   FL_CALLER(ctx, Role::kSite);
-  return Reply(core_->Upload(*who, [&](UploadMessage* m) { return reader->Read(m); }), response);
+  UploadReply reply;
+  reply.mutable_grant();
+  absl::StatusOr<UploadResponse> done = core_->Upload(
+      *who, {[&](UploadMessage* m) { return stream->Read(m); },
+             [&] { return stream->Write(reply); }, [&] { return ctx->IsCancelled(); }});
+  if (!done.ok()) return ToGrpcStatus(done.status());
+  *reply.mutable_done() = *std::move(done);
+  stream->Write(reply);
+  return grpc::Status::OK;
 }
 
 grpc::Status FederationService::Report(grpc::ServerContext* ctx, const MetricsReport* request,

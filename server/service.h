@@ -38,8 +38,8 @@ class FederationService final : public Federation::Service {
                        Ack* response) override;
   grpc::Status Download(grpc::ServerContext* ctx, const DownloadRequest* request,
                         grpc::ServerWriter<TensorChunk>* writer) override;
-  grpc::Status Upload(grpc::ServerContext* ctx, grpc::ServerReader<UploadMessage>* reader,
-                      UploadResponse* response) override;
+  grpc::Status Upload(grpc::ServerContext* ctx,
+                      grpc::ServerReaderWriter<UploadReply, UploadMessage>* stream) override;
   grpc::Status Report(grpc::ServerContext* ctx, const MetricsReport* request,
                       Ack* response) override;
 
