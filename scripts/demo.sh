@@ -15,10 +15,9 @@ mkdir -p "$D/logs" "$D/data"
 ROUNDS=${FL_DEMO_ROUNDS:-30}
 STEPS=${FL_DEMO_STEPS:-30}
 SCALE=${FL_DEMO_SCALE:-1}
-PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+PORT=$(fl_free_port)
 
 echo "== provisioning the consortium (CA, coordinator, 3 sites, 1 admin)"
 "$BIN/flctl" provision --out "$D/pki" --coordinator-address "127.0.0.1:$PORT" \
@@ -35,18 +34,7 @@ ALL=cardiomegaly,congestion,effusion_right,effusion_left,infiltrate_right,infilt
   --photometric MONOCHROME1 --site hospital-c
 
 echo "== starting fl-coordinator and three fl-client daemons"
-COORD_CONF=$D/pki/coordinator/coordinator.conf
-printf 'port_file: "%s"\nmetrics_address: "127.0.0.1:0"\n' "$D/coordinator.port" >> "$COORD_CONF"
-"$BIN/fl-coordinator" --config "$COORD_CONF" > "$D/logs/coordinator.log" 2>&1 &
-PIDS+=($!)
-for i in $(seq 100); do [ -s "$D/coordinator.port" ] && break; sleep 0.1; done
-for site in hospital-a hospital-b hospital-c; do
-  conf=$D/pki/sites/$site/client.conf
-  printf 'exit_when_idle: true\ndevice: "cpu"\nloader_threads: 1\n' >> "$conf"
-  sed -i 's/^device: "auto"$//' "$conf"
-  "$BIN/fl-client" --config "$conf" > "$D/logs/$site.log" 2>&1 &
-  PIDS+=($!)
-done
+fl_start_daemons "$BIN" "$D" hospital-a hospital-b hospital-c
 ADMIN=$D/pki/admins/operator/admin.conf
 
 job_spec() {  # name, labels (comma list), sites (comma list or empty), min sites

@@ -10,7 +10,9 @@
 # scripts/build.sh and use build/bin), FL_STUDY_OUT (default build/study), FL_STUDY_IMAGES
 # (images per site, default 1500), FL_STUDY_TEST_IMAGES (default 400), FL_STUDY_ROUNDS (10),
 # FL_STUDY_STEPS (local steps per round, 8), FL_STUDY_BATCH (expected batch, 64),
-# FL_STUDY_LR (0.003), FL_STUDY_CLIP (1.0), FL_STUDY_EPSILONS ("1 3 8"),
+# FL_STUDY_SIZE (image size in pixels, 64), FL_STUDY_MODEL (smallcnn),
+# FL_STUDY_OPTIMIZER (local optimizer: adam or sgd), FL_STUDY_LR (0.003), FL_STUDY_MOMENTUM
+# (sgd only, 0), FL_STUDY_CLIP (1.0), FL_STUDY_EPSILONS ("1 3 8"),
 # FL_STUDY_DELTA (default 1e-4: below 1 / the smallest site's train split).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,16 +33,19 @@ TEST_IMAGES=${FL_STUDY_TEST_IMAGES:-400}
 ROUNDS=${FL_STUDY_ROUNDS:-10}
 STEPS=${FL_STUDY_STEPS:-8}
 BATCH=${FL_STUDY_BATCH:-64}
+SIZE=${FL_STUDY_SIZE:-64}
+MODEL=${FL_STUDY_MODEL:-smallcnn}
+OPTIMIZER=${FL_STUDY_OPTIMIZER:-adam}
 LR=${FL_STUDY_LR:-0.003}
+MOMENTUM=${FL_STUDY_MOMENTUM:-0}
 CLIP=${FL_STUDY_CLIP:-1.0}
 EPSILONS=${FL_STUDY_EPSILONS:-1 3 8}
 DELTA=${FL_STUDY_DELTA:-1e-4}
 SITES=(hospital-a hospital-b hospital-c)
 START=$(date +%s)
-PORT=$(/usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+PORT=$(fl_free_port)
 
 echo "== provisioning (CA, coordinator, ${#SITES[@]} sites, 1 admin; site budget caps high enough for all jobs)"
 "$BIN/flctl" provision --out "$D/pki" --coordinator-address "127.0.0.1:$PORT" \
@@ -53,39 +58,28 @@ declare -A SITE_ARGS=(
   [hospital-b]="--labels cardiomegaly,effusion_right,effusion_left --contrast 0.8 --noise 0.07"
   [hospital-c]="--labels infiltrate_right,infiltrate_left,atelectasis_right,atelectasis_left --contrast 1.2 --noise 0.1 --photometric MONOCHROME1"
 )
-echo "== phantom data: $IMAGES training and $TEST_IMAGES held-out test images per site (64 px)"
+echo "== phantom data: $IMAGES training and $TEST_IMAGES held-out test images per site ($SIZE px)"
 seed=100
 for site in "${SITES[@]}"; do
   seed=$((seed + 1))
   # shellcheck disable=SC2086  # SITE_ARGS holds several words on purpose
-  "$BIN/flctl" phantom --out "$D/data/$site" --count "$IMAGES" --size 64 --seed "$seed" \
+  "$BIN/flctl" phantom --out "$D/data/$site" --count "$IMAGES" --size "$SIZE" --seed "$seed" \
     --site "$site" ${SITE_ARGS[$site]} | sed "s/^/   /"
   # shellcheck disable=SC2086
-  "$BIN/flctl" phantom --out "$D/test/$site" --count "$TEST_IMAGES" --size 64 \
+  "$BIN/flctl" phantom --out "$D/test/$site" --count "$TEST_IMAGES" --size "$SIZE" \
     --seed "$((seed + 500))" --site "$site-test" ${SITE_ARGS[$site]} > "$D/logs/test-$site.log"
 done
 
 echo "== starting fl-coordinator and ${#SITES[@]} fl-client daemons"
-COORD_CONF=$D/pki/coordinator/coordinator.conf
-printf 'port_file: "%s"\nmetrics_address: "127.0.0.1:0"\n' "$D/coordinator.port" >> "$COORD_CONF"
-"$BIN/fl-coordinator" --config "$COORD_CONF" > "$D/logs/coordinator.log" 2>&1 &
-PIDS+=($!)
-for _ in $(seq 100); do [ -s "$D/coordinator.port" ] && break; sleep 0.1; done
-for site in "${SITES[@]}"; do
-  conf=$D/pki/sites/$site/client.conf
-  printf 'exit_when_idle: true\ndevice: "cpu"\nloader_threads: 1\n' >> "$conf"
-  sed -i 's/^device: "auto"$//' "$conf"
-  "$BIN/fl-client" --config "$conf" > "$D/logs/$site.log" 2>&1 &
-  PIDS+=($!)
-done
+fl_start_daemons "$BIN" "$D" "${SITES[@]}"
 ADMIN=$D/pki/admins/operator/admin.conf
 
 job_spec() {  # name, target epsilon (0: no DP)
   {
-    echo "name: \"$1\" model: \"smallcnn\" image_size: 64 rounds: $ROUNDS local_steps: $STEPS"
+    echo "name: \"$1\" model: \"$MODEL\" image_size: $SIZE rounds: $ROUNDS local_steps: $STEPS"
     echo "batch_size: $BATCH min_sites: ${#SITES[@]} round_deadline_seconds: 3600 seed: 5"
     echo "start_timeout_seconds: 600"
-    echo "local_optimizer { name: \"adam\" learning_rate: $LR }"
+    echo "local_optimizer { name: \"$OPTIMIZER\" learning_rate: $LR momentum: $MOMENTUM }"
     IFS=, read -ra L <<< "$ALL"; for l in "${L[@]}"; do echo "labels: \"$l\""; done
     if [ "$2" != 0 ]; then
       echo "dp { enabled: true clip_norm: $CLIP target_epsilon: $2 delta: $DELTA }"

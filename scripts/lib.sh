@@ -1,0 +1,33 @@
+# Shared by scripts/demo.sh and scripts/dp_study.sh (sourced): a free loopback port, and the
+# daemons of a provisioned consortium started in the background and stopped when the script exits.
+
+fl_free_port() {
+  /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+FL_PIDS=()
+fl_stop_daemons() {
+  for p in "${FL_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap fl_stop_daemons EXIT
+
+# fl_start_daemons BIN DIR SITE...: fl-coordinator with DIR/pki/coordinator's config (waiting
+# until it listens), then one fl-client per SITE on the CPU that exits once no job is left.
+# Logs go to DIR/logs/.
+fl_start_daemons() {
+  local bin=$1 d=$2 conf site
+  shift 2
+  conf=$d/pki/coordinator/coordinator.conf
+  printf 'port_file: "%s"\nmetrics_address: "127.0.0.1:0"\n' "$d/coordinator.port" >> "$conf"
+  "$bin/fl-coordinator" --config "$conf" > "$d/logs/coordinator.log" 2>&1 &
+  FL_PIDS+=($!)
+  for _ in $(seq 100); do [ -s "$d/coordinator.port" ] && break; sleep 0.1; done
+  for site in "$@"; do
+    conf=$d/pki/sites/$site/client.conf
+    printf 'exit_when_idle: true\ndevice: "cpu"\nloader_threads: 1\n' >> "$conf"
+    sed -i 's/^device: "auto"$//' "$conf"
+    "$bin/fl-client" --config "$conf" > "$d/logs/$site.log" 2>&1 &
+    FL_PIDS+=($!)
+  done
+}
