@@ -203,6 +203,10 @@ std::shared_ptr<ClassifierImpl> MakeSmallCnn(const ModelSpec &spec) {
   return std::make_shared<SmallCnnImpl>(spec, std::vector<int64_t>{16, 32, 64, 64});
 }
 
+std::shared_ptr<ClassifierImpl> MakeTinyCnn(const ModelSpec &spec) {
+  return std::make_shared<SmallCnnImpl>(spec, std::vector<int64_t>{8, 16, 32, 32});
+}
+
 std::shared_ptr<ClassifierImpl> MakeMediumCnn(const ModelSpec &spec) {
   return std::make_shared<SmallCnnImpl>(spec, std::vector<int64_t>{32, 64, 128, 256, 256});
 }

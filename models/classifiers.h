@@ -16,6 +16,9 @@ namespace models_internal {
 // (convs), features.{1,5,9,13}.{weight,bias} (GroupNorm), fc.{weight,bias}.
 // REQUIRES: image_size >= 16.
 std::shared_ptr<ClassifierImpl> MakeSmallCnn(const ModelSpec &spec);
+// SmallCnn's design at channels 8-16-32-32 (about 15k parameters): the fewer the parameters,
+// the less DP-SGD's noise (spread over every one of them) costs; for the DP study.
+std::shared_ptr<ClassifierImpl> MakeTinyCnn(const ModelSpec &spec);
 // SmallCnn's design with five wider stages: about 1M parameters, for load tests and 128 px.
 std::shared_ptr<ClassifierImpl> MakeMediumCnn(const ModelSpec &spec);
 

@@ -43,7 +43,8 @@ TEST(ModelRegistryTest, KnowsAllNames) {
   std::vector<std::string> names = ModelNames();
   std::set<std::string> got(names.begin(), names.end());
   EXPECT_EQ(got,
-            (std::set<std::string>{"smallcnn", "mediumcnn", "resnet9", "resnet18", "resnet50"}));
+            (std::set<std::string>{"tinycnn", "smallcnn", "mediumcnn", "resnet9", "resnet18",
+                                   "resnet50"}));
 }
 
 TEST(ModelRegistryTest, RefusesUnknownNameAndBadSpecs) {
@@ -101,7 +102,7 @@ TEST_P(EveryModelTest, ExtractLoadRoundTrip) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EveryModelTest,
-                         ::testing::Values("smallcnn", "mediumcnn", "resnet9", "resnet18",
+                         ::testing::Values("tinycnn", "smallcnn", "mediumcnn", "resnet9", "resnet18",
                                            "resnet50"));
 
 TEST(ModelNamesTest, ResNetMatchesTorchvisionNamesAndSizes) {

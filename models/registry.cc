@@ -18,6 +18,7 @@ using models_internal::MakeResNet;
 using models_internal::MakeResNet9;
 using models_internal::MakeMediumCnn;
 using models_internal::MakeSmallCnn;
+using models_internal::MakeTinyCnn;
 
 struct RegistryEntry {
   const char *name;
@@ -27,6 +28,7 @@ struct RegistryEntry {
 
 const std::vector<RegistryEntry> &Registry() {
   static const auto *registry = new std::vector<RegistryEntry>{
+      {"tinycnn", 16, MakeTinyCnn},
       {"smallcnn", 16, MakeSmallCnn},
       {"mediumcnn", 32, MakeMediumCnn},
       {"resnet9", 8, MakeResNet9},
