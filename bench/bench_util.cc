@@ -14,6 +14,22 @@
 
 namespace fl::bench {
 
+void TakeStringFlag(std::vector<std::string> &args, const std::string &name,
+                    std::string *value) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == "--" + name && i + 1 < args.size()) {
+      *value = args[i + 1];
+      args.erase(args.begin() + i, args.begin() + i + 2);
+      return;
+    }
+    if (absl::StartsWith(args[i], "--" + name + "=")) {
+      *value = args[i].substr(name.size() + 3);
+      args.erase(args.begin() + i);
+      return;
+    }
+  }
+}
+
 absl::StatusOr<std::vector<int64_t>> ParseIntFlags(
     const std::vector<std::string> &args,
     const std::vector<std::pair<std::string, int64_t>> &defaults) {

@@ -13,6 +13,11 @@
 
 namespace fl::bench {
 
+// Removes "--name value" or "--name=value" from `args` into `*value` (left unchanged when the
+// flag is absent).
+void TakeStringFlag(std::vector<std::string> &args, const std::string &name,
+                    std::string *value);
+
 // Parses "--name value" or "--name=value" integer flags. Every flag in `args`
 // must be one of `defaults` (name without dashes, default value); returns the
 // values in the order of `defaults`.

@@ -159,13 +159,7 @@ absl::StatusOr<std::pair<double, double>> TimeSteps(StepRunner &runner, bool dp,
 
 absl::StatusOr<DpBenchConfig> ParseConfig(std::vector<std::string> args, bool cuda) {
   DpBenchConfig config;
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--model" && i + 1 < args.size()) {
-      config.model = args[i + 1];
-      args.erase(args.begin() + i, args.begin() + i + 2);
-      break;
-    }
-  }
+  TakeStringFlag(args, "model", &config.model);
   ASSIGN_OR_RETURN(
       std::vector<int64_t> v,
       ParseIntFlags(args, {{"size", cuda ? 224 : 128}, {"batch", cuda ? 64 : 32}, {"steps", 5}}));

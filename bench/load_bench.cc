@@ -50,23 +50,6 @@ struct LoadOptions {
   std::string fit_model = "resnet9";  // about 6.6M parameters; "none": no second run
 };
 
-// Removes `--name VALUE` or `--name=VALUE` from `args` into `*value`.
-void TakeStringFlag(std::vector<std::string> &args, const std::string &name,
-                    std::string *value) {
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--" + name && i + 1 < args.size()) {
-      *value = args[i + 1];
-      args.erase(args.begin() + i, args.begin() + i + 2);
-      return;
-    }
-    if (absl::StartsWith(args[i], "--" + name + "=")) {
-      *value = args[i].substr(name.size() + 3);
-      args.erase(args.begin() + i);
-      return;
-    }
-  }
-}
-
 // Flags: --model NAME, --fit_model NAME|none, plus the integer flags --clients, --rounds,
 // --labels.
 absl::StatusOr<LoadOptions> ParseLoadFlags(std::vector<std::string> args) {

@@ -116,11 +116,6 @@ namespace {
 constexpr int kClientWindowBytes = 8 << 20;
 constexpr int kServerWindowBytes = 256 << 10;
 constexpr int kFrameBytes = 1 << 20;
-// gRPC sizes each connection's next read buffer after its last reads (up to 4 MiB by default)
-// and keeps it allocated while the connection waits for data: after an upload, an idle site
-// would hold about a megabyte of coordinator memory. Capped, the coordinator's read buffers stay
-// small with hundreds of connected sites.
-constexpr int kServerMaxReadBytes = 64 << 10;
 
 template <typename Args>
 void SetBulkTransferArgs(Args& args, int window_bytes) {
@@ -142,7 +137,6 @@ void ConfigureServerBuilder(grpc::ServerBuilder& builder) {
   builder.SetMaxSendMessageSize(kMaxMessageBytes);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
-  builder.AddChannelArgument(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, kServerMaxReadBytes);
   BuilderArgs args{&builder};
   SetBulkTransferArgs(args, kServerWindowBytes);
 }
