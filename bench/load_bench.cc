@@ -254,11 +254,11 @@ absl::Status WaitForSites(Admin::Stub &admin, size_t want, const LoadStats &stat
       absl::StrCat("fewer than ", want, " sites connected within 300 s"));
 }
 
-JobSpec LoadJobSpec(const LoadOptions &o, int64_t labels) {
+JobSpec LoadJobSpec(const LoadOptions &o) {
   JobSpec spec;
   spec.set_name("load");
   spec.set_model(o.model);
-  for (int64_t l = 0; l < labels; ++l) spec.add_labels(LabelName(l));
+  for (int64_t l = 0; l < o.labels; ++l) spec.add_labels(LabelName(l));
   spec.set_image_size(32);
   spec.set_rounds(static_cast<uint32_t>(o.rounds));
   spec.set_min_sites(static_cast<uint32_t>(o.clients));
@@ -427,13 +427,13 @@ absl::StatusOr<std::string> MakeTempDir() {
 }
 
 // Submits the job once every site is connected, waits for it, and measures.
-absl::StatusOr<RunResult> RunJob(const LoadOptions &o, int64_t labels, const Pki &pki,
+absl::StatusOr<RunResult> RunJob(const LoadOptions &o, const Pki &pki,
                                  CoordinatorProcess &coordinator, Memory &memory) {
   ASSIGN_OR_RETURN(const TlsMaterial admin_tls, LoadTlsMaterial(pki.admin));
   auto admin = Admin::NewStub(
       MakeChannel(absl::StrCat("127.0.0.1:", coordinator.port()), kServerName, admin_tls));
   LoadStats stats;
-  SiteFleet fleet(pki, coordinator.port(), labels, &stats);
+  SiteFleet fleet(pki, coordinator.port(), o.labels, &stats);
   absl::Status status = WaitForSites(*admin, o.clients, stats, coordinator);
   double job_s = 0;
   if (status.ok()) {
@@ -444,7 +444,7 @@ absl::StatusOr<RunResult> RunJob(const LoadOptions &o, int64_t labels, const Pki
     grpc::ClientContext ctx;
     ctx.set_deadline(In(120));
     SubmitJobRequest request;
-    *request.mutable_spec() = LoadJobSpec(o, labels);
+    *request.mutable_spec() = LoadJobSpec(o);
     JobStatus job;
     stats.SetSubmitTime(MonotonicSeconds());
     status = FromGrpcStatus(admin->SubmitJob(&ctx, request, &job));
@@ -484,7 +484,7 @@ absl::StatusOr<RunResult> RunModel(const LoadOptions &o, const std::string &dir,
     if (rss.ok()) memory.startup = *rss;
   }
   absl::StatusOr<RunResult> result =
-      status.ok() ? RunJob(o, o.labels, pki, coordinator, memory) : status;
+      status.ok() ? RunJob(o, pki, coordinator, memory) : status;
   if (!result.ok()) {
     std::fprintf(stderr, "end of the coordinator's log:\n%s\n", coordinator.LogTail().c_str());
   }

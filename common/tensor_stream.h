@@ -16,9 +16,8 @@
 namespace fl {
 
 constexpr size_t kDefaultChunkBytes = 1 << 20;
-// Chunk size of update uploads. gRPC lets a stream receive at least one whole message before
-// its handler reads, so the coordinator buffers up to one chunk per uploading site: smaller
-// upload chunks keep its memory low when hundreds of sites upload at once.
+// Chunk size of update uploads: what each of the coordinator's granted uploads (at most
+// max_concurrent_transfers) holds in a message buffer. 1 MiB chunks measured no faster.
 constexpr size_t kUploadChunkBytes = 256 << 10;
 
 // Name and shape of a tensor a stream must carry.

@@ -423,6 +423,10 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
     absl::MutexLock lock(&mu_);
     if (round_ && round_->job_id == header.job_id()) round_->uploading.erase(who.name);
   }
+  if (absl::IsCancelled(status)) {  // the site left while it waited: nothing was refused
+    Log(absl::StrCat("upload of ", who.name, " abandoned: ", status.message()));
+    return status;
+  }
   if (!status.ok()) {
     metrics_->UpdateRejected().Increment();
     Log(absl::StrCat("refused update from ", who.name, ": ", status.message()));

@@ -351,6 +351,7 @@ TEST_F(CoordinatorTest, UploadIsGrantedOnlyWhenATransferSlotIsFree) {
   b.join();
   EXPECT_FALSE(b_granted.load());
   EXPECT_EQ(b_read, 1u);  // only the header was read
+  EXPECT_EQ(Rejected(registry_), 0);  // a site that left is not a refused update
 
   a_go.Notify();
   a.join();
