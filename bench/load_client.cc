@@ -75,15 +75,14 @@ SimSite::SimSite(SimSiteOptions options, LoadStats* stats)
     : options_(std::move(options)), stats_(stats) {}
 
 absl::Status SimSite::Connect() {
-  std::shared_ptr<grpc::Channel> channel =
-      MakeChannel(options_.address, options_.server_name, options_.tls);
+  channel_ = MakeChannel(options_.address, options_.server_name, options_.tls);
   double start = MonotonicSeconds();
-  if (!channel->WaitForConnected(In(kConnectSeconds))) {
+  if (!channel_->WaitForConnected(In(kConnectSeconds))) {
     return absl::UnavailableError(absl::StrCat("no connection to ", options_.address, " within ",
                                                kConnectSeconds, " s"));
   }
   stats_->Add("connect", Since(start));
-  stub_ = Federation::NewStub(channel);
+  stub_ = Federation::NewStub(channel_);
   JoinRequest request;
   for (size_t i = 0; i < options_.labels.size(); ++i) {
     SiteLabel* label = request.add_labels();
@@ -188,7 +187,7 @@ absl::Status SimSite::Upload(const Task& task) {
   // Label mode: an update carries every tensor of the model, in model order, so the shapes
   // of the download are the layout of the upload.
   ASSIGN_OR_RETURN(const UploadResponse response,
-                   SendUpload(*stub_, ctx, header, [&](const auto& emit) {
+                   SendUpload(*channel_, ctx, header, [&](const auto& emit) {
                      return StreamGeneratedUpdate(metas_, options_.seed * 131 + task.round(),
                                                   kUploadChunkBytes, [&](const TensorChunk& c) {
                                                     return emit(c) ? absl::OkStatus()

@@ -83,6 +83,7 @@ class SimSite {
 
   const SimSiteOptions options_;
   LoadStats* const stats_;
+  std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<Federation::Stub> stub_;
   grpc::ClientContext stream_ctx_;
   std::unique_ptr<grpc::ClientReader<Task>> stream_;

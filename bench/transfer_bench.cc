@@ -100,17 +100,15 @@ absl::StatusOr<Pki> MakePki() {
 
 // One upload of `update`: header, chunks of `chunk_bytes`, trailer; checks that
 // the server got every byte.
-absl::Status UploadOnce(Federation::Stub &stub, const TensorList &update, uint64_t bytes,
-                        size_t chunk_bytes) {
+absl::Status UploadOnce(grpc::Channel &channel, const std::shared_ptr<const TensorList> &update,
+                        uint64_t bytes, size_t chunk_bytes) {
   UploadHeader header;
   header.set_job_id("bench");
   header.set_num_samples(100);
-  header.set_num_tensors(static_cast<uint32_t>(update.size()));
+  header.set_num_tensors(static_cast<uint32_t>(update->size()));
   grpc::ClientContext context;
   ASSIGN_OR_RETURN(const UploadResponse response,
-                   SendUpload(stub, context, header, [&](const auto &emit) {
-                     return WriteTensorChunks(update, chunk_bytes, emit);
-                   }));
+                   SendUpload(channel, context, header, update, chunk_bytes));
   if (response.bytes_received() != bytes) {
     return absl::InternalError(
         absl::StrCat("server received ", response.bytes_received(), " bytes of ", bytes));
@@ -121,7 +119,8 @@ absl::Status UploadOnce(Federation::Stub &stub, const TensorList &update, uint64
 // Best-of time for one upload (chunks validated by the server if `validate`)
 // over a connected mutual-TLS channel to an in-process server.
 absl::StatusOr<double> TimeGrpc(const Pki &pki, const std::vector<TensorMeta> &metas,
-                                const TensorList &update, uint64_t bytes, size_t chunk_bytes,
+                                const std::shared_ptr<const TensorList> &update, uint64_t bytes,
+                                size_t chunk_bytes,
                                 bool validate) {
   UploadOnlyService service(metas, validate);
   grpc::ServerBuilder builder;
@@ -134,8 +133,7 @@ absl::StatusOr<double> TimeGrpc(const Pki &pki, const std::vector<TensorMeta> &m
   auto channel = MakeChannel(absl::StrCat("127.0.0.1:", port), "localhost", pki.site);
   absl::StatusOr<double> best = absl::UnavailableError("mutual TLS channel did not connect");
   if (channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
-    std::unique_ptr<Federation::Stub> stub = Federation::NewStub(channel);
-    best = BestOf(kRepetitions, [&] { return UploadOnce(*stub, update, bytes, chunk_bytes); });
+    best = BestOf(kRepetitions, [&] { return UploadOnce(*channel, update, bytes, chunk_bytes); });
   }
   server->Shutdown();
   return best;
@@ -149,7 +147,7 @@ absl::Status RunTransferBench(const std::vector<std::string> &args) {
   const size_t chunk_bytes = static_cast<size_t>(flags[1]) * 1024;
   const std::vector<TensorMeta> metas = BenchModelMetas(flags[0]);
   const uint64_t bytes = static_cast<uint64_t>(flags[0]) * kMib;
-  const TensorList update = MakeBenchTensors(metas, 1);
+  const auto update = std::make_shared<const TensorList>(MakeBenchTensors(metas, 1));
   ASSIGN_OR_RETURN(const Pki pki, MakePki());
   std::printf("update: %lld MiB in %lld KiB chunks, loopback, best of %d\n",
               static_cast<long long>(flags[0]), static_cast<long long>(flags[1]), kRepetitions);
@@ -165,7 +163,7 @@ absl::Status RunTransferBench(const std::vector<std::string> &args) {
       MibPerSecond(bytes, unchecked_s));
 
   ASSIGN_OR_RETURN(const TlsSocketResult tls,
-                   TimeTlsSocket(pki.coordinator, pki.site, update, chunk_bytes, kRepetitions));
+                   TimeTlsSocket(pki.coordinator, pki.site, *update, chunk_bytes, kRepetitions));
   const double tls_mib_s = MibPerSecond(bytes, tls.seconds);
   std::printf("plain OpenSSL mutual TLS socket (%s, %s):    %8.1f MiB/s\n", tls.version.c_str(),
               tls.cipher.c_str(), tls_mib_s);

@@ -61,8 +61,8 @@ absl::Status ClientDaemon::Run() {
   std::mt19937_64 rng(std::random_device{}());
   double backoff = 1.0;
   while (!stop_ && !finished_) {
-    auto channel = MakeChannel(config_.coordinator_address(), config_.coordinator_name(), tls_);
-    auto stub = Federation::NewStub(channel);
+    channel_ = MakeChannel(config_.coordinator_address(), config_.coordinator_name(), tls_);
+    auto stub = Federation::NewStub(channel_);
     bool joined = false;
     absl::Status status = Session(*stub, &joined);
     metrics_->connected.Set(0);
@@ -199,7 +199,7 @@ absl::Status ClientDaemon::HandleTask(Federation::Stub& stub, const Task& task) 
     // The cost is durable in the ledger before any byte of the update leaves.
     ASSIGN_OR_RETURN(privacy, RecordPrivacy(task, *plan));
   }
-  RETURN_IF_ERROR(UploadUpdate(stub, task, result, privacy));
+  RETURN_IF_ERROR(UploadUpdate(task, std::move(result), privacy));
   metrics_->tasks.Add({{"result", "done"}}).Increment();
   return absl::OkStatus();
 }
@@ -251,8 +251,7 @@ absl::Status ClientDaemon::EvaluateAndReport(Federation::Stub& stub, const Task&
   return Annotate(FromGrpcStatus(stub.Report(&ctx, report, &ack)), "report");
 }
 
-absl::Status ClientDaemon::UploadUpdate(Federation::Stub& stub, const Task& task,
-                                        const TrainResult& result,
+absl::Status ClientDaemon::UploadUpdate(const Task& task, TrainResult result,
                                         const PrivacyReport& privacy) {
   UploadHeader header;
   header.set_job_id(task.job_id());
@@ -264,9 +263,9 @@ absl::Status ClientDaemon::UploadUpdate(Federation::Stub& stub, const Task& task
   *header.mutable_privacy() = privacy;
   grpc::ClientContext ctx;
   ASSIGN_OR_RETURN(const UploadResponse response,
-                   SendUpload(stub, ctx, header, [&](const auto& emit) {
-                     return WriteTensorChunks(result.update, kUploadChunkBytes, emit);
-                   }));
+                   SendUpload(*channel_, ctx, header,
+                              std::make_shared<const TensorList>(std::move(result.update)),
+                              kUploadChunkBytes));
   metrics_->upload_bytes.Increment(static_cast<double>(response.bytes_received()));
   return absl::OkStatus();
 }

@@ -38,8 +38,8 @@ class ClientDaemon {
   absl::Status EvaluateAndReport(Federation::Stub& stub, const Task& task,
                                  const std::vector<std::string>& labels, const TensorList& model,
                                  double train_loss);
-  absl::Status UploadUpdate(Federation::Stub& stub, const Task& task, const TrainResult& result,
-                            const PrivacyReport& privacy);
+  // Sends the update on channel_ (the chunks reference it, not copies).
+  absl::Status UploadUpdate(const Task& task, TrainResult result, const PrivacyReport& privacy);
   absl::Status DeclineTask(Federation::Stub& stub, const Task& task, const std::string& reason);
   // Why this site must not take the DP task (empty: it may): the round would exceed the cap.
   absl::StatusOr<std::string> BudgetRefusal(const Task& task, const DpPlan& plan);
@@ -53,6 +53,7 @@ class ClientDaemon {
   LocalTrainer* trainer_;
   PrivacyLedger* ledger_;
   ClientMetrics* metrics_;
+  std::shared_ptr<grpc::Channel> channel_;  // of the current session (Run)
   std::atomic<bool> stop_{false};
   int tasks_done_ = 0;
   bool finished_ = false;

@@ -218,6 +218,11 @@ absl::StatusOr<JobSpec> ValidateJobSpec(JobSpec spec) {
   if (!(spec.trim_fraction() > 0 && spec.trim_fraction() < 0.5)) {
     return Invalid("trim_fraction", absl::StrCat("must be in (0, 0.5), got ", spec.trim_fraction()));
   }
+  if (!spec.initial_model().empty() && spec.initial_model()[0] != '/') {
+    return Invalid("initial_model",
+                   absl::StrCat("must be an absolute path on the coordinator's host, got '",
+                                spec.initial_model(), "'"));
+  }
   RETURN_IF_ERROR(ValidateOptimizers(spec));
   RETURN_IF_ERROR(ValidateDp(*spec.mutable_dp()));
   return spec;

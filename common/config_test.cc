@@ -50,6 +50,9 @@ TEST(ConfigTest, InvalidValuesNameTheField) {
   bad = *spec;
   bad.set_aggregation(static_cast<Aggregation>(42));
   EXPECT_NE(ValidateJobSpec(bad).status().message().find("'aggregation'"), std::string::npos);
+  bad = *spec;
+  bad.set_initial_model("models/pretrained.safetensors");
+  EXPECT_NE(ValidateJobSpec(bad).status().message().find("'initial_model'"), std::string::npos);
   EXPECT_DOUBLE_EQ(ValidateJobSpec(*spec)->trim_fraction(), 0.1);  // unset means 0.1
 }
 

@@ -63,8 +63,8 @@ std::vector<TensorMeta> MetasOf(const TensorList& tensors) {
   return metas;
 }
 
-absl::Status WriteTensorChunks(const std::vector<TensorView>& tensors, size_t chunk_bytes,
-                               const std::function<bool(const TensorChunk&)>& emit) {
+absl::Status ForEachTensorChunk(const std::vector<TensorView>& tensors, size_t chunk_bytes,
+                                const ChunkSpanFn& emit) {
   if (chunk_bytes < 4 || chunk_bytes % 4 != 0) {
     return absl::InvalidArgumentError("chunk size must be a positive multiple of 4 bytes");
   }
@@ -87,27 +87,41 @@ absl::Status WriteTensorChunks(const std::vector<TensorView>& tensors, size_t ch
         header->set_byte_size(bytes);
       }
       chunk.set_offset(offset);
-      chunk.set_data(data + offset, n);
       crc = Crc32cExtend(crc, data + offset, n);
-      offset += n;
-      if (offset == bytes) {
+      if (offset + n == bytes) {
         chunk.set_last(true);
         chunk.set_crc32c(crc);
       }
-      if (!emit(chunk)) return absl::CancelledError("stream closed by the peer");
+      if (!emit(chunk, data + offset, n)) return absl::CancelledError("stream closed by the peer");
+      offset += n;
     } while (offset < bytes);
   }
   return absl::OkStatus();
 }
 
-absl::Status WriteTensorChunks(const TensorList& tensors, size_t chunk_bytes,
+absl::Status WriteTensorChunks(const std::vector<TensorView>& tensors, size_t chunk_bytes,
                                const std::function<bool(const TensorChunk&)>& emit) {
+  TensorChunk full;
+  return ForEachTensorChunk(tensors, chunk_bytes,
+                            [&](const TensorChunk& chunk, const char* data, size_t n) {
+                              full = chunk;
+                              full.set_data(data, n);
+                              return emit(full);
+                            });
+}
+
+std::vector<TensorView> ViewsOf(const TensorList& tensors) {
   std::vector<TensorView> views;
   views.reserve(tensors.size());
   for (const NamedTensor& t : tensors) {
     views.push_back({&t.name, &t.shape, t.data.data(), t.data.size()});
   }
-  return WriteTensorChunks(views, chunk_bytes, emit);
+  return views;
+}
+
+absl::Status WriteTensorChunks(const TensorList& tensors, size_t chunk_bytes,
+                               const std::function<bool(const TensorChunk&)>& emit) {
+  return WriteTensorChunks(ViewsOf(tensors), chunk_bytes, emit);
 }
 
 ChunkReader::ChunkReader(std::optional<std::vector<TensorMeta>> expected,

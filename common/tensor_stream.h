@@ -37,8 +37,17 @@ struct TensorView {
   size_t numel;
 };
 
-// Calls `emit` with each chunk of `tensors` in order (chunk_bytes a multiple of 4). Stops with
-// CANCELLED when emit returns false (the peer went away).
+// Views of `tensors` (which must outlive them).
+std::vector<TensorView> ViewsOf(const TensorList& tensors);
+
+// Calls `emit` with each chunk of `tensors` in order (chunk_bytes a multiple of 4): the chunk
+// with every field but `data`, and the span of the tensor's bytes that is its data, not copied.
+// Stops with CANCELLED when emit returns false (the peer went away).
+using ChunkSpanFn = std::function<bool(const TensorChunk& chunk, const char* data, size_t n)>;
+absl::Status ForEachTensorChunk(const std::vector<TensorView>& tensors, size_t chunk_bytes,
+                                const ChunkSpanFn& emit);
+
+// As ForEachTensorChunk, with each chunk's data copied into it.
 absl::Status WriteTensorChunks(const std::vector<TensorView>& tensors, size_t chunk_bytes,
                                const std::function<bool(const TensorChunk&)>& emit);
 absl::Status WriteTensorChunks(const TensorList& tensors, size_t chunk_bytes,

@@ -1,31 +1,59 @@
 #include "common/upload.h"
 
+#include <string>
+
+#include <grpcpp/impl/rpc_method.h>
+#include <grpcpp/support/sync_stream.h>
+
+#include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
+#include "common/tensor_stream.h"
 
 namespace fl {
+namespace {
 
-absl::StatusOr<UploadResponse> SendUpload(Federation::Stub& stub, grpc::ClientContext& ctx,
-                                          const UploadHeader& header,
-                                          const ChunkProducer& produce) {
-  std::unique_ptr<grpc::ClientReaderWriter<UploadMessage, UploadReply>> stream =
-      stub.Upload(&ctx);
+// Writes one encoded UploadMessage; false when the stream closed.
+using MessageWriter = std::function<bool(const grpc::ByteBuffer&)>;
+
+grpc::ByteBuffer Encode(const UploadMessage& message) {
+  grpc::Slice slice(message.SerializeAsString());
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+void AppendVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>(v | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+// The upload protocol (fl/federation.proto): header, grant, the chunks that `chunks` writes,
+// trailer, receipt. The stream carries encoded messages, so that chunks may reference their
+// data instead of copying it into a protobuf first; the method is the generated stub's.
+absl::StatusOr<UploadResponse> RunUpload(
+    grpc::ChannelInterface& channel, grpc::ClientContext& ctx, const UploadHeader& header,
+    const std::function<absl::Status(const MessageWriter&)>& chunks) {
+  static const std::string name = absl::StrCat("/", Federation::service_full_name(), "/Upload");
+  static const grpc::internal::RpcMethod method(name.c_str(),
+                                                grpc::internal::RpcMethod::BIDI_STREAMING);
+  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, UploadReply>> stream(
+      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, UploadReply>::Create(
+          &channel, method, &ctx));
   UploadMessage message;
   *message.mutable_header() = header;
   UploadReply reply;
   // A refused header ends the stream before the grant; Finish() below carries the reason.
-  bool open = stream->Write(message) && stream->Read(&reply) && reply.has_grant();
+  bool open = stream->Write(Encode(message)) && stream->Read(&reply) && reply.has_grant();
   absl::Status produced = absl::OkStatus();
   if (open) {
-    produced = produce([&](const TensorChunk& chunk) {
-      *message.mutable_chunk() = chunk;
-      return open = stream->Write(message);
-    });
+    produced = chunks([&](const grpc::ByteBuffer& buffer) { return open = stream->Write(buffer); });
     open = open && produced.ok();
   }
   if (open) {
     message.mutable_trailer();
-    open = stream->Write(message);
+    open = stream->Write(Encode(message));
   }
   stream->WritesDone();
   reply.Clear();
@@ -34,6 +62,57 @@ absl::StatusOr<UploadResponse> SendUpload(Federation::Stub& stub, grpc::ClientCo
   RETURN_IF_ERROR(Annotate(produced, "upload"));
   if (!done) return absl::InternalError("upload: the coordinator ended the stream without a receipt");
   return reply.done();
+}
+
+}  // namespace
+
+grpc::ByteBuffer EncodeChunkMessage(const TensorChunk& chunk, const char* data, size_t n,
+                                    std::shared_ptr<const void> owner) {
+  constexpr char kChunkTag = (2 << 3) | 2;  // UploadMessage.chunk, length-delimited
+  constexpr char kDataTag = (4 << 3) | 2;   // TensorChunk.data, length-delimited
+  std::string fields;
+  if (chunk.data().empty()) {
+    chunk.AppendToString(&fields);
+  } else {
+    TensorChunk without_data = chunk;
+    without_data.clear_data();
+    without_data.AppendToString(&fields);
+  }
+  fields.push_back(kDataTag);  // the last field; protobuf parsers take fields in any order
+  AppendVarint(&fields, n);
+  std::string prefix(1, kChunkTag);
+  AppendVarint(&prefix, fields.size() + n);
+  prefix += fields;
+  grpc::Slice slices[2] = {
+      grpc::Slice(prefix),
+      grpc::Slice(const_cast<char*>(data), n,
+                  [](void* keep) { delete static_cast<std::shared_ptr<const void>*>(keep); },
+                  new std::shared_ptr<const void>(std::move(owner)))};
+  return grpc::ByteBuffer(slices, n == 0 ? 1 : 2);
+}
+
+absl::StatusOr<UploadResponse> SendUpload(grpc::ChannelInterface& channel,
+                                          grpc::ClientContext& ctx, const UploadHeader& header,
+                                          const ChunkProducer& produce) {
+  return RunUpload(channel, ctx, header, [&](const MessageWriter& write) {
+    UploadMessage message;
+    return produce([&](const TensorChunk& chunk) {
+      *message.mutable_chunk() = chunk;
+      return write(Encode(message));
+    });
+  });
+}
+
+absl::StatusOr<UploadResponse> SendUpload(grpc::ChannelInterface& channel,
+                                          grpc::ClientContext& ctx, const UploadHeader& header,
+                                          std::shared_ptr<const TensorList> update,
+                                          size_t chunk_bytes) {
+  return RunUpload(channel, ctx, header, [&](const MessageWriter& write) {
+    return ForEachTensorChunk(ViewsOf(*update), chunk_bytes,
+                              [&](const TensorChunk& chunk, const char* data, size_t n) {
+                                return write(EncodeChunkMessage(chunk, data, n, update));
+                              });
+  });
 }
 
 }  // namespace fl

@@ -2,10 +2,14 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 
 #include <grpcpp/client_context.h>
+#include <grpcpp/impl/channel_interface.h>
+#include <grpcpp/support/byte_buffer.h>
 
 #include "absl/status/statusor.h"
+#include "common/tensor.h"
 #include "fl/federation.grpc.pb.h"
 
 namespace fl {
@@ -14,10 +18,25 @@ namespace fl {
 using ChunkProducer =
     std::function<absl::Status(const std::function<bool(const TensorChunk&)>& emit)>;
 
-// Sends `header`, waits for the coordinator's grant, streams the chunks of `produce` and the
-// trailer, and returns the coordinator's receipt, or its reason for refusing the upload.
-absl::StatusOr<UploadResponse> SendUpload(Federation::Stub& stub, grpc::ClientContext& ctx,
-                                          const UploadHeader& header,
+// Sends `header` on `channel`, waits for the coordinator's grant, streams the chunks of
+// `produce` and the trailer, and returns the coordinator's receipt, or its reason for refusing
+// the upload.
+absl::StatusOr<UploadResponse> SendUpload(grpc::ChannelInterface& channel,
+                                          grpc::ClientContext& ctx, const UploadHeader& header,
                                           const ChunkProducer& produce);
+
+// As above for an update held in memory, in chunks of `chunk_bytes`. Its bytes reach gRPC
+// without a copy: each chunk message references them, and keeps `update` alive until gRPC has
+// sent them.
+absl::StatusOr<UploadResponse> SendUpload(grpc::ChannelInterface& channel,
+                                          grpc::ClientContext& ctx, const UploadHeader& header,
+                                          std::shared_ptr<const TensorList> update,
+                                          size_t chunk_bytes);
+
+// UploadMessage{chunk: `chunk` with data [data, data + n)} in the protobuf wire format, as
+// gRPC's message buffer: the encoded fields, then the data itself, referenced, not copied
+// (`owner` keeps it alive as long as gRPC holds the buffer). `chunk`'s own data is ignored.
+grpc::ByteBuffer EncodeChunkMessage(const TensorChunk& chunk, const char* data, size_t n,
+                                    std::shared_ptr<const void> owner);
 
 }  // namespace fl

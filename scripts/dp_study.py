@@ -2,7 +2,8 @@
 
 Usage: dp_study.py STUDY_DIR [--seconds S]
 
-STUDY_DIR holds jobs.tsv (name, target epsilon with 0 for non-private, job id), <name>.status.json
+STUDY_DIR holds jobs.tsv (name, target epsilon with 0 for non-private and "public" for the model
+pretrained on the public archive alone, job id), <name>.status.json
 (`flctl job status --json`) and eval/<name>/<site>.json (`flctl evaluate --json`, run at each
 site on its own held-out data). Only these aggregate reports are read.
 
@@ -10,6 +11,7 @@ Pooling over sites:
 - AUROC of a label: the unweighted mean of the AUROCs of the sites that have the label (and
   both of its classes in their test set); mean AUROC: the mean over labels of those.
 - Relative drop: (non-private - DP) / non-private, in percent, of the mean AUROC (and per label).
+  The pretrained model alone is a reference column: what the hospitals' data adds to it shows.
 - A group's accuracy: the n-weighted mean of the sites' accuracies for that group; its statistical
   parity difference (SPD): its accuracy minus the n-weighted mean accuracy of the attribute's
   other groups (the definition `flctl evaluate` uses per site, applied to the pooled groups).
@@ -111,13 +113,15 @@ def build(study, seconds):
         for line in f:
             name, eps, job_id = line.rstrip("\n").split("\t")
             reports = load_reports(study, name)
-            run = {"name": name, "target_epsilon": float(eps) or None, "job_id": job_id,
+            reference = eps == "public"
+            run = {"name": name, "target_epsilon": None if reference else float(eps) or None,
+                   "reference": reference, "job_id": job_id,
                    "privacy": privacy_spent(f"{study}/{name}.status.json"),
                    "sites": reports}
             run.update(pool_run(reports) if reports else {"auroc": {}, "mean_auroc": float("nan"),
                                                          "groups": {}})
             runs.append(run)
-    base = runs[0]
+    base = next(r for r in runs if not r["reference"])  # the non-private run
     for run in runs:
         run["relative_drop_percent"] = 100 * (base["mean_auroc"] - run["mean_auroc"]) / base["mean_auroc"]
         run["label_drop_percent"] = {
@@ -138,6 +142,7 @@ def write_json(study, runs, keys, pearson_r, seconds):
     for r in runs:
         out["runs"].append({
             "name": r["name"], "target_epsilon": r["target_epsilon"], "job_id": r["job_id"],
+            "public_pretraining_only": r["reference"],
             "privacy_spent": r["privacy"], "mean_auroc": num(r["mean_auroc"]),
             "auroc": {l: num(v) for l, v in r["auroc"].items()},
             "relative_drop_percent": num(r["relative_drop_percent"]),
@@ -161,7 +166,8 @@ def markdown(runs, keys, pearson_r, seconds):
     lines.append("| relative drop | " + " | ".join(
         fmt(r["relative_drop_percent"], 1) + " %" for r in runs) + " |")
     lines.append("| ε spent (max over sites) | " + " | ".join(
-        fmt(r["privacy"].get("epsilon"), 2) if r["target_epsilon"] else "∞" for r in runs) + " |")
+        fmt(r["privacy"].get("epsilon"), 2) if r["target_epsilon"] else
+        "0 (no hospital data)" if r["reference"] else "∞" for r in runs) + " |")
     lines.append("| noise multiplier σ | " + " | ".join(
         fmt(r["privacy"].get("noise_multiplier"), 2) if r["target_epsilon"] else "0" for r in runs) + " |")
     lines += ["", "## Fairness: accuracy at a prevalence-matched threshold per finding and statistical parity difference (SPD)",
@@ -175,6 +181,10 @@ def markdown(runs, keys, pearson_r, seconds):
     eps = ", ".join(f"{r['target_epsilon']:g}" for r in runs if r["target_epsilon"])
     lines += ["", f"Pearson r over the DP runs only (ε ∈ {{{eps}}}); the non-private run has no "
               f"finite ε. Study wall time: {seconds} s.", ""]
+    if any(r["reference"] for r in runs):
+        lines.insert(len(lines) - 1, "Every run starts from `public-pretrained`: the model trained "
+                     "(non-privately) on the public archive alone, shown as a reference column; "
+                     "relative drops are from `non-private`.")
     return "\n".join(lines)
 
 

@@ -12,17 +12,22 @@ fl_stop_daemons() {
 }
 trap fl_stop_daemons EXIT
 
-# fl_start_daemons BIN DIR SITE...: fl-coordinator with DIR/pki/coordinator's config (waiting
-# until it listens), then one fl-client per SITE on the CPU that exits once no job is left.
-# Logs go to DIR/logs/.
-fl_start_daemons() {
-  local bin=$1 d=$2 conf site
-  shift 2
+# fl_start_coordinator BIN DIR: fl-coordinator with DIR/pki/coordinator's config, in the
+# background, waiting until it listens. Logs go to DIR/logs/.
+fl_start_coordinator() {
+  local bin=$1 d=$2 conf
   conf=$d/pki/coordinator/coordinator.conf
   printf 'port_file: "%s"\nmetrics_address: "127.0.0.1:0"\n' "$d/coordinator.port" >> "$conf"
   "$bin/fl-coordinator" --config "$conf" > "$d/logs/coordinator.log" 2>&1 &
   FL_PIDS+=($!)
   for _ in $(seq 100); do [ -s "$d/coordinator.port" ] && break; sleep 0.1; done
+}
+
+# fl_start_clients BIN DIR SITE...: one fl-client per SITE on the CPU, in the background, that
+# exits once the coordinator has no job left. Logs go to DIR/logs/.
+fl_start_clients() {
+  local bin=$1 d=$2 conf site
+  shift 2
   for site in "$@"; do
     conf=$d/pki/sites/$site/client.conf
     printf 'exit_when_idle: true\ndevice: "cpu"\nloader_threads: 1\n' >> "$conf"
@@ -30,4 +35,10 @@ fl_start_daemons() {
     "$bin/fl-client" --config "$conf" > "$d/logs/$site.log" 2>&1 &
     FL_PIDS+=($!)
   done
+}
+
+# fl_start_daemons BIN DIR SITE...: the coordinator, then the sites' clients.
+fl_start_daemons() {
+  fl_start_coordinator "$1" "$2"
+  fl_start_clients "$@"
 }

@@ -1,4 +1,5 @@
-// The one torch-including piece of the coordinator: a job's initial weights from the registry.
+// The one torch-including piece of the coordinator: a job's initial weights, from the registry
+// (seeded) or from the job's `initial_model` file.
 #pragma once
 
 #include "server/coordinator.h"
