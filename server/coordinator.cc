@@ -294,7 +294,7 @@ absl::StatusOr<std::unique_ptr<Coordinator::TransferSlot>> Coordinator::AcquireT
     return transfers_closed_ || transfers_ < limit;
   };
   while (!transfer_mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(1))) {
-    if (cancelled && cancelled()) return absl::CancelledError("the site went away while waiting");
+    if (cancelled()) return absl::CancelledError("the site went away while waiting");
   }
   if (transfers_closed_) return absl::UnavailableError("the coordinator is shutting down");
   ++transfers_;
@@ -302,7 +302,8 @@ absl::StatusOr<std::unique_ptr<Coordinator::TransferSlot>> Coordinator::AcquireT
 }
 
 absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& request,
-                                   const std::function<bool(const TensorChunk&)>& emit) {
+                                   const std::function<bool(const TensorChunk&)>& emit,
+                                   const std::function<bool()>& cancelled) {
   std::shared_ptr<const TensorList> model;
   {
     absl::MutexLock lock(&mu_);
@@ -315,7 +316,7 @@ absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& r
     }
     model = global_;
   }
-  ASSIGN_OR_RETURN(std::unique_ptr<TransferSlot> slot, AcquireTransferSlot());
+  ASSIGN_OR_RETURN(std::unique_ptr<TransferSlot> slot, AcquireTransferSlot(cancelled));
   uint64_t bytes = 0;
   RETURN_IF_ERROR(WriteTensorChunks(*model, config_.chunk_bytes(), [&](const TensorChunk& c) {
     bytes += c.data().size();

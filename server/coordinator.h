@@ -51,8 +51,11 @@ class Coordinator {
   absl::Status StreamTasks(const Identity& who, const std::function<bool(const Task&)>& send,
                            const std::function<bool()>& cancelled);
   absl::Status Decline(const Identity& who, const DeclineRequest& request);
+  // Streams the round's global model through `emit` once a transfer slot is free; gives up
+  // waiting when `cancelled()` turns true (the site went away).
   absl::Status Download(const Identity& who, const DownloadRequest& request,
-                        const std::function<bool(const TensorChunk&)>& emit);
+                        const std::function<bool(const TensorChunk&)>& emit,
+                        const std::function<bool()>& cancelled);
   // One upload stream as the core sees it.
   struct UploadStream {
     std::function<bool(UploadMessage*)> next;  // false at end of stream
@@ -163,10 +166,11 @@ class Coordinator {
   OptimizerMoments moments_;  // only the scheduler thread touches it
 
   // Waits for one of config.max_concurrent_transfers() transfer slots; the returned guard frees
-  // it. Gives up (UNAVAILABLE) on Shutdown or once `cancelled` (if given) returns true.
+  // it. Gives up on Shutdown (UNAVAILABLE) or once `cancelled` returns true (CANCELLED; polled
+  // every second).
   struct TransferSlot;
   absl::StatusOr<std::unique_ptr<TransferSlot>> AcquireTransferSlot(
-      const std::function<bool()>& cancelled = nullptr);
+      const std::function<bool()>& cancelled);
   absl::Mutex transfer_mu_;
   uint32_t transfers_ ABSL_GUARDED_BY(transfer_mu_) = 0;
   bool transfers_closed_ ABSL_GUARDED_BY(transfer_mu_) = false;

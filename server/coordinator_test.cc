@@ -152,10 +152,14 @@ class CoordinatorTest : public ::testing::Test {
     request.set_job_id(task.job_id());
     request.set_round(task.round());
     std::vector<TensorChunk> chunks;
-    EXPECT_TRUE(core_->Download(who, request, [&](const TensorChunk& c) {
-                      chunks.push_back(c);
-                      return true;
-                    }).ok());
+    EXPECT_TRUE(core_->Download(
+                         who, request,
+                         [&](const TensorChunk& c) {
+                           chunks.push_back(c);
+                           return true;
+                         },
+                         [] { return false; })
+                    .ok());
     size_t i = 0;
     auto model = ReadTensors(
         [&](TensorChunk* c) {
@@ -357,6 +361,53 @@ TEST_F(CoordinatorTest, UploadIsGrantedOnlyWhenATransferSlotIsFree) {
   a.join();
   auto retried = Upload(b_->who(), tb, Update(3, 2, 0), 15, {"a"});
   EXPECT_TRUE(retried.ok()) << retried.status();
+}
+
+TEST_F(CoordinatorTest, DownloadWaitingForASlotEndsWhenTheSiteGoesAway) {
+  config_.set_max_concurrent_transfers(1);
+  Restart();
+  JobSpec spec;
+  spec.set_rounds(1);
+  Submit(spec);
+  Task ta = a_->Next();
+  Task tb = b_->Next();
+  absl::Notification a_granted, a_go;
+  const std::vector<UploadMessage> a_messages = Messages(ta, Update(1, 4, 6), 5, {"a", "b"});
+  std::thread a([&] {  // holds the only slot after its grant
+    size_t i = 0;
+    auto next = [&](UploadMessage* m) {
+      if (i == 1) a_go.WaitForNotification();
+      if (i == a_messages.size()) return false;
+      *m = a_messages[i++];
+      return true;
+    };
+    auto grant = [&] {
+      a_granted.Notify();
+      return true;
+    };
+    EXPECT_TRUE(core_->Upload(a_->who(), {next, grant, [] { return false; }}).ok());
+  });
+  a_granted.WaitForNotification();
+
+  DownloadRequest request;
+  request.set_job_id(tb.job_id());
+  request.set_round(tb.round());
+  std::atomic<bool> gone{false};
+  int chunks = 0;
+  std::thread b([&] {
+    absl::Status status = core_->Download(
+        b_->who(), request, [&](const TensorChunk&) { return ++chunks > 0; },
+        [&] { return gone.load(); });
+    EXPECT_EQ(status.code(), absl::StatusCode::kCancelled) << status;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  EXPECT_EQ(chunks, 0);
+  gone = true;
+  b.join();
+  EXPECT_EQ(chunks, 0);
+  a_go.Notify();
+  a.join();
+  EXPECT_EQ(Download(b_->who(), tb).size(), 3u);  // the slot is free again
 }
 
 TEST_F(CoordinatorTest, NormClippingScalesWithoutChangingWeight) {

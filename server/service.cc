@@ -76,7 +76,8 @@ grpc::Status FederationService::Download(grpc::ServerContext* ctx,
                                          grpc::ServerWriter<TensorChunk>* writer) {
   FL_CALLER(ctx, Role::kSite);
   return ToGrpcStatus(core_->Download(
-      *who, *request, [&](const TensorChunk& chunk) { return writer->Write(chunk); }));
+      *who, *request, [&](const TensorChunk& chunk) { return writer->Write(chunk); },
+      [&] { return ctx->IsCancelled(); }));
 }
 
 grpc::Status FederationService::Upload(
