@@ -72,6 +72,9 @@ class SiteStream {
   std::thread thread_;
 };
 
+// An update of the test model: backbone values, then head rows of labels a and b.
+TensorList Update(float backbone, float head_a, float head_b);
+
 class CoordinatorTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -145,6 +148,30 @@ class CoordinatorTest : public ::testing::Test {
       return true;
     };
     return core_->Upload(who, {next, [] { return true; }, [] { return false; }});
+  }
+
+  // Starts site-a's upload of its task `ta` in a thread and returns once it is granted; it then
+  // holds its transfer slot until `go` is notified, and finishes.
+  std::thread UploadHoldingTheSlot(const Task& ta, absl::Notification* go) {
+    auto granted = std::make_shared<absl::Notification>();
+    std::thread a([this, ta, go, granted] {
+      const std::vector<UploadMessage> messages = Messages(ta, Update(1, 4, 6), 5, {"a", "b"});
+      size_t i = 0;
+      auto next = [&](UploadMessage* m) {
+        if (i == 1) go->WaitForNotification();
+        if (i == messages.size()) return false;
+        *m = messages[i++];
+        return true;
+      };
+      auto grant = [&] {
+        granted->Notify();
+        return true;
+      };
+      auto done = core_->Upload(a_->who(), {next, grant, [] { return false; }});
+      EXPECT_TRUE(done.ok()) << done.status();
+    });
+    granted->WaitForNotification();
+    return a;
   }
 
   TensorList Download(const Identity& who, const Task& task) {
@@ -317,24 +344,8 @@ TEST_F(CoordinatorTest, UploadIsGrantedOnlyWhenATransferSlotIsFree) {
   Submit(spec);
   Task ta = a_->Next();
   Task tb = b_->Next();
-  absl::Notification a_granted, a_go;
-  const std::vector<UploadMessage> a_messages = Messages(ta, Update(1, 4, 6), 5, {"a", "b"});
-  std::thread a([&] {
-    size_t i = 0;
-    auto next = [&](UploadMessage* m) {
-      if (i == 1) a_go.WaitForNotification();  // holds the slot after its grant
-      if (i == a_messages.size()) return false;
-      *m = a_messages[i++];
-      return true;
-    };
-    auto grant = [&] {
-      a_granted.Notify();
-      return true;
-    };
-    auto done = core_->Upload(a_->who(), {next, grant, [] { return false; }});
-    EXPECT_TRUE(done.ok()) << done.status();
-  });
-  a_granted.WaitForNotification();
+  absl::Notification a_go;
+  std::thread a = UploadHoldingTheSlot(ta, &a_go);
 
   const std::vector<UploadMessage> b_messages = Messages(tb, Update(3, 2, 0), 15, {"a"});
   std::atomic<bool> b_granted{false}, b_gone{false};
@@ -371,23 +382,8 @@ TEST_F(CoordinatorTest, DownloadWaitingForASlotEndsWhenTheSiteGoesAway) {
   Submit(spec);
   Task ta = a_->Next();
   Task tb = b_->Next();
-  absl::Notification a_granted, a_go;
-  const std::vector<UploadMessage> a_messages = Messages(ta, Update(1, 4, 6), 5, {"a", "b"});
-  std::thread a([&] {  // holds the only slot after its grant
-    size_t i = 0;
-    auto next = [&](UploadMessage* m) {
-      if (i == 1) a_go.WaitForNotification();
-      if (i == a_messages.size()) return false;
-      *m = a_messages[i++];
-      return true;
-    };
-    auto grant = [&] {
-      a_granted.Notify();
-      return true;
-    };
-    EXPECT_TRUE(core_->Upload(a_->who(), {next, grant, [] { return false; }}).ok());
-  });
-  a_granted.WaitForNotification();
+  absl::Notification a_go;
+  std::thread a = UploadHoldingTheSlot(ta, &a_go);
 
   DownloadRequest request;
   request.set_job_id(tb.job_id());
@@ -530,6 +526,7 @@ TEST_F(CoordinatorTest, MedianKeepsTheModelCloseToHonestSites) {
   SiteStream c(core_.get(), "site-c");
   JobSpec spec;
   spec.set_rounds(1);
+  spec.set_min_sites(3);  // the round must not start before site-c's stream is open
   spec.set_aggregation(AGGREGATION_MEDIAN);
   const std::string id = Submit(spec);
   Task ta = a_->Next();
