@@ -104,7 +104,7 @@ class CoordinatorTest : public ::testing::Test {
     spec.set_model("tiny");
     spec.add_labels("a");
     spec.add_labels("b");
-    spec.set_min_sites(2);
+    if (spec.min_sites() == 0) spec.set_min_sites(2);
     spec.set_local_steps(1);
     spec.set_batch_size(10);
     if (spec.round_deadline_seconds() == 0) spec.set_round_deadline_seconds(30);
