@@ -88,6 +88,30 @@ c10::intrusive_ptr<torch::CustomClassHolder> SinkHolder(AutogradContext *ctx) {
   return it->second.toCapsule();
 }
 
+torch::autograd::variable_list NormBackward(
+    AutogradContext *ctx, const Tensor &x, const Tensor &weight, const Tensor &bias,
+    const NormNativeBackward &native,
+    const std::function<std::unique_ptr<GradSampleRecord>()> &record) {
+  const bool affine = weight.defined();
+  auto holder = SinkHolder(ctx);
+  GradSampleSink *sink = RecordingSink(ctx);
+  Tensor gx, gw, gb;
+  if (x.numel() == 0) {
+    if (ctx->needs_input_grad(0)) gx = torch::zeros_like(x);
+    if (sink == nullptr && affine) {
+      gw = torch::zeros_like(weight);
+      if (bias.defined()) gb = torch::zeros_like(bias);
+    }
+  } else {
+    const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
+                                      sink == nullptr && affine && ctx->needs_input_grad(1),
+                                      sink == nullptr && affine && ctx->needs_input_grad(2)};
+    if (mask[0] || mask[1] || mask[2]) std::tie(gx, gw, gb) = native(mask);
+  }
+  if (sink != nullptr && affine) sink->Add(record());
+  return {gx, gw, gb, Tensor(), Tensor()};
+}
+
 namespace {
 
 using torch::autograd::variable_list;
@@ -380,27 +404,14 @@ class DPGroupNormFunction : public torch::autograd::Function<DPGroupNormFunction
     const Tensor &mean = saved[3], &rstd = saved[4];
     const Tensor dy = grad_outputs[0].contiguous();
     const int64_t groups = ctx->saved_data["groups"].toInt();
-    const bool affine = weight.defined();
-    auto holder = SinkHolder(ctx);
-    GradSampleSink *sink = RecordingSink(ctx);
     const int64_t n = x.size(0), c = x.size(1);
-    Tensor gx, gw, gb;
-    if (x.numel() == 0) {
-      if (ctx->needs_input_grad(0)) gx = torch::zeros_like(x);
-      if (sink == nullptr && affine) gw = torch::zeros_like(weight), gb = torch::zeros_like(weight);
-    } else {
-      const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
-                                        sink == nullptr && affine && ctx->needs_input_grad(1),
-                                        sink == nullptr && affine && ctx->needs_input_grad(2)};
-      if (mask[0] || mask[1] || mask[2]) {
-        std::tie(gx, gw, gb) = at::native_group_norm_backward(dy, x, mean, rstd, weight, n, c,
-                                                              x.numel() / (n * c), groups, mask);
-      }
-    }
-    if (sink != nullptr && affine) {
-      sink->Add(MakeRecord(weight, bias, x, dy, mean, rstd, groups));
-    }
-    return {gx, gw, gb, Tensor(), Tensor()};
+    return NormBackward(
+        ctx, x, weight, bias,
+        [&](std::array<bool, 3> mask) {
+          return at::native_group_norm_backward(dy, x, mean, rstd, weight, n, c,
+                                                x.numel() / (n * c), groups, mask);
+        },
+        [&] { return MakeRecord(weight, bias, x, dy, mean, rstd, groups); });
   }
 
  private:

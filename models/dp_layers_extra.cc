@@ -41,24 +41,12 @@ class DPLayerNormFunction : public torch::autograd::Function<DPLayerNormFunction
     const Tensor &mean = saved[3], &rstd = saved[4];
     const Tensor dy = grad_outputs[0].contiguous();
     const std::vector<int64_t> shape = ctx->saved_data["shape"].toIntVector();
-    const bool affine = weight.defined();
-    auto holder = SinkHolder(ctx);
-    GradSampleSink *sink = RecordingSink(ctx);
-    Tensor gx, gw, gb;
-    if (x.numel() == 0) {
-      if (ctx->needs_input_grad(0)) gx = torch::zeros_like(x);
-      if (sink == nullptr && affine) gw = torch::zeros_like(weight), gb = torch::zeros_like(bias);
-    } else {
-      const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
-                                        sink == nullptr && affine && ctx->needs_input_grad(1),
-                                        sink == nullptr && affine && ctx->needs_input_grad(2)};
-      if (mask[0] || mask[1] || mask[2]) {
-        std::tie(gx, gw, gb) =
-            at::native_layer_norm_backward(dy, x, shape, mean, rstd, weight, bias, mask);
-      }
-    }
-    if (sink != nullptr && affine) sink->Add(MakeRecord(weight, bias, x, dy, mean, rstd));
-    return {gx, gw, gb, Tensor(), Tensor()};
+    return NormBackward(
+        ctx, x, weight, bias,
+        [&](std::array<bool, 3> mask) {
+          return at::native_layer_norm_backward(dy, x, shape, mean, rstd, weight, bias, mask);
+        },
+        [&] { return MakeRecord(weight, bias, x, dy, mean, rstd); });
   }
 
  private:

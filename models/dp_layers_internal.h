@@ -2,9 +2,12 @@
 // API: include models/dp_layers.h instead.
 #pragma once
 
+#include <array>
 #include <cstdint>
+#include <functional>
 #include <initializer_list>
 #include <memory>
+#include <tuple>
 #include <vector>
 
 #include "common/torch_pch.h"
@@ -51,6 +54,17 @@ void RememberSink(torch::autograd::AutogradContext *ctx);
 GradSampleSink *RecordingSink(torch::autograd::AutogradContext *ctx);
 // Keeps the sink alive during the backward that uses it.
 c10::intrusive_ptr<torch::CustomClassHolder> SinkHolder(torch::autograd::AutogradContext *ctx);
+
+// The backward of a normalisation layer (GroupNorm, LayerNorm) with input x and optional affine
+// weight and bias, whose apply() took two more, non-tensor arguments: the plain gradients that
+// autograd asks for from `native(mask)` (those of the parameters only when no sink records),
+// and with a sink, the per-sample record from `record()`.
+using NormNativeBackward = std::function<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>(
+    std::array<bool, 3> mask)>;
+torch::autograd::variable_list NormBackward(
+    torch::autograd::AutogradContext *ctx, const torch::Tensor &x, const torch::Tensor &weight,
+    const torch::Tensor &bias, const NormNativeBackward &native,
+    const std::function<std::unique_ptr<GradSampleRecord>()> &record);
 
 // N-d convolution (N = stride.size(), 2 or 3) through the DP-aware autograd function.
 torch::Tensor DPConvolution(const torch::Tensor &input, const torch::Tensor &weight,
