@@ -28,11 +28,11 @@ class FederationTest(unittest.TestCase):
             fed.start_coordinator()
             for i, site in enumerate(SITES):
                 fed.start_client(site, seed=i + 1)
-            labels = ["cardiomegaly", "effusion_right", "effusion_left", "infiltrate_right"]
+            job_labels = ["cardiomegaly", "effusion_right", "effusion_left", "infiltrate_right"]
             job_id = fed.submit(
                 'name: "it" model: "smallcnn" image_size: 32 rounds: 2 local_steps: 3 '
                 'batch_size: 8 min_sites: 3 start_timeout_seconds: 60 round_deadline_seconds: 120 '
-                + " ".join(f'labels: "{label}"' for label in labels))
+                + " ".join(f'labels: "{label}"' for label in job_labels))
             status = fed.wait(job_id)
             self.assertEqual(status["state"], "DONE")
             self.assertEqual(len(status["rounds"]), 2)
@@ -57,6 +57,21 @@ class FederationTest(unittest.TestCase):
             # The clients exit by themselves once no job is left.
             for p in fed.procs[1:]:
                 self.assertEqual(p.wait(timeout=60), 0)
+            # The export can start a new job; a model that does not fit the job is refused at
+            # submission, naming the field and the file.
+            spec = ('name: "next" model: "smallcnn" image_size: 32 rounds: 1 '
+                    f'initial_model: "{fed.dir}/model/model.safetensors" ')
+            next_id = fed.submit(spec + " ".join(f'labels: "{label}"' for label in job_labels))
+            self.assertIn(f"started from {fed.dir}/model/model.safetensors",
+                          fed.flctl("job", "status", next_id).stdout)
+            fed.flctl("job", "cancel", next_id)
+            path = f"{fed.dir}/job-misfit.conf"
+            with open(path, "w") as f:
+                f.write(spec + " ".join(f'labels: "{label}"' for label in job_labels[:3]))
+            refused = fed.flctl("job", "submit", "--spec", path, check=False)
+            self.assertNotEqual(refused.returncode, 0)
+            self.assertIn("initial_model", refused.stderr)
+            self.assertIn("shape", refused.stderr)
         finally:
             fed.stop()
 

@@ -63,6 +63,9 @@ void PrintStatus(const JobStatus& job) {
                                job.spec().model(), StateName(job.state()), job.rounds_done(),
                                job.spec().rounds(),
                                job.message().empty() ? "" : " - " + job.message());
+  if (!job.spec().initial_model().empty()) {
+    std::cout << "  started from " << job.spec().initial_model() << "\n";
+  }
   for (const RoundSummary& r : job.rounds()) {
     std::vector<std::string> labels;
     for (const LabelMetric& m : r.test()) labels.push_back(m.label() + " " + Auroc(m.auroc()));
