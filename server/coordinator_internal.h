@@ -1,0 +1,48 @@
+// Shared by the coordinator's source files (coordinator.cc: lifecycle and admin calls,
+// coordinator_sites.cc: the sites' calls, coordinator_rounds.cc: the scheduler). Not an API.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/time/time.h"
+#include "common/log.h"
+#include "server/coordinator.h"
+#include "server/robust_aggregator.h"
+
+namespace fl {
+
+struct Coordinator::RoundState {
+  std::string job_id;
+  JobSpec spec;
+  uint32_t round = 0;
+  uint32_t attempt = 1;
+  bool evaluate_only = false;
+  absl::Time deadline;
+  std::set<std::string> assigned;
+  std::set<std::string> uploading;
+  std::set<std::string> received;
+  std::set<std::string> reported;
+  std::map<std::string, std::string> declined;
+  double loss_sum = 0;
+  double weight_sum = 0;
+  bool poisoned = false;  // the aggregate holds part of an update; never apply it
+  UpdateLayout layout;
+  std::unique_ptr<Aggregator> aggregator;  // weighted mean only; folded as updates arrive
+  std::vector<SpooledUpdate> spooled;      // robust rules only; combined when the round closes
+  absl::Time opened;
+};
+
+namespace coordinator_internal {
+
+inline void Log(const std::string& line) { LogLine("fl-coordinator", line); }
+
+inline bool Terminal(JobState state) {
+  return state == DONE || state == FAILED || state == CANCELLED;
+}
+
+}  // namespace coordinator_internal
+}  // namespace fl

@@ -1,0 +1,450 @@
+// The coordinator's scheduler: jobs run one after another, in rounds (see docs/ARCHITECTURE.md).
+#include "server/coordinator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <random>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "common/crc32c.h"
+#include "common/safetensors.h"
+#include "common/status.h"
+#include "common/tensor_stream.h"
+#include "server/coordinator_internal.h"
+#include "server/robust_aggregator.h"
+
+namespace fl {
+
+namespace fs = std::filesystem;
+using coordinator_internal::Log;
+using coordinator_internal::Terminal;
+
+namespace {
+
+bool IsRobust(const JobSpec& spec) {
+  return spec.aggregation() == AGGREGATION_MEDIAN ||
+         spec.aggregation() == AGGREGATION_TRIMMED_MEAN;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Scheduling
+
+void Coordinator::SchedulerLoop() {
+  while (true) {
+    std::string job_id;
+    {
+      absl::MutexLock lock(&mu_);
+      auto pick = [&] {
+        mu_.AssertHeld();
+        if (shutdown_) return true;
+        for (const std::string& id : job_order_) {
+          if (!Terminal(jobs_[id].state())) {
+            job_id = id;
+            return true;
+          }
+        }
+        return false;
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&pick), absl::Seconds(1));
+      if (shutdown_) return;
+    }
+    if (job_id.empty()) continue;
+    metrics_->jobs_running.Set(1);
+    absl::Status status = RunJob(job_id);
+    metrics_->jobs_running.Set(0);
+    absl::MutexLock fold_lock(&fold_mu_);
+    absl::MutexLock lock(&mu_);
+    round_.reset();
+    global_.reset();
+    if (shutdown_) return;
+    JobStatus& job = jobs_[job_id];
+    if (Terminal(job.state())) continue;
+    job.set_state(status.ok() ? DONE : FAILED);
+    job.set_message(status.ok() ? "" : std::string(status.message()));
+    Log(absl::StrCat("job ", job_id, status.ok() ? " done" : " failed: ",
+                     status.ok() ? "" : status.message()));
+    if (absl::Status s = store_->PutJob(job); !s.ok()) {
+      Log(absl::StrCat("cannot record the end of job ", job_id, ": ", s.message()));
+    }
+  }
+}
+
+absl::Status Coordinator::SetJobState(const std::string& job_id, JobState state,
+                                      const std::string& message) {
+  JobStatus copy;
+  {
+    absl::MutexLock lock(&mu_);
+    JobStatus& job = jobs_[job_id];
+    job.set_state(state);
+    job.set_message(message);
+    copy = job;
+  }
+  return store_->PutJob(copy);
+}
+
+bool Coordinator::JobCancelled(const std::string& job_id) {
+  return shutdown_ || jobs_[job_id].state() == CANCELLED;
+}
+
+absl::Status Coordinator::PrepareModel(const JobStatus& job) {
+  ASSIGN_OR_RETURN(ModelInit init, init_(job.spec()));
+  moments_ = OptimizerMoments{};
+  if (job.rounds_done() > 0) {
+    ASSIGN_OR_RETURN(Checkpoint checkpoint, store_->LatestCheckpoint(job.job_id()));
+    ASSIGN_OR_RETURN(TensorList weights, ReadSafetensors(checkpoint.path));
+    if (MetasOf(weights).size() != init.weights.size()) {
+      return absl::DataLossError(absl::StrCat("checkpoint ", checkpoint.path,
+                                              " does not match the job's model"));
+    }
+    const ServerOptimizerKind kind = job.spec().server_optimizer().kind();
+    if (kind == FEDADAM || kind == FEDYOGI) {
+      ASSIGN_OR_RETURN(moments_, ReadMoments(MomentsPath(checkpoint.path), weights));
+    }
+    init.weights = std::move(weights);
+  }
+  absl::MutexLock lock(&mu_);
+  global_ = std::make_shared<const TensorList>(std::move(init.weights));
+  head_prefix_ = init.head_prefix;
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::WaitForSites(const JobSpec& spec) {
+  absl::MutexLock lock(&mu_);
+  auto enough = [&] {
+    mu_.AssertHeld();
+    return shutdown_ || EligibleSites(spec).size() >= spec.min_sites();
+  };
+  mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(spec.start_timeout_seconds()));
+  if (shutdown_) return absl::CancelledError("coordinator is shutting down");
+  const size_t have = EligibleSites(spec).size();
+  if (have < spec.min_sites()) {
+    return absl::UnavailableError(absl::StrCat("only ", have, " eligible sites connected within ",
+                                               spec.start_timeout_seconds(), " s; job needs ",
+                                               spec.min_sites()));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::RunJob(const std::string& job_id) {
+  JobStatus job;
+  {
+    absl::MutexLock lock(&mu_);
+    job = jobs_[job_id];
+  }
+  RETURN_IF_ERROR(PrepareModel(job));
+  RETURN_IF_ERROR(SetJobState(job_id, RUNNING, ""));
+  RETURN_IF_ERROR(WaitForSites(job.spec()));
+  constexpr int kMaxAttempts = 3;
+  for (uint32_t round = job.rounds_done(); round < job.spec().rounds(); ++round) {
+    absl::Status status;
+    ASSIGN_OR_RETURN(std::vector<Receipt> earlier, store_->Receipts(job_id, round));
+    const uint32_t first = earlier.empty() ? 1 : earlier.back().attempt + 1;  // after a restart
+    for (uint32_t attempt = first; attempt < first + kMaxAttempts; ++attempt) {
+      status = RunRound(job_id, round, attempt, /*evaluate_only=*/false);
+      if (status.ok() || absl::IsCancelled(status)) break;
+      metrics_->rounds_failed.Increment();
+      Log(absl::StrCat("job ", job_id, " round ", round, " attempt ", attempt, ": ",
+                       status.message()));
+    }
+    RETURN_IF_ERROR(status);
+  }
+  // Every site evaluates the final model on its own test split.
+  return RunRound(job_id, job.spec().rounds(), /*attempt=*/1, /*evaluate_only=*/true);
+}
+
+Task Coordinator::MakeTask(const std::string& site) const {
+  Task task;
+  task.set_job_id(round_->job_id);
+  task.set_round(round_->round);
+  *task.mutable_spec() = round_->spec;
+  for (const std::string& label : TrainLabels(round_->spec, site)) task.add_train_labels(label);
+  task.set_deadline_unix_seconds(absl::ToDoubleSeconds(round_->deadline - absl::UnixEpoch()));
+  task.set_final_round(round_->round + 1 >= round_->spec.rounds());
+  task.set_evaluate_only(round_->evaluate_only);
+  return task;
+}
+
+std::set<std::string> Coordinator::CarryOverUpdates() {
+  std::string job_id;
+  uint32_t round, attempt;
+  {
+    absl::MutexLock lock(&mu_);
+    job_id = round_->job_id;
+    round = round_->round;
+    attempt = round_->attempt;
+  }
+  std::set<std::string> carried;
+  absl::StatusOr<std::vector<Receipt>> receipts = store_->Receipts(job_id, round);
+  if (!receipts.ok()) {
+    Log(absl::StrCat("cannot read the receipts of round ", round, ": ", receipts.status().message()));
+    return carried;
+  }
+  std::map<std::string, Receipt> latest;  // per site, its update of the newest earlier attempt
+  for (Receipt& r : *receipts) {
+    if (r.attempt < attempt) latest[r.site] = std::move(r);
+  }
+  for (const auto& [site, r] : latest) {
+    absl::StatusOr<std::vector<size_t>> rows;
+    {
+      absl::MutexLock lock(&mu_);
+      rows = LabelRows(site, r.header);
+    }
+    absl::Status status = rows.status();
+    if (status.ok()) {
+      status = FoldSpool(r.spool, r.header, site, *rows, r.bytes, r.scale, attempt);
+    }
+    if (status.ok()) {
+      carried.insert(site);
+    } else {
+      Log(absl::StrCat("update of ", site, " from attempt ", r.attempt, " not reused: ",
+                       status.message()));
+    }
+  }
+  return carried;
+}
+
+absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, uint32_t attempt,
+                                   bool evaluate_only) {
+  {
+    absl::MutexLock fold_lock(&fold_mu_);  // no fold is using the aggregator being replaced
+    absl::MutexLock lock(&mu_);
+    auto state = std::make_unique<RoundState>();
+    state->job_id = job_id;
+    state->spec = jobs_[job_id].spec();
+    state->round = round;
+    state->attempt = attempt;
+    state->evaluate_only = evaluate_only;
+    state->opened = absl::Now();
+    state->deadline = state->opened + absl::Seconds(state->spec.round_deadline_seconds());
+    state->layout = MakeLayout(*global_, head_prefix_, state->spec.head_mode(),
+                               state->spec.labels_size());
+    if (!IsRobust(state->spec)) {
+      state->aggregator = std::make_unique<Aggregator>(state->layout, state->spec.labels_size());
+    }
+    round_ = std::move(state);
+  }
+  const std::set<std::string> carried = evaluate_only ? std::set<std::string>() : CarryOverUpdates();
+  absl::MutexLock lock(&mu_);
+  RoundState* r = round_.get();
+  std::vector<std::string> chosen;
+  for (const std::string& site : EligibleSites(r->spec)) {
+    if (!carried.count(site)) chosen.push_back(site);
+  }
+  if (!evaluate_only && r->spec.fraction() < 1.0) {
+    std::mt19937_64 rng(std::hash<std::string>()(job_id) ^ round);
+    std::shuffle(chosen.begin(), chosen.end(), rng);
+    const size_t want = std::max<size_t>(
+        r->spec.min_sites(), static_cast<size_t>(std::ceil(r->spec.fraction() * chosen.size())));
+    chosen.resize(std::min(chosen.size(), want > carried.size() ? want - carried.size() : 0));
+  }
+  for (auto& [name, site] : sites_) {  // tasks of an earlier attempt that were never taken
+    auto& pending = site.pending;
+    pending.erase(std::remove_if(pending.begin(), pending.end(),
+                                 [&](const Task& t) { return t.job_id() == job_id; }),
+                  pending.end());
+  }
+  r->assigned = carried;
+  for (const std::string& site : chosen) {
+    sites_[site].pending.push_back(MakeTask(site));
+    r->assigned.insert(site);
+  }
+  if (!carried.empty()) {
+    Log(absl::StrCat("job ", job_id, " round ", round, ": reusing the updates of ",
+                     absl::StrJoin(carried, ", "), " received before"));
+  }
+  Log(absl::StrCat("job ", job_id, evaluate_only ? " final evaluation" : " round ",
+                   evaluate_only ? "" : absl::StrCat(round), ": ", chosen.size(), " sites (",
+                   absl::StrJoin(chosen, ", "), ")"));
+  auto finished = [&] {
+    mu_.AssertHeld();
+    const auto& done = r->evaluate_only ? r->reported : r->received;
+    return JobCancelled(job_id) || done.size() + r->declined.size() >= r->assigned.size();
+  };
+  mu_.AwaitWithDeadline(absl::Condition(&finished), r->deadline);
+  if (JobCancelled(job_id)) return absl::CancelledError("job cancelled");
+  if (evaluate_only) return absl::OkStatus();
+  if (r->poisoned) return absl::DataLossError(absl::StrCat("round ", round, ": aggregate damaged"));
+  const size_t received = r->received.size();
+  if (received < r->spec.min_sites()) {
+    std::vector<std::string> declined;
+    for (const auto& [site, why] : r->declined) declined.push_back(site + ": " + why);
+    return absl::UnavailableError(absl::StrCat(
+        "round ", round, ": only ", received, " of ", r->spec.min_sites(),
+        " required updates arrived", declined.empty() ? "" : " (declined: ",
+        absl::StrJoin(declined, "; "), declined.empty() ? "" : ")"));
+  }
+  mu_.Unlock();
+  absl::Status status = CloseRound(job_id, round);
+  mu_.Lock();
+  return status;
+}
+
+void Coordinator::RemoveSpools(const std::string& job_id, uint32_t round) {
+  // Every attempt's spools: also those of uploads a crash cut before their receipt was written.
+  const std::string prefix = absl::StrCat(job_id, "-", round, "-");
+  std::error_code ec;
+  for (const auto& entry : fs::directory_iterator(fs::path(config_.state_dir()) / "spool", ec)) {
+    if (absl::StartsWith(entry.path().filename().string(), prefix)) {
+      std::error_code ignored;
+      fs::remove(entry.path(), ignored);
+    }
+  }
+}
+
+std::string Coordinator::SpoolPath(const std::string& job_id, uint32_t round, uint32_t attempt,
+                                   const std::string& site) const {
+  return (fs::path(config_.state_dir()) / "spool" /
+          absl::StrCat(job_id, "-", round, "-", attempt, "-", site))
+      .string();
+}
+
+std::string Coordinator::CheckpointPath(const std::string& job_id, uint32_t round) const {
+  return (fs::path(config_.state_dir()) / "checkpoints" /
+          absl::StrCat(job_id, "-round-", round, ".safetensors"))
+      .string();
+}
+
+absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) {
+  absl::MutexLock fold_lock(&fold_mu_);
+  absl::Status status = CommitNextModel(job_id, round);
+  if (status.ok() || moments_.m.empty()) return status;
+  // FedAdam/FedYogi moments stepped before the commit failed: take them back from the last
+  // commit, so that the round's retry steps them once.
+  moments_ = OptimizerMoments{};
+  absl::StatusOr<Checkpoint> last = store_->LatestCheckpoint(job_id);
+  if (!last.ok() && !absl::IsNotFound(last.status())) {
+    return Annotate(last.status(), status.message());
+  }
+  if (last.ok()) {  // else the failed round was the first: the moments start from zero
+    std::shared_ptr<const TensorList> global;
+    {
+      absl::MutexLock lock(&mu_);
+      global = global_;
+    }
+    absl::StatusOr<OptimizerMoments> moments = ReadMoments(MomentsPath(last->path), *global);
+    if (!moments.ok()) return Annotate(moments.status(), status.message());
+    moments_ = *std::move(moments);
+  }
+  return status;
+}
+
+absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t round) {
+  std::shared_ptr<const TensorList> global;
+  JobSpec spec;
+  RoundSummary summary;
+  {
+    absl::MutexLock lock(&mu_);
+    global = global_;
+    spec = round_->spec;
+    summary.set_round(round);
+    for (const std::string& site : round_->received) summary.add_sites(site);
+    for (const auto& [site, why] : round_->declined) summary.add_declined(site + ": " + why);
+    summary.set_train_loss(round_->loss_sum / round_->weight_sum);
+    summary.set_mean_auroc(std::nan(""));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<Aggregator> robust, CombineRobust());
+  Aggregator* aggregator = robust ? robust.get() : MeanAggregator();
+  ASSIGN_OR_RETURN(TensorList next,
+                   aggregator->NextModel(spec.server_optimizer(), *global, &moments_));
+  global.reset();
+  const std::string path = CheckpointPath(job_id, round + 1);
+  RETURN_IF_ERROR(WriteSafetensors(path, next, {{"job_id", job_id},
+                                                {"round", absl::StrCat(round + 1)}}));
+  // FedAdam/FedYogi state goes next to the checkpoint, so a restart resumes the same optimizer.
+  if (!moments_.m.empty()) RETURN_IF_ERROR(WriteMoments(MomentsPath(path), moments_));
+  uint32_t crc = 0;
+  for (const NamedTensor& t : next) crc = Crc32cExtend(crc, t.data.data(), t.byte_size());
+  JobStatus copy;
+  {
+    absl::MutexLock lock(&mu_);
+    copy = jobs_[job_id];
+  }
+  *copy.add_rounds() = summary;
+  copy.set_rounds_done(round + 1);
+  RETURN_IF_ERROR(store_->CommitRound(copy, Checkpoint{path, crc, round + 1}));
+  std::error_code ec;
+  if (round >= 1) {  // keep the last two
+    fs::remove(CheckpointPath(job_id, round - 1), ec);
+    fs::remove(MomentsPath(CheckpointPath(job_id, round - 1)), ec);
+  }
+  RemoveSpools(job_id, round);
+  absl::MutexLock lock(&mu_);
+  JobStatus& job = jobs_[job_id];  // only once stored: a failed commit leaves no trace here
+  *job.add_rounds() = summary;
+  job.set_rounds_done(round + 1);
+  global_ = std::make_shared<const TensorList>(std::move(next));
+  metrics_->rounds_completed.Increment();
+  metrics_->round_duration.Observe(absl::ToDoubleSeconds(absl::Now() - round_->opened));
+  Log(absl::StrFormat("job %s round %d committed: %d sites, loss %.4f", job_id, round,
+                      summary.sites_size(), summary.train_loss()));
+  return absl::OkStatus();
+}
+
+Aggregator* Coordinator::MeanAggregator() {
+  absl::MutexLock lock(&mu_);
+  return round_->aggregator.get();  // round_ is replaced only by the scheduler thread
+}
+
+absl::StatusOr<std::unique_ptr<Aggregator>> Coordinator::CombineRobust() {
+  UpdateLayout layout;
+  size_t num_labels;
+  RobustOptions options;
+  std::vector<SpooledUpdate> spooled;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!IsRobust(round_->spec)) return std::unique_ptr<Aggregator>();
+    layout = round_->layout;
+    num_labels = static_cast<size_t>(round_->spec.labels_size());
+    options.rule = round_->spec.aggregation();
+    options.trim_fraction = round_->spec.trim_fraction();
+    spooled = round_->spooled;
+  }
+  // A spool that cannot be read fails the round before anything is applied; the next attempt
+  // re-admits the spools that are still sound (CarryOverUpdates).
+  absl::StatusOr<RobustResult> result = CombineSpools(layout, num_labels, spooled, options);
+  if (!result.ok()) {
+    return Annotate(result.status(), absl::StrCat("robust aggregation (",
+                                                  Aggregation_Name(options.rule), ")"));
+  }
+  ASSIGN_OR_RETURN(Aggregator combined,
+                   Aggregator::FromAverage(std::move(layout), num_labels,
+                                           std::move(result->combined), result->row_covered,
+                                           result->updates));
+  return std::make_unique<Aggregator>(std::move(combined));
+}
+
+std::vector<std::string> Coordinator::EligibleSites(const JobSpec& spec) const {
+  std::vector<std::string> out;
+  for (const auto& [name, site] : sites_) {
+    if (!site.info.connected()) continue;
+    if (!spec.sites().empty() &&
+        std::find(spec.sites().begin(), spec.sites().end(), name) == spec.sites().end()) {
+      continue;
+    }
+    if (!TrainLabels(spec, name).empty()) out.push_back(name);
+  }
+  return out;
+}
+
+std::vector<std::string> Coordinator::TrainLabels(const JobSpec& spec,
+                                                  const std::string& site) const {
+  std::vector<std::string> out;
+  auto it = sites_.find(site);
+  if (it == sites_.end()) return out;
+  for (const std::string& label : spec.labels()) {
+    for (const SiteLabel& have : it->second.info.labels()) {
+      if (have.name() == label) out.push_back(label);
+    }
+  }
+  return out;
+}
+
+}  // namespace fl

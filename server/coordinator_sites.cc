@@ -1,0 +1,471 @@
+// The coordinator's side of the sites' calls: join, task stream, download, upload, report.
+#include "server/coordinator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+
+#include <unistd.h>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "common/status.h"
+#include "common/tensor_stream.h"
+#include "server/coordinator_internal.h"
+#include "server/robust_aggregator.h"
+
+namespace fl {
+
+namespace fs = std::filesystem;
+using coordinator_internal::Log;
+using coordinator_internal::Terminal;
+
+namespace {
+
+double NowSeconds() { return absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()); }
+
+// Sample-weighted mean AUROC per label over the sites' reports, and the mean over labels.
+void PoolMetrics(const std::map<std::string, SiteReport>& reports, RoundSummary& summary) {
+  std::map<std::string, std::pair<double, double>> acc;  // label -> (sum auroc*n, n)
+  std::map<std::string, LabelMetric> counts;
+  for (const auto& [site, report] : reports) {
+    for (const LabelMetric& m : report.test()) {
+      if (std::isnan(m.auroc())) continue;
+      const double n = static_cast<double>(m.positives() + m.negatives());
+      acc[m.label()].first += m.auroc() * n;
+      acc[m.label()].second += n;
+      LabelMetric& c = counts[m.label()];
+      c.set_positives(c.positives() + m.positives());
+      c.set_negatives(c.negatives() + m.negatives());
+    }
+  }
+  summary.clear_test();
+  double mean = 0;
+  for (const auto& [label, sums] : acc) {
+    LabelMetric* m = summary.add_test();
+    *m = counts[label];
+    m->set_label(label);
+    m->set_auroc(sums.first / sums.second);
+    mean += m->auroc();
+  }
+  summary.set_mean_auroc(acc.empty() ? std::nan("") : mean / acc.size());
+}
+
+double MeanAuroc(const google::protobuf::RepeatedPtrField<LabelMetric>& metrics) {
+  double sum = 0;
+  int n = 0;
+  for (const LabelMetric& m : metrics) {
+    if (!std::isnan(m.auroc())) {
+      sum += m.auroc();
+      ++n;
+    }
+  }
+  return n ? sum / n : std::nan("");
+}
+
+SiteReport* SiteEntry(JobStatus& job, const std::string& site) {
+  for (SiteReport& s : *job.mutable_sites()) {
+    if (s.site() == site) return &s;
+  }
+  SiteReport* entry = job.add_sites();
+  entry->set_site(site);
+  return entry;
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------------
+// Sites
+
+absl::StatusOr<JoinResponse> Coordinator::Join(const Identity& who, const JoinRequest& request) {
+  SiteInfo info;
+  {
+    absl::MutexLock lock(&mu_);
+    SiteInfo& site = sites_[who.name].info;
+    site.set_name(who.name);
+    *site.mutable_labels() = request.labels();
+    site.set_num_images(request.num_images());
+    site.set_hardware(request.hardware());
+    site.set_software_version(request.software_version());
+    site.set_last_seen_unix_seconds(NowSeconds());
+    info = site;
+  }
+  RETURN_IF_ERROR(store_->PutSite(info));
+  RETURN_IF_ERROR(store_->Audit(who.name, "join", absl::StrCat(request.num_images(), " images, ",
+                                                               request.labels_size(), " labels")));
+  JoinResponse response;
+  response.set_site_name(who.name);
+  response.set_coordinator_version(FL_VERSION);
+  return response;
+}
+
+absl::Status Coordinator::StreamTasks(const Identity& who,
+                                      const std::function<bool(const Task&)>& send,
+                                      const std::function<bool()>& cancelled) {
+  uint64_t id;
+  {
+    absl::MutexLock lock(&mu_);
+    SiteState& site = sites_[who.name];
+    if (!site.info.connected()) metrics_->sites_connected.Increment();
+    id = site.stream_id = next_stream_id_++;
+    site.info.set_name(who.name);
+    site.info.set_connected(true);
+    // A site that comes back during a round it has not finished (it crashed or lost its
+    // connection after taking the task) gets its task again.
+    const bool owes_task = round_ && round_->assigned.count(who.name) &&
+                           !round_->received.count(who.name) &&
+                           !round_->uploading.count(who.name) &&
+                           !round_->declined.count(who.name) &&
+                           !(round_->evaluate_only && round_->reported.count(who.name));
+    if (owes_task && site.pending.empty()) site.pending.push_back(MakeTask(who.name));
+  }
+  // Wake every second to notice a cancelled stream; send a keepalive every 5 s when idle.
+  absl::Time last_sent = absl::Now();
+  while (true) {
+    Task task;
+    bool have_task = false;
+    {
+      absl::MutexLock lock(&mu_);
+      auto ready = [&] {
+        mu_.AssertHeld();
+        return shutdown_ || sites_[who.name].stream_id != id || !sites_[who.name].pending.empty();
+      };
+      mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(1));
+      SiteState& site = sites_[who.name];
+      if (shutdown_ || site.stream_id != id) break;
+      site.info.set_last_seen_unix_seconds(NowSeconds());
+      if (!site.pending.empty()) {
+        task = site.pending.front();
+        site.pending.erase(site.pending.begin());
+        have_task = true;
+      } else {
+        bool busy = false;
+        for (const auto& [job_id, job] : jobs_) busy |= !Terminal(job.state());
+        task.set_idle(!busy);
+      }
+    }
+    if (!have_task && absl::Now() - last_sent < absl::Seconds(5)) {
+      if (cancelled()) break;
+      continue;
+    }
+    if (cancelled() || !send(task)) {
+      if (have_task) {  // keep it for the site's next stream in this round
+        absl::MutexLock lock(&mu_);
+        auto& pending = sites_[who.name].pending;
+        pending.insert(pending.begin(), task);
+        Log(absl::StrCat("task for ", who.name, " not delivered: stream closed; kept"));
+      }
+      break;
+    }
+    last_sent = absl::Now();
+  }
+  absl::MutexLock lock(&mu_);
+  SiteState& site = sites_[who.name];
+  if (site.stream_id == id) {
+    site.stream_id = 0;
+    site.info.set_connected(false);
+    metrics_->sites_connected.Decrement();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::Decline(const Identity& who, const DeclineRequest& request) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (!round_ || round_->job_id != request.job_id() || round_->round != request.round() ||
+        !round_->assigned.count(who.name)) {
+      return absl::FailedPreconditionError("no such open task for this site");
+    }
+    round_->declined[who.name] = request.reason();
+  }
+  metrics_->declines.Increment();
+  Log(absl::StrCat(who.name, " declined round ", request.round(), " of ", request.job_id(), ": ",
+                   request.reason()));
+  return store_->Audit(who.name, "decline", absl::StrCat(request.job_id(), " round ",
+                                                         request.round(), ": ", request.reason()));
+}
+
+struct Coordinator::TransferSlot {
+  explicit TransferSlot(Coordinator* c) : owner(c) {}
+  ~TransferSlot() {
+    absl::MutexLock lock(&owner->transfer_mu_);
+    --owner->transfers_;
+  }
+  Coordinator* const owner;
+};
+
+absl::StatusOr<std::unique_ptr<Coordinator::TransferSlot>> Coordinator::AcquireTransferSlot(
+    const std::function<bool()>& cancelled) {
+  const uint32_t limit = std::max<uint32_t>(1, config_.max_concurrent_transfers());
+  absl::MutexLock lock(&transfer_mu_);
+  auto ready = [this, limit]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(transfer_mu_) {
+    return transfers_closed_ || transfers_ < limit;
+  };
+  while (!transfer_mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(1))) {
+    if (cancelled()) return absl::CancelledError("the site went away while waiting");
+  }
+  if (transfers_closed_) return absl::UnavailableError("the coordinator is shutting down");
+  ++transfers_;
+  return std::make_unique<TransferSlot>(this);
+}
+
+absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& request,
+                                   const std::function<bool(const TensorChunk&)>& emit,
+                                   const std::function<bool()>& cancelled) {
+  std::shared_ptr<const TensorList> model;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!round_ || round_->job_id != request.job_id() || round_->round != request.round()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "round ", request.round(), " of job ", request.job_id(), " is not open (stale round)"));
+    }
+    if (!round_->assigned.count(who.name)) {
+      return absl::PermissionDeniedError("this site has no task in this round");
+    }
+    model = global_;
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<TransferSlot> slot, AcquireTransferSlot(cancelled));
+  uint64_t bytes = 0;
+  RETURN_IF_ERROR(WriteTensorChunks(*model, config_.chunk_bytes(), [&](const TensorChunk& c) {
+    bytes += c.data().size();
+    return emit(c);
+  }));
+  metrics_->download_bytes.Increment(static_cast<double>(bytes));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity& who,
+                                                                 const UploadHeader& header) {
+  absl::MutexLock lock(&mu_);
+  if (!round_ || round_->evaluate_only || round_->job_id != header.job_id() ||
+      round_->round != header.round()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "round ", header.round(), " of job ", header.job_id(), " is not open (stale round)"));
+  }
+  if (!round_->assigned.count(who.name)) {
+    return absl::PermissionDeniedError("this site has no task in this round");
+  }
+  if (round_->received.count(who.name) || round_->uploading.count(who.name)) {
+    return absl::AlreadyExistsError("an update for this round was already received");
+  }
+  const JobSpec& spec = round_->spec;
+  // A site cannot weigh more than the samples its task allows (twice the nominal count leaves
+  // room for Poisson-sampled batches).
+  const uint64_t max_samples = 2 * uint64_t{spec.local_steps()} * spec.batch_size();
+  if (header.num_samples() == 0 || header.num_samples() > max_samples) {
+    return absl::InvalidArgumentError(absl::StrCat("num_samples ", header.num_samples(),
+                                                   " is outside [1, ", max_samples, "]"));
+  }
+  ASSIGN_OR_RETURN(std::vector<size_t> rows, LabelRows(who.name, header));
+  round_->uploading.insert(who.name);
+  return UploadPlan{round_->layout.shared, std::move(rows), spec.max_update_norm(),
+                    spec.clip_update_norm(), round_->attempt};
+}
+
+absl::StatusOr<double> Coordinator::ReceiveToSpool(
+    const std::function<bool(UploadMessage*)>& next, const std::vector<TensorMeta>& expected,
+    const std::string& spool, uint64_t* bytes) {
+  std::unique_ptr<FILE, int (*)(FILE*)> out(std::fopen(spool.c_str(), "wb"), &std::fclose);
+  if (!out) return absl::UnavailableError(absl::StrCat("cannot write spool file ", spool));
+  ChunkReader reader(expected);
+  double sum_squares = 0;
+  auto sink = [&](size_t, uint64_t, const float* data, size_t n) -> absl::Status {
+    for (size_t i = 0; i < n; ++i) sum_squares += double{data[i]} * data[i];
+    if (std::fwrite(data, sizeof(float), n, out.get()) != n) {
+      return absl::ResourceExhaustedError(
+          absl::StrCat("cannot write spool file ", spool, " (disk full?)"));
+    }
+    return absl::OkStatus();
+  };
+  UploadMessage message;
+  bool trailer = false;
+  while (!trailer && next(&message)) {
+    if (message.has_chunk()) {
+      RETURN_IF_ERROR(reader.Add(message.chunk(), sink));
+    } else if (message.has_trailer()) {
+      trailer = true;
+    } else {
+      return absl::InvalidArgumentError("unexpected message inside an upload");
+    }
+  }
+  if (!trailer) return absl::InvalidArgumentError("upload ended without its trailer (truncated)");
+  RETURN_IF_ERROR(reader.Finish());
+  // Durable before its receipt is written: a restart may fold it again.
+  if (std::fflush(out.get()) != 0 || ::fsync(fileno(out.get())) != 0) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot write spool file ", spool));
+  }
+  *bytes = reader.bytes();
+  metrics_->update_bytes.Increment(static_cast<double>(reader.bytes()));
+  return std::sqrt(sum_squares);
+}
+
+absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
+                                                   const UploadStream& stream) {
+  UploadMessage first;
+  absl::StatusOr<UploadPlan> plan =
+      stream.next(&first) && first.has_header()
+          ? AdmitUpload(who, first.header())
+          : absl::InvalidArgumentError("an upload must start with its header");
+  uint64_t bytes = 0;
+  absl::Status status = plan.status();
+  if (plan.ok()) {
+    const UploadHeader& header = first.header();
+    const std::string spool = SpoolPath(header.job_id(), header.round(), plan->attempt, who.name);
+    // The site sends its chunks only once granted: a waiting upload costs no buffer space.
+    absl::StatusOr<std::unique_ptr<TransferSlot>> slot = AcquireTransferSlot(stream.cancelled);
+    absl::StatusOr<double> norm =
+        !slot.ok()        ? absl::StatusOr<double>(slot.status())
+        : !stream.grant() ? absl::CancelledError("the site went away before its grant")
+                          : ReceiveToSpool(stream.next, plan->expected, spool, &bytes);
+    status = norm.status();
+    if (norm.ok() && plan->max_norm > 0 && *norm > plan->max_norm) {
+      status = absl::InvalidArgumentError(
+          absl::StrCat("update norm ", *norm, " exceeds the job's bound ", plan->max_norm));
+    }
+    if (status.ok()) {
+      const double scale =
+          plan->clip_norm > 0 && *norm > plan->clip_norm ? plan->clip_norm / *norm : 1.0;
+      status = FoldSpool(spool, header, who.name, plan->rows, bytes, scale, plan->attempt);
+    }
+    std::error_code ec;
+    if (!status.ok()) fs::remove(spool, ec);  // a folded update's spool stays until the commit
+    absl::MutexLock lock(&mu_);
+    if (round_ && round_->job_id == header.job_id()) round_->uploading.erase(who.name);
+  }
+  if (absl::IsCancelled(status)) {  // the site left while it waited: nothing was refused
+    Log(absl::StrCat("upload of ", who.name, " abandoned: ", status.message()));
+    return status;
+  }
+  if (!status.ok()) {
+    metrics_->UpdateRejected().Increment();
+    Log(absl::StrCat("refused update from ", who.name, ": ", status.message()));
+    if (absl::Status s = store_->Audit(who.name, "upload-refused", std::string(status.message()));
+        !s.ok()) {
+      Log(absl::StrCat("audit log write failed: ", s.message()));
+    }
+    return status;
+  }
+  metrics_->UpdateAccepted().Increment();
+  UploadResponse response;
+  response.set_bytes_received(bytes);
+  return response;
+}
+
+absl::StatusOr<std::vector<size_t>> Coordinator::LabelRows(const std::string& site,
+                                                           const UploadHeader& header) {
+  const JobSpec& spec = round_->spec;
+  const std::vector<std::string> allowed = TrainLabels(spec, site);
+  std::vector<size_t> rows;
+  for (const std::string& label : header.labels()) {
+    if (std::find(allowed.begin(), allowed.end(), label) == allowed.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("update carries label '", label, "' that this site does not train"));
+    }
+    auto it = std::find(spec.labels().begin(), spec.labels().end(), label);
+    rows.push_back(static_cast<size_t>(it - spec.labels().begin()));
+  }
+  return rows;
+}
+
+absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader& header,
+                                    const std::string& site, const std::vector<size_t>& rows,
+                                    uint64_t bytes, double scale, uint32_t attempt) {
+  // Held while folding: the scheduler takes it too before it replaces round_ (and its
+  // aggregator), so a fold always finishes into the attempt it started in.
+  absl::MutexLock fold_lock(&fold_mu_);
+  Aggregator* aggregator;
+  {
+    absl::MutexLock lock(&mu_);
+    if (!round_ || round_->job_id != header.job_id() || round_->round != header.round()) {
+      return absl::FailedPreconditionError("the round closed before the update completed");
+    }
+    if (round_->attempt != attempt) {
+      return absl::FailedPreconditionError(
+          "the round was retried while the update arrived; the site is asked again");
+    }
+    aggregator = round_->aggregator.get();  // null under a robust rule
+  }
+  // Once folding starts it must finish, so everything that can fail is checked first: the
+  // spool holds exactly the update's bytes, and the receipt (refusing a duplicate) is written.
+  std::error_code ec;
+  if (fs::file_size(path, ec) != bytes || ec) {
+    return absl::InternalError(absl::StrCat("spool file ", path, " does not hold ", bytes,
+                                            " bytes"));
+  }
+  std::unique_ptr<FILE, int (*)(FILE*)> in(std::fopen(path.c_str(), "rb"), &std::fclose);
+  if (!in) return absl::InternalError(absl::StrCat("cannot reread spool file ", path));
+  RETURN_IF_ERROR(store_->AddReceipt(
+      Receipt{header.job_id(), header.round(), attempt, site, header, scale, bytes, path}));
+  if (aggregator != nullptr) {
+    aggregator->BeginUpdate(static_cast<double>(header.num_samples()), rows, scale);
+    if (!FoldFile(aggregator, in.get())) {
+      // An I/O error after the size check: the sum now holds part of an update, so this
+      // round's aggregate must not be applied; the round is run again.
+      absl::MutexLock lock(&mu_);
+      round_->poisoned = true;
+      return absl::DataLossError(absl::StrCat("read error in spool file ", path,
+                                              "; this round will be run again"));
+    }
+    aggregator->EndUpdate();
+  }
+  absl::MutexLock lock(&mu_);
+  // Under a robust rule the spool is only recorded; CloseRound reads it (it stays until commit).
+  if (aggregator == nullptr) round_->spooled.push_back(SpooledUpdate{path, rows, scale, bytes});
+  round_->received.insert(site);
+  round_->loss_sum += header.train_loss() * header.num_samples();
+  round_->weight_sum += header.num_samples();
+  if (header.privacy().epsilon() > 0) {
+    JobStatus& job = jobs_[header.job_id()];
+    *SiteEntry(job, site)->mutable_privacy() = header.privacy();
+    metrics_->site_epsilon.Add({{"job", header.job_id()}, {"site", site}})
+        .Set(header.privacy().epsilon());
+  }
+  return absl::OkStatus();
+}
+
+bool Coordinator::FoldFile(Aggregator* aggregator, FILE* in) const {
+  std::vector<float> buffer(config_.chunk_bytes() / sizeof(float));
+  for (size_t k = 0; k < aggregator->layout().shared.size(); ++k) {
+    const uint64_t numel = aggregator->layout().shared[k].byte_size() / sizeof(float);
+    for (uint64_t offset = 0; offset < numel;) {
+      const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer.size(), numel - offset));
+      if (std::fread(buffer.data(), sizeof(float), n, in) != n) return false;
+      aggregator->Fold(k, offset, buffer.data(), n);
+      offset += n;
+    }
+  }
+  return true;
+}
+
+absl::Status Coordinator::Report(const Identity& who, const MetricsReport& report) {
+  JobStatus copy;
+  {
+    absl::MutexLock lock(&mu_);
+    auto it = jobs_.find(report.job_id());
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", report.job_id()));
+    AttachReport(it->second, who.name, report);
+    if (round_ && round_->job_id == report.job_id() && round_->round == report.round()) {
+      round_->reported.insert(who.name);
+    }
+    copy = it->second;
+  }
+  return store_->PutJob(copy);  // outside the lock: an fsync must not stall every site
+}
+
+
+void Coordinator::AttachReport(JobStatus& job, const std::string& site,
+                               const MetricsReport& report) {
+  SiteReport* entry = SiteEntry(job, site);
+  *entry->mutable_test() = report.test();
+  entry->set_mean_auroc(MeanAuroc(report.test()));
+  // A report for round r evaluates the model that round r - 1 produced.
+  if (report.round() == 0 || report.round() > static_cast<uint32_t>(job.rounds_size())) return;
+  std::map<std::string, SiteReport> by_site;
+  for (const SiteReport& s : job.sites()) by_site[s.site()] = s;
+  RoundSummary& summary = *job.mutable_rounds(static_cast<int>(report.round()) - 1);
+  PoolMetrics(by_site, summary);
+  metrics_->job_mean_auroc.Add({{"job", job.job_id()}}).Set(summary.mean_auroc());
+}
+
+}  // namespace fl
