@@ -18,7 +18,7 @@
 # (sgd only, 0), FL_STUDY_CLIP (1.0), FL_STUDY_EPSILONS ("1 3 8"),
 # FL_STUDY_DELTA (default 1e-4: below 1 / the smallest site's train split),
 # FL_STUDY_PUBLIC_IMAGES (images of the public archive, default 12000; 0: no pretraining, every
-# run starts from the seeded initialisation), FL_STUDY_PRETRAIN_ROUNDS (20).
+# run starts from the seeded initialisation), FL_STUDY_PRETRAIN_ROUNDS (40).
 # The defaults are the best of the settings tried on 2 cores (see README): DP's noise costs less
 # the more images a site has, so the images are many and small.
 set -euo pipefail
@@ -49,7 +49,7 @@ CLIP=${FL_STUDY_CLIP:-1.0}
 EPSILONS=${FL_STUDY_EPSILONS:-1 3 8}
 DELTA=${FL_STUDY_DELTA:-1e-4}
 PUBLIC_IMAGES=${FL_STUDY_PUBLIC_IMAGES:-12000}
-PRETRAIN_ROUNDS=${FL_STUDY_PRETRAIN_ROUNDS:-20}
+PRETRAIN_ROUNDS=${FL_STUDY_PRETRAIN_ROUNDS:-40}
 SITES=(hospital-a hospital-b hospital-c)
 PUBLIC=public-archive
 ALL_SITES=("${SITES[@]}")
