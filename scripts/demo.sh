@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The demo federation: three simulated hospitals with different label sets train one
-# chest-radiograph model over mutual TLS, then each trains alone for comparison.
+# chest-radiograph model over mutual TLS, then each trains alone for comparison. Every model is
+# evaluated at each site on the site's held-out test set (FL_DEMO_TEST_IMAGES images, default 300,
+# drawn apart from its training data), where a few dozen images would make AUROC a coin toss.
 # Installs what is missing, builds, provisions, generates phantom DICOM data, trains, reports.
-# Writes build/demo/summary.json. Environment: FL_DEMO_ROUNDS, FL_DEMO_STEPS, FL_DEMO_SCALE.
+# Writes build/demo/summary.json. Environment: FL_DEMO_ROUNDS, FL_DEMO_STEPS, FL_DEMO_SCALE,
+# FL_DEMO_TEST_IMAGES.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -15,6 +18,8 @@ mkdir -p "$D/logs" "$D/data"
 ROUNDS=${FL_DEMO_ROUNDS:-30}
 STEPS=${FL_DEMO_STEPS:-30}
 SCALE=${FL_DEMO_SCALE:-1}
+TEST_IMAGES=${FL_DEMO_TEST_IMAGES:-300}
+SITES=(hospital-a hospital-b hospital-c)
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 PORT=$(fl_free_port)
@@ -23,18 +28,28 @@ echo "== provisioning the consortium (CA, coordinator, 3 sites, 1 admin)"
 "$BIN/flctl" provision --out "$D/pki" --coordinator-address "127.0.0.1:$PORT" \
   --sites hospital-a,hospital-b,hospital-c --admins operator --data-root "$D/data" > "$D/logs/provision.log"
 
-echo "== generating phantom chest radiographs (DICOM)"
+echo "== generating phantom chest radiographs (DICOM): training data and a held-out test set per site"
 ALL=cardiomegaly,congestion,effusion_right,effusion_left,infiltrate_right,infiltrate_left,atelectasis_right,atelectasis_left
-"$BIN/flctl" phantom --out "$D/data/hospital-a" --count $((600 * SCALE)) --size 128 --seed 11 \
-  --labels "$ALL" --site hospital-a
-"$BIN/flctl" phantom --out "$D/data/hospital-b" --count $((400 * SCALE)) --size 128 --seed 22 \
-  --labels cardiomegaly,effusion_right,effusion_left --contrast 0.8 --noise 0.07 --site hospital-b
-"$BIN/flctl" phantom --out "$D/data/hospital-c" --count $((60 * SCALE)) --size 128 --seed 33 --noise 0.1 \
-  --labels infiltrate_right,infiltrate_left,atelectasis_right,atelectasis_left --contrast 1.2 \
-  --photometric MONOCHROME1 --site hospital-c
+declare -A LABELS=([hospital-a]="$ALL" [hospital-b]="cardiomegaly,effusion_right,effusion_left"
+                   [hospital-c]="infiltrate_right,infiltrate_left,atelectasis_right,atelectasis_left")
+declare -A SCANNER=([hospital-a]="" [hospital-b]="--contrast 0.8 --noise 0.07"
+                    [hospital-c]="--contrast 1.2 --noise 0.1 --photometric MONOCHROME1")
+declare -A COUNT=([hospital-a]=600 [hospital-b]=400 [hospital-c]=60)
+seed=0
+for site in "${SITES[@]}"; do
+  seed=$((seed + 11))
+  # shellcheck disable=SC2086  # SCANNER holds several words on purpose
+  "$BIN/flctl" phantom --out "$D/data/$site" --count $((COUNT[$site] * SCALE)) --size 128 \
+    --seed $seed --labels "${LABELS[$site]}" ${SCANNER[$site]} --site "$site"
+  # shellcheck disable=SC2086
+  "$BIN/flctl" phantom --out "$D/test/$site" --count "$TEST_IMAGES" --size 128 \
+    --seed $((seed + 500)) --labels "${LABELS[$site]}" ${SCANNER[$site]} --site "$site-test" \
+    > "$D/logs/test-$site.log"
+done
 
 echo "== starting fl-coordinator and three fl-client daemons"
-fl_start_daemons "$BIN" "$D" hospital-a hospital-b hospital-c
+fl_start_daemons "$BIN" "$D" "${SITES[@]}"
+
 ADMIN=$D/pki/admins/operator/admin.conf
 
 job_spec() {  # name, labels (comma list), sites (comma list or empty), min sites
@@ -48,18 +63,32 @@ job_spec() {  # name, labels (comma list), sites (comma list or empty), min site
   "$BIN/flctl" job submit --config "$ADMIN" --spec "$D/$1.job"
 }
 FED=$(job_spec federated "$ALL" "" 3)
-A=$(job_spec alone-hospital-a "$ALL" hospital-a 1)
-B=$(job_spec alone-hospital-b cardiomegaly,effusion_right,effusion_left hospital-b 1)
-C=$(job_spec alone-hospital-c infiltrate_right,infiltrate_left,atelectasis_right,atelectasis_left hospital-c 1)
+declare -A ALONE
+for site in "${SITES[@]}"; do ALONE[$site]=$(job_spec "alone-$site" "${LABELS[$site]}" "$site" 1); done
+
+# evaluate MODEL_DIR NAME SITE...: the exported model evaluated at each SITE on its held-out test
+# set, into eval/NAME/SITE.json (only the aggregate report leaves the site).
+evaluate() {
+  local model=$1 name=$2 site
+  shift 2
+  mkdir -p "$D/eval/$name"
+  for site in "$@"; do
+    "$BIN/flctl" evaluate "$model/model.safetensors" --data "$D/test/$site" --json \
+      > "$D/eval/$name/$site.json"
+  done
+}
 
 echo "== federated training: $ROUNDS rounds of $STEPS local steps"
 "$BIN/flctl" job wait "$FED" --config "$ADMIN"
 "$BIN/flctl" job status "$FED" --config "$ADMIN" --json > "$D/federated.json"
 "$BIN/flctl" export "$FED" --config "$ADMIN" --out "$D/model"
-for id in "$A" "$B" "$C"; do
-  echo "== each site alone: $id"
+evaluate "$D/model" federated "${SITES[@]}"
+for site in "${SITES[@]}"; do
+  id=${ALONE[$site]}
+  echo "== $site alone: $id"
   "$BIN/flctl" job wait "$id" --config "$ADMIN" | tail -n 2
-  "$BIN/flctl" job status "$id" --config "$ADMIN" --json > "$D/$id.json"
+  "$BIN/flctl" export "$id" --config "$ADMIN" --out "$D/alone/$site" > /dev/null
+  evaluate "$D/alone/$site" alone "$site"
 done
 "$BIN/flctl" sites --config "$ADMIN" --json > "$D/sites.json"
-/usr/bin/python3 scripts/demo_summary.py "$D" "$D/federated.json" "$D/$A.json" "$D/$B.json" "$D/$C.json"
+/usr/bin/python3 scripts/demo_summary.py "$D" "${SITES[@]}"
