@@ -150,6 +150,17 @@ class CoordinatorTest : public ::testing::Test {
     return core_->Upload(who, {next, [] { return true; }, [] { return false; }});
   }
 
+  // A coordinator with one transfer slot and a one-round job; the two sites' tasks.
+  void OneRoundWithOneTransferSlot(Task* ta, Task* tb) {
+    config_.set_max_concurrent_transfers(1);
+    Restart();
+    JobSpec spec;
+    spec.set_rounds(1);
+    Submit(spec);
+    *ta = a_->Next();
+    *tb = b_->Next();
+  }
+
   // Starts site-a's upload of its task `ta` in a thread and returns once it is granted; it then
   // holds its transfer slot until `go` is notified, and finishes.
   std::thread UploadHoldingTheSlot(const Task& ta, absl::Notification* go) {
@@ -337,13 +348,8 @@ TEST_F(CoordinatorTest, HostileUpdatesRefusedAndAggregateExact) {
 // With one transfer slot, a second upload is checked and then waits without a grant (the site
 // sends nothing more); when its site goes away it ends, and a retry succeeds once the slot frees.
 TEST_F(CoordinatorTest, UploadIsGrantedOnlyWhenATransferSlotIsFree) {
-  config_.set_max_concurrent_transfers(1);
-  Restart();
-  JobSpec spec;
-  spec.set_rounds(1);
-  Submit(spec);
-  Task ta = a_->Next();
-  Task tb = b_->Next();
+  Task ta, tb;
+  OneRoundWithOneTransferSlot(&ta, &tb);
   absl::Notification a_go;
   std::thread a = UploadHoldingTheSlot(ta, &a_go);
 
@@ -375,13 +381,8 @@ TEST_F(CoordinatorTest, UploadIsGrantedOnlyWhenATransferSlotIsFree) {
 }
 
 TEST_F(CoordinatorTest, DownloadWaitingForASlotEndsWhenTheSiteGoesAway) {
-  config_.set_max_concurrent_transfers(1);
-  Restart();
-  JobSpec spec;
-  spec.set_rounds(1);
-  Submit(spec);
-  Task ta = a_->Next();
-  Task tb = b_->Next();
+  Task ta, tb;
+  OneRoundWithOneTransferSlot(&ta, &tb);
   absl::Notification a_go;
   std::thread a = UploadHoldingTheSlot(ta, &a_go);
 
