@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The privacy-utility-fairness study: the same federated job (same sites, data and seed) trained
-# without DP and with DP-SGD at target epsilon 1, 3 and 8. As in the paper, whose network was
-# pretrained on a public chest-radiograph dataset, every run starts from a model pretrained
+# without DP and with DP-SGD at target epsilon 1, 3 and 8. As in published DP work on chest
+# radiographs, which starts from networks pretrained on public data (domain-specific pretraining,
+# e.g. on MIMIC-CXR, comes closest to non-private), every run starts from a model pretrained
 # (non-privately) on public data: here a fourth, public phantom archive from another population
 # and scanner, trained by its own fl-client in a job of its own. Each final model is exported and
 # evaluated by `flctl evaluate` on every site's own held-out test set (generated with another
