@@ -8,6 +8,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/config.h"
+#include "common/file_util.h"
 #include "common/json_lite.h"
 #include "common/status.h"
 #include "server/coordinator_internal.h"
@@ -37,6 +38,7 @@ absl::Status Coordinator::Start() {
   std::error_code ec;
   fs::create_directories(fs::path(config_.state_dir()) / "spool", ec);
   fs::create_directories(fs::path(config_.state_dir()) / "checkpoints", ec);
+  fs::create_directories(fs::path(config_.state_dir()) / "initial", ec);
   if (ec) {
     return absl::FailedPreconditionError(
         absl::StrCat("cannot create state folders under ", config_.state_dir(), ": ", ec.message()));
@@ -80,6 +82,13 @@ absl::StatusOr<JobStatus> Coordinator::SubmitJob(const Identity& who, const JobS
   ASSIGN_OR_RETURN(JobSpec valid, ValidateJobSpecForModel(spec));
   JobStatus job;
   job.set_job_id(NewJobId(valid.name()));
+  if (!valid.initial_model().empty()) {
+    // The job starts from a copy taken now, so that a queued or resumed job does not depend on
+    // the file staying as it was.
+    ASSIGN_OR_RETURN(const std::string bytes, ReadFileToString(valid.initial_model()));
+    RETURN_IF_ERROR(Annotate(WriteFileAtomic(InitialModelPath(job.job_id()), bytes, 0600),
+                             "keeping a copy of initial_model"));
+  }
   *job.mutable_spec() = valid;
   job.set_state(QUEUED);
   RETURN_IF_ERROR(store_->PutJob(job));
@@ -89,6 +98,10 @@ absl::StatusOr<JobStatus> Coordinator::SubmitJob(const Identity& who, const JobS
   job_order_.push_back(job.job_id());
   Log(absl::StrCat(who.name, " submitted job ", job.job_id()));
   return job;
+}
+
+std::string Coordinator::InitialModelPath(const std::string& job_id) const {
+  return (fs::path(config_.state_dir()) / "initial" / (job_id + ".safetensors")).string();
 }
 
 absl::StatusOr<JobSpec> Coordinator::ValidateJobSpecForModel(const JobSpec& spec) {

@@ -165,6 +165,9 @@ class Coordinator {
   std::unique_ptr<RoundState> round_ ABSL_GUARDED_BY(mu_);
   OptimizerMoments moments_;  // only the scheduler thread touches it
 
+  // The copy of a job's initial_model taken at submission, which the job starts from.
+  std::string InitialModelPath(const std::string& job_id) const;
+
   // Waits for one of config.max_concurrent_transfers() transfer slots; the returned guard frees
   // it. Gives up on Shutdown (UNAVAILABLE) or once `cancelled` returns true (CANCELLED; polled
   // every second).

@@ -95,7 +95,9 @@ bool Coordinator::JobCancelled(const std::string& job_id) {
 }
 
 absl::Status Coordinator::PrepareModel(const JobStatus& job) {
-  ASSIGN_OR_RETURN(ModelInit init, init_(job.spec()));
+  JobSpec spec = job.spec();
+  if (!spec.initial_model().empty()) spec.set_initial_model(InitialModelPath(job.job_id()));
+  ASSIGN_OR_RETURN(ModelInit init, init_(spec));
   moments_ = OptimizerMoments{};
   if (job.rounds_done() > 0) {
     ASSIGN_OR_RETURN(Checkpoint checkpoint, store_->LatestCheckpoint(job.job_id()));

@@ -16,12 +16,18 @@
 
 #include "common/file_util.h"
 #include "common/safetensors.h"
+#include "common/status.h"
 
 namespace fl {
 namespace {
 
-// A tiny torch-free "model": a backbone of 4 values and a head of 2 labels x 2 features.
-absl::StatusOr<ModelInit> TinyModel(const JobSpec&) {
+// A tiny torch-free "model": a backbone of 4 values and a head of 2 labels x 2 features, zero
+// or read from the job's initial_model.
+absl::StatusOr<ModelInit> TinyModel(const JobSpec& spec) {
+  if (!spec.initial_model().empty()) {
+    ASSIGN_OR_RETURN(TensorList weights, ReadSafetensors(spec.initial_model()));
+    return ModelInit{std::move(weights), "fc."};
+  }
   return ModelInit{{{"conv.weight", {4}, {0, 0, 0, 0}},
                     {"fc.weight", {2, 2}, {0, 0, 0, 0}},
                     {"fc.bias", {2}, {0, 0}}},
@@ -405,6 +411,25 @@ TEST_F(CoordinatorTest, DownloadWaitingForASlotEndsWhenTheSiteGoesAway) {
   a_go.Notify();
   a.join();
   EXPECT_EQ(Download(b_->who(), tb).size(), 3u);  // the slot is free again
+}
+
+// The job starts from the initial model as it was at submission, even when the file changes or
+// goes away before the job runs.
+TEST_F(CoordinatorTest, JobStartsFromTheInitialModelAsSubmitted) {
+  const std::string path = dir_ + "/pretrained.safetensors";
+  const TensorList pretrained = Update(1.5f, 2.5f, -0.5f);
+  ASSERT_TRUE(WriteSafetensors(path, pretrained).ok());
+  JobSpec spec;
+  spec.set_rounds(1);
+  spec.set_initial_model(path);
+  Submit(spec);
+  ASSERT_TRUE(WriteSafetensors(path, Update(9, 9, 9)).ok());
+  ASSERT_EQ(std::remove(path.c_str()), 0);
+  Restart();  // the job prepares its model again, now without the file
+  Task ta = a_->Next();
+  const TensorList global = Download(a_->who(), ta);
+  ASSERT_EQ(global.size(), pretrained.size());
+  for (size_t i = 0; i < global.size(); ++i) EXPECT_EQ(global[i].data, pretrained[i].data);
 }
 
 TEST_F(CoordinatorTest, NormClippingScalesWithoutChangingWeight) {
