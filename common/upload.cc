@@ -2,6 +2,7 @@
 
 #include <string>
 
+#include <grpcpp/impl/codegen/proto_utils.h>
 #include <grpcpp/impl/rpc_method.h>
 #include <grpcpp/support/sync_stream.h>
 
@@ -16,9 +17,12 @@ namespace {
 // Writes one encoded UploadMessage; false when the stream closed.
 using MessageWriter = std::function<bool(const grpc::ByteBuffer&)>;
 
+// Serialised straight into gRPC's slices, as the generated stub would.
 grpc::ByteBuffer Encode(const UploadMessage& message) {
-  grpc::Slice slice(message.SerializeAsString());
-  return grpc::ByteBuffer(&slice, 1);
+  grpc::ByteBuffer buffer;
+  bool own_buffer = false;
+  grpc::SerializationTraits<UploadMessage>::Serialize(message, &buffer, &own_buffer);
+  return buffer;
 }
 
 void AppendVarint(std::string* out, uint64_t v) {
@@ -70,14 +74,7 @@ grpc::ByteBuffer EncodeChunkMessage(const TensorChunk& chunk, const char* data, 
                                     std::shared_ptr<const void> owner) {
   constexpr char kChunkTag = (2 << 3) | 2;  // UploadMessage.chunk, length-delimited
   constexpr char kDataTag = (4 << 3) | 2;   // TensorChunk.data, length-delimited
-  std::string fields;
-  if (chunk.data().empty()) {
-    chunk.AppendToString(&fields);
-  } else {
-    TensorChunk without_data = chunk;
-    without_data.clear_data();
-    without_data.AppendToString(&fields);
-  }
+  std::string fields = chunk.SerializeAsString();
   fields.push_back(kDataTag);  // the last field; protobuf parsers take fields in any order
   AppendVarint(&fields, n);
   std::string prefix(1, kChunkTag);

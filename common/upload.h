@@ -35,7 +35,8 @@ absl::StatusOr<UploadResponse> SendUpload(grpc::ChannelInterface& channel,
 
 // UploadMessage{chunk: `chunk` with data [data, data + n)} in the protobuf wire format, as
 // gRPC's message buffer: the encoded fields, then the data itself, referenced, not copied
-// (`owner` keeps it alive as long as gRPC holds the buffer). `chunk`'s own data is ignored.
+// (`owner` keeps it alive as long as gRPC holds the buffer). REQUIRES: `chunk` has no data of
+// its own (as ForEachTensorChunk yields it).
 grpc::ByteBuffer EncodeChunkMessage(const TensorChunk& chunk, const char* data, size_t n,
                                     std::shared_ptr<const void> owner);
 
