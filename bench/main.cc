@@ -12,7 +12,7 @@ constexpr char kUsage[] =
     "usage: fl-bench NAME [flags]\n"
     "  aggregate [--mib 64] [--sites 20]       FedAvg "
     "fold vs memcpy; peak memory over sites\n"
-    "  transfer [--mib 64] [--chunk_kib 1024]  gRPC "
+    "  transfer [--mib 64] [--chunk_kib 256]   gRPC "
     "mutual-TLS upload vs a plain TLS socket\n"
     "  dp [--size 128] [--batch 32] [--model resnet18] [--steps 5]\n"
     "                                          non-private vs DP-SGD step; peak memory\n"

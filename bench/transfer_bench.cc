@@ -2,6 +2,8 @@
 // against a plain OpenSSL TLS 1.3 socket moving the same bytes on the same
 // loopback in the same run.
 #include <grpcpp/grpcpp.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
@@ -23,15 +25,16 @@ namespace fl::bench {
 namespace {
 
 constexpr int kRepetitions = 3;
-constexpr int kSessions = 3;
+constexpr int kSessions = 5;
 
-// Upload only: reads a whole upload and, if `validate`, checks every chunk as
-// the coordinator does (order, shapes, finiteness, CRC-32C); the data itself is
-// dropped.
+// The header's job_id of uploads the server does not validate.
+constexpr char kUncheckedJob[] = "unchecked";
+
+// Upload only: reads a whole upload and, unless its job_id is kUncheckedJob, checks every chunk
+// as the coordinator does (order, shapes, finiteness, CRC-32C); the data itself is dropped.
 class UploadOnlyService final : public Federation::Service {
  public:
-  UploadOnlyService(std::vector<TensorMeta> metas, bool validate)
-      : metas_(std::move(metas)), validate_(validate) {}
+  explicit UploadOnlyService(std::vector<TensorMeta> metas) : metas_(std::move(metas)) {}
 
   grpc::Status Upload(grpc::ServerContext *,
                       grpc::ServerReaderWriter<UploadReply, UploadMessage> *stream) override {
@@ -48,6 +51,7 @@ class UploadOnlyService final : public Federation::Service {
     if (!reader.Read(&message) || !message.has_header()) {
       return absl::InvalidArgumentError("upload must start with a header");
     }
+    const bool validate = message.header().job_id() != kUncheckedJob;
     UploadReply grant;
     grant.mutable_grant();
     if (!reader.Write(grant)) return absl::CancelledError("the client went away");
@@ -58,7 +62,7 @@ class UploadOnlyService final : public Federation::Service {
     bool trailer = false;
     uint64_t unchecked_bytes = 0;
     while (reader.Read(&message)) {
-      if (message.has_chunk() && !validate_) {
+      if (message.has_chunk() && !validate) {
         unchecked_bytes += message.chunk().data().size();
       } else if (message.has_chunk()) {
         RETURN_IF_ERROR(chunks.Add(message.chunk(), drop));
@@ -67,7 +71,7 @@ class UploadOnlyService final : public Federation::Service {
       }
     }
     if (!trailer) return absl::InvalidArgumentError("upload ended without a trailer");
-    if (!validate_) {
+    if (!validate) {
       response.set_bytes_received(unchecked_bytes);
       return absl::OkStatus();
     }
@@ -77,7 +81,6 @@ class UploadOnlyService final : public Federation::Service {
   }
 
   const std::vector<TensorMeta> metas_;
-  const bool validate_;
 };
 
 struct Pki {
@@ -108,18 +111,17 @@ enum class SendPath {
 // One upload of `update`: header, chunks of `chunk_bytes`, trailer; checks that
 // the server got every byte.
 absl::Status UploadOnce(grpc::Channel &channel, const std::shared_ptr<const TensorList> &update,
-                        uint64_t bytes, size_t chunk_bytes, SendPath path) {
+                        uint64_t bytes, size_t chunk_bytes, bool validate, SendPath path) {
   UploadHeader header;
-  header.set_job_id("bench");
+  header.set_job_id(validate ? "bench" : kUncheckedJob);
   header.set_num_samples(100);
   header.set_num_tensors(static_cast<uint32_t>(update->size()));
   grpc::ClientContext context;
   absl::StatusOr<UploadResponse> response =
-      path == SendPath::kBorrowed
-          ? SendUpload(channel, context, header, update, chunk_bytes)
-          : SendUpload(channel, context, header, [&](const auto &emit) {
-              return WriteTensorChunks(*update, chunk_bytes, emit);
-            });
+      path == SendPath::kBorrowed ? SendUpload(channel, context, header, update, chunk_bytes)
+                                  : SendUpload(channel, context, header, [&](const auto &emit) {
+                                      return WriteTensorChunks(*update, chunk_bytes, emit);
+                                    });
   RETURN_IF_ERROR(response.status());
   if (response->bytes_received() != bytes) {
     return absl::InternalError(
@@ -128,39 +130,96 @@ absl::Status UploadOnce(grpc::Channel &channel, const std::shared_ptr<const Tens
   return absl::OkStatus();
 }
 
-// Best-of time for one upload (chunks validated by the server if `validate`)
-// over a connected mutual-TLS channel to an in-process server.
-absl::StatusOr<double> TimeGrpc(const Pki &pki, const std::vector<TensorMeta> &metas,
+// The upload server runs in a child process, as the coordinator does: in one process gRPC's
+// client and server would share pollers and threads, which a deployment never does.
+class ServerProcess {
+ public:
+  // Forks the server; must be called before this process first uses gRPC.
+  static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
+      const Pki &pki, const std::vector<TensorMeta> &metas) {
+    int port_pipe[2], stop_pipe[2];
+    if (pipe(port_pipe) != 0) return absl::InternalError("pipe failed");
+    if (pipe(stop_pipe) != 0) {
+      close(port_pipe[0]);
+      close(port_pipe[1]);
+      return absl::InternalError("pipe failed");
+    }
+    std::fflush(nullptr);
+    const pid_t pid = fork();
+    if (pid < 0) return absl::InternalError("fork failed");
+    if (pid == 0) {
+      close(port_pipe[0]);
+      close(stop_pipe[1]);
+      _exit(Serve(pki, metas, port_pipe[1], stop_pipe[0]));
+    }
+    close(port_pipe[1]);
+    close(stop_pipe[0]);
+    auto process = std::unique_ptr<ServerProcess>(new ServerProcess(pid, stop_pipe[1]));
+    int port = 0;
+    const bool got = read(port_pipe[0], &port, sizeof port) == sizeof port && port > 0;
+    close(port_pipe[0]);
+    if (!got) return absl::InternalError("the gRPC server process did not start");
+    process->port_ = port;
+    return process;
+  }
+  ~ServerProcess() {
+    close(stop_fd_);  // the child shuts down when it reads end of file
+    waitpid(pid_, nullptr, 0);
+  }
+  int port() const { return port_; }
+
+ private:
+  ServerProcess(pid_t pid, int stop_fd) : pid_(pid), stop_fd_(stop_fd) {}
+
+  // The child: serves uploads until `stop_fd` closes.
+  static int Serve(const Pki &pki, const std::vector<TensorMeta> &metas, int port_fd, int stop_fd) {
+    UploadOnlyService service(metas);
+    grpc::ServerBuilder builder;
+    int port = 0;
+    builder.AddListeningPort("127.0.0.1:0", MakeServerCredentials(pki.coordinator), &port);
+    ConfigureServerBuilder(builder);  // the coordinator's transport settings
+    builder.RegisterService(&service);
+    std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
+    if (server == nullptr) port = 0;
+    if (write(port_fd, &port, sizeof port) != sizeof port || port == 0) return 1;
+    char byte;
+    while (read(stop_fd, &byte, 1) > 0) {
+    }
+    server->Shutdown();
+    return 0;
+  }
+
+  const pid_t pid_;
+  const int stop_fd_;
+  int port_ = 0;
+};
+
+// Best-of time for one upload over a connected mutual-TLS channel to the server process; the
+// server validates the chunks unless the header's job_id is kUncheckedJob.
+absl::StatusOr<double> TimeGrpc(const Pki &pki, int port,
                                 const std::shared_ptr<const TensorList> &update, uint64_t bytes,
                                 size_t chunk_bytes, bool validate, SendPath path) {
-  UploadOnlyService service(metas, validate);
-  grpc::ServerBuilder builder;
-  int port = 0;
-  builder.AddListeningPort("127.0.0.1:0", MakeServerCredentials(pki.coordinator), &port);
-  ConfigureServerBuilder(builder);  // the coordinator's transport settings
-  builder.RegisterService(&service);
-  std::unique_ptr<grpc::Server> server = builder.BuildAndStart();
-  if (server == nullptr || port == 0) return absl::InternalError("gRPC server did not start");
   auto channel = MakeChannel(absl::StrCat("127.0.0.1:", port), "localhost", pki.site);
-  absl::StatusOr<double> best = absl::UnavailableError("mutual TLS channel did not connect");
-  if (channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
-    best = BestOf(kRepetitions,
-                  [&] { return UploadOnce(*channel, update, bytes, chunk_bytes, path); });
+  if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
+    return absl::UnavailableError("mutual TLS channel did not connect");
   }
-  server->Shutdown();
-  return best;
+  return BestOf(kRepetitions,
+                [&] { return UploadOnce(*channel, update, bytes, chunk_bytes, validate, path); });
 }
 
 }  // namespace
 
 absl::Status RunTransferBench(const std::vector<std::string> &args) {
-  ASSIGN_OR_RETURN(const std::vector<int64_t> flags,
-                   ParseIntFlags(args, {{"mib", 64}, {"chunk_kib", static_cast<int64_t>(kUploadChunkBytes >> 10)}}));
+  ASSIGN_OR_RETURN(
+      const std::vector<int64_t> flags,
+      ParseIntFlags(args,
+                    {{"mib", 64}, {"chunk_kib", static_cast<int64_t>(kUploadChunkBytes >> 10)}}));
   const size_t chunk_bytes = static_cast<size_t>(flags[1]) * 1024;
   const std::vector<TensorMeta> metas = BenchModelMetas(flags[0]);
   const uint64_t bytes = static_cast<uint64_t>(flags[0]) * kMib;
-  const auto update = std::make_shared<const TensorList>(MakeBenchTensors(metas, 1));
   ASSIGN_OR_RETURN(const Pki pki, MakePki());
+  ASSIGN_OR_RETURN(const std::unique_ptr<ServerProcess> server, ServerProcess::Start(pki, metas));
+  const auto update = std::make_shared<const TensorList>(MakeBenchTensors(metas, 1));
   std::printf("update: %lld MiB in %lld KiB chunks, loopback, best of %d x %d, interleaved\n",
               static_cast<long long>(flags[0]), static_cast<long long>(flags[1]), kSessions,
               kRepetitions);
@@ -170,26 +229,29 @@ absl::Status RunTransferBench(const std::vector<std::string> &args) {
   double borrowed_s = 1e30, copied_s = 1e30, unchecked_s = 1e30, tls_s = 1e30;
   TlsSocketResult tls;
   for (int session = 0; session < kSessions; ++session) {
-    ASSIGN_OR_RETURN(double t, TimeGrpc(pki, metas, update, bytes, chunk_bytes, true,
+    ASSIGN_OR_RETURN(double t, TimeGrpc(pki, server->port(), update, bytes, chunk_bytes, true,
                                         SendPath::kBorrowed));
     borrowed_s = std::min(borrowed_s, t);
-    ASSIGN_OR_RETURN(t, TimeGrpc(pki, metas, update, bytes, chunk_bytes, true, SendPath::kCopied));
+    ASSIGN_OR_RETURN(
+        t, TimeGrpc(pki, server->port(), update, bytes, chunk_bytes, true, SendPath::kCopied));
     copied_s = std::min(copied_s, t);
-    ASSIGN_OR_RETURN(t, TimeGrpc(pki, metas, update, bytes, chunk_bytes, false,
-                                 SendPath::kBorrowed));
+    ASSIGN_OR_RETURN(
+        t, TimeGrpc(pki, server->port(), update, bytes, chunk_bytes, false, SendPath::kBorrowed));
     unchecked_s = std::min(unchecked_s, t);
-    ASSIGN_OR_RETURN(tls, TimeTlsSocket(pki.coordinator, pki.site, *update, chunk_bytes,
-                                        kRepetitions));
+    ASSIGN_OR_RETURN(tls,
+                     TimeTlsSocket(pki.coordinator, pki.site, *update, chunk_bytes, kRepetitions));
     tls_s = std::min(tls_s, tls.seconds);
   }
   const double grpc_mib_s = MibPerSecond(bytes, borrowed_s);
   const double tls_mib_s = MibPerSecond(bytes, tls_s);
   std::printf("gRPC mutual TLS Upload as fl-client sends it, validated:  %8.1f MiB/s\n",
               grpc_mib_s);
-  std::printf("  the same with chunks copied into protobufs first:         %8.1f MiB/s (reference)\n",
-              MibPerSecond(bytes, copied_s));
-  std::printf("  the same without the server's chunk validation:           %8.1f MiB/s (reference)\n",
-              MibPerSecond(bytes, unchecked_s));
+  std::printf(
+      "  the same with chunks copied into protobufs first:         %8.1f MiB/s (reference)\n",
+      MibPerSecond(bytes, copied_s));
+  std::printf(
+      "  the same without the server's chunk validation:           %8.1f MiB/s (reference)\n",
+      MibPerSecond(bytes, unchecked_s));
   std::printf("plain OpenSSL mutual TLS socket (%s, %s): %8.1f MiB/s\n", tls.version.c_str(),
               tls.cipher.c_str(), tls_mib_s);
   PrintKeyValues({{"transfer_ratio", grpc_mib_s / tls_mib_s},
