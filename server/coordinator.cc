@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "common/config.h"
 #include "common/file_util.h"
 #include "common/json_lite.h"
@@ -57,6 +58,11 @@ absl::Status Coordinator::Start() {
       site.set_connected(false);
       sites_[site.name()].info = std::move(site);
     }
+    // Copies of initial models left by jobs that ended, or by a submission cut short.
+    for (const auto& entry : fs::directory_iterator(fs::path(config_.state_dir()) / "initial", ec)) {
+      auto job = jobs_.find(entry.path().stem().string());
+      if (job == jobs_.end() || Terminal(job->second.state())) fs::remove(entry.path(), ec);
+    }
   }
   scheduler_ = std::thread([this] { SchedulerLoop(); });
   return absl::OkStatus();
@@ -79,19 +85,15 @@ void Coordinator::Shutdown() {
 // Admin
 
 absl::StatusOr<JobStatus> Coordinator::SubmitJob(const Identity& who, const JobSpec& spec) {
-  ASSIGN_OR_RETURN(JobSpec valid, ValidateJobSpecForModel(spec));
   JobStatus job;
-  job.set_job_id(NewJobId(valid.name()));
-  if (!valid.initial_model().empty()) {
-    // The job starts from a copy taken now, so that a queued or resumed job does not depend on
-    // the file staying as it was.
-    ASSIGN_OR_RETURN(const std::string bytes, ReadFileToString(valid.initial_model()));
-    RETURN_IF_ERROR(Annotate(WriteFileAtomic(InitialModelPath(job.job_id()), bytes, 0600),
-                             "keeping a copy of initial_model"));
-  }
+  job.set_job_id(NewJobId(spec.name()));
+  ASSIGN_OR_RETURN(JobSpec valid, ValidateJobSpecForModel(spec, InitialModelPath(job.job_id())));
   *job.mutable_spec() = valid;
   job.set_state(QUEUED);
-  RETURN_IF_ERROR(store_->PutJob(job));
+  if (absl::Status stored = store_->PutJob(job); !stored.ok()) {
+    RemoveInitialModel(job.job_id());
+    return stored;
+  }
   RETURN_IF_ERROR(store_->Audit(who.name, "submit-job", job.job_id()));
   absl::MutexLock lock(&mu_);
   jobs_[job.job_id()] = job;
@@ -104,10 +106,35 @@ std::string Coordinator::InitialModelPath(const std::string& job_id) const {
   return (fs::path(config_.state_dir()) / "initial" / (job_id + ".safetensors")).string();
 }
 
-absl::StatusOr<JobSpec> Coordinator::ValidateJobSpecForModel(const JobSpec& spec) {
+void Coordinator::RemoveInitialModel(const std::string& job_id) {
+  std::error_code ec;
+  if (!fs::remove(InitialModelPath(job_id), ec) && ec) {
+    Log(absl::StrCat("cannot remove ", InitialModelPath(job_id), ": ", ec.message()));
+  }
+}
+
+absl::StatusOr<JobSpec> Coordinator::ValidateJobSpecForModel(const JobSpec& spec,
+                                                             const std::string& initial_copy) {
   ASSIGN_OR_RETURN(JobSpec valid, ValidateJobSpec(spec));
   // Building the model once checks the name and the sizes before the job is queued.
-  RETURN_IF_ERROR(init_(valid).status());
+  if (valid.initial_model().empty()) {
+    RETURN_IF_ERROR(init_(valid).status());
+    return valid;
+  }
+  // The file is read once: the copy is what is checked and what the job starts from.
+  absl::StatusOr<std::string> bytes = ReadFileToString(valid.initial_model());
+  if (!bytes.ok()) return Annotate(bytes.status(), "initial_model");
+  RETURN_IF_ERROR(
+      Annotate(WriteFileAtomic(initial_copy, *bytes, 0600), "keeping a copy of initial_model"));
+  JobSpec from_copy = valid;
+  from_copy.set_initial_model(initial_copy);
+  if (absl::Status built = init_(from_copy).status(); !built.ok()) {
+    std::error_code ec;
+    fs::remove(initial_copy, ec);
+    // Messages name the file as submitted, not the copy.
+    return absl::Status(built.code(), absl::StrReplaceAll(built.message(),
+                                                          {{initial_copy, valid.initial_model()}}));
+  }
   return valid;
 }
 
@@ -139,6 +166,7 @@ absl::StatusOr<JobStatus> Coordinator::CancelJob(const Identity& who, const std:
     copy = it->second;
   }
   RETURN_IF_ERROR(store_->PutJob(copy));
+  RemoveInitialModel(job_id);
   RETURN_IF_ERROR(store_->Audit(who.name, "cancel-job", job_id));
   return copy;
 }

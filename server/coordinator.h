@@ -85,7 +85,11 @@ class Coordinator {
   };
   struct RoundState;
 
-  absl::StatusOr<JobSpec> ValidateJobSpecForModel(const JobSpec& spec);
+  // Validates `spec` and builds its model once. A job's initial_model is copied to
+  // `initial_copy` (InitialModelPath), and the model is built from the copy; on error no copy is
+  // left.
+  absl::StatusOr<JobSpec> ValidateJobSpecForModel(const JobSpec& spec,
+                                                  const std::string& initial_copy);
   void SchedulerLoop();
   absl::Status RunJob(const std::string& job_id);
   absl::Status PrepareModel(const JobStatus& job);
@@ -165,8 +169,10 @@ class Coordinator {
   std::unique_ptr<RoundState> round_ ABSL_GUARDED_BY(mu_);
   OptimizerMoments moments_;  // only the scheduler thread touches it
 
-  // The copy of a job's initial_model taken at submission, which the job starts from.
+  // The copy of a job's initial_model taken at submission, which the job starts from; removed
+  // when the job ends (and at start-up for jobs that ended or were never stored).
   std::string InitialModelPath(const std::string& job_id) const;
+  void RemoveInitialModel(const std::string& job_id);
 
   // Waits for one of config.max_concurrent_transfers() transfer slots; the returned guard frees
   // it. Gives up on Shutdown (UNAVAILABLE) or once `cancelled` returns true (CANCELLED; polled

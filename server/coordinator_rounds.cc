@@ -73,6 +73,8 @@ void Coordinator::SchedulerLoop() {
                      status.ok() ? "" : status.message()));
     if (absl::Status s = store_->PutJob(job); !s.ok()) {
       Log(absl::StrCat("cannot record the end of job ", job_id, ": ", s.message()));
+    } else {
+      RemoveInitialModel(job_id);  // a stored ending is never resumed
     }
   }
 }

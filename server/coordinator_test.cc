@@ -21,6 +21,8 @@
 namespace fl {
 namespace {
 
+namespace fs = std::filesystem;
+
 // A tiny torch-free "model": a backbone of 4 values and a head of 2 labels x 2 features, zero
 // or read from the job's initial_model.
 absl::StatusOr<ModelInit> TinyModel(const JobSpec& spec) {
@@ -106,6 +108,13 @@ class CoordinatorTest : public ::testing::Test {
   }
 
   std::string Submit(JobSpec spec) {
+    auto job = core_->SubmitJob({"op", Role::kAdmin}, Filled(std::move(spec)));
+    EXPECT_TRUE(job.ok()) << job.status();
+    return job->job_id();
+  }
+
+  // `spec` with the test's model, labels and defaults.
+  static JobSpec Filled(JobSpec spec) {
     spec.set_name("t");
     spec.set_model("tiny");
     spec.add_labels("a");
@@ -115,9 +124,7 @@ class CoordinatorTest : public ::testing::Test {
     spec.set_batch_size(10);
     if (spec.round_deadline_seconds() == 0) spec.set_round_deadline_seconds(30);
     spec.set_start_timeout_seconds(20);
-    auto job = core_->SubmitJob({"op", Role::kAdmin}, spec);
-    EXPECT_TRUE(job.ok()) << job.status();
-    return job->job_id();
+    return spec;
   }
 
   // Header + chunks of `update` + trailer.
@@ -430,6 +437,51 @@ TEST_F(CoordinatorTest, JobStartsFromTheInitialModelAsSubmitted) {
   const TensorList global = Download(a_->who(), ta);
   ASSERT_EQ(global.size(), pretrained.size());
   for (size_t i = 0; i < global.size(); ++i) EXPECT_EQ(global[i].data, pretrained[i].data);
+}
+
+// The copy of an initial model lives as long as its job: a refused submission leaves none and
+// names the submitted file; a cancelled or failed job's copy is removed; a restart removes
+// strays and keeps the copies of jobs still to run.
+TEST_F(CoordinatorTest, InitialModelCopiesLiveAsLongAsTheirJob) {
+  ConnectSites();
+  const fs::path copies_dir = fs::path(dir_) / "initial";
+  const auto copies = [&] {
+    std::vector<std::string> names;
+    for (const auto& entry : fs::directory_iterator(copies_dir)) {
+      names.push_back(entry.path().filename().string());
+    }
+    return names;
+  };
+  const std::string bad = dir_ + "/bad.safetensors";
+  ASSERT_TRUE(WriteFileAtomic(bad, "not a model", 0600).ok());
+  JobSpec spec;
+  spec.set_rounds(1);
+  spec.set_initial_model(bad);
+  absl::StatusOr<JobStatus> refused = core_->SubmitJob({"op", Role::kAdmin}, Filled(spec));
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.status().message().find(bad), std::string::npos) << refused.status();
+  EXPECT_EQ(refused.status().message().find(copies_dir.string()), std::string::npos);
+  EXPECT_TRUE(copies().empty());
+
+  const std::string good = dir_ + "/pretrained.safetensors";
+  ASSERT_TRUE(WriteSafetensors(good, Update(1, 2, 3)).ok());
+  spec.set_initial_model(good);
+  const std::string cancelled = Submit(spec);
+  EXPECT_EQ(copies(), std::vector<std::string>{cancelled + ".safetensors"});
+  ASSERT_TRUE(core_->CancelJob({"op", Role::kAdmin}, cancelled).ok());
+  EXPECT_TRUE(copies().empty());
+
+  spec.set_round_deadline_seconds(1);  // nobody uploads: the job fails after three attempts
+  const std::string failed = Submit(spec);
+  WaitForState(failed, FAILED);
+  EXPECT_TRUE(copies().empty());
+
+  const std::string queued = Submit(spec);
+  for (const std::string& stray : {std::string("gone-00000000"), cancelled}) {
+    ASSERT_TRUE(WriteFileAtomic((copies_dir / (stray + ".safetensors")).string(), "x", 0600).ok());
+  }
+  Restart();
+  EXPECT_EQ(copies(), std::vector<std::string>{queued + ".safetensors"});
 }
 
 TEST_F(CoordinatorTest, NormClippingScalesWithoutChangingWeight) {
