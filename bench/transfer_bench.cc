@@ -15,6 +15,7 @@
 #include "bench/benches.h"
 #include "bench/tls_socket.h"
 #include "common/grpc_status.h"
+#include "common/memory.h"
 #include "common/status.h"
 #include "common/tls.h"
 #include "common/upload.h"
@@ -30,11 +31,20 @@ constexpr int kSessions = 5;
 // The header's job_id of uploads the server does not validate.
 constexpr char kUncheckedJob[] = "unchecked";
 
-// Upload only: reads a whole upload and, unless its job_id is kUncheckedJob, checks every chunk
-// as the coordinator does (order, shapes, finiteness, CRC-32C); the data itself is dropped.
-class UploadOnlyService final : public Federation::Service {
+// The coordinator's transfers without a job around them. Upload reads a whole upload and,
+// unless its job_id is kUncheckedJob, checks every chunk as the coordinator does (order, shapes,
+// finiteness, CRC-32C); the data itself is dropped. Download streams `model` as the
+// coordinator streams a global model (FederationService::Download).
+class TransferService final : public Federation::Service {
  public:
-  explicit UploadOnlyService(std::vector<TensorMeta> metas) : metas_(std::move(metas)) {}
+  TransferService(std::vector<TensorMeta> metas, TensorList model)
+      : metas_(std::move(metas)), model_(std::move(model)) {}
+
+  grpc::Status Download(grpc::ServerContext *, const DownloadRequest *,
+                        grpc::ServerWriter<TensorChunk> *writer) override {
+    return ToGrpcStatus(WriteTensorChunks(model_, kDefaultChunkBytes,
+                                          [&](const TensorChunk &c) { return writer->Write(c); }));
+  }
 
   grpc::Status Upload(grpc::ServerContext *,
                       grpc::ServerReaderWriter<UploadReply, UploadMessage> *stream) override {
@@ -81,6 +91,7 @@ class UploadOnlyService final : public Federation::Service {
   }
 
   const std::vector<TensorMeta> metas_;
+  const TensorList model_;
 };
 
 struct Pki {
@@ -130,7 +141,7 @@ absl::Status UploadOnce(grpc::Channel &channel, const std::shared_ptr<const Tens
   return absl::OkStatus();
 }
 
-// The upload server runs in a child process, as the coordinator does: in one process gRPC's
+// The server runs in a child process, as the coordinator does: in one process gRPC's
 // client and server would share pollers and threads, which a deployment never does.
 class ServerProcess {
  public:
@@ -171,9 +182,9 @@ class ServerProcess {
  private:
   ServerProcess(pid_t pid, int stop_fd) : pid_(pid), stop_fd_(stop_fd) {}
 
-  // The child: serves uploads until `stop_fd` closes.
+  // The child: serves transfers until `stop_fd` closes.
   static int Serve(const Pki &pki, const std::vector<TensorMeta> &metas, int port_fd, int stop_fd) {
-    UploadOnlyService service(metas);
+    TransferService service(metas, MakeBenchTensors(metas, 2));
     grpc::ServerBuilder builder;
     int port = 0;
     builder.AddListeningPort("127.0.0.1:0", MakeServerCredentials(pki.coordinator), &port);
@@ -207,6 +218,28 @@ absl::StatusOr<double> TimeGrpc(const Pki &pki, int port,
                 [&] { return UploadOnce(*channel, update, bytes, chunk_bytes, validate, path); });
 }
 
+// Best-of time for one download of the server's model as fl-client receives it (every chunk
+// checked and assembled into tensors).
+absl::StatusOr<double> TimeDownload(const Pki &pki, int port, uint64_t bytes) {
+  auto channel = MakeChannel(absl::StrCat("127.0.0.1:", port), "localhost", pki.site);
+  std::unique_ptr<Federation::Stub> stub = Federation::NewStub(channel);
+  return BestOf(kRepetitions, [&]() -> absl::Status {
+    grpc::ClientContext context;
+    DownloadRequest request;
+    std::unique_ptr<grpc::ClientReader<TensorChunk>> reader = stub->Download(&context, request);
+    absl::StatusOr<TensorList> model =
+        ReadTensors([&](TensorChunk *chunk) { return reader->Read(chunk); }, std::nullopt);
+    RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
+    RETURN_IF_ERROR(model.status());
+    uint64_t received = 0;
+    for (const NamedTensor &t : *model) received += t.data.size() * sizeof(float);
+    if (received != bytes) {
+      return absl::InternalError(absl::StrCat("downloaded ", received, " bytes of ", bytes));
+    }
+    return absl::OkStatus();
+  });
+}
+
 }  // namespace
 
 absl::Status RunTransferBench(const std::vector<std::string> &args) {
@@ -219,6 +252,7 @@ absl::Status RunTransferBench(const std::vector<std::string> &args) {
   const uint64_t bytes = static_cast<uint64_t>(flags[0]) * kMib;
   ASSIGN_OR_RETURN(const Pki pki, MakePki());
   ASSIGN_OR_RETURN(const std::unique_ptr<ServerProcess> server, ServerProcess::Start(pki, metas));
+  RetainFreedMemory();  // as fl-client does; the server process frees as the coordinator does
   const auto update = std::make_shared<const TensorList>(MakeBenchTensors(metas, 1));
   std::printf("update: %lld MiB in %lld KiB chunks, loopback, best of %d x %d, interleaved\n",
               static_cast<long long>(flags[0]), static_cast<long long>(flags[1]), kSessions,
@@ -226,7 +260,7 @@ absl::Status RunTransferBench(const std::vector<std::string> &args) {
 
   // The machine is shared: each way is timed in every session, so that a noisy spell does
   // not fall on one of them only; each keeps its best time.
-  double borrowed_s = 1e30, copied_s = 1e30, unchecked_s = 1e30, tls_s = 1e30;
+  double borrowed_s = 1e30, copied_s = 1e30, unchecked_s = 1e30, tls_s = 1e30, download_s = 1e30;
   TlsSocketResult tls;
   for (int session = 0; session < kSessions; ++session) {
     ASSIGN_OR_RETURN(double t, TimeGrpc(pki, server->port(), update, bytes, chunk_bytes, true,
@@ -238,6 +272,8 @@ absl::Status RunTransferBench(const std::vector<std::string> &args) {
     ASSIGN_OR_RETURN(
         t, TimeGrpc(pki, server->port(), update, bytes, chunk_bytes, false, SendPath::kBorrowed));
     unchecked_s = std::min(unchecked_s, t);
+    ASSIGN_OR_RETURN(t, TimeDownload(pki, server->port(), bytes));
+    download_s = std::min(download_s, t);
     ASSIGN_OR_RETURN(tls,
                      TimeTlsSocket(pki.coordinator, pki.site, *update, chunk_bytes, kRepetitions));
     tls_s = std::min(tls_s, tls.seconds);
@@ -254,6 +290,10 @@ absl::Status RunTransferBench(const std::vector<std::string> &args) {
       MibPerSecond(bytes, unchecked_s));
   std::printf("plain OpenSSL mutual TLS socket (%s, %s): %8.1f MiB/s\n", tls.version.c_str(),
               tls.cipher.c_str(), tls_mib_s);
+  std::printf(
+      "gRPC mutual TLS Download as fl-client receives it (%zu KiB chunks): %6.1f MiB/s "
+      "(reference)\n",
+      kDefaultChunkBytes >> 10, MibPerSecond(bytes, download_s));
   PrintKeyValues({{"transfer_ratio", grpc_mib_s / tls_mib_s},
                   {"grpc_mib_s", grpc_mib_s},
                   {"tls_mib_s", tls_mib_s}});

@@ -12,6 +12,7 @@
 #include "absl/strings/str_join.h"
 #include "common/grpc_status.h"
 #include "common/log.h"
+#include "common/memory.h"
 #include "common/status.h"
 #include "common/tensor_stream.h"
 #include "common/upload.h"
@@ -104,6 +105,7 @@ absl::Status ClientDaemon::Session(Federation::Stub& stub, bool* joined) {
       continue;  // keepalive
     }
     absl::Status status = HandleTask(stub, task);
+    ReleaseFreedMemory();  // what training kept for reuse, until the next task
     if (!status.ok()) {
       metrics_->tasks.Add({{"result", "failed"}}).Increment();
       Log(absl::StrCat("task ", task.job_id(), " round ", task.round(), " failed: ",
