@@ -422,12 +422,16 @@ class DPGroupNormFunction : public torch::autograd::Function<DPGroupNormFunction
                                                       int64_t groups) {
     const int64_t n = x.size(0), c = x.size(1);
     if (x.numel() == 0) return ZeroRecord({weight, bias}, n);
-    Tensor x_hat = (x.view({n, groups, -1}) - mean.view({n, groups, 1}).to(x.dtype())) *
-                   rstd.view({n, groups, 1}).to(x.dtype());
+    // gw[n, c] = sum_t (x - mean) * rstd * dy = rstd * (sum_t x * dy - mean * sum_t dy), with the
+    // statistics of c's group: one pass over the activations instead of three.
     Tensor dy3 = dy.view({n, c, -1});
-    Tensor gw = (x_hat.view({n, c, -1}) * dy3).sum(2);
+    Tensor gb = dy3.sum(2);
+    auto per_channel = [&](const Tensor &stat) {
+      return stat.view({n, groups, 1}).to(x.dtype()).expand({n, groups, c / groups}).reshape({n, c});
+    };
+    Tensor gw = ((x.view({n, c, -1}) * dy3).sum(2) - per_channel(mean) * gb) * per_channel(rstd);
     return std::make_unique<MaterialisedRecord>(std::vector<Tensor>{weight, bias},
-                                                std::vector<Tensor>{gw, dy3.sum(2)});
+                                                std::vector<Tensor>{gw, gb});
   }
 };
 
