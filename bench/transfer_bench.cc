@@ -184,6 +184,7 @@ class ServerProcess {
 
   // The child: serves transfers until `stop_fd` closes.
   static int Serve(const Pki &pki, const std::vector<TensorMeta> &metas, int port_fd, int stop_fd) {
+    ReturnFreedModels();  // as fl-coordinator does
     TransferService service(metas, MakeBenchTensors(metas, 2));
     grpc::ServerBuilder builder;
     int port = 0;

@@ -1,5 +1,4 @@
 // fl-coordinator: the consortium's coordinator daemon. Usage: fl-coordinator --config FILE
-#include <malloc.h>
 
 #include <filesystem>
 #include <memory>
@@ -16,6 +15,7 @@
 #include "common/daemon_util.h"
 #include "common/file_util.h"
 #include "common/log.h"
+#include "common/memory.h"
 #include "common/status.h"
 #include "common/tls.h"
 #include "server/coordinator.h"
@@ -111,13 +111,7 @@ int Run(const std::string& config_path) {
 }  // namespace fl
 
 int main(int argc, char** argv) {
-  // Whole-model buffers (global weights, sums, moments) are mmapped and given back to the
-  // system when freed. By default glibc raises its mmap threshold after such a free, after
-  // which multi-MiB tensors come from the heap and freed ones stay resident. A high trim
-  // threshold keeps the chunk-sized buffers of transfers in the heap instead of growing and
-  // shrinking it on every message.
-  mallopt(M_MMAP_THRESHOLD, 2 << 20);
-  mallopt(M_TRIM_THRESHOLD, 32 << 20);
+  fl::ReturnFreedModels();
   fl::BlockStopSignals();  // before any thread starts; the main thread waits for them
   std::optional<std::string> config = fl::ConfigFlag(argc, argv, "fl-coordinator");
   return config ? fl::Run(*config) : 2;
