@@ -4,6 +4,7 @@
 
 #include "common/torch_pch.h"
 #include "models/dp_layers_internal.h"
+#include "models/gram.h"
 
 namespace fl {
 namespace dp_internal {
@@ -124,12 +125,22 @@ Tensor PerSampleOuter(const Tensor &x, const Tensor &dy) {
   return torch::bmm(dy.transpose(1, 2), x);
 }
 
+// [N, T, T]: each sample's Gram matrix over positions of a [N, T, F] tensor.
+Tensor Gram(const Tensor &a) {
+  if (a.is_cpu() && a.scalar_type() == torch::kFloat32) {
+    const Tensor rows = a.contiguous();
+    Tensor out = torch::empty({a.size(0), a.size(1), a.size(1)}, a.options());
+    if (CpuGram(rows.data_ptr<float>(), a.size(0), a.size(1), a.size(2), out.data_ptr<float>())) {
+      return out;
+    }
+  }
+  return torch::bmm(a, a.transpose(1, 2));
+}
+
 // [N]: ||sum_t dy_t x_t^T||_F^2 without forming it (Gram matrices over positions).
 Tensor GhostSquaredNorm(const Tensor &x, const Tensor &dy) {
   if (x.size(1) == 1) return dy.pow(2).sum({1, 2}) * x.pow(2).sum({1, 2});
-  Tensor gram_x = torch::bmm(x, x.transpose(1, 2));
-  Tensor gram_dy = torch::bmm(dy, dy.transpose(1, 2));
-  return (gram_x * gram_dy).sum({1, 2});
+  return (Gram(x) * Gram(dy)).sum({1, 2});
 }
 
 // ------------------------------------------------------------------------------------------------
