@@ -187,6 +187,16 @@ absl::StatusOr<AdminConfig> ValidateAdminConfig(AdminConfig config) {
 
 absl::StatusOr<JobSpec> ValidateJobSpec(JobSpec spec) {
   RETURN_IF_ERROR(RequireNonEmpty("name", spec.name()));
+  // The name starts the job id, which names files in state_dir and labels metrics.
+  for (char ch : spec.name()) {
+    if (!absl::ascii_isalnum(static_cast<unsigned char>(ch)) && ch != '-' && ch != '_' &&
+        ch != '.') {
+      return Invalid("name", "may hold only letters, digits, '-', '_' and '.'");
+    }
+  }
+  if (spec.name()[0] == '.' || spec.name()[0] == '-') {
+    return Invalid("name", "must start with a letter, a digit or '_'");
+  }
   RETURN_IF_ERROR(RequireNonEmpty("model", spec.model()));
   if (spec.labels().empty()) return Invalid("labels", "must name at least one label");
   std::set<std::string> seen;

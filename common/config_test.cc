@@ -54,6 +54,15 @@ TEST(ConfigTest, InvalidValuesNameTheField) {
   bad.set_initial_model("models/pretrained.safetensors");
   EXPECT_NE(ValidateJobSpec(bad).status().message().find("'initial_model'"), std::string::npos);
   EXPECT_DOUBLE_EQ(ValidateJobSpec(*spec)->trim_fraction(), 0.1);  // unset means 0.1
+  // Job names become file names under state_dir: no path separators or leading dots.
+  for (const char *name : {"../x", "a/b", ".hidden", "-x", "a b"}) {
+    bad = *spec;
+    bad.set_name(name);
+    EXPECT_NE(ValidateJobSpec(bad).status().message().find("'name'"), std::string::npos) << name;
+  }
+  bad = *spec;
+  bad.set_name("dp-eps0.5_run2");
+  EXPECT_TRUE(ValidateJobSpec(bad).ok());
 }
 
 TEST(ConfigTest, ClientConfigRequiresTlsAndData) {
