@@ -20,6 +20,7 @@
 #include "common/torch_pch.h"
 #include "models/model.h"
 #include "privacy/dp_sgd.h"
+#include "torch/csrc/autograd/profiler_legacy.h"
 #include "torch/cuda.h"
 
 namespace fl::bench {
@@ -27,6 +28,7 @@ namespace {
 
 struct DpBenchConfig {
   std::string model = "resnet18";
+  std::string profile;  // folder for per-op traces of one step each, if set
   int64_t size = 0, batch = 0, steps = 5;
 };
 
@@ -160,9 +162,25 @@ absl::StatusOr<std::pair<double, double>> TimeSteps(StepRunner &runner, bool dp,
   return std::make_pair(times.front(), times[times.size() / 2]);
 }
 
+// Writes LibTorch profiler traces (Chrome trace JSON) of one step of each kind to
+// DIR/plain.json and DIR/dp.json; bench/op_profile.py sums them per op. On CUDA, run with
+// CUDA_LAUNCH_BLOCKING=1 so that an op's time includes its kernels.
+absl::Status ProfileSteps(StepRunner &runner, const std::string &dir) {
+  for (const bool dp : {false, true}) {
+    const std::string path = absl::StrCat(dir, dp ? "/dp.json" : "/plain.json");
+    {
+      torch::autograd::profiler::RecordProfile profile(path);
+      RETURN_IF_ERROR(runner.Step(dp));
+    }
+    std::printf("wrote %s\n", path.c_str());
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<DpBenchConfig> ParseConfig(std::vector<std::string> args, bool cuda) {
   DpBenchConfig config;
   TakeStringFlag(args, "model", &config.model);
+  TakeStringFlag(args, "profile", &config.profile);
   ASSIGN_OR_RETURN(
       std::vector<int64_t> v,
       ParseIntFlags(args, {{"size", cuda ? 224 : 128}, {"batch", cuda ? 64 : 32}, {"steps", 5}}));
@@ -198,6 +216,7 @@ absl::Status RunDpBench(const std::vector<std::string> &args) {
   std::printf("non-private step: best %.1f ms, median %.1f ms\n", plain.first * 1e3,
               plain.second * 1e3);
   std::printf("DP-SGD step:      best %.1f ms, median %.1f ms\n", dp.first * 1e3, dp.second * 1e3);
+  if (!config.profile.empty()) RETURN_IF_ERROR(ProfileSteps(*runner, config.profile));
   double memory_ratio = -1;
   if (growth[0] > 0 && growth[1] >= 0) {
     memory_ratio = static_cast<double>(growth[1]) / static_cast<double>(growth[0]);
