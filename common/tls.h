@@ -56,9 +56,10 @@ std::shared_ptr<grpc::Channel> MakeChannel(const std::string& address,
 // enough for bulk tensor streams.
 void ConfigureServerBuilder(grpc::ServerBuilder& builder);
 
-// Write options for the chunk messages of a tensor stream (uploads and downloads): a buffer
-// hint, so gRPC flushes when its write buffer fills or the stream ends, not after every chunk
-// (measured by fl-bench transfer). The last message of a stream is written without it.
+// Write options for the chunk messages of an upload: a buffer hint, so gRPC flushes when its
+// write buffer fills, not after every chunk (measured by fl-bench transfer); the trailer, written
+// without it, flushes the rest. Not for server streams: gRPC 1.51 stalled hinted server writes
+// of chunks no larger than the server's write buffer.
 inline grpc::WriteOptions ChunkWriteOptions() { return grpc::WriteOptions().set_buffer_hint(); }
 
 // Identity of the authenticated peer of a call, from its verified certificate.

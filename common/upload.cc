@@ -18,11 +18,14 @@ namespace {
 // Writes one encoded UploadMessage; false when the stream closed.
 using MessageWriter = std::function<bool(const grpc::ByteBuffer&)>;
 
-// Serialised straight into gRPC's slices, as the generated stub would.
+// Serialised straight into gRPC's slices, as the generated stub would. Only headers and
+// trailers go through here: a failure (a message over 2 GiB) would be a bug.
 grpc::ByteBuffer Encode(const UploadMessage& message) {
   grpc::ByteBuffer buffer;
   bool own_buffer = false;
-  grpc::SerializationTraits<UploadMessage>::Serialize(message, &buffer, &own_buffer);
+  const grpc::Status status =
+      grpc::SerializationTraits<UploadMessage>::Serialize(message, &buffer, &own_buffer);
+  GPR_ASSERT(status.ok());
   return buffer;
 }
 

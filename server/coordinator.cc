@@ -22,6 +22,14 @@ using coordinator_internal::Terminal;
 
 namespace {
 
+// Removes `path` if it exists; a failure is logged (the file is only a leftover copy).
+void RemoveLogged(const fs::path& path) {
+  std::error_code ec;
+  if (!fs::remove(path, ec) && ec) {
+    Log(absl::StrCat("cannot remove ", path.string(), ": ", ec.message()));
+  }
+}
+
 std::string NewJobId(const std::string& name) {
   std::random_device rd;
   return absl::StrFormat("%s-%08x", name.substr(0, 24), rd());
@@ -41,8 +49,8 @@ absl::Status Coordinator::Start() {
   fs::create_directories(fs::path(config_.state_dir()) / "checkpoints", ec);
   fs::create_directories(fs::path(config_.state_dir()) / "initial", ec);
   if (ec) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("cannot create state folders under ", config_.state_dir(), ": ", ec.message()));
+    return absl::FailedPreconditionError(absl::StrCat("cannot create state folders under ",
+                                                      config_.state_dir(), ": ", ec.message()));
   }
   ASSIGN_OR_RETURN(std::vector<JobStatus> jobs, store_->Jobs());
   ASSIGN_OR_RETURN(std::vector<SiteInfo> sites, store_->Sites());
@@ -50,8 +58,9 @@ absl::Status Coordinator::Start() {
     absl::MutexLock lock(&mu_);
     for (JobStatus& job : jobs) {
       job_order_.push_back(job.job_id());
-      if (job.state() == RUNNING) Log(absl::StrCat("resuming job ", job.job_id(), " after round ",
-                                                   job.rounds_done()));
+      if (job.state() == RUNNING) {
+        Log(absl::StrCat("resuming job ", job.job_id(), " after round ", job.rounds_done()));
+      }
       jobs_[job.job_id()] = std::move(job);
     }
     for (SiteInfo& site : sites) {
@@ -59,9 +68,10 @@ absl::Status Coordinator::Start() {
       sites_[site.name()].info = std::move(site);
     }
     // Copies of initial models left by jobs that ended, or by a submission cut short.
-    for (const auto& entry : fs::directory_iterator(fs::path(config_.state_dir()) / "initial", ec)) {
+    for (const auto& entry :
+         fs::directory_iterator(fs::path(config_.state_dir()) / "initial", ec)) {
       auto job = jobs_.find(entry.path().stem().string());
-      if (job == jobs_.end() || Terminal(job->second.state())) fs::remove(entry.path(), ec);
+      if (job == jobs_.end() || Terminal(job->second.state())) RemoveLogged(entry.path());
     }
   }
   scheduler_ = std::thread([this] { SchedulerLoop(); });
@@ -79,7 +89,6 @@ void Coordinator::Shutdown() {
   }
   if (scheduler_.joinable()) scheduler_.join();
 }
-
 
 // ---------------------------------------------------------------------------------------------
 // Admin
@@ -107,10 +116,7 @@ std::string Coordinator::InitialModelPath(const std::string& job_id) const {
 }
 
 void Coordinator::RemoveInitialModel(const std::string& job_id) {
-  std::error_code ec;
-  if (!fs::remove(InitialModelPath(job_id), ec) && ec) {
-    Log(absl::StrCat("cannot remove ", InitialModelPath(job_id), ": ", ec.message()));
-  }
+  RemoveLogged(InitialModelPath(job_id));
 }
 
 absl::StatusOr<JobSpec> Coordinator::ValidateJobSpecForModel(const JobSpec& spec,
@@ -129,8 +135,7 @@ absl::StatusOr<JobSpec> Coordinator::ValidateJobSpecForModel(const JobSpec& spec
   JobSpec from_copy = valid;
   from_copy.set_initial_model(initial_copy);
   if (absl::Status built = init_(from_copy).status(); !built.ok()) {
-    std::error_code ec;
-    fs::remove(initial_copy, ec);
+    RemoveLogged(initial_copy);
     // Messages name the file as submitted, not the copy.
     return absl::Status(built.code(), absl::StrReplaceAll(built.message(),
                                                           {{initial_copy, valid.initial_model()}}));
@@ -186,9 +191,10 @@ std::string Sidecar(const JobStatus& job) {
   std::vector<std::string> labels;
   for (const std::string& l : spec.labels()) labels.push_back(JsonQuote(l));
   return absl::StrCat(
-      "{\n  \"job_id\": ", JsonQuote(job.job_id()), ",\n  \"architecture\": ",
-      JsonQuote(spec.model()), ",\n  \"labels\": [", absl::StrJoin(labels, ", "),
-      "],\n  \"input_size\": ", spec.image_size(), ",\n  \"in_channels\": ", spec.in_channels(),
+      "{\n  \"job_id\": ", JsonQuote(job.job_id()),
+      ",\n  \"architecture\": ", JsonQuote(spec.model()), ",\n  \"labels\": [",
+      absl::StrJoin(labels, ", "), "],\n  \"input_size\": ", spec.image_size(),
+      ",\n  \"in_channels\": ", spec.in_channels(),
       ",\n  \"head_mode\": ", JsonQuote(spec.head_mode() == HEAD_MODE_SITE ? "site" : "label"),
       ",\n  \"output\": \"one logit per label; sigmoid gives the probability\"",
       ",\n  \"preprocessing\": \"DICOM pixel data -> modality LUT -> VOI window (first in file, "

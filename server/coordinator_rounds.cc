@@ -98,7 +98,11 @@ bool Coordinator::JobCancelled(const std::string& job_id) {
 
 absl::Status Coordinator::PrepareModel(const JobStatus& job) {
   JobSpec spec = job.spec();
-  if (!spec.initial_model().empty()) spec.set_initial_model(InitialModelPath(job.job_id()));
+  if (job.rounds_done() > 0) {
+    spec.clear_initial_model();  // the checkpoint below replaces the weights: no need to read it
+  } else if (!spec.initial_model().empty()) {
+    spec.set_initial_model(InitialModelPath(job.job_id()));
+  }
   ASSIGN_OR_RETURN(ModelInit init, init_(spec));
   moments_ = OptimizerMoments{};
   if (job.rounds_done() > 0) {

@@ -515,10 +515,14 @@ TEST_F(CoordinatorTest, RoundWithoutQuorumIsRetriedThenFailsWithReason) {
   EXPECT_NE(job.message().find("required updates"), std::string::npos) << job.message();
 }
 
+// The resumed job's weights come from its checkpoint alone: its initial model is not read again.
 TEST_F(CoordinatorTest, RunningJobResumesAfterRestartFromLastCommittedRound) {
   ConnectSites();
+  const std::string initial = dir_ + "/zeros.safetensors";
+  ASSERT_TRUE(WriteSafetensors(initial, Update(0, 0, 0)).ok());
   JobSpec spec;
   spec.set_rounds(2);
+  spec.set_initial_model(initial);
   const std::string id = Submit(spec);
   Task ta = a_->Next();
   Task tb = b_->Next();
@@ -526,6 +530,7 @@ TEST_F(CoordinatorTest, RunningJobResumesAfterRestartFromLastCommittedRound) {
   ASSERT_TRUE(Upload(b_->who(), tb, Update(1, 1, 0), 10, {"a"}).ok());
   ta = a_->Next();  // round 1 opened: round 0 is committed
   ASSERT_EQ(ta.round(), 1u);
+  ASSERT_TRUE(fs::remove(fs::path(dir_) / "initial" / (id + ".safetensors")));
   Restart();
   ta = a_->Next();
   EXPECT_EQ(ta.round(), 1u);
