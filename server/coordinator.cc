@@ -158,22 +158,18 @@ absl::StatusOr<JobStatus> Coordinator::GetJob(const std::string& job_id) {
 }
 
 absl::StatusOr<JobStatus> Coordinator::CancelJob(const Identity& who, const std::string& job_id) {
-  JobStatus copy;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = jobs_.find(job_id);
-    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
-    if (Terminal(it->second.state())) {
-      return absl::FailedPreconditionError(absl::StrCat("job ", job_id, " already ended"));
-    }
-    it->second.set_state(CANCELLED);
-    it->second.set_message(absl::StrCat("cancelled by ", who.name));
-    copy = it->second;
-  }
-  RETURN_IF_ERROR(store_->PutJob(copy));
+  ASSIGN_OR_RETURN(JobStatus cancelled, ChangeJob(job_id, [&](JobStatus& job) {
+                     if (Terminal(job.state())) {
+                       return absl::FailedPreconditionError(
+                           absl::StrCat("job ", job_id, " already ended"));
+                     }
+                     job.set_state(CANCELLED);
+                     job.set_message(absl::StrCat("cancelled by ", who.name));
+                     return absl::OkStatus();
+                   }));
   RemoveInitialModel(job_id);
   RETURN_IF_ERROR(store_->Audit(who.name, "cancel-job", job_id));
-  return copy;
+  return cancelled;
 }
 
 std::vector<SiteInfo> Coordinator::ListSites() {

@@ -93,7 +93,7 @@ class Coordinator {
   void SchedulerLoop();
   absl::Status RunJob(const std::string& job_id);
   absl::Status PrepareModel(const JobStatus& job);
-  absl::Status WaitForSites(const JobSpec& spec);
+  absl::Status WaitForSites(const std::string& job_id, const JobSpec& spec);
   absl::Status RunRound(const std::string& job_id, uint32_t round, uint32_t attempt,
                         bool evaluate_only);
   // Applies the round's aggregate and commits the next model (checkpoint, moments, store).
@@ -137,7 +137,12 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::string> TrainLabels(const JobSpec& spec, const std::string& site) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status SetJobState(const std::string& job_id, JobState state, const std::string& message);
+  // Applies `change` to the job under mu_, then stores the changed job (outside mu_: an fsync
+  // must not stall every site). A change that returns an error leaves the job as it was. Under
+  // job_write_mu_, so that the store always ends with the latest state: two changes cannot be
+  // stored in the other order (a cancel overwritten by an older copy would resume the job).
+  absl::StatusOr<JobStatus> ChangeJob(const std::string& job_id,
+                                      const std::function<absl::Status(JobStatus&)>& change);
   void AttachReport(JobStatus& job, const std::string& site, const MetricsReport& report)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool JobCancelled(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -185,7 +190,9 @@ class Coordinator {
   bool transfers_closed_ ABSL_GUARDED_BY(transfer_mu_) = false;
 
   // Serialises folding into the aggregate and applying it.
-  absl::Mutex fold_mu_ ABSL_ACQUIRED_BEFORE(mu_);
+  absl::Mutex fold_mu_ ABSL_ACQUIRED_BEFORE(job_write_mu_, mu_);
+  // Held from a change to a job in jobs_ until it is stored (ChangeJob, CommitNextModel).
+  absl::Mutex job_write_mu_ ABSL_ACQUIRED_BEFORE(mu_);
   std::thread scheduler_;
 };
 

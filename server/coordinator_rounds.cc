@@ -60,36 +60,45 @@ void Coordinator::SchedulerLoop() {
     metrics_->jobs_running.Set(1);
     absl::Status status = RunJob(job_id);
     metrics_->jobs_running.Set(0);
-    absl::MutexLock fold_lock(&fold_mu_);
-    absl::MutexLock lock(&mu_);
-    round_.reset();
-    global_.reset();
-    if (shutdown_) return;
-    JobStatus& job = jobs_[job_id];
-    if (Terminal(job.state())) continue;
-    job.set_state(status.ok() ? DONE : FAILED);
-    job.set_message(status.ok() ? "" : std::string(status.message()));
+    {
+      absl::MutexLock fold_lock(&fold_mu_);
+      absl::MutexLock lock(&mu_);
+      round_.reset();
+      global_.reset();
+      if (shutdown_) return;  // a job cut by shutdown resumes after the restart
+    }
+    bool ends = false;  // false when the job ended meanwhile (cancelled)
+    absl::StatusOr<JobStatus> stored = ChangeJob(job_id, [&](JobStatus& job) {
+      if (Terminal(job.state())) return absl::FailedPreconditionError("already ended");
+      ends = true;
+      job.set_state(status.ok() ? DONE : FAILED);
+      job.set_message(status.ok() ? "" : std::string(status.message()));
+      return absl::OkStatus();
+    });
+    if (!ends) continue;
     Log(absl::StrCat("job ", job_id, status.ok() ? " done" : " failed: ",
                      status.ok() ? "" : status.message()));
-    if (absl::Status s = store_->PutJob(job); !s.ok()) {
-      Log(absl::StrCat("cannot record the end of job ", job_id, ": ", s.message()));
+    if (!stored.ok()) {
+      Log(absl::StrCat("cannot record the end of job ", job_id, ": ", stored.status().message()));
     } else {
       RemoveInitialModel(job_id);  // a stored ending is never resumed
     }
   }
 }
 
-absl::Status Coordinator::SetJobState(const std::string& job_id, JobState state,
-                                      const std::string& message) {
+absl::StatusOr<JobStatus> Coordinator::ChangeJob(
+    const std::string& job_id, const std::function<absl::Status(JobStatus&)>& change) {
+  absl::MutexLock write_lock(&job_write_mu_);
   JobStatus copy;
   {
     absl::MutexLock lock(&mu_);
-    JobStatus& job = jobs_[job_id];
-    job.set_state(state);
-    job.set_message(message);
-    copy = job;
+    auto it = jobs_.find(job_id);
+    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
+    RETURN_IF_ERROR(change(it->second));
+    copy = it->second;
   }
-  return store_->PutJob(copy);
+  RETURN_IF_ERROR(store_->PutJob(copy));
+  return copy;
 }
 
 bool Coordinator::JobCancelled(const std::string& job_id) {
@@ -124,14 +133,15 @@ absl::Status Coordinator::PrepareModel(const JobStatus& job) {
   return absl::OkStatus();
 }
 
-absl::Status Coordinator::WaitForSites(const JobSpec& spec) {
+absl::Status Coordinator::WaitForSites(const std::string& job_id, const JobSpec& spec) {
   absl::MutexLock lock(&mu_);
   auto enough = [&] {
     mu_.AssertHeld();
-    return shutdown_ || EligibleSites(spec).size() >= spec.min_sites();
+    return JobCancelled(job_id) || EligibleSites(spec).size() >= spec.min_sites();
   };
   mu_.AwaitWithTimeout(absl::Condition(&enough), absl::Seconds(spec.start_timeout_seconds()));
   if (shutdown_) return absl::CancelledError("coordinator is shutting down");
+  if (JobCancelled(job_id)) return absl::CancelledError("job cancelled");
   const size_t have = EligibleSites(spec).size();
   if (have < spec.min_sites()) {
     return absl::UnavailableError(absl::StrCat("only ", have, " eligible sites connected within ",
@@ -148,8 +158,15 @@ absl::Status Coordinator::RunJob(const std::string& job_id) {
     job = jobs_[job_id];
   }
   RETURN_IF_ERROR(PrepareModel(job));
-  RETURN_IF_ERROR(SetJobState(job_id, RUNNING, ""));
-  RETURN_IF_ERROR(WaitForSites(job.spec()));
+  // Not over a cancel that came while the model was prepared: the job would run (and resume
+  // after a restart) although its operator cancelled it.
+  RETURN_IF_ERROR(ChangeJob(job_id, [](JobStatus& stored) {
+                    if (Terminal(stored.state())) return absl::CancelledError("job cancelled");
+                    stored.set_state(RUNNING);
+                    stored.clear_message();
+                    return absl::OkStatus();
+                  }).status());
+  RETURN_IF_ERROR(WaitForSites(job_id, job.spec()));
   constexpr int kMaxAttempts = 3;
   for (uint32_t round = job.rounds_done(); round < job.spec().rounds(); ++round) {
     absl::Status status;
@@ -370,6 +387,7 @@ absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t ro
   if (!moments_.m.empty()) RETURN_IF_ERROR(WriteMoments(MomentsPath(path), moments_));
   uint32_t crc = 0;
   for (const NamedTensor& t : next) crc = Crc32cExtend(crc, t.data.data(), t.byte_size());
+  absl::MutexLock write_lock(&job_write_mu_);  // the stored job stays the latest (ChangeJob)
   JobStatus copy;
   {
     absl::MutexLock lock(&mu_);

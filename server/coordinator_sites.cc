@@ -439,18 +439,15 @@ bool Coordinator::FoldFile(Aggregator* aggregator, FILE* in) const {
 }
 
 absl::Status Coordinator::Report(const Identity& who, const MetricsReport& report) {
-  JobStatus copy;
-  {
-    absl::MutexLock lock(&mu_);
-    auto it = jobs_.find(report.job_id());
-    if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", report.job_id()));
-    AttachReport(it->second, who.name, report);
-    if (round_ && round_->job_id == report.job_id() && round_->round == report.round()) {
-      round_->reported.insert(who.name);
-    }
-    copy = it->second;
-  }
-  return store_->PutJob(copy);  // outside the lock: an fsync must not stall every site
+  return ChangeJob(report.job_id(), [&](JobStatus& job) {
+           mu_.AssertHeld();  // ChangeJob calls it under mu_
+           AttachReport(job, who.name, report);
+           if (round_ && round_->job_id == report.job_id() && round_->round == report.round()) {
+             round_->reported.insert(who.name);
+           }
+           return absl::OkStatus();
+         })
+      .status();
 }
 
 

@@ -2,6 +2,7 @@
 // tasks, download, and upload valid and hostile updates.
 #include "server/coordinator.h"
 
+#include <atomic>
 #include <cmath>
 #include <deque>
 #include <filesystem>
@@ -90,11 +91,26 @@ class CoordinatorTest : public ::testing::Test {
     config_.set_state_dir(dir_);
     config_.set_chunk_bytes(8);  // several chunks per tensor
     store_ = std::move(Store::Open(dir_ + "/state.db")).value();
-    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, TinyModel);
+    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init());
     ASSERT_TRUE(core_->Start().ok());
     Join("site-a", {"a", "b"});
     Join("site-b", {"a"});
   }
+  // TinyModel; once hold_prepare_ is set, the scheduler's next call (PrepareModel) notifies
+  // prepare_entered_ and waits for prepare_release_.
+  ModelInitFn Init() {
+    return [this](const JobSpec& spec) {
+      if (std::this_thread::get_id() != test_thread_ && hold_prepare_.exchange(false)) {
+        prepare_entered_.Notify();
+        prepare_release_.WaitForNotification();
+      }
+      return TinyModel(spec);
+    };
+  }
+  const std::thread::id test_thread_ = std::this_thread::get_id();
+  std::atomic<bool> hold_prepare_{false};
+  absl::Notification prepare_entered_, prepare_release_;
+
   void TearDown() override {
     core_->Shutdown();  // ends the task streams at once
     a_.reset();
@@ -123,7 +139,7 @@ class CoordinatorTest : public ::testing::Test {
     spec.set_local_steps(1);
     spec.set_batch_size(10);
     if (spec.round_deadline_seconds() == 0) spec.set_round_deadline_seconds(30);
-    spec.set_start_timeout_seconds(20);
+    if (spec.start_timeout_seconds() == 0) spec.set_start_timeout_seconds(20);
     return spec;
   }
 
@@ -229,7 +245,7 @@ class CoordinatorTest : public ::testing::Test {
     core_->Shutdown();
     a_.reset();
     b_.reset();
-    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, TinyModel);
+    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init());
     ASSERT_TRUE(core_->Start().ok());
     ConnectSites();
   }
@@ -482,6 +498,39 @@ TEST_F(CoordinatorTest, InitialModelCopiesLiveAsLongAsTheirJob) {
   }
   Restart();
   EXPECT_EQ(copies(), std::vector<std::string>{queued + ".safetensors"});
+}
+
+// A cancel is final whenever it comes: also while the scheduler prepares the job's model or
+// waits for its sites. The stored state stays CANCELLED (a restart resumes neither), and the
+// next job starts at once.
+TEST_F(CoordinatorTest, CancelIsFinalAtEveryStageOfAJob) {
+  ConnectSites();
+  JobSpec spec;
+  spec.set_rounds(1);
+  hold_prepare_ = true;
+  const std::string preparing = Submit(spec);
+  prepare_entered_.WaitForNotification();
+  ASSERT_TRUE(core_->CancelJob({"op", Role::kAdmin}, preparing).ok());
+  prepare_release_.Notify();
+
+  JobSpec waiting = spec;
+  waiting.set_min_sites(3);  // only two sites: it waits for a third
+  waiting.set_start_timeout_seconds(3600);
+  const std::string waited = Submit(waiting);
+  WaitForState(waited, RUNNING);
+  ASSERT_TRUE(core_->CancelJob({"op", Role::kAdmin}, waited).ok());
+  const std::string next = Submit(spec);
+  EXPECT_EQ(a_->Next().job_id(), next);  // within the stream's 20 s: neither job held it
+  ASSERT_TRUE(core_->CancelJob({"op", Role::kAdmin}, next).ok());
+
+  Restart();
+  auto stored = store_->Jobs();
+  ASSERT_TRUE(stored.ok()) << stored.status();
+  ASSERT_EQ(stored->size(), 3u);
+  for (const JobStatus& job : *stored) {
+    EXPECT_EQ(job.state(), CANCELLED) << job.job_id();
+    EXPECT_EQ(core_->GetJob(job.job_id())->state(), CANCELLED) << job.job_id();
+  }
 }
 
 TEST_F(CoordinatorTest, NormClippingScalesWithoutChangingWeight) {
