@@ -30,6 +30,10 @@ struct DpBenchConfig {
   std::string model = "resnet18";
   std::string profile;  // folder for per-op traces of one step each, if set
   int64_t size = 0, batch = 0, steps = 5;
+  GradSampleMode norms = GradSampleMode::kAuto;
+  // CUDA: matrix products (cuBLAS) may use TF32 tensor cores, as LibTorch's cuDNN convolutions
+  // do by default. Applies to both kinds of step.
+  bool tf32 = false;
 };
 
 // A model, its inputs and both kinds of step, on CUDA when available.
@@ -43,6 +47,7 @@ class StepRunner {
     options.clip_norm = 1.0;
     options.noise_multiplier = 1.0;
     options.expected_batch_size = static_cast<double>(config.batch);
+    options.norm_mode = config.norms;
     ASSIGN_OR_RETURN(runner->engine_, DpSgdEngine::Create(*runner->model_, options));
     return runner;
   }
@@ -71,6 +76,7 @@ class StepRunner {
       : device_(torch::cuda::is_available() ? torch::kCUDA : torch::kCPU),
         model_(std::move(model)),
         opt_(model_->parameters(), 0.01) {
+    at::globalContext().setAllowTF32CuBLAS(config.tf32);
     model_->to(device_);
     torch::manual_seed(0);
     x_ = torch::randn({config.batch, 1, config.size, config.size}).to(device_);
@@ -177,10 +183,37 @@ absl::Status ProfileSteps(StepRunner &runner, const std::string &dir) {
   return absl::OkStatus();
 }
 
+const char *NormsName(GradSampleMode mode) {
+  switch (mode) {
+    case GradSampleMode::kGhost:
+      return "ghost";
+    case GradSampleMode::kMaterialise:
+      return "materialise";
+    default:
+      return "auto (cheaper per layer)";
+  }
+}
+
 absl::StatusOr<DpBenchConfig> ParseConfig(std::vector<std::string> args, bool cuda) {
   DpBenchConfig config;
   TakeStringFlag(args, "model", &config.model);
   TakeStringFlag(args, "profile", &config.profile);
+  std::string norms = "auto";
+  TakeStringFlag(args, "norms", &norms);
+  if (norms == "ghost") {
+    config.norms = GradSampleMode::kGhost;
+  } else if (norms == "materialise") {
+    config.norms = GradSampleMode::kMaterialise;
+  } else if (norms != "auto") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--norms is \"", norms, "\", not auto, ghost or materialise"));
+  }
+  std::string tf32 = "off";
+  TakeStringFlag(args, "tf32", &tf32);
+  if (tf32 != "on" && tf32 != "off") {
+    return absl::InvalidArgumentError(absl::StrCat("--tf32 is \"", tf32, "\", not on or off"));
+  }
+  config.tf32 = tf32 == "on";
   ASSIGN_OR_RETURN(
       std::vector<int64_t> v,
       ParseIntFlags(args, {{"size", cuda ? 224 : 128}, {"batch", cuda ? 64 : 32}, {"steps", 5}}));
@@ -208,9 +241,11 @@ absl::Status RunDpBench(const std::vector<std::string> &args) {
   const int64_t growth[2] = {PeakGrowthInChild(config, false), PeakGrowthInChild(config, true)};
 
   ASSIGN_OR_RETURN(std::unique_ptr<StepRunner> runner, StepRunner::Create(config));
-  std::printf("fl-bench dp: %s, %lld px, batch %lld, %s, %lld timed steps\n", config.model.c_str(),
-              static_cast<long long>(config.size), static_cast<long long>(config.batch),
-              runner->cuda() ? "CUDA" : "CPU", static_cast<long long>(config.steps));
+  std::printf("fl-bench dp: %s, %lld px, batch %lld, %s%s, norms %s, %lld timed steps\n",
+              config.model.c_str(), static_cast<long long>(config.size),
+              static_cast<long long>(config.batch), runner->cuda() ? "CUDA" : "CPU",
+              runner->cuda() && config.tf32 ? " (TF32 matmuls)" : "", NormsName(config.norms),
+              static_cast<long long>(config.steps));
   ASSIGN_OR_RETURN(auto plain, TimeSteps(*runner, false, config.steps));
   ASSIGN_OR_RETURN(auto dp, TimeSteps(*runner, true, config.steps));
   std::printf("non-private step: best %.1f ms, median %.1f ms\n", plain.first * 1e3,
