@@ -4,16 +4,15 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <numeric>
 #include <optional>
 #include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_join.h"
 #include "client/dicom.h"
 #include "client/trainer_data.h"
+#include "client/update.h"
 #include "common/status.h"
 #include "common/torch_pch.h"
 #include "models/model.h"
@@ -29,41 +28,6 @@ constexpr int kDefaultBatchSize = 32;
 constexpr int kDefaultLocalSteps = 10;
 constexpr double kDefaultLearningRate = 0.01;
 constexpr int kEvalBatchSize = 64;
-// Per job label: the dataset column it trains/evaluates on, or -1 when it is not in
-// train_labels (its target is then NaN: masked out, never a negative).
-struct LabelMap {
-  std::vector<int> column;
-  int num_trained = 0;
-};
-
-absl::StatusOr<LabelMap> MapLabels(const JobSpec& spec, const std::vector<std::string>& train,
-                                   const std::vector<std::string>& columns) {
-  if (spec.labels().empty()) return absl::InvalidArgumentError("job has no labels");
-  LabelMap map;
-  map.column.assign(spec.labels_size(), -1);
-  for (const std::string& label : train) {
-    auto job_it = std::find(spec.labels().begin(), spec.labels().end(), label);
-    if (job_it == spec.labels().end()) {
-      return absl::InvalidArgumentError(absl::StrCat("train label \"", label,
-                                                     "\" is not in the job's labels [",
-                                                     absl::StrJoin(spec.labels(), ", "), "]"));
-    }
-    auto col_it = std::find(columns.begin(), columns.end(), label);
-    if (col_it == columns.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("train label \"", label,
-                                                     "\" is not a column of this site's labels [",
-                                                     absl::StrJoin(columns, ", "), "]"));
-    }
-    int& slot = map.column[job_it - spec.labels().begin()];
-    if (slot < 0) ++map.num_trained;
-    slot = static_cast<int>(col_it - columns.begin());
-  }
-  if (map.num_trained == 0) return absl::InvalidArgumentError("no train labels given");
-  return map;
-}
-
-bool SiteMode(const JobSpec& spec) { return spec.head_mode() == HEAD_MODE_SITE; }
-
 absl::StatusOr<ModelSpec> ModelSpecFor(const JobSpec& spec) {
   if (spec.image_size() == 0) return absl::InvalidArgumentError("job image_size is 0");
   ModelSpec model;
@@ -92,61 +56,6 @@ absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
   }
   return absl::InvalidArgumentError(
       absl::StrCat("local_optimizer.name \"", o.name(), "\" is neither \"sgd\" nor \"adam\""));
-}
-
-uint64_t RoundSeed(const std::string& job_id, uint32_t seed, uint32_t round) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a of the job id, stable across builds
-  for (unsigned char c : job_id) h = (h ^ c) * 1099511628211ull;
-  return h ^ (uint64_t{seed} << 32) ^ (uint64_t{round} * 0x9E3779B97F4A7C15ull);
-}
-
-bool IsHead(const std::string& name, const std::string& prefix) {
-  return absl::StartsWith(name, prefix);
-}
-
-TensorList HeadOf(const TensorList& weights, const std::string& prefix) {
-  TensorList head;
-  for (const NamedTensor& t : weights) {
-    if (IsHead(t.name, prefix)) head.push_back(t);
-  }
-  return head;
-}
-
-const NamedTensor* FindTensor(const TensorList& list, const std::string& name) {
-  for (const NamedTensor& t : list) {
-    if (t.name == name) return &t;
-  }
-  return nullptr;
-}
-
-// `local - global` for the shared tensors of `global`, in its order. In label mode the head
-// rows of labels not trained here are exactly zero (weight decay/momentum may have moved them).
-absl::StatusOr<TensorList> ComputeUpdate(const TensorList& global, const TensorList& local,
-                                         bool site_mode, const std::string& prefix,
-                                         const LabelMap& labels) {
-  std::map<std::string, const NamedTensor*> by_name;
-  for (const NamedTensor& t : local) by_name[t.name] = &t;
-  const int64_t num_labels = static_cast<int64_t>(labels.column.size());
-  TensorList update;
-  for (const NamedTensor& g : global) {
-    const bool head = IsHead(g.name, prefix);
-    if (site_mode && head) continue;
-    auto it = by_name.find(g.name);
-    if (it == by_name.end() || it->second->shape != g.shape || g.data.size() != g.numel()) {
-      return absl::InternalError(absl::StrCat("model tensor ", g.name, " does not match global"));
-    }
-    NamedTensor d{g.name, g.shape, std::vector<float>(g.data.size())};
-    for (size_t i = 0; i < d.data.size(); ++i) d.data[i] = it->second->data[i] - g.data[i];
-    if (head && !g.shape.empty() && g.shape[0] == num_labels) {
-      const int64_t row = g.numel() / num_labels;
-      for (int64_t j = 0; j < num_labels; ++j) {
-        if (labels.column[j] >= 0) continue;
-        std::fill(d.data.begin() + j * row, d.data.begin() + (j + 1) * row, 0.0f);
-      }
-    }
-    update.push_back(std::move(d));
-  }
-  return update;
 }
 
 // Name of the first NVIDIA GPU as the driver reports it; "0" when unknown.
@@ -194,46 +103,6 @@ absl::StatusOr<torch::Device> PickDevice(const std::string& name) {
   return absl::InvalidArgumentError(
       absl::StrCat("device \"", name, "\" is not \"auto\", \"cpu\" or \"cuda\""));
 }
-
-// Test-split scores and known targets per job label, gathered batch by batch.
-struct ScoreTable {
-  explicit ScoreTable(size_t num_labels) : scores(num_labels), targets(num_labels) {}
-
-  absl::Status Add(const HostBatch& batch, const torch::Tensor& probs) {
-    const int64_t num_labels = static_cast<int64_t>(scores.size());
-    if (probs.dim() != 2 || probs.size(0) != batch.n || probs.size(1) != num_labels) {
-      return absl::InternalError(absl::StrCat("model output is not [", batch.n, ", ", num_labels, "]"));
-    }
-    const float* p = probs.data_ptr<float>();
-    for (int64_t i = 0; i < batch.n * num_labels; ++i) {
-      const float t = batch.targets[i];
-      if (std::isnan(t)) continue;
-      scores[i % num_labels].push_back(p[i]);
-      targets[i % num_labels].push_back(t);
-    }
-    images += batch.n;
-    return absl::OkStatus();
-  }
-
-  std::vector<LabelMetric> Metrics(const JobSpec& spec, const std::vector<std::string>& labels) {
-    std::vector<LabelMetric> metrics;
-    for (const std::string& label : labels) {
-      const size_t j = std::find(spec.labels().begin(), spec.labels().end(), label) -
-                       spec.labels().begin();
-      LabelMetric& m = metrics.emplace_back();
-      m.set_label(label);
-      m.set_auroc(Auroc(scores[j], targets[j]));
-      const auto positives = std::count_if(targets[j].begin(), targets[j].end(),
-                                           [](float t) { return t > 0.5f; });
-      m.set_positives(positives);
-      m.set_negatives(targets[j].size() - positives);
-    }
-    return metrics;
-  }
-
-  std::vector<std::vector<float>> scores, targets;
-  int64_t images = 0;
-};
 
 struct StepStats {
   uint64_t samples = 0;
@@ -642,7 +511,9 @@ absl::StatusOr<std::vector<LabelMetric>> TorchTrainer::EvaluateImpl(
     RETURN_IF_ERROR(batch.status);
     if (batch.n == 0) continue;
     torch::Tensor probs = torch::sigmoid(model->forward(ToImages(batch, size, ChannelsOf(spec))));
-    RETURN_IF_ERROR(table.Add(batch, probs.to(torch::kCPU).contiguous()));
+    probs = probs.to(torch::kCPU).contiguous();
+    if (probs.dim() != 2) return absl::InternalError("model output is not a matrix");
+    RETURN_IF_ERROR(table.Add(batch, probs.data_ptr<float>(), probs.size(0), probs.size(1)));
   }
   if (table.images == 0) {
     return absl::FailedPreconditionError("none of the test split's images can be decoded");

@@ -214,6 +214,41 @@ absl::StatusOr<std::string> HeadStore::PathFor(const std::string& job_id) const 
   return absl::StrCat(state_dir_, "/heads/", job_id, ".safetensors");
 }
 
+absl::Status ScoreTable::Add(const HostBatch& batch, const float* probs, int64_t rows,
+                             int64_t cols) {
+  const int64_t num_labels = static_cast<int64_t>(scores.size());
+  if (rows != batch.n || cols != num_labels) {
+    return absl::InternalError(
+        absl::StrCat("model output is [", rows, ", ", cols, "], not [", batch.n, ", ", num_labels,
+                     "]"));
+  }
+  for (int64_t i = 0; i < batch.n * num_labels; ++i) {
+    const float t = batch.targets[i];
+    if (std::isnan(t)) continue;
+    scores[i % num_labels].push_back(probs[i]);
+    targets[i % num_labels].push_back(t);
+  }
+  images += batch.n;
+  return absl::OkStatus();
+}
+
+std::vector<LabelMetric> ScoreTable::Metrics(const JobSpec& spec,
+                                             const std::vector<std::string>& labels) const {
+  std::vector<LabelMetric> metrics;
+  for (const std::string& label : labels) {
+    const size_t j = std::find(spec.labels().begin(), spec.labels().end(), label) -
+                     spec.labels().begin();
+    LabelMetric& m = metrics.emplace_back();
+    m.set_label(label);
+    m.set_auroc(Auroc(scores[j], targets[j]));
+    const auto positives = std::count_if(targets[j].begin(), targets[j].end(),
+                                         [](float t) { return t > 0.5f; });
+    m.set_positives(positives);
+    m.set_negatives(targets[j].size() - positives);
+  }
+  return metrics;
+}
+
 double Auroc(const std::vector<float>& scores, const std::vector<float>& targets) {
   const double kNaN = std::numeric_limits<double>::quiet_NaN();
   if (scores.size() != targets.size()) return kNaN;

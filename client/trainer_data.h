@@ -126,4 +126,19 @@ class HeadStore {
   std::map<std::string, TensorList> heads_ ABSL_GUARDED_BY(mu_);
 };
 
+// Test-split scores and known targets per job label, gathered batch by batch.
+struct ScoreTable {
+  explicit ScoreTable(size_t num_labels) : scores(num_labels), targets(num_labels) {}
+
+  // Adds the model's probabilities for `batch`, a [rows, cols] row-major matrix that must be
+  // [batch.n, number of job labels]. Unknown targets (NaN) are left out.
+  absl::Status Add(const HostBatch& batch, const float* probs, int64_t rows, int64_t cols);
+  // AUROC and counts of each of `labels` (job labels, in spec.labels()).
+  std::vector<LabelMetric> Metrics(const JobSpec& spec,
+                                   const std::vector<std::string>& labels) const;
+
+  std::vector<std::vector<float>> scores, targets;
+  int64_t images = 0;
+};
+
 }  // namespace fl
