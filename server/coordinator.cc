@@ -67,11 +67,14 @@ absl::Status Coordinator::Start() {
       site.set_connected(false);
       sites_[site.name()].info = std::move(site);
     }
-    // Copies of initial models left by jobs that ended, or by a submission cut short.
+    // Copies of initial models left by jobs that ended or committed a round (a crash before
+    // the removal), or by a submission cut short.
     for (const auto& entry :
          fs::directory_iterator(fs::path(config_.state_dir()) / "initial", ec)) {
       auto job = jobs_.find(entry.path().stem().string());
-      if (job == jobs_.end() || Terminal(job->second.state())) RemoveLogged(entry.path());
+      if (job == jobs_.end() || Terminal(job->second.state()) || job->second.rounds_done() > 0) {
+        RemoveLogged(entry.path());
+      }
     }
   }
   scheduler_ = std::thread([this] { SchedulerLoop(); });

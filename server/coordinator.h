@@ -175,7 +175,8 @@ class Coordinator {
   OptimizerMoments moments_;  // only the scheduler thread touches it
 
   // The copy of a job's initial_model taken at submission, which the job starts from; removed
-  // when the job ends (and at start-up for jobs that ended or were never stored).
+  // once its first round is committed (checkpoints take over) or the job ends, and at start-up
+  // for jobs past that or never stored.
   std::string InitialModelPath(const std::string& job_id) const;
   void RemoveInitialModel(const std::string& job_id);
 

@@ -402,6 +402,7 @@ absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t ro
     fs::remove(MomentsPath(CheckpointPath(job_id, round - 1)), ec);
   }
   RemoveSpools(job_id, round);
+  if (round == 0) RemoveInitialModel(job_id);  // from now on the job resumes from checkpoints
   absl::MutexLock lock(&mu_);
   JobStatus& job = jobs_[job_id];  // only once stored: a failed commit leaves no trace here
   *job.add_rounds() = summary;

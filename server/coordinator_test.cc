@@ -564,7 +564,8 @@ TEST_F(CoordinatorTest, RoundWithoutQuorumIsRetriedThenFailsWithReason) {
   EXPECT_NE(job.message().find("required updates"), std::string::npos) << job.message();
 }
 
-// The resumed job's weights come from its checkpoint alone: its initial model is not read again.
+// The resumed job's weights come from its checkpoint alone: the copy of its initial model is
+// removed once round 0 is committed, and not read again.
 TEST_F(CoordinatorTest, RunningJobResumesAfterRestartFromLastCommittedRound) {
   ConnectSites();
   const std::string initial = dir_ + "/zeros.safetensors";
@@ -579,8 +580,12 @@ TEST_F(CoordinatorTest, RunningJobResumesAfterRestartFromLastCommittedRound) {
   ASSERT_TRUE(Upload(b_->who(), tb, Update(1, 1, 0), 10, {"a"}).ok());
   ta = a_->Next();  // round 1 opened: round 0 is committed
   ASSERT_EQ(ta.round(), 1u);
-  ASSERT_TRUE(fs::remove(fs::path(dir_) / "initial" / (id + ".safetensors")));
+  const fs::path copy = fs::path(dir_) / "initial" / (id + ".safetensors");
+  EXPECT_FALSE(fs::exists(copy));  // removed with round 0's commit
+  // As a crash between the commit and the removal leaves it (not a model: never read again).
+  ASSERT_TRUE(WriteFileAtomic(copy.string(), "x", 0600).ok());
   Restart();
+  EXPECT_FALSE(fs::exists(copy));
   ta = a_->Next();
   EXPECT_EQ(ta.round(), 1u);
   TensorList global = Download(a_->who(), ta);
