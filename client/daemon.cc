@@ -28,6 +28,20 @@ std::chrono::system_clock::time_point In(int seconds) {
   return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
 }
 
+// An upload that failed for reasons that may pass: the coordinator away or restarting, out of
+// disk space or transfer slots, or the stream cut. Refusals of the update itself are final.
+bool UploadIsRetryable(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kResourceExhausted:
+    case absl::StatusCode::kAborted:
+    case absl::StatusCode::kDeadlineExceeded:
+      return true;
+    default:
+      return false;
+  }
+}
+
 }  // namespace
 
 ClientDaemon::ClientDaemon(ClientConfig config, CertificateProvider tls, const Dataset* data,
@@ -74,9 +88,7 @@ absl::Status ClientDaemon::Run() {
     Log(absl::StrFormat("coordinator at %s unavailable (%s); retrying in %.1f s",
                         config_.coordinator_address(), status.message(), sleep));
     metrics_->reconnects.Increment();
-    for (double t = 0; t < sleep && !stop_; t += 0.1) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    }
+    SleepUnlessStopped(sleep);
     backoff = std::min<double>(backoff * 2, config_.max_backoff_seconds());
   }
   return absl::OkStatus();
@@ -263,13 +275,40 @@ absl::Status ClientDaemon::UploadUpdate(const Task& task, TrainResult result,
   header.set_num_tensors(static_cast<uint32_t>(result.update.size()));
   header.set_train_loss(result.loss);
   *header.mutable_privacy() = privacy;
-  grpc::ClientContext ctx;
-  ASSIGN_OR_RETURN(const UploadResponse response,
-                   SendUpload(*channel_, ctx, header,
-                              std::make_shared<const TensorList>(std::move(result.update)),
-                              kUploadChunkBytes));
-  metrics_->upload_bytes.Increment(static_cast<double>(response.bytes_received()));
-  return absl::OkStatus();
+  const auto update = std::make_shared<const TensorList>(std::move(result.update));
+  double backoff = 1.0;
+  for (int attempt = 1;; ++attempt) {
+    grpc::ClientContext ctx;
+    absl::StatusOr<UploadResponse> response =
+        SendUpload(*channel_, ctx, header, update, kUploadChunkBytes);
+    if (response.ok()) {
+      metrics_->upload_bytes.Increment(static_cast<double>(response->bytes_received()));
+      return absl::OkStatus();
+    }
+    if (attempt > 1 && absl::IsAlreadyExists(response.status())) {
+      Log(absl::StrFormat("job %s round %d: the update had been accepted (its answer was lost)",
+                          task.job_id(), task.round()));
+      return absl::OkStatus();
+    }
+    const double now = std::chrono::duration<double>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count();
+    const double left = task.deadline_unix_seconds() - now;
+    if (stop_ || !UploadIsRetryable(response.status()) || left < backoff) {
+      return Annotate(response.status(), "upload");
+    }
+    Log(absl::StrFormat("job %s round %d: upload failed (%s); sending it again in %.0f s",
+                        task.job_id(), task.round(), response.status().ToString(), backoff));
+    metrics_->upload_retries.Increment();
+    SleepUnlessStopped(backoff);
+    backoff = std::min<double>(backoff * 2, config_.max_backoff_seconds());
+  }
+}
+
+void ClientDaemon::SleepUnlessStopped(double seconds) {
+  for (double t = 0; t < seconds && !stop_; t += 0.1) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
 }
 
 }  // namespace fl

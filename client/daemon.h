@@ -38,8 +38,12 @@ class ClientDaemon {
   absl::Status EvaluateAndReport(Federation::Stub& stub, const Task& task,
                                  const std::vector<std::string>& labels, const TensorList& model,
                                  double train_loss);
-  // Sends the update on channel_ (the chunks reference it, not copies).
+  // Sends the update on channel_ (the chunks reference it, not copies). A transient failure
+  // (UploadIsRetryable) is retried with backoff while the round's deadline allows: the same
+  // bytes again, so no retraining and, under DP, no further privacy cost.
   absl::Status UploadUpdate(const Task& task, TrainResult result, const PrivacyReport& privacy);
+  // Sleeps `seconds`, or less once Stop() is called.
+  void SleepUnlessStopped(double seconds);
   absl::Status DeclineTask(Federation::Stub& stub, const Task& task, const std::string& reason);
   // Why this site must not take the DP task (empty: it may): the round would exceed the cap.
   absl::StatusOr<std::string> BudgetRefusal(const Task& task, const DpPlan& plan);

@@ -15,6 +15,7 @@ struct ClientMetrics {
   prometheus::Gauge& connected;
   prometheus::Family<prometheus::Counter>& tasks;  // label result: done|declined|failed
   prometheus::Counter& reconnects;
+  prometheus::Counter& upload_retries;  // uploads sent again after a transient failure
   prometheus::Histogram& train_duration;
   prometheus::Counter& upload_bytes;
   prometheus::Counter& download_bytes;

@@ -2,8 +2,10 @@
 #include "server/coordinator.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include <unistd.h>
@@ -267,14 +269,17 @@ absl::StatusOr<double> Coordinator::ReceiveToSpool(
     const std::function<bool(UploadMessage*)>& next, const std::vector<TensorMeta>& expected,
     const std::string& spool, uint64_t* bytes) {
   std::unique_ptr<FILE, int (*)(FILE*)> out(std::fopen(spool.c_str(), "wb"), &std::fclose);
-  if (!out) return absl::UnavailableError(absl::StrCat("cannot write spool file ", spool));
+  if (!out) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot create spool file ", spool, ": ", std::strerror(errno)));
+  }
   ChunkReader reader(expected);
   double sum_squares = 0;
   auto sink = [&](size_t, uint64_t, const float* data, size_t n) -> absl::Status {
     for (size_t i = 0; i < n; ++i) sum_squares += double{data[i]} * data[i];
     if (std::fwrite(data, sizeof(float), n, out.get()) != n) {
       return absl::ResourceExhaustedError(
-          absl::StrCat("cannot write spool file ", spool, " (disk full?)"));
+          absl::StrCat("cannot write spool file ", spool, ": ", std::strerror(errno)));
     }
     return absl::OkStatus();
   };
@@ -293,7 +298,8 @@ absl::StatusOr<double> Coordinator::ReceiveToSpool(
   RETURN_IF_ERROR(reader.Finish());
   // Durable before its receipt is written: a restart may fold it again.
   if (std::fflush(out.get()) != 0 || ::fsync(fileno(out.get())) != 0) {
-    return absl::ResourceExhaustedError(absl::StrCat("cannot write spool file ", spool));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot write spool file ", spool, ": ", std::strerror(errno)));
   }
   *bytes = reader.bytes();
   metrics_->update_bytes.Increment(static_cast<double>(reader.bytes()));
@@ -338,11 +344,23 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
     return status;
   }
   if (!status.ok()) {
-    metrics_->UpdateRejected().Increment();
-    Log(absl::StrCat("refused update from ", who.name, ": ", status.message()));
-    if (absl::Status s = store_->Audit(who.name, "upload-refused", std::string(status.message()));
+    // Out of disk space or a failed write is this side's failure, not a bad update: the site
+    // sends it again (RESOURCE_EXHAUSTED, UNAVAILABLE) and operators see it apart.
+    const bool ours = absl::IsResourceExhausted(status) || absl::IsUnavailable(status) ||
+                      absl::IsInternal(status) || absl::IsDataLoss(status) ||
+                      absl::IsUnknown(status);
+    (ours ? metrics_->UpdateFailed() : metrics_->UpdateRejected()).Increment();
+    Log(absl::StrCat(ours ? "could not store the update from " : "refused update from ", who.name,
+                     ": ", status.message()));
+    if (absl::Status s = store_->Audit(who.name, ours ? "upload-failed" : "upload-refused",
+                                       std::string(status.message()));
         !s.ok()) {
       Log(absl::StrCat("audit log write failed: ", s.message()));
+    }
+    if (ours && !absl::IsUnavailable(status)) {  // the cause is for this side's operator only
+      return absl::Status(status.code(),
+                          "the coordinator could not store the update (its log says why); "
+                          "send it again");
     }
     return status;
   }

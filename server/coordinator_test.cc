@@ -490,6 +490,9 @@ TEST_F(CoordinatorTest, InitialModelCopiesLiveAsLongAsTheirJob) {
   spec.set_round_deadline_seconds(1);  // nobody uploads: the job fails after three attempts
   const std::string failed = Submit(spec);
   WaitForState(failed, FAILED);
+  for (int i = 0; i < 200 && !copies().empty(); ++i) {  // removed once the ending is stored
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   EXPECT_TRUE(copies().empty());
 
   const std::string queued = Submit(spec);

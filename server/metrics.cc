@@ -32,7 +32,8 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                                       1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600})),
       updates(BuildCounter()
                   .Name("fl_coordinator_updates_total")
-                  .Help("Uploaded updates by result (accepted or rejected)")
+                  .Help("Uploaded updates by result: accepted, rejected (invalid or hostile), "
+                        "failed (not stored: out of disk space or a write error)")
                   .Register(r)),
       update_bytes(BuildCounter()
                        .Name("fl_coordinator_update_bytes_total")

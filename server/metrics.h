@@ -21,7 +21,9 @@ struct CoordinatorMetrics {
   prometheus::Counter& rounds_completed;
   prometheus::Counter& rounds_failed;
   prometheus::Histogram& round_duration;
-  prometheus::Family<prometheus::Counter>& updates;  // label result: accepted|rejected
+  // label result: accepted | rejected (invalid or hostile) | failed (not stored: out of disk
+  // space, write error)
+  prometheus::Family<prometheus::Counter>& updates;
   prometheus::Counter& update_bytes;
   prometheus::Counter& download_bytes;
   prometheus::Counter& declines;
@@ -32,6 +34,7 @@ struct CoordinatorMetrics {
 
   prometheus::Counter& UpdateAccepted() { return updates.Add({{"result", "accepted"}}); }
   prometheus::Counter& UpdateRejected() { return updates.Add({{"result", "rejected"}}); }
+  prometheus::Counter& UpdateFailed() { return updates.Add({{"result", "failed"}}); }
 };
 
 }  // namespace fl

@@ -17,8 +17,8 @@ import time
 import unittest
 
 import fedlib
-from fedlib import (SITES, Federation, make_expired_cert, metric, read_safetensors, round_sites,
-                    run, wait_until, write_corrupt_dicoms)
+from fedlib import (SITES, Federation, fill_disk, make_expired_cert, metric, read_safetensors,
+                    round_sites, run, small_tmpfs_wrap, wait_until, write_corrupt_dicoms)
 
 
 class FederationTest(unittest.TestCase):
@@ -419,6 +419,50 @@ class FederationTest(unittest.TestCase):
             self.assertEqual(os.listdir(spool) if os.path.isdir(spool) else [], [])
             for site, p in fed.clients.items():
                 self.assertEqual(p.wait(timeout=60), 0, f"{site} did not exit cleanly")
+        finally:
+            fed.stop()
+
+    def test_coordinator_out_of_disk_space_fails_uploads_and_sites_send_them_again(self):
+        """The coordinator's spool fills up for real (a small tmpfs in a private mount namespace).
+        An update it cannot store is counted as failed, not as bad; each site sends the same
+        update again with backoff (no retraining), and once space is back the round commits."""
+        fed = Federation("disk_full")
+        spool = f"{fed.dir}/pki/coordinator/state/spool"
+        wrap = small_tmpfs_wrap(spool, "1m")
+        if wrap is None:
+            self.skipTest("unprivileged user and mount namespaces are not allowed here")
+        try:
+            fed.start_coordinator(wrap=wrap)
+            filler = f"/proc/{fed.procs[0].pid}/root{spool}/filler"
+            fill_disk(filler)
+            sites = ["site-a", "site-b"]
+            for i, site in enumerate(sites):
+                fed.start_client(site, seed=i + 1, metrics=True)
+            job_id = fed.submit('name: "full" model: "smallcnn" image_size: 32 rounds: 1 '
+                                'local_steps: 3 batch_size: 8 min_sites: 2 '
+                                'start_timeout_seconds: 60 round_deadline_seconds: 180 '
+                                'labels: "cardiomegaly"')
+            for site in sites:
+                wait_until(lambda: metric(fed.client_metrics(site),
+                                          "fl_client_upload_retries_total") >= 1,
+                           120, f"{site} sending its update again")
+            text = fed.metrics()
+            self.assertGreaterEqual(
+                metric(text, "fl_coordinator_updates_total", {"result": "failed"}), 2)
+            self.assertEqual(
+                metric_or_zero(text, "fl_coordinator_updates_total", {"result": "rejected"}), 0)
+            self.assertIn("No space left on device", fed.log("coordinator"))
+            self.assertEqual(fed.status(job_id)["state"], "RUNNING")
+            os.remove(filler)
+            status = fed.wait(job_id)
+            self.assertEqual(status["state"], "DONE")
+            self.assertEqual(round_sites(status), {0: sites})
+            self.assertEqual(metric(fed.metrics(), "fl_coordinator_rounds_failed_total"), 0)
+            for site in sites:
+                log = fed.log(site)
+                self.assertEqual(log.count(f"job {job_id} round 0: trained"), 1, site)
+                self.assertIn("the coordinator could not store the update", log)
+                self.assertIn("sending it again", log)
         finally:
             fed.stop()
 

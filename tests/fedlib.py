@@ -2,6 +2,7 @@
 run as real processes, metric parsing, and the broken inputs some scenarios feed them (an
 expired certificate, corrupt DICOM files)."""
 import datetime
+import errno
 import json
 import os
 import re
@@ -109,10 +110,12 @@ class Federation:
         """Re-keys the named kits in place with `flctl provision --renew`."""
         return run(*self.provision_args, "--renew", ",".join(names))
 
-    def start_coordinator(self, extra=""):
+    def start_coordinator(self, extra="", wrap=()):
+        """`wrap`: a command prefix the coordinator runs under (it must exec its arguments)."""
         with open(self.coordinator_conf, "a") as f:
             f.write(f'port_file: "{self.dir}/port"\nmetrics_address: "127.0.0.1:0"\n' + extra)
-        self.spawn("coordinator", f"{BIN}/fl-coordinator", "--config", self.coordinator_conf)
+        self.spawn("coordinator", *wrap, f"{BIN}/fl-coordinator", "--config",
+                   self.coordinator_conf)
         # The metrics port is written before the gRPC port, which is written once listening.
         wait_until(lambda: all(os.path.exists(f"{self.dir}/{n}") for n in ("port", "port.metrics")),
                    30, "the coordinator's port files", interval=0.05)
@@ -217,6 +220,36 @@ class Federation:
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+
+
+def small_tmpfs_wrap(mount_point, size):
+    """A `start_coordinator` wrap that gives the coordinator a private mount namespace (a user
+    namespace maps the caller to root there) with a tmpfs of `size` at `mount_point`: a disk it
+    fills for real. The test reaches it through /proc/PID/root. None if unprivileged namespaces
+    or tmpfs mounts are not allowed on this machine."""
+    probe = tempfile.mkdtemp()
+    try:
+        ok = subprocess.run(["unshare", "--map-root-user", "--mount", "mount", "-t", "tmpfs",
+                             "tmpfs", probe], capture_output=True).returncode == 0
+    finally:
+        os.rmdir(probe)
+    if not ok:
+        return None
+    return ["unshare", "--map-root-user", "--mount", "sh", "-c",
+            f'mkdir -p "{mount_point}" && mount -t tmpfs -o size={size} tmpfs "{mount_point}" '
+            '&& exec "$0" "$@"']
+
+
+def fill_disk(path):
+    """Writes `path` until its file system has no byte left (ENOSPC)."""
+    with open(path, "wb", buffering=0) as f:
+        for block in (1 << 16, 1 << 12, 1):
+            try:
+                while True:
+                    f.write(b"\0" * block)
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
 
 
 def log_time(text):
