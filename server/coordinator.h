@@ -137,15 +137,18 @@ class Coordinator {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::string> TrainLabels(const JobSpec& spec, const std::string& site) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Applies `change` to the job under mu_, then stores the changed job (outside mu_: an fsync
-  // must not stall every site). A change that returns an error leaves the job as it was. Under
-  // job_write_mu_, so that the store always ends with the latest state: two changes cannot be
-  // stored in the other order (a cancel overwritten by an older copy would resume the job).
+  // Stores the job with `change` applied (outside mu_: an fsync must not stall every site), then
+  // applies it in memory too; `change` runs under mu_ and must be idempotent. A change that
+  // returns an error, or a failed write, leaves the job as it was. Under job_write_mu_, so that
+  // the store always ends with the latest state: two changes cannot be stored in the other order
+  // (a cancel overwritten by an older copy would resume the job).
   absl::StatusOr<JobStatus> ChangeJob(const std::string& job_id,
                                       const std::function<absl::Status(JobStatus&)>& change);
   void AttachReport(JobStatus& job, const std::string& site, const MetricsReport& report)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool JobCancelled(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Waits `seconds`; false (at once) when the job is cancelled or the coordinator shuts down.
+  bool PauseUnlessCancelled(const std::string& job_id, double seconds);
   std::string CheckpointPath(const std::string& job_id, uint32_t round) const;
   // Deletes the spool files of every attempt of a committed round.
   void RemoveSpools(const std::string& job_id, uint32_t round);

@@ -94,11 +94,24 @@ absl::StatusOr<JobStatus> Coordinator::ChangeJob(
     absl::MutexLock lock(&mu_);
     auto it = jobs_.find(job_id);
     if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
-    RETURN_IF_ERROR(change(it->second));
     copy = it->second;
+    RETURN_IF_ERROR(change(copy));
   }
   RETURN_IF_ERROR(store_->PutJob(copy));
-  return copy;
+  // Stored: now the same change in memory (applied again rather than assigned, so that what a
+  // fold recorded meanwhile stays). A write that failed (disk full) changed nothing.
+  absl::MutexLock lock(&mu_);
+  if (absl::Status again = change(jobs_[job_id]); !again.ok()) return again;
+  return jobs_[job_id];
+}
+
+bool Coordinator::PauseUnlessCancelled(const std::string& job_id, double seconds) {
+  absl::MutexLock lock(&mu_);
+  auto cancelled = [&] {
+    mu_.AssertHeld();
+    return JobCancelled(job_id);
+  };
+  return !mu_.AwaitWithTimeout(absl::Condition(&cancelled), absl::Seconds(seconds));
 }
 
 bool Coordinator::JobCancelled(const std::string& job_id) {
@@ -172,12 +185,22 @@ absl::Status Coordinator::RunJob(const std::string& job_id) {
     absl::Status status;
     ASSIGN_OR_RETURN(std::vector<Receipt> earlier, store_->Receipts(job_id, round));
     const uint32_t first = earlier.empty() ? 1 : earlier.back().attempt + 1;  // after a restart
-    for (uint32_t attempt = first; attempt < first + kMaxAttempts; ++attempt) {
+    double pause = 1;  // before the next attempt after a commit that could not be stored
+    for (uint32_t attempt = first, failed = 0; failed < kMaxAttempts; ++attempt) {
       status = RunRound(job_id, round, attempt, /*evaluate_only=*/false);
       if (status.ok() || absl::IsCancelled(status)) break;
       metrics_->rounds_failed.Increment();
       Log(absl::StrCat("job ", job_id, " round ", round, " attempt ", attempt, ": ",
                        status.message()));
+      if (!absl::IsResourceExhausted(status)) {
+        ++failed;
+        continue;
+      }
+      // Out of disk space (or a failed write): the round's updates stay spooled, and the next
+      // attempt, once storage is back, commits them. That costs the job no attempt.
+      Log(absl::StrFormat("job %s round %d: trying again in %.0f s", job_id, round, pause));
+      if (!PauseUnlessCancelled(job_id, pause)) return absl::CancelledError("job cancelled");
+      pause = std::min(pause * 2, 60.0);
     }
     RETURN_IF_ERROR(status);
   }
@@ -380,11 +403,18 @@ absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t ro
   ASSIGN_OR_RETURN(TensorList next,
                    aggregator->NextModel(spec.server_optimizer(), *global, &moments_));
   global.reset();
+  // A write that fails (out of disk space, I/O error) is RESOURCE_EXHAUSTED: RunJob waits for
+  // storage instead of spending the job's attempts.
+  const auto stored = [round](const absl::Status& s) {
+    return s.ok() ? s
+                  : absl::ResourceExhaustedError(
+                        absl::StrCat("cannot store round ", round, ": ", s.message()));
+  };
   const std::string path = CheckpointPath(job_id, round + 1);
-  RETURN_IF_ERROR(WriteSafetensors(path, next, {{"job_id", job_id},
-                                                {"round", absl::StrCat(round + 1)}}));
+  RETURN_IF_ERROR(stored(WriteSafetensors(
+      path, next, {{"job_id", job_id}, {"round", absl::StrCat(round + 1)}})));
   // FedAdam/FedYogi state goes next to the checkpoint, so a restart resumes the same optimizer.
-  if (!moments_.m.empty()) RETURN_IF_ERROR(WriteMoments(MomentsPath(path), moments_));
+  if (!moments_.m.empty()) RETURN_IF_ERROR(stored(WriteMoments(MomentsPath(path), moments_)));
   uint32_t crc = 0;
   for (const NamedTensor& t : next) crc = Crc32cExtend(crc, t.data.data(), t.byte_size());
   absl::MutexLock write_lock(&job_write_mu_);  // the stored job stays the latest (ChangeJob)
@@ -395,7 +425,7 @@ absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t ro
   }
   *copy.add_rounds() = summary;
   copy.set_rounds_done(round + 1);
-  RETURN_IF_ERROR(store_->CommitRound(copy, Checkpoint{path, crc, round + 1}));
+  RETURN_IF_ERROR(stored(store_->CommitRound(copy, Checkpoint{path, crc, round + 1})));
   std::error_code ec;
   if (round >= 1) {  // keep the last two
     fs::remove(CheckpointPath(job_id, round - 1), ec);

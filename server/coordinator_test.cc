@@ -567,6 +567,41 @@ TEST_F(CoordinatorTest, RoundWithoutQuorumIsRetriedThenFailsWithReason) {
   EXPECT_NE(job.message().find("required updates"), std::string::npos) << job.message();
 }
 
+// A commit that cannot be stored (the checkpoint folder replaced by a file: the write fails as it
+// would on a full disk) spends none of the job's attempts: the round's updates stay spooled,
+// and once storage is back they are committed, each exactly once.
+TEST_F(CoordinatorTest, CommitThatCannotBeStoredWaitsForStorage) {
+  ConnectSites();
+  JobSpec spec;
+  spec.set_rounds(1);
+  const std::string id = Submit(spec);
+  Task ta = a_->Next();
+  Task tb = b_->Next();
+  const fs::path checkpoints = fs::path(dir_) / "checkpoints";
+  fs::remove_all(checkpoints);
+  ASSERT_TRUE(WriteFileAtomic(checkpoints.string(), "in the way", 0600).ok());
+  ASSERT_TRUE(Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"}).ok());
+  ASSERT_TRUE(Upload(b_->who(), tb, Update(3, 2, 0), 15, {"a"}).ok());
+  for (int i = 0; i < 300 && metrics_.rounds_failed.Value() < 3; ++i) {  // pauses of 1 s, 2 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_GE(metrics_.rounds_failed.Value(), 3);  // as many as the job has attempts
+  EXPECT_EQ(core_->GetJob(id)->state(), RUNNING);
+  ASSERT_TRUE(fs::remove(checkpoints));
+  ASSERT_TRUE(fs::create_directory(checkpoints));
+  Task final_task;
+  do final_task = a_->Next();  // the final evaluation opens once round 0 is committed
+  while (!final_task.job_id().empty() && !final_task.evaluate_only());
+  ASSERT_TRUE(final_task.evaluate_only());
+  // Backbone: (15*3 + 5*1) / 20 = 2.5. Row a: (15*2 + 5*4) / 20 = 2.5. Row b: site-a only: 6.
+  const TensorList weights = CommittedWeights(id);
+  ASSERT_EQ(weights.size(), 3u);
+  EXPECT_FLOAT_EQ(weights[0].data[0], 2.5f);
+  EXPECT_FLOAT_EQ(weights[1].data[0], 2.5f);
+  EXPECT_FLOAT_EQ(weights[1].data[2], 6.0f);
+  ASSERT_TRUE(core_->CancelJob({"op", Role::kAdmin}, id).ok());  // skip the final evaluation
+}
+
 // The resumed job's weights come from its checkpoint alone: the copy of its initial model is
 // removed once round 0 is committed, and not read again.
 TEST_F(CoordinatorTest, RunningJobResumesAfterRestartFromLastCommittedRound) {
