@@ -211,7 +211,17 @@ absl::Status ClientDaemon::HandleTask(Federation::Stub& stub, const Task& task) 
   PrivacyReport privacy;
   if (plan) {
     // The cost is durable in the ledger before any byte of the update leaves.
-    ASSIGN_OR_RETURN(privacy, RecordPrivacy(task, *plan));
+    absl::StatusOr<PrivacyReport> recorded = RecordPrivacy(task, *plan);
+    if (!recorded.ok()) {  // e.g. the disk is full: nothing leaves, and the coordinator knows why
+      Log(absl::StrCat("job ", task.job_id(), " round ", task.round(),
+                       ": cannot record the privacy cost: ", recorded.status().message()));
+      return DeclineTask(
+          stub, task,
+          absl::StrCat("cannot record the round's privacy cost, so nothing is sent (",
+                       absl::StatusCodeToString(recorded.status().code()),
+                       "; the site's log says why)"));
+    }
+    privacy = *std::move(recorded);
   }
   RETURN_IF_ERROR(UploadUpdate(task, std::move(result), privacy));
   metrics_->tasks.Add({{"result", "done"}}).Increment();

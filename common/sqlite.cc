@@ -33,11 +33,23 @@ absl::StatusOr<sqlite3*> OpenSqlite(const std::string& path, const std::string& 
   return db;
 }
 
+namespace {
+
+// The status of a failed call that returned `rc`: a full disk is RESOURCE_EXHAUSTED (callers
+// wait for space or tell their peer to send again), a broken constraint ALREADY_EXISTS.
+absl::Status SqliteError(int rc, const char* message) {
+  if ((rc & 0xFF) == SQLITE_CONSTRAINT) return absl::AlreadyExistsError(message);
+  if ((rc & 0xFF) == SQLITE_FULL) return absl::ResourceExhaustedError("sqlite: disk is full");
+  return absl::InternalError(absl::StrCat("sqlite: ", message));
+}
+
+}  // namespace
+
 absl::Status SqliteExec(sqlite3* db, const std::string& sql) {
   char* error = nullptr;
-  if (sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error) != SQLITE_OK) {
-    absl::Status status = absl::InternalError(
-        absl::StrCat("sqlite: ", error != nullptr ? error : sqlite3_errmsg(db)));
+  const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &error);
+  if (rc != SQLITE_OK) {
+    absl::Status status = SqliteError(rc, error != nullptr ? error : sqlite3_errmsg(db));
     sqlite3_free(error);
     return status;
   }
@@ -79,9 +91,7 @@ absl::StatusOr<bool> SqlStatement::Step() {
   const int rc = sqlite3_step(stmt_);
   if (rc == SQLITE_ROW) return true;
   if (rc == SQLITE_DONE) return false;
-  if ((rc & 0xFF) == SQLITE_CONSTRAINT) return absl::AlreadyExistsError(sqlite3_errmsg(db_));
-  if ((rc & 0xFF) == SQLITE_FULL) return absl::ResourceExhaustedError("sqlite: disk is full");
-  return absl::InternalError(absl::StrCat("sqlite: ", sqlite3_errmsg(db_)));
+  return SqliteError(rc, sqlite3_errmsg(db_));
 }
 
 std::string SqlStatement::Blob(int col) {

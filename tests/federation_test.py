@@ -466,6 +466,42 @@ class FederationTest(unittest.TestCase):
         finally:
             fed.stop()
 
+    def test_client_out_of_disk_space_declines_sends_nothing_and_keeps_running(self):
+        """A site whose state disk is full cannot record a DP round's privacy cost: it declines
+        the task with the reason, nothing leaves the site, and the daemon keeps running."""
+        fed = Federation("client_disk_full")
+        state = f"{fed.dir}/pki/sites/site-b/state"
+        wrap = small_tmpfs_wrap(state, "4m")
+        if wrap is None:
+            self.skipTest("unprivileged user and mount namespaces are not allowed here")
+        try:
+            fed.start_coordinator()
+            client = fed.start_client("site-b", seed=2, metrics=True, exit_when_idle=False,
+                                      wrap=wrap)
+            fed.wait_connected(1)
+            fill_disk(f"/proc/{client.pid}/root{state}/filler")
+            job_id = fed.submit('name: "dpfull" model: "smallcnn" image_size: 32 rounds: 1 '
+                                'local_steps: 3 batch_size: 8 min_sites: 1 '
+                                'start_timeout_seconds: 60 round_deadline_seconds: 5 '
+                                'labels: "cardiomegaly" '
+                                'dp { enabled: true noise_multiplier: 1.0 delta: 1e-6 }')
+            status = fed.wait(job_id, check=False)
+            self.assertEqual(status["state"], "FAILED")
+            self.assertIn("site-b: cannot record the round's privacy cost, so nothing is sent",
+                          status["message"])
+            text = fed.metrics()
+            for result in ("accepted", "rejected", "failed"):  # no upload was even started
+                self.assertEqual(metric_or_zero(text, "fl_coordinator_updates_total",
+                                                {"result": result}), 0, result)
+            self.assertIn("fl_coordinator_task_declines_total 3", text)
+            self.assertIn("cannot record the privacy cost", fed.log("site-b"))
+            self.assertIn("disk is full", fed.log("site-b"))
+            self.assertEqual(metric(fed.client_metrics("site-b"), "fl_client_tasks_total",
+                                    {"result": "declined"}), 3)
+            self.assertIsNone(client.poll(), "the client stopped")
+        finally:
+            fed.stop()
+
     def test_corrupt_dicom_files_are_skipped_by_the_running_client(self):
         fed = Federation("corrupt")
         try:

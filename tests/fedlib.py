@@ -127,17 +127,18 @@ class Federation:
             "--size", 64, "--seed", seed, "--labels", SITES[site], "--site", site)
 
     def start_client(self, site, count=48, seed=1, extra="", exit_when_idle=True,
-                     metrics=False, make_data=True):
+                     metrics=False, make_data=True, wrap=()):
         if make_data:
             self.make_data(site, count, seed)
         with open(self.site_conf(site), "a") as f:
             f.write(f"exit_when_idle: {str(exit_when_idle).lower()}\nloader_threads: 1\n" +
                     ('metrics_address: "127.0.0.1:0"\n' if metrics else "") + extra)
-        return self.restart_client(site)
+        return self.restart_client(site, wrap)
 
-    def restart_client(self, site):
-        """Starts (again) the site's daemon from its config as it is; its log is appended to."""
-        proc = self.spawn(site, f"{BIN}/fl-client", "--config", self.site_conf(site))
+    def restart_client(self, site, wrap=()):
+        """Starts (again) the site's daemon from its config as it is; its log is appended to.
+        `wrap` as for start_coordinator."""
+        proc = self.spawn(site, *wrap, f"{BIN}/fl-client", "--config", self.site_conf(site))
         self.clients[site] = proc
         return proc
 
