@@ -28,9 +28,9 @@ std::chrono::system_clock::time_point In(int seconds) {
   return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
 }
 
-// An upload that failed for reasons that may pass: the coordinator away or restarting, out of
-// disk space or transfer slots, or the stream cut. Refusals of the update itself are final.
-bool UploadIsRetryable(const absl::Status& status) {
+// A call that failed for reasons that may pass: the coordinator away or restarting, out of disk
+// space or transfer slots, or the stream cut. Refusals (of an update, say) are final.
+bool IsRetryable(const absl::Status& status) {
   switch (status.code()) {
     case absl::StatusCode::kUnavailable:
     case absl::StatusCode::kResourceExhausted:
@@ -193,7 +193,13 @@ absl::Status ClientDaemon::HandleTask(Federation::Stub& stub, const Task& task) 
   TensorList global;
   RETURN_IF_ERROR(DownloadModel(stub, task, &global));
   if (task.evaluate_only() || task.round() > 0) {
-    RETURN_IF_ERROR(EvaluateAndReport(stub, task, labels, global, 0));
+    absl::Status reported = EvaluateAndReport(stub, task, labels, global, 0);
+    if (task.evaluate_only()) RETURN_IF_ERROR(reported);
+    if (!reported.ok()) {  // the round's training does not depend on it
+      Log(absl::StrCat("job ", task.job_id(), " round ", task.round(),
+                       ": the global model's evaluation was not reported (", reported.message(),
+                       "); training goes on"));
+    }
   }
   if (task.evaluate_only()) {
     metrics_->tasks.Add({{"result", "done"}}).Increment();
@@ -269,10 +275,12 @@ absl::Status ClientDaemon::EvaluateAndReport(Federation::Stub& stub, const Task&
   }
   Log(absl::StrCat("job ", task.job_id(), " model after round ", task.round(), ": AUROC ",
                    absl::StrJoin(parts, ", ")));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(In(30));
-  Ack ack;
-  return Annotate(FromGrpcStatus(stub.Report(&ctx, report, &ack)), "report");
+  return SendWithRetries(task, "report", [&](int) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(30));
+    Ack ack;
+    return Annotate(FromGrpcStatus(stub.Report(&ctx, report, &ack)), "report");
+  });
 }
 
 absl::Status ClientDaemon::UploadUpdate(const Task& task, TrainResult result,
@@ -286,8 +294,7 @@ absl::Status ClientDaemon::UploadUpdate(const Task& task, TrainResult result,
   header.set_train_loss(result.loss);
   *header.mutable_privacy() = privacy;
   const auto update = std::make_shared<const TensorList>(std::move(result.update));
-  double backoff = 1.0;
-  for (int attempt = 1;; ++attempt) {
+  return SendWithRetries(task, "upload", [&](int attempt) {
     grpc::ClientContext ctx;
     absl::StatusOr<UploadResponse> response =
         SendUpload(*channel_, ctx, header, update, kUploadChunkBytes);
@@ -300,16 +307,23 @@ absl::Status ClientDaemon::UploadUpdate(const Task& task, TrainResult result,
                           task.job_id(), task.round()));
       return absl::OkStatus();
     }
+    return Annotate(response.status(), "upload");
+  });
+}
+
+absl::Status ClientDaemon::SendWithRetries(const Task& task, const std::string& rpc,
+                                           const std::function<absl::Status(int)>& send) {
+  double backoff = 1.0;
+  for (int attempt = 1;; ++attempt) {
+    absl::Status status = send(attempt);
     const double now = std::chrono::duration<double>(
                            std::chrono::system_clock::now().time_since_epoch())
                            .count();
     const double left = task.deadline_unix_seconds() - now;
-    if (stop_ || !UploadIsRetryable(response.status()) || left < backoff) {
-      return Annotate(response.status(), "upload");
-    }
-    Log(absl::StrFormat("job %s round %d: upload failed (%s); sending it again in %.0f s",
-                        task.job_id(), task.round(), response.status().ToString(), backoff));
-    metrics_->upload_retries.Increment();
+    if (status.ok() || stop_ || !IsRetryable(status) || left < backoff) return status;
+    Log(absl::StrFormat("job %s round %d: %s failed (%s); sending it again in %.0f s",
+                        task.job_id(), task.round(), rpc, status.ToString(), backoff));
+    metrics_->send_retries.Add({{"rpc", rpc}}).Increment();
     SleepUnlessStopped(backoff);
     backoff = std::min<double>(backoff * 2, config_.max_backoff_seconds());
   }

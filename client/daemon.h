@@ -4,6 +4,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -38,10 +39,15 @@ class ClientDaemon {
   absl::Status EvaluateAndReport(Federation::Stub& stub, const Task& task,
                                  const std::vector<std::string>& labels, const TensorList& model,
                                  double train_loss);
-  // Sends the update on channel_ (the chunks reference it, not copies). A transient failure
-  // (UploadIsRetryable) is retried with backoff while the round's deadline allows: the same
-  // bytes again, so no retraining and, under DP, no further privacy cost.
+  // Sends the update on channel_ (the chunks reference it, not copies), with SendWithRetries:
+  // the same bytes again, so no retraining and, under DP, no further privacy cost.
   absl::Status UploadUpdate(const Task& task, TrainResult result, const PrivacyReport& privacy);
+  // Calls `send(attempt)` (1, 2, ...) until it succeeds, fails for good (only UNAVAILABLE,
+  // RESOURCE_EXHAUSTED, ABORTED and DEADLINE_EXCEEDED may pass), Stop() is called, or the next
+  // try would come after the task's round deadline; waits 1 s, doubling up to
+  // max_backoff_seconds, between tries. Counts each retry as fl_client_send_retries_total{rpc}.
+  absl::Status SendWithRetries(const Task& task, const std::string& rpc,
+                               const std::function<absl::Status(int)>& send);
   // Sleeps `seconds`, or less once Stop() is called.
   void SleepUnlessStopped(double seconds);
   absl::Status DeclineTask(Federation::Stub& stub, const Task& task, const std::string& reason);

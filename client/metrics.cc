@@ -21,12 +21,11 @@ ClientMetrics::ClientMetrics(prometheus::Registry& r)
                      .Help("Connection attempts after a failure")
                      .Register(r)
                      .Add({})),
-      upload_retries(BuildCounter()
-                         .Name("fl_client_upload_retries_total")
-                         .Help("Updates sent again after a transient failure (coordinator away "
-                               "or out of disk space), within the round's deadline")
-                         .Register(r)
-                         .Add({})),
+      send_retries(BuildCounter()
+                       .Name("fl_client_send_retries_total")
+                       .Help("Updates (rpc upload) and evaluation reports (rpc report) sent "
+                             "again after a transient failure, within the round's deadline")
+                       .Register(r)),
       train_duration(BuildHistogram()
                          .Name("fl_client_train_duration_seconds")
                          .Help("Local training time per task")

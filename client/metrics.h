@@ -15,7 +15,8 @@ struct ClientMetrics {
   prometheus::Gauge& connected;
   prometheus::Family<prometheus::Counter>& tasks;  // label result: done|declined|failed
   prometheus::Counter& reconnects;
-  prometheus::Counter& upload_retries;  // uploads sent again after a transient failure
+  // Calls sent again after a transient failure; label rpc: upload|report
+  prometheus::Family<prometheus::Counter>& send_retries;
   prometheus::Histogram& train_duration;
   prometheus::Counter& upload_bytes;
   prometheus::Counter& download_bytes;

@@ -443,8 +443,9 @@ class FederationTest(unittest.TestCase):
                                 'start_timeout_seconds: 60 round_deadline_seconds: 180 '
                                 'labels: "cardiomegaly"')
             for site in sites:
-                wait_until(lambda: metric(fed.client_metrics(site),
-                                          "fl_client_upload_retries_total") >= 1,
+                wait_until(lambda: metric_or_zero(fed.client_metrics(site),
+                                                  "fl_client_send_retries_total",
+                                                  {"rpc": "upload"}) >= 1,
                            120, f"{site} sending its update again")
             text = fed.metrics()
             self.assertGreaterEqual(
