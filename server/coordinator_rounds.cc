@@ -67,21 +67,28 @@ void Coordinator::SchedulerLoop() {
       global_.reset();
       if (shutdown_) return;  // a job cut by shutdown resumes after the restart
     }
-    bool ends = false;  // false when the job ended meanwhile (cancelled)
-    absl::StatusOr<JobStatus> stored = ChangeJob(job_id, [&](JobStatus& job) {
-      if (Terminal(job.state())) return absl::FailedPreconditionError("already ended");
-      ends = true;
-      job.set_state(status.ok() ? DONE : FAILED);
-      job.set_message(status.ok() ? "" : std::string(status.message()));
-      return absl::OkStatus();
-    });
-    if (!ends) continue;
-    Log(absl::StrCat("job ", job_id, status.ok() ? " done" : " failed: ",
-                     status.ok() ? "" : status.message()));
-    if (!stored.ok()) {
-      Log(absl::StrCat("cannot record the end of job ", job_id, ": ", stored.status().message()));
-    } else {
-      RemoveInitialModel(job_id);  // a stored ending is never resumed
+    const std::string ending =
+        absl::StrCat("job ", job_id, status.ok() ? " done" : " failed: ", status.message());
+    // Until the ending is stored the job is not over (memory changes only once it is): a full
+    // disk is waited out here, 1 s doubling to 60 s, rather than running the job again.
+    for (double pause = 1;; pause = std::min(pause * 2, 60.0)) {
+      bool ends = false;  // stays false when the job ended meanwhile (cancelled)
+      absl::StatusOr<JobStatus> stored = ChangeJob(job_id, [&](JobStatus& job) {
+        if (Terminal(job.state())) return absl::FailedPreconditionError("already ended");
+        ends = true;
+        job.set_state(status.ok() ? DONE : FAILED);
+        job.set_message(status.ok() ? "" : std::string(status.message()));
+        return absl::OkStatus();
+      });
+      if (!ends) break;
+      if (stored.ok()) {
+        Log(ending);
+        RemoveInitialModel(job_id);  // a stored ending is never resumed
+        break;
+      }
+      Log(absl::StrFormat("%s, but that cannot be recorded (%s); trying again in %.0f s", ending,
+                          stored.status().message(), pause));
+      if (!PauseUnlessCancelled(job_id, pause)) break;  // a shutdown: resumed after the restart
     }
   }
 }

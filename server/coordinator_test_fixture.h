@@ -89,8 +89,11 @@ inline TensorList Update(float backbone, float head_a, float head_b) {
 
 class CoordinatorTest : public ::testing::Test {
  protected:
+  // Where the coordinator keeps its state (a fresh folder; fixtures may pick another disk).
+  virtual std::string StateDir() { return FreshTestDir(); }
+
   void SetUp() override {
-    dir_ = FreshTestDir();
+    dir_ = StateDir();
     config_.set_state_dir(dir_);
     config_.set_chunk_bytes(8);  // several chunks per tensor
     store_ = std::move(Store::Open(dir_ + "/state.db")).value();
@@ -115,7 +118,7 @@ class CoordinatorTest : public ::testing::Test {
   absl::Notification prepare_entered_, prepare_release_;
 
   void TearDown() override {
-    core_->Shutdown();  // ends the task streams at once
+    if (core_) core_->Shutdown();  // ends the task streams at once
     a_.reset();
     b_.reset();
   }
