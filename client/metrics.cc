@@ -23,8 +23,8 @@ ClientMetrics::ClientMetrics(prometheus::Registry& r)
                      .Add({})),
       send_retries(BuildCounter()
                        .Name("fl_client_send_retries_total")
-                       .Help("Updates (rpc upload) and evaluation reports (rpc report) sent "
-                             "again after a transient failure, within the round's deadline")
+                       .Help("Updates (rpc upload) and final evaluation reports (rpc report) "
+                             "sent again after a transient failure, within the round's deadline")
                        .Register(r)),
       train_duration(BuildHistogram()
                          .Name("fl_client_train_duration_seconds")
