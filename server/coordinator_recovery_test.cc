@@ -23,8 +23,8 @@ TEST_F(CoordinatorTest, CommitThatCannotBeStoredWaitsForStorage) {
   const fs::path checkpoints = fs::path(dir_) / "checkpoints";
   fs::remove_all(checkpoints);
   ASSERT_TRUE(WriteFileAtomic(checkpoints.string(), "in the way", 0600).ok());
-  ASSERT_TRUE(Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"}).ok());
-  ASSERT_TRUE(Upload(b_->who(), tb, Update(3, 2, 0), 15, {"a"}).ok());
+  ASSERT_TRUE(UploadA(ta).ok());
+  ASSERT_TRUE(UploadB(tb).ok());
   for (int i = 0; i < 300 && metrics_.rounds_failed.Value() < 3; ++i) {  // pauses of 1 s, 2 s
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
@@ -36,12 +36,7 @@ TEST_F(CoordinatorTest, CommitThatCannotBeStoredWaitsForStorage) {
   do final_task = a_->Next();  // the final evaluation opens once round 0 is committed
   while (!final_task.job_id().empty() && !final_task.evaluate_only());
   ASSERT_TRUE(final_task.evaluate_only());
-  // Backbone: (15*3 + 5*1) / 20 = 2.5. Row a: (15*2 + 5*4) / 20 = 2.5. Row b: site-a only: 6.
-  const TensorList weights = CommittedWeights(id);
-  ASSERT_EQ(weights.size(), 3u);
-  EXPECT_FLOAT_EQ(weights[0].data[0], 2.5f);
-  EXPECT_FLOAT_EQ(weights[1].data[0], 2.5f);
-  EXPECT_FLOAT_EQ(weights[1].data[2], 6.0f);
+  ExpectWeightedMeanOfAAndB(id);
   ASSERT_TRUE(core_->CancelJob({"op", Role::kAdmin}, id).ok());  // skip the final evaluation
 }
 
@@ -73,7 +68,6 @@ TEST_F(CoordinatorTest, RunningJobResumesAfterRestartFromLastCommittedRound) {
   EXPECT_FLOAT_EQ(global[0].data[0], 1.0f);  // the round-0 aggregate, not a fresh model
 }
 
-
 // A restart in the middle of a round loses nothing: the update received before is folded again
 // from its spool, only the other site is asked, and the aggregate is exactly the one of an
 // uninterrupted round.
@@ -84,21 +78,17 @@ TEST_F(CoordinatorTest, RestartMidRoundReusesReceivedUpdatesExactlyOnce) {
   const std::string id = Submit(spec);
   Task ta = a_->Next();
   b_->Next();
-  ASSERT_TRUE(Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"}).ok());
+  ASSERT_TRUE(UploadA(ta).ok());
   Restart();  // site-b never uploaded before it
   Task tb = b_->Next();
   ASSERT_EQ(tb.job_id(), id);
   EXPECT_FALSE(tb.evaluate_only());
-  ASSERT_TRUE(Upload(b_->who(), tb, Update(3, 2, 0), 15, {"a"}).ok());
+  ASSERT_TRUE(UploadB(tb).ok());
   Task ea = a_->Next();  // site-a's first task after the restart is the final evaluation
   EXPECT_TRUE(ea.evaluate_only());
-  const TensorList weights = CommittedWeights(id);
-  ASSERT_EQ(weights.size(), 3u);
-  EXPECT_FLOAT_EQ(weights[0].data[0], 2.5f);  // (15*3 + 5*1) / 20, as without the restart
-  EXPECT_FLOAT_EQ(weights[1].data[2], 6.0f);
+  ExpectWeightedMeanOfAAndB(id);  // as without the restart
   EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/spool"));  // spools dropped at the commit
 }
-
 
 // A site that took its task and then went away (crash, lost connection) gets the same task
 // again when it reconnects within the round.
@@ -119,7 +109,6 @@ TEST_F(CoordinatorTest, SiteThatComesBackInTheRoundGetsItsTaskAgain) {
   ASSERT_TRUE(Upload(b_->who(), tb, Update(1, 1, 0), 10, {"a"}).ok());
   EXPECT_TRUE(a_->Next().evaluate_only());  // the round closed with both updates
 }
-
 
 // Robust aggregation: a third site sends a huge but finite update; under the median the
 // global model stays with the honest sites.
@@ -176,11 +165,11 @@ TEST_F(CoordinatorTest, MedianAfterRestartMidRoundUsesTheEarlierSpool) {
   const std::string id = Submit(spec);
   Task ta = a_->Next();
   b_->Next();
-  ASSERT_TRUE(Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"}).ok());
+  ASSERT_TRUE(UploadA(ta).ok());
   Restart();
   Task tb = b_->Next();
   ASSERT_EQ(tb.job_id(), id);
-  ASSERT_TRUE(Upload(b_->who(), tb, Update(3, 2, 0), 15, {"a"}).ok());
+  ASSERT_TRUE(UploadB(tb).ok());
   EXPECT_TRUE(a_->Next().evaluate_only());
   const TensorList weights = CommittedWeights(id);
   ASSERT_EQ(weights.size(), 3u);
@@ -220,7 +209,6 @@ TEST_F(CoordinatorTest, MedianWithUnreadableSpoolRetriesTheRound) {
   ASSERT_TRUE(job.ok());
   EXPECT_EQ(job->rounds_done(), 1u);
 }
-
 
 void FoldAll(Aggregator& aggregator, const TensorList& update, double weight,
              std::vector<size_t> rows) {

@@ -54,7 +54,7 @@ TEST_F(CoordinatorTest, HostileUpdatesRefusedAndAggregateExact) {
   // Valid updates; a replay of site-b's is refused.
   ASSERT_TRUE(Upload(b_->who(), tb, good_b, 15, {"a"}).ok());
   EXPECT_EQ(code(Upload(b_->who(), tb, good_b, 15, {"a"})), StatusCode::kAlreadyExists);
-  ASSERT_TRUE(Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"}).ok());
+  ASSERT_TRUE(UploadA(ta).ok());
 
   // Final evaluation tasks, then the job ends.
   Task ea = a_->Next();
@@ -74,13 +74,7 @@ TEST_F(CoordinatorTest, HostileUpdatesRefusedAndAggregateExact) {
   ASSERT_EQ(job.rounds_size(), 1);
   EXPECT_DOUBLE_EQ(job.rounds(0).mean_auroc(), 0.75);
 
-  // Backbone: (15*3 + 5*1) / 20 = 2.5. Row a: (15*2 + 5*4) / 20 = 2.5. Row b: site-a only: 6.
-  const TensorList weights = CommittedWeights(id);
-  ASSERT_EQ(weights.size(), 3u);
-  EXPECT_FLOAT_EQ(weights[0].data[0], 2.5f);
-  EXPECT_FLOAT_EQ(weights[1].data[0], 2.5f);
-  EXPECT_FLOAT_EQ(weights[1].data[2], 6.0f);
-  EXPECT_FLOAT_EQ(weights[2].data[1], 6.0f);
+  ExpectWeightedMeanOfAAndB(id);
 }
 
 // With one transfer slot, a second upload is checked and then waits without a grant (the site
@@ -114,7 +108,7 @@ TEST_F(CoordinatorTest, UploadIsGrantedOnlyWhenATransferSlotIsFree) {
 
   a_go.Notify();
   a.join();
-  auto retried = Upload(b_->who(), tb, Update(3, 2, 0), 15, {"a"});
+  auto retried = UploadB(tb);
   EXPECT_TRUE(retried.ok()) << retried.status();
 }
 

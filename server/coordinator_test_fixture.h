@@ -271,6 +271,25 @@ class CoordinatorTest : public ::testing::Test {
     return weights.ok() ? *weights : TensorList();
   }
 
+  // The two sites' usual updates of a round: site-a's (1, 4, 6) from 5 samples on labels a and
+  // b, site-b's (3, 2, 0) from 15 samples on label a.
+  absl::StatusOr<UploadResponse> UploadA(const Task& ta) {
+    return Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"});
+  }
+  absl::StatusOr<UploadResponse> UploadB(const Task& tb) {
+    return Upload(b_->who(), tb, Update(3, 2, 0), 15, {"a"});
+  }
+  // The job's committed model is their weighted mean applied to zeros, each folded once:
+  // backbone (15*3 + 5*1) / 20 = 2.5, row a (15*2 + 5*4) / 20 = 2.5, row b site-a's alone: 6.
+  void ExpectWeightedMeanOfAAndB(const std::string& id) {
+    const TensorList weights = CommittedWeights(id);
+    ASSERT_EQ(weights.size(), 3u);
+    EXPECT_FLOAT_EQ(weights[0].data[0], 2.5f);
+    EXPECT_FLOAT_EQ(weights[1].data[0], 2.5f);
+    EXPECT_FLOAT_EQ(weights[1].data[2], 6.0f);
+    EXPECT_FLOAT_EQ(weights[2].data[1], 6.0f);
+  }
+
   JobStatus WaitForState(const std::string& id, JobState state) {
     for (int i = 0; i < 400; ++i) {
       auto job = core_->GetJob(id);

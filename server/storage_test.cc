@@ -130,8 +130,8 @@ TEST_F(StorageTest, JobEndingThatCannotBeStoredIsWaitedOut) {
   const std::string id = Submit(spec);
   Task ta = a_->Next();
   Task tb = b_->Next();
-  ASSERT_TRUE(Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"}).ok());
-  ASSERT_TRUE(Upload(b_->who(), tb, Update(3, 2, 0), 15, {"a"}).ok());
+  ASSERT_TRUE(UploadA(ta).ok());
+  ASSERT_TRUE(UploadB(tb).ok());
   ASSERT_TRUE(a_->Next().evaluate_only());
   FillDisk();
   MetricsReport report;
