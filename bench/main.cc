@@ -15,6 +15,7 @@ constexpr char kUsage[] =
     "  transfer [--mib 64] [--chunk_kib 256]   gRPC "
     "mutual-TLS upload vs a plain TLS socket\n"
     "  dp [--size 128] [--batch 32] [--model resnet18] [--steps 5] [--profile DIR]\n"
+    "     [--norms auto|ghost|materialise] [--tf32 on|off]\n"
     "                                          non-private vs DP-SGD step; peak memory\n"
     "  load [--clients 200] [--rounds 3] [--params 1000000] [--labels L] [--model smallcnn]\n"
     "                                          fl-coordinator under many simulated sites\n";

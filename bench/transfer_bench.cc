@@ -219,21 +219,15 @@ absl::StatusOr<double> TimeGrpc(const Pki &pki, int port,
                 [&] { return UploadOnce(*channel, update, bytes, chunk_bytes, validate, path); });
 }
 
-// Best-of time for one download of the server's model as fl-client receives it (every chunk
-// checked and assembled into tensors).
+// Best-of time for one download of the server's model as fl-client receives it (ReceiveModel:
+// every chunk checked and assembled into tensors).
 absl::StatusOr<double> TimeDownload(const Pki &pki, int port, uint64_t bytes) {
   auto channel = MakeChannel(absl::StrCat("127.0.0.1:", port), "localhost", pki.site);
   std::unique_ptr<Federation::Stub> stub = Federation::NewStub(channel);
   return BestOf(kRepetitions, [&]() -> absl::Status {
-    grpc::ClientContext context;
-    DownloadRequest request;
-    std::unique_ptr<grpc::ClientReader<TensorChunk>> reader = stub->Download(&context, request);
-    absl::StatusOr<TensorList> model =
-        ReadTensors([&](TensorChunk *chunk) { return reader->Read(chunk); }, std::nullopt);
-    RETURN_IF_ERROR(FromGrpcStatus(reader->Finish()));
-    RETURN_IF_ERROR(model.status());
+    ASSIGN_OR_RETURN(const TensorList model, ReceiveModel(*stub, DownloadRequest(), UINT64_MAX));
     uint64_t received = 0;
-    for (const NamedTensor &t : *model) received += t.data.size() * sizeof(float);
+    for (const NamedTensor &t : model) received += t.byte_size();
     if (received != bytes) {
       return absl::InternalError(absl::StrCat("downloaded ", received, " bytes of ", bytes));
     }

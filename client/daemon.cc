@@ -236,24 +236,13 @@ absl::Status ClientDaemon::HandleTask(Federation::Stub& stub, const Task& task) 
 
 absl::Status ClientDaemon::DownloadModel(Federation::Stub& stub, const Task& task,
                                          TensorList* out) {
-  grpc::ClientContext ctx;
   DownloadRequest request;
   request.set_job_id(task.job_id());
   request.set_round(task.round());
-  std::unique_ptr<grpc::ClientReader<TensorChunk>> reader = stub.Download(&ctx, request);
+  ASSIGN_OR_RETURN(*out, ReceiveModel(stub, request, kMaxModelBytes));
   uint64_t bytes = 0;
-  absl::StatusOr<TensorList> model = ReadTensors(
-      [&](TensorChunk* chunk) {
-        if (!reader->Read(chunk)) return false;
-        bytes += chunk->data().size();
-        return true;
-      },
-      std::nullopt, kMaxModelBytes);
-  absl::Status finish = FromGrpcStatus(reader->Finish());
-  RETURN_IF_ERROR(Annotate(finish, "download"));
-  RETURN_IF_ERROR(Annotate(model.status(), "download"));
+  for (const NamedTensor& t : *out) bytes += t.byte_size();
   metrics_->download_bytes.Increment(static_cast<double>(bytes));
-  *out = std::move(model).value();
   return absl::OkStatus();
 }
 

@@ -122,4 +122,15 @@ absl::StatusOr<UploadResponse> SendUpload(grpc::ChannelInterface& channel, grpc:
   });
 }
 
+absl::StatusOr<TensorList> ReceiveModel(Federation::Stub& stub, const DownloadRequest& request,
+                                        uint64_t max_bytes) {
+  grpc::ClientContext ctx;
+  std::unique_ptr<grpc::ClientReader<TensorChunk>> reader = stub.Download(&ctx, request);
+  absl::StatusOr<TensorList> model = ReadTensors(
+      [&](TensorChunk* chunk) { return reader->Read(chunk); }, std::nullopt, max_bytes);
+  RETURN_IF_ERROR(Annotate(FromGrpcStatus(reader->Finish()), "download"));
+  RETURN_IF_ERROR(Annotate(model.status(), "download"));
+  return model;
+}
+
 }  // namespace fl

@@ -1,4 +1,5 @@
-// The client side of Federation.Upload, shared by fl-client and the benches.
+// The client side of Federation.Upload and Federation.Download, shared by fl-client and the
+// benches.
 #pragma once
 
 #include <functional>
@@ -39,5 +40,10 @@ absl::StatusOr<UploadResponse> SendUpload(grpc::ChannelInterface& channel,
 // its own (as ForEachTensorChunk yields it).
 grpc::ByteBuffer EncodeChunkMessage(const TensorChunk& chunk, const char* data, size_t n,
                                     std::shared_ptr<const void> owner);
+
+// Receives the global weights `request` names (Federation.Download), every chunk checked and
+// assembled as ReadTensors does, at most `max_bytes` of tensor data.
+absl::StatusOr<TensorList> ReceiveModel(Federation::Stub& stub, const DownloadRequest& request,
+                                        uint64_t max_bytes);
 
 }  // namespace fl

@@ -29,6 +29,7 @@ TEST_F(CoordinatorTest, CommitThatCannotBeStoredWaitsForStorage) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   ASSERT_GE(metrics_.rounds_failed.Value(), 3);  // as many as the job has attempts
+  EXPECT_GE(metrics_.storage_failures.Value(), 3);
   EXPECT_EQ(core_->GetJob(id)->state(), RUNNING);
   ASSERT_TRUE(fs::remove(checkpoints));
   ASSERT_TRUE(fs::create_directory(checkpoints));

@@ -104,7 +104,10 @@ absl::StatusOr<JobStatus> Coordinator::ChangeJob(
     copy = it->second;
     RETURN_IF_ERROR(change(copy));
   }
-  RETURN_IF_ERROR(store_->PutJob(copy));
+  if (absl::Status stored = store_->PutJob(copy); !stored.ok()) {
+    metrics_->storage_failures.Increment();
+    return stored;
+  }
   // Stored: now the same change in memory (applied again rather than assigned, so that what a
   // fold recorded meanwhile stays). A write that failed (disk full) changed nothing.
   absl::MutexLock lock(&mu_);
@@ -412,10 +415,11 @@ absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t ro
   global.reset();
   // A write that fails (out of disk space, I/O error) is RESOURCE_EXHAUSTED: RunJob waits for
   // storage instead of spending the job's attempts.
-  const auto stored = [round](const absl::Status& s) {
-    return s.ok() ? s
-                  : absl::ResourceExhaustedError(
-                        absl::StrCat("cannot store round ", round, ": ", s.message()));
+  const auto stored = [&](const absl::Status& s) {
+    if (s.ok()) return s;
+    metrics_->storage_failures.Increment();
+    return absl::ResourceExhaustedError(
+        absl::StrCat("cannot store round ", round, ": ", s.message()));
   };
   const std::string path = CheckpointPath(job_id, round + 1);
   RETURN_IF_ERROR(stored(WriteSafetensors(

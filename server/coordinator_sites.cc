@@ -350,6 +350,7 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
                       absl::IsInternal(status) || absl::IsDataLoss(status) ||
                       absl::IsUnknown(status);
     (ours ? metrics_->UpdateFailed() : metrics_->UpdateRejected()).Increment();
+    if (absl::IsResourceExhausted(status)) metrics_->storage_failures.Increment();
     Log(absl::StrCat(ours ? "could not store the update from " : "refused update from ", who.name,
                      ": ", status.message()));
     if (absl::Status s = store_->Audit(who.name, ours ? "upload-failed" : "upload-refused",

@@ -21,9 +21,15 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                            .Add({})),
       rounds_failed(BuildCounter()
                         .Name("fl_coordinator_rounds_failed_total")
-                        .Help("Rounds that closed without quorum")
+                        .Help("Round attempts that failed (no quorum, or not stored)")
                         .Register(r)
                         .Add({})),
+      storage_failures(BuildCounter()
+                           .Name("fl_coordinator_storage_failures_total")
+                           .Help("Writes to state_dir that failed (out of disk space, I/O "
+                                 "error): spooled updates, round commits, job changes")
+                           .Register(r)
+                           .Add({})),
       round_duration(BuildHistogram()
                          .Name("fl_coordinator_round_duration_seconds")
                          .Help("Wall time from opening a round to committing it")

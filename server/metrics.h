@@ -20,6 +20,7 @@ struct CoordinatorMetrics {
   prometheus::Gauge& jobs_running;
   prometheus::Counter& rounds_completed;
   prometheus::Counter& rounds_failed;
+  prometheus::Counter& storage_failures;  // alert on it: the disk is likely full
   prometheus::Histogram& round_duration;
   // label result: accepted | rejected (invalid or hostile) | failed (not stored: out of disk
   // space, write error)

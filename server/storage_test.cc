@@ -143,8 +143,12 @@ TEST_F(StorageTest, JobEndingThatCannotBeStoredIsWaitedOut) {
   const absl::Status reported = core_->Report(a_->who(), report);
   EXPECT_TRUE(absl::IsResourceExhausted(reported)) << reported;
   EXPECT_EQ(core_->GetJob(id)->sites_size(), 0);  // not stored, so not shown either
+  EXPECT_GE(metrics_.storage_failures.Value(), 1);
   // The final evaluation closes at its 2 s deadline; its ending cannot be stored.
-  std::this_thread::sleep_for(std::chrono::seconds(4));
+  for (int i = 0; i < 200 && metrics_.storage_failures.Value() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_GE(metrics_.storage_failures.Value(), 2);
   EXPECT_EQ(core_->GetJob(id)->state(), RUNNING);
   FreeDisk();
   WaitForState(id, DONE);

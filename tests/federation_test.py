@@ -452,6 +452,7 @@ class FederationTest(unittest.TestCase):
                 metric(text, "fl_coordinator_updates_total", {"result": "failed"}), 2)
             self.assertEqual(
                 metric_or_zero(text, "fl_coordinator_updates_total", {"result": "rejected"}), 0)
+            self.assertGreaterEqual(metric(text, "fl_coordinator_storage_failures_total"), 2)
             self.assertIn("No space left on device", fed.log("coordinator"))
             self.assertEqual(fed.status(job_id)["state"], "RUNNING")
             os.remove(filler)
