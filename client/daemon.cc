@@ -1,21 +1,16 @@
 #include "client/daemon.h"
 
-#include <chrono>
 #include <cmath>
 #include <optional>
-#include <iostream>
 #include <random>
-#include <thread>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
-#include "common/grpc_status.h"
+#include "client/policy.h"
 #include "common/log.h"
 #include "common/memory.h"
 #include "common/status.h"
-#include "common/tensor_stream.h"
-#include "common/upload.h"
 
 namespace fl {
 namespace {
@@ -23,10 +18,6 @@ namespace {
 constexpr uint64_t kMaxModelBytes = uint64_t{64} << 30;
 
 void Log(const std::string& line) { LogLine("fl-client", line); }
-
-std::chrono::system_clock::time_point In(int seconds) {
-  return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
-}
 
 // A call that failed for reasons that may pass: the coordinator away or restarting, out of disk
 // space or transfer slots, or the stream cut. Refusals (of an update, say) are final.
@@ -44,14 +35,26 @@ bool IsRetryable(const absl::Status& status) {
 
 }  // namespace
 
-ClientDaemon::ClientDaemon(ClientConfig config, CertificateProvider tls, const Dataset* data,
-                           LocalTrainer* trainer, PrivacyLedger* ledger, ClientMetrics* metrics)
+absl::StatusOr<std::string> BindDatasetId(const ClientConfig& config, const Dataset& data,
+                                          PrivacyLedger& ledger) {
+  std::string id = config.dataset_id();
+  if (id.empty()) {
+    ASSIGN_OR_RETURN(id, ledger.DefaultDatasetId());
+  }
+  return ledger.BindDataset(id, ImageHashes(data));
+}
+
+ClientDaemon::ClientDaemon(ClientConfig config, Connector connect, std::string dataset_id,
+                           const Dataset* data, LocalTrainer* trainer, PrivacyLedger* ledger,
+                           ClientMetrics* metrics, Clock* clock)
     : config_(std::move(config)),
-      tls_(std::move(tls)),
+      connect_(std::move(connect)),
+      dataset_id_(std::move(dataset_id)),
       data_(data),
       trainer_(trainer),
       ledger_(ledger),
-      metrics_(metrics) {}
+      metrics_(metrics),
+      clock_(clock) {}
 
 JoinRequest ClientDaemon::MakeJoinRequest() const {
   JoinRequest request;
@@ -76,10 +79,9 @@ absl::Status ClientDaemon::Run() {
   std::mt19937_64 rng(std::random_device{}());
   double backoff = 1.0;
   while (!stop_ && !finished_) {
-    channel_ = MakeChannel(config_.coordinator_address(), config_.coordinator_name(), tls_);
-    auto stub = Federation::NewStub(channel_);
+    std::unique_ptr<CoordinatorConnection> coordinator = connect_();
     bool joined = false;
-    absl::Status status = Session(*stub, &joined);
+    absl::Status status = Session(*coordinator, &joined);
     metrics_->connected.Set(0);
     if (finished_ || stop_) break;
     if (joined) backoff = 1.0;
@@ -88,35 +90,30 @@ absl::Status ClientDaemon::Run() {
     Log(absl::StrFormat("coordinator at %s unavailable (%s); retrying in %.1f s",
                         config_.coordinator_address(), status.message(), sleep));
     metrics_->reconnects.Increment();
-    SleepUnlessStopped(sleep);
+    clock_->Sleep(absl::Seconds(sleep), &stop_);
     backoff = std::min<double>(backoff * 2, config_.max_backoff_seconds());
   }
   return absl::OkStatus();
 }
 
-absl::Status ClientDaemon::Session(Federation::Stub& stub, bool* joined) {
-  grpc::ClientContext join_ctx;
-  join_ctx.set_deadline(In(15));
-  JoinResponse join;
-  RETURN_IF_ERROR(FromGrpcStatus(stub.Join(&join_ctx, MakeJoinRequest(), &join)));
+absl::Status ClientDaemon::Session(CoordinatorConnection& coordinator, bool* joined) {
+  ASSIGN_OR_RETURN(JoinResponse join, coordinator.Join(MakeJoinRequest()));
   *joined = true;
   Log(absl::StrCat("joined as '", join.site_name(), "' (coordinator ",
                    join.coordinator_version(), ")"));
-  grpc::ClientContext ctx;
-  std::unique_ptr<grpc::ClientReader<Task>> reader = stub.Tasks(&ctx, TaskRequest());
   metrics_->connected.Set(1);
   Task task;
-  while (!stop_ && reader->Read(&task)) {
+  while (!stop_ && coordinator.NextTask(&task)) {
     if (task.job_id().empty()) {
       if (task.idle() && config_.exit_when_idle() && tasks_done_ > 0) {
         Log("no job left to run; exiting as configured (exit_when_idle)");
         finished_ = true;
-        ctx.TryCancel();
+        coordinator.CancelTasks();
         break;
       }
       continue;  // keepalive
     }
-    absl::Status status = HandleTask(stub, task);
+    absl::Status status = HandleTask(coordinator, task);
     ReleaseFreedMemory();  // what training kept for reuse, until the next task
     if (!status.ok()) {
       metrics_->tasks.Add({{"result", "failed"}}).Increment();
@@ -127,34 +124,32 @@ absl::Status ClientDaemon::Session(Federation::Stub& stub, bool* joined) {
     if (config_.exit_after_tasks() > 0 &&
         tasks_done_ >= static_cast<int>(config_.exit_after_tasks())) {
       finished_ = true;
-      ctx.TryCancel();
+      coordinator.CancelTasks();
       break;
     }
   }
   if (stop_ || finished_) return absl::OkStatus();
-  return Annotate(FromGrpcStatus(reader->Finish()), "task stream");
+  return coordinator.FinishTasks();
 }
 
-absl::Status ClientDaemon::DeclineTask(Federation::Stub& stub, const Task& task,
+absl::Status ClientDaemon::DeclineTask(CoordinatorConnection& coordinator, const Task& task,
                                        const std::string& reason) {
   Log(absl::StrCat("declining job ", task.job_id(), " round ", task.round(), ": ", reason));
-  grpc::ClientContext ctx;
-  ctx.set_deadline(In(30));
   DeclineRequest request;
   request.set_job_id(task.job_id());
   request.set_round(task.round());
   request.set_reason(reason);
-  Ack ack;
   metrics_->tasks.Add({{"result", "declined"}}).Increment();
-  return Annotate(FromGrpcStatus(stub.Decline(&ctx, request, &ack)), "decline");
+  return coordinator.Decline(request);
 }
 
-absl::StatusOr<std::string> ClientDaemon::BudgetRefusal(const Task& task, const DpPlan& plan) {
+absl::StatusOr<std::string> ClientDaemon::Refusal(const Task& task, const DpPlan* plan) {
+  std::string refusal = PolicyRefusal(config_, task.spec(), plan, task.evaluate_only());
   const PrivacyBudget& cap = config_.budget();
-  if (cap.max_epsilon() <= 0) return std::string();
+  if (!refusal.empty() || plan == nullptr || cap.max_epsilon() <= 0) return refusal;
   ASSIGN_OR_RETURN(double epsilon,
-                   ledger_->EpsilonIfAdded(config_.data_dir(), plan.sample_rate,
-                                           plan.noise_multiplier, plan.steps_per_round,
+                   ledger_->EpsilonIfAdded(dataset_id_, plan->sample_rate,
+                                           plan->noise_multiplier, plan->steps_per_round,
                                            cap.delta()));
   if (epsilon <= cap.max_epsilon()) return std::string();
   return absl::StrFormat(
@@ -164,36 +159,39 @@ absl::StatusOr<std::string> ClientDaemon::BudgetRefusal(const Task& task, const 
 }
 
 absl::StatusOr<PrivacyReport> ClientDaemon::RecordPrivacy(const Task& task, const DpPlan& plan) {
-  RETURN_IF_ERROR(ledger_->Record(task.job_id(), config_.data_dir(), task.round(),
+  RETURN_IF_ERROR(ledger_->Record(task.job_id(), dataset_id_, task.round(),
                                   plan.sample_rate, plan.noise_multiplier,
                                   plan.steps_per_round));
   ASSIGN_OR_RETURN(double epsilon,
-                   ledger_->Epsilon(task.job_id(), config_.data_dir(), plan.delta));
+                   ledger_->Epsilon(task.job_id(), dataset_id_, plan.delta));
   metrics_->privacy_epsilon.Add({{"job", task.job_id()}}).Set(epsilon);
   PrivacyReport report;
   report.set_epsilon(epsilon);
   report.set_delta(plan.delta);
   report.set_noise_multiplier(plan.noise_multiplier);
   report.set_sample_rate(plan.sample_rate);
-  ASSIGN_OR_RETURN(PrivacyLedger::Spent spent, ledger_->Get(task.job_id(), config_.data_dir()));
+  ASSIGN_OR_RETURN(PrivacyLedger::Spent spent, ledger_->Get(task.job_id(), dataset_id_));
   report.set_steps(spent.steps);
   return report;
 }
 
-absl::Status ClientDaemon::HandleTask(Federation::Stub& stub, const Task& task) {
+absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const Task& task) {
   std::vector<std::string> labels(task.train_labels().begin(), task.train_labels().end());
+  // Everything the site requires is checked before any download.
   std::optional<DpPlan> plan;
   if (task.spec().dp().enabled() && !task.evaluate_only()) {
     absl::StatusOr<DpPlan> planned = PlanDp(task.spec(), data_->train.size());
-    if (!planned.ok()) return DeclineTask(stub, task, std::string(planned.status().message()));
-    ASSIGN_OR_RETURN(std::string refusal, BudgetRefusal(task, *planned));
-    if (!refusal.empty()) return DeclineTask(stub, task, refusal);
+    if (!planned.ok()) {
+      return DeclineTask(coordinator, task, std::string(planned.status().message()));
+    }
     plan = *planned;
   }
+  ASSIGN_OR_RETURN(std::string refusal, Refusal(task, plan ? &*plan : nullptr));
+  if (!refusal.empty()) return DeclineTask(coordinator, task, refusal);
   TensorList global;
-  RETURN_IF_ERROR(DownloadModel(stub, task, &global));
+  RETURN_IF_ERROR(DownloadModel(coordinator, task, &global));
   if (task.evaluate_only() || task.round() > 0) {
-    absl::Status reported = EvaluateAndReport(stub, task, labels, global, 0);
+    absl::Status reported = EvaluateAndReport(coordinator, task, labels, global, 0);
     if (task.evaluate_only()) RETURN_IF_ERROR(reported);
     if (!reported.ok()) {  // the round's training does not depend on it
       Log(absl::StrCat("job ", task.job_id(), " round ", task.round(),
@@ -222,31 +220,31 @@ absl::Status ClientDaemon::HandleTask(Federation::Stub& stub, const Task& task) 
       Log(absl::StrCat("job ", task.job_id(), " round ", task.round(),
                        ": cannot record the privacy cost: ", recorded.status().message()));
       return DeclineTask(
-          stub, task,
+          coordinator, task,
           absl::StrCat("cannot record the round's privacy cost, so nothing is sent (",
                        absl::StatusCodeToString(recorded.status().code()),
                        "; the site's log says why)"));
     }
     privacy = *std::move(recorded);
   }
-  RETURN_IF_ERROR(UploadUpdate(task, std::move(result), privacy));
+  RETURN_IF_ERROR(UploadUpdate(coordinator, task, std::move(result), privacy));
   metrics_->tasks.Add({{"result", "done"}}).Increment();
   return absl::OkStatus();
 }
 
-absl::Status ClientDaemon::DownloadModel(Federation::Stub& stub, const Task& task,
+absl::Status ClientDaemon::DownloadModel(CoordinatorConnection& coordinator, const Task& task,
                                          TensorList* out) {
   DownloadRequest request;
   request.set_job_id(task.job_id());
   request.set_round(task.round());
-  ASSIGN_OR_RETURN(*out, ReceiveModel(stub, request, kMaxModelBytes));
+  ASSIGN_OR_RETURN(*out, coordinator.Download(request, kMaxModelBytes));
   uint64_t bytes = 0;
   for (const NamedTensor& t : *out) bytes += t.byte_size();
   metrics_->download_bytes.Increment(static_cast<double>(bytes));
   return absl::OkStatus();
 }
 
-absl::Status ClientDaemon::EvaluateAndReport(Federation::Stub& stub, const Task& task,
+absl::Status ClientDaemon::EvaluateAndReport(CoordinatorConnection& coordinator, const Task& task,
                                              const std::vector<std::string>& labels,
                                              const TensorList& model, double train_loss) {
   ASSIGN_OR_RETURN(std::vector<LabelMetric> metrics,
@@ -264,18 +262,13 @@ absl::Status ClientDaemon::EvaluateAndReport(Federation::Stub& stub, const Task&
   }
   Log(absl::StrCat("job ", task.job_id(), " model after round ", task.round(), ": AUROC ",
                    absl::StrJoin(parts, ", ")));
-  auto send = [&](int) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(In(30));
-    Ack ack;
-    return Annotate(FromGrpcStatus(stub.Report(&ctx, report, &ack)), "report");
-  };
+  auto send = [&](int) { return coordinator.Report(report); };
   // A final evaluation is the whole task; a training round's report must not hold up training.
   return task.evaluate_only() ? SendWithRetries(task, "report", send) : send(1);
 }
 
-absl::Status ClientDaemon::UploadUpdate(const Task& task, TrainResult result,
-                                        const PrivacyReport& privacy) {
+absl::Status ClientDaemon::UploadUpdate(CoordinatorConnection& coordinator, const Task& task,
+                                        TrainResult result, const PrivacyReport& privacy) {
   UploadHeader header;
   header.set_job_id(task.job_id());
   header.set_round(task.round());
@@ -286,9 +279,7 @@ absl::Status ClientDaemon::UploadUpdate(const Task& task, TrainResult result,
   *header.mutable_privacy() = privacy;
   const auto update = std::make_shared<const TensorList>(std::move(result.update));
   return SendWithRetries(task, "upload", [&](int attempt) {
-    grpc::ClientContext ctx;
-    absl::StatusOr<UploadResponse> response =
-        SendUpload(*channel_, ctx, header, update, kUploadChunkBytes);
+    absl::StatusOr<UploadResponse> response = coordinator.Upload(header, update);
     if (response.ok()) {
       metrics_->upload_bytes.Increment(static_cast<double>(response->bytes_received()));
       return absl::OkStatus();
@@ -307,22 +298,14 @@ absl::Status ClientDaemon::SendWithRetries(const Task& task, const std::string& 
   double backoff = 1.0;
   for (int attempt = 1;; ++attempt) {
     absl::Status status = send(attempt);
-    const double now = std::chrono::duration<double>(
-                           std::chrono::system_clock::now().time_since_epoch())
-                           .count();
-    const double left = task.deadline_unix_seconds() - now;
+    const double left =
+        task.deadline_unix_seconds() - absl::ToUnixMicros(clock_->Now()) / 1e6;
     if (status.ok() || stop_ || !IsRetryable(status) || left < backoff) return status;
     Log(absl::StrFormat("job %s round %d: %s failed (%s); sending it again in %.0f s",
                         task.job_id(), task.round(), rpc, status.ToString(), backoff));
     metrics_->send_retries.Add({{"rpc", rpc}}).Increment();
-    SleepUnlessStopped(backoff);
+    clock_->Sleep(absl::Seconds(backoff), &stop_);
     backoff = std::min<double>(backoff * 2, config_.max_backoff_seconds());
-  }
-}
-
-void ClientDaemon::SleepUnlessStopped(double seconds) {
-  for (double t = 0; t < seconds && !stop_; t += 0.1) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
 }
 

@@ -15,6 +15,29 @@
 #include "common/status.h"
 
 namespace fl {
+uint64_t StableHash64(const std::string& text) {
+  uint64_t hash = 14695981039346656037ull;
+  for (unsigned char c : text) {
+    hash ^= c;
+    hash *= 1099511628211ull;
+  }
+  hash ^= hash >> 33;
+  hash *= 0xff51afd7ed558ccdull;
+  hash ^= hash >> 33;
+  hash *= 0xc4ceb9fe1a85ec53ull;
+  hash ^= hash >> 33;
+  return hash;
+}
+
+std::vector<uint64_t> ImageHashes(const Dataset& data) {
+  std::vector<uint64_t> hashes;
+  hashes.reserve(data.train.size() + data.test.size());
+  for (const auto* split : {&data.train, &data.test}) {
+    for (const Sample& s : *split) hashes.push_back(StableHash64(s.sop_instance_uid));
+  }
+  return hashes;
+}
+
 namespace {
 
 // Splits one CSV line into trimmed fields; double-quoted fields may hold commas and "" escapes.
@@ -93,21 +116,10 @@ absl::Status ParseRow(const std::vector<std::string>& fields, LabelTable* table)
   return absl::OkStatus();
 }
 
-// 64-bit FNV-1a of `text`, mixed by MurmurHash3's fmix64 finalizer (FNV alone barely moves the
-// high bits for ids that differ only at the end, like "P000017" and "P000018"), mapped to [0, 1).
-// Stable across platforms and releases: changing it would move patients between splits.
+// Patients' place in the split: StableHash64 mapped to [0, 1). Stable across platforms and
+// releases: changing it would move patients between splits.
 double StableFraction(const std::string& text) {
-  uint64_t hash = 14695981039346656037ull;
-  for (unsigned char c : text) {
-    hash ^= c;
-    hash *= 1099511628211ull;
-  }
-  hash ^= hash >> 33;
-  hash *= 0xff51afd7ed558ccdull;
-  hash ^= hash >> 33;
-  hash *= 0xc4ceb9fe1a85ec53ull;
-  hash ^= hash >> 33;
-  return static_cast<double>(hash >> 11) * (1.0 / 9007199254740992.0);
+  return static_cast<double>(StableHash64(text) >> 11) * (1.0 / 9007199254740992.0);
 }
 
 std::string RelativePath(const std::string& dir, const std::string& path) {

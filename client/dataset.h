@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -73,5 +74,15 @@ absl::StatusOr<std::vector<std::string>> ListDataFiles(const std::string& dir,
 // with its reason. Errors only for a missing folder, an unreadable CSV or a bad test_fraction.
 absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& labels_csv,
                                     double test_fraction);
+
+// 64-bit FNV-1a of `text`, mixed by MurmurHash3's fmix64 finalizer (FNV alone barely moves the
+// high bits for ids that differ only at the end, like "P000017" and "P000018"). Stable across
+// platforms and releases: the split and the privacy ledger's image bindings depend on it.
+uint64_t StableHash64(const std::string& text);
+
+// One hash per image (of its SOP Instance UID, which names the image wherever its file lies):
+// what the privacy ledger binds to the dataset's id (PrivacyLedger::BindDataset), so the same
+// images cannot be trained on under a second id. Re-identified copies (new UIDs) are not caught.
+std::vector<uint64_t> ImageHashes(const Dataset& data);
 
 }  // namespace fl

@@ -8,6 +8,7 @@
 
 #include "client/daemon.h"
 #include "client/dataset.h"
+#include "client/grpc_link.h"
 #include "client/metrics.h"
 #include "client/trainer.h"
 #include "common/config.h"
@@ -56,7 +57,13 @@ int Run(const std::string& config_path) {
   absl::StatusOr<std::unique_ptr<PrivacyLedger>> ledger =
       PrivacyLedger::Open((std::filesystem::path(config->state_dir()) / "privacy.db").string());
   if (!ledger.ok()) return Die(ledger.status());
-  ClientDaemon daemon(*config, (*tls)->provider(), &*data, trainer->get(), ledger->get(), &metrics);
+  absl::StatusOr<std::string> dataset_id = BindDatasetId(*config, *data, **ledger);
+  if (!dataset_id.ok()) return Die(dataset_id.status());
+  LogLine("fl-client", absl::StrCat("privacy ledger: dataset id '", *dataset_id, "'"));
+  ClientDaemon daemon(*config,
+                      GrpcConnector(config->coordinator_address(), config->coordinator_name(),
+                                    (*tls)->provider()),
+                      *dataset_id, &*data, trainer->get(), ledger->get(), &metrics);
   std::thread([&daemon, &stopping] {
     WaitForStopSignal();
     stopping = true;

@@ -1,5 +1,6 @@
 #include "common/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <set>
@@ -9,7 +10,9 @@
 #include <google/protobuf/text_format.h>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
 
@@ -152,6 +155,35 @@ absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig co
   return config;
 }
 
+namespace {
+
+// The workloads a job can name (client/policy.h WorkloadName).
+constexpr const char* kWorkloads[] = {"classification"};
+
+absl::Status ValidateSitePolicy(const ClientConfig& config) {
+  const std::string& id = config.dataset_id();
+  if (id.size() > 128) return Invalid("dataset_id", "must be at most 128 characters");
+  for (char c : id) {
+    if (!absl::ascii_isalnum(c) && !absl::StrContains("-_.:/", c)) {
+      return Invalid("dataset_id", absl::StrCat("may hold only letters, digits and -_.:/, got '",
+                                                id, "'"));
+    }
+  }
+  const SitePolicy& policy = config.policy();
+  RETURN_IF_ERROR(InRange("policy.min_noise_multiplier", policy.min_noise_multiplier(), 0, 1e6));
+  RETURN_IF_ERROR(InRange("policy.max_clip_norm", policy.max_clip_norm(), 0, 1e9));
+  for (const std::string& w : policy.workloads()) {
+    if (std::find(std::begin(kWorkloads), std::end(kWorkloads), w) == std::end(kWorkloads)) {
+      return Invalid("policy.workloads",
+                     absl::StrCat("unknown workload '", w, "' (known: ",
+                                  absl::StrJoin(kWorkloads, ", "), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::StatusOr<ClientConfig> ValidateClientConfig(ClientConfig config) {
   RETURN_IF_ERROR(ValidateAddress("coordinator_address", config.coordinator_address()));
   if (config.coordinator_name().empty()) config.set_coordinator_name("coordinator");
@@ -170,6 +202,7 @@ absl::StatusOr<ClientConfig> ValidateClientConfig(ClientConfig config) {
   if (config.budget().max_epsilon() > 0) {
     RETURN_IF_ERROR(InRange("budget.delta", config.budget().delta(), 1e-300, 0.1));
   }
+  RETURN_IF_ERROR(ValidateSitePolicy(config));
   if (config.test_fraction() == 0) config.set_test_fraction(0.2);
   RETURN_IF_ERROR(InRange("test_fraction", config.test_fraction(), 0.01, 0.9));
   if (config.loader_threads() == 0) config.set_loader_threads(2);

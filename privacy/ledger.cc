@@ -4,8 +4,12 @@
 
 #include <cmath>
 #include <limits>
+#include <map>
+#include <random>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/sqlite.h"
@@ -15,7 +19,10 @@
 namespace fl {
 namespace {
 
-constexpr int kSchemaVersion = 1;
+// 1: rounds only, named by the dataset id the caller gave (data_dir before dataset ids).
+// 2: adds settings (the site's default dataset id), dataset_images (which dataset each image
+//    belongs to) and dataset_aliases (version-1 names adopted by a bound dataset).
+constexpr int kSchemaVersion = 2;
 constexpr int kBusyTimeoutMs = 10000;
 
 constexpr char kSchema[] = R"sql(
@@ -30,7 +37,20 @@ CREATE TABLE IF NOT EXISTS rounds (
   PRIMARY KEY (job_id, dataset_id, round)
 );
 CREATE INDEX IF NOT EXISTS rounds_by_dataset ON rounds (dataset_id);
+CREATE TABLE IF NOT EXISTS settings (
+  key TEXT PRIMARY KEY,
+  value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dataset_images (
+  image_hash INTEGER PRIMARY KEY,
+  dataset_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dataset_aliases (
+  alias TEXT PRIMARY KEY,
+  dataset_id TEXT NOT NULL
+);
 )sql";
+
 
 // Creates the schema, or checks that an existing file's schema is one this build reads.
 absl::Status Configure(sqlite3* db) {
@@ -75,6 +95,116 @@ absl::StatusOr<std::unique_ptr<PrivacyLedger>> PrivacyLedger::Open(const std::st
 }
 
 PrivacyLedger::~PrivacyLedger() { sqlite3_close(db_); }
+
+absl::StatusOr<std::string> PrivacyLedger::DefaultDatasetId() {
+  std::random_device random;
+  const uint64_t bits = (uint64_t{random()} << 32) ^ random();
+  absl::MutexLock lock(&mu_);
+  SqlTransaction txn(db_);
+  RETURN_IF_ERROR(txn.Begin());
+  // The first caller's id wins, also against another process creating one at the same time.
+  SqlStatement insert(db_,
+                      "INSERT OR IGNORE INTO settings (key, value) "
+                      "VALUES ('default_dataset_id', ?1)");
+  insert.Bind(1, absl::StrFormat("site-data-%016x", bits));
+  RETURN_IF_ERROR(insert.Run());
+  SqlStatement read(db_, "SELECT value FROM settings WHERE key = 'default_dataset_id'");
+  ASSIGN_OR_RETURN(bool row, read.Step());
+  if (!row) return absl::InternalError("privacy ledger: default dataset id not stored");
+  std::string id = read.Blob(0);
+  RETURN_IF_ERROR(txn.Commit());
+  return id;
+}
+
+absl::StatusOr<std::string> PrivacyLedger::BindDataset(const std::string& dataset_id,
+                                                       const std::vector<uint64_t>& image_hashes) {
+  if (dataset_id.empty()) return absl::InvalidArgumentError("dataset_id must not be empty");
+  absl::MutexLock lock(&mu_);
+  absl::StatusOr<std::string> id = BindLocked(dataset_id, image_hashes);
+  if (!id.ok()) {
+    return Annotate(id.status(),
+                    absl::StrCat("binding dataset '", dataset_id, "' in the privacy ledger"));
+  }
+  return id;
+}
+
+absl::StatusOr<std::string> PrivacyLedger::BindLocked(const std::string& dataset_id,
+                                                      const std::vector<uint64_t>& image_hashes) {
+  SqlTransaction txn(db_);
+  RETURN_IF_ERROR(txn.Begin());
+  SqlStatement canonical(db_,
+                         "SELECT COALESCE((SELECT dataset_id FROM dataset_aliases "
+                         "WHERE alias = ?1), ?1)");
+  canonical.Bind(1, dataset_id);
+  RETURN_IF_ERROR(canonical.Step().status());
+  const std::string id = canonical.Blob(0);
+  // Which images are already bound, and to which dataset.
+  std::map<std::string, int64_t> elsewhere;  // other dataset id -> shared images
+  SqlStatement owner(db_, "SELECT dataset_id FROM dataset_images WHERE image_hash = ?1");
+  SqlStatement insert(db_,
+                      "INSERT OR IGNORE INTO dataset_images (image_hash, dataset_id) "
+                      "VALUES (?1, ?2)");
+  RETURN_IF_ERROR(owner.status());
+  RETURN_IF_ERROR(insert.status());
+  for (uint64_t hash : image_hashes) {
+    sqlite3_reset(owner.get());
+    owner.Bind(1, static_cast<int64_t>(hash));
+    ASSIGN_OR_RETURN(bool bound, owner.Step());
+    if (bound) {
+      if (std::string other = owner.Blob(0); other != id) ++elsewhere[other];
+      continue;
+    }
+    sqlite3_reset(insert.get());
+    insert.Bind(1, static_cast<int64_t>(hash)).Bind(2, id);
+    RETURN_IF_ERROR(insert.Run());
+  }
+  if (!elsewhere.empty()) {  // the rollback binds nothing
+    std::vector<std::string> parts;
+    for (const auto& [other, n] : elsewhere) {
+      parts.push_back(absl::StrCat(n, " under dataset id '", other, "'"));
+    }
+    return absl::FailedPreconditionError(absl::StrCat(
+        "of these ", image_hashes.size(), " images, ", absl::StrJoin(parts, " and "),
+        " have already been trained on, and their privacy cost is recorded there; the same "
+        "patients must not get a second budget: set dataset_id: \"",
+        elsewhere.begin()->first, "\" in the client config"));
+  }
+  // Names of a version-1 ledger (its data_dir spellings) become aliases of this dataset.
+  SqlStatement adopt(db_,
+                     "INSERT OR IGNORE INTO dataset_aliases (alias, dataset_id) "
+                     "SELECT DISTINCT dataset_id, ?1 FROM rounds WHERE dataset_id != ?1 "
+                     "AND dataset_id NOT IN (SELECT dataset_id FROM dataset_images) "
+                     "AND dataset_id NOT IN (SELECT alias FROM dataset_aliases)");
+  adopt.Bind(1, id);
+  RETURN_IF_ERROR(adopt.Run());
+  RETURN_IF_ERROR(txn.Commit());
+  return id;
+}
+
+absl::StatusOr<std::vector<PrivacyLedger::DatasetInfo>> PrivacyLedger::Datasets() {
+  absl::MutexLock lock(&mu_);
+  std::map<std::string, DatasetInfo> found;
+  SqlStatement images(db_,
+                      "SELECT dataset_id, COUNT(*) FROM dataset_images GROUP BY dataset_id");
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, images.Step());
+    if (!row) break;
+    DatasetInfo& info = found[images.Blob(0)];
+    info.images = images.Int(1);
+  }
+  SqlStatement aliases(db_, "SELECT alias, dataset_id FROM dataset_aliases ORDER BY alias");
+  while (true) {
+    ASSIGN_OR_RETURN(bool row, aliases.Step());
+    if (!row) break;
+    found[aliases.Blob(1)].aliases.push_back(aliases.Blob(0));
+  }
+  std::vector<DatasetInfo> out;
+  for (auto& [id, info] : found) {
+    info.id = id;
+    out.push_back(std::move(info));
+  }
+  return out;
+}
 
 absl::Status PrivacyLedger::Record(const std::string& job_id, const std::string& dataset_id,
                                    int64_t round, double q, double sigma, uint64_t steps) {
@@ -130,10 +260,15 @@ absl::Status PrivacyLedger::RecordLocked(const std::string& job_id,
 absl::StatusOr<PrivacyLedger::Spent> PrivacyLedger::Load(const std::optional<std::string>& job_id,
                                                          const std::string& dataset_id) {
   // One statement is one consistent snapshot; grouping by (q, sigma) in a fixed order makes the
-  // composed curve independent of insertion order.
+  // composed curve independent of insertion order. A name given as an alias stands for the
+  // dataset that adopted it, and a dataset's rows include those of its aliases.
   SqlStatement rows(db_,
+                 "WITH d(id) AS (SELECT COALESCE((SELECT dataset_id FROM dataset_aliases "
+                 "WHERE alias = ?1), ?1)) "
                  "SELECT sample_rate, noise_multiplier, SUM(steps), COUNT(*) FROM rounds "
-                 "WHERE dataset_id = ?1 AND (?2 IS NULL OR job_id = ?2) "
+                 "WHERE (dataset_id = (SELECT id FROM d) OR dataset_id IN "
+                 "(SELECT alias FROM dataset_aliases WHERE dataset_id = (SELECT id FROM d))) "
+                 "AND (?2 IS NULL OR job_id = ?2) "
                  "GROUP BY sample_rate, noise_multiplier "
                  "ORDER BY sample_rate, noise_multiplier");
   RETURN_IF_ERROR(rows.status());

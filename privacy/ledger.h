@@ -10,6 +10,13 @@
 // Composition: ε for a dataset sums the RDP curves of all jobs that trained on it (the same
 // patients' data leaks through every job), which is what the site's cap is checked against.
 //
+// Dataset ids: a dataset is named by a stable id (the client config's dataset_id, or the site's
+// default id kept in this file), never by where its folder is mounted. BindDataset ties each
+// image (a hash of its SOP Instance UID) to one id, so the same images cannot be spent again
+// under a second id: binding them under another one is refused with the id they belong to.
+// Ledgers of schema version 1 named datasets by the client's data_dir; the first binding adopts
+// those names as aliases of the bound id, so their rounds keep counting against it.
+//
 // Thread-safe; several processes may open the same file (writers wait up to 10 s for the lock).
 #pragma once
 
@@ -46,6 +53,26 @@ class PrivacyLedger {
   PrivacyLedger(const PrivacyLedger&) = delete;
   PrivacyLedger& operator=(const PrivacyLedger&) = delete;
 
+  // The site's default dataset id ("site-data-" and 16 hex digits), created on first use and
+  // kept in this file, so it does not change when the data folder moves.
+  absl::StatusOr<std::string> DefaultDatasetId();
+
+  // Declares that `image_hashes` (see ImageHash in client/dataset.h) are the images of dataset
+  // `dataset_id` and returns the id their costs are recorded under (`dataset_id`, or the id that
+  // adopted it as an alias). Fails with FAILED_PRECONDITION, naming the other id, when any of
+  // the images belongs to another dataset: the same patients would get a second budget. Adopts
+  // every name of a version-1 ledger not yet bound as an alias of the returned id.
+  absl::StatusOr<std::string> BindDataset(const std::string& dataset_id,
+                                          const std::vector<uint64_t>& image_hashes);
+
+  // The ids of bound datasets and the names they adopted, sorted (for `flctl privacy ledger`).
+  struct DatasetInfo {
+    std::string id;
+    int64_t images = 0;
+    std::vector<std::string> aliases;
+  };
+  absl::StatusOr<std::vector<DatasetInfo>> Datasets();
+
   // Records the cost of `round` of `job_id` on `dataset_id`: `steps` steps at sample rate `q` and
   // noise multiplier `sigma`. Call it BEFORE the round's update leaves the site; it is durable
   // when it returns OK. Idempotent: recording the same (job, dataset, round) again with the same
@@ -73,6 +100,9 @@ class PrivacyLedger {
   // The composed curve of the rows on `dataset_id` (and `job_id` when given).
   absl::StatusOr<Spent> Load(const std::optional<std::string>& job_id,
                              const std::string& dataset_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<std::string> BindLocked(const std::string& dataset_id,
+                                         const std::vector<uint64_t>& image_hashes)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status RecordLocked(const std::string& job_id, const std::string& dataset_id,
                             int64_t round, double q, double sigma, uint64_t steps)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -10,6 +10,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "privacy/rdp_accountant.h"
+#include <sqlite3.h>
 
 namespace fl {
 namespace {
@@ -216,6 +217,86 @@ TEST(PrivacyLedgerTest, OpenRefusesAFileThatIsNotADatabase) {
   std::fputs("this is not an SQLite database, just some text padding it out a bit\n", f);
   std::fclose(f);
   EXPECT_FALSE(PrivacyLedger::Open(file.path()).ok());
+}
+
+TEST(PrivacyLedgerTest, DefaultDatasetIdIsKeptInTheFile) {
+  LedgerFile file;
+  std::string first;
+  {
+    auto ledger = OpenOrDie(file.path());
+    ASSERT_NE(ledger, nullptr);
+    auto id = ledger->DefaultDatasetId();
+    ASSERT_TRUE(id.ok()) << id.status();
+    EXPECT_THAT(*id, ::testing::StartsWith("site-data-"));
+    first = *id;
+    EXPECT_EQ(*ledger->DefaultDatasetId(), first);
+  }
+  auto reopened = OpenOrDie(file.path());
+  ASSERT_NE(reopened, nullptr);
+  EXPECT_EQ(*reopened->DefaultDatasetId(), first);
+}
+
+TEST(PrivacyLedgerTest, TheSameImagesUnderASecondIdAreRefused) {
+  LedgerFile file;
+  auto ledger = OpenOrDie(file.path());
+  ASSERT_NE(ledger, nullptr);
+  ASSERT_EQ(*ledger->BindDataset("archive", {1, 2, 3}), "archive");
+  // The same folder again (it moved, or more images were added) keeps its id.
+  ASSERT_EQ(*ledger->BindDataset("archive", {1, 2, 3, 4}), "archive");
+  // A second id for any of those images would be a second budget on the same patients.
+  auto renamed = ledger->BindDataset("archive-v2", {4, 5});
+  ASSERT_FALSE(renamed.ok());
+  EXPECT_EQ(renamed.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(renamed.status().message(), HasSubstr("dataset_id: \"archive\""));
+  // Refused whole: image 5 was not bound to archive-v2 either.
+  EXPECT_TRUE(ledger->BindDataset("other", {5, 6}).ok());
+  auto datasets = ledger->Datasets();
+  ASSERT_TRUE(datasets.ok()) << datasets.status();
+  ASSERT_EQ(datasets->size(), 2u);
+  EXPECT_EQ((*datasets)[0].id, "archive");
+  EXPECT_EQ((*datasets)[0].images, 4);
+  EXPECT_EQ((*datasets)[1].id, "other");
+}
+
+// A ledger written before dataset ids (schema 1) named the dataset by the client's data_dir, as
+// spelled in its config: here three spellings of one folder. The first binding adopts them, and
+// the three spend one budget from then on.
+TEST(PrivacyLedgerTest, AVersion1LedgerMigratesItsPathNamesIntoTheBoundDataset) {
+  LedgerFile file;
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(file.path().c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "CREATE TABLE rounds (job_id TEXT NOT NULL, dataset_id TEXT NOT NULL, "
+                         "round INTEGER NOT NULL, sample_rate REAL NOT NULL, noise_multiplier "
+                         "REAL NOT NULL, steps INTEGER NOT NULL, recorded_at_unix_us INTEGER "
+                         "NOT NULL, PRIMARY KEY (job_id, dataset_id, round));"
+                         "INSERT INTO rounds VALUES ('j1', '/data/cxr', 0, 0.01, 1.0, 100, 1);"
+                         "INSERT INTO rounds VALUES ('j2', '/data/cxr/', 0, 0.01, 1.0, 100, 2);"
+                         "INSERT INTO rounds VALUES ('j3', '/mnt/archive', 0, 0.01, 1.0, 100, 3);"
+                         "PRAGMA user_version=1;",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto ledger = OpenOrDie(file.path());
+  ASSERT_NE(ledger, nullptr);
+  auto id = ledger->DefaultDatasetId();
+  ASSERT_TRUE(id.ok()) << id.status();
+  ASSERT_EQ(*ledger->BindDataset(*id, {7, 8}), *id);
+  RdpAccountant all_three;
+  all_three.AddSteps(0.01, 1.0, 300);
+  const double expected = *all_three.Epsilon(kDelta);
+  EXPECT_NEAR(*ledger->Epsilon(std::nullopt, *id, kDelta), expected, 1e-9);
+  // An old name reads the whole dataset, and a job keeps its own rows.
+  EXPECT_NEAR(*ledger->Epsilon(std::nullopt, "/data/cxr/", kDelta), expected, 1e-9);
+  EXPECT_EQ(ledger->Get("j3", *id)->steps, 100u);
+  // A new round composes with all of them.
+  ASSERT_TRUE(ledger->Record("j4", *id, 0, 0.01, 1.0, 100).ok());
+  all_three.AddSteps(0.01, 1.0, 100);
+  EXPECT_NEAR(*ledger->Epsilon(std::nullopt, *id, kDelta), *all_three.Epsilon(kDelta), 1e-9);
+  auto datasets = ledger->Datasets();
+  ASSERT_EQ(datasets->size(), 1u);
+  EXPECT_THAT((*datasets)[0].aliases,
+              ::testing::ElementsAre("/data/cxr", "/data/cxr/", "/mnt/archive"));
 }
 
 }  // namespace

@@ -26,7 +26,8 @@ PORT=$(fl_free_port)
 
 echo "== provisioning the consortium (CA, coordinator, 3 sites, 1 admin)"
 "$BIN/flctl" provision --out "$D/pki" --coordinator-address "127.0.0.1:$PORT" \
-  --sites hospital-a,hospital-b,hospital-c --admins operator --data-root "$D/data" > "$D/logs/provision.log"
+  --sites hospital-a,hospital-b,hospital-c --admins operator --data-root "$D/data" \
+  --allow-non-dp > "$D/logs/provision.log"  # the demo's jobs train without DP
 
 echo "== generating phantom chest radiographs (DICOM): training data and a held-out test set per site"
 ALL=cardiomegaly,congestion,effusion_right,effusion_left,infiltrate_right,infiltrate_left,atelectasis_right,atelectasis_left

@@ -85,10 +85,7 @@ class FederationTest(unittest.TestCase):
                                 'local_steps: 3 batch_size: 8 min_sites: 2 '
                                 'start_timeout_seconds: 60 round_deadline_seconds: 120 '
                                 'labels: "cardiomegaly"')
-            for _ in range(600):  # until round 0 is committed
-                if fed.status(job_id).get("rounds_done", 0) >= 1:
-                    break
-                time.sleep(0.1)
+            fed.wait_rounds(job_id, 1, timeout=120)  # fails the test if round 0 never commits
             coordinator = fed.procs[0]
             coordinator.send_signal(signal.SIGKILL)
             coordinator.wait()
@@ -97,6 +94,9 @@ class FederationTest(unittest.TestCase):
             fed.procs[0] = fed.procs.pop()  # keep the clients at procs[1:]
             status = fed.wait(job_id)
             self.assertEqual(status["state"], "DONE")
+            # It resumed from a committed checkpoint, not from the start.
+            self.assertRegex(fed.log("coordinator-restarted"),
+                             re.escape(f"resuming job {job_id} after round ") + r"[1-3]\b")
             self.assertEqual([r["round"] if "round" in r else 0 for r in status["rounds"]],
                              [0, 1, 2, 3])
             for r in status["rounds"]:
@@ -124,6 +124,73 @@ class FederationTest(unittest.TestCase):
         finally:
             fed.stop()
 
+    def test_site_policy_declines_before_any_download(self):
+        """A site whose policy requires DP (as every kit with a privacy cap does unless it says
+        otherwise) and at least sigma 0.8 declines a job without DP and a job with sigma 0.5, each
+        with its reason, before it downloads anything."""
+        fed = Federation("policy")
+        try:
+            fed.start_coordinator()
+            fed.set_policy("site-b", "min_noise_multiplier: 0.8")  # require_dp: by the cap
+            fed.start_client("site-b", seed=2, metrics=True, exit_when_idle=False)
+            base = ('model: "tinycnn" image_size: 32 rounds: 1 local_steps: 2 batch_size: 8 '
+                    'min_sites: 1 start_timeout_seconds: 60 round_deadline_seconds: 30 '
+                    'labels: "cardiomegaly" ')
+            for name, extra, reason in [
+                    ("plain", "", "site-b: site policy: this site trains only with differential "
+                                  "privacy"),
+                    ("weak", "dp { enabled: true noise_multiplier: 0.5 delta: 1e-6 }",
+                     "site-b: site policy: the job's noise multiplier 0.5 is below the least "
+                     "this site accepts (0.8)")]:
+                status = fed.wait(fed.submit(f'name: "{name}" ' + base + extra), check=False)
+                self.assertEqual(status["state"], "FAILED")
+                self.assertIn(reason, status["message"])
+            client = fed.client_metrics("site-b")
+            self.assertEqual(metric(client, "fl_client_download_bytes_total"), 0)
+            self.assertGreaterEqual(
+                metric(client, "fl_client_tasks_total", {"result": "declined"}), 2)
+        finally:
+            fed.stop()
+
+    def test_the_same_images_through_another_path_spend_one_budget(self):
+        """The site's data reached through a symlink with a trailing slash is the same dataset:
+        two DP jobs, one before and one after the move, compose in one budget; a different
+        dataset_id for the same images is refused at start with the id to use."""
+        fed = Federation("dataset_id")
+        try:
+            fed.start_coordinator()
+            fed.start_client("site-b", seed=2)
+            spec = ('model: "smallcnn" image_size: 32 rounds: 1 local_steps: 3 batch_size: 8 '
+                    'min_sites: 1 start_timeout_seconds: 60 round_deadline_seconds: 120 '
+                    'labels: "cardiomegaly" dp { enabled: true noise_multiplier: 1.0 '
+                    'delta: 1e-6 }')
+            first = fed.submit('name: "before" ' + spec)
+            self.assertEqual(fed.wait(first)["state"], "DONE")
+            self.assertEqual(fed.clients["site-b"].wait(timeout=60), 0)
+            os.symlink(f"{fed.dir}/data/site-b", f"{fed.dir}/moved")
+            fed.edit_site_conf("site-b", lambda t: t.replace(f"{fed.dir}/data/site-b",
+                                                             f"{fed.dir}/moved/"))
+            fed.restart_client("site-b")
+            second = fed.submit('name: "after" ' + spec)
+            self.assertEqual(fed.wait(second)["state"], "DONE")
+            self.assertEqual(fed.clients["site-b"].wait(timeout=60), 0)
+            ledger = f"{fed.dir}/pki/sites/site-b/state/privacy.db"
+
+            def epsilon(*job):
+                return float(run(f"{fedlib.BIN}/flctl", "privacy", "ledger", "--ledger", ledger,
+                                 "--delta", "1e-6", *job).stdout.split()[0])
+            both, before, after = epsilon(), epsilon("--job", first), epsilon("--job", second)
+            self.assertGreater(before, 0)
+            self.assertAlmostEqual(before, after, places=6)
+            self.assertGreater(both, before * 1.2)  # one dataset, two jobs composed
+            dataset = re.search(r"dataset id '([^']+)'", fed.log("site-b")).group(1)
+            fed.edit_site_conf("site-b", lambda t: t + 'dataset_id: "renamed"\n')
+            proc = fed.restart_client("site-b")
+            self.assertNotEqual(proc.wait(timeout=60), 0)
+            self.assertIn(f'set dataset_id: "{dataset}"', fed.log("site-b"))
+        finally:
+            fed.stop()
+
     def test_dp_job_trains_and_reports_the_privacy_spent(self):
         fed = Federation("dp_job")
         try:
@@ -143,8 +210,8 @@ class FederationTest(unittest.TestCase):
             self.assertIn('fl_coordinator_site_privacy_epsilon{job="' + job_id, fed.metrics())
             # The site's ledger holds the round (flctl privacy ledger reads it).
             ledger = f"{fed.dir}/pki/sites/site-b/state/privacy.db"
-            out = run(f"{fedlib.BIN}/flctl", "privacy", "ledger", "--ledger", ledger, "--dataset",
-                      f"{fed.dir}/data/site-b", "--delta", "1e-6").stdout
+            out = run(f"{fedlib.BIN}/flctl", "privacy", "ledger", "--ledger", ledger,
+                      "--delta", "1e-6").stdout
             self.assertAlmostEqual(float(out.split()[0]), privacy["epsilon"], places=6)
         finally:
             fed.stop()

@@ -89,13 +89,25 @@ class Federation:
         self.provision_args = [
             f"{BIN}/flctl", "provision", "--out", f"{self.dir}/pki", "--coordinator-address",
             f"127.0.0.1:{self.port}", "--sites", ",".join(SITES), "--admins", admins,
-            "--data-root", f"{self.dir}/data"]
+            "--data-root", f"{self.dir}/data", "--allow-non-dp"]
         run(*self.provision_args)
         self.admin = f"{self.dir}/pki/admins/operator/admin.conf"
         self.coordinator_conf = f"{self.dir}/pki/coordinator/coordinator.conf"
 
     def site_conf(self, site):
         return f"{self.dir}/pki/sites/{site}/client.conf"
+
+    def edit_site_conf(self, site, edit):
+        """Rewrites the site's client.conf with `edit(text) -> text`."""
+        with open(self.site_conf(site)) as f:
+            text = f.read()
+        with open(self.site_conf(site), "w") as f:
+            f.write(edit(text))
+
+    def set_policy(self, site, policy):
+        """Replaces the site's `policy { ... }` (the kit's require_dp: false) by `policy`."""
+        self.edit_site_conf(site, lambda text: re.sub(r"policy \{[^}]*\}\n?", "", text) +
+                            f"policy {{ {policy} }}\n")
 
     def set_tls_reload(self, seconds):
         """Makes the coordinator and every site reread their TLS files every `seconds`."""

@@ -2,7 +2,7 @@
 //
 //   flctl privacy epsilon --sample-rate Q --noise-multiplier S --steps T --delta D [--verbose]
 //   flctl privacy noise   --sample-rate Q --steps T --epsilon E --delta D [--verbose]
-//   flctl privacy ledger  --ledger FILE --dataset ID --delta D [--job ID]
+//   flctl privacy ledger  --ledger FILE --delta D [--dataset ID] [--job ID]
 //
 // The result alone goes to stdout ("%.10g"), so scripts can capture it; --verbose adds the best
 // RDP order (and for `noise` the ε reached) on stderr. Exit 0 ok, 1 failure, 2 usage error.
@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/status.h"
 #include "privacy/ledger.h"
 #include "privacy/rdp_accountant.h"
@@ -28,7 +29,9 @@ constexpr char kUsage[] =
     "usage: flctl privacy epsilon --sample-rate Q --noise-multiplier S --steps T --delta D "
     "[--verbose]\n"
     "       flctl privacy noise --sample-rate Q --steps T --epsilon E --delta D [--verbose]\n"
-    "       flctl privacy ledger --ledger FILE --dataset ID --delta D [--job ID]";
+    "       flctl privacy ledger --ledger FILE --delta D [--dataset ID] [--job ID]\n"
+    "         (--dataset: the client's dataset_id, or a data_dir an older ledger recorded;\n"
+    "          default: the ledger's one dataset)";
 
 // Bad or missing options are usage errors (2); anything else is a failure (1).
 int Finish(const absl::Status& status) {
@@ -102,7 +105,6 @@ absl::Status RunNoise(const cli::Args& args) {
 absl::Status RunLedger(const cli::Args& args) {
   RETURN_IF_ERROR(args.CheckKnown({"ledger", "dataset", "delta", "job"}));
   ASSIGN_OR_RETURN(std::string path, args.Require("ledger"));
-  ASSIGN_OR_RETURN(std::string dataset, args.Require("dataset"));
   ASSIGN_OR_RETURN(double delta, args.GetDouble("delta", std::nullopt));
   RETURN_IF_ERROR(CheckDelta(delta));
   // Opening would create a missing ledger: an inspection must not.
@@ -110,6 +112,18 @@ absl::Status RunLedger(const cli::Args& args) {
     return absl::NotFoundError(absl::StrCat("no readable ledger at '", path, "'"));
   }
   ASSIGN_OR_RETURN(auto ledger, PrivacyLedger::Open(path));
+  std::string dataset = args.Get("dataset", "");
+  if (dataset.empty()) {  // the site's one dataset
+    ASSIGN_OR_RETURN(std::vector<PrivacyLedger::DatasetInfo> datasets, ledger->Datasets());
+    if (datasets.size() != 1) {
+      std::vector<std::string> ids;
+      for (const auto& d : datasets) ids.push_back(d.id);
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the ledger holds ", datasets.size(), " datasets (", absl::StrJoin(ids, ", "),
+          "): name one with --dataset"));
+    }
+    dataset = datasets[0].id;
+  }
   std::optional<std::string> job;
   if (args.Has("job")) job = args.Get("job");
   ASSIGN_OR_RETURN(double eps, ledger->Epsilon(job, dataset, delta));

@@ -16,11 +16,15 @@ constexpr char kUsage[] =
     "         [--coordinator-name coordinator] [--coordinator-dns a,b] [--sites a,b,c]\n"
     "         [--admins alice,bob] [--valid-days 825] [--data-root R]\n"
     "         [--coordinator-metrics HOST:PORT] [--max-epsilon 10] [--delta 1e-6] [--add]\n"
+    "         [--allow-non-dp]\n"
     "         [--renew coordinator,NAME,...]\n"
     "Creates DIR/ca (once) and the kits DIR/coordinator, DIR/sites/NAME, DIR/admins/NAME.\n"
     "Existing kits are never changed, so running it again (or with --add) only adds\n"
     "participants; --renew gives the named existing kits a new key and certificate, which\n"
-    "running daemons pick up without a restart.\n";
+    "running daemons pick up without a restart.\n"
+    "Each site's kit caps its privacy budget (--max-epsilon at --delta) and, with a cap, its\n"
+    "policy declines every training task without DP; --allow-non-dp writes\n"
+    "policy { require_dp: false } instead (demos, non-private baselines).\n";
 
 std::vector<std::string> List(const std::string& value) {
   return absl::StrSplit(value, ',', absl::SkipWhitespace());
@@ -30,7 +34,7 @@ absl::StatusOr<ProvisionOptions> ParseOptions(const cli::Args& args) {
   RETURN_IF_ERROR(args.CheckKnown({"out", "coordinator-address", "coordinator-name",
                                    "coordinator-dns", "sites", "admins", "valid-days", "data-root",
                                    "coordinator-metrics", "max-epsilon", "delta", "add",
-                                   "renew"}));
+                                   "renew", "allow-non-dp"}));
   ProvisionOptions o;
   ASSIGN_OR_RETURN(o.out_dir, args.Require("out"));
   ASSIGN_OR_RETURN(o.coordinator_address, args.Require("coordinator-address"));
@@ -48,6 +52,7 @@ absl::StatusOr<ProvisionOptions> ParseOptions(const cli::Args& args) {
   o.coordinator_metrics = args.Get("coordinator-metrics");
   ASSIGN_OR_RETURN(o.max_epsilon, args.GetDouble("max-epsilon", 10.0));
   ASSIGN_OR_RETURN(o.delta, args.GetDouble("delta", 1e-6));
+  o.allow_non_dp = args.Has("allow-non-dp");
   return o;
 }
 
@@ -56,7 +61,7 @@ int RunProvision(const std::vector<std::string>& argv) {
     std::cout << kUsage;
     return 0;
   }
-  auto args = cli::Args::Parse(argv, {"add"});
+  auto args = cli::Args::Parse(argv, {"add", "allow-non-dp"});
   if (!args.ok()) return cli::Fail(args.status(), 2);
   auto options = ParseOptions(*args);
   if (!options.ok()) {

@@ -178,6 +178,7 @@ absl::Status ProvisionSite(const ProvisionOptions& o, const std::string& out,
   config.set_device("auto");
   config.mutable_budget()->set_max_epsilon(o.max_epsilon);
   config.mutable_budget()->set_delta(o.delta);
+  if (o.allow_non_dp) config.mutable_policy()->set_require_dp(false);
   return WriteKit(o, kit, ca, Participant(name, "site", o.valid_days), "client.conf", config,
                   report);
 }

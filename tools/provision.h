@@ -35,6 +35,8 @@ struct ProvisionOptions {
   std::string coordinator_metrics;  // metrics_address of the coordinator; empty disables
   double max_epsilon = 10.0;        // each site's privacy budget cap
   double delta = 1e-6;
+  // Sites' kits say policy { require_dp: false }: they also train jobs without DP.
+  bool allow_non_dp = false;
   // Existing kits to re-key: "coordinator" (the coordinator's kit), site or admin names.
   std::vector<std::string> renew;
 };

@@ -1,0 +1,323 @@
+// The site core against an in-process coordinator: the order that makes DP real ("recorded
+// before any byte is sent") under each failure, and the policy's refusals before any download.
+// The ledger is a real SQLite file; time is a ManualClock, so back-off pauses take no time.
+#include "client/daemon.h"
+
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <deque>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "prometheus/registry.h"
+#include "privacy/rdp_accountant.h"
+
+namespace fl {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::IsEmpty;
+
+constexpr char kJob[] = "cxr-1";
+constexpr double kDelta = 1e-5;
+
+// What the fake coordinator saw, shared by every connection the daemon dials.
+struct Coordinator {
+  std::deque<Task> tasks;                       // handed out in order, then the stream ends
+  std::deque<absl::Status> upload_results;      // per Upload call; empty: OK
+  std::vector<std::string> events;              // "download", "upload", "decline: <reason>", ...
+  std::vector<int64_t> ledger_rounds_at_upload; // rounds the ledger held when each upload began
+  std::function<int64_t()> ledger_rounds;
+};
+
+class FakeConnection : public CoordinatorConnection {
+ public:
+  explicit FakeConnection(Coordinator* c) : c_(c) {}
+  absl::StatusOr<JoinResponse> Join(const JoinRequest&) override {
+    c_->events.push_back("join");
+    JoinResponse response;
+    response.set_site_name("site-a");
+    return response;
+  }
+  bool NextTask(Task* task) override {
+    if (cancelled_ || c_->tasks.empty()) return false;
+    *task = c_->tasks.front();
+    c_->tasks.pop_front();
+    return true;
+  }
+  absl::Status FinishTasks() override { return absl::UnavailableError("stream ended"); }
+  void CancelTasks() override { cancelled_ = true; }
+  absl::StatusOr<TensorList> Download(const DownloadRequest&, uint64_t) override {
+    c_->events.push_back("download");
+    return TensorList{{"w", {2}, {0.5f, -0.5f}}};
+  }
+  absl::StatusOr<UploadResponse> Upload(const UploadHeader& header,
+                                        std::shared_ptr<const TensorList> update) override {
+    c_->events.push_back("upload");
+    c_->ledger_rounds_at_upload.push_back(c_->ledger_rounds());
+    EXPECT_EQ(update->size(), 1u);
+    absl::Status result = absl::OkStatus();
+    if (!c_->upload_results.empty()) {
+      result = c_->upload_results.front();
+      c_->upload_results.pop_front();
+    }
+    if (!result.ok()) return result;
+    UploadResponse response;
+    response.set_bytes_received(8);
+    last_privacy_ = header.privacy();
+    return response;
+  }
+  absl::Status Report(const MetricsReport&) override {
+    c_->events.push_back("report");
+    return absl::OkStatus();
+  }
+  absl::Status Decline(const DeclineRequest& request) override {
+    c_->events.push_back("decline: " + request.reason());
+    return absl::OkStatus();
+  }
+  PrivacyReport last_privacy_;
+
+ private:
+  Coordinator* c_;
+  bool cancelled_ = false;
+};
+
+class FakeTrainer : public LocalTrainer {
+ public:
+  absl::StatusOr<TrainResult> Train(const std::string&, const JobSpec&,
+                                    const std::vector<std::string>& labels, const TensorList&,
+                                    uint32_t) override {
+    ++trained;
+    TrainResult result;
+    result.update = {{"w", {2}, {0.25f, 0.125f}}};
+    result.num_samples = 40;
+    result.loss = 0.5;
+    result.labels = labels;
+    return result;
+  }
+  absl::StatusOr<std::vector<LabelMetric>> Evaluate(const std::string&, const JobSpec&,
+                                                    const std::vector<std::string>&,
+                                                    const TensorList&) override {
+    return std::vector<LabelMetric>{};
+  }
+  std::string Hardware() const override { return "cpu:1 threads"; }
+  int trained = 0;
+};
+
+Dataset MakeData(int images) {
+  Dataset data;
+  data.label_names = {"cardiomegaly"};
+  for (int i = 0; i < images; ++i) {
+    Sample s;
+    s.sop_instance_uid = "1.2.826.0.1." + std::to_string(i);
+    s.patient_id = "P" + std::to_string(i);
+    s.labels = {static_cast<float>(i % 2)};
+    (i % 5 == 0 ? data.test : data.train).push_back(s);
+  }
+  return data;
+}
+
+Task MakeTask(bool dp, double sigma = 1.0) {
+  Task task;
+  task.set_job_id(kJob);
+  task.set_round(0);
+  task.set_deadline_unix_seconds(1'700'000'000 + 600);  // the ManualClock's start + 10 min
+  task.add_train_labels("cardiomegaly");
+  JobSpec& spec = *task.mutable_spec();
+  spec.set_name("cxr");
+  spec.set_rounds(3);
+  spec.set_local_steps(5);
+  spec.set_batch_size(8);
+  spec.add_labels("cardiomegaly");
+  if (dp) {
+    spec.mutable_dp()->set_enabled(true);
+    spec.mutable_dp()->set_noise_multiplier(sigma);
+    spec.mutable_dp()->set_clip_norm(1.0);
+    spec.mutable_dp()->set_delta(kDelta);
+  }
+  return task;
+}
+
+class SiteCoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = std::filesystem::path(testing::TempDir()) /
+           (std::string("site_core_") + info->name() + "_" + std::to_string(getpid()));
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+    auto ledger = PrivacyLedger::Open((dir_ / "privacy.db").string());
+    ASSERT_TRUE(ledger.ok()) << ledger.status();
+    ledger_ = std::move(*ledger);
+    config_.set_coordinator_address("127.0.0.1:1");
+    config_.set_max_backoff_seconds(30);
+    config_.set_state_dir(dir_.string());
+    coordinator_.ledger_rounds = [this] { return ledger_->Get(kJob, dataset_id_)->rounds; };
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  // Runs the daemon over the queued tasks (it stops after the last one).
+  void Run() {
+    ASSERT_FALSE(coordinator_.tasks.empty());
+    config_.set_exit_after_tasks(static_cast<uint32_t>(coordinator_.tasks.size()));
+    auto id = BindDatasetId(config_, data_, *ledger_);
+    ASSERT_TRUE(id.ok()) << id.status();
+    dataset_id_ = *id;
+    ClientDaemon daemon(
+        config_, [this] { return std::make_unique<FakeConnection>(&coordinator_); }, dataset_id_,
+        &data_, &trainer_, ledger_.get(), &metrics_, &clock_);
+    ASSERT_TRUE(daemon.Run().ok());
+  }
+
+  // Makes every write to the ledger's rounds fail inside SQLite, as a failing disk would.
+  void BreakLedgerWrites() {
+    sqlite3* db = nullptr;
+    ASSERT_EQ(sqlite3_open((dir_ / "privacy.db").c_str(), &db), SQLITE_OK);
+    ASSERT_EQ(sqlite3_exec(db,
+                           "CREATE TRIGGER fail BEFORE INSERT ON rounds "
+                           "BEGIN SELECT RAISE(ABORT, 'disk I/O error (injected)'); END;",
+                           nullptr, nullptr, nullptr),
+              SQLITE_OK);
+    sqlite3_close(db);
+  }
+
+  int64_t RecordedRounds() { return ledger_->Get(kJob, dataset_id_)->rounds; }
+
+  std::filesystem::path dir_;
+  std::unique_ptr<PrivacyLedger> ledger_;
+  ClientConfig config_;
+  Dataset data_ = MakeData(50);
+  FakeTrainer trainer_;
+  prometheus::Registry registry_;
+  ClientMetrics metrics_{registry_};
+  ManualClock clock_;
+  Coordinator coordinator_;
+  std::string dataset_id_;
+};
+
+TEST_F(SiteCoreTest, ADpRoundIsRecordedBeforeAnyByteIsSent) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  Run();
+  EXPECT_THAT(coordinator_.events, ElementsAre("join", "download", "upload"));
+  EXPECT_THAT(coordinator_.ledger_rounds_at_upload, ElementsAre(1));
+  EXPECT_EQ(RecordedRounds(), 1);
+}
+
+TEST_F(SiteCoreTest, ALedgerThatCannotRecordDeclinesAndSendsNothing) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  BreakLedgerWrites();
+  Run();
+  ASSERT_EQ(coordinator_.events.size(), 3u);
+  EXPECT_EQ(coordinator_.events[1], "download");
+  EXPECT_THAT(coordinator_.events[2], HasSubstr("decline: cannot record the round's privacy"));
+  EXPECT_EQ(RecordedRounds(), 0);
+}
+
+// The coordinator away mid-upload (restarting, its disk full): the same update is sent again
+// after back-off on the clock, never retrained and never recorded twice.
+TEST_F(SiteCoreTest, AnUploadThatFailsIsSentAgainWithoutRetrainingOrASecondCost) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  coordinator_.upload_results = {absl::UnavailableError("coordinator restarting"),
+                                 absl::ResourceExhaustedError("coordinator disk full")};
+  Run();
+  EXPECT_THAT(coordinator_.events, ElementsAre("join", "download", "upload", "upload", "upload"));
+  EXPECT_THAT(coordinator_.ledger_rounds_at_upload, ElementsAre(1, 1, 1));
+  EXPECT_EQ(trainer_.trained, 1);
+  EXPECT_EQ(RecordedRounds(), 1);
+  EXPECT_EQ(clock_.slept(), absl::Seconds(1 + 2));
+}
+
+// A refused update (invalid, say) is final: not sent again, and its cost stays recorded (the
+// update may have reached the coordinator).
+TEST_F(SiteCoreTest, ARefusedUploadIsNotSentAgainAndItsCostStays) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  coordinator_.upload_results = {absl::InvalidArgumentError("update norm too large")};
+  Run();
+  EXPECT_THAT(coordinator_.events, ElementsAre("join", "download", "upload"));
+  EXPECT_EQ(RecordedRounds(), 1);
+}
+
+TEST_F(SiteCoreTest, ARetryThatWouldMissTheDeadlineIsNotMade) {
+  Task task = MakeTask(/*dp=*/true);
+  task.set_deadline_unix_seconds(1'700'000'000 + 0.5);
+  coordinator_.tasks.push_back(task);
+  coordinator_.upload_results = {absl::UnavailableError("coordinator restarting")};
+  Run();
+  EXPECT_THAT(coordinator_.events, ElementsAre("join", "download", "upload"));
+  EXPECT_EQ(clock_.slept(), absl::ZeroDuration());
+}
+
+TEST_F(SiteCoreTest, ACapMakesDpRequiredAndANonDpTaskIsDeclinedBeforeAnyDownload) {
+  config_.mutable_budget()->set_max_epsilon(8);
+  config_.mutable_budget()->set_delta(kDelta);
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/false));
+  Run();
+  ASSERT_EQ(coordinator_.events.size(), 2u);
+  EXPECT_THAT(coordinator_.events[1], HasSubstr("decline: site policy: this site trains only "
+                                                "with differential privacy"));
+  EXPECT_EQ(trainer_.trained, 0);
+}
+
+TEST_F(SiteCoreTest, TooLittleNoiseIsDeclinedBeforeAnyDownload) {
+  config_.mutable_policy()->set_min_noise_multiplier(0.8);
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true, /*sigma=*/0.5));
+  Run();
+  ASSERT_EQ(coordinator_.events.size(), 2u);
+  EXPECT_THAT(coordinator_.events[1], HasSubstr("noise multiplier 0.5 is below"));
+  EXPECT_EQ(RecordedRounds(), 0);
+}
+
+TEST_F(SiteCoreTest, ARoundOverTheCapIsDeclinedBeforeAnyDownload) {
+  config_.mutable_budget()->set_max_epsilon(0.01);
+  config_.mutable_budget()->set_delta(kDelta);
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  Run();
+  ASSERT_EQ(coordinator_.events.size(), 2u);
+  EXPECT_THAT(coordinator_.events[1], HasSubstr("over the site's cap"));
+}
+
+// Without a cap and without require_dp, a non-DP task trains (the demo's default).
+TEST_F(SiteCoreTest, WithoutACapANonDpTaskTrains) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/false));
+  Run();
+  EXPECT_THAT(coordinator_.events, ElementsAre("join", "download", "upload"));
+  EXPECT_THAT(coordinator_.ledger_rounds_at_upload, ElementsAre(0));
+}
+
+// The data folder moved (or is reached through another path): the same images keep their id,
+// so two jobs on them compose into one budget.
+TEST_F(SiteCoreTest, TheSameImagesSpendOneBudgetWhereverTheirFolderIs) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  Run();
+  const std::string first_id = dataset_id_;
+  config_.set_data_dir("/mnt/elsewhere/");  // not part of the id
+  Task second = MakeTask(/*dp=*/true);
+  second.set_job_id("cxr-2");
+  coordinator_.tasks.push_back(second);
+  Run();
+  EXPECT_EQ(dataset_id_, first_id);
+  RdpAccountant both;
+  const double q = 8.0 / data_.train.size();
+  both.AddSteps(q, 1.0, 10);
+  EXPECT_NEAR(*ledger_->Epsilon(std::nullopt, first_id, kDelta), *both.Epsilon(kDelta), 1e-9);
+}
+
+TEST_F(SiteCoreTest, AnotherIdForTheSameImagesIsRefusedWithTheIdToUse) {
+  config_.set_dataset_id("hospital-a-cxr");
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  Run();
+  config_.set_dataset_id("hospital-a-cxr-moved");
+  auto id = BindDatasetId(config_, data_, *ledger_);
+  ASSERT_FALSE(id.ok());
+  EXPECT_THAT(id.status().message(), HasSubstr("set dataset_id: \"hospital-a-cxr\""));
+  config_.clear_dataset_id();  // the site's default id is another id too
+  EXPECT_FALSE(BindDatasetId(config_, data_, *ledger_).ok());
+}
+
+}  // namespace
+}  // namespace fl
