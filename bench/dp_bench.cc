@@ -40,8 +40,8 @@ struct DpBenchConfig {
 class StepRunner {
  public:
   static absl::StatusOr<std::unique_ptr<StepRunner>> Create(const DpBenchConfig &config) {
-    ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model,
-                     CreateModel({config.model, 1, static_cast<int>(config.size), 8}, 1));
+    ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model,
+                     CreateModel(ClassifierSpec(config.model, 1, static_cast<int>(config.size), 8), 1));
     auto runner = std::unique_ptr<StepRunner>(new StepRunner(std::move(model), config));
     DpSgdOptions options;
     options.clip_norm = 1.0;
@@ -72,7 +72,7 @@ class StepRunner {
   bool cuda() const { return device_.is_cuda(); }
 
  private:
-  StepRunner(std::shared_ptr<ClassifierImpl> model, const DpBenchConfig &config)
+  StepRunner(std::shared_ptr<ModelImpl> model, const DpBenchConfig &config)
       : device_(torch::cuda::is_available() ? torch::kCUDA : torch::kCPU),
         model_(std::move(model)),
         opt_(model_->parameters(), 0.01) {
@@ -91,7 +91,7 @@ class StepRunner {
   }
 
   torch::Device device_;
-  std::shared_ptr<ClassifierImpl> model_;
+  std::shared_ptr<ModelImpl> model_;
   torch::optim::SGD opt_;
   std::unique_ptr<DpSgdEngine> engine_;
   torch::Tensor x_, y_;

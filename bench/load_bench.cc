@@ -68,11 +68,8 @@ absl::StatusOr<LoadOptions> ParseLoadFlags(std::vector<std::string> args) {
 // Float32 elements of the registry model `name` with `labels` outputs, as the coordinator
 // builds it (parameters and buffers: exactly what a download carries).
 absl::StatusOr<uint64_t> ModelParams(const std::string &name, int64_t labels) {
-  ModelSpec spec;
-  spec.name = name;
-  spec.image_size = 32;
-  spec.num_outputs = static_cast<int>(labels);
-  ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model, CreateModel(spec, 1));
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model,
+                   CreateModel(ClassifierSpec(name, 1, 32, static_cast<int>(labels)), 1));
   try {
     uint64_t n = 0;
     for (const NamedTensor &t : ExtractWeights(*model)) n += t.data.size();

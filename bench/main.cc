@@ -29,6 +29,13 @@ int main(int argc, char **argv) {
   }
   const std::string name = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
+  // `fl-bench --help`, `fl-bench help` and `fl-bench NAME --help`: the usage, exit 0.
+  bool help = name == "--help" || name == "-h" || name == "help";
+  for (const std::string &a : args) help |= a == "--help" || a == "-h";
+  if (help) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
   absl::Status status;
   if (name == "aggregate") {
     status = fl::bench::RunAggregateBench(args);

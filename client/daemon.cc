@@ -247,20 +247,20 @@ absl::Status ClientDaemon::DownloadModel(CoordinatorConnection& coordinator, con
 absl::Status ClientDaemon::EvaluateAndReport(CoordinatorConnection& coordinator, const Task& task,
                                              const std::vector<std::string>& labels,
                                              const TensorList& model, double train_loss) {
-  ASSIGN_OR_RETURN(std::vector<LabelMetric> metrics,
+  ASSIGN_OR_RETURN(MetricsReport report,
                    trainer_->Evaluate(task.job_id(), task.spec(), labels, model));
-  MetricsReport report;
   report.set_job_id(task.job_id());
   report.set_round(task.round());
   report.set_train_loss(train_loss);
-  report.set_test_images(data_->test.size());
   std::vector<std::string> parts;
-  for (LabelMetric& m : metrics) {
+  for (const LabelMetric& m : report.test()) {
     metrics_->test_auroc.Add({{"job", task.job_id()}, {"label", m.label()}}).Set(m.auroc());
-    parts.push_back(absl::StrFormat("%s %.3f", m.label(), m.auroc()));
-    *report.add_test() = std::move(m);
+    parts.push_back(absl::StrFormat("AUROC %s %.3f", m.label(), m.auroc()));
   }
-  Log(absl::StrCat("job ", task.job_id(), " model after round ", task.round(), ": AUROC ",
+  for (const Metric& m : report.metrics()) {
+    parts.push_back(absl::StrFormat("%s %.4g", m.name(), m.value()));
+  }
+  Log(absl::StrCat("job ", task.job_id(), " model after round ", task.round(), ": ",
                    absl::StrJoin(parts, ", ")));
   auto send = [&](int) { return coordinator.Report(report); };
   // A final evaluation is the whole task; a training round's report must not hold up training.

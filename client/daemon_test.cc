@@ -100,10 +100,10 @@ class FakeTrainer : public LocalTrainer {
     result.labels = labels;
     return result;
   }
-  absl::StatusOr<std::vector<LabelMetric>> Evaluate(const std::string&, const JobSpec&,
-                                                    const std::vector<std::string>&,
-                                                    const TensorList&) override {
-    return std::vector<LabelMetric>{};
+  absl::StatusOr<MetricsReport> Evaluate(const std::string&, const JobSpec&,
+                                         const std::vector<std::string>&,
+                                         const TensorList&) override {
+    return MetricsReport();
   }
   std::string Hardware() const override { return "cpu:1 threads"; }
   int trained = 0;

@@ -5,10 +5,9 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "models/spec.h"
 
 namespace fl {
-
-std::string WorkloadName(const JobSpec&) { return "classification"; }
 
 bool RequiresDp(const ClientConfig& config) {
   if (config.policy().has_require_dp()) return config.policy().require_dp();

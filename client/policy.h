@@ -9,9 +9,6 @@
 
 namespace fl {
 
-// The workload a job trains, as named in SitePolicy.workloads: "classification" today.
-std::string WorkloadName(const JobSpec& spec);
-
 // Whether the site trains only with DP: policy.require_dp when set, else whenever the site has a
 // privacy cap (budget.max_epsilon > 0).
 bool RequiresDp(const ClientConfig& config);

@@ -2,6 +2,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "models/spec.h"
 
 namespace fl {
 namespace {
@@ -57,9 +58,13 @@ TEST(SitePolicyTest, WorkloadsAndEvaluationTasks) {
   EXPECT_EQ(WorkloadName(JobSpec()), "classification");
   EXPECT_THAT(PolicyRefusal(config, JobSpec(), nullptr, true), IsEmpty());
   // A site that takes only another workload declines classification, evaluations included.
-  config.mutable_policy()->set_workloads(0, "latent_diffusion");
+  config.mutable_policy()->set_workloads(0, "autoencoder");
   EXPECT_THAT(PolicyRefusal(config, JobSpec(), nullptr, true),
-              HasSubstr("does not train 'classification' jobs (it takes latent_diffusion)"));
+              HasSubstr("does not train 'classification' jobs (it takes autoencoder)"));
+  JobSpec autoencoder;
+  autoencoder.mutable_autoencoder();
+  EXPECT_EQ(WorkloadName(autoencoder), "autoencoder");
+  EXPECT_THAT(PolicyRefusal(config, autoencoder, nullptr, true), IsEmpty());
 }
 
 }  // namespace

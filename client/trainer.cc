@@ -13,6 +13,7 @@
 #include "client/dicom.h"
 #include "client/trainer_data.h"
 #include "client/update.h"
+#include "client/workload.h"
 #include "common/status.h"
 #include "common/torch_pch.h"
 #include "models/model.h"
@@ -28,16 +29,6 @@ constexpr int kDefaultBatchSize = 32;
 constexpr int kDefaultLocalSteps = 10;
 constexpr double kDefaultLearningRate = 0.01;
 constexpr int kEvalBatchSize = 64;
-absl::StatusOr<ModelSpec> ModelSpecFor(const JobSpec& spec) {
-  if (spec.image_size() == 0) return absl::InvalidArgumentError("job image_size is 0");
-  ModelSpec model;
-  model.name = spec.model();
-  model.in_channels = spec.in_channels() > 0 ? static_cast<int>(spec.in_channels()) : 1;
-  model.image_size = static_cast<int>(spec.image_size());
-  model.num_outputs = spec.labels_size();
-  return model;
-}
-
 absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
     const LocalOptimizer& o, const std::vector<torch::Tensor>& params) {
   const double lr = o.learning_rate() > 0 ? o.learning_rate() : kDefaultLearningRate;
@@ -136,21 +127,6 @@ absl::StatusOr<DpRound> DrawDpRound(int64_t n, const DpPlan& plan, int batch, ui
   return round;
 }
 
-// Per-sample BCE-with-logits summed over the sample's known targets (NaN: unknown, masked);
-// [n]. Summed, not averaged, so that a sample's gradient does not grow as its labels go missing.
-torch::Tensor PerSampleLoss(const torch::Tensor& logits, const torch::Tensor& targets) {
-  namespace F = torch::nn::functional;
-  TORCH_CHECK(logits.sizes() == targets.sizes(), "model output has shape ", logits.sizes(),
-              ", not ", targets.sizes());
-  torch::Tensor known = torch::isnan(targets).logical_not();
-  return F::binary_cross_entropy_with_logits(
-             logits, torch::where(known, targets, torch::zeros_like(targets)),
-             F::BinaryCrossEntropyWithLogitsFuncOptions()
-                 .weight(known.to(torch::kFloat32))
-                 .reduction(torch::kNone))
-      .sum(1);
-}
-
 class TorchTrainer : public LocalTrainer {
  public:
   TorchTrainer(Dataset data, TrainerOptions options, torch::Device device)
@@ -175,10 +151,9 @@ class TorchTrainer : public LocalTrainer {
     }
   }
 
-  absl::StatusOr<std::vector<LabelMetric>> Evaluate(const std::string& job_id,
-                                                    const JobSpec& spec,
-                                                    const std::vector<std::string>& train_labels,
-                                                    const TensorList& weights) override {
+  absl::StatusOr<MetricsReport> Evaluate(const std::string& job_id, const JobSpec& spec,
+                                         const std::vector<std::string>& train_labels,
+                                         const TensorList& weights) override {
     const std::string what = absl::StrCat("evaluating job ", job_id);
     try {
       auto metrics = EvaluateImpl(job_id, spec, train_labels, weights);
@@ -200,36 +175,35 @@ class TorchTrainer : public LocalTrainer {
   absl::StatusOr<TrainResult> TrainImpl(const std::string& job_id, const JobSpec& spec,
                                         const std::vector<std::string>& train_labels,
                                         const TensorList& global, uint32_t round);
-  absl::StatusOr<std::vector<LabelMetric>> EvaluateImpl(
-      const std::string& job_id, const JobSpec& spec,
-      const std::vector<std::string>& train_labels, const TensorList& weights);
-  absl::StatusOr<std::shared_ptr<ClassifierImpl>> BuildModel(const std::string& job_id,
+  absl::StatusOr<MetricsReport> EvaluateImpl(const std::string& job_id, const JobSpec& spec,
+                                             const std::vector<std::string>& train_labels,
+                                             const TensorList& weights);
+  absl::StatusOr<std::shared_ptr<ModelImpl>> BuildModel(const std::string& job_id,
                                                              const JobSpec& spec,
                                                              const TensorList& weights);
-  absl::StatusOr<TensorList> PrivateHead(const std::string& job_id, ClassifierImpl& model,
+  absl::StatusOr<TensorList> PrivateHead(const std::string& job_id, ModelImpl& model,
                                          const TensorList& weights);
   absl::StatusOr<std::vector<std::vector<int>>> PlanRound(const JobSpec& spec, int steps,
                                                           uint64_t seed) const;
-  absl::StatusOr<StepStats> TrainSteps(ClassifierImpl& model, torch::optim::Optimizer& optimizer,
+  absl::StatusOr<StepStats> TrainSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
                                        const JobSpec& spec, const LabelMap& labels,
                                        uint64_t seed);
-  absl::StatusOr<StepStats> DpTrainSteps(ClassifierImpl& model,
+  absl::StatusOr<StepStats> DpTrainSteps(ModelImpl& model,
                                          torch::optim::Optimizer& optimizer, const JobSpec& spec,
                                          const LabelMap& labels, uint64_t seed);
-  absl::StatusOr<StepStats> RunDpSteps(ClassifierImpl& model, torch::optim::Optimizer& optimizer,
+  absl::StatusOr<StepStats> RunDpSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
                                        DpSgdEngine& engine, const DpRound& round,
-                                       BatchPrefetcher& batches, int size, int channels);
-  torch::Tensor ToTargets(HostBatch& batch) const;
+                                       BatchPrefetcher& batches, const JobSpec& spec);
   absl::Status CheckCancelled() const;
-  absl::StatusOr<StepStats> RunSteps(ClassifierImpl& model, torch::optim::Optimizer& optimizer,
-                                     BatchPrefetcher& batches, int count, int size,
-                                     int channels);
+  absl::StatusOr<StepStats> RunSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
+                                     BatchPrefetcher& batches, int count, const JobSpec& spec);
   HostBatch LoadBatch(Split split, const std::vector<int>& indices, int size,
                       const LabelMap& labels, std::optional<uint64_t> augment_seed) {
     return AssembleBatch(cache_, split, Samples(split), indices, size, labels.column,
                          augment_seed);
   }
-  torch::Tensor ToImages(HostBatch& batch, int size, int channels) const;
+  // The batch on the training device, images expanded to the job's channels.
+  DeviceBatch ToDevice(HostBatch& batch, const JobSpec& spec) const;
   const std::vector<Sample>& Samples(Split split) const {
     return split == Split::kTrain ? data_.train : data_.test;
   }
@@ -241,24 +215,30 @@ class TorchTrainer : public LocalTrainer {
   HeadStore heads_;
 };
 
-torch::Tensor TorchTrainer::ToImages(HostBatch& batch, int size, int channels) const {
+DeviceBatch TorchTrainer::ToDevice(HostBatch& batch, const JobSpec& spec) const {
+  const int size = static_cast<int>(spec.image_size());
+  const int channels = ChannelsOf(spec);
+  DeviceBatch out;
+  out.n = batch.n;
+  out.known_targets = batch.known_targets;
   torch::Tensor images =
       torch::from_blob(batch.pixels.data(), {batch.n, 1, size, size}, torch::kFloat32);
   if (channels > 1) images = images.expand({batch.n, channels, size, size}).contiguous();
-  return images.to(device_, /*non_blocking=*/false, /*copy=*/true);
+  out.images = images.to(device_, /*non_blocking=*/false, /*copy=*/true);
+  if (batch.n > 0 && !batch.targets.empty()) {
+    const int64_t num_labels = static_cast<int64_t>(batch.targets.size()) / batch.n;
+    out.targets = torch::from_blob(batch.targets.data(), {batch.n, num_labels}, torch::kFloat32)
+                      .to(device_, /*non_blocking=*/false, /*copy=*/true);
+  }
+  return out;
 }
 
-torch::Tensor TorchTrainer::ToTargets(HostBatch& batch) const {
-  const int64_t num_labels = static_cast<int64_t>(batch.targets.size()) / batch.n;
-  return torch::from_blob(batch.targets.data(), {batch.n, num_labels}, torch::kFloat32)
-      .to(device_, /*non_blocking=*/false, /*copy=*/true);
-}
-
-absl::StatusOr<StepStats> TorchTrainer::RunDpSteps(ClassifierImpl& model,
+absl::StatusOr<StepStats> TorchTrainer::RunDpSteps(ModelImpl& model,
                                                    torch::optim::Optimizer& optimizer,
                                                    DpSgdEngine& engine, const DpRound& round,
-                                                   BatchPrefetcher& batches, int size,
-                                                   int channels) {
+                                                   BatchPrefetcher& batches,
+                                                   const JobSpec& spec) {
+  const Workload& workload = WorkloadFor(spec);
   StepStats stats;
   model.train();
   for (size_t s = 0; s + 1 < round.first.size(); ++s) {
@@ -267,11 +247,11 @@ absl::StatusOr<StepStats> TorchTrainer::RunDpSteps(ClassifierImpl& model,
       HostBatch batch = batches.Next();
       RETURN_IF_ERROR(batch.status);
       stats.samples += batch.n;
-      // A sample without a known target has a zero loss: nothing to accumulate.
-      if (batch.n == 0 || batch.known_targets == 0) continue;
+      // E.g. a sample without a known target has a zero loss: nothing to accumulate.
+      if (!workload.Learnable(batch)) continue;
       RETURN_IF_ERROR(engine.AccumulateMicroBatch([&] {
-        torch::Tensor losses =
-            PerSampleLoss(model.forward(ToImages(batch, size, channels)), ToTargets(batch));
+        const DeviceBatch on_device = ToDevice(batch, spec);
+        torch::Tensor losses = workload.PerSampleLoss(model.forward(on_device.images), on_device);
         stats.loss_sum += losses.detach().sum().item<double>();
         return losses;
       }));
@@ -290,33 +270,20 @@ absl::Status TorchTrainer::CheckCancelled() const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepStats> TorchTrainer::RunSteps(ClassifierImpl& model,
+absl::StatusOr<StepStats> TorchTrainer::RunSteps(ModelImpl& model,
                                                  torch::optim::Optimizer& optimizer,
-                                                 BatchPrefetcher& batches, int count, int size,
-                                                 int channels) {
-  namespace F = torch::nn::functional;
+                                                 BatchPrefetcher& batches, int count,
+                                                 const JobSpec& spec) {
+  const Workload& workload = WorkloadFor(spec);
   StepStats stats;
   model.train();
   for (int s = 0; s < count; ++s) {
     RETURN_IF_ERROR(CheckCancelled());
     HostBatch batch = batches.Next();
     RETURN_IF_ERROR(batch.status);
-    if (batch.n == 0 || batch.known_targets == 0) continue;  // nothing to learn from
-    torch::Tensor targets = ToTargets(batch);
-    const int64_t num_labels = targets.size(1);
-    torch::Tensor known = torch::isnan(targets).logical_not();
-    torch::Tensor logits = model.forward(ToImages(batch, size, channels));
-    if (logits.sizes() != targets.sizes()) {
-      return absl::InternalError(absl::StrCat("model output has shape ", c10::str(logits.sizes()),
-                                              ", not [", batch.n, ", ", num_labels, "]"));
-    }
-    torch::Tensor loss =
-        F::binary_cross_entropy_with_logits(
-            logits, torch::where(known, targets, torch::zeros_like(targets)),
-            F::BinaryCrossEntropyWithLogitsFuncOptions()
-                .weight(known.to(torch::kFloat32))
-                .reduction(torch::kSum)) /
-        static_cast<double>(batch.known_targets);
+    if (!workload.Learnable(batch)) continue;  // nothing to learn from
+    const DeviceBatch on_device = ToDevice(batch, spec);
+    torch::Tensor loss = workload.StepLoss(model.forward(on_device.images), on_device);
     optimizer.zero_grad();
     loss.backward();
     optimizer.step();
@@ -328,7 +295,7 @@ absl::StatusOr<StepStats> TorchTrainer::RunSteps(ClassifierImpl& model,
 }
 
 absl::StatusOr<TensorList> TorchTrainer::PrivateHead(const std::string& job_id,
-                                                     ClassifierImpl& model,
+                                                     ModelImpl& model,
                                                      const TensorList& weights) {
   ASSIGN_OR_RETURN(std::optional<TensorList> kept, heads_.Get(job_id));
   if (kept.has_value()) return *std::move(kept);
@@ -340,10 +307,10 @@ absl::StatusOr<TensorList> TorchTrainer::PrivateHead(const std::string& job_id,
   return from_global.size() == fresh.size() ? from_global : fresh;
 }
 
-absl::StatusOr<std::shared_ptr<ClassifierImpl>> TorchTrainer::BuildModel(
+absl::StatusOr<std::shared_ptr<ModelImpl>> TorchTrainer::BuildModel(
     const std::string& job_id, const JobSpec& spec, const TensorList& weights) {
   ASSIGN_OR_RETURN(ModelSpec model_spec, ModelSpecFor(spec));
-  ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model, CreateModel(model_spec, spec.seed()));
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model, CreateModel(model_spec, spec.seed()));
   if (!SiteMode(spec)) {
     RETURN_IF_ERROR(Annotate(LoadWeights(*model, weights), "loading the global weights"));
   } else {
@@ -381,7 +348,7 @@ absl::StatusOr<std::vector<std::vector<int>>> TorchTrainer::PlanRound(const JobS
   return PlanTrainBatches(std::move(usable), batch, steps, seed);
 }
 
-absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ClassifierImpl& model,
+absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ModelImpl& model,
                                                    torch::optim::Optimizer& optimizer,
                                                    const JobSpec& spec, const LabelMap& labels,
                                                    uint64_t seed) {
@@ -394,12 +361,12 @@ absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ClassifierImpl& model,
         return LoadBatch(Split::kTrain, plan[k], size, labels, seed ^ ((k + 1) * 0x9E3779B9ull));
       },
       options_.loader_threads, 2 * options_.loader_threads);
-  ASSIGN_OR_RETURN(StepStats stats,
-                   RunSteps(model, optimizer, batches, steps, size, ChannelsOf(spec)));
+  ASSIGN_OR_RETURN(StepStats stats, RunSteps(model, optimizer, batches, steps, spec));
   if (stats.steps == 0) {
     return absl::FailedPreconditionError(absl::StrCat(
-        "no step possible: no sampled train image decoded with a known value of the train "
-        "labels (", cache_.failures(), " images undecodable)"));
+        "no step possible: no sampled train image decoded",
+        HasLabelHead(spec) ? " with a known value of the train labels" : "", " (",
+        cache_.failures(), " images undecodable)"));
   }
   if (!std::isfinite(stats.loss_sum)) {
     return absl::InternalError("training diverged: the loss is not finite");
@@ -412,7 +379,7 @@ absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ClassifierImpl& model,
 // Sampling is over the whole train split; an undecodable sample that is drawn is dropped from
 // its batch (the loader skips it). That slightly changes the sampling (such a sample acts as one
 // with a zero gradient), which the accounting with q over the whole split still covers.
-absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ClassifierImpl& model,
+absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ModelImpl& model,
                                                      torch::optim::Optimizer& optimizer,
                                                      const JobSpec& spec, const LabelMap& labels,
                                                      uint64_t seed) {
@@ -440,8 +407,7 @@ absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ClassifierImpl& model,
                          seed ^ ((k + 1) * 0x9E3779B9ull));
       },
       options_.loader_threads, 2 * options_.loader_threads);
-  ASSIGN_OR_RETURN(StepStats stats, RunDpSteps(model, optimizer, *engine, round, batches, size,
-                                               ChannelsOf(spec)));
+  ASSIGN_OR_RETURN(StepStats stats, RunDpSteps(model, optimizer, *engine, round, batches, spec));
   if (round.drawn > 0 && stats.samples == 0) {
     return absl::FailedPreconditionError(absl::StrCat(
         "none of the ", round.drawn, " sampled train images decoded (", cache_.failures(),
@@ -462,7 +428,7 @@ absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id,
     return absl::FailedPreconditionError("the train split is empty: no sample to train on");
   }
   ASSIGN_OR_RETURN(LabelMap labels, MapLabels(spec, train_labels, data_.label_names));
-  ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model, BuildModel(job_id, spec, global));
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model, BuildModel(job_id, spec, global));
   ASSIGN_OR_RETURN(std::unique_ptr<torch::optim::Optimizer> optimizer,
                    MakeOptimizer(spec.local_optimizer(), model->parameters()));
   const uint64_t seed = RoundSeed(job_id, spec.seed(), round);
@@ -485,14 +451,14 @@ absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id,
   return result;
 }
 
-absl::StatusOr<std::vector<LabelMetric>> TorchTrainer::EvaluateImpl(
+absl::StatusOr<MetricsReport> TorchTrainer::EvaluateImpl(
     const std::string& job_id, const JobSpec& spec, const std::vector<std::string>& train_labels,
     const TensorList& weights) {
   if (data_.test.empty()) {
     return absl::FailedPreconditionError("the test split is empty: no sample to evaluate on");
   }
   ASSIGN_OR_RETURN(LabelMap labels, MapLabels(spec, train_labels, data_.label_names));
-  ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model, BuildModel(job_id, spec, weights));
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model, BuildModel(job_id, spec, weights));
   model->eval();
   torch::NoGradGuard no_grad;
   const int size = static_cast<int>(spec.image_size());
@@ -505,20 +471,20 @@ absl::StatusOr<std::vector<LabelMetric>> TorchTrainer::EvaluateImpl(
       plan.size(),
       [&](int k) { return LoadBatch(Split::kTest, plan[k], size, labels, std::nullopt); },
       options_.loader_threads, 2 * options_.loader_threads);
-  ScoreTable table(labels.column.size());
+  std::unique_ptr<Evaluation> evaluation = WorkloadFor(spec).StartEvaluation(spec, train_labels);
+  int64_t decoded = 0;
   for (size_t k = 0; k < plan.size(); ++k) {
     HostBatch batch = batches.Next();
     RETURN_IF_ERROR(batch.status);
     if (batch.n == 0) continue;
-    torch::Tensor probs = torch::sigmoid(model->forward(ToImages(batch, size, ChannelsOf(spec))));
-    probs = probs.to(torch::kCPU).contiguous();
-    if (probs.dim() != 2) return absl::InternalError("model output is not a matrix");
-    RETURN_IF_ERROR(table.Add(batch, probs.data_ptr<float>(), probs.size(0), probs.size(1)));
+    decoded += batch.n;
+    const DeviceBatch on_device = ToDevice(batch, spec);
+    RETURN_IF_ERROR(evaluation->Add(on_device, batch, model->forward(on_device.images)));
   }
-  if (table.images == 0) {
+  if (decoded == 0) {
     return absl::FailedPreconditionError("none of the test split's images can be decoded");
   }
-  return table.Metrics(spec, train_labels);
+  return evaluation->Finish();
 }
 
 }  // namespace

@@ -50,17 +50,19 @@ class LocalTrainer {
  public:
   virtual ~LocalTrainer() = default;
 
-  // Trains `spec.local_steps` steps from `global` on the train split, using only the columns of
-  // `train_labels` (a missing value is masked out of the loss, never treated as negative).
+  // Trains `spec.local_steps` steps from `global` on the train split with the job's workload
+  // (client/workload.h); a classifier uses only the columns of `train_labels` (a missing value is
+  // masked out of the loss, never treated as negative).
   virtual absl::StatusOr<TrainResult> Train(const std::string& job_id, const JobSpec& spec,
                                             const std::vector<std::string>& train_labels,
                                             const TensorList& global, uint32_t round) = 0;
 
-  // AUROC per label of `train_labels` on the test split for the model `weights` (with this
-  // site's private head in site mode).
-  virtual absl::StatusOr<std::vector<LabelMetric>> Evaluate(
-      const std::string& job_id, const JobSpec& spec, const std::vector<std::string>& train_labels,
-      const TensorList& weights) = 0;
+  // The workload's evaluation of the model `weights` on the test split (with this site's private
+  // head in site mode): the classifier's AUROC per label of `train_labels` in `test`, other
+  // workloads' named `metrics`, and `test_images`; job_id, round and train_loss are left unset.
+  virtual absl::StatusOr<MetricsReport> Evaluate(const std::string& job_id, const JobSpec& spec,
+                                                 const std::vector<std::string>& train_labels,
+                                                 const TensorList& weights) = 0;
 
   // "cuda:<name>" or "cpu:<n> threads".
   virtual std::string Hardware() const = 0;

@@ -142,7 +142,9 @@ struct Global {
 };
 
 Global GlobalFor(const JobSpec& spec) {
-  auto model = CreateModel({spec.model(), 1, kSize, spec.labels_size()}, spec.seed());
+  auto model_spec = ModelSpecFor(spec);
+  EXPECT_TRUE(model_spec.ok()) << model_spec.status();
+  auto model = CreateModel(*model_spec, spec.seed());
   EXPECT_TRUE(model.ok()) << model.status();
   return {ExtractWeights(**model), (*model)->head_prefix()};
 }
@@ -261,14 +263,14 @@ TEST(TrainerTest, LearnsTheLeftSquare) {
   auto metrics = trainer->Evaluate("job1", spec, {"left", "right"},
                                    Apply(global.weights, result->update));
   ASSERT_TRUE(metrics.ok()) << metrics.status();
-  ASSERT_EQ(metrics->size(), 2u);
-  EXPECT_EQ((*metrics)[0].label(), "left");
-  RecordProperty("left_auroc", std::to_string((*metrics)[0].auroc()));
-  RecordProperty("right_auroc", std::to_string((*metrics)[1].auroc()));
+  ASSERT_EQ(metrics->test_size(), 2);
+  EXPECT_EQ(metrics->test(0).label(), "left");
+  RecordProperty("left_auroc", std::to_string(metrics->test(0).auroc()));
+  RecordProperty("right_auroc", std::to_string(metrics->test(1).auroc()));
   RecordProperty("loss", std::to_string(result->loss));
-  EXPECT_GT((*metrics)[0].auroc(), 0.9);
-  EXPECT_EQ((*metrics)[0].positives() + (*metrics)[0].negatives(), 100u);
-  EXPECT_GT((*metrics)[0].positives(), 0u);
+  EXPECT_GT(metrics->test(0).auroc(), 0.9);
+  EXPECT_EQ(metrics->test(0).positives() + metrics->test(0).negatives(), 100u);
+  EXPECT_GT(metrics->test(0).positives(), 0u);
 }
 
 TEST(TrainerTest, SiteHeadStaysPrivateAndPersists) {
@@ -320,7 +322,7 @@ TEST(TrainerTest, SiteHeadStaysPrivateAndPersists) {
   }
   auto metrics = a->Evaluate("job-7", spec, labels, backbone);
   ASSERT_TRUE(metrics.ok()) << metrics.status();
-  EXPECT_EQ(metrics->size(), 2u);
+  EXPECT_EQ(metrics->test_size(), 2);
 }
 
 TEST(TrainerTest, SkipsUndecodableSamples) {
@@ -337,7 +339,7 @@ TEST(TrainerTest, SkipsUndecodableSamples) {
   EXPECT_EQ(loader.calls(data.train[0].path), 1);
   auto metrics = trainer->Evaluate("job1", spec, {"left"}, global.weights);
   ASSERT_TRUE(metrics.ok()) << metrics.status();
-  EXPECT_EQ((*metrics)[0].positives() + (*metrics)[0].negatives(), 20u);
+  EXPECT_EQ(metrics->test(0).positives() + metrics->test(0).negatives(), 20u);
 }
 
 TEST(TrainerTest, FailsWhenNoSampleDecodes) {
@@ -352,6 +354,77 @@ TEST(TrainerTest, FailsWhenNoSampleDecodes) {
   auto metrics = trainer->Evaluate("job1", spec, {"left"}, global.weights);
   EXPECT_FALSE(metrics.ok());
   EXPECT_THAT(std::string(metrics.status().message()), HasSubstr("decoded"));
+}
+
+// The second workload through the same trainer: an autoencoder learns to reconstruct the images
+// (no labels), with and without DP-SGD, and reports L1 and PSNR instead of AUROC.
+JobSpec AutoencoderSpec(int steps) {
+  JobSpec spec;
+  spec.mutable_autoencoder()->add_widths(8);
+  spec.mutable_autoencoder()->add_widths(16);
+  spec.mutable_autoencoder()->set_latent_channels(4);
+  spec.set_image_size(kSize);
+  spec.set_local_steps(steps);
+  spec.set_batch_size(16);
+  spec.set_seed(3);
+  spec.mutable_local_optimizer()->set_name("adam");
+  spec.mutable_local_optimizer()->set_learning_rate(0.01);
+  return spec;
+}
+
+double MetricOf(const MetricsReport& report, const std::string& name) {
+  for (const Metric& m : report.metrics()) {
+    if (m.name() == name) return m.value();
+  }
+  ADD_FAILURE() << "no metric " << name;
+  return std::nan("");
+}
+
+TEST(TrainerTest, AutoencoderLearnsToReconstructWithoutLabels) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(Sizes(64, 16));
+  const JobSpec spec = AutoencoderSpec(60);
+  Global global = GlobalFor(spec);
+  EXPECT_EQ(global.head_prefix, "");
+  auto trainer = MakeTrainer(data, loader);
+  auto before = trainer->Evaluate("ae", spec, {}, global.weights);
+  ASSERT_TRUE(before.ok()) << before.status();
+  EXPECT_EQ(before->test_size(), 0);
+  EXPECT_EQ(before->test_images(), 16u);
+  auto result = trainer->Train("ae", spec, {}, global.weights, 1);
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->update.size(), global.weights.size());  // no head: every tensor is shared
+  EXPECT_TRUE(result->labels.empty());
+  auto after = trainer->Evaluate("ae", spec, {}, Apply(global.weights, result->update));
+  ASSERT_TRUE(after.ok()) << after.status();
+  RecordProperty("l1_before", std::to_string(MetricOf(*before, "l1")));
+  RecordProperty("l1_after", std::to_string(MetricOf(*after, "l1")));
+  EXPECT_LT(MetricOf(*after, "l1"), 0.6 * MetricOf(*before, "l1"));
+  EXPECT_GT(MetricOf(*after, "psnr"), MetricOf(*before, "psnr") + 3);
+  // A label-free workload takes no train labels.
+  EXPECT_FALSE(trainer->Train("ae", spec, {"left"}, global.weights, 2).ok());
+}
+
+TEST(TrainerTest, AutoencoderTrainsWithDpSgd) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(Sizes(64, 16));
+  JobSpec spec = AutoencoderSpec(5);
+  spec.mutable_dp()->set_enabled(true);
+  spec.mutable_dp()->set_clip_norm(1.0);
+  spec.mutable_dp()->set_noise_multiplier(1.0);
+  Global global = GlobalFor(spec);
+  auto a = MakeTrainer(data, loader, "", /*dp_test_seed=*/11)->Train("ae", spec, {}, global.weights, 1);
+  auto b = MakeTrainer(data, loader, "", /*dp_test_seed=*/11)->Train("ae", spec, {}, global.weights, 1);
+  ASSERT_TRUE(a.ok()) << a.status();
+  ASSERT_TRUE(b.ok()) << b.status();
+  EXPECT_GT(a->num_samples, 0u);
+  ASSERT_EQ(a->update.size(), b->update.size());
+  bool moved = false;
+  for (size_t i = 0; i < a->update.size(); ++i) {
+    EXPECT_EQ(a->update[i].data, b->update[i].data) << a->update[i].name;  // same test seed
+    for (float v : a->update[i].data) moved |= v != 0.0f;
+  }
+  EXPECT_TRUE(moved);
 }
 
 // A stopping client does not finish its local steps: training ends with CANCELLED.

@@ -6,13 +6,22 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "models/spec.h"
 
 namespace fl {
 
 absl::StatusOr<LabelMap> MapLabels(const JobSpec& spec, const std::vector<std::string>& train,
                                    const std::vector<std::string>& columns) {
-  if (spec.labels().empty()) return absl::InvalidArgumentError("job has no labels");
   LabelMap map;
+  if (!HasLabelHead(spec)) {  // a label-free workload: nothing to map
+    if (!train.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat("a ", WorkloadName(spec),
+                                                     " job trains no labels, got ",
+                                                     absl::StrJoin(train, ", ")));
+    }
+    return map;
+  }
+  if (spec.labels().empty()) return absl::InvalidArgumentError("job has no labels");
   map.column.assign(spec.labels_size(), -1);
   for (const std::string& label : train) {
     auto job_it = std::find(spec.labels().begin(), spec.labels().end(), label);
@@ -44,7 +53,7 @@ uint64_t RoundSeed(const std::string& job_id, uint32_t seed, uint32_t round) {
 }
 
 bool IsHead(const std::string& name, const std::string& prefix) {
-  return absl::StartsWith(name, prefix);
+  return !prefix.empty() && absl::StartsWith(name, prefix);
 }
 
 TensorList HeadOf(const TensorList& weights, const std::string& prefix) {

@@ -21,7 +21,8 @@ struct LabelMap {
 
 // Maps the job's labels to the columns of this site's label table (`columns`); `train` are the
 // labels the coordinator asked this site to train. Refuses a train label that is not a job label
-// or not a column here, and an empty `train`.
+// or not a column here, and an empty `train`. A label-free workload (the autoencoder) maps to no
+// columns and takes no train labels.
 absl::StatusOr<LabelMap> MapLabels(const JobSpec& spec, const std::vector<std::string>& train,
                                    const std::vector<std::string>& columns);
 
@@ -31,7 +32,8 @@ bool SiteMode(const JobSpec& spec);
 // The seed of a job's round: the same on every run of the same job, round and spec seed.
 uint64_t RoundSeed(const std::string& job_id, uint32_t seed, uint32_t round);
 
-// Whether the tensor `name` belongs to the head (its name starts with `prefix`).
+// Whether the tensor `name` belongs to the head (its name starts with `prefix`; an empty prefix:
+// the model has no head).
 bool IsHead(const std::string& name, const std::string& prefix);
 // The head tensors of `weights`, in order.
 TensorList HeadOf(const TensorList& weights, const std::string& prefix);

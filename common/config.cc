@@ -86,6 +86,36 @@ absl::Status ValidateOptimizers(JobSpec& spec) {
   return InRange("server_optimizer.beta2", server->beta2(), 0, 0.999999);
 }
 
+// The classifier needs a model and labels; the autoencoder names neither (its model is built
+// from its own fields).
+absl::Status ValidateWorkload(JobSpec& spec) {
+  if (spec.has_autoencoder()) {
+    if (!spec.model().empty() && spec.model() != "autoencoder") {
+      return Invalid("model", absl::StrCat("must be empty for an autoencoder job, got '",
+                                           spec.model(), "'"));
+    }
+    if (!spec.labels().empty()) {
+      return Invalid("labels", "must be empty for an autoencoder job (it trains on images alone)");
+    }
+    if (spec.head_mode() == HEAD_MODE_SITE) {
+      return Invalid("head_mode", "an autoencoder has no label head");
+    }
+    const AutoencoderWorkload& ae = spec.autoencoder();
+    if (ae.widths_size() > 6) return Invalid("autoencoder.widths", "at most 6 stages");
+    for (uint32_t w : ae.widths()) RETURN_IF_ERROR(InRange("autoencoder.widths", w, 8, 1024));
+    RETURN_IF_ERROR(InRange("autoencoder.latent_channels", ae.latent_channels(), 0, 256));
+    const int stages = ae.widths_size() > 0 ? ae.widths_size() : 2;
+    if (spec.image_size() % (1u << stages) != 0) {
+      return Invalid("image_size", absl::StrCat("must be a multiple of ", 1u << stages,
+                                                " for an autoencoder of ", stages, " stages"));
+    }
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(RequireNonEmpty("model", spec.model()));
+  if (spec.labels().empty()) return Invalid("labels", "must name at least one label");
+  return absl::OkStatus();
+}
+
 absl::Status ValidateDp(DpSpec& dp) {
   if (!dp.enabled()) return absl::OkStatus();
   if (dp.clip_norm() == 0) dp.set_clip_norm(1.0);
@@ -157,8 +187,8 @@ absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig co
 
 namespace {
 
-// The workloads a job can name (client/policy.h WorkloadName).
-constexpr const char* kWorkloads[] = {"classification"};
+// The workloads a job can name (models/spec.h WorkloadName).
+constexpr const char* kWorkloads[] = {"classification", "autoencoder"};
 
 absl::Status ValidateSitePolicy(const ClientConfig& config) {
   const std::string& id = config.dataset_id();
@@ -230,8 +260,6 @@ absl::StatusOr<JobSpec> ValidateJobSpec(JobSpec spec) {
   if (spec.name()[0] == '.' || spec.name()[0] == '-') {
     return Invalid("name", "must start with a letter, a digit or '_'");
   }
-  RETURN_IF_ERROR(RequireNonEmpty("model", spec.model()));
-  if (spec.labels().empty()) return Invalid("labels", "must name at least one label");
   std::set<std::string> seen;
   for (const std::string& label : spec.labels()) {
     if (label.empty() || !seen.insert(label).second) {
@@ -242,6 +270,7 @@ absl::StatusOr<JobSpec> ValidateJobSpec(JobSpec spec) {
   RETURN_IF_ERROR(InRange("image_size", spec.image_size(), 8, 4096));
   if (spec.in_channels() == 0) spec.set_in_channels(1);
   RETURN_IF_ERROR(InRange("in_channels", spec.in_channels(), 1, 16));
+  RETURN_IF_ERROR(ValidateWorkload(spec));
   if (spec.head_mode() == HEAD_MODE_UNSPECIFIED) spec.set_head_mode(HEAD_MODE_LABEL);
   RETURN_IF_ERROR(InRange("rounds", spec.rounds(), 1, 100000));
   if (spec.min_sites() == 0) spec.set_min_sites(1);

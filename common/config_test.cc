@@ -65,6 +65,36 @@ TEST(ConfigTest, InvalidValuesNameTheField) {
   EXPECT_TRUE(ValidateJobSpec(bad).ok());
 }
 
+// The autoencoder names neither a classifier nor labels; its stages must divide the image side.
+TEST(ConfigTest, AutoencoderJobsNeedNoModelOrLabels) {
+  auto spec = ParseTextProto<JobSpec>(
+      R"pb(name: "ae" autoencoder { widths: 8 widths: 16 } image_size: 64 rounds: 2)pb", "job");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto valid = ValidateJobSpec(*spec);
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  const auto message = [](JobSpec bad) {
+    return std::string(ValidateJobSpec(bad).status().message());
+  };
+  JobSpec bad = *spec;
+  bad.add_labels("cardiomegaly");
+  EXPECT_NE(message(bad).find("'labels'"), std::string::npos);
+  bad = *spec;
+  bad.set_model("resnet18");
+  EXPECT_NE(message(bad).find("'model'"), std::string::npos);
+  bad = *spec;
+  bad.set_image_size(34);  // two stride-2 stages need a multiple of 4
+  EXPECT_NE(message(bad).find("multiple of 4"), std::string::npos) << message(bad);
+  bad = *spec;
+  bad.mutable_autoencoder()->add_widths(4);
+  EXPECT_NE(message(bad).find("autoencoder.widths"), std::string::npos);
+  bad = *spec;
+  bad.set_head_mode(HEAD_MODE_SITE);
+  EXPECT_NE(message(bad).find("'head_mode'"), std::string::npos);
+  // A classifier still needs both.
+  auto classifier = ParseTextProto<JobSpec>(R"pb(name: "c" rounds: 1 labels: "x")pb", "job");
+  EXPECT_NE(ValidateJobSpec(*classifier).status().message().find("'model'"), std::string::npos);
+}
+
 TEST(ConfigTest, ClientConfigRequiresTlsAndData) {
   auto config = ParseTextProto<ClientConfig>(R"pb(coordinator_address: "localhost:7443")pb", "c");
   ASSERT_TRUE(config.ok());

@@ -28,10 +28,10 @@ DPGroupNorm Norm(int64_t groups, int64_t channels) {
 // SmallCnn
 
 // Conv-GroupNorm-ReLU-MaxPool stages of the given widths, global average pooling, linear head.
-class SmallCnnImpl : public ClassifierImpl {
+class SmallCnnImpl : public ModelImpl {
  public:
   SmallCnnImpl(const ModelSpec &spec, const std::vector<int64_t> &widths) {
-    int64_t in = spec.in_channels;
+    int64_t in = spec.input.channels;
     for (int64_t width : widths) {
       features_->push_back(Conv(in, width, 3, 1, 1));
       features_->push_back(Norm(8, width));
@@ -73,10 +73,10 @@ Stack ConvGnMish(int64_t in, int64_t out, bool pool) {
   return block;
 }
 
-class ResNet9Impl : public ClassifierImpl {
+class ResNet9Impl : public ModelImpl {
  public:
   explicit ResNet9Impl(const ModelSpec &spec)
-      : prep_(ConvGnMish(spec.in_channels, 64, false)),
+      : prep_(ConvGnMish(spec.input.channels, 64, false)),
         layer1_(ConvGnMish(64, 128, true)),
         res1_(ConvGnMish(128, 128, false), ConvGnMish(128, 128, false)),
         layer2_(ConvGnMish(128, 256, true)),
@@ -155,10 +155,10 @@ class ResBlockImpl : public nn::Module {
   nn::Sequential downsample_{nullptr};
 };
 
-class ResNetImpl : public ClassifierImpl {
+class ResNetImpl : public ModelImpl {
  public:
   ResNetImpl(const ModelSpec &spec, const int (&blocks)[4], bool bottleneck) {
-    conv1_ = register_module("conv1", Conv(spec.in_channels, 64, 7, 2, 3));
+    conv1_ = register_module("conv1", Conv(spec.input.channels, 64, 7, 2, 3));
     bn1_ = register_module("bn1", Norm(32, 64));
     int64_t inplanes = 64;
     const int64_t planes[] = {64, 128, 256, 512};
@@ -199,23 +199,23 @@ double FanInBound(const torch::Tensor &weight) {
 
 }  // namespace
 
-std::shared_ptr<ClassifierImpl> MakeSmallCnn(const ModelSpec &spec) {
+std::shared_ptr<ModelImpl> MakeSmallCnn(const ModelSpec &spec) {
   return std::make_shared<SmallCnnImpl>(spec, std::vector<int64_t>{16, 32, 64, 64});
 }
 
-std::shared_ptr<ClassifierImpl> MakeTinyCnn(const ModelSpec &spec) {
+std::shared_ptr<ModelImpl> MakeTinyCnn(const ModelSpec &spec) {
   return std::make_shared<SmallCnnImpl>(spec, std::vector<int64_t>{8, 16, 32, 32});
 }
 
-std::shared_ptr<ClassifierImpl> MakeMediumCnn(const ModelSpec &spec) {
+std::shared_ptr<ModelImpl> MakeMediumCnn(const ModelSpec &spec) {
   return std::make_shared<SmallCnnImpl>(spec, std::vector<int64_t>{32, 64, 128, 256, 256});
 }
 
-std::shared_ptr<ClassifierImpl> MakeResNet9(const ModelSpec &spec) {
+std::shared_ptr<ModelImpl> MakeResNet9(const ModelSpec &spec) {
   return std::make_shared<ResNet9Impl>(spec);
 }
 
-std::shared_ptr<ClassifierImpl> MakeResNet(const ModelSpec &spec, int depth) {
+std::shared_ptr<ModelImpl> MakeResNet(const ModelSpec &spec, int depth) {
   static constexpr int kResNet18[4] = {2, 2, 2, 2};
   static constexpr int kResNet50[4] = {3, 4, 6, 3};
   if (depth == 50) return std::make_shared<ResNetImpl>(spec, kResNet50, true);

@@ -10,15 +10,10 @@ namespace fl {
 namespace {
 
 ModelSpec Spec(const std::string &name, int in_channels = 1, int outputs = 8) {
-  ModelSpec spec;
-  spec.name = name;
-  spec.in_channels = in_channels;
-  spec.image_size = 64;
-  spec.num_outputs = outputs;
-  return spec;
+  return ClassifierSpec(name, in_channels, 64, outputs);
 }
 
-std::shared_ptr<ClassifierImpl> MustCreate(const ModelSpec &spec, uint64_t seed) {
+std::shared_ptr<ModelImpl> MustCreate(const ModelSpec &spec, uint64_t seed) {
   auto model = CreateModel(spec, seed);
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? *model : nullptr;
@@ -44,7 +39,7 @@ TEST(ModelRegistryTest, KnowsAllNames) {
   std::set<std::string> got(names.begin(), names.end());
   EXPECT_EQ(got,
             (std::set<std::string>{"tinycnn", "smallcnn", "mediumcnn", "resnet9", "resnet18",
-                                   "resnet50"}));
+                                   "resnet50", "autoencoder"}));
 }
 
 TEST(ModelRegistryTest, RefusesUnknownNameAndBadSpecs) {
@@ -54,7 +49,7 @@ TEST(ModelRegistryTest, RefusesUnknownNameAndBadSpecs) {
   EXPECT_FALSE(CreateModel(Spec("smallcnn", 0), 1).ok());
   EXPECT_FALSE(CreateModel(Spec("smallcnn", 1, 0), 1).ok());
   ModelSpec tiny = Spec("resnet18");
-  tiny.image_size = 16;
+  tiny.input.spatial = {16, 16};
   EXPECT_FALSE(CreateModel(tiny, 1).ok());
 }
 
@@ -202,6 +197,36 @@ TEST(SmallCnnTest, LearnsASimpleTaskQuickly) {
     last = loss.item<float>();
   }
   EXPECT_LT(last, 0.5f * first);
+}
+
+// The autoencoder reconstructs its input's shape in [0, 1], names its tensors as PyTorch would
+// (encoder.N / decoder.N of two Sequentials), is deterministic from the seed, and refuses sides
+// its stages cannot halve.
+TEST(ModelRegistryTest, AutoencoderShapesNamesAndRefusals) {
+  ModelSpec spec = ClassifierSpec("autoencoder", 2, 32, 0);
+  spec.widths = {8, 16};
+  spec.latent_channels = 4;
+  std::shared_ptr<ModelImpl> model = MustCreate(spec, 5);
+  ASSERT_NE(model, nullptr);
+  EXPECT_EQ(model->head_prefix(), "");
+  torch::Tensor x = torch::rand({3, 2, 32, 32});
+  torch::Tensor y = model->forward(x);
+  EXPECT_EQ(y.sizes(), x.sizes());
+  EXPECT_GE(y.min().item<float>(), 0.0f);
+  EXPECT_LE(y.max().item<float>(), 1.0f);
+  TensorList weights = ExtractWeights(*model);
+  ASSERT_NE(Find(weights, "encoder.0.weight"), nullptr);
+  EXPECT_EQ(Find(weights, "encoder.0.weight")->shape, (std::vector<int64_t>{8, 2, 3, 3}));
+  EXPECT_EQ(Find(weights, "encoder.6.weight")->shape, (std::vector<int64_t>{4, 16, 1, 1}));
+  EXPECT_NE(Find(weights, "decoder.0.weight"), nullptr);
+  EXPECT_TRUE(SameWeights(weights, ExtractWeights(*MustCreate(spec, 5))));
+  EXPECT_FALSE(SameWeights(weights, ExtractWeights(*MustCreate(spec, 6))));
+  ModelSpec odd = spec;
+  odd.input.spatial = {30, 30};
+  EXPECT_FALSE(CreateModel(odd, 1).ok());
+  ModelSpec no_latent = spec;
+  no_latent.latent_channels = 0;
+  EXPECT_FALSE(CreateModel(no_latent, 1).ok());
 }
 
 }  // namespace

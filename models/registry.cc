@@ -19,11 +19,13 @@ using models_internal::MakeResNet9;
 using models_internal::MakeMediumCnn;
 using models_internal::MakeSmallCnn;
 using models_internal::MakeTinyCnn;
+using models_internal::MakeAutoencoder;
 
 struct RegistryEntry {
   const char *name;
   int min_image_size;  // smallest input side the architecture's pooling allows
-  std::function<std::shared_ptr<ClassifierImpl>(const ModelSpec &)> make;
+  std::function<std::shared_ptr<ModelImpl>(const ModelSpec &)> make;
+  bool classifier = true;
 };
 
 const std::vector<RegistryEntry> &Registry() {
@@ -34,24 +36,32 @@ const std::vector<RegistryEntry> &Registry() {
       {"resnet9", 8, MakeResNet9},
       {"resnet18", 32, [](const ModelSpec &s) { return MakeResNet(s, 18); }},
       {"resnet50", 32, [](const ModelSpec &s) { return MakeResNet(s, 50); }},
+      {"autoencoder", 8, MakeAutoencoder, /*classifier=*/false},
   };
   return *registry;
 }
 
 absl::Status ValidateSpec(const ModelSpec &spec, const RegistryEntry &entry) {
-  if (spec.in_channels < 1) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("model ", spec.name, ": in_channels must be >= 1, got ", spec.in_channels));
+  if (spec.input.channels < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model ", spec.name, ": in_channels must be >= 1, got ", spec.input.channels));
   }
-  if (spec.num_outputs < 1) {
+  const int side = spec.input.square_side();
+  if (side == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("model ", spec.name,
+                                                   ": takes a square 2D image, not an input of ",
+                                                   spec.input.rank(), " spatial sides"));
+  }
+  if (side < entry.min_image_size) {
+    return absl::InvalidArgumentError(absl::StrCat("model ", spec.name,
+                                                   ": image_size must be >= ", entry.min_image_size,
+                                                   ", got ", side));
+  }
+  if (entry.classifier && spec.num_outputs < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("model ", spec.name, ": num_outputs must be >= 1, got ", spec.num_outputs));
   }
-  if (spec.image_size < entry.min_image_size) {
-    return absl::InvalidArgumentError(absl::StrCat("model ", spec.name,
-                                                   ": image_size must be >= ", entry.min_image_size,
-                                                   ", got ", spec.image_size));
-  }
+  if (!entry.classifier) return models_internal::CheckAutoencoderSpec(spec);
   return absl::OkStatus();
 }
 
@@ -102,7 +112,7 @@ std::vector<std::string> ModelNames() {
   return names;
 }
 
-absl::StatusOr<std::shared_ptr<ClassifierImpl>> CreateModel(const ModelSpec &spec, uint64_t seed) {
+absl::StatusOr<std::shared_ptr<ModelImpl>> CreateModel(const ModelSpec &spec, uint64_t seed) {
   const RegistryEntry *entry = nullptr;
   for (const RegistryEntry &e : Registry()) {
     if (spec.name == e.name) entry = &e;
@@ -113,7 +123,7 @@ absl::StatusOr<std::shared_ptr<ClassifierImpl>> CreateModel(const ModelSpec &spe
   }
   RETURN_IF_ERROR(ValidateSpec(spec, *entry));
   try {
-    std::shared_ptr<ClassifierImpl> model = entry->make(spec);
+    std::shared_ptr<ModelImpl> model = entry->make(spec);
     models_internal::InitWeights(*model, seed);
     return model;
   } catch (const c10::Error &e) {

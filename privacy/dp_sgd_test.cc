@@ -300,9 +300,9 @@ TEST(DpSgdTest, PoissonSampleDrawsEachIndexIndependently) {
 
 void ExpectDpStepWorks(const std::string &name, int image_size) {
   SCOPED_TRACE(name);
-  auto model = CreateModel({name, 1, image_size, 3}, 11);
+  auto model = CreateModel(ClassifierSpec(name, 1, image_size, 3), 11);
   ASSERT_TRUE(model.ok()) << model.status();
-  ClassifierImpl &net = **model;
+  ModelImpl &net = **model;
   Tensor x = torch::randn({3, 1, image_size, image_size});
   Tensor y = torch::randint(0, 2, {3, 3}).to(torch::kFloat32);
   std::vector<Tensor> before;

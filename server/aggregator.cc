@@ -15,7 +15,8 @@ UpdateLayout MakeLayout(const TensorList& global, const std::string& head_prefix
   UpdateLayout layout;
   for (size_t i = 0; i < global.size(); ++i) {
     const NamedTensor& t = global[i];
-    const bool head = absl::StartsWith(t.name, head_prefix) && !t.shape.empty() &&
+    const bool head = !head_prefix.empty() && absl::StartsWith(t.name, head_prefix) &&
+                      !t.shape.empty() &&
                       t.shape[0] == static_cast<int64_t>(num_labels);
     if (head && mode == HEAD_MODE_SITE) continue;
     layout.shared.push_back({t.name, t.shape});

@@ -11,6 +11,8 @@
 #include "common/config.h"
 #include "common/file_util.h"
 #include "common/json_lite.h"
+#include "common/proto_json.h"
+#include "models/spec.h"
 #include "common/status.h"
 #include "server/coordinator_internal.h"
 
@@ -184,22 +186,30 @@ std::vector<SiteInfo> Coordinator::ListSites() {
 
 namespace {
 
-// The sidecar a researcher needs to use the exported weights.
+// The model card a researcher needs to use the exported weights.
 std::string Sidecar(const JobStatus& job) {
   const JobSpec& spec = job.spec();
-  std::vector<std::string> labels;
-  for (const std::string& l : spec.labels()) labels.push_back(JsonQuote(l));
-  return absl::StrCat(
-      "{\n  \"job_id\": ", JsonQuote(job.job_id()),
-      ",\n  \"architecture\": ", JsonQuote(spec.model()), ",\n  \"labels\": [",
-      absl::StrJoin(labels, ", "), "],\n  \"input_size\": ", spec.image_size(),
-      ",\n  \"in_channels\": ", spec.in_channels(),
-      ",\n  \"head_mode\": ", JsonQuote(spec.head_mode() == HEAD_MODE_SITE ? "site" : "label"),
-      ",\n  \"output\": \"one logit per label; sigmoid gives the probability\"",
-      ",\n  \"preprocessing\": \"DICOM pixel data -> modality LUT -> VOI window (first in file, "
-      "else VOI LUT, else min-max) -> MONOCHROME1 inverted -> area resize to input_size x "
-      "input_size -> scale to [0, 1]\",\n  \"rounds\": ",
-      job.rounds_done(), "\n}\n");
+  ModelCard card;
+  card.set_job_id(job.job_id());
+  card.set_workload(WorkloadName(spec));
+  card.set_input_size(spec.image_size());
+  card.set_in_channels(spec.in_channels());
+  card.set_rounds(job.rounds_done());
+  card.set_preprocessing(
+      "DICOM pixel data -> modality LUT -> VOI window (first in file, else VOI LUT, else "
+      "min-max) -> MONOCHROME1 inverted -> area resize to input_size x input_size -> scale to "
+      "[0, 1]");
+  if (HasLabelHead(spec)) {
+    card.set_architecture(spec.model());
+    *card.mutable_labels() = spec.labels();
+    card.set_head_mode(spec.head_mode() == HEAD_MODE_SITE ? "site" : "label");
+    card.set_output("one logit per label; sigmoid gives the probability");
+  } else {
+    card.set_architecture("autoencoder");
+    *card.mutable_autoencoder() = spec.autoencoder();
+    card.set_output("the reconstructed image, input_size x input_size, in [0, 1]");
+  }
+  return ToJson(card);
 }
 
 absl::Status StreamFile(const std::string& name, const std::string& path, size_t chunk_bytes,

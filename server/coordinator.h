@@ -7,6 +7,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -134,6 +135,11 @@ class Coordinator {
   // for Apply; null under the weighted mean. DATA_LOSS when a spool cannot be read.
   absl::StatusOr<std::unique_ptr<Aggregator>> CombineRobust();
   std::vector<std::string> EligibleSites(const JobSpec& spec) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The job labels `site` trains (the workload's rule, models/spec.h TrainLabelsFor); nullopt
+  // when the site has nothing to train in the job. TrainLabels: none in that case.
+  std::optional<std::vector<std::string>> SiteTrainLabels(const JobSpec& spec,
+                                                          const std::string& site) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::vector<std::string> TrainLabels(const JobSpec& spec, const std::string& site) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -16,6 +16,7 @@
 #include "common/safetensors.h"
 #include "common/status.h"
 #include "common/tensor_stream.h"
+#include "models/spec.h"
 #include "server/coordinator_internal.h"
 #include "server/robust_aggregator.h"
 
@@ -497,22 +498,23 @@ std::vector<std::string> Coordinator::EligibleSites(const JobSpec& spec) const {
         std::find(spec.sites().begin(), spec.sites().end(), name) == spec.sites().end()) {
       continue;
     }
-    if (!TrainLabels(spec, name).empty()) out.push_back(name);
+    if (SiteTrainLabels(spec, name).has_value()) out.push_back(name);
   }
   return out;
 }
 
+std::optional<std::vector<std::string>> Coordinator::SiteTrainLabels(
+    const JobSpec& spec, const std::string& site) const {
+  auto it = sites_.find(site);
+  if (it == sites_.end()) return std::nullopt;
+  std::vector<std::string> have;
+  for (const SiteLabel& label : it->second.info.labels()) have.push_back(label.name());
+  return TrainLabelsFor(spec, have);
+}
+
 std::vector<std::string> Coordinator::TrainLabels(const JobSpec& spec,
                                                   const std::string& site) const {
-  std::vector<std::string> out;
-  auto it = sites_.find(site);
-  if (it == sites_.end()) return out;
-  for (const std::string& label : spec.labels()) {
-    for (const SiteLabel& have : it->second.info.labels()) {
-      if (have.name() == label) out.push_back(label);
-    }
-  }
-  return out;
+  return SiteTrainLabels(spec, site).value_or(std::vector<std::string>{});
 }
 
 }  // namespace fl

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <set>
 
 #include <unistd.h>
 
@@ -457,7 +458,36 @@ bool Coordinator::FoldFile(Aggregator* aggregator, FILE* in) const {
   return true;
 }
 
+namespace {
+
+// A workload's named figures (MetricsReport.metrics): at most 16, each a short snake_case name
+// with a finite value, no name twice.
+absl::Status CheckNamedMetrics(const MetricsReport& report) {
+  if (report.metrics_size() > 16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("report holds ", report.metrics_size(), " named metrics (at most 16)"));
+  }
+  std::set<std::string> seen;
+  for (const Metric& m : report.metrics()) {
+    const bool name_ok = !m.name().empty() && m.name().size() <= 64 &&
+                         std::all_of(m.name().begin(), m.name().end(), [](char c) {
+                           return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+                         });
+    if (!name_ok || !seen.insert(m.name()).second) {
+      return absl::InvalidArgumentError("report holds a malformed or repeated metric name");
+    }
+    if (!std::isfinite(m.value())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("report's metric ", m.name(), " is not finite"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
 absl::Status Coordinator::Report(const Identity& who, const MetricsReport& report) {
+  RETURN_IF_ERROR(CheckNamedMetrics(report));
   return ChangeJob(report.job_id(), [&](JobStatus& job) {
            mu_.AssertHeld();  // ChangeJob calls it under mu_
            AttachReport(job, who.name, report);
@@ -474,6 +504,7 @@ void Coordinator::AttachReport(JobStatus& job, const std::string& site,
                                const MetricsReport& report) {
   SiteReport* entry = SiteEntry(job, site);
   *entry->mutable_test() = report.test();
+  *entry->mutable_metrics() = report.metrics();
   entry->set_mean_auroc(MeanAuroc(report.test()));
   // A report for round r evaluates the model that round r - 1 produced.
   if (report.round() == 0 || report.round() > static_cast<uint32_t>(job.rounds_size())) return;

@@ -152,6 +152,44 @@ class FederationTest(unittest.TestCase):
         finally:
             fed.stop()
 
+    def test_a_second_workload_trains_through_the_same_daemons(self):
+        """An autoencoder job (no labels) through the same coordinator and clients: every site
+        whose policy takes the workload trains, a site that takes only classification declines
+        with the reason, and each site reports the reconstruction's L1 and PSNR."""
+        fed = Federation("autoencoder")
+        try:
+            fed.start_coordinator()
+            fed.set_policy("site-c", 'require_dp: false workloads: "classification"')
+            for i, site in enumerate(SITES):
+                fed.start_client(site, seed=i + 1, metrics=site == "site-c",
+                                 exit_when_idle=site != "site-c")
+            fed.wait_connected(len(SITES))
+            job_id = fed.submit(
+                'name: "ae" autoencoder { widths: 8 widths: 16 latent_channels: 4 } '
+                'image_size: 32 rounds: 2 local_steps: 4 batch_size: 8 min_sites: 2 '
+                'start_timeout_seconds: 60 round_deadline_seconds: 120 '
+                'local_optimizer { name: "adam" learning_rate: 0.01 }')
+            status = fed.wait(job_id)
+            self.assertEqual(status["state"], "DONE")
+            for r in status["rounds"]:
+                self.assertEqual(sorted(r["sites"]), ["site-a", "site-b"])
+            self.assertIn("site-c: site policy: this site does not train 'autoencoder' jobs",
+                          fed.flctl("job", "status", job_id).stdout)
+            client = fed.client_metrics("site-c")
+            self.assertEqual(metric(client, "fl_client_download_bytes_total"), 0)
+            reports = {s["site"]: {m["name"]: m["value"] for m in s.get("metrics", [])}
+                       for s in status["sites"]}
+            for site in ["site-a", "site-b"]:
+                self.assertGreater(reports[site]["psnr"], 5)
+                self.assertLess(reports[site]["l1"], 0.5)
+            fed.flctl("export", job_id, "--out", f"{fed.dir}/model")
+            header = read_safetensors(f"{fed.dir}/model/model.safetensors")
+            self.assertEqual(header["encoder.0.weight"]["shape"], [8, 1, 3, 3])
+            with open(f"{fed.dir}/model/model.json") as f:
+                self.assertEqual(json.load(f)["workload"], "autoencoder")
+        finally:
+            fed.stop()
+
     def test_the_same_images_through_another_path_spend_one_budget(self):
         """The site's data reached through a symlink with a trailing slash is the same dataset:
         two DP jobs, one before and one after the move, compose in one budget; a different

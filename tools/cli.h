@@ -40,22 +40,25 @@ using CommandFn = std::function<int(const std::vector<std::string>& args)>;
 struct Command {
   std::string name;     // e.g. "privacy", "data", "provision"
   std::string summary;  // one line for `flctl help`
+  std::string usage;    // the command's usage ("usage: flctl NAME ..."), for `flctl NAME --help`
   CommandFn run;
 };
 
 std::map<std::string, Command>& Registry();
 
 struct Registrar {
-  Registrar(std::string name, std::string summary, CommandFn run) {
-    Registry()[name] = Command{name, std::move(summary), std::move(run)};
+  Registrar(std::string name, std::string summary, std::string usage, CommandFn run) {
+    Registry()[name] = Command{name, std::move(summary), std::move(usage), std::move(run)};
   }
 };
 
 #define FL_COMMAND_CONCAT_INNER(a, b) a##b
 #define FL_COMMAND_CONCAT(a, b) FL_COMMAND_CONCAT_INNER(a, b)
-// Registers a command: FL_COMMAND("privacy", "privacy calculator (epsilon, noise)", RunPrivacy);
-#define FL_COMMAND(name, summary, fn) \
-  static ::fl::cli::Registrar FL_COMMAND_CONCAT(fl_command_, __LINE__)(name, summary, fn)
+// Registers a command with its one-line summary and its usage:
+//   FL_COMMAND("privacy", "privacy calculator (epsilon, noise)", kUsage, RunPrivacy);
+// `flctl NAME --help` (or -h, anywhere among its words) prints the summary and usage, exit 0.
+#define FL_COMMAND(name, summary, usage, fn) \
+  static ::fl::cli::Registrar FL_COMMAND_CONCAT(fl_command_, __LINE__)(name, summary, usage, fn)
 
 // Prints "flctl: <message>" to stderr and returns `code`.
 int Fail(const absl::Status& status, int code = 1);

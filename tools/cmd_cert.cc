@@ -8,9 +8,11 @@
 namespace fl::cli {
 namespace {
 
+constexpr char kCertUsage[] = "usage: flctl cert fingerprint CERT.pem";
+
 int RunCert(const std::vector<std::string>& argv) {
   if (argv.size() != 2 || argv[0] != "fingerprint") {
-    return Fail(absl::InvalidArgumentError("usage: flctl cert fingerprint CERT.pem"), 2);
+    return Fail(absl::InvalidArgumentError(kCertUsage), 2);
   }
   absl::StatusOr<std::string> pem = ReadFileToString(argv[1]);
   if (!pem.ok()) return Fail(pem.status(), 2);
@@ -20,7 +22,8 @@ int RunCert(const std::vector<std::string>& argv) {
   return 0;
 }
 
-FL_COMMAND("cert", "certificate tools: fingerprint (for revoked_certificates)", RunCert);
+FL_COMMAND("cert", "certificate tools: fingerprint (for revoked_certificates)", kCertUsage,
+           RunCert);
 
 }  // namespace
 }  // namespace fl::cli

@@ -100,7 +100,8 @@ int RunData(const std::vector<std::string>& argv) {
   return Check(words[1], args->Get("labels"), args->Has("json"));
 }
 
-FL_COMMAND("data", "check a DICOM data folder as the client reads it (data check DIR)", RunData);
+FL_COMMAND("data", "check a DICOM data folder as the client reads it (data check DIR)", kUsage,
+           RunData);
 
 }  // namespace
 }  // namespace fl

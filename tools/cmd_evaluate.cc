@@ -77,7 +77,7 @@ int RunEvaluate(const std::vector<std::string>& argv) {
 }
 
 FL_COMMAND("evaluate", "AUROC per label and fairness (sex, age) of an exported model on local data",
-           RunEvaluate);
+           kUsage, RunEvaluate);
 
 }  // namespace
 }  // namespace fl

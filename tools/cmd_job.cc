@@ -5,15 +5,15 @@
 #include <iostream>
 #include <thread>
 
-#include <google/protobuf/util/json_util.h>
-
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/config.h"
 #include "common/grpc_status.h"
+#include "common/proto_json.h"
 #include "common/status.h"
 #include "common/tls.h"
 #include "fl/federation.grpc.pb.h"
+#include "models/spec.h"
 #include "tools/cli.h"
 
 namespace fl::cli {
@@ -22,6 +22,8 @@ namespace {
 constexpr char kJobUsage[] =
     "usage: flctl job submit --config ADMIN.conf --spec JOB.conf\n"
     "       flctl job list|status|wait|cancel --config ADMIN.conf [JOB_ID] [--json]";
+constexpr char kSitesUsage[] = "usage: flctl sites --config ADMIN.conf [--json]";
+constexpr char kExportUsage[] = "usage: flctl export JOB_ID --config ADMIN.conf --out DIR";
 
 absl::StatusOr<std::unique_ptr<Admin::Stub>> Connect(const Args& args) {
   ASSIGN_OR_RETURN(std::string path, args.Require("config"));
@@ -41,15 +43,6 @@ const char* StateName(JobState state) {
   }
 }
 
-std::string Json(const google::protobuf::Message& message) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions options;
-  options.add_whitespace = true;
-  options.preserve_proto_field_names = true;
-  google::protobuf::util::MessageToJsonString(message, &out, options);
-  return out;
-}
-
 std::string Auroc(double v) { return std::isnan(v) ? "-" : absl::StrFormat("%.3f", v); }
 
 // "round R: sites a,b, loss L, mean AUROC M".
@@ -59,8 +52,10 @@ std::string RoundLine(const RoundSummary& r) {
 }
 
 void PrintStatus(const JobStatus& job) {
+  const JobSpec& spec = job.spec();
   std::cout << absl::StrFormat("job %s (%s): %s, %d/%d rounds%s\n", job.job_id(),
-                               job.spec().model(), StateName(job.state()), job.rounds_done(),
+                               HasLabelHead(spec) ? spec.model() : WorkloadName(spec),
+                               StateName(job.state()), job.rounds_done(),
                                job.spec().rounds(),
                                job.message().empty() ? "" : " - " + job.message());
   if (!job.spec().initial_model().empty()) {
@@ -74,7 +69,15 @@ void PrintStatus(const JobStatus& job) {
     for (const std::string& d : r.declined()) std::cout << "    declined: " << d << "\n";
   }
   for (const SiteReport& s : job.sites()) {
-    std::cout << absl::StrFormat("  site %s: mean AUROC %s", s.site(), Auroc(s.mean_auroc()));
+    if (s.metrics().empty()) {
+      std::cout << absl::StrFormat("  site %s: mean AUROC %s", s.site(), Auroc(s.mean_auroc()));
+    } else {
+      std::vector<std::string> figures;
+      for (const Metric& m : s.metrics()) {
+        figures.push_back(absl::StrFormat("%s %.4g", m.name(), m.value()));
+      }
+      std::cout << absl::StrFormat("  site %s: %s", s.site(), absl::StrJoin(figures, ", "));
+    }
     if (s.privacy().epsilon() > 0) {
       std::cout << absl::StrFormat(", privacy spent epsilon %.3f at delta %g", s.privacy().epsilon(),
                                    s.privacy().delta());
@@ -121,7 +124,7 @@ absl::Status Wait(Admin::Stub& stub, const std::string& id, bool json) {
       std::cout << id << " " << RoundLine(job.rounds(printed)) << std::endl;
     }
     if (job.state() == DONE || job.state() == FAILED || job.state() == CANCELLED) {
-      json ? (void)(std::cout << Json(job) << "\n") : PrintStatus(job);
+      json ? (void)(std::cout << ToJson(job) << "\n") : PrintStatus(job);
       return job.state() == DONE ? absl::OkStatus()
                                  : absl::AbortedError(absl::StrCat("job ", id, " ",
                                                                    StateName(job.state())));
@@ -147,7 +150,7 @@ int RunJob(const std::vector<std::string>& argv) {
     grpc::ClientContext ctx;
     ListJobsResponse jobs;
     status = FromGrpcStatus((*stub)->ListJobs(&ctx, ListJobsRequest(), &jobs));
-    if (status.ok() && json) std::cout << Json(jobs) << "\n";
+    if (status.ok() && json) std::cout << ToJson(jobs) << "\n";
     for (const JobStatus& job : jobs.jobs()) {
       if (!json) std::cout << absl::StrFormat("%s\t%s\t%d/%d\n", job.job_id(), StateName(job.state()),
                                    job.rounds_done(), job.spec().rounds());
@@ -158,7 +161,7 @@ int RunJob(const std::vector<std::string>& argv) {
     } else if (verb == "status") {
       absl::StatusOr<JobStatus> job = Get(**stub, words[1]);
       status = job.status();
-      if (job.ok()) json ? (void)(std::cout << Json(*job) << "\n") : PrintStatus(*job);
+      if (job.ok()) json ? (void)(std::cout << ToJson(*job) << "\n") : PrintStatus(*job);
     } else {
       grpc::ClientContext ctx;
       JobRef ref;
@@ -183,7 +186,7 @@ int RunSites(const std::vector<std::string>& argv) {
   absl::Status status = FromGrpcStatus((*stub)->ListSites(&ctx, ListSitesRequest(), &sites));
   if (!status.ok()) return Fail(status);
   if (args->Has("json")) {
-    std::cout << Json(sites) << "\n";
+    std::cout << ToJson(sites) << "\n";
     return 0;
   }
   for (const SiteInfo& s : sites.sites()) {
@@ -202,7 +205,7 @@ int RunExport(const std::vector<std::string>& argv) {
   if (!args.ok()) return Fail(args.status(), 2);
   absl::StatusOr<std::string> out = args->Require("out");
   if (!out.ok() || args->positional().size() != 1) {
-    return Fail(absl::InvalidArgumentError("usage: flctl export JOB_ID --config ADMIN.conf --out DIR"), 2);
+    return Fail(absl::InvalidArgumentError(kExportUsage), 2);
   }
   absl::StatusOr<std::unique_ptr<Admin::Stub>> stub = Connect(*args);
   if (!stub.ok()) return Fail(stub.status(), 2);
@@ -229,9 +232,11 @@ int RunExport(const std::vector<std::string>& argv) {
   return 0;
 }
 
-FL_COMMAND("job", "submit, list, inspect, wait for and cancel training jobs", RunJob);
-FL_COMMAND("sites", "list the consortium's sites and whether they are connected", RunSites);
-FL_COMMAND("export", "download a job's global model (safetensors + JSON sidecar)", RunExport);
+FL_COMMAND("job", "submit, list, inspect, wait for and cancel training jobs", kJobUsage, RunJob);
+FL_COMMAND("sites", "list the consortium's sites and whether they are connected", kSitesUsage,
+           RunSites);
+FL_COMMAND("export", "download a job's global model (safetensors + JSON model card)", kExportUsage,
+           RunExport);
 
 }  // namespace
 }  // namespace fl::cli

@@ -74,7 +74,8 @@ int RunPhantom(const std::vector<std::string>& argv) {
   return 0;
 }
 
-FL_COMMAND("phantom", "write synthetic chest-radiograph DICOM files and labels.csv", RunPhantom);
+FL_COMMAND("phantom", "write synthetic chest-radiograph DICOM files and labels.csv", kUsage,
+           RunPhantom);
 
 }  // namespace
 }  // namespace fl

@@ -149,4 +149,5 @@ int RunPrivacy(const std::vector<std::string>& argv) {
 }  // namespace
 }  // namespace fl
 
-FL_COMMAND("privacy", "privacy calculator: epsilon, noise; ledger inspection", fl::RunPrivacy);
+FL_COMMAND("privacy", "privacy calculator: epsilon, noise; ledger inspection", fl::kUsage,
+           fl::RunPrivacy);

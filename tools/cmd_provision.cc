@@ -78,6 +78,7 @@ int RunProvision(const std::vector<std::string>& argv) {
 
 }  // namespace
 
-FL_COMMAND("provision", "create the consortium CA and a kit per participant", RunProvision);
+FL_COMMAND("provision", "create the consortium CA and a kit per participant", kUsage,
+           RunProvision);
 
 }  // namespace fl

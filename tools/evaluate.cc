@@ -77,16 +77,12 @@ absl::StatusOr<std::vector<std::string>> LabelsField(const JsonValue& object,
 }
 
 absl::StatusOr<ModelSpec> SpecOf(const ModelSidecar& sidecar) {
-  ModelSpec spec;
-  spec.name = sidecar.architecture;
-  spec.in_channels = sidecar.in_channels > 0 ? sidecar.in_channels : 1;
-  spec.image_size = sidecar.input_size;
-  spec.num_outputs = static_cast<int>(sidecar.labels.size());
-  return spec;
+  return ClassifierSpec(sidecar.architecture, sidecar.in_channels > 0 ? sidecar.in_channels : 1,
+                        sidecar.input_size, static_cast<int>(sidecar.labels.size()));
 }
 
 // The model of the sidecar with the weights of the file, in eval mode on the CPU.
-absl::StatusOr<std::shared_ptr<ClassifierImpl>> LoadModel(const std::string& model_path,
+absl::StatusOr<std::shared_ptr<ModelImpl>> LoadModel(const std::string& model_path,
                                                           const ModelSidecar& sidecar,
                                                           const std::string& sidecar_path) {
   if (sidecar.head_mode == "site") {
@@ -96,7 +92,7 @@ absl::StatusOr<std::shared_ptr<ClassifierImpl>> LoadModel(const std::string& mod
   }
   ASSIGN_OR_RETURN(TensorList weights, ReadSafetensors(model_path));
   ASSIGN_OR_RETURN(ModelSpec spec, SpecOf(sidecar));
-  absl::StatusOr<std::shared_ptr<ClassifierImpl>> model = CreateModel(spec, /*seed=*/0);
+  absl::StatusOr<std::shared_ptr<ModelImpl>> model = CreateModel(spec, /*seed=*/0);
   if (!model.ok()) return Annotate(model.status(), sidecar_path);
   absl::Status loaded = LoadWeights(**model, weights);
   if (!loaded.ok()) {
@@ -153,7 +149,7 @@ std::vector<std::optional<std::vector<float>>> DecodeRange(const std::vector<Sam
 }
 
 // Sigmoid outputs [n, labels] of the model for n images of size x size.
-absl::StatusOr<std::vector<float>> Infer(ClassifierImpl& model, std::vector<float>& pixels,
+absl::StatusOr<std::vector<float>> Infer(ModelImpl& model, std::vector<float>& pixels,
                                          int64_t n, int size, int channels) {
   try {
     torch::NoGradGuard no_grad;
@@ -169,7 +165,7 @@ absl::StatusOr<std::vector<float>> Infer(ClassifierImpl& model, std::vector<floa
 }
 
 struct EvalContext {
-  ClassifierImpl* model;
+  ModelImpl* model;
   const ModelSidecar* sidecar;
   std::vector<int> columns;  // per evaluated label, its CSV column
   std::vector<int> outputs;  // per evaluated label, its model output
@@ -273,7 +269,7 @@ absl::StatusOr<ModelSidecar> ReadModelSidecar(const std::string& path) {
 
 absl::StatusOr<TensorList> InitialWeights(const ModelSidecar& sidecar, uint64_t seed) {
   ASSIGN_OR_RETURN(ModelSpec spec, SpecOf(sidecar));
-  ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model, CreateModel(spec, seed));
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model, CreateModel(spec, seed));
   try {
     return ExtractWeights(*model);
   } catch (const c10::Error& e) {
@@ -286,7 +282,7 @@ absl::StatusOr<EvaluationReport> EvaluateModel(const EvaluateOptions& o) {
   const std::string sidecar_path = o.sidecar_path.empty() ? SidecarPathFor(o.model_path)
                                                           : o.sidecar_path;
   ASSIGN_OR_RETURN(ModelSidecar sidecar, ReadModelSidecar(sidecar_path));
-  ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model,
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model,
                    LoadModel(o.model_path, sidecar, sidecar_path));
   Dataset data;
   ASSIGN_OR_RETURN(std::vector<Sample> samples, ReadSamples(o, data));

@@ -30,12 +30,8 @@ NamedTensor ToNamed(const std::string &name, const torch::Tensor &tensor) {
 }
 
 absl::Status Dump(const std::string &name, const std::string &dir) {
-  ModelSpec spec;
-  spec.name = name;
-  spec.in_channels = 1;
-  spec.image_size = 64;
-  spec.num_outputs = 8;
-  ASSIGN_OR_RETURN(std::shared_ptr<ClassifierImpl> model, CreateModel(spec, 7));
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model,
+                   CreateModel(ClassifierSpec(name, 1, 64, 8), 7));
   RETURN_IF_ERROR(WriteSafetensors(dir + "/model.safetensors", ExtractWeights(*model),
                                    {{"format", "pt"}, {"model", name}}));
   try {

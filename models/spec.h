@@ -1,0 +1,64 @@
+// What a job trains, torch-free, for everyone who must know it without LibTorch (the
+// coordinator's eligibility rule, flctl, the site's policy): the workload a JobSpec names, the
+// model it builds (ModelSpec, in one place: ModelSpecFor), and which of the job's labels a site
+// trains. The client's torch side of each workload is client/workload.h.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "fl/config.pb.h"
+
+namespace fl {
+
+// The shape of one sample as the model sees it: channels, then the spatial sides ([H, W] for a
+// 2D image; [D, H, W] for a volume when 3D workloads come).
+struct InputSignature {
+  int channels = 1;
+  std::vector<int> spatial;
+
+  int rank() const { return static_cast<int>(spatial.size()); }
+  // The side of a square 2D input, or 0 when the input is not a square image.
+  int square_side() const {
+    return spatial.size() == 2 && spatial[0] == spatial[1] ? spatial[0] : 0;
+  }
+};
+
+// Everything the model registry (models/model.h) needs to build an architecture.
+struct ModelSpec {
+  std::string name;       // registry name, e.g. "resnet18" or "autoencoder"
+  InputSignature input;
+  int num_outputs = 0;    // classifiers: one logit per label of the job's label space
+  std::vector<int> widths;  // autoencoder: encoder widths, one stride-2 stage each
+  int latent_channels = 0;  // autoencoder
+};
+
+enum class WorkloadKind { kClassification, kAutoencoder };
+
+// The job's workload (classification when the spec names none).
+WorkloadKind KindOf(const JobSpec& spec);
+// "classification", "autoencoder": the names of SitePolicy.workloads and of reports.
+std::string WorkloadName(WorkloadKind kind);
+std::string WorkloadName(const JobSpec& spec);
+// Every workload's name, for validation messages.
+std::vector<std::string> WorkloadNames();
+
+// The model the job trains (one place for every JobSpec -> ModelSpec translation).
+absl::StatusOr<ModelSpec> ModelSpecFor(const JobSpec& spec);
+// A classifier's spec outside a job (benchmarks, model tests, exported models' cards):
+// `name` on square `side` x `side` images of `channels` channels with `outputs` logits.
+ModelSpec ClassifierSpec(const std::string& name, int channels, int side, int outputs);
+
+// The job labels a site that declared `site_labels` trains: the classifier's labels the site
+// has; nullopt when the site has nothing to train in this job. Label-free workloads (the
+// autoencoder) train every site, with no labels.
+std::optional<std::vector<std::string>> TrainLabelsFor(const JobSpec& spec,
+                                                       const std::vector<std::string>& site_labels);
+
+// Whether the workload's model has a per-label head (the classifier), so the coordinator
+// averages its rows per label and head modes apply.
+bool HasLabelHead(const JobSpec& spec);
+
+}  // namespace fl
