@@ -177,6 +177,9 @@ absl::StatusOr<PrivacyReport> ClientDaemon::RecordPrivacy(const Task& task, cons
 
 absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const Task& task) {
   std::vector<std::string> labels(task.train_labels().begin(), task.train_labels().end());
+  const bool resend = !task.evaluate_only() && kept_ && kept_->job_id == task.job_id() &&
+                      kept_->round == task.round();
+  if (!resend) kept_.reset();  // another round: what was kept is of no use any more
   // Everything the site requires is checked before any download.
   std::optional<DpPlan> plan;
   if (task.spec().dp().enabled() && !task.evaluate_only()) {
@@ -185,6 +188,19 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
       return DeclineTask(coordinator, task, std::string(planned.status().message()));
     }
     plan = *planned;
+  }
+  if (resend) {
+    // Trained and paid for already (the coordinator restarted before it had the update): the
+    // policy still applies; the budget does not, for nothing more is spent.
+    const std::string refusal =
+        PolicyRefusal(config_, task.spec(), plan ? &*plan : nullptr, /*evaluate_only=*/false);
+    if (!refusal.empty()) return DeclineTask(coordinator, task, refusal);
+    Log(absl::StrFormat("job %s round %d: sending the update trained before again (no "
+                        "retraining, no further privacy cost)",
+                        task.job_id(), task.round()));
+    RETURN_IF_ERROR(UploadKept(coordinator, task));
+    metrics_->tasks.Add({{"result", "done"}}).Increment();
+    return absl::OkStatus();
   }
   ASSIGN_OR_RETURN(std::string refusal, Refusal(task, plan ? &*plan : nullptr));
   if (!refusal.empty()) return DeclineTask(coordinator, task, refusal);
@@ -227,7 +243,11 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
     }
     privacy = *std::move(recorded);
   }
-  RETURN_IF_ERROR(UploadUpdate(coordinator, task, std::move(result), privacy));
+  kept_ = KeptUpdate{task.job_id(), task.round(), result.num_samples, result.loss,
+                     std::move(result.labels),
+                     std::make_shared<const TensorList>(std::move(result.update)),
+                     std::move(privacy)};
+  RETURN_IF_ERROR(UploadKept(coordinator, task));
   metrics_->tasks.Add({{"result", "done"}}).Increment();
   return absl::OkStatus();
 }
@@ -267,19 +287,18 @@ absl::Status ClientDaemon::EvaluateAndReport(CoordinatorConnection& coordinator,
   return task.evaluate_only() ? SendWithRetries(task, "report", send) : send(1);
 }
 
-absl::Status ClientDaemon::UploadUpdate(CoordinatorConnection& coordinator, const Task& task,
-                                        TrainResult result, const PrivacyReport& privacy) {
+absl::Status ClientDaemon::UploadKept(CoordinatorConnection& coordinator, const Task& task) {
+  const KeptUpdate& kept = *kept_;
   UploadHeader header;
   header.set_job_id(task.job_id());
   header.set_round(task.round());
-  header.set_num_samples(result.num_samples);
-  for (const std::string& label : result.labels) header.add_labels(label);
-  header.set_num_tensors(static_cast<uint32_t>(result.update.size()));
-  header.set_train_loss(result.loss);
-  *header.mutable_privacy() = privacy;
-  const auto update = std::make_shared<const TensorList>(std::move(result.update));
-  return SendWithRetries(task, "upload", [&](int attempt) {
-    absl::StatusOr<UploadResponse> response = coordinator.Upload(header, update);
+  header.set_num_samples(kept.num_samples);
+  for (const std::string& label : kept.labels) header.add_labels(label);
+  header.set_num_tensors(static_cast<uint32_t>(kept.update->size()));
+  header.set_train_loss(kept.loss);
+  *header.mutable_privacy() = kept.privacy;
+  absl::Status sent = SendWithRetries(task, "upload", [&](int attempt) {
+    absl::StatusOr<UploadResponse> response = coordinator.Upload(header, kept.update);
     if (response.ok()) {
       metrics_->upload_bytes.Increment(static_cast<double>(response->bytes_received()));
       return absl::OkStatus();
@@ -291,6 +310,14 @@ absl::Status ClientDaemon::UploadUpdate(CoordinatorConnection& coordinator, cons
     }
     return Annotate(response.status(), "upload");
   });
+  if (sent.ok() || !(absl::IsFailedPrecondition(sent) || IsRetryable(sent))) {
+    kept_.reset();
+  } else {
+    Log(absl::StrFormat("job %s round %d: the update is kept, to be sent again if the "
+                        "coordinator asks for this round again",
+                        task.job_id(), task.round()));
+  }
+  return sent;
 }
 
 absl::Status ClientDaemon::SendWithRetries(const Task& task, const std::string& rpc,

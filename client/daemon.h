@@ -13,6 +13,7 @@
 #include <atomic>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,10 +58,21 @@ class ClientDaemon {
   absl::Status EvaluateAndReport(CoordinatorConnection& coordinator, const Task& task,
                                  const std::vector<std::string>& labels, const TensorList& model,
                                  double train_loss);
-  // Sends the update with SendWithRetries: the same bytes again, so no retraining and, under
-  // DP, no further privacy cost.
-  absl::Status UploadUpdate(CoordinatorConnection& coordinator, const Task& task,
-                            TrainResult result, const PrivacyReport& privacy);
+  // A trained update (its cost, under DP, already recorded) until the coordinator has it.
+  struct KeptUpdate {
+    std::string job_id;
+    uint32_t round = 0;
+    uint64_t num_samples = 0;
+    double loss = 0;
+    std::vector<std::string> labels;
+    std::shared_ptr<const TensorList> update;
+    PrivacyReport privacy;
+  };
+  // Sends the kept update with SendWithRetries: the same bytes again, so no retraining and,
+  // under DP, no further privacy cost. Forgets it once the coordinator has it or refuses it for
+  // good; keeps it when the round was not open (the coordinator restarting) or the retries ran
+  // out, so that a task for the same job and round sends it again instead of retraining.
+  absl::Status UploadKept(CoordinatorConnection& coordinator, const Task& task);
   // Calls `send(attempt)` (1, 2, ...) until it succeeds, fails for good (only UNAVAILABLE,
   // RESOURCE_EXHAUSTED, ABORTED and DEADLINE_EXCEEDED may pass), Stop() is called, or the next
   // try would come after the task's round deadline; waits 1 s, doubling up to
@@ -78,6 +90,7 @@ class ClientDaemon {
 
   const ClientConfig config_;
   const Connector connect_;
+  std::optional<KeptUpdate> kept_;  // touched by Run's thread only
   const std::string dataset_id_;
   const Dataset* data_;
   LocalTrainer* trainer_;

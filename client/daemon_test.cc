@@ -242,6 +242,36 @@ TEST_F(SiteCoreTest, ARefusedUploadIsNotSentAgainAndItsCostStays) {
   EXPECT_EQ(RecordedRounds(), 1);
 }
 
+// The coordinator restarted mid-upload: its round is not open when the update arrives. When it
+// asks for the same round again, the kept update goes out: no retraining, no second cost.
+TEST_F(SiteCoreTest, AfterACoordinatorRestartTheKeptUpdateIsSentAgainWithoutRetraining) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  coordinator_.upload_results = {
+      absl::FailedPreconditionError("round 0 of job cxr-1 is not open (stale round)")};
+  Run();
+  EXPECT_THAT(coordinator_.events, ElementsAre("join", "download", "upload", "upload"));
+  EXPECT_THAT(coordinator_.ledger_rounds_at_upload, ElementsAre(1, 1));
+  EXPECT_EQ(trainer_.trained, 1);
+  EXPECT_EQ(RecordedRounds(), 1);
+}
+
+// What was kept is for its own job and round only: the next round trains afresh, and an update
+// the coordinator refused for good is not kept.
+TEST_F(SiteCoreTest, AKeptUpdateServesOnlyItsRound) {
+  Task next = MakeTask(/*dp=*/true);
+  next.set_round(1);
+  coordinator_.tasks = {MakeTask(/*dp=*/true), next, next};
+  coordinator_.upload_results = {absl::FailedPreconditionError("not open"),
+                                 absl::InvalidArgumentError("update norm too large")};
+  Run();
+  EXPECT_THAT(coordinator_.events,
+              ElementsAre("join", "download", "upload", "download", "report", "upload",
+                          "download", "report", "upload"));
+  EXPECT_EQ(trainer_.trained, 3);
+  EXPECT_EQ(RecordedRounds(), 3);  // three trainings, three releases: each one counts
+}
+
 TEST_F(SiteCoreTest, ARetryThatWouldMissTheDeadlineIsNotMade) {
   Task task = MakeTask(/*dp=*/true);
   task.set_deadline_unix_seconds(1'700'000'000 + 0.5);

@@ -22,7 +22,9 @@ namespace {
 // 1: rounds only, named by the dataset id the caller gave (data_dir before dataset ids).
 // 2: adds settings (the site's default dataset id), dataset_images (which dataset each image
 //    belongs to) and dataset_aliases (version-1 names adopted by a bound dataset).
-constexpr int kSchemaVersion = 2;
+// 3: rounds gains `release`: a round trained again (after a restart, a lost update) is a second
+//    release of the same data with fresh noise and sampling, and is counted again.
+constexpr int kSchemaVersion = 3;
 constexpr int kBusyTimeoutMs = 10000;
 
 constexpr char kSchema[] = R"sql(
@@ -30,11 +32,12 @@ CREATE TABLE IF NOT EXISTS rounds (
   job_id TEXT NOT NULL,
   dataset_id TEXT NOT NULL,
   round INTEGER NOT NULL,
+  release INTEGER NOT NULL,
   sample_rate REAL NOT NULL,
   noise_multiplier REAL NOT NULL,
   steps INTEGER NOT NULL,
   recorded_at_unix_us INTEGER NOT NULL,
-  PRIMARY KEY (job_id, dataset_id, round)
+  PRIMARY KEY (job_id, dataset_id, round, release)
 );
 CREATE INDEX IF NOT EXISTS rounds_by_dataset ON rounds (dataset_id);
 CREATE TABLE IF NOT EXISTS settings (
@@ -54,16 +57,33 @@ CREATE TABLE IF NOT EXISTS dataset_aliases (
 
 // Creates the schema, or checks that an existing file's schema is one this build reads.
 absl::Status Configure(sqlite3* db) {
-  SqlStatement version(db, "PRAGMA user_version");
-  RETURN_IF_ERROR(version.status());
-  ASSIGN_OR_RETURN(bool row, version.Step());
-  const int found = row ? sqlite3_column_int(version.get(), 0) : 0;
+  int found = 0;
+  {  // finalized before any table is dropped (a live statement would lock it)
+    SqlStatement version(db, "PRAGMA user_version");
+    RETURN_IF_ERROR(version.status());
+    ASSIGN_OR_RETURN(bool row, version.Step());
+    found = row ? sqlite3_column_int(version.get(), 0) : 0;
+  }
   if (found > kSchemaVersion) {
     return absl::FailedPreconditionError(absl::StrCat(
         "privacy ledger schema version ", found, " is newer than this build's ", kSchemaVersion));
   }
   SqlTransaction txn(db);
   RETURN_IF_ERROR(txn.Begin());
+  if (found >= 1 && found < 3) {  // each recorded round of a version 1 or 2 file: release 1
+    RETURN_IF_ERROR(SqliteExec(db, R"sql(
+ALTER TABLE rounds RENAME TO rounds_v2;
+DROP INDEX IF EXISTS rounds_by_dataset;
+)sql"));
+    RETURN_IF_ERROR(SqliteExec(db, kSchema));
+    RETURN_IF_ERROR(SqliteExec(db, R"sql(
+INSERT INTO rounds (job_id, dataset_id, round, release, sample_rate, noise_multiplier, steps,
+                    recorded_at_unix_us)
+  SELECT job_id, dataset_id, round, 1, sample_rate, noise_multiplier, steps, recorded_at_unix_us
+  FROM rounds_v2;
+DROP TABLE rounds_v2;
+)sql"));
+  }
   RETURN_IF_ERROR(SqliteExec(db, kSchema));
   RETURN_IF_ERROR(SqliteExec(db, absl::StrCat("PRAGMA user_version=", kSchemaVersion)));
   return txn.Commit();
@@ -224,27 +244,11 @@ absl::Status PrivacyLedger::RecordLocked(const std::string& job_id,
                                          double sigma, uint64_t steps) {
   SqlTransaction txn(db_);
   RETURN_IF_ERROR(txn.Begin());
-  SqlStatement find(db_,
-                 "SELECT sample_rate, noise_multiplier, steps FROM rounds "
-                 "WHERE job_id = ?1 AND dataset_id = ?2 AND round = ?3");
-  RETURN_IF_ERROR(find.status());
-  find.Bind(1, job_id);
-  find.Bind(2, dataset_id);
-  sqlite3_bind_int64(find.get(), 3, round);
-  ASSIGN_OR_RETURN(bool exists, find.Step());
-  if (exists) {
-    const double old_q = sqlite3_column_double(find.get(), 0);
-    const double old_sigma = sqlite3_column_double(find.get(), 1);
-    const int64_t old_steps = sqlite3_column_int64(find.get(), 2);
-    if (old_q == q && old_sigma == sigma && old_steps == static_cast<int64_t>(steps)) {
-      return absl::OkStatus();  // already recorded: the rollback leaves the ledger unchanged
-    }
-    return absl::AlreadyExistsError(absl::StrCat("already recorded with q=", old_q, " sigma=",
-                                                 old_sigma, " steps=", old_steps));
-  }
   SqlStatement insert(db_,
-                   "INSERT INTO rounds (job_id, dataset_id, round, sample_rate, noise_multiplier,"
-                   " steps, recorded_at_unix_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)");
+                   "INSERT INTO rounds (job_id, dataset_id, round, release, sample_rate, "
+                   "noise_multiplier, steps, recorded_at_unix_us) VALUES (?1, ?2, ?3, "
+                   "(SELECT COALESCE(MAX(release), 0) + 1 FROM rounds WHERE job_id = ?1 AND "
+                   "dataset_id = ?2 AND round = ?3), ?4, ?5, ?6, ?7)");
   RETURN_IF_ERROR(insert.status());
   insert.Bind(1, job_id);
   insert.Bind(2, dataset_id);

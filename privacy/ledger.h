@@ -41,7 +41,7 @@ class PrivacyLedger {
   struct Spent {
     std::vector<double> orders;  // the accountant's RDP orders (DefaultRdpOrders())
     std::vector<double> rdp;     // composed RDP at each order; all zero when nothing is recorded
-    int64_t rounds = 0;          // rounds recorded
+    int64_t rounds = 0;          // trainings recorded (a round trained twice counts twice)
     uint64_t steps = 0;          // DP-SGD steps over those rounds
   };
 
@@ -75,9 +75,10 @@ class PrivacyLedger {
 
   // Records the cost of `round` of `job_id` on `dataset_id`: `steps` steps at sample rate `q` and
   // noise multiplier `sigma`. Call it BEFORE the round's update leaves the site; it is durable
-  // when it returns OK. Idempotent: recording the same (job, dataset, round) again with the same
-  // parameters changes nothing; with different parameters it fails with ALREADY_EXISTS and keeps
-  // the first record. REQUIRES: non-empty ids, round >= 0, q in [0, 1], sigma >= 0.
+  // when it returns OK. Call it once per training: a round trained again (after a restart, or
+  // when its update was lost) is another release of the same data, with fresh noise and
+  // sampling, and counts again (sending the same update again is not a new release: record
+  // nothing then). REQUIRES: non-empty ids, round >= 0, q in [0, 1], sigma >= 0.
   absl::Status Record(const std::string& job_id, const std::string& dataset_id, int64_t round,
                       double q, double sigma, uint64_t steps);
 
