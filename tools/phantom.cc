@@ -122,22 +122,29 @@ double Spread(double value, double center, double spread) {
   return spread == 1.0 ? value : center + spread * (value - center);
 }
 
-// Scales the findings' effects by options.finding_strength (after every draw, so that the
-// random stream, and with it the patient, does not depend on it).
+// Scales the findings' effects by options.finding_strength k (after every draw, so that the
+// random stream, and with it the patient, does not depend on it). Each finding has its own
+// power of k, so that at one strength the findings are about equally hard to learn (measured
+// with scripts/learning_curve.sh): an effusion's depth goes with k^1.5 (a subtle effusion only
+// blunts the costophrenic angle), congestion's vessels with k^1.25, infiltrates' density with
+// k, atelectasis' volume loss with k^0.75 and the heart's enlargement with sqrt(k) (small
+// changes of shape to begin with).
 void ScaleFindings(double k, Shapes* s) {
   if (k == 1.0) return;
-  s->ctr_big = s->ctr_normal + k * (s->ctr_big - s->ctr_normal);
-  for (int side = 0; side < 2; ++side) {  // a subtle effusion is also a small one
+  s->ctr_big = s->ctr_normal + std::sqrt(k) * (s->ctr_big - s->ctr_normal);
+  const double effusion = std::pow(k, 1.5), congestion = std::pow(k, 1.25);
+  const double atelectasis = std::pow(k, 0.75);
+  for (int side = 0; side < 2; ++side) {
     s->fluid_amp[side] *= k;
-    s->fluid_depth[side] *= k;
-    s->meniscus[side] *= k;
+    s->fluid_depth[side] *= effusion;
+    s->meniscus[side] *= effusion;
     for (Blob& b : s->infiltrates[side]) b.amp *= k;
   }
-  for (Segment& g : s->plates) g.amp *= k;
-  for (Segment& g : s->congestion_vessels) g.amp *= k;
-  for (Blob& b : s->hila) b.amp *= k;
-  s->mediastinal_shift *= k;
-  s->diaphragm_lift *= k;
+  for (Segment& g : s->plates) g.amp *= atelectasis;
+  for (Segment& g : s->congestion_vessels) g.amp *= congestion;
+  for (Blob& b : s->hila) b.amp *= congestion;
+  s->mediastinal_shift *= atelectasis;
+  s->diaphragm_lift *= atelectasis;
 }
 
 Shapes DrawShapes(const PhantomSubject& subject, const PhantomOptions& options, uint64_t seed) {

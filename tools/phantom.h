@@ -26,10 +26,11 @@ struct PhantomOptions {
   uint64_t seed = 1;        // same seed, same pixels, labels and demographics (UIDs are fresh)
   double noise = 0.02;      // Gaussian noise sigma, as a fraction of the 12-bit range (>= 0)
   double contrast = 1.0;    // multiplies the tissue contrast (> 0): a site-shift knob
-  // Multiplies how much every finding changes the image, in (0, 2]: opacities' density, the
-  // heart's enlargement over the patient's normal size, atelectasis' volume loss. Below about
-  // 0.5 findings are subtle: they overlap the normal variation between patients, so a model
-  // needs hundreds to thousands of images to learn them (see docs/STUDY.md).
+  // How much every finding changes the image, in (0, 2]: 1 is the demo's clear findings; below
+  // about 0.5 they are subtle and overlap the normal variation between patients, so that a
+  // model needs hundreds to thousands of images to learn them (docs/STUDY.md). Opacities'
+  // density scales with it, each other finding with a power of it (tools/phantom.cc), so that
+  // at one strength the findings are about equally hard to learn.
   double finding_strength = 1.0;
   // Multiplies the spread of everything that varies between patients and acquisitions, in
   // [0, 3]: body size, positioning (rotation, shift), exposure (gain, heel effect), the normal
