@@ -6,7 +6,8 @@ PKGS=(build-essential cmake ninja-build ccache pkg-config git
   libdcmtk-dev dcmtk prometheus-cpp-dev libsqlite3-dev sqlite3 libssl-dev openssl
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-torch python3-torchvision python3-numpy
   clang libclang-rt-14-dev gdb
-  libdnnl-dev)  # oneDNN's sgemm for the DP ghost norms (models/gram.h)
+  libdnnl-dev  # oneDNN's sgemm for the DP ghost norms (models/gram.h)
+  python3-matplotlib)  # the federation study's curves (scripts/fed_study.py)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -70,13 +70,13 @@ def pool_run(reports):
     per_label = {}
     for report in reports.values():
         for label in report["labels"]:
-            per_label.setdefault(label["label"], []).append(nan_if_none(label["auroc"]))
+            per_label.setdefault(label["label"], []).append(nan_if_none(label.get("auroc")))
     aurocs = {label: mean(values) for label, values in per_label.items()}
     groups = {}  # (attribute, group) -> [n, sum n * accuracy]
     for report in reports.values():
         for g in report["groups"]:
             slot = groups.setdefault((g["attribute"], g["group"]), [0, 0.0])
-            if g["accuracy"] is not None and g["n"] > 0:
+            if g.get("accuracy") is not None and g["n"] > 0:
                 slot[0] += g["n"]
                 slot[1] += g["n"] * g["accuracy"]
     pooled = {}

@@ -5,6 +5,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/file_util.h"
 #include "common/status.h"
 #include "tools/cli.h"
 #include "tools/evaluate.h"
@@ -15,7 +16,9 @@ namespace {
 constexpr char kUsage[] =
     "usage: flctl evaluate MODEL.safetensors --data DIR [--labels CSV (default DIR/labels.csv)] "
     "[--sidecar MODEL.json] [--threshold 0.5|prevalence] [--age-bands 40,60] [--split all|test|train] "
-    "[--test-fraction 0.2] [--batch-size 64] [--threads 2] [--json]";
+    "[--test-fraction 0.2] [--batch-size 64] [--threads 2] [--json] [--scores FILE]\n"
+    "--json: the report as JSON (fl.EvaluationReportJson); --scores FILE: each image's scores "
+    "and targets as CSV, for confidence intervals (per-image data: keep it at the site)";
 
 absl::StatusOr<std::vector<int>> ParseEdges(const std::string& text) {
   std::vector<int> edges;
@@ -32,7 +35,7 @@ absl::StatusOr<std::vector<int>> ParseEdges(const std::string& text) {
 
 absl::StatusOr<EvaluateOptions> OptionsFromArgs(const cli::Args& args) {
   RETURN_IF_ERROR(args.CheckKnown({"data", "labels", "sidecar", "threshold", "age-bands", "split",
-                                   "test-fraction", "batch-size", "threads", "json"}));
+                                   "test-fraction", "batch-size", "threads", "json", "scores"}));
   if (args.positional().size() != 1) {
     return absl::InvalidArgumentError("expected exactly one MODEL.safetensors");
   }
@@ -70,8 +73,16 @@ int RunEvaluate(const std::vector<std::string>& argv) {
     return cli::Fail(absl::InvalidArgumentError(
                          absl::StrCat(options.status().message(), "\n", kUsage)), 2);
   }
-  absl::StatusOr<EvaluationReport> report = EvaluateModel(*options);
+  std::vector<Prediction> predictions;
+  absl::StatusOr<EvaluationReport> report = EvaluateModel(*options, &predictions);
   if (!report.ok()) return cli::Fail(report.status(), 1);
+  if (args->Has("scores")) {
+    std::vector<std::string> names;
+    for (const LabelResult& l : report->labels) names.push_back(l.label);
+    absl::Status written = WriteFileAtomic(args->Get("scores"), ScoresCsv(names, predictions),
+                                           0600);
+    if (!written.ok()) return cli::Fail(written, 1);
+  }
   std::cout << (args->Has("json") ? ReportJson(*report) : ReportText(*report));
   return 0;
 }

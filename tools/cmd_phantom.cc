@@ -13,12 +13,15 @@ namespace {
 constexpr char kUsage[] =
     "usage: flctl phantom --out DIR --count N [--size 256] [--seed S] [--labels a,b,c] "
     "[--prevalence 0.3] [--noise 0.02] [--contrast 1.0] [--male-fraction 0.5] "
-    "[--min-age 20] [--max-age 90] [--photometric MONOCHROME2] [--site NAME]";
+    "[--min-age 20] [--max-age 90] [--photometric MONOCHROME2] [--site NAME] "
+    "[--finding-strength 1.0 (0..2; ~0.3: subtle)] [--variation 1.0 (0..3)] "
+    "[--label-noise 0 (flip rate of written labels, < 0.5)]";
 
 absl::StatusOr<PhantomOptions> OptionsFromArgs(const cli::Args& args) {
   RETURN_IF_ERROR(args.CheckKnown({"out", "count", "size", "seed", "labels", "prevalence", "noise",
                                    "contrast", "male-fraction", "min-age", "max-age",
-                                   "photometric", "site"}));
+                                   "photometric", "site", "finding-strength", "variation",
+                                   "label-noise"}));
   if (!args.positional().empty()) {
     return absl::InvalidArgumentError("unexpected argument '" + args.positional()[0] + "'");
   }
@@ -29,6 +32,9 @@ absl::StatusOr<PhantomOptions> OptionsFromArgs(const cli::Args& args) {
   ASSIGN_OR_RETURN(double prevalence, args.GetDouble("prevalence", 0.3));
   ASSIGN_OR_RETURN(o.noise, args.GetDouble("noise", o.noise));
   ASSIGN_OR_RETURN(o.contrast, args.GetDouble("contrast", o.contrast));
+  ASSIGN_OR_RETURN(o.finding_strength, args.GetDouble("finding-strength", o.finding_strength));
+  ASSIGN_OR_RETURN(o.variation, args.GetDouble("variation", o.variation));
+  ASSIGN_OR_RETURN(o.label_noise, args.GetDouble("label-noise", o.label_noise));
   ASSIGN_OR_RETURN(o.male_fraction, args.GetDouble("male-fraction", o.male_fraction));
   ASSIGN_OR_RETURN(int64_t min_age, args.GetInt("min-age", o.min_age));
   ASSIGN_OR_RETURN(int64_t max_age, args.GetInt("max-age", o.max_age));
@@ -70,7 +76,9 @@ int RunPhantom(const std::vector<std::string>& argv) {
   }
   std::cout << "wrote " << summary.images << " images of " << summary.patients << " patients ("
             << summary.males << " male) to " << *out << " with labels.csv; positives: "
-            << absl::StrJoin(positives, " ") << "\n";
+            << absl::StrJoin(positives, " ");
+  if (options->label_noise > 0) std::cout << "; labels flipped: " << summary.label_flips;
+  std::cout << "\n";
   return 0;
 }
 

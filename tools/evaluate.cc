@@ -194,6 +194,8 @@ absl::Status PredictBatch(const EvalContext& ctx, const std::vector<Sample>& sam
                    Infer(*ctx.model, pixels, n, size, std::max(1, ctx.sidecar->in_channels)));
   for (int64_t i = 0; i < n; ++i) {
     Prediction& p = out.emplace_back();
+    p.key = kept[i]->sop_instance_uid;
+    p.patient_id = kept[i]->patient_id;
     p.sex = kept[i]->sex;
     p.age_years = kept[i]->age_years;
     for (size_t k = 0; k < ctx.columns.size(); ++k) {
@@ -277,7 +279,8 @@ absl::StatusOr<TensorList> InitialWeights(const ModelSidecar& sidecar, uint64_t 
   }
 }
 
-absl::StatusOr<EvaluationReport> EvaluateModel(const EvaluateOptions& o) {
+absl::StatusOr<EvaluationReport> EvaluateModel(const EvaluateOptions& o,
+                                               std::vector<Prediction>* predictions_out) {
   RETURN_IF_ERROR(ValidateOptions(o));
   const std::string sidecar_path = o.sidecar_path.empty() ? SidecarPathFor(o.model_path)
                                                           : o.sidecar_path;
@@ -307,6 +310,7 @@ absl::StatusOr<EvaluationReport> EvaluateModel(const EvaluateOptions& o) {
   }
   EvaluationReport report = Summarize(names, predictions, o.threshold, o.age_edges);
   report.skipped_files = skipped;
+  if (predictions_out != nullptr) *predictions_out = std::move(predictions);
   return report;
 }
 
@@ -366,8 +370,6 @@ void AddAttribute(const std::string& attribute, const std::vector<std::string>& 
   }
   FillSpd(out, first);
 }
-
-std::string Num(double v) { return std::isnan(v) ? "null" : absl::StrFormat("%.6g", v); }
 
 // Per label, the score above which as many images are called positive as the label has
 // positives among the known targets (0.5 when a label has no known target).
@@ -441,44 +443,6 @@ EvaluationReport Summarize(const std::vector<std::string>& label_names,
   AddAttribute("age", AgeBandNames(age_edges), age, predictions, label_names.size(), thresholds,
                report.groups);
   return report;
-}
-
-std::string ReportJson(const EvaluationReport& r) {
-  std::vector<std::string> labels, groups;
-  for (const LabelResult& l : r.labels) {
-    labels.push_back(absl::StrCat("{\"label\": ", JsonQuote(l.label), ", \"auroc\": ",
-                                  Num(l.auroc), ", \"positives\": ", l.positives,
-                                  ", \"negatives\": ", l.negatives, "}"));
-  }
-  for (const GroupResult& g : r.groups) {
-    groups.push_back(absl::StrCat("{\"attribute\": ", JsonQuote(g.attribute), ", \"group\": ",
-                                  JsonQuote(g.group), ", \"n\": ", g.n, ", \"accuracy\": ",
-                                  Num(g.accuracy), ", \"spd\": ", Num(g.spd), "}"));
-  }
-  return absl::StrCat("{\"images\": ", r.images, ", \"skipped_files\": ", r.skipped_files,
-                      ", \"threshold\": ", Num(r.threshold), ", \"mean_auroc\": ",
-                      Num(r.mean_auroc), ", \"accuracy\": ", Num(r.accuracy),
-                      ",\n \"labels\": [\n  ", absl::StrJoin(labels, ",\n  "),
-                      "],\n \"groups\": [\n  ", absl::StrJoin(groups, ",\n  "), "]}\n");
-}
-
-std::string ReportText(const EvaluationReport& r) {
-  std::string out = absl::StrFormat("%d images (%d files skipped), threshold %g\n\n", r.images,
-                                    r.skipped_files, r.threshold);
-  absl::StrAppendFormat(&out, "%-24s %8s %9s %9s\n", "label", "AUROC", "positive", "negative");
-  for (const LabelResult& l : r.labels) {
-    absl::StrAppendFormat(&out, "%-24s %8s %9d %9d\n", l.label, Num(l.auroc), l.positives,
-                          l.negatives);
-  }
-  absl::StrAppendFormat(&out, "%-24s %8s\n%-24s %8s\n\n", "mean AUROC", Num(r.mean_auroc),
-                        "accuracy", Num(r.accuracy));
-  absl::StrAppendFormat(&out, "%-10s %-8s %7s %9s %9s\n", "attribute", "group", "n", "accuracy",
-                        "SPD");
-  for (const GroupResult& g : r.groups) {
-    absl::StrAppendFormat(&out, "%-10s %-8s %7d %9s %9s\n", g.attribute, g.group, g.n,
-                          Num(g.accuracy), Num(g.spd));
-  }
-  return out;
 }
 
 }  // namespace fl

@@ -34,6 +34,8 @@ absl::StatusOr<TensorList> InitialWeights(const ModelSidecar& sidecar, uint64_t 
 
 // One evaluated image: its demographics, and per evaluated label its probability and target.
 struct Prediction {
+  std::string key;             // SOP Instance UID
+  std::string patient_id;
   std::string sex;             // "M", "F" or "" (unknown)
   int age_years = -1;          // -1: unknown
   std::vector<float> probs;    // one per evaluated label
@@ -103,10 +105,20 @@ struct EvaluateOptions {
 // Loads the model, reads the folder as the client does (LoadDataset, DecodeDicom), runs
 // batched CPU inference and summarises. Errors: missing or unreadable files, a sidecar that
 // does not match the weights, no model label among the CSV's columns, no decodable image.
-absl::StatusOr<EvaluationReport> EvaluateModel(const EvaluateOptions& options);
+// `predictions`, when given, receives every image's scores, in the order of the report's labels.
+absl::StatusOr<EvaluationReport> EvaluateModel(const EvaluateOptions& options,
+                                               std::vector<Prediction>* predictions = nullptr);
 
-// The report as one JSON object (NaN written as null).
+// The report as one JSON object: fl.EvaluationReportJson (proto/fl/report.proto) in protobuf's
+// JSON mapping; undefined (NaN) values are left out.
 std::string ReportJson(const EvaluationReport& report);
+
+// Per-image scores as CSV, for confidence intervals (a bootstrap over images or patients): a
+// header "key,patient_id,sex,age,<label>_score,<label>_target,..." for `label_names` (the
+// report's labels), then one row per prediction; a target is 1, 0 or empty (unknown), an
+// unknown age empty. Per-image data: like the images, it stays at the site.
+std::string ScoresCsv(const std::vector<std::string>& label_names,
+                      const std::vector<Prediction>& predictions);
 // The report as aligned text tables for a terminal.
 std::string ReportText(const EvaluationReport& report);
 

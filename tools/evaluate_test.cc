@@ -9,6 +9,8 @@
 #include "client/dataset.h"
 #include "common/safetensors.h"
 #include "common/test_dir.h"
+#include "fl/report.pb.h"
+#include "google/protobuf/util/json_util.h"
 #include "gtest/gtest.h"
 #include "tools/phantom.h"
 
@@ -19,7 +21,7 @@ constexpr float kNaN = std::nanf("");
 
 Prediction P(const std::string& sex, int age, std::vector<float> probs,
              std::vector<float> targets) {
-  return Prediction{sex, age, std::move(probs), std::move(targets)};
+  return Prediction{"uid", "pid", sex, age, std::move(probs), std::move(targets)};
 }
 
 const GroupResult& Group(const EvaluationReport& r, const std::string& attribute,
@@ -97,7 +99,43 @@ TEST(SummarizeTest, ThresholdIsInclusiveAndEmptyGroupsAreNaN) {
   EXPECT_TRUE(std::isnan(Group(r, "sex", "F").accuracy));
   EXPECT_EQ(Group(r, "sex", "F").n, 0);
   EXPECT_TRUE(std::isnan(r.mean_auroc));  // one class only
-  EXPECT_TRUE(absl::StrContains(ReportJson(r), "\"mean_auroc\": null"));
+  const std::string json = ReportJson(r);
+  EXPECT_FALSE(absl::StrContains(json, "mean_auroc")) << json;  // undefined: left out
+  EXPECT_FALSE(absl::StrContains(json, "NaN")) << json;
+  EXPECT_TRUE(absl::StrContains(json, "\"positives\": 2")) << json;
+}
+
+// The JSON is fl.EvaluationReportJson: it parses back (strictly: no unknown field) to the
+// report's numbers, with the declared snake_case names.
+TEST(SummarizeTest, JsonIsTheReportProtoAndRoundTrips) {
+  const std::vector<Prediction> preds = {P("M", 30, {0.9f, 0.2f}, {1, 0}),
+                                         P("F", 70, {0.1f, 0.7f}, {0, kNaN}),
+                                         P("F", 45, {0.6f, 0.4f}, {0, 0})};
+  const EvaluationReport r = Summarize({"a", "b"}, preds, 0.5, {40, 60});
+  const std::string json = ReportJson(r);
+  EXPECT_TRUE(absl::StrContains(json, "\"skipped_files\": 0")) << json;
+  EvaluationReportJson back;
+  ASSERT_TRUE(google::protobuf::util::JsonStringToMessage(json, &back).ok()) << json;
+  EXPECT_EQ(back.images(), 3u);
+  ASSERT_EQ(back.labels_size(), 2);
+  EXPECT_EQ(back.labels(0).label(), "a");
+  EXPECT_DOUBLE_EQ(back.labels(0).auroc(), r.labels[0].auroc);
+  EXPECT_FALSE(back.labels(1).has_auroc());  // b: negatives only
+  EXPECT_EQ(back.labels(1).negatives(), 2u);
+  ASSERT_EQ(back.groups_size(), static_cast<int>(r.groups.size()));
+  EXPECT_EQ(back.groups(0).attribute(), "sex");
+  EXPECT_DOUBLE_EQ(back.groups(0).accuracy(), r.groups[0].accuracy);
+}
+
+TEST(SummarizeTest, ScoresCsvHasOneRowPerImageWithUnknownTargetsEmpty) {
+  std::vector<Prediction> preds = {P("M", 30, {0.25f, 0.5f}, {1, kNaN}),
+                                   P("", -1, {0.125f, 1.0f}, {0, 1})};
+  preds[1].key = "1.2.3";
+  preds[1].patient_id = "site,\"x\"";
+  EXPECT_EQ(ScoresCsv({"a", "b"}, preds),
+            "key,patient_id,sex,age,a_score,a_target,b_score,b_target\n"
+            "uid,pid,M,30,0.25,1,0.5,\n"
+            "1.2.3,\"site,\"\"x\"\"\",,,0.125,0,1,1\n");
 }
 
 class EvaluateModelTest : public ::testing::Test {
@@ -142,8 +180,15 @@ class EvaluateModelTest : public ::testing::Test {
 // and every AUROC is exactly 0.5 (all ties).
 TEST_F(EvaluateModelTest, ZeroModelMatchesPrevalence) {
   WriteModel(/*zero=*/true);
-  absl::StatusOr<EvaluationReport> r = EvaluateModel(options_);
+  std::vector<Prediction> scores;
+  absl::StatusOr<EvaluationReport> r = EvaluateModel(options_, &scores);
   ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(static_cast<int64_t>(scores.size()), r->images);
+  for (const Prediction& p : scores) {
+    EXPECT_FALSE(p.key.empty());
+    EXPECT_EQ(p.patient_id.rfind("site-P", 0), 0u) << p.patient_id;
+    EXPECT_EQ(p.probs, (std::vector<float>{0.5f, 0.5f}));
+  }
   absl::StatusOr<Dataset> data = LoadDataset(options_.data_dir, options_.labels_csv, 1.0);
   ASSERT_TRUE(data.ok());
   EXPECT_EQ(r->images, static_cast<int64_t>(data->test.size()));

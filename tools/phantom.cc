@@ -116,32 +116,66 @@ void DrawFindingShapes(Rng& rng, Shapes* s) {
   s->diaphragm_lift = rng.Uniform(0.03, 0.05);
 }
 
+// `value` drawn around `center`, its distance from the center multiplied by `spread` (exactly
+// `value` at spread 1, so the default options keep their images).
+double Spread(double value, double center, double spread) {
+  return spread == 1.0 ? value : center + spread * (value - center);
+}
+
+// Scales the findings' effects by options.finding_strength k (after every draw, so that the
+// random stream, and with it the patient, does not depend on it). Each finding has its own
+// power of k, so that at one strength the findings are about equally hard to learn (measured
+// with scripts/learning_curve.sh): an effusion's depth goes with k^1.5 (a subtle effusion only
+// blunts the costophrenic angle), congestion's vessels with k^1.25, infiltrates' density with
+// k, atelectasis' volume loss with k^0.75 and the heart's enlargement with sqrt(k) (small
+// changes of shape to begin with).
+void ScaleFindings(double k, Shapes* s) {
+  if (k == 1.0) return;
+  s->ctr_big = s->ctr_normal + std::sqrt(k) * (s->ctr_big - s->ctr_normal);
+  const double effusion = std::pow(k, 1.5), congestion = std::pow(k, 1.25);
+  const double atelectasis = std::pow(k, 0.75);
+  for (int side = 0; side < 2; ++side) {
+    s->fluid_amp[side] *= k;
+    s->fluid_depth[side] *= effusion;
+    s->meniscus[side] *= effusion;
+    for (Blob& b : s->infiltrates[side]) b.amp *= k;
+  }
+  for (Segment& g : s->plates) g.amp *= atelectasis;
+  for (Segment& g : s->congestion_vessels) g.amp *= congestion;
+  for (Blob& b : s->hila) b.amp *= congestion;
+  s->mediastinal_shift *= atelectasis;
+  s->diaphragm_lift *= atelectasis;
+}
+
 Shapes DrawShapes(const PhantomSubject& subject, const PhantomOptions& options, uint64_t seed) {
   Rng rng(seed);
   Shapes s;
-  s.scale = rng.Uniform(0.92, 1.04) * (subject.sex == 'M' ? 1.03 : 0.97);
-  s.theta = rng.Uniform(-3.0, 3.0) * kPi / 180.0;
-  s.shift_x = rng.Uniform(-0.02, 0.02);
-  s.shift_y = rng.Uniform(-0.02, 0.02);
-  s.gain = rng.Uniform(0.88, 1.12) * options.contrast;
-  s.heel = rng.Uniform(-0.04, 0.04);
+  const double v = options.variation;
+  s.scale = Spread(rng.Uniform(0.92, 1.04), 0.98, v) * (subject.sex == 'M' ? 1.03 : 0.97);
+  s.theta = v * rng.Uniform(-3.0, 3.0) * kPi / 180.0;
+  s.shift_x = v * rng.Uniform(-0.02, 0.02);
+  s.shift_y = v * rng.Uniform(-0.02, 0.02);
+  s.gain = std::max(0.2, Spread(rng.Uniform(0.88, 1.12), 1.0, v)) * options.contrast;
+  s.heel = v * rng.Uniform(-0.04, 0.04);
   s.mediastinum = 0.045 * s.scale;
   s.lateral = 0.31 * s.scale;
   s.lung_cy = 0.455;
   s.lung_ay = 0.28 * s.scale;
   s.dome[0] = 0.66 * s.scale + 0.04;
   s.dome[1] = s.dome[0] + rng.Uniform(0.005, 0.025);  // the left hemidiaphragm sits lower
-  s.ctr_normal = std::clamp(0.42 + 0.04 * rng.Normal(), 0.34, 0.50);
+  s.ctr_normal = std::clamp(Spread(0.42 + 0.04 * rng.Normal(), 0.42, v), Spread(0.34, 0.42, v),
+                            Spread(0.50, 0.42, v));
   s.ctr_big = std::clamp(0.58 + 0.04 * rng.Normal(), 0.51, 0.68);
-  s.heart_cy = rng.Uniform(-0.015, 0.015);  // jitter of the heart's height
+  s.heart_cy = v * rng.Uniform(-0.015, 0.015);  // jitter of the heart's height
   s.rib_base = rng.Uniform(0.17, 0.20);
   s.rib_spacing = rng.Uniform(0.052, 0.06) * s.scale;
   DrawVessels(rng, s, 16, 0.035, 0.0035, 0.22, &s.vessels);
   for (int i = 0; i < 60; ++i) {  // faint mottling of normal lung
     s.parenchyma.push_back({SideX(s, i % 2, rng.Uniform(0.05, 0.95)), rng.Uniform(0.2, 0.7),
-                            rng.Uniform(0.01, 0.03), rng.Uniform(0.005, 0.02)});
+                            rng.Uniform(0.01, 0.03), v * rng.Uniform(0.005, 0.02)});
   }
   DrawFindingShapes(rng, &s);
+  ScaleFindings(options.finding_strength, &s);
   return s;
 }
 
@@ -336,6 +370,15 @@ absl::Status ValidatePhantomOptions(const PhantomOptions& o) {
   if (!(o.contrast > 0 && o.contrast <= 10)) {
     return bad(absl::StrCat("contrast must be in (0, 10], got ", o.contrast));
   }
+  if (!(o.finding_strength > 0 && o.finding_strength <= 2)) {
+    return bad(absl::StrCat("finding_strength must be in (0, 2], got ", o.finding_strength));
+  }
+  if (!(o.variation >= 0 && o.variation <= 3)) {
+    return bad(absl::StrCat("variation must be in [0, 3], got ", o.variation));
+  }
+  if (!(o.label_noise >= 0 && o.label_noise < 0.5)) {
+    return bad(absl::StrCat("label_noise must be in [0, 0.5), got ", o.label_noise));
+  }
   for (int i = 0; i < kNumPhantomLabels; ++i) {
     if (!(o.prevalence[i] >= 0 && o.prevalence[i] <= 1)) {
       return bad(absl::StrCat("prevalence of ", kPhantomLabels[i], " must be in [0, 1]"));
@@ -466,6 +509,7 @@ absl::Status WritePhantomDataset(const PhantomOptions& options, const std::strin
   std::string csv = absl::StrCat("key,", absl::StrJoin(columns, ","), "\n");
   PhantomSummary counts;
   Rng rng(options.seed);
+  Rng flips(options.seed ^ 0xA5A5F00DC0FFEEull);  // its own stream: the pixels do not depend on it
   PhantomSubject subject;
   std::string study_uid;
   for (int i = 0; i < options.count; ++i) {
@@ -486,7 +530,9 @@ absl::Status WritePhantomDataset(const PhantomOptions& options, const std::strin
     for (const std::string& name : columns) {
       const int k = std::find(kPhantomLabels.begin(), kPhantomLabels.end(), name) -
                     kPhantomLabels.begin();
-      csv += subject.findings[k] ? ",1" : ",0";
+      const bool flip = options.label_noise > 0 && flips.Uniform() < options.label_noise;
+      counts.label_flips += flip;
+      csv += subject.findings[k] != flip ? ",1" : ",0";
     }
     csv += "\n";
     ++counts.images;

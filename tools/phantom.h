@@ -26,6 +26,19 @@ struct PhantomOptions {
   uint64_t seed = 1;        // same seed, same pixels, labels and demographics (UIDs are fresh)
   double noise = 0.02;      // Gaussian noise sigma, as a fraction of the 12-bit range (>= 0)
   double contrast = 1.0;    // multiplies the tissue contrast (> 0): a site-shift knob
+  // How much every finding changes the image, in (0, 2]: 1 is the demo's clear findings; below
+  // about 0.5 they are subtle and overlap the normal variation between patients, so that a
+  // model needs hundreds to thousands of images to learn them (docs/STUDY.md). Opacities'
+  // density scales with it, each other finding with a power of it (tools/phantom.cc), so that
+  // at one strength the findings are about equally hard to learn.
+  double finding_strength = 1.0;
+  // Multiplies the spread of everything that varies between patients and acquisitions, in
+  // [0, 3]: body size, positioning (rotation, shift), exposure (gain, heel effect), the normal
+  // heart size and height, the lung's background mottling. 0: every patient alike.
+  double variation = 1.0;
+  // Probability that a label written to labels.csv is flipped (0 <-> 1), in [0, 0.5): reader
+  // error. The pixels show the true findings; PhantomSummary counts the flips.
+  double label_noise = 0.0;
   // Probability of each finding, in kPhantomLabels order, each in [0, 1].
   std::array<double, kNumPhantomLabels> prevalence = {0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3, 0.3};
   double male_fraction = 0.5;  // in [0, 1]
@@ -51,7 +64,8 @@ struct PhantomSummary {
   int images = 0;
   int patients = 0;
   int males = 0;
-  std::array<int, kNumPhantomLabels> positives = {};  // images with each finding
+  std::array<int, kNumPhantomLabels> positives = {};  // images with each (true) finding
+  int label_flips = 0;  // written labels that disagree with the image (label_noise)
 };
 
 // Renders one image, row-major size x size, values 0..4095, high = dense (MONOCHROME2 sense).

@@ -23,12 +23,15 @@ int Index(const std::string& label) {
   return 0;
 }
 
-std::vector<uint16_t> Render(const std::vector<std::string>& findings, uint64_t seed) {
+std::vector<uint16_t> Render(const std::vector<std::string>& findings, uint64_t seed,
+                             double strength = 1.0, double variation = 1.0) {
   PhantomSubject subject{"P1", 'M', 50, {}};
   for (const auto& f : findings) subject.findings[Index(f)] = true;
   PhantomOptions options;
   options.size = kSize;
   options.noise = 0;
+  options.finding_strength = strength;
+  options.variation = variation;
   return RenderPhantom(subject, options, seed);
 }
 
@@ -122,6 +125,82 @@ TEST(PhantomTest, CongestionAndAtelectasisBrightenTheLungs) {
   }
 }
 
+// Sum of |a - b| over all pixels, in 12-bit units.
+double AbsDiff(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b) {
+  double sum = 0;
+  for (size_t i = 0; i < a.size(); ++i) sum += std::abs(static_cast<int>(a[i]) - b[i]);
+  return sum;
+}
+
+TEST(PhantomTest, FindingStrengthScalesEveryFindingsEffect) {
+  for (const char* finding : {"cardiomegaly", "congestion", "effusion_left", "infiltrate_right",
+                              "atelectasis_left"}) {
+    for (uint64_t seed = 1; seed <= 4; ++seed) {
+      const auto base = Render({}, seed, 0.2);
+      const double full = AbsDiff(Render({finding}, seed, 1.0), Render({}, seed, 1.0));
+      const double subtle = AbsDiff(Render({finding}, seed, 0.2), base);
+      EXPECT_GT(subtle, 0) << finding << " seed " << seed << ": a subtle finding still shows";
+      EXPECT_LT(subtle, 0.6 * full) << finding << " seed " << seed;
+      // The patient does not change with the strength: only the finding does.
+      EXPECT_EQ(base, Render({}, seed, 1.0)) << finding << " seed " << seed;
+    }
+  }
+}
+
+TEST(PhantomTest, SubtleCardiomegalyOverlapsNormalHearts) {
+  double normal_sum = 0, big_sum = 0;
+  for (uint64_t seed = 1; seed <= 10; ++seed) {
+    normal_sum += MeasureCtr(Render({}, seed));
+    big_sum += MeasureCtr(Render({"cardiomegaly"}, seed, 0.1));
+  }
+  // sqrt(0.1) of the full enlargement (0.16): about 0.05, near the spread of normal hearts.
+  EXPECT_GT(big_sum / 10, normal_sum / 10 + 0.01);
+  EXPECT_LT(big_sum / 10, normal_sum / 10 + 0.08);
+}
+
+TEST(PhantomTest, VariationScalesTheDifferencesBetweenPatients) {
+  auto spread = [](double variation) {
+    double sum = 0;
+    for (uint64_t seed = 1; seed <= 6; ++seed) {
+      sum += AbsDiff(Render({}, seed, 1.0, variation), Render({}, seed + 100, 1.0, variation));
+    }
+    return sum;
+  };
+  const double none = spread(0.0), usual = spread(1.0), wide = spread(2.5);
+  EXPECT_LT(none, usual);
+  EXPECT_LT(usual, wide);
+  EXPECT_EQ(Render({}, 3, 1.0, 1.0), Render({}, 3));  // the default is variation 1
+}
+
+TEST(PhantomTest, LabelNoiseFlipsWrittenLabelsAtItsRateOnly) {
+  const std::string clean_dir = FreshTestDir(), noisy_dir = FreshTestDir();
+  PhantomOptions options;
+  options.count = 400;
+  options.size = 32;
+  options.labels_to_write = {"cardiomegaly", "effusion_left"};
+  PhantomSummary clean, noisy;
+  ASSERT_TRUE(WritePhantomDataset(options, clean_dir, &clean).ok());
+  options.label_noise = 0.2;
+  ASSERT_TRUE(WritePhantomDataset(options, noisy_dir, &noisy).ok());
+  EXPECT_EQ(clean.label_flips, 0);
+  EXPECT_EQ(clean.positives, noisy.positives);  // the same patients and findings
+  auto a = ReadLabelsCsv(clean_dir + "/labels.csv"), b = ReadLabelsCsv(noisy_dir + "/labels.csv");
+  ASSERT_TRUE(a.ok() && b.ok());
+  int differ = 0;
+  for (size_t i = 0; i < a->rows.size(); ++i) {
+    for (size_t k = 0; k < 2; ++k) differ += a->rows[i].second[k] != b->rows[i].second[k];
+  }
+  EXPECT_EQ(differ, noisy.label_flips);
+  EXPECT_NEAR(differ / 800.0, 0.2, 0.05);  // binomial(800, 0.2): sd 0.014
+  for (int i : {0, 57, 399}) {  // the pixels show the true findings, flipped or not
+    const std::string name = "/img_" + std::string(6 - std::to_string(i).size(), '0') +
+                             std::to_string(i) + ".dcm";
+    auto x = DecodeDicom(clean_dir + name, 0), y = DecodeDicom(noisy_dir + name, 0);
+    ASSERT_TRUE(x.ok() && y.ok());
+    EXPECT_EQ(x->pixels, y->pixels);
+  }
+}
+
 TEST(PhantomTest, RenderingIsDeterministicAndFast) {
   EXPECT_EQ(Render({"effusion_left"}, 5), Render({"effusion_left"}, 5));
   EXPECT_NE(Render({}, 5), Render({}, 6));
@@ -183,6 +262,18 @@ TEST(PhantomTest, BadOptionsAreRefusedByName) {
   options = PhantomOptions();
   options.prevalence[2] = 1.5;
   EXPECT_NE(std::string(ValidatePhantomOptions(options).message()).find("effusion_right"),
+            std::string::npos);
+  options = PhantomOptions();
+  options.finding_strength = 0;
+  EXPECT_NE(std::string(ValidatePhantomOptions(options).message()).find("finding_strength"),
+            std::string::npos);
+  options = PhantomOptions();
+  options.variation = 4;
+  EXPECT_NE(std::string(ValidatePhantomOptions(options).message()).find("variation"),
+            std::string::npos);
+  options = PhantomOptions();
+  options.label_noise = 0.5;
+  EXPECT_NE(std::string(ValidatePhantomOptions(options).message()).find("label_noise"),
             std::string::npos);
   options = PhantomOptions();
   options.count = 0;
