@@ -111,13 +111,15 @@ class Coordinator {
     double max_norm = 0;
     double clip_norm = 0;
     uint32_t attempt = 0;
+    uint64_t mean_weight = 0;  // its weight in the exact mean; 0 under a robust rule
   };
   // Checks an upload's header against the open round and marks the site as uploading.
   absl::StatusOr<UploadPlan> AdmitUpload(const Identity& who, const UploadHeader& header);
-  // Validates the chunk stream while writing it to `spool`; returns the update's L2 norm.
+  // Validates the chunk stream against `plan` while writing it to `spool`; returns the
+  // update's L2 norm.
   absl::StatusOr<double> ReceiveToSpool(const std::function<bool(UploadMessage*)>& next,
-                                        const std::vector<TensorMeta>& expected,
-                                        const std::string& spool, uint64_t* bytes);
+                                        const UploadPlan& plan, const std::string& spool,
+                                        uint64_t* bytes);
   // Folds a complete, validated update of `bytes` bytes spooled at `path`, scaled by `scale`,
   // into attempt `attempt` of the open round (refused if the round moved on meanwhile).
   // Under a robust rule (median, trimmed mean) it checks the spool and writes the receipt, and
@@ -125,9 +127,9 @@ class Coordinator {
   absl::Status FoldSpool(const std::string& path, const UploadHeader& header,
                          const std::string& site, const std::vector<size_t>& rows,
                          uint64_t bytes, double scale, uint32_t attempt);
-  // Folds the update read from `in` into `aggregator`; false on a read error (the aggregate
-  // then holds part of it).
-  bool FoldFile(Aggregator* aggregator, FILE* in) const;
+  // Folds the update read from `in` into `aggregator`; on an error (a read error: DATA_LOSS)
+  // the aggregate holds part of it.
+  absl::Status FoldFile(Aggregator* aggregator, FILE* in) const;
   // The open round's weighted-mean aggregate (null under a robust rule).
   Aggregator* MeanAggregator();
   // Under a robust rule, the open round's spools combined (median or trimmed mean) and ready

@@ -254,28 +254,38 @@ absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity&
   const JobSpec& spec = round_->spec;
   // A site cannot weigh more than the samples its task allows (twice the nominal count leaves
   // room for Poisson-sampled batches).
-  const uint64_t max_samples = 2 * uint64_t{spec.local_steps()} * spec.batch_size();
+  const uint64_t max_samples = std::min<uint64_t>(
+      2 * uint64_t{spec.local_steps()} * spec.batch_size(), Aggregator::kMaxWeight);
   if (header.num_samples() == 0 || header.num_samples() > max_samples) {
     return absl::InvalidArgumentError(absl::StrCat("num_samples ", header.num_samples(),
                                                    " is outside [1, ", max_samples, "]"));
   }
   ASSIGN_OR_RETURN(std::vector<size_t> rows, LabelRows(who.name, header));
   round_->uploading.insert(who.name);
+  // Under the weighted mean every value must fit the exact sum at this weight (checked while
+  // the update arrives, so that a refused one never reaches the aggregate).
+  const uint64_t mean_weight = round_->aggregator ? header.num_samples() : 0;
   return UploadPlan{round_->layout.shared, std::move(rows), spec.max_update_norm(),
-                    spec.clip_update_norm(), round_->attempt};
+                    spec.clip_update_norm(), round_->attempt, mean_weight};
 }
 
 absl::StatusOr<double> Coordinator::ReceiveToSpool(
-    const std::function<bool(UploadMessage*)>& next, const std::vector<TensorMeta>& expected,
+    const std::function<bool(UploadMessage*)>& next, const UploadPlan& plan,
     const std::string& spool, uint64_t* bytes) {
   std::unique_ptr<FILE, int (*)(FILE*)> out(std::fopen(spool.c_str(), "wb"), &std::fclose);
   if (!out) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot create spool file ", spool, ": ", std::strerror(errno)));
   }
-  ChunkReader reader(expected);
+  ChunkReader reader(plan.expected);
   double sum_squares = 0;
-  auto sink = [&](size_t, uint64_t, const float* data, size_t n) -> absl::Status {
+  auto sink = [&](size_t index, uint64_t offset, const float* data, size_t n) -> absl::Status {
+    if (plan.mean_weight > 0) {
+      if (absl::Status fits = Aggregator::CheckValues(plan.mean_weight, data, n); !fits.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            plan.expected[index].name, " (from element ", offset, "): ", fits.message()));
+      }
+    }
     for (size_t i = 0; i < n; ++i) sum_squares += double{data[i]} * data[i];
     if (std::fwrite(data, sizeof(float), n, out.get()) != n) {
       return absl::ResourceExhaustedError(
@@ -323,7 +333,7 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
     absl::StatusOr<double> norm =
         !slot.ok()        ? absl::StatusOr<double>(slot.status())
         : !stream.grant() ? absl::CancelledError("the site went away before its grant")
-                          : ReceiveToSpool(stream.next, plan->expected, spool, &bytes);
+                          : ReceiveToSpool(stream.next, *plan, spool, &bytes);
     status = norm.status();
     if (norm.ok() && plan->max_norm > 0 && *norm > plan->max_norm) {
       status = absl::InvalidArgumentError(
@@ -417,13 +427,15 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   RETURN_IF_ERROR(store_->AddReceipt(
       Receipt{header.job_id(), header.round(), attempt, site, header, scale, bytes, path}));
   if (aggregator != nullptr) {
-    aggregator->BeginUpdate(static_cast<double>(header.num_samples()), rows, scale);
-    if (!FoldFile(aggregator, in.get())) {
-      // An I/O error after the size check: the sum now holds part of an update, so this
-      // round's aggregate must not be applied; the round is run again.
+    RETURN_IF_ERROR(aggregator->BeginUpdate(header.num_samples(), rows, scale));
+    if (absl::Status folded = FoldFile(aggregator, in.get()); !folded.ok()) {
+      // An I/O error after the size check (or a value that passed the upload's checks yet not
+      // the fold's): the sum now holds part of an update, so this round's aggregate must not
+      // be applied; the round is run again.
+      aggregator->EndUpdate();
       absl::MutexLock lock(&mu_);
       round_->poisoned = true;
-      return absl::DataLossError(absl::StrCat("read error in spool file ", path,
+      return absl::DataLossError(absl::StrCat("spool file ", path, ": ", folded.message(),
                                               "; this round will be run again"));
     }
     aggregator->EndUpdate();
@@ -443,18 +455,20 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   return absl::OkStatus();
 }
 
-bool Coordinator::FoldFile(Aggregator* aggregator, FILE* in) const {
+absl::Status Coordinator::FoldFile(Aggregator* aggregator, FILE* in) const {
   std::vector<float> buffer(config_.chunk_bytes() / sizeof(float));
   for (size_t k = 0; k < aggregator->layout().shared.size(); ++k) {
     const uint64_t numel = aggregator->layout().shared[k].byte_size() / sizeof(float);
     for (uint64_t offset = 0; offset < numel;) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer.size(), numel - offset));
-      if (std::fread(buffer.data(), sizeof(float), n, in) != n) return false;
-      aggregator->Fold(k, offset, buffer.data(), n);
+      if (std::fread(buffer.data(), sizeof(float), n, in) != n) {
+        return absl::DataLossError("read error");
+      }
+      RETURN_IF_ERROR(aggregator->Fold(k, offset, buffer.data(), n));
       offset += n;
     }
   }
-  return true;
+  return absl::OkStatus();
 }
 
 absl::Status Coordinator::Report(const Identity& who, const MetricsReport& report) {
