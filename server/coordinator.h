@@ -146,8 +146,18 @@ class Coordinator {
   // (a cancel overwritten by an older copy would resume the job).
   absl::StatusOr<JobStatus> ChangeJob(const std::string& job_id,
                                       const std::function<absl::Status(JobStatus&)>& change);
-  void AttachReport(JobStatus& job, const std::string& site, const MetricsReport& report)
+  // OK when `site` may report `report` now: FAILED_PRECONDITION for a round that is not open,
+  // PERMISSION_DENIED for a site without its task, ALREADY_EXISTS when it reported on this round
+  // already, INVALID_ARGUMENT for figures it cannot have (see federation.proto, Report).
+  absl::Status CheckReport(const std::string& site, const MetricsReport& report)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records `site`'s report in `job`: as the site's latest, and beside the others of its round,
+  // whose figures are combined again. ALREADY_EXISTS when the round holds one of the site's.
+  absl::Status AttachReport(JobStatus& job, const std::string& site, const MetricsReport& report)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts and logs a report refused for its content or timing (stale or rejected); other
+  // errors (this side's, e.g. the store failed) are not counted.
+  void CountReportRefusal(const std::string& site, const absl::Status& status);
   bool JobCancelled(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Waits `seconds`; false (at once) when the job is cancelled or the coordinator shuts down.
   bool PauseUnlessCancelled(const std::string& job_id, double seconds);

@@ -27,16 +27,21 @@ namespace {
 
 double NowSeconds() { return absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()); }
 
-// Sample-weighted mean AUROC per label over the sites' reports, and the mean over labels.
-void PoolMetrics(const std::map<std::string, SiteReport>& reports, RoundSummary& summary) {
-  std::map<std::string, std::pair<double, double>> acc;  // label -> (sum auroc*n, n)
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+// Per finding, the median of the sites' AUROCs over the round's reports (unweighted: a site's
+// claimed image count buys it no weight) with their counts summed; and the mean over findings.
+void PoolMetrics(RoundSummary& summary) {
+  std::map<std::string, std::vector<double>> aurocs;  // label -> one per site
   std::map<std::string, LabelMetric> counts;
-  for (const auto& [site, report] : reports) {
+  for (const SiteReport& report : summary.reports()) {
     for (const LabelMetric& m : report.test()) {
       if (std::isnan(m.auroc())) continue;
-      const double n = static_cast<double>(m.positives() + m.negatives());
-      acc[m.label()].first += m.auroc() * n;
-      acc[m.label()].second += n;
+      aurocs[m.label()].push_back(m.auroc());
       LabelMetric& c = counts[m.label()];
       c.set_positives(c.positives() + m.positives());
       c.set_negatives(c.negatives() + m.negatives());
@@ -44,14 +49,61 @@ void PoolMetrics(const std::map<std::string, SiteReport>& reports, RoundSummary&
   }
   summary.clear_test();
   double mean = 0;
-  for (const auto& [label, sums] : acc) {
+  for (const auto& [label, values] : aurocs) {
     LabelMetric* m = summary.add_test();
     *m = counts[label];
     m->set_label(label);
-    m->set_auroc(sums.first / sums.second);
+    m->set_auroc(Median(values));
     mean += m->auroc();
   }
-  summary.set_mean_auroc(acc.empty() ? std::nan("") : mean / acc.size());
+  summary.set_mean_auroc(aurocs.empty() ? std::nan("") : mean / aurocs.size());
+}
+
+// INVALID_ARGUMENT unless every figure of `report` is one `site` can have: findings of `allowed`
+// (its labels in the job), each once, with counts within what it declared at Join, AUROCs NaN
+// or in [0, 1] (and defined only with both classes present), a finite loss.
+absl::Status CheckReportContent(const MetricsReport& report, const SiteInfo& site,
+                                const std::vector<std::string>& allowed) {
+  if (!std::isfinite(report.train_loss()) || report.train_loss() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("train_loss ", report.train_loss(), " is not a finite, non-negative number"));
+  }
+  if (report.test_images() > site.num_images()) {
+    return absl::InvalidArgumentError(absl::StrCat("test_images ", report.test_images(),
+                                                   " exceeds the ", site.num_images(),
+                                                   " images the site declared when it joined"));
+  }
+  std::set<std::string> seen;
+  for (const LabelMetric& m : report.test()) {
+    if (std::find(allowed.begin(), allowed.end(), m.label()) == allowed.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("finding '", m.label(), "' is not one this site holds in this job"));
+    }
+    if (!seen.insert(m.label()).second) {
+      return absl::InvalidArgumentError(absl::StrCat("finding '", m.label(), "' reported twice"));
+    }
+    SiteLabel declared;
+    for (const SiteLabel& l : site.labels()) {
+      if (l.name() == m.label()) declared = l;
+    }
+    if (m.positives() > declared.positives() || m.negatives() > declared.negatives() ||
+        m.positives() + m.negatives() > report.test_images()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "finding '", m.label(), "': ", m.positives(), " positives and ", m.negatives(),
+          " negatives exceed the site's declared ", declared.positives(), " and ",
+          declared.negatives(), " or its ", report.test_images(), " test images"));
+    }
+    if (std::isnan(m.auroc())) continue;
+    if (!(m.auroc() >= 0 && m.auroc() <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("finding '", m.label(), "': AUROC ", m.auroc(), " is outside [0, 1]"));
+    }
+    if (m.positives() == 0 || m.negatives() == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "finding '", m.label(), "': an AUROC without both positives and negatives"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 double MeanAuroc(const google::protobuf::RepeatedPtrField<LabelMetric>& metrics) {
@@ -471,31 +523,89 @@ absl::Status Coordinator::FoldFile(Aggregator* aggregator, FILE* in) const {
   return absl::OkStatus();
 }
 
-absl::Status Coordinator::Report(const Identity& who, const MetricsReport& report) {
-  return ChangeJob(report.job_id(), [&](JobStatus& job) {
-           mu_.AssertHeld();  // ChangeJob calls it under mu_
-           AttachReport(job, who.name, report);
-           if (round_ && round_->job_id == report.job_id() && round_->round == report.round()) {
-             round_->reported.insert(who.name);
-           }
-           return absl::OkStatus();
-         })
-      .status();
+absl::Status Coordinator::CheckReport(const std::string& site, const MetricsReport& report) {
+  if (!round_ || round_->job_id != report.job_id() || round_->round != report.round()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "round ", report.round(), " of job ", report.job_id(), " is not open (stale report)"));
+  }
+  if (!round_->assigned.count(site)) {
+    return absl::PermissionDeniedError("this site has no task in this round");
+  }
+  if (round_->reported.count(site)) {
+    return absl::AlreadyExistsError("this site already reported on this round");
+  }
+  return CheckReportContent(report, sites_[site].info, TrainLabels(round_->spec, site));
 }
 
+absl::Status Coordinator::Report(const Identity& who, const MetricsReport& report) {
+  absl::Status checked;
+  {
+    absl::MutexLock lock(&mu_);
+    checked = CheckReport(who.name, report);
+  }
+  absl::StatusOr<JobStatus> job =
+      checked.ok() ? ChangeJob(report.job_id(),
+                               [&](JobStatus& job) {
+                                 mu_.AssertHeld();  // ChangeJob calls it under mu_
+                                 return AttachReport(job, who.name, report);
+                               })
+                   : checked;
+  if (absl::IsAlreadyExists(job.status())) {  // resent (its answer was lost): it counts once
+    metrics_->ReportsWith("duplicate").Increment();
+    return absl::OkStatus();
+  }
+  if (!job.ok()) {
+    CountReportRefusal(who.name, job.status());
+    return job.status();
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (round_ && round_->job_id == report.job_id() && round_->round == report.round()) {
+      round_->reported.insert(who.name);
+    }
+  }
+  metrics_->ReportsWith("accepted").Increment();
+  if (report.round() >= 1 && report.round() <= static_cast<uint32_t>(job->rounds_size())) {
+    metrics_->job_mean_auroc.Add({{"job", job->job_id()}})
+        .Set(job->rounds(static_cast<int>(report.round()) - 1).mean_auroc());
+  }
+  return absl::OkStatus();
+}
 
-void Coordinator::AttachReport(JobStatus& job, const std::string& site,
-                               const MetricsReport& report) {
-  SiteReport* entry = SiteEntry(job, site);
-  *entry->mutable_test() = report.test();
-  entry->set_mean_auroc(MeanAuroc(report.test()));
+void Coordinator::CountReportRefusal(const std::string& site, const absl::Status& status) {
+  const bool stale = absl::IsFailedPrecondition(status) || absl::IsNotFound(status);
+  const bool refused = stale || absl::IsInvalidArgument(status) ||
+                       absl::IsPermissionDenied(status);
+  if (!refused) return;  // not the report's fault (e.g. the store failed): not counted
+  metrics_->ReportsWith(stale ? "stale" : "rejected").Increment();
+  Log(absl::StrCat("refused report from ", site, ": ", status.message()));
+  if (absl::Status s = store_->Audit(site, "report-refused", std::string(status.message()));
+      !s.ok()) {
+    Log(absl::StrCat("audit log write failed: ", s.message()));
+  }
+}
+
+absl::Status Coordinator::AttachReport(JobStatus& job, const std::string& site,
+                                       const MetricsReport& report) {
+  SiteReport own;
+  own.set_site(site);
+  *own.mutable_test() = report.test();
+  own.set_mean_auroc(MeanAuroc(report.test()));
   // A report for round r evaluates the model that round r - 1 produced.
-  if (report.round() == 0 || report.round() > static_cast<uint32_t>(job.rounds_size())) return;
-  std::map<std::string, SiteReport> by_site;
-  for (const SiteReport& s : job.sites()) by_site[s.site()] = s;
-  RoundSummary& summary = *job.mutable_rounds(static_cast<int>(report.round()) - 1);
-  PoolMetrics(by_site, summary);
-  metrics_->job_mean_auroc.Add({{"job", job.job_id()}}).Set(summary.mean_auroc());
+  if (report.round() >= 1 && report.round() <= static_cast<uint32_t>(job.rounds_size())) {
+    RoundSummary& summary = *job.mutable_rounds(static_cast<int>(report.round()) - 1);
+    for (const SiteReport& earlier : summary.reports()) {
+      if (earlier.site() == site) {  // also across a restart
+        return absl::AlreadyExistsError("this site already reported on this round");
+      }
+    }
+    *summary.add_reports() = own;
+    PoolMetrics(summary);
+  }
+  SiteReport* entry = SiteEntry(job, site);
+  *entry->mutable_test() = own.test();
+  entry->set_mean_auroc(own.mean_auroc());
+  return absl::OkStatus();
 }
 
 }  // namespace fl

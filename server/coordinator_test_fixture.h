@@ -123,9 +123,16 @@ class CoordinatorTest : public ::testing::Test {
     b_.reset();
   }
 
+  // Joins `site` with `labels`, each declared with 50 positive and 50 negative images.
   void Join(const std::string& site, const std::vector<std::string>& labels) {
     JoinRequest request;
-    for (const std::string& l : labels) request.add_labels()->set_name(l);
+    for (const std::string& l : labels) {
+      SiteLabel* label = request.add_labels();
+      label->set_name(l);
+      label->set_positives(50);
+      label->set_negatives(50);
+    }
+    request.set_num_images(100);
     ASSERT_TRUE(core_->Join({site, Role::kSite}, request).ok());
   }
 
@@ -309,15 +316,21 @@ class CoordinatorTest : public ::testing::Test {
   std::unique_ptr<SiteStream> a_, b_;
 };
 
-// The updates refused as invalid or hostile so far.
-inline double Rejected(prometheus::Registry& registry) {
-  for (const auto& family : registry.Collect()) {
-    if (family.name != "fl_coordinator_updates_total") continue;
-    for (const auto& m : family.metric) {
-      if (m.label[0].value == "rejected") return m.counter.value;
+// The value of counter `family`{result=`result`}.
+inline double Counted(prometheus::Registry& registry, const std::string& family,
+                      const std::string& result) {
+  for (const auto& f : registry.Collect()) {
+    if (f.name != family) continue;
+    for (const auto& m : f.metric) {
+      if (m.label[0].value == result) return m.counter.value;
     }
   }
   return 0;
+}
+
+// The updates refused as invalid or hostile so far.
+inline double Rejected(prometheus::Registry& registry) {
+  return Counted(registry, "fl_coordinator_updates_total", "rejected");
 }
 
 }  // namespace fl

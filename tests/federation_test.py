@@ -52,6 +52,14 @@ class FederationTest(unittest.TestCase):
                                                  "infiltrate_right"])
             text = fed.metrics()
             self.assertEqual(metric(text, "fl_coordinator_rounds_completed_total"), 2)
+            # The honest sites' reports pass the coordinator's checks: round 1's evaluation of
+            # round 0's model and the final one, each site's own figures kept beside the median.
+            self.assertEqual(
+                metric(text, "fl_coordinator_reports_total", {"result": "accepted"}), 6)
+            self.assertNotIn('fl_coordinator_reports_total{result="rejected"}', text)
+            for r in status["rounds"]:
+                self.assertEqual(sorted(s["site"] for s in r["reports"]), sorted(SITES))
+            self.assertIn("reported by", fed.flctl("job", "status", job_id).stdout)
             sites = json.loads(fed.flctl("sites", "--json").stdout)["sites"]
             self.assertEqual(sorted(s["name"] for s in sites), sorted(SITES))
             # The clients exit by themselves once no job is left.
