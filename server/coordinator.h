@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/clock.h"
 #include "common/tensor.h"
 #include "common/tls.h"
 #include "fl/config.pb.h"
@@ -33,9 +34,10 @@ using ModelInitFn = std::function<absl::StatusOr<ModelInit>(const JobSpec& spec)
 
 class Coordinator {
  public:
-  // REQUIRES: `config` validated; `store` and `metrics` outlive the coordinator.
+  // REQUIRES: `config` validated; `store`, `metrics` and `clock` outlive the coordinator.
+  // `clock` times the pauses between a round's tries (tests pass a ManualClock).
   Coordinator(CoordinatorConfig config, Store* store, CoordinatorMetrics* metrics,
-              ModelInitFn init);
+              ModelInitFn init, Clock* clock = &SystemClock());
   ~Coordinator();
 
   // Loads jobs from the store (a job that was running resumes from its last committed round)
@@ -159,8 +161,12 @@ class Coordinator {
   // errors (this side's, e.g. the store failed) are not counted.
   void CountReportRefusal(const std::string& site, const absl::Status& status);
   bool JobCancelled(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Waits `seconds`; false (at once) when the job is cancelled or the coordinator shuts down.
+  // Waits `seconds` on clock_; false (at once) when the job is cancelled or the coordinator
+  // shuts down.
   bool PauseUnlessCancelled(const std::string& job_id, double seconds);
+  // Runs round `round` of the job until it commits, pausing and trying again as
+  // config.round_retry() says when it loses its quorum; the error of the last try otherwise.
+  absl::Status RunTrainingRound(const std::string& job_id, uint32_t round);
   std::string CheckpointPath(const std::string& job_id, uint32_t round) const;
   // Deletes the spool files of every attempt of a committed round.
   void RemoveSpools(const std::string& job_id, uint32_t round);
@@ -176,6 +182,7 @@ class Coordinator {
   Store* const store_;
   CoordinatorMetrics* const metrics_;
   const ModelInitFn init_;
+  Clock* const clock_;
 
   absl::Mutex mu_;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;

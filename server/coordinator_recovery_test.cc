@@ -14,9 +14,11 @@ namespace fs = std::filesystem;
 
 // A commit that cannot be stored (the checkpoint folder replaced by a file: the write fails as it
 // would on a full disk) spends none of the job's attempts: the round's updates stay spooled,
-// and once storage is back they are committed, each exactly once.
+// and once storage is back they are committed, each exactly once. The pauses between tries (1 s,
+// doubling) are waited on a clock the test advances.
 TEST_F(CoordinatorTest, CommitThatCannotBeStoredWaitsForStorage) {
-  ConnectSites();
+  clock_ = &blocking_clock_;
+  Restart();
   JobSpec spec;
   spec.set_rounds(1);
   const std::string id = Submit(spec);
@@ -27,14 +29,18 @@ TEST_F(CoordinatorTest, CommitThatCannotBeStoredWaitsForStorage) {
   ASSERT_TRUE(WriteFileAtomic(checkpoints.string(), "in the way", 0600).ok());
   ASSERT_TRUE(UploadA(ta).ok());
   ASSERT_TRUE(UploadB(tb).ok());
-  for (int i = 0; i < 300 && metrics_.rounds_failed.Value() < 3; ++i) {  // pauses of 1 s, 2 s
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  size_t nth = 0;
+  for (absl::Duration pause : {absl::Seconds(1), absl::Seconds(2), absl::Seconds(4)}) {
+    ASSERT_TRUE(WaitForPause(++nth));
+    EXPECT_EQ(blocking_clock_.waits().back(), pause);
+    if (pause < absl::Seconds(4)) blocking_clock_.Advance(pause);
   }
   ASSERT_GE(metrics_.rounds_failed.Value(), 3);  // as many as the job has attempts
   EXPECT_GE(metrics_.storage_failures.Value(), 3);
   EXPECT_EQ(core_->GetJob(id)->state(), RUNNING);
   ASSERT_TRUE(fs::remove(checkpoints));
   ASSERT_TRUE(fs::create_directory(checkpoints));
+  blocking_clock_.Advance(absl::Seconds(4));
   Task final_task;
   do final_task = a_->Next();  // the final evaluation opens once round 0 is committed
   while (!final_task.job_id().empty() && !final_task.evaluate_only());

@@ -361,14 +361,58 @@ TEST_F(CoordinatorTest, ForgedEvaluationReportChangesNothingTheOperatorSees) {
   WaitForState(id, DONE);  // every tasked site reported once
 }
 
+// Nobody uploads: three tries of 1 s, with pauses of 1 s and 2 s between them (the default
+// round_retry, on a clock that passes them at once), then the job fails with the reason.
 TEST_F(CoordinatorTest, RoundWithoutQuorumIsRetriedThenFailsWithReason) {
-  ConnectSites();
+  clock_ = &instant_clock_;
+  Restart();
   JobSpec spec;
   spec.set_rounds(1);
   spec.set_round_deadline_seconds(1);
-  const std::string id = Submit(spec);  // nobody uploads: three attempts of 1 s, then failure
+  const std::string id = Submit(spec);
   JobStatus job = WaitForState(id, FAILED);
   EXPECT_NE(job.message().find("required updates"), std::string::npos) << job.message();
+  EXPECT_EQ(instant_clock_.waits(),
+            (std::vector<absl::Duration>{absl::Seconds(1), absl::Seconds(2)}));
+  EXPECT_EQ(metrics_.rounds_failed.Value(), 3);
+}
+
+// A round that loses its quorum to declines (e.g. both sites' disks are full for a while) is
+// tried again only after a pause, doubling up to round_retry.max_seconds, and the job fails
+// after round_retry.attempts tries. The clock blocks, so the test looks at the scheduler in
+// each pause and ends it; nothing sleeps through a real back-off.
+TEST_F(CoordinatorTest, QuorumLostToDeclinesIsTriedAgainAfterBackOff) {
+  config_.mutable_round_retry()->set_initial_seconds(10);
+  config_.mutable_round_retry()->set_max_seconds(15);
+  config_.mutable_round_retry()->set_attempts(4);
+  clock_ = &blocking_clock_;
+  Restart();
+  JobSpec spec;
+  spec.set_rounds(1);
+  const std::string id = Submit(spec);
+  auto decline_both = [&] {
+    for (SiteStream* site : {a_.get(), b_.get()}) {
+      const Task task = site->Next();
+      DeclineRequest request;
+      request.set_job_id(task.job_id());
+      request.set_round(task.round());
+      request.set_reason("disk full");
+      ASSERT_TRUE(core_->Decline(site->who(), request).ok());
+    }
+  };
+  size_t nth = 0;
+  for (absl::Duration pause : {absl::Seconds(10), absl::Seconds(15), absl::Seconds(15)}) {
+    decline_both();
+    ASSERT_TRUE(WaitForPause(++nth));
+    EXPECT_EQ(blocking_clock_.waits().back(), pause);
+    EXPECT_EQ(core_->GetJob(id)->state(), RUNNING);
+    blocking_clock_.Advance(pause);
+  }
+  decline_both();  // the fourth try: the job fails, with no pause after it
+  const JobStatus job = WaitForState(id, FAILED);
+  EXPECT_NE(job.message().find("disk full"), std::string::npos) << job.message();
+  EXPECT_EQ(blocking_clock_.waits().size(), 3u);
+  EXPECT_EQ(metrics_.rounds_failed.Value(), 4);
 }
 
 }  // namespace

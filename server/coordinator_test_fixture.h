@@ -97,7 +97,7 @@ class CoordinatorTest : public ::testing::Test {
     config_.set_state_dir(dir_);
     config_.set_chunk_bytes(8);  // several chunks per tensor
     store_ = std::move(Store::Open(dir_ + "/state.db")).value();
-    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init());
+    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init(), clock_);
     ASSERT_TRUE(core_->Start().ok());
     Join("site-a", {"a", "b"});
     Join("site-b", {"a"});
@@ -258,7 +258,7 @@ class CoordinatorTest : public ::testing::Test {
     core_->Shutdown();
     a_.reset();
     b_.reset();
-    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init());
+    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init(), clock_);
     ASSERT_TRUE(core_->Start().ok());
     ConnectSites();
   }
@@ -297,6 +297,18 @@ class CoordinatorTest : public ::testing::Test {
     EXPECT_FLOAT_EQ(weights[2].data[1], 6.0f);
   }
 
+  // Waits (up to 20 s) until the scheduler is in its `nth` pause on blocking_clock_ (1: the
+  // first).
+  bool WaitForPause(size_t nth) {
+    auto in_it = [&] {
+      return blocking_clock_.waits().size() == nth && blocking_clock_.waiting() == 1;
+    };
+    for (int i = 0; i < 400 && !in_it(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return in_it();
+  }
+
   JobStatus WaitForState(const std::string& id, JobState state) {
     for (int i = 0; i < 400; ++i) {
       auto job = core_->GetJob(id);
@@ -306,6 +318,12 @@ class CoordinatorTest : public ::testing::Test {
     ADD_FAILURE() << "job " << id << " never reached state " << state;
     return JobStatus();
   }
+
+  // The clock of the pauses between a round's tries: the real one unless a test picks one of
+  // the manual ones (then Restart). Declared before core_, so they outlive it.
+  ManualClock instant_clock_;
+  ManualClock blocking_clock_{absl::FromUnixSeconds(1'700'000'000), /*blocking=*/true};
+  Clock* clock_ = &SystemClock();
 
   std::string dir_;
   CoordinatorConfig config_;
