@@ -1,6 +1,7 @@
 // fl-bench aggregate: how close the coordinator's fold comes to memory
 // bandwidth, and how much memory folding many updates takes relative to the
 // model.
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 #include <functional>
@@ -49,10 +50,9 @@ absl::Status FoldValidated(
         &stream) {
   ChunkReader reader(aggregator.layout().shared);
   const ChunkReader::Sink sink = [&](size_t index, uint64_t offset, const float *data, size_t n) {
-    aggregator.Fold(index, offset, data, n);
-    return absl::OkStatus();
+    return aggregator.Fold(index, offset, data, n);
   };
-  aggregator.BeginUpdate(100.0 + site, SiteLabelRows(site));
+  RETURN_IF_ERROR(aggregator.BeginUpdate(100 + site, SiteLabelRows(site)));
   RETURN_IF_ERROR(stream([&](const TensorChunk &chunk) { return reader.Add(chunk, sink); }));
   RETURN_IF_ERROR(reader.Finish());
   aggregator.EndUpdate();
@@ -86,7 +86,7 @@ absl::StatusOr<double> PeakMemoryModelRatio(const std::vector<TensorMeta> &metas
 }
 
 struct FoldTimes {
-  double memcpy_s, fold_s, validated_s;
+  double memcpy_s, float_fold_s, fold_s, validated_s;
 };
 
 // Best-of times for copying, folding and validating+folding one in-memory
@@ -107,14 +107,26 @@ absl::StatusOr<FoldTimes> TimeFold(const std::vector<TensorMeta> &metas) {
                      });
                      return absl::OkStatus();
                    }));
+  // The order-dependent float fold of earlier versions (backbone and head alike), as the
+  // baseline of the exact one.
+  std::fill(destination.begin(), destination.end(), 0.0f);
+  ASSIGN_OR_RETURN(times.float_fold_s, BestOf(15, [&] {
+                     size_t at = 0;
+                     ForEachChunk(update, [&](size_t, size_t, const float *data, size_t n) {
+                       AxpyFloat(100.0f, data, destination.data() + at, n);
+                       at += n;
+                     });
+                     return absl::OkStatus();
+                   }));
   ASSIGN_OR_RETURN(times.fold_s, BestOf(15, [&] {
-                     aggregator.BeginUpdate(100.0, SiteLabelRows(1));
+                     RETURN_IF_ERROR(aggregator.BeginUpdate(100, SiteLabelRows(1)));
+                     absl::Status folded;
                      ForEachChunk(update,
                                   [&](size_t index, size_t offset, const float *data, size_t n) {
-                                    aggregator.Fold(index, offset, data, n);
+                                    if (folded.ok()) folded = aggregator.Fold(index, offset, data, n);
                                   });
                      aggregator.EndUpdate();
-                     return absl::OkStatus();
+                     return folded;
                    }));
   ASSIGN_OR_RETURN(
       times.validated_s, BestOf(5, [&] {
@@ -144,12 +156,16 @@ absl::Status RunAggregateBench(const std::vector<std::string> &args) {
   ASSIGN_OR_RETURN(const double memory_ratio, PeakMemoryModelRatio(metas, flags[1]));
   ASSIGN_OR_RETURN(const FoldTimes t, TimeFold(metas));
   std::printf("memcpy:          %8.1f MiB/s (best of 15)\n", MibPerSecond(bytes, t.memcpy_s));
-  std::printf("fold:            %8.1f MiB/s (best of 15)\n", MibPerSecond(bytes, t.fold_s));
+  std::printf("float fold:      %8.1f MiB/s (best of 15; the order-dependent fold of before)\n",
+              MibPerSecond(bytes, t.float_fold_s));
+  std::printf("fold:            %8.1f MiB/s (best of 15; exact, 128-bit fixed point)\n",
+              MibPerSecond(bytes, t.fold_s));
   std::printf(
       "validated fold:  %8.1f MiB/s (best of 5; WriteTensorChunks -> "
       "ChunkReader -> Fold)\n",
       MibPerSecond(bytes, t.validated_s));
   PrintKeyValues({{"aggregate_ratio", t.memcpy_s / t.fold_s},
+                  {"exact_over_float_fold_ratio", t.fold_s / t.float_fold_s},
                   {"validated_ratio", t.memcpy_s / t.validated_s},
                   {"peak_memory_model_ratio", memory_ratio}});
   return absl::OkStatus();

@@ -159,6 +159,31 @@ template absl::StatusOr<ClientConfig> LoadTextProto(const std::string&);
 template absl::StatusOr<AdminConfig> LoadTextProto(const std::string&);
 template absl::StatusOr<JobSpec> LoadTextProto(const std::string&);
 
+RoundRetry RoundRetryWithDefaults(RoundRetry retry) {
+  if (!retry.has_initial_seconds()) retry.set_initial_seconds(1);
+  if (!retry.has_max_seconds()) retry.set_max_seconds(std::max(60.0, retry.initial_seconds()));
+  if (retry.attempts() == 0) retry.set_attempts(3);
+  return retry;
+}
+
+namespace {
+
+// Fills RoundRetry's defaults and checks its ranges.
+absl::Status ValidateRoundRetry(RoundRetry* retry) {
+  *retry = RoundRetryWithDefaults(*retry);
+  if (!(retry->initial_seconds() >= 0 && retry->initial_seconds() <= 3600)) {
+    return Invalid("round_retry.initial_seconds",
+                   absl::StrCat("must be in [0, 3600], got ", retry->initial_seconds()));
+  }
+  if (!(retry->max_seconds() >= retry->initial_seconds() && retry->max_seconds() <= 86400)) {
+    return Invalid("round_retry.max_seconds",
+                   absl::StrCat("must be in [initial_seconds, 86400], got ", retry->max_seconds()));
+  }
+  return InRange("round_retry.attempts", retry->attempts(), 1, 1000);
+}
+
+}  // namespace
+
 absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig config) {
   RETURN_IF_ERROR(ValidateAddress("listen_address", config.listen_address()));
   RETURN_IF_ERROR(RequireNonEmpty("state_dir", config.state_dir()));
@@ -173,6 +198,7 @@ absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig co
   RETURN_IF_ERROR(InRange("max_concurrent_transfers", config.max_concurrent_transfers(), 1, 1024));
   if (config.grpc_memory_mib() == 0) config.set_grpc_memory_mib(64);
   RETURN_IF_ERROR(InRange("grpc_memory_mib", config.grpc_memory_mib(), 16, 1 << 20));
+  RETURN_IF_ERROR(ValidateRoundRetry(config.mutable_round_retry()));
   for (std::string& fingerprint : *config.mutable_revoked_certificates()) {
     fingerprint = absl::AsciiStrToLower(fingerprint);
     if (fingerprint.size() != 64 ||

@@ -17,6 +17,10 @@ absl::StatusOr<T> ParseTextProto(const std::string& text, const std::string& ori
 template <typename T>
 absl::StatusOr<T> LoadTextProto(const std::string& path);
 
+// `retry` with its unset fields at their defaults (1 s, doubling to 60 s, 3 tries); both
+// ValidateCoordinatorConfig and the coordinator (whose tests build configs by hand) use it.
+RoundRetry RoundRetryWithDefaults(RoundRetry retry);
+
 // Each validates, fills defaults for unset fields, and returns the completed message.
 absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig config);
 absl::StatusOr<ClientConfig> ValidateClientConfig(ClientConfig config);

@@ -2,6 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
 namespace fl {
 namespace {
 
@@ -136,6 +141,34 @@ TEST(ConfigTest, RevokedCertificatesMustBeFingerprints) {
   config.add_revoked_certificates("alice");
   EXPECT_NE(ValidateCoordinatorConfig(config).status().message().find("revoked_certificates"),
             std::string::npos);
+}
+
+TEST(ConfigTest, RoundRetryDefaultsAndRanges) {
+  auto parsed = ParseTextProto<CoordinatorConfig>(
+      R"pb(listen_address: "0.0.0.0:7443" state_dir: "s"
+           tls { ca_file: "ca" cert_file: "c" key_file: "k" })pb",
+      "coordinator.conf");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  auto valid = ValidateCoordinatorConfig(*parsed);
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  EXPECT_EQ(valid->round_retry().initial_seconds(), 1);
+  EXPECT_EQ(valid->round_retry().max_seconds(), 60);
+  EXPECT_EQ(valid->round_retry().attempts(), 3u);
+  CoordinatorConfig config = *parsed;
+  config.mutable_round_retry()->set_initial_seconds(0);  // set to 0: retry at once
+  EXPECT_EQ(ValidateCoordinatorConfig(config)->round_retry().initial_seconds(), 0);
+  config.mutable_round_retry()->set_initial_seconds(120);  // max follows a larger initial
+  EXPECT_EQ(ValidateCoordinatorConfig(config)->round_retry().max_seconds(), 120);
+  for (auto [field, change] : std::vector<std::pair<std::string, std::function<void(RoundRetry&)>>>{
+           {"round_retry.initial_seconds", [](RoundRetry& r) { r.set_initial_seconds(-1); }},
+           {"round_retry.max_seconds", [](RoundRetry& r) { r.set_max_seconds(0.5); }},
+           {"round_retry.attempts", [](RoundRetry& r) { r.set_attempts(5000); }}}) {
+    config = *parsed;
+    change(*config.mutable_round_retry());
+    EXPECT_NE(ValidateCoordinatorConfig(config).status().message().find(field),
+              std::string::npos)
+        << field;
+  }
 }
 
 TEST(ConfigTest, MissingFileNamed) {

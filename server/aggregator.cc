@@ -1,5 +1,6 @@
 #include "server/aggregator.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -30,20 +31,62 @@ void AxpyFloat(float weight, const float* __restrict data, float* __restrict sum
   for (size_t i = 0; i < n; ++i) sum[i] += weight * data[i];
 }
 
-Aggregator::Aggregator(UpdateLayout layout, size_t num_labels)
-    : layout_(std::move(layout)), num_labels_(num_labels), label_weight_(num_labels, 0.0) {
-  sums_.reserve(layout_.shared.size());
-  for (const TensorMeta& meta : layout_.shared) {
-    sums_.emplace_back(meta.byte_size() / sizeof(float), 0.0f);
+namespace {
+
+// |value × multiplier| above this is refused: kMaxContribution in fixed point.
+constexpr double kFixedLimit = Aggregator::kMaxContribution * 0x1p40;
+static_assert(Aggregator::kFractionBits == 40, "kFixedLimit and kFromFixed assume 2^40");
+constexpr double kFromFixed = 0x1p-40;
+
+// The fixed-point term of one value: trunc(value × multiplier). Truncation (cvttsd2si) does not
+// depend on the FPU's rounding mode, so every process computes the same integer.
+inline bool ToFixed(float value, double multiplier, __int128* term) {
+  const double v = double{value} * multiplier;
+  if (std::fabs(v) < 0x1p63) [[likely]] {
+    *term = static_cast<int64_t>(v);
+    return true;
+  }
+  if (!(std::fabs(v) <= kFixedLimit)) return false;  // also NaN
+  *term = static_cast<__int128>(v);  // |v| >= 2^63 is a whole number: exact
+  return true;
+}
+
+// sum[i] += term(data[i]) for i < n; stops before the first value out of range and returns its
+// index (n when none).
+size_t AddFixed(double multiplier, const float* __restrict data, __int128* __restrict sum,
+                size_t n) {
+  __int128 term;
+  for (size_t i = 0; i < n; ++i) {
+    if (!ToFixed(data[i], multiplier, &term)) [[unlikely]] return i;
+    sum[i] += term;
+  }
+  return n;
+}
+
+// Takes back exactly what AddFixed added for the same values.
+void SubtractFixed(double multiplier, const float* __restrict data, __int128* __restrict sum,
+                   size_t n) {
+  __int128 term;
+  for (size_t i = 0; i < n; ++i) {
+    ToFixed(data[i], multiplier, &term);
+    sum[i] -= term;
   }
 }
 
-Aggregator::Aggregator(UpdateLayout layout, size_t num_labels,
-                       std::vector<std::vector<float>> sums)
-    : layout_(std::move(layout)),
-      num_labels_(num_labels),
-      sums_(std::move(sums)),
-      label_weight_(num_labels, 0.0) {}
+double FixedToDouble(__int128 sum) {
+  const int64_t low = static_cast<int64_t>(sum);
+  return low == sum ? static_cast<double>(low) : static_cast<double>(sum);
+}
+
+}  // namespace
+
+Aggregator::Aggregator(UpdateLayout layout, size_t num_labels)
+    : layout_(std::move(layout)), num_labels_(num_labels), label_weight_(num_labels, 0) {
+  sums_.reserve(layout_.shared.size());
+  for (const TensorMeta& meta : layout_.shared) {
+    sums_.emplace_back(meta.byte_size() / sizeof(float), 0);
+  }
+}
 
 absl::StatusOr<Aggregator> Aggregator::FromAverage(UpdateLayout layout, size_t num_labels,
                                                    std::vector<std::vector<float>> average,
@@ -61,42 +104,107 @@ absl::StatusOr<Aggregator> Aggregator::FromAverage(UpdateLayout layout, size_t n
                                                      average[k].size(), " values"));
     }
   }
-  // The sums hold the average itself, so every weight is 1 (or 0 for rows nobody covered).
-  Aggregator aggregator(std::move(layout), num_labels, std::move(average));
-  aggregator.total_weight_ = updates > 0 ? 1.0 : 0.0;
-  for (size_t r = 0; r < num_labels; ++r) aggregator.label_weight_[r] = row_covered[r] ? 1.0 : 0.0;
+  Aggregator aggregator(UpdateLayout{}, num_labels);
+  aggregator.layout_ = std::move(layout);
+  aggregator.average_ = std::move(average);
+  aggregator.from_average_ = true;
+  aggregator.total_weight_ = updates > 0 ? 1 : 0;
+  for (size_t r = 0; r < num_labels; ++r) aggregator.label_weight_[r] = row_covered[r] ? 1 : 0;
   aggregator.updates_ = updates;
   return aggregator;
 }
 
-void Aggregator::BeginUpdate(double weight, std::vector<size_t> label_rows, double scale) {
+absl::Status Aggregator::CheckValues(uint64_t weight, const float* data, size_t n) {
+  const double multiplier = static_cast<double>(weight) * 0x1p40;
+  __int128 term;
+  for (size_t i = 0; i < n; ++i) {
+    if (ToFixed(data[i], multiplier, &term)) continue;
+    if (!std::isfinite(data[i])) {
+      return absl::InvalidArgumentError(absl::StrCat("non-finite value at element ", i));
+    }
+    return absl::InvalidArgumentError(absl::StrCat(
+        "value ", data[i], " at element ", i, " times the update's weight ", weight,
+        " exceeds the bound of the exact sum (", kMaxContribution, ")"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Aggregator::BeginUpdate(uint64_t weight, std::vector<size_t> label_rows,
+                                     double scale) {
+  if (in_update_ || from_average_ || spent_) {
+    return absl::FailedPreconditionError(
+        in_update_ ? "BeginUpdate inside an update" : "this aggregator takes no more updates");
+  }
+  if (weight == 0 || weight > kMaxWeight) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("update weight ", weight, " is outside [1, ", kMaxWeight, "]"));
+  }
+  if (!(scale > 0 && scale <= 1)) {
+    return absl::InvalidArgumentError(absl::StrCat("update scale ", scale, " is outside (0, 1]"));
+  }
+  if (updates_ >= kMaxUpdates) {
+    return absl::InvalidArgumentError(absl::StrCat("more than ", kMaxUpdates, " updates"));
+  }
+  in_update_ = true;
   weight_ = weight;
-  scale_ = scale;
+  multiplier_ = static_cast<double>(weight) * scale * 0x1p40;
   row_on_.assign(num_labels_, false);
   for (size_t row : label_rows) {
     if (row < num_labels_) row_on_[row] = true;
   }
+  return absl::OkStatus();
 }
 
-void Aggregator::Fold(size_t index, uint64_t offset, const float* data, size_t n) {
-  float* sum = sums_[index].data() + offset;
-  const float w = static_cast<float>(weight_ * scale_);
+template <typename Fn>
+void Aggregator::ForEachRun(size_t index, uint64_t offset, size_t n, Fn&& fn) const {
   if (!layout_.is_head[index]) {
-    AxpyFloat(w, data, sum, n);
+    fn(size_t{0}, n);
     return;
   }
-  // Head tensor: fold only the rows of labels this update carries.
-  const uint64_t row_len = (sums_[index].size()) / num_labels_;
+  const uint64_t row_len = sums_[index].size() / num_labels_;
   for (size_t i = 0; i < n;) {
     const uint64_t element = offset + i;
     const uint64_t row = element / row_len;
-    const size_t run = static_cast<size_t>(std::min<uint64_t>(n - i, (row + 1) * row_len - element));
-    if (row_on_[row]) AxpyFloat(w, data + i, sum + i, run);
+    const size_t run =
+        static_cast<size_t>(std::min<uint64_t>(n - i, (row + 1) * row_len - element));
+    if (row_on_[row] && !fn(i, run)) return;
     i += run;
   }
 }
 
+absl::Status Aggregator::Fold(size_t index, uint64_t offset, const float* data, size_t n) {
+  if (!in_update_) return absl::FailedPreconditionError("Fold outside an update");
+  if (index >= sums_.size() || offset > sums_[index].size() ||
+      n > sums_[index].size() - offset) {
+    return absl::OutOfRangeError(absl::StrCat("fold of ", n, " values at ", offset,
+                                              " is outside shared tensor ", index));
+  }
+  if (n == 0) return absl::OkStatus();
+  __int128* sum = sums_[index].data() + offset;
+  size_t bad = n;
+  ForEachRun(index, offset, n, [&](size_t start, size_t length) {
+    const size_t done = AddFixed(multiplier_, data + start, sum + start, length);
+    if (done < length) bad = start + done;
+    return done == length;
+  });
+  if (bad == n) return absl::OkStatus();
+  // Take this call's terms back (integer sums: exactly), so the refused chunk leaves no trace.
+  ForEachRun(index, offset, bad, [&](size_t start, size_t length) {
+    SubtractFixed(multiplier_, data + start, sum + start, length);
+    return true;
+  });
+  return absl::InvalidArgumentError(absl::StrCat(
+      std::isfinite(data[bad]) ? "" : "non-finite ", "value ", data[bad], " at element ",
+      offset + bad, " of ", layout_.shared[index].name,
+      std::isfinite(data[bad])
+          ? absl::StrCat(" times the update's weight ", weight_,
+                         " exceeds the bound of the exact sum (", kMaxContribution, ")")
+          : ""));
+}
+
 void Aggregator::EndUpdate() {
+  if (!in_update_) return;
+  in_update_ = false;
   total_weight_ += weight_;
   for (size_t r = 0; r < num_labels_; ++r) {
     if (row_on_[r]) label_weight_[r] += weight_;
@@ -125,7 +233,9 @@ float AdaptiveStep(const ServerOptimizer& opt, float delta, float& m, float& v) 
 absl::StatusOr<TensorList> Aggregator::NextModel(const ServerOptimizer& optimizer,
                                                  const TensorList& global,
                                                  OptimizerMoments* moments) {
-  if (updates_ == 0 || total_weight_ <= 0) {
+  if (spent_) return absl::FailedPreconditionError("the aggregate was already applied");
+  if (in_update_) return absl::FailedPreconditionError("an update is still being folded");
+  if (updates_ == 0 || total_weight_ == 0) {
     return absl::FailedPreconditionError("no update to apply");
   }
   const bool adaptive = optimizer.kind() == FEDADAM || optimizer.kind() == FEDYOGI;
@@ -135,34 +245,39 @@ absl::StatusOr<TensorList> Aggregator::NextModel(const ServerOptimizer& optimize
       moments->v.push_back({t.name, t.shape, std::vector<float>(t.data.size(), 0.0f)});
     }
   }
-  // Each shared tensor's sum buffer becomes that tensor of the next model, so the peak is the
-  // global model plus the sums, never a third copy.
-  std::vector<int64_t> shared_at(global.size(), -1);
-  for (size_t k = 0; k < sums_.size(); ++k) {
-    const size_t g = layout_.global_index[k];
-    shared_at[g] = static_cast<int64_t>(k);
-    std::vector<float>& sum = sums_[k];
-    const std::vector<float>& current = global[g].data;
-    const size_t row_len = layout_.is_head[k] ? sum.size() / num_labels_ : sum.size();
-    for (size_t i = 0; i < sum.size(); ++i) {
-      const double w = layout_.is_head[k] ? label_weight_[i / row_len] : total_weight_;
-      if (w <= 0) {  // nobody trained this head row
-        sum[i] = current[i];
-        continue;
-      }
-      const float delta = static_cast<float>(sum[i] / w);
-      sum[i] = current[i] + (adaptive ? AdaptiveStep(optimizer, delta, moments->m[g].data[i],
-                                                     moments->v[g].data[i])
-                                      : static_cast<float>(optimizer.learning_rate()) * delta);
-    }
-  }
+  const float lr = static_cast<float>(optimizer.learning_rate());
   TensorList next;
   next.reserve(global.size());
-  for (size_t g = 0; g < global.size(); ++g) {
-    next.push_back({global[g].name, global[g].shape,
-                    shared_at[g] < 0 ? global[g].data : std::move(sums_[shared_at[g]])});
+  for (const NamedTensor& t : global) next.push_back({t.name, t.shape, {}});
+  std::vector<bool> shared(global.size(), false);
+  for (size_t k = 0; k < layout_.shared.size(); ++k) {
+    const size_t g = layout_.global_index[k];
+    shared[g] = true;
+    const std::vector<float>& current = global[g].data;
+    std::vector<float> out =
+        from_average_ ? std::move(average_[k]) : std::vector<float>(current.size());
+    const size_t row_len = layout_.is_head[k] ? out.size() / num_labels_ : out.size();
+    for (size_t i = 0; i < out.size(); ++i) {
+      const uint64_t w = layout_.is_head[k] ? label_weight_[i / row_len] : total_weight_;
+      if (w == 0) {  // nobody trained this head row
+        out[i] = current[i];
+        continue;
+      }
+      const float delta =
+          from_average_
+              ? out[i]
+              : static_cast<float>(FixedToDouble(sums_[k][i]) * kFromFixed / static_cast<double>(w));
+      out[i] = current[i] + (adaptive ? AdaptiveStep(optimizer, delta, moments->m[g].data[i],
+                                                     moments->v[g].data[i])
+                                      : lr * delta);
+    }
+    next[g].data = std::move(out);
+    if (!from_average_) std::vector<__int128>().swap(sums_[k]);  // memory back as we go
   }
-  updates_ = 0;  // the sums are gone
+  for (size_t g = 0; g < global.size(); ++g) {
+    if (!shared[g]) next[g].data = global[g].data;
+  }
+  spent_ = true;
   return next;
 }
 

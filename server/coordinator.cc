@@ -40,8 +40,12 @@ std::string NewJobId(const std::string& name) {
 }  // namespace
 
 Coordinator::Coordinator(CoordinatorConfig config, Store* store, CoordinatorMetrics* metrics,
-                         ModelInitFn init)
-    : config_(std::move(config)), store_(store), metrics_(metrics), init_(std::move(init)) {}
+                         ModelInitFn init, Clock* clock)
+    : config_(std::move(config)),
+      store_(store),
+      metrics_(metrics),
+      init_(std::move(init)),
+      clock_(clock) {}
 
 Coordinator::~Coordinator() { Shutdown(); }
 

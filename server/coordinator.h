@@ -15,6 +15,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/clock.h"
 #include "common/tensor.h"
 #include "common/tls.h"
 #include "fl/config.pb.h"
@@ -34,9 +35,10 @@ using ModelInitFn = std::function<absl::StatusOr<ModelInit>(const JobSpec& spec)
 
 class Coordinator {
  public:
-  // REQUIRES: `config` validated; `store` and `metrics` outlive the coordinator.
+  // REQUIRES: `config` validated; `store`, `metrics` and `clock` outlive the coordinator.
+  // `clock` times the pauses between a round's tries (tests pass a ManualClock).
   Coordinator(CoordinatorConfig config, Store* store, CoordinatorMetrics* metrics,
-              ModelInitFn init);
+              ModelInitFn init, Clock* clock = &SystemClock());
   ~Coordinator();
 
   // Loads jobs from the store (a job that was running resumes from its last committed round)
@@ -112,13 +114,15 @@ class Coordinator {
     double max_norm = 0;
     double clip_norm = 0;
     uint32_t attempt = 0;
+    uint64_t mean_weight = 0;  // its weight in the exact mean; 0 under a robust rule
   };
   // Checks an upload's header against the open round and marks the site as uploading.
   absl::StatusOr<UploadPlan> AdmitUpload(const Identity& who, const UploadHeader& header);
-  // Validates the chunk stream while writing it to `spool`; returns the update's L2 norm.
+  // Validates the chunk stream against `plan` while writing it to `spool`; returns the
+  // update's L2 norm.
   absl::StatusOr<double> ReceiveToSpool(const std::function<bool(UploadMessage*)>& next,
-                                        const std::vector<TensorMeta>& expected,
-                                        const std::string& spool, uint64_t* bytes);
+                                        const UploadPlan& plan, const std::string& spool,
+                                        uint64_t* bytes);
   // Folds a complete, validated update of `bytes` bytes spooled at `path`, scaled by `scale`,
   // into attempt `attempt` of the open round (refused if the round moved on meanwhile).
   // Under a robust rule (median, trimmed mean) it checks the spool and writes the receipt, and
@@ -126,9 +130,9 @@ class Coordinator {
   absl::Status FoldSpool(const std::string& path, const UploadHeader& header,
                          const std::string& site, const std::vector<size_t>& rows,
                          uint64_t bytes, double scale, uint32_t attempt);
-  // Folds the update read from `in` into `aggregator`; false on a read error (the aggregate
-  // then holds part of it).
-  bool FoldFile(Aggregator* aggregator, FILE* in) const;
+  // Folds the update read from `in` into `aggregator`; on an error (a read error: DATA_LOSS)
+  // the aggregate holds part of it.
+  absl::Status FoldFile(Aggregator* aggregator, FILE* in) const;
   // The open round's weighted-mean aggregate (null under a robust rule).
   Aggregator* MeanAggregator();
   // Under a robust rule, the open round's spools combined (median or trimmed mean) and ready
@@ -150,11 +154,25 @@ class Coordinator {
   // (a cancel overwritten by an older copy would resume the job).
   absl::StatusOr<JobStatus> ChangeJob(const std::string& job_id,
                                       const std::function<absl::Status(JobStatus&)>& change);
-  void AttachReport(JobStatus& job, const std::string& site, const MetricsReport& report)
+  // OK when `site` may report `report` now: FAILED_PRECONDITION for a round that is not open,
+  // PERMISSION_DENIED for a site without its task, ALREADY_EXISTS when it reported on this round
+  // already, INVALID_ARGUMENT for figures it cannot have (see federation.proto, Report).
+  absl::Status CheckReport(const std::string& site, const MetricsReport& report)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Records `site`'s report in `job`: as the site's latest, and beside the others of its round,
+  // whose figures are combined again. ALREADY_EXISTS when the round holds one of the site's.
+  absl::Status AttachReport(JobStatus& job, const std::string& site, const MetricsReport& report)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts and logs a report refused for its content or timing (stale or rejected); other
+  // errors (this side's, e.g. the store failed) are not counted.
+  void CountReportRefusal(const std::string& site, const absl::Status& status);
   bool JobCancelled(const std::string& job_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Waits `seconds`; false (at once) when the job is cancelled or the coordinator shuts down.
+  // Waits `seconds` on clock_; false (at once) when the job is cancelled or the coordinator
+  // shuts down.
   bool PauseUnlessCancelled(const std::string& job_id, double seconds);
+  // Runs round `round` of the job until it commits, pausing and trying again as
+  // config.round_retry() says when it loses its quorum; the error of the last try otherwise.
+  absl::Status RunTrainingRound(const std::string& job_id, uint32_t round);
   std::string CheckpointPath(const std::string& job_id, uint32_t round) const;
   // Deletes the spool files of every attempt of a committed round.
   void RemoveSpools(const std::string& job_id, uint32_t round);
@@ -170,6 +188,7 @@ class Coordinator {
   Store* const store_;
   CoordinatorMetrics* const metrics_;
   const ModelInitFn init_;
+  Clock* const clock_;
 
   absl::Mutex mu_;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "common/config.h"
 #include "common/crc32c.h"
 #include "common/safetensors.h"
 #include "common/status.h"
@@ -122,7 +123,7 @@ bool Coordinator::PauseUnlessCancelled(const std::string& job_id, double seconds
     mu_.AssertHeld();
     return JobCancelled(job_id);
   };
-  return !mu_.AwaitWithTimeout(absl::Condition(&cancelled), absl::Seconds(seconds));
+  return !clock_->AwaitWithTimeout(mu_, absl::Condition(&cancelled), absl::Seconds(seconds));
 }
 
 bool Coordinator::JobCancelled(const std::string& job_id) {
@@ -191,32 +192,42 @@ absl::Status Coordinator::RunJob(const std::string& job_id) {
                     return absl::OkStatus();
                   }).status());
   RETURN_IF_ERROR(WaitForSites(job_id, job.spec()));
-  constexpr int kMaxAttempts = 3;
   for (uint32_t round = job.rounds_done(); round < job.spec().rounds(); ++round) {
-    absl::Status status;
-    ASSIGN_OR_RETURN(std::vector<Receipt> earlier, store_->Receipts(job_id, round));
-    const uint32_t first = earlier.empty() ? 1 : earlier.back().attempt + 1;  // after a restart
-    double pause = 1;  // before the next attempt after a commit that could not be stored
-    for (uint32_t attempt = first, failed = 0; failed < kMaxAttempts; ++attempt) {
-      status = RunRound(job_id, round, attempt, /*evaluate_only=*/false);
-      if (status.ok() || absl::IsCancelled(status)) break;
-      metrics_->rounds_failed.Increment();
-      Log(absl::StrCat("job ", job_id, " round ", round, " attempt ", attempt, ": ",
-                       status.message()));
-      if (!absl::IsResourceExhausted(status)) {
-        ++failed;
-        continue;
-      }
-      // Out of disk space (or a failed write): the round's updates stay spooled, and the next
-      // attempt, once storage is back, commits them. That costs the job no attempt.
-      Log(absl::StrFormat("job %s round %d: trying again in %.0f s", job_id, round, pause));
-      if (!PauseUnlessCancelled(job_id, pause)) return absl::CancelledError("job cancelled");
-      pause = std::min(pause * 2, 60.0);
-    }
-    RETURN_IF_ERROR(status);
+    RETURN_IF_ERROR(RunTrainingRound(job_id, round));
   }
   // Every site evaluates the final model on its own test split.
   return RunRound(job_id, job.spec().rounds(), /*attempt=*/1, /*evaluate_only=*/true);
+}
+
+absl::Status Coordinator::RunTrainingRound(const std::string& job_id, uint32_t round) {
+  ASSIGN_OR_RETURN(std::vector<Receipt> earlier, store_->Receipts(job_id, round));
+  const uint32_t first = earlier.empty() ? 1 : earlier.back().attempt + 1;  // after a restart
+  const RoundRetry retry = RoundRetryWithDefaults(config_.round_retry());
+  double storage_pause = 1;  // before the next try after a commit that could not be stored
+  double quorum_pause = retry.initial_seconds();
+  absl::Status status;
+  for (uint32_t attempt = first, failed = 0; failed < retry.attempts(); ++attempt) {
+    status = RunRound(job_id, round, attempt, /*evaluate_only=*/false);
+    if (status.ok() || absl::IsCancelled(status)) return status;
+    metrics_->rounds_failed.Increment();
+    Log(absl::StrCat("job ", job_id, " round ", round, " attempt ", attempt, ": ",
+                     status.message()));
+    double pause = 0;
+    if (absl::IsResourceExhausted(status)) {
+      // Out of disk space (or a failed write): the round's updates stay spooled, and the next
+      // attempt, once storage is back, commits them. That costs the job no attempt.
+      pause = storage_pause;
+      storage_pause = std::min(storage_pause * 2, 60.0);
+    } else if (++failed < retry.attempts() && absl::IsUnavailable(status)) {
+      // Quorum lost (declines, a deadline): the cause may pass (a site's full disk, a restart).
+      pause = quorum_pause;
+      quorum_pause = std::min(quorum_pause * 2, retry.max_seconds());
+    }
+    if (pause <= 0) continue;
+    Log(absl::StrFormat("job %s round %d: trying again in %g s", job_id, round, pause));
+    if (!PauseUnlessCancelled(job_id, pause)) return absl::CancelledError("job cancelled");
+  }
+  return status;
 }
 
 Task Coordinator::MakeTask(const std::string& site) const {

@@ -28,16 +28,21 @@ namespace {
 
 double NowSeconds() { return absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()); }
 
-// Sample-weighted mean AUROC per label over the sites' reports, and the mean over labels.
-void PoolMetrics(const std::map<std::string, SiteReport>& reports, RoundSummary& summary) {
-  std::map<std::string, std::pair<double, double>> acc;  // label -> (sum auroc*n, n)
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
+}
+
+// Per finding, the median of the sites' AUROCs over the round's reports (unweighted: a site's
+// claimed image count buys it no weight) with their counts summed; and the mean over findings.
+void PoolMetrics(RoundSummary& summary) {
+  std::map<std::string, std::vector<double>> aurocs;  // label -> one per site
   std::map<std::string, LabelMetric> counts;
-  for (const auto& [site, report] : reports) {
+  for (const SiteReport& report : summary.reports()) {
     for (const LabelMetric& m : report.test()) {
       if (std::isnan(m.auroc())) continue;
-      const double n = static_cast<double>(m.positives() + m.negatives());
-      acc[m.label()].first += m.auroc() * n;
-      acc[m.label()].second += n;
+      aurocs[m.label()].push_back(m.auroc());
       LabelMetric& c = counts[m.label()];
       c.set_positives(c.positives() + m.positives());
       c.set_negatives(c.negatives() + m.negatives());
@@ -45,14 +50,61 @@ void PoolMetrics(const std::map<std::string, SiteReport>& reports, RoundSummary&
   }
   summary.clear_test();
   double mean = 0;
-  for (const auto& [label, sums] : acc) {
+  for (const auto& [label, values] : aurocs) {
     LabelMetric* m = summary.add_test();
     *m = counts[label];
     m->set_label(label);
-    m->set_auroc(sums.first / sums.second);
+    m->set_auroc(Median(values));
     mean += m->auroc();
   }
-  summary.set_mean_auroc(acc.empty() ? std::nan("") : mean / acc.size());
+  summary.set_mean_auroc(aurocs.empty() ? std::nan("") : mean / aurocs.size());
+}
+
+// INVALID_ARGUMENT unless every figure of `report` is one `site` can have: findings of `allowed`
+// (its labels in the job), each once, with counts within what it declared at Join, AUROCs NaN
+// or in [0, 1] (and defined only with both classes present), a finite loss.
+absl::Status CheckReportContent(const MetricsReport& report, const SiteInfo& site,
+                                const std::vector<std::string>& allowed) {
+  if (!std::isfinite(report.train_loss()) || report.train_loss() < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("train_loss ", report.train_loss(), " is not a finite, non-negative number"));
+  }
+  if (report.test_images() > site.num_images()) {
+    return absl::InvalidArgumentError(absl::StrCat("test_images ", report.test_images(),
+                                                   " exceeds the ", site.num_images(),
+                                                   " images the site declared when it joined"));
+  }
+  std::set<std::string> seen;
+  for (const LabelMetric& m : report.test()) {
+    if (std::find(allowed.begin(), allowed.end(), m.label()) == allowed.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("finding '", m.label(), "' is not one this site holds in this job"));
+    }
+    if (!seen.insert(m.label()).second) {
+      return absl::InvalidArgumentError(absl::StrCat("finding '", m.label(), "' reported twice"));
+    }
+    SiteLabel declared;
+    for (const SiteLabel& l : site.labels()) {
+      if (l.name() == m.label()) declared = l;
+    }
+    if (m.positives() > declared.positives() || m.negatives() > declared.negatives() ||
+        m.positives() + m.negatives() > report.test_images()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "finding '", m.label(), "': ", m.positives(), " positives and ", m.negatives(),
+          " negatives exceed the site's declared ", declared.positives(), " and ",
+          declared.negatives(), " or its ", report.test_images(), " test images"));
+    }
+    if (std::isnan(m.auroc())) continue;
+    if (!(m.auroc() >= 0 && m.auroc() <= 1)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("finding '", m.label(), "': AUROC ", m.auroc(), " is outside [0, 1]"));
+    }
+    if (m.positives() == 0 || m.negatives() == 0) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "finding '", m.label(), "': an AUROC without both positives and negatives"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 double MeanAuroc(const google::protobuf::RepeatedPtrField<LabelMetric>& metrics) {
@@ -255,28 +307,38 @@ absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity&
   const JobSpec& spec = round_->spec;
   // A site cannot weigh more than the samples its task allows (twice the nominal count leaves
   // room for Poisson-sampled batches).
-  const uint64_t max_samples = 2 * uint64_t{spec.local_steps()} * spec.batch_size();
+  const uint64_t max_samples = std::min<uint64_t>(
+      2 * uint64_t{spec.local_steps()} * spec.batch_size(), Aggregator::kMaxWeight);
   if (header.num_samples() == 0 || header.num_samples() > max_samples) {
     return absl::InvalidArgumentError(absl::StrCat("num_samples ", header.num_samples(),
                                                    " is outside [1, ", max_samples, "]"));
   }
   ASSIGN_OR_RETURN(std::vector<size_t> rows, LabelRows(who.name, header));
   round_->uploading.insert(who.name);
+  // Under the weighted mean every value must fit the exact sum at this weight (checked while
+  // the update arrives, so that a refused one never reaches the aggregate).
+  const uint64_t mean_weight = round_->aggregator ? header.num_samples() : 0;
   return UploadPlan{round_->layout.shared, std::move(rows), spec.max_update_norm(),
-                    spec.clip_update_norm(), round_->attempt};
+                    spec.clip_update_norm(), round_->attempt, mean_weight};
 }
 
 absl::StatusOr<double> Coordinator::ReceiveToSpool(
-    const std::function<bool(UploadMessage*)>& next, const std::vector<TensorMeta>& expected,
+    const std::function<bool(UploadMessage*)>& next, const UploadPlan& plan,
     const std::string& spool, uint64_t* bytes) {
   std::unique_ptr<FILE, int (*)(FILE*)> out(std::fopen(spool.c_str(), "wb"), &std::fclose);
   if (!out) {
     return absl::ResourceExhaustedError(
         absl::StrCat("cannot create spool file ", spool, ": ", std::strerror(errno)));
   }
-  ChunkReader reader(expected);
+  ChunkReader reader(plan.expected);
   double sum_squares = 0;
-  auto sink = [&](size_t, uint64_t, const float* data, size_t n) -> absl::Status {
+  auto sink = [&](size_t index, uint64_t offset, const float* data, size_t n) -> absl::Status {
+    if (plan.mean_weight > 0) {
+      if (absl::Status fits = Aggregator::CheckValues(plan.mean_weight, data, n); !fits.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            plan.expected[index].name, " (from element ", offset, "): ", fits.message()));
+      }
+    }
     for (size_t i = 0; i < n; ++i) sum_squares += double{data[i]} * data[i];
     if (std::fwrite(data, sizeof(float), n, out.get()) != n) {
       return absl::ResourceExhaustedError(
@@ -324,7 +386,7 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
     absl::StatusOr<double> norm =
         !slot.ok()        ? absl::StatusOr<double>(slot.status())
         : !stream.grant() ? absl::CancelledError("the site went away before its grant")
-                          : ReceiveToSpool(stream.next, plan->expected, spool, &bytes);
+                          : ReceiveToSpool(stream.next, *plan, spool, &bytes);
     status = norm.status();
     if (norm.ok() && plan->max_norm > 0 && *norm > plan->max_norm) {
       status = absl::InvalidArgumentError(
@@ -418,13 +480,15 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   RETURN_IF_ERROR(store_->AddReceipt(
       Receipt{header.job_id(), header.round(), attempt, site, header, scale, bytes, path}));
   if (aggregator != nullptr) {
-    aggregator->BeginUpdate(static_cast<double>(header.num_samples()), rows, scale);
-    if (!FoldFile(aggregator, in.get())) {
-      // An I/O error after the size check: the sum now holds part of an update, so this
-      // round's aggregate must not be applied; the round is run again.
+    RETURN_IF_ERROR(aggregator->BeginUpdate(header.num_samples(), rows, scale));
+    if (absl::Status folded = FoldFile(aggregator, in.get()); !folded.ok()) {
+      // An I/O error after the size check (or a value that passed the upload's checks yet not
+      // the fold's): the sum now holds part of an update, so this round's aggregate must not
+      // be applied; the round is run again.
+      aggregator->EndUpdate();
       absl::MutexLock lock(&mu_);
       round_->poisoned = true;
-      return absl::DataLossError(absl::StrCat("read error in spool file ", path,
+      return absl::DataLossError(absl::StrCat("spool file ", path, ": ", folded.message(),
                                               "; this round will be run again"));
     }
     aggregator->EndUpdate();
@@ -444,18 +508,34 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   return absl::OkStatus();
 }
 
-bool Coordinator::FoldFile(Aggregator* aggregator, FILE* in) const {
+absl::Status Coordinator::FoldFile(Aggregator* aggregator, FILE* in) const {
   std::vector<float> buffer(config_.chunk_bytes() / sizeof(float));
   for (size_t k = 0; k < aggregator->layout().shared.size(); ++k) {
     const uint64_t numel = aggregator->layout().shared[k].byte_size() / sizeof(float);
     for (uint64_t offset = 0; offset < numel;) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer.size(), numel - offset));
-      if (std::fread(buffer.data(), sizeof(float), n, in) != n) return false;
-      aggregator->Fold(k, offset, buffer.data(), n);
+      if (std::fread(buffer.data(), sizeof(float), n, in) != n) {
+        return absl::DataLossError("read error");
+      }
+      RETURN_IF_ERROR(aggregator->Fold(k, offset, buffer.data(), n));
       offset += n;
     }
   }
-  return true;
+  return absl::OkStatus();
+}
+
+absl::Status Coordinator::CheckReport(const std::string& site, const MetricsReport& report) {
+  if (!round_ || round_->job_id != report.job_id() || round_->round != report.round()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "round ", report.round(), " of job ", report.job_id(), " is not open (stale report)"));
+  }
+  if (!round_->assigned.count(site)) {
+    return absl::PermissionDeniedError("this site has no task in this round");
+  }
+  if (round_->reported.count(site)) {
+    return absl::AlreadyExistsError("this site already reported on this round");
+  }
+  return CheckReportContent(report, sites_[site].info, TrainLabels(round_->spec, site));
 }
 
 namespace {
@@ -487,32 +567,77 @@ absl::Status CheckNamedMetrics(const MetricsReport& report) {
 }  // namespace
 
 absl::Status Coordinator::Report(const Identity& who, const MetricsReport& report) {
-  RETURN_IF_ERROR(CheckNamedMetrics(report));
-  return ChangeJob(report.job_id(), [&](JobStatus& job) {
-           mu_.AssertHeld();  // ChangeJob calls it under mu_
-           AttachReport(job, who.name, report);
-           if (round_ && round_->job_id == report.job_id() && round_->round == report.round()) {
-             round_->reported.insert(who.name);
-           }
-           return absl::OkStatus();
-         })
-      .status();
+  absl::Status checked;
+  {
+    absl::MutexLock lock(&mu_);
+    checked = CheckNamedMetrics(report);
+    if (checked.ok()) checked = CheckReport(who.name, report);
+  }
+  absl::StatusOr<JobStatus> job =
+      checked.ok() ? ChangeJob(report.job_id(),
+                               [&](JobStatus& job) {
+                                 mu_.AssertHeld();  // ChangeJob calls it under mu_
+                                 return AttachReport(job, who.name, report);
+                               })
+                   : checked;
+  if (absl::IsAlreadyExists(job.status())) {  // resent (its answer was lost): it counts once
+    metrics_->ReportsWith("duplicate").Increment();
+    return absl::OkStatus();
+  }
+  if (!job.ok()) {
+    CountReportRefusal(who.name, job.status());
+    return job.status();
+  }
+  {
+    absl::MutexLock lock(&mu_);
+    if (round_ && round_->job_id == report.job_id() && round_->round == report.round()) {
+      round_->reported.insert(who.name);
+    }
+  }
+  metrics_->ReportsWith("accepted").Increment();
+  if (report.round() >= 1 && report.round() <= static_cast<uint32_t>(job->rounds_size())) {
+    metrics_->job_mean_auroc.Add({{"job", job->job_id()}})
+        .Set(job->rounds(static_cast<int>(report.round()) - 1).mean_auroc());
+  }
+  return absl::OkStatus();
 }
 
+void Coordinator::CountReportRefusal(const std::string& site, const absl::Status& status) {
+  const bool stale = absl::IsFailedPrecondition(status) || absl::IsNotFound(status);
+  const bool refused = stale || absl::IsInvalidArgument(status) ||
+                       absl::IsPermissionDenied(status);
+  if (!refused) return;  // not the report's fault (e.g. the store failed): not counted
+  metrics_->ReportsWith(stale ? "stale" : "rejected").Increment();
+  Log(absl::StrCat("refused report from ", site, ": ", status.message()));
+  if (absl::Status s = store_->Audit(site, "report-refused", std::string(status.message()));
+      !s.ok()) {
+    Log(absl::StrCat("audit log write failed: ", s.message()));
+  }
+}
 
-void Coordinator::AttachReport(JobStatus& job, const std::string& site,
-                               const MetricsReport& report) {
-  SiteReport* entry = SiteEntry(job, site);
-  *entry->mutable_test() = report.test();
-  *entry->mutable_metrics() = report.metrics();
-  entry->set_mean_auroc(MeanAuroc(report.test()));
+absl::Status Coordinator::AttachReport(JobStatus& job, const std::string& site,
+                                       const MetricsReport& report) {
+  SiteReport own;
+  own.set_site(site);
+  *own.mutable_test() = report.test();
+  *own.mutable_metrics() = report.metrics();
+  own.set_mean_auroc(MeanAuroc(report.test()));
   // A report for round r evaluates the model that round r - 1 produced.
-  if (report.round() == 0 || report.round() > static_cast<uint32_t>(job.rounds_size())) return;
-  std::map<std::string, SiteReport> by_site;
-  for (const SiteReport& s : job.sites()) by_site[s.site()] = s;
-  RoundSummary& summary = *job.mutable_rounds(static_cast<int>(report.round()) - 1);
-  PoolMetrics(by_site, summary);
-  metrics_->job_mean_auroc.Add({{"job", job.job_id()}}).Set(summary.mean_auroc());
+  if (report.round() >= 1 && report.round() <= static_cast<uint32_t>(job.rounds_size())) {
+    RoundSummary& summary = *job.mutable_rounds(static_cast<int>(report.round()) - 1);
+    for (const SiteReport& earlier : summary.reports()) {
+      if (earlier.site() == site) {  // also across a restart
+        return absl::AlreadyExistsError("this site already reported on this round");
+      }
+    }
+    *summary.add_reports() = own;
+    PoolMetrics(summary);
+  }
+  SiteReport* entry = SiteEntry(job, site);
+  *entry->mutable_test() = own.test();
+  *entry->mutable_metrics() = own.metrics();
+  entry->set_mean_auroc(own.mean_auroc());
+  return absl::OkStatus();
 }
 
 }  // namespace fl

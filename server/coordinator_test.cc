@@ -46,10 +46,14 @@ TEST_F(CoordinatorTest, HostileUpdatesRefusedAndAggregateExact) {
   EXPECT_EQ(code(Upload(b_->who(), tb, good_b, 1000, {"a"})), StatusCode::kInvalidArgument);
   EXPECT_EQ(code(Upload(b_->who(), tb, Update(300, 0, 0), 10, {"a"})),
             StatusCode::kInvalidArgument);
+  // A value whose weighted contribution the exact sum cannot hold (20 × 1e14 > 2^50).
+  auto huge = Upload(b_->who(), tb, Update(1e14f, 0, 0), 20, {"a"});
+  EXPECT_EQ(code(huge), StatusCode::kInvalidArgument);
+  EXPECT_NE(huge.status().message().find("exact sum"), std::string::npos) << huge.status();
   // An admin or an unassigned identity cannot upload.
   EXPECT_EQ(code(Upload({"site-z", Role::kSite}, tb, good_b, 10, {"a"})),
             StatusCode::kPermissionDenied);
-  EXPECT_EQ(Rejected(registry_), 9);
+  EXPECT_EQ(Rejected(registry_), 10);
 
   // Valid updates; a replay of site-b's is refused.
   ASSERT_TRUE(Upload(b_->who(), tb, good_b, 15, {"a"}).ok());
@@ -68,6 +72,7 @@ TEST_F(CoordinatorTest, HostileUpdatesRefusedAndAggregateExact) {
   m->set_auroc(0.75);
   m->set_positives(5);
   m->set_negatives(5);
+  report.set_test_images(10);
   ASSERT_TRUE(core_->Report(a_->who(), report).ok());
   ASSERT_TRUE(core_->Report(b_->who(), report).ok());
   JobStatus job = WaitForState(id, DONE);
@@ -260,14 +265,154 @@ TEST_F(CoordinatorTest, NormClippingScalesWithoutChangingWeight) {
   EXPECT_NEAR(weights[0].data[0], (10 * 1 + 10 * 10 * scale) / 20.0, 1e-6);
 }
 
-TEST_F(CoordinatorTest, RoundWithoutQuorumIsRetriedThenFailsWithReason) {
+// A report of `site` on finding "a": `auroc` on `positives` + `negatives` of `images` images.
+MetricsReport AurocReport(const Task& task, double auroc, uint64_t positives, uint64_t negatives,
+                          uint64_t images, const std::string& label = "a") {
+  MetricsReport report;
+  report.set_job_id(task.job_id());
+  report.set_round(task.round());
+  report.set_test_images(images);
+  LabelMetric* m = report.add_test();
+  m->set_label(label);
+  m->set_auroc(auroc);
+  m->set_positives(positives);
+  m->set_negatives(negatives);
+  return report;
+}
+
+double JobMeanAuroc(prometheus::Registry& registry, const std::string& id) {
+  for (const auto& f : registry.Collect()) {
+    if (f.name != "fl_coordinator_job_mean_auroc") continue;
+    for (const auto& m : f.metric) {
+      if (m.label[0].value == id) return m.gauge.value;
+    }
+  }
+  return std::nan("");
+}
+
+// The attack of issue 11: a site with a valid certificate claims AUROC 0.01 on 2,000,000,000
+// images. Refused (it declared 100), and within its declaration its lie is one figure of three,
+// of which the job shows the median, with each site's own beside it.
+TEST_F(CoordinatorTest, ForgedEvaluationReportChangesNothingTheOperatorSees) {
+  Join("site-c", {"a"});
+  Join("site-d", {"a"});  // joined, never connected: never tasked
   ConnectSites();
+  SiteStream c(core_.get(), "site-c");
+  JobSpec spec;
+  spec.set_rounds(1);
+  spec.set_min_sites(3);
+  const std::string id = Submit(spec);
+  Task ta = a_->Next(), tb = b_->Next(), tc = c.Next();
+  ASSERT_TRUE(UploadA(ta).ok());
+  ASSERT_TRUE(UploadB(tb).ok());
+  ASSERT_TRUE(Upload(c.who(), tc, Update(2, 2, 0), 10, {"a"}).ok());
+  const Task ea = a_->Next(), eb = b_->Next(), ec = c.Next();  // the final evaluation
+  ASSERT_TRUE(ea.evaluate_only() && eb.evaluate_only() && ec.evaluate_only());
+  auto code = [&](const SiteStream& s, const MetricsReport& r) {
+    return core_->Report(s.who(), r).code();
+  };
+  using absl::StatusCode;
+
+  EXPECT_EQ(code(c, AurocReport(ec, 0.01, 1'000'000'000, 1'000'000'000, 2'000'000'000)),
+            StatusCode::kInvalidArgument);  // the attack
+  EXPECT_EQ(code(c, AurocReport(ec, 0.01, 10, 10, 200)), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(c, AurocReport(ec, 1.5, 10, 10, 20)), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(c, AurocReport(ec, 0.5, 0, 10, 20)), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(*b_, AurocReport(eb, 0.5, 10, 10, 20, "b")),
+            StatusCode::kInvalidArgument);  // site-b does not hold finding b
+  MetricsReport twice = AurocReport(ec, 0.5, 10, 10, 20);
+  *twice.add_test() = twice.test(0);
+  EXPECT_EQ(code(c, twice), StatusCode::kInvalidArgument);
+  MetricsReport stale = AurocReport(ec, 0.5, 10, 10, 20);
+  stale.set_round(0);
+  EXPECT_EQ(code(c, stale), StatusCode::kFailedPrecondition);
+  EXPECT_EQ(core_->Report({"site-d", Role::kSite}, AurocReport(ec, 0.5, 10, 10, 20)).code(),
+            StatusCode::kPermissionDenied);
+  EXPECT_EQ(Counted(registry_, "fl_coordinator_reports_total", "rejected"), 7);
+  EXPECT_EQ(Counted(registry_, "fl_coordinator_reports_total", "stale"), 1);
+  auto job = core_->GetJob(id);
+  ASSERT_TRUE(job.ok());
+  EXPECT_EQ(job->rounds(0).reports_size(), 0);
+  EXPECT_TRUE(std::isnan(job->rounds(0).mean_auroc()));
+
+  // Honest reports; site-a's is resent (its answer lost) and counts once.
+  ASSERT_TRUE(core_->Report(a_->who(), AurocReport(ea, 0.80, 10, 30, 40)).ok());
+  ASSERT_TRUE(core_->Report(a_->who(), AurocReport(ea, 0.80, 10, 30, 40)).ok());
+  ASSERT_TRUE(core_->Report(b_->who(), AurocReport(eb, 0.84, 20, 20, 40)).ok());
+  EXPECT_EQ(Counted(registry_, "fl_coordinator_reports_total", "duplicate"), 1);
+  EXPECT_DOUBLE_EQ(JobMeanAuroc(registry_, id), 0.82);  // the median of two: their mean
+  // The lie within site-c's declaration: accepted, attributed, and it does not move the median
+  // beyond the honest figures.
+  ASSERT_TRUE(core_->Report(c.who(), AurocReport(ec, 0.01, 50, 50, 100)).ok());
+  EXPECT_EQ(Counted(registry_, "fl_coordinator_reports_total", "accepted"), 3);
+  job = core_->GetJob(id);
+  ASSERT_TRUE(job.ok());
+  const RoundSummary& summary = job->rounds(0);
+  ASSERT_EQ(summary.test_size(), 1);
+  EXPECT_DOUBLE_EQ(summary.test(0).auroc(), 0.80);  // median of 0.80, 0.84, 0.01
+  EXPECT_EQ(summary.test(0).positives(), 80u);
+  EXPECT_DOUBLE_EQ(summary.mean_auroc(), 0.80);
+  EXPECT_DOUBLE_EQ(JobMeanAuroc(registry_, id), 0.80);
+  ASSERT_EQ(summary.reports_size(), 3);
+  std::map<std::string, double> own;
+  for (const SiteReport& r : summary.reports()) own[r.site()] = r.test(0).auroc();
+  EXPECT_EQ(own, (std::map<std::string, double>{
+                     {"site-a", 0.80}, {"site-b", 0.84}, {"site-c", 0.01}}));
+  WaitForState(id, DONE);  // every tasked site reported once
+}
+
+// Nobody uploads: three tries of 1 s, with pauses of 1 s and 2 s between them (the default
+// round_retry, on a clock that passes them at once), then the job fails with the reason.
+TEST_F(CoordinatorTest, RoundWithoutQuorumIsRetriedThenFailsWithReason) {
+  clock_ = &instant_clock_;
+  Restart();
   JobSpec spec;
   spec.set_rounds(1);
   spec.set_round_deadline_seconds(1);
-  const std::string id = Submit(spec);  // nobody uploads: three attempts of 1 s, then failure
+  const std::string id = Submit(spec);
   JobStatus job = WaitForState(id, FAILED);
   EXPECT_NE(job.message().find("required updates"), std::string::npos) << job.message();
+  EXPECT_EQ(instant_clock_.waits(),
+            (std::vector<absl::Duration>{absl::Seconds(1), absl::Seconds(2)}));
+  EXPECT_EQ(metrics_.rounds_failed.Value(), 3);
+}
+
+// A round that loses its quorum to declines (e.g. both sites' disks are full for a while) is
+// tried again only after a pause, doubling up to round_retry.max_seconds, and the job fails
+// after round_retry.attempts tries. The clock blocks, so the test looks at the scheduler in
+// each pause and ends it; nothing sleeps through a real back-off.
+TEST_F(CoordinatorTest, QuorumLostToDeclinesIsTriedAgainAfterBackOff) {
+  config_.mutable_round_retry()->set_initial_seconds(10);
+  config_.mutable_round_retry()->set_max_seconds(15);
+  config_.mutable_round_retry()->set_attempts(4);
+  clock_ = &blocking_clock_;
+  Restart();
+  JobSpec spec;
+  spec.set_rounds(1);
+  const std::string id = Submit(spec);
+  auto decline_both = [&] {
+    for (SiteStream* site : {a_.get(), b_.get()}) {
+      const Task task = site->Next();
+      DeclineRequest request;
+      request.set_job_id(task.job_id());
+      request.set_round(task.round());
+      request.set_reason("disk full");
+      ASSERT_TRUE(core_->Decline(site->who(), request).ok());
+    }
+  };
+  size_t nth = 0;
+  for (absl::Duration pause : {absl::Seconds(10), absl::Seconds(15), absl::Seconds(15)}) {
+    decline_both();
+    ASSERT_TRUE(WaitForPause(++nth));
+    EXPECT_EQ(blocking_clock_.waits().back(), pause);
+    EXPECT_EQ(core_->GetJob(id)->state(), RUNNING);
+    blocking_clock_.Advance(pause);
+  }
+  decline_both();  // the fourth try: the job fails, with no pause after it
+  const JobStatus job = WaitForState(id, FAILED);
+  EXPECT_NE(job.message().find("disk full"), std::string::npos) << job.message();
+  EXPECT_EQ(blocking_clock_.waits().size(), 3u);
+  EXPECT_EQ(metrics_.rounds_failed.Value(), 4);
 }
 
 }  // namespace

@@ -97,7 +97,7 @@ class CoordinatorTest : public ::testing::Test {
     config_.set_state_dir(dir_);
     config_.set_chunk_bytes(8);  // several chunks per tensor
     store_ = std::move(Store::Open(dir_ + "/state.db")).value();
-    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init());
+    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init(), clock_);
     ASSERT_TRUE(core_->Start().ok());
     Join("site-a", {"a", "b"});
     Join("site-b", {"a"});
@@ -123,9 +123,16 @@ class CoordinatorTest : public ::testing::Test {
     b_.reset();
   }
 
+  // Joins `site` with `labels`, each declared with 50 positive and 50 negative images.
   void Join(const std::string& site, const std::vector<std::string>& labels) {
     JoinRequest request;
-    for (const std::string& l : labels) request.add_labels()->set_name(l);
+    for (const std::string& l : labels) {
+      SiteLabel* label = request.add_labels();
+      label->set_name(l);
+      label->set_positives(50);
+      label->set_negatives(50);
+    }
+    request.set_num_images(100);
     ASSERT_TRUE(core_->Join({site, Role::kSite}, request).ok());
   }
 
@@ -251,7 +258,7 @@ class CoordinatorTest : public ::testing::Test {
     core_->Shutdown();
     a_.reset();
     b_.reset();
-    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init());
+    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init(), clock_);
     ASSERT_TRUE(core_->Start().ok());
     ConnectSites();
   }
@@ -290,6 +297,18 @@ class CoordinatorTest : public ::testing::Test {
     EXPECT_FLOAT_EQ(weights[2].data[1], 6.0f);
   }
 
+  // Waits (up to 20 s) until the scheduler is in its `nth` pause on blocking_clock_ (1: the
+  // first).
+  bool WaitForPause(size_t nth) {
+    auto in_it = [&] {
+      return blocking_clock_.waits().size() == nth && blocking_clock_.waiting() == 1;
+    };
+    for (int i = 0; i < 400 && !in_it(); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return in_it();
+  }
+
   JobStatus WaitForState(const std::string& id, JobState state) {
     for (int i = 0; i < 400; ++i) {
       auto job = core_->GetJob(id);
@@ -300,6 +319,12 @@ class CoordinatorTest : public ::testing::Test {
     return JobStatus();
   }
 
+  // The clock of the pauses between a round's tries: the real one unless a test picks one of
+  // the manual ones (then Restart). Declared before core_, so they outlive it.
+  ManualClock instant_clock_;
+  ManualClock blocking_clock_{absl::FromUnixSeconds(1'700'000'000), /*blocking=*/true};
+  Clock* clock_ = &SystemClock();
+
   std::string dir_;
   CoordinatorConfig config_;
   prometheus::Registry registry_;
@@ -309,15 +334,21 @@ class CoordinatorTest : public ::testing::Test {
   std::unique_ptr<SiteStream> a_, b_;
 };
 
-// The updates refused as invalid or hostile so far.
-inline double Rejected(prometheus::Registry& registry) {
-  for (const auto& family : registry.Collect()) {
-    if (family.name != "fl_coordinator_updates_total") continue;
-    for (const auto& m : family.metric) {
-      if (m.label[0].value == "rejected") return m.counter.value;
+// The value of counter `family`{result=`result`}.
+inline double Counted(prometheus::Registry& registry, const std::string& family,
+                      const std::string& result) {
+  for (const auto& f : registry.Collect()) {
+    if (f.name != family) continue;
+    for (const auto& m : f.metric) {
+      if (m.label[0].value == result) return m.counter.value;
     }
   }
   return 0;
+}
+
+// The updates refused as invalid or hostile so far.
+inline double Rejected(prometheus::Registry& registry) {
+  return Counted(registry, "fl_coordinator_updates_total", "rejected");
 }
 
 }  // namespace fl

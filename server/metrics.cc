@@ -62,8 +62,14 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                        .Register(r)),
       job_mean_auroc(BuildGauge()
                          .Name("fl_coordinator_job_mean_auroc")
-                         .Help("Mean test AUROC of the job's latest global model over sites")
+                         .Help("Mean over findings of the median over sites of the test AUROC "
+                               "of the job's latest evaluated global model")
                          .Register(r)),
+      reports(BuildCounter()
+                  .Name("fl_coordinator_reports_total")
+                  .Help("Evaluation reports by result: accepted, rejected (invalid or hostile), "
+                        "duplicate (ignored), stale (round not open)")
+                  .Register(r)),
       tls_reloads(BuildCounter()
                       .Name("fl_coordinator_tls_reloads_total")
                       .Help("Changed TLS files picked up (ok) or refused, keeping the last good set")

@@ -30,12 +30,18 @@ struct CoordinatorMetrics {
   prometheus::Counter& declines;
   prometheus::Family<prometheus::Gauge>& site_epsilon;  // labels job, site
   prometheus::Family<prometheus::Gauge>& job_mean_auroc;  // label job
+  // label result: accepted | rejected (invalid or hostile) | duplicate (a second report of the
+  // same site and round, ignored) | stale (for a round that is not open)
+  prometheus::Family<prometheus::Counter>& reports;
   prometheus::Family<prometheus::Counter>& tls_reloads;     // label result: ok|refused
   prometheus::Family<prometheus::Counter>& config_reloads;  // label result: ok|refused
 
   prometheus::Counter& UpdateAccepted() { return updates.Add({{"result", "accepted"}}); }
   prometheus::Counter& UpdateRejected() { return updates.Add({{"result", "rejected"}}); }
   prometheus::Counter& UpdateFailed() { return updates.Add({{"result", "failed"}}); }
+  prometheus::Counter& ReportsWith(const std::string& result) {
+    return reports.Add({{"result", result}});
+  }
 };
 
 }  // namespace fl

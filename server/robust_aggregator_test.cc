@@ -121,16 +121,16 @@ TEST_F(RobustAggregatorTest, WildUpdateBarelyMovesTheMedian) {
   for (float v : honest) {
     Add({v, v, v}, {v, v, v, v}, {0, 1});
     const float conv[3] = {v, v, v}, head[4] = {v, v, v, v};
-    mean.BeginUpdate(10, {0, 1});
-    mean.Fold(0, 0, conv, 3);
-    mean.Fold(1, 0, head, 4);
+    ASSERT_TRUE(mean.BeginUpdate(10, {0, 1}).ok());
+    ASSERT_TRUE(mean.Fold(0, 0, conv, 3).ok());
+    ASSERT_TRUE(mean.Fold(1, 0, head, 4).ok());
     mean.EndUpdate();
   }
   Add({1e6f, 1e6f, 1e6f}, {1e6f, 1e6f, 1e6f, 1e6f}, {0, 1});
   const float wild[4] = {1e6f, 1e6f, 1e6f, 1e6f};
-  mean.BeginUpdate(10, {0, 1});
-  mean.Fold(0, 0, wild, 3);
-  mean.Fold(1, 0, wild, 4);
+  ASSERT_TRUE(mean.BeginUpdate(10, {0, 1}).ok());
+  ASSERT_TRUE(mean.Fold(0, 0, wild, 3).ok());
+  ASSERT_TRUE(mean.Fold(1, 0, wild, 4).ok());
   mean.EndUpdate();
   ServerOptimizer fedavg;
   fedavg.set_kind(FEDAVG);
@@ -153,9 +153,9 @@ TEST_F(RobustAggregatorTest, FromAverageAppliesLikeTheMean) {
   Add({0.5f, -0.5f, 0}, {0.25f, 0.25f, 9, 9}, {0});
   Aggregator mean(layout_, 2);
   const float conv[3] = {0.5f, -0.5f, 0}, head[4] = {0.25f, 0.25f, 9, 9};
-  mean.BeginUpdate(3, {0});
-  mean.Fold(0, 0, conv, 3);
-  mean.Fold(1, 0, head, 4);
+  ASSERT_TRUE(mean.BeginUpdate(3, {0}).ok());
+  ASSERT_TRUE(mean.Fold(0, 0, conv, 3).ok());
+  ASSERT_TRUE(mean.Fold(1, 0, head, 4).ok());
   mean.EndUpdate();
   auto result = Combine(AGGREGATION_MEDIAN);
   ASSERT_TRUE(result.ok()) << result.status();

@@ -21,6 +21,11 @@ from fedlib import (SITES, Federation, fill_disk, make_expired_cert, metric, rea
                     round_sites, run, small_tmpfs_wrap, wait_until, write_corrupt_dicoms)
 
 
+# Tests whose sites decline on purpose: the round is tried again at once, not after the
+# coordinator's default pauses (1 s, 2 s), which would only make them slower.
+NO_RETRY_PAUSE = "round_retry { initial_seconds: 0 }\n"
+
+
 class FederationTest(unittest.TestCase):
     def test_three_sites_train_two_rounds(self):
         fed = Federation("two_rounds")
@@ -52,6 +57,14 @@ class FederationTest(unittest.TestCase):
                                                  "infiltrate_right"])
             text = fed.metrics()
             self.assertEqual(metric(text, "fl_coordinator_rounds_completed_total"), 2)
+            # The honest sites' reports pass the coordinator's checks: round 1's evaluation of
+            # round 0's model and the final one, each site's own figures kept beside the median.
+            self.assertEqual(
+                metric(text, "fl_coordinator_reports_total", {"result": "accepted"}), 6)
+            self.assertNotIn('fl_coordinator_reports_total{result="rejected"}', text)
+            for r in status["rounds"]:
+                self.assertEqual(sorted(s["site"] for s in r["reports"]), sorted(SITES))
+            self.assertIn("reported by", fed.flctl("job", "status", job_id).stdout)
             sites = json.loads(fed.flctl("sites", "--json").stdout)["sites"]
             self.assertEqual(sorted(s["name"] for s in sites), sorted(SITES))
             # The clients exit by themselves once no job is left.
@@ -109,7 +122,7 @@ class FederationTest(unittest.TestCase):
     def test_dp_round_over_the_site_budget_is_declined_with_the_reason(self):
         fed = Federation("dp_budget")
         try:
-            fed.start_coordinator()
+            fed.start_coordinator(NO_RETRY_PAUSE)
             fed.start_client("site-b", seed=2)
             # q = 8/~38, sigma 0.3, 50 steps: far beyond the kit's cap of epsilon 10.
             job_id = fed.submit('name: "dp" model: "smallcnn" image_size: 32 rounds: 1 '
@@ -130,7 +143,7 @@ class FederationTest(unittest.TestCase):
         with its reason, before it downloads anything."""
         fed = Federation("policy")
         try:
-            fed.start_coordinator()
+            fed.start_coordinator(NO_RETRY_PAUSE)
             fed.set_policy("site-b", "min_noise_multiplier: 0.8")  # require_dp: by the cap
             fed.start_client("site-b", seed=2, metrics=True, exit_when_idle=False)
             base = ('model: "tinycnn" image_size: 32 rounds: 1 local_steps: 2 batch_size: 8 '
@@ -582,7 +595,7 @@ class FederationTest(unittest.TestCase):
         if wrap is None:
             self.skipTest("unprivileged user and mount namespaces are not allowed here")
         try:
-            fed.start_coordinator()
+            fed.start_coordinator(NO_RETRY_PAUSE)
             client = fed.start_client("site-b", seed=2, metrics=True, exit_when_idle=False,
                                       wrap=wrap)
             fed.wait_connected(1)

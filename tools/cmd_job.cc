@@ -64,8 +64,16 @@ void PrintStatus(const JobStatus& job) {
   for (const RoundSummary& r : job.rounds()) {
     std::vector<std::string> labels;
     for (const LabelMetric& m : r.test()) labels.push_back(m.label() + " " + Auroc(m.auroc()));
-    std::cout << "  " << RoundLine(r) << (labels.empty() ? "" : " | ")
+    std::cout << "  " << RoundLine(r) << (labels.empty() ? "" : " | median over sites: ")
               << absl::StrJoin(labels, ", ") << "\n";
+    for (const SiteReport& s : r.reports()) {
+      std::vector<std::string> own;
+      for (const LabelMetric& m : s.test()) {
+        own.push_back(absl::StrFormat("%s %s (%d+%d)", m.label(), Auroc(m.auroc()), m.positives(),
+                                      m.negatives()));
+      }
+      std::cout << "    reported by " << s.site() << ": " << absl::StrJoin(own, ", ") << "\n";
+    }
     for (const std::string& d : r.declined()) std::cout << "    declined: " << d << "\n";
   }
   for (const SiteReport& s : job.sites()) {
