@@ -140,6 +140,9 @@ TEST_F(StorageTest, JobEndingThatCannotBeStoredIsWaitedOut) {
   LabelMetric* m = report.add_test();
   m->set_label("a");
   m->set_auroc(0.75);
+  m->set_positives(5);
+  m->set_negatives(5);
+  report.set_test_images(10);
   const absl::Status reported = core_->Report(a_->who(), report);
   EXPECT_TRUE(absl::IsResourceExhausted(reported)) << reported;
   EXPECT_EQ(core_->GetJob(id)->sites_size(), 0);  // not stored, so not shown either
