@@ -116,6 +116,11 @@ class Coordinator {
     uint32_t attempt = 0;
     uint64_t mean_weight = 0;  // its weight in the exact mean; 0 under a robust rule
   };
+  // The refusal (FAILED_PRECONDITION) of an update for round `round` of `job_id` when that
+  // round is not open, marked as stale so that it is counted apart from rejections; its message
+  // says whether the job will still run that round (after a restart, a pause between tries).
+  absl::Status StaleRound(const std::string& job_id, uint32_t round)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Checks an upload's header against the open round and marks the site as uploading.
   absl::StatusOr<UploadPlan> AdmitUpload(const Identity& who, const UploadHeader& header);
   // Validates the chunk stream against `plan` while writing it to `spool`; returns the

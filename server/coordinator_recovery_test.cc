@@ -160,6 +160,41 @@ TEST_F(CoordinatorTest, CrashReplayCommitsTheBytesOfTheUninterruptedRound) {
   c.reset();
 }
 
+// After a restart, an update resent before its round reopens is not taken and not counted as
+// rejected: it is stale (FAILED_PRECONDITION, which no hostile update gets), and once the round
+// reopens and tasks the site again the same bytes are accepted. After the round, a resend is
+// stale as well.
+TEST_F(CoordinatorTest, ResendAcrossARestartIsStaleNotRejected) {
+  ConnectSites();
+  JobSpec spec;
+  spec.set_rounds(1);
+  const std::string id = Submit(spec);
+  const Task ta = a_->Next();
+  const Task tb = b_->Next();
+  ASSERT_TRUE(UploadB(tb).ok());
+  hold_prepare_ = true;
+  Restart();
+  prepare_entered_.WaitForNotification();  // the job resumes; its round is not open yet
+  const auto early = UploadA(ta);
+  EXPECT_EQ(early.status().code(), absl::StatusCode::kFailedPrecondition) << early.status();
+  EXPECT_NE(early.status().message().find("not open yet"), std::string::npos) << early.status();
+  EXPECT_EQ(Counted(registry_, "fl_coordinator_updates_total", "stale"), 1);
+  EXPECT_EQ(Rejected(registry_), 0);
+  prepare_release_.Notify();
+  const Task again = a_->Next();  // the round reopened: site-a is asked again
+  ASSERT_EQ(again.job_id(), id);
+  ASSERT_EQ(again.round(), 0u);
+  ASSERT_TRUE(UploadA(ta).ok());  // the same update as before the restart
+  EXPECT_TRUE(a_->Next().evaluate_only());
+  ExpectWeightedMeanOfAAndB(id);
+  const auto late = UploadA(ta);
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(late.status().message().find("is over"), std::string::npos) << late.status();
+  EXPECT_EQ(Counted(registry_, "fl_coordinator_updates_total", "stale"), 2);
+  EXPECT_EQ(Rejected(registry_), 0);
+  core_->CancelJob({"op", Role::kAdmin}, id).IgnoreError();  // skip the final evaluation
+}
+
 // A site that took its task and then went away (crash, lost connection) gets the same task
 // again when it reconnects within the round.
 TEST_F(CoordinatorTest, SiteThatComesBackInTheRoundGetsItsTaskAgain) {

@@ -11,6 +11,7 @@
 
 #include <unistd.h>
 
+#include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "common/status.h"
@@ -117,6 +118,14 @@ double MeanAuroc(const google::protobuf::RepeatedPtrField<LabelMetric>& metrics)
     }
   }
   return n ? sum / n : std::nan("");
+}
+
+// Marks a refusal that is no fault of the update: it came for a round that is not open.
+constexpr char kStaleRound[] = "fl/stale-round";
+
+absl::Status MarkedStale(absl::Status status) {
+  status.SetPayload(kStaleRound, absl::Cord("1"));
+  return status;
 }
 
 SiteReport* SiteEntry(JobStatus& job, const std::string& site) {
@@ -290,13 +299,22 @@ absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& r
   return absl::OkStatus();
 }
 
+absl::Status Coordinator::StaleRound(const std::string& job_id, uint32_t round) {
+  auto job = jobs_.find(job_id);
+  const bool coming = job != jobs_.end() && !Terminal(job->second.state()) &&
+                      job->second.rounds_done() == round && round < job->second.spec().rounds();
+  return MarkedStale(absl::FailedPreconditionError(absl::StrCat(
+      "round ", round, " of job ", job_id,
+      coming ? " is not open yet (the coordinator restarted or is between tries; stale round)"
+             : " is over (stale round)")));
+}
+
 absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity& who,
                                                                  const UploadHeader& header) {
   absl::MutexLock lock(&mu_);
   if (!round_ || round_->evaluate_only || round_->job_id != header.job_id() ||
       round_->round != header.round()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "round ", header.round(), " of job ", header.job_id(), " is not open (stale round)"));
+    return StaleRound(header.job_id(), header.round());
   }
   if (!round_->assigned.count(who.name)) {
     return absl::PermissionDeniedError("this site has no task in this round");
@@ -406,6 +424,11 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
     Log(absl::StrCat("upload of ", who.name, " abandoned: ", status.message()));
     return status;
   }
+  if (status.GetPayload(kStaleRound).has_value()) {  // an honest resend, too early or too late
+    metrics_->UpdateStale().Increment();
+    Log(absl::StrCat("update from ", who.name, " not taken: ", status.message()));
+    return status;
+  }
   if (!status.ok()) {
     // Out of disk space or a failed write is this side's failure, not a bad update: the site
     // sends it again (RESOURCE_EXHAUSTED, UNAVAILABLE) and operators see it apart.
@@ -460,11 +483,12 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   {
     absl::MutexLock lock(&mu_);
     if (!round_ || round_->job_id != header.job_id() || round_->round != header.round()) {
-      return absl::FailedPreconditionError("the round closed before the update completed");
+      return StaleRound(header.job_id(), header.round());
     }
     if (round_->attempt != attempt) {
-      return absl::FailedPreconditionError(
-          "the round was retried while the update arrived; the site is asked again");
+      return MarkedStale(absl::FailedPreconditionError(
+          "the round was tried again while the update arrived; the site is asked again "
+          "(stale round)"));
     }
     aggregator = round_->aggregator.get();  // null under a robust rule
   }

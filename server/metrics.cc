@@ -39,7 +39,8 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
       updates(BuildCounter()
                   .Name("fl_coordinator_updates_total")
                   .Help("Uploaded updates by result: accepted, rejected (invalid or hostile), "
-                        "failed (not stored: out of disk space or a write error)")
+                        "failed (not stored: out of disk space or a write error), stale (for a "
+                        "round that is not open, e.g. resent across a coordinator restart)")
                   .Register(r)),
       update_bytes(BuildCounter()
                        .Name("fl_coordinator_update_bytes_total")

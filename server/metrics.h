@@ -23,7 +23,7 @@ struct CoordinatorMetrics {
   prometheus::Counter& storage_failures;  // alert on it: the disk is likely full
   prometheus::Histogram& round_duration;
   // label result: accepted | rejected (invalid or hostile) | failed (not stored: out of disk
-  // space, write error)
+  // space, write error) | stale (for a round that is not open: e.g. resent across a restart)
   prometheus::Family<prometheus::Counter>& updates;
   prometheus::Counter& update_bytes;
   prometheus::Counter& download_bytes;
@@ -39,6 +39,7 @@ struct CoordinatorMetrics {
   prometheus::Counter& UpdateAccepted() { return updates.Add({{"result", "accepted"}}); }
   prometheus::Counter& UpdateRejected() { return updates.Add({{"result", "rejected"}}); }
   prometheus::Counter& UpdateFailed() { return updates.Add({{"result", "failed"}}); }
+  prometheus::Counter& UpdateStale() { return updates.Add({{"result", "stale"}}); }
   prometheus::Counter& ReportsWith(const std::string& result) {
     return reports.Add({{"result", result}});
   }

@@ -137,12 +137,12 @@ TEST_F(StorageTest, JobEndingThatCannotBeStoredIsWaitedOut) {
   MetricsReport report;
   report.set_job_id(id);
   report.set_round(1);
-  report.set_test_images(20);
   LabelMetric* m = report.add_test();
   m->set_label("a");
   m->set_auroc(0.75);
-  m->set_positives(10);
-  m->set_negatives(10);
+  m->set_positives(5);
+  m->set_negatives(5);
+  report.set_test_images(10);
   const absl::Status reported = core_->Report(a_->who(), report);
   EXPECT_TRUE(absl::IsResourceExhausted(reported)) << reported;
   EXPECT_EQ(core_->GetJob(id)->sites_size(), 0);  // not stored, so not shown either

@@ -529,9 +529,14 @@ class FederationTest(unittest.TestCase):
             text = fed.metrics()
             accepted = metric(text, "fl_coordinator_updates_total", {"result": "accepted"})
             self.assertEqual(accepted, sum(len(s) for s in by_round.values()))
-            refusals = fed.log("coordinator").count("refused update from ")  # stale, truncated
+            # Truncated uploads are refused; one for a round no longer open is stale, not rejected.
+            coordinator_log = fed.log("coordinator")
             self.assertEqual(metric_or_zero(text, "fl_coordinator_updates_total",
-                                            {"result": "rejected"}), refusals)
+                                            {"result": "rejected"}),
+                             coordinator_log.count("refused update from "))
+            self.assertEqual(metric_or_zero(text, "fl_coordinator_updates_total",
+                                            {"result": "stale"}),
+                             coordinator_log.count(" not taken: "))
             self.assertEqual(metric(text, "fl_coordinator_rounds_completed_total"), rounds)
             spool = f"{fed.dir}/pki/coordinator/state/spool"
             self.assertEqual(os.listdir(spool) if os.path.isdir(spool) else [], [])
