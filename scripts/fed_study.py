@@ -329,10 +329,11 @@ def summarize(study, seconds, replicates, seed_value=12345):
             d = diff(other, "alone", site)
             if d:
                 comparisons.append(d)
-    for other in [a for a in arms if a not in ("pooled",)]:
-        d = diff(other, "pooled", "all")
-        if d:
-            comparisons.append(d)
+    for pooled in [a for a in arms if a == "pooled" or a.startswith("pooled-x")]:
+        for other in [a for a in arms if a != pooled]:
+            d = diff(other, pooled, "all")
+            if d:
+                comparisons.append(d)
     finding_diffs = [d for arm in ("fedavg", "finetune") for site in sites
                      for k in sorted({k for (a, s, k) in point if s == site and k != "mean"})
                      for d in [diff(arm, "alone", site, k)] if d]
