@@ -87,12 +87,16 @@ def main():
         d = gap[0]
         print(f"  FedAvg - pooled, mean over sites {d['difference']:+.3f} "
               f"[{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]")
-    print("\nWhat this demo can show: on this phantom (subtle findings, 5% label noise) whether a\n"
-          "hospital's own data is enough, and how far each model is from pooling everything,\n"
-          "with intervals over its test images. What it cannot show: that a difference holds\n"
-          "beyond this one seed (data draw and training), nor convergence of every arm on a\n"
-          "budget this short. scripts/fed_study.sh runs several seeds to convergence with\n"
-          "intervals over seeds and test images; docs/STUDY.md has its results.")
+    c = study.get("config", {})
+    print("\nWhat this demo can show: the four arms of the comparison end to end (real daemons,\n"
+          "mutual TLS, each model evaluated where the data is), on a phantom where a hospital's\n"
+          "own data is not enough (subtle findings, 5% label noise), with intervals over the\n"
+          f"test images. What it cannot show: at this budget ({c.get('rounds')} rounds of "
+          f"{c.get('steps')} steps) no arm has\n"
+          "converged (curves in the study's plots/; the pooled site, with the most data, is\n"
+          "the furthest from it), and one seed says nothing of the training's own variation.\n"
+          "scripts/fed_study.sh runs several seeds on a larger budget and checks every arm's\n"
+          "convergence; docs/STUDY.md has its results.")
     print(f"\nwrote {demo}/summary.json, the FedAvg model in {demo}/model/, curves in "
           f"{study_dir}/plots/")
 

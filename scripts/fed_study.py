@@ -212,6 +212,14 @@ def read_curve(path):
     return out
 
 
+def title(arm):
+    """pooled-x240: the pooled arm trained for 240 rounds (scripts/fed_study_longer.sh)."""
+    base, _, rounds = arm.partition("-x")
+    if rounds.isdigit() and base in ARM_TITLES:
+        return f"{ARM_TITLES[base]}, {rounds} rounds"
+    return ARM_TITLES.get(arm, arm)
+
+
 def arm_of_job(name):
     return name.split("-")[0] if name.startswith(("alone-", "finetune-")) else name
 
@@ -255,8 +263,8 @@ def plot_curves(study, all_curves):
             ax1.plot(rounds, [a for _, a, _ in curve], label=label, lw=1)
             ax2.plot(rounds, [l for _, _, l in curve], label=label, lw=1)
         ax1.set(xlabel="round", ylabel="validation AUROC (sites' held-out splits)",
-                title=ARM_TITLES.get(arm, arm))
-        ax2.set(xlabel="round", ylabel="training loss", title=ARM_TITLES.get(arm, arm))
+                title=title(arm))
+        ax2.set(xlabel="round", ylabel="training loss", title=title(arm))
         ax1.legend(fontsize=6)
         fig.tight_layout()
         path = os.path.join(study, "plots", f"{arm}.png")
@@ -280,7 +288,8 @@ def summarize(study, seconds, replicates, seed_value=12345):
     if not seeds:
         sys.exit(f"no evaluations under {study}/seed-*/eval")
     sites = sorted(seeds[0].n)
-    arms = [a for a in ARM_ORDER if all(a in s.evals for s in seeds)]
+    extra = sorted(set.intersection(*(set(s.evals) for s in seeds)) - set(ARM_ORDER))
+    arms = [a for a in ARM_ORDER if all(a in s.evals for s in seeds)] + extra
     point, reps = bootstrap(seeds, arms, sites, replicates, np.random.default_rng(seed_value))
     config = {}
     if os.path.exists(os.path.join(study, "config.json")):
@@ -320,10 +329,11 @@ def summarize(study, seconds, replicates, seed_value=12345):
             d = diff(other, "alone", site)
             if d:
                 comparisons.append(d)
-    for other in [a for a in arms if a not in ("pooled",)]:
-        d = diff(other, "pooled", "all")
-        if d:
-            comparisons.append(d)
+    for pooled in [a for a in arms if a == "pooled" or a.startswith("pooled-x")]:
+        for other in [a for a in arms if a != pooled]:
+            d = diff(other, pooled, "all")
+            if d:
+                comparisons.append(d)
     finding_diffs = [d for arm in ("fedavg", "finetune") for site in sites
                      for k in sorted({k for (a, s, k) in point if s == site and k != "mean"})
                      for d in [diff(arm, "alone", site, k)] if d]
@@ -376,7 +386,7 @@ def markdown(out, arms, sites):
         for site in sites + ["all"]:
             r = by.get((arm, site))
             cells.append(fmt_ci(r["auroc"], *r["ci"]) if r else "–")
-        lines.append(f"| {ARM_TITLES.get(arm, arm)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {title(arm)} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("Differences (paired, same test images) [95% CI]; * = CI excludes 0:")
     lines.append("")
@@ -384,13 +394,13 @@ def markdown(out, arms, sites):
     lines.append("|---|---|---|")
     for d in out["comparisons"]:
         star = " *" if d["significant"] else ""
-        lines.append(f"| {ARM_TITLES.get(d['a'], d['a'])} − {ARM_TITLES.get(d['b'], d['b'])} | "
+        lines.append(f"| {title(d['a'])} − {title(d['b'])} | "
                      f"{'mean over sites' if d['site'] == 'all' else d['site']} | "
                      f"{d['difference']:+.3f} [{d['ci'][0]:+.3f}, {d['ci'][1]:+.3f}]{star} |")
     lines.append("")
     lines.append("Per finding (AUROC, mean over seeds [95% CI]):")
     lines.append("")
-    lines.append("| site | finding | " + " | ".join(ARM_TITLES.get(a, a) for a in arms) + " |")
+    lines.append("| site | finding | " + " | ".join(title(a) for a in arms) + " |")
     lines.append("|---|---|" + "---|" * len(arms))
     f_by = {(f["arm"], f["site"], f["finding"]): f for f in out["findings"]}
     for site in sites:
@@ -417,7 +427,7 @@ def markdown(out, arms, sites):
                   if not math.isnan(c["last_quarter_change"])), default=float("nan"))
         gain = max((c["best_minus_last_quarter"] for c in cs
                     if not math.isnan(c["best_minus_last_quarter"])), default=float("nan"))
-        lines.append(f"| {ARM_TITLES.get(arm, arm)} | {len(cs)} | {ch:.3f} | {gain:.3f} |")
+        lines.append(f"| {title(arm)} | {len(cs)} | {ch:.3f} | {gain:.3f} |")
     if out["plots"]:
         lines.append("")
         lines.append("Curves: " + ", ".join(out["plots"]))

@@ -47,6 +47,11 @@ class FedStudyTest(unittest.TestCase):
                 self.assertAlmostEqual(fed_study.auroc(s, t), brute_auroc(s, t), places=12)
         self.assertTrue(np.isnan(fed_study.auroc(np.array([0.1, 0.2]), np.array([1.0, 1.0]))))
 
+    def test_titles_of_longer_runs(self):
+        self.assertEqual(fed_study.title("pooled-x240"), "pooled (upper bound), 240 rounds")
+        self.assertEqual(fed_study.title("fedavg"), "FedAvg")
+        self.assertEqual(fed_study.title("other"), "other")
+
     def make_study(self, root, gap):
         """Two seeds, sites a and b; 'fedavg' scores carry `gap` more signal than 'alone'."""
         rng = np.random.default_rng(2)
