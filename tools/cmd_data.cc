@@ -8,8 +8,9 @@
 #include "absl/strings/str_format.h"
 #include "client/dataset.h"
 #include "client/dicom.h"
-#include "common/json_lite.h"
+#include "common/proto_json.h"
 #include "common/status.h"
+#include "fl/report.pb.h"
 #include "tools/cli.h"
 
 namespace fl {
@@ -31,19 +32,22 @@ std::string Reason(const FileReport& r) {
   return message.rfind(prefix, 0) == 0 ? message.substr(prefix.size()) : message;
 }
 
-std::string JsonObject(const FileReport& r) {
-  const bool ok = r.image.ok();
-  const DicomImage empty;
-  const DicomImage& im = ok ? *r.image : empty;
-  return absl::StrCat(
-      "{\"path\":", JsonQuote(r.path), ",\"ok\":", ok ? "true" : "false",
-      ",\"reason\":", JsonQuote(Reason(r)),
-      ",\"rows\":", im.rows, ",\"cols\":", im.cols, ",\"bits\":", im.bits_stored,
-      ",\"photometric\":", JsonQuote(im.photometric),
-      ",\"transfer_syntax\":", JsonQuote(im.transfer_syntax),
-      ",\"transfer_syntax_name\":", JsonQuote(im.transfer_syntax_name),
-      ",\"sop_instance_uid\":", JsonQuote(im.sop_instance_uid),
-      ",\"labelled\":", r.labelled ? "true" : "false", "}");
+DataCheckFile JsonObject(const FileReport& r) {
+  DataCheckFile out;
+  out.set_path(r.path);
+  out.set_ok(r.image.ok());
+  out.set_reason(Reason(r));
+  out.set_labelled(r.labelled);
+  if (!r.image.ok()) return out;
+  const DicomImage& im = *r.image;
+  out.set_rows(im.rows);
+  out.set_cols(im.cols);
+  out.set_bits(im.bits_stored);
+  out.set_photometric(im.photometric);
+  out.set_transfer_syntax(im.transfer_syntax);
+  out.set_transfer_syntax_name(im.transfer_syntax_name);
+  out.set_sop_instance_uid(im.sop_instance_uid);
+  return out;
 }
 
 std::string TextLine(const FileReport& r) {
@@ -75,7 +79,7 @@ int Check(const std::string& dir, const std::string& labels_csv, bool json) {
       labelled += r.labelled;
     }
     if (json) {
-      std::cout << (i ? ",\n" : "\n") << JsonObject(r);
+      std::cout << (i ? ",\n" : "\n") << ToJson(JsonObject(r));
     } else {
       std::cout << TextLine(r) << "\n";
     }

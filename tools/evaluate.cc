@@ -21,7 +21,8 @@
 #include "client/dataset.h"
 #include "client/dicom.h"
 #include "client/trainer.h"
-#include "common/json_lite.h"
+#include "common/proto_json.h"
+#include "fl/federation.pb.h"
 #include "common/safetensors.h"
 #include "common/status.h"
 #include "common/torch_pch.h"
@@ -31,50 +32,6 @@ namespace fl {
 namespace {
 
 constexpr double kNaN = std::numeric_limits<double>::quiet_NaN();
-
-const JsonValue* Member(const JsonValue& object, const std::string& key) {
-  for (const auto& [name, value] : object.members) {
-    if (name == key) return &value;
-  }
-  return nullptr;
-}
-
-absl::StatusOr<std::string> StringField(const JsonValue& object, const std::string& key,
-                                        const std::string& path) {
-  const JsonValue* v = Member(object, key);
-  if (v == nullptr || v->kind != JsonValue::Kind::kString) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": field \"", key, "\" is missing or not a string"));
-  }
-  return v->text;
-}
-
-absl::StatusOr<int> IntField(const JsonValue& object, const std::string& key,
-                             const std::string& path) {
-  const JsonValue* v = Member(object, key);
-  if (v == nullptr || v->kind != JsonValue::Kind::kInteger || v->integer > 1000000) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": field \"", key, "\" is missing or not an integer in range"));
-  }
-  return static_cast<int>(v->integer);
-}
-
-absl::StatusOr<std::vector<std::string>> LabelsField(const JsonValue& object,
-                                                     const std::string& path) {
-  const JsonValue* v = Member(object, "labels");
-  if (v == nullptr || v->kind != JsonValue::Kind::kArray || v->items.empty()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(path, ": field \"labels\" is missing or not a non-empty list"));
-  }
-  std::vector<std::string> labels;
-  for (const JsonValue& item : v->items) {
-    if (item.kind != JsonValue::Kind::kString || item.text.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(path, ": \"labels\" holds a non-string"));
-    }
-    labels.push_back(item.text);
-  }
-  return labels;
-}
 
 absl::StatusOr<ModelSpec> SpecOf(const ModelSidecar& sidecar) {
   return ClassifierSpec(sidecar.architecture, sidecar.in_channels > 0 ? sidecar.in_channels : 1,
@@ -252,20 +209,32 @@ absl::StatusOr<ModelSidecar> ReadModelSidecar(const std::string& path) {
   if (!in) return absl::NotFoundError(absl::StrCat("model sidecar ", path, " cannot be read"));
   std::stringstream text;
   text << in.rdbuf();
-  ASSIGN_OR_RETURN(JsonValue root, ParseJsonSubset(text.str(), 4, path));
-  if (root.kind != JsonValue::Kind::kObject) {
-    return absl::InvalidArgumentError(absl::StrCat(path, ": not a JSON object"));
+  ModelCard card;
+  RETURN_IF_ERROR(FromJson(text.str(), path, &card));
+  if (!card.workload().empty() && card.workload() != "classification") {
+    return absl::FailedPreconditionError(
+        absl::StrCat(path, ": a model of the '", card.workload(),
+                     "' workload; flctl evaluate evaluates classifiers"));
   }
+  const auto missing = [&](const char* field, const char* what) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ": field \"", field, "\" is missing or not ", what));
+  };
+  if (card.architecture().empty()) return missing("architecture", "a string");
+  if (card.labels().empty()) return missing("labels", "a non-empty list");
+  for (const std::string& label : card.labels()) {
+    if (label.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": an empty label"));
+  }
+  if (card.input_size() == 0 || card.input_size() > 1000000) {
+    return missing("input_size", "an integer in range");
+  }
+  if (card.in_channels() > 1000000) return missing("in_channels", "an integer in range");
   ModelSidecar s;
-  ASSIGN_OR_RETURN(s.architecture, StringField(root, "architecture", path));
-  ASSIGN_OR_RETURN(s.labels, LabelsField(root, path));
-  ASSIGN_OR_RETURN(s.input_size, IntField(root, "input_size", path));
-  if (Member(root, "in_channels") != nullptr) {
-    ASSIGN_OR_RETURN(s.in_channels, IntField(root, "in_channels", path));
-  }
-  if (Member(root, "head_mode") != nullptr) {
-    ASSIGN_OR_RETURN(s.head_mode, StringField(root, "head_mode", path));
-  }
+  s.architecture = card.architecture();
+  s.labels.assign(card.labels().begin(), card.labels().end());
+  s.input_size = static_cast<int>(card.input_size());
+  s.in_channels = card.in_channels() > 0 ? static_cast<int>(card.in_channels()) : 1;
+  if (!card.head_mode().empty()) s.head_mode = card.head_mode();
   return s;
 }
 

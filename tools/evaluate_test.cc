@@ -269,6 +269,15 @@ TEST_F(EvaluateModelTest, SidecarErrorsNameTheField) {
   r = EvaluateModel(options_);
   EXPECT_FALSE(r.ok());
   EXPECT_TRUE(absl::StrContains(r.status().message(), "nope")) << r.status();
+  // The card is a ModelCard: a misspelt field is named, and other workloads are refused.
+  WriteSidecar("{\"architecture\": \"smallcnn\", \"labelz\": [\"a\"], \"input_size\": 32}");
+  r = EvaluateModel(options_);
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "labelz")) << r.status();
+  WriteSidecar("{\"workload\": \"autoencoder\", \"architecture\": \"autoencoder\", "
+               "\"input_size\": 32}");
+  r = EvaluateModel(options_);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "'autoencoder' workload")) << r.status();
 }
 
 TEST_F(EvaluateModelTest, NoSharedLabelIsAnError) {
