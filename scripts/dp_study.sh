@@ -25,16 +25,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-if [ -z "${FL_STUDY_BIN:-}" ]; then
-  scripts/deps.sh
-  scripts/build.sh
-  BIN=$ROOT/build/bin
-else
-  BIN=$(cd "$FL_STUDY_BIN" && pwd)
-fi
-D=${FL_STUDY_OUT:-$ROOT/build/study}
-mkdir -p "$D" && D=$(cd "$D" && pwd)
-rm -rf "${D:?}"/*
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+fl_prepare_run "${FL_STUDY_BIN:-}" "${FL_STUDY_OUT:-$ROOT/build/study}"
 mkdir -p "$D/logs" "$D/data" "$D/test" "$D/eval" "$D/models"
 IMAGES=${FL_STUDY_IMAGES:-12000}
 TEST_IMAGES=${FL_STUDY_TEST_IMAGES:-400}
@@ -56,8 +49,6 @@ PUBLIC=public-archive
 ALL_SITES=("${SITES[@]}")
 [ "$PUBLIC_IMAGES" -gt 0 ] && ALL_SITES+=("$PUBLIC")
 START=$(date +%s)
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
 PORT=$(fl_free_port)
 
 echo "== provisioning (CA, coordinator, ${#ALL_SITES[@]} sites, 1 admin; site budget caps high enough for all jobs)"

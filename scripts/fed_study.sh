@@ -26,16 +26,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-if [ -z "${FL_FED_BIN:-}" ]; then
-  scripts/deps.sh
-  scripts/build.sh
-  BIN=$ROOT/build/bin
-else
-  BIN=$(cd "$FL_FED_BIN" && pwd)
-fi
-D=${FL_FED_OUT:-$ROOT/build/fed_study}
-mkdir -p "$D" && D=$(cd "$D" && pwd)
-rm -rf "${D:?}"/*
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+fl_prepare_run "${FL_FED_BIN:-}" "${FL_FED_OUT:-$ROOT/build/fed_study}"
 SEEDS=${FL_FED_SEEDS:-1 2 3}
 read -ra COUNTS <<< "${FL_FED_COUNTS:-1500 500 80}"
 TEST_IMAGES=${FL_FED_TEST_IMAGES:-600}
@@ -51,8 +44,6 @@ VARIANTS=${FL_FED_VARIANTS:-fedadam siteheads}
 SITES=(hospital-a hospital-b hospital-c)
 POOLED=pooled
 START=$(date +%s)
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
 # shellcheck source=scripts/study_lib.sh
 . scripts/study_lib.sh
 

@@ -12,24 +12,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-if [ -z "${FL_LC_BIN:-}" ]; then
-  scripts/deps.sh
-  scripts/build.sh
-  BIN=$ROOT/build/bin
-else
-  BIN=$(cd "$FL_LC_BIN" && pwd)
-fi
-D=${FL_LC_OUT:-$ROOT/build/learning_curve}
-mkdir -p "$D" && D=$(cd "$D" && pwd)
-rm -rf "${D:?}"/*
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+fl_prepare_run "${FL_LC_BIN:-}" "${FL_LC_OUT:-$ROOT/build/learning_curve}"
 mkdir -p "$D/logs" "$D/data" "$D/eval" "$D/models" "$D/status"
 read -ra NS <<< "${FL_LC_SIZES:-30 100 300 1000 3000}"
 TEST_IMAGES=${FL_LC_TEST_IMAGES:-1000}
 SIZE=${FL_LC_SIZE:-32}
 SEED=${FL_LC_SEED:-1}
 START=$(date +%s)
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
 # shellcheck source=scripts/study_lib.sh
 . scripts/study_lib.sh
 

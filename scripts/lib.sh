@@ -1,5 +1,19 @@
-# Shared by scripts/demo.sh and scripts/dp_study.sh (sourced): a free loopback port, and the
+# Shared by scripts/demo.sh and the study scripts (sourced): a free loopback port, and the
 # daemons of a provisioned consortium started in the background and stopped when the script exits.
+
+# fl_prepare_run PREBUILT OUT: sets BIN to PREBUILT's binaries, or (PREBUILT empty) installs what
+# is missing, builds and uses build/bin; sets D to the folder OUT, created and emptied.
+fl_prepare_run() {
+  if [ -z "$1" ]; then
+    scripts/deps.sh
+    scripts/build.sh
+    BIN=$PWD/build/bin
+  else
+    BIN=$(cd "$1" && pwd)
+  fi
+  mkdir -p "$2" && D=$(cd "$2" && pwd)
+  rm -rf "${D:?}"/*
+}
 
 fl_free_port() {
   /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

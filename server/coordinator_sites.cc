@@ -61,15 +61,41 @@ void PoolMetrics(RoundSummary& summary) {
   summary.set_mean_auroc(aurocs.empty() ? std::nan("") : mean / aurocs.size());
 }
 
+// A workload's named figures (MetricsReport.metrics): at most 16, each a short snake_case name
+// with a finite value, no name twice.
+absl::Status CheckNamedMetrics(const MetricsReport& report) {
+  if (report.metrics_size() > 16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("report holds ", report.metrics_size(), " named metrics (at most 16)"));
+  }
+  std::set<std::string> seen;
+  for (const Metric& m : report.metrics()) {
+    const bool name_ok = !m.name().empty() && m.name().size() <= 64 &&
+                         std::all_of(m.name().begin(), m.name().end(), [](char c) {
+                           return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+                         });
+    if (!name_ok || !seen.insert(m.name()).second) {
+      return absl::InvalidArgumentError("report holds a malformed or repeated metric name");
+    }
+    if (!std::isfinite(m.value())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("report's metric ", m.name(), " is not finite"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // INVALID_ARGUMENT unless every figure of `report` is one `site` can have: findings of `allowed`
 // (its labels in the job), each once, with counts within what it declared at Join, AUROCs NaN
-// or in [0, 1] (and defined only with both classes present), a finite loss.
+// or in [0, 1] (and defined only with both classes present), a finite loss, and
+// well-formed named metrics.
 absl::Status CheckReportContent(const MetricsReport& report, const SiteInfo& site,
                                 const std::vector<std::string>& allowed) {
   if (!std::isfinite(report.train_loss()) || report.train_loss() < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("train_loss ", report.train_loss(), " is not a finite, non-negative number"));
   }
+  RETURN_IF_ERROR(CheckNamedMetrics(report));
   if (report.test_images() > site.num_images()) {
     return absl::InvalidArgumentError(absl::StrCat("test_images ", report.test_images(),
                                                    " exceeds the ", site.num_images(),
@@ -562,40 +588,11 @@ absl::Status Coordinator::CheckReport(const std::string& site, const MetricsRepo
   return CheckReportContent(report, sites_[site].info, TrainLabels(round_->spec, site));
 }
 
-namespace {
-
-// A workload's named figures (MetricsReport.metrics): at most 16, each a short snake_case name
-// with a finite value, no name twice.
-absl::Status CheckNamedMetrics(const MetricsReport& report) {
-  if (report.metrics_size() > 16) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("report holds ", report.metrics_size(), " named metrics (at most 16)"));
-  }
-  std::set<std::string> seen;
-  for (const Metric& m : report.metrics()) {
-    const bool name_ok = !m.name().empty() && m.name().size() <= 64 &&
-                         std::all_of(m.name().begin(), m.name().end(), [](char c) {
-                           return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
-                         });
-    if (!name_ok || !seen.insert(m.name()).second) {
-      return absl::InvalidArgumentError("report holds a malformed or repeated metric name");
-    }
-    if (!std::isfinite(m.value())) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("report's metric ", m.name(), " is not finite"));
-    }
-  }
-  return absl::OkStatus();
-}
-
-}  // namespace
-
 absl::Status Coordinator::Report(const Identity& who, const MetricsReport& report) {
   absl::Status checked;
   {
     absl::MutexLock lock(&mu_);
-    checked = CheckNamedMetrics(report);
-    if (checked.ok()) checked = CheckReport(who.name, report);
+    checked = CheckReport(who.name, report);
   }
   absl::StatusOr<JobStatus> job =
       checked.ok() ? ChangeJob(report.job_id(),

@@ -329,7 +329,16 @@ TEST_F(CoordinatorTest, ForgedEvaluationReportChangesNothingTheOperatorSees) {
   EXPECT_EQ(code(c, stale), StatusCode::kFailedPrecondition);
   EXPECT_EQ(core_->Report({"site-d", Role::kSite}, AurocReport(ec, 0.5, 10, 10, 20)).code(),
             StatusCode::kPermissionDenied);
-  EXPECT_EQ(Counted(registry_, "fl_coordinator_reports_total", "rejected"), 7);
+  // Named metrics (other workloads' figures) must be well formed too.
+  MetricsReport named = AurocReport(ec, 0.5, 10, 10, 20);
+  Metric* l1 = named.add_metrics();
+  l1->set_name("l1");
+  l1->set_value(std::nan(""));
+  EXPECT_EQ(code(c, named), StatusCode::kInvalidArgument);
+  l1->set_value(0.1);
+  l1->set_name("L1 error");
+  EXPECT_EQ(code(c, named), StatusCode::kInvalidArgument);
+  EXPECT_EQ(Counted(registry_, "fl_coordinator_reports_total", "rejected"), 9);
   EXPECT_EQ(Counted(registry_, "fl_coordinator_reports_total", "stale"), 1);
   auto job = core_->GetJob(id);
   ASSERT_TRUE(job.ok());
