@@ -83,7 +83,18 @@ absl::Status ValidateOptimizers(JobSpec& spec) {
   if (server->tau() == 0) server->set_tau(1e-3);
   RETURN_IF_ERROR(InRange("server_optimizer.learning_rate", server->learning_rate(), 1e-9, 100));
   RETURN_IF_ERROR(InRange("server_optimizer.beta1", server->beta1(), 0, 0.999999));
-  return InRange("server_optimizer.beta2", server->beta2(), 0, 0.999999);
+  RETURN_IF_ERROR(InRange("server_optimizer.beta2", server->beta2(), 0, 0.999999));
+  RETURN_IF_ERROR(InRange("server_optimizer.momentum", server->momentum(), 0, 0.999));
+  if (server->momentum() > 0 && server->kind() != FEDAVG) {
+    return Invalid("server_optimizer.momentum",
+                   "applies to FEDAVG only (FedAdam and FedYogi have beta1)");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateEarlyStopping(const EarlyStopping& stopping) {
+  RETURN_IF_ERROR(InRange("early_stopping.min_delta", stopping.min_delta(), 0, 1e9));
+  return InRange("early_stopping.patience_rounds", stopping.patience_rounds(), 0, 1000000);
 }
 
 // The classifier needs a model and labels; the autoencoder names neither (its model is built
@@ -323,6 +334,7 @@ absl::StatusOr<JobSpec> ValidateJobSpec(JobSpec spec) {
   }
   RETURN_IF_ERROR(ValidateOptimizers(spec));
   RETURN_IF_ERROR(ValidateDp(*spec.mutable_dp()));
+  RETURN_IF_ERROR(ValidateEarlyStopping(spec.early_stopping()));
   return spec;
 }
 

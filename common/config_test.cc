@@ -68,6 +68,19 @@ TEST(ConfigTest, InvalidValuesNameTheField) {
   bad = *spec;
   bad.set_name("dp-eps0.5_run2");
   EXPECT_TRUE(ValidateJobSpec(bad).ok());
+  bad = *spec;
+  bad.mutable_server_optimizer()->set_momentum(1.0);
+  EXPECT_NE(ValidateJobSpec(bad).status().message().find("server_optimizer.momentum"),
+            std::string::npos);
+  bad.mutable_server_optimizer()->set_momentum(0.9);
+  EXPECT_TRUE(ValidateJobSpec(bad).ok());
+  bad.mutable_server_optimizer()->set_kind(FEDADAM);  // FedAdam has beta1
+  EXPECT_NE(ValidateJobSpec(bad).status().message().find("server_optimizer.momentum"),
+            std::string::npos);
+  bad = *spec;
+  bad.mutable_early_stopping()->set_min_delta(-0.1);
+  EXPECT_NE(ValidateJobSpec(bad).status().message().find("early_stopping.min_delta"),
+            std::string::npos);
 }
 
 // The autoencoder names neither a classifier nor labels; its stages must divide the image side.

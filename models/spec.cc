@@ -78,4 +78,14 @@ std::optional<std::vector<std::string>> TrainLabelsFor(
 
 bool HasLabelHead(const JobSpec& spec) { return KindOf(spec) == WorkloadKind::kClassification; }
 
+Selection SelectionFor(const JobSpec& spec) {
+  switch (KindOf(spec)) {
+    case WorkloadKind::kClassification:
+      return {"mean_auroc", true};
+    case WorkloadKind::kAutoencoder:
+      return {"l1", false};
+  }
+  return {"mean_auroc", true};
+}
+
 }  // namespace fl

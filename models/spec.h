@@ -61,4 +61,13 @@ std::optional<std::vector<std::string>> TrainLabelsFor(const JobSpec& spec,
 // averages its rows per label and head modes apply.
 bool HasLabelHead(const JobSpec& spec);
 
+// The validation figure that selects a job's best model (JobSpec.early_stopping): a round's
+// pooled figure named `metric` ("mean_auroc": RoundSummary.mean_auroc; any other name: the
+// RoundSummary.metrics entry of that name).
+struct Selection {
+  std::string metric;
+  bool higher_is_better = true;
+};
+Selection SelectionFor(const JobSpec& spec);
+
 }  // namespace fl

@@ -40,6 +40,11 @@ TEST(WorkloadSpecTest, AutoencoderTrainsEverySiteWithoutLabels) {
   EXPECT_EQ(model->latent_channels, 6);
   EXPECT_EQ(TrainLabelsFor(spec, {}), std::vector<std::string>{});
   EXPECT_EQ(TrainLabelsFor(spec, {"a"}), std::vector<std::string>{});
+  EXPECT_EQ(SelectionFor(spec).metric, "l1");  // the best model reconstructs with least error
+  EXPECT_FALSE(SelectionFor(spec).higher_is_better);
+  spec.mutable_classification();
+  EXPECT_EQ(SelectionFor(spec).metric, "mean_auroc");
+  EXPECT_TRUE(SelectionFor(spec).higher_is_better);
 }
 
 TEST(WorkloadSpecTest, NoImageSizeIsAnError) {

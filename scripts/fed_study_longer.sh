@@ -2,56 +2,11 @@
 # Trains one arm of a finished scripts/fed_study.sh run again with a larger budget, to see where
 # an arm that had not converged would end: usage
 #   scripts/fed_study_longer.sh STUDY_DIR ARM ROUNDS [SEED...]
-# ARM is pooled or fedavg; the new arm is ARM-xROUNDS (e.g. pooled-x240), evaluated like the
-# others into STUDY_DIR/seed-N/eval/ARM-xROUNDS/, with its curve in status/. Restarts each seed's
-# coordinator and the sites the arm needs from the seed's kits (same data, same test sets).
-# Then run `scripts/fed_study.py summarize STUDY_DIR` again. FL_FED_BIN: the binaries (build/bin).
+# ARM is pooled or fedavg; the new arm is ARM-xROUNDS (e.g. pooled-x240), run by
+# scripts/fed_study_arm.sh. Then run `scripts/fed_study.py summarize STUDY_DIR` again.
 set -euo pipefail
-cd "$(dirname "$0")/.."
-ROOT=$PWD
-BIN=$(cd "${FL_FED_BIN:-$ROOT/build/bin}" && pwd)
-D=$(cd "$1" && pwd)
-ARM=$2
-ROUNDS=$3
+[ $# -ge 3 ] || { sed -n 2,6p "$0"; exit 2; }
+D=$1 ARM=$2 ROUNDS=$3
 shift 3
-SEEDS=("$@")
-[ ${#SEEDS[@]} -eq 0 ] && SEEDS=($(cd "$D" && ls -d seed-* | sed 's/seed-//'))
-SITES=(hospital-a hospital-b hospital-c)
-# shellcheck source=scripts/lib.sh
-. scripts/lib.sh
-# shellcheck source=scripts/study_lib.sh
-. scripts/study_lib.sh
-NAME=$ARM-x$ROUNDS
-case $ARM in
-  pooled) JOB_SITES=(pooled) ;;
-  fedavg) JOB_SITES=("${SITES[@]}") ;;
-  *) echo "ARM must be pooled or fedavg" >&2; exit 2 ;;
-esac
-cfg() { /usr/bin/python3 -c "import json,sys; print(json.load(open('$D/config.json'))[sys.argv[1]])" "$1"; }
-for seed in "${SEEDS[@]}"; do
-  S=$D/seed-$seed
-  admin=$S/pki/admins/operator/admin.conf
-  rm -f "$S/coordinator.port"
-  "$BIN/fl-coordinator" --config "$S/pki/coordinator/coordinator.conf" \
-    >> "$S/logs/coordinator.log" 2>&1 &
-  FL_PIDS+=($!)
-  for _ in $(seq 100); do [ -s "$S/coordinator.port" ] && break; sleep 0.1; done
-  study_job_spec "$S/jobs/$NAME.job" "$NAME" "$(IFS=,; echo "${JOB_SITES[*]}")" \
-    model="$(cfg model)" size="$(cfg size)" rounds="$ROUNDS" steps="$(cfg steps)" \
-    batch="$(cfg batch)" lr="$(cfg lr)" seed="$seed" min_sites="${#JOB_SITES[@]}"
-  id=$("$BIN/flctl" job submit --config "$admin" --spec "$S/jobs/$NAME.job")
-  for site in "${JOB_SITES[@]}"; do  # the kits' configs already say exit_when_idle, cpu
-    "$BIN/fl-client" --config "$S/pki/sites/$site/client.conf" >> "$S/logs/$site.log" 2>&1 &
-    FL_PIDS+=($!)
-  done
-  "$BIN/flctl" job wait "$id" --config "$admin" > "$S/logs/$NAME.wait.log" || true
-  echo "   seed $seed: $NAME: $(tail -n 1 "$S/logs/$NAME.wait.log")"
-  "$BIN/flctl" job status "$id" --config "$admin" --json > "$S/status/$NAME.json"
-  "$BIN/flctl" export "$id" --config "$admin" --out "$S/models/$NAME" > /dev/null
-  mkdir -p "$S/eval/$NAME"
-  for site in "${SITES[@]}"; do
-    study_evaluate "$BIN" "$S/models/$NAME" "$S/test/$site" "$S/eval/$NAME/$site"
-  done
-  fl_stop_daemons
-  FL_PIDS=()
-done
+FL_FED_ARM_SEEDS="$*" exec "$(dirname "$0")/fed_study_arm.sh" "$D" "$ARM-x$ROUNDS" "$ARM" \
+  rounds="$ROUNDS"

@@ -23,13 +23,15 @@ study_phantom() {
 }
 
 # study_job_spec FILE NAME SITES(comma) KEY=VALUE...: writes a job spec. Keys: model size rounds
-# steps batch lr seed min_sites server (fedavg|fedadam|fedyogi) server_lr heads (label|site)
+# steps batch lr opt (adam|sgd) momentum (sgd) seed min_sites server (fedavg|fedadam|fedyogi)
+# server_lr server_momentum (fedavg) heads (label|site) patience (early stopping, rounds; 0: off)
 # initial labels (comma list; default all eight).
 study_job_spec() {
   local file=$1 name=$2 sites=$3
   shift 3
   local -A k=([model]=smallcnn [size]=32 [rounds]=20 [steps]=20 [batch]=32 [lr]=0.002 [seed]=1
-              [min_sites]=1 [server]=fedavg [server_lr]=0 [heads]=label [initial]=""
+              [min_sites]=1 [opt]=adam [momentum]=0 [server]=fedavg [server_lr]=0 [heads]=label
+              [server_momentum]=0 [patience]=0 [initial]=""
               [labels]=$FL_ALL_LABELS)
   local kv
   for kv in "$@"; do k[${kv%%=*}]=${kv#*=}; done
@@ -37,8 +39,10 @@ study_job_spec() {
     echo "name: \"$name\" model: \"${k[model]}\" image_size: ${k[size]} rounds: ${k[rounds]}"
     echo "local_steps: ${k[steps]} batch_size: ${k[batch]} min_sites: ${k[min_sites]}"
     echo "round_deadline_seconds: 3600 start_timeout_seconds: 900 seed: ${k[seed]}"
-    echo "local_optimizer { name: \"adam\" learning_rate: ${k[lr]} }"
-    echo "server_optimizer { kind: ${k[server]^^} learning_rate: ${k[server_lr]} }"
+    echo "local_optimizer { name: \"${k[opt]}\" learning_rate: ${k[lr]} momentum: ${k[momentum]} }"
+    echo "server_optimizer { kind: ${k[server]^^} learning_rate: ${k[server_lr]}"
+    echo "                   momentum: ${k[server_momentum]} }"
+    echo "early_stopping { patience_rounds: ${k[patience]} }"
     echo "head_mode: HEAD_MODE_${k[heads]^^}"
     local l s label_list site_list
     IFS=, read -ra label_list <<< "${k[labels]}"

@@ -228,7 +228,17 @@ float AdaptiveStep(const ServerOptimizer& opt, float delta, float& m, float& v) 
   return static_cast<float>(opt.learning_rate()) * m / (std::sqrt(v) + static_cast<float>(opt.tau()));
 }
 
+// FedAvgM: the velocity `m` updated in place; the step is learning_rate * velocity.
+float MomentumStep(const ServerOptimizer& opt, float delta, float& m) {
+  m = static_cast<float>(opt.momentum()) * m + delta;
+  return static_cast<float>(opt.learning_rate()) * m;
+}
+
 }  // namespace
+
+bool HasServerState(const ServerOptimizer& optimizer) {
+  return optimizer.kind() == FEDADAM || optimizer.kind() == FEDYOGI || optimizer.momentum() > 0;
+}
 
 absl::StatusOr<TensorList> Aggregator::NextModel(const ServerOptimizer& optimizer,
                                                  const TensorList& global,
@@ -239,12 +249,15 @@ absl::StatusOr<TensorList> Aggregator::NextModel(const ServerOptimizer& optimize
     return absl::FailedPreconditionError("no update to apply");
   }
   const bool adaptive = optimizer.kind() == FEDADAM || optimizer.kind() == FEDYOGI;
-  if (adaptive && moments->m.empty()) {
+  if (HasServerState(optimizer) && moments->m.empty()) {
     for (const NamedTensor& t : global) {
       moments->m.push_back({t.name, t.shape, std::vector<float>(t.data.size(), 0.0f)});
-      moments->v.push_back({t.name, t.shape, std::vector<float>(t.data.size(), 0.0f)});
+      if (adaptive) {
+        moments->v.push_back({t.name, t.shape, std::vector<float>(t.data.size(), 0.0f)});
+      }
     }
   }
+  const bool momentum = !adaptive && optimizer.momentum() > 0;
   const float lr = static_cast<float>(optimizer.learning_rate());
   TensorList next;
   next.reserve(global.size());
@@ -267,9 +280,10 @@ absl::StatusOr<TensorList> Aggregator::NextModel(const ServerOptimizer& optimize
           from_average_
               ? out[i]
               : static_cast<float>(FixedToDouble(sums_[k][i]) * kFromFixed / static_cast<double>(w));
-      out[i] = current[i] + (adaptive ? AdaptiveStep(optimizer, delta, moments->m[g].data[i],
-                                                     moments->v[g].data[i])
-                                      : lr * delta);
+      out[i] = current[i] + (adaptive   ? AdaptiveStep(optimizer, delta, moments->m[g].data[i],
+                                                       moments->v[g].data[i])
+                             : momentum ? MomentumStep(optimizer, delta, moments->m[g].data[i])
+                                        : lr * delta);
     }
     next[g].data = std::move(out);
     if (!from_average_) std::vector<__int128>().swap(sums_[k]);  // memory back as we go
@@ -303,7 +317,11 @@ absl::StatusOr<OptimizerMoments> ReadMoments(const std::string& path, const Tens
   std::map<std::string, NamedTensor*> by_name;
   for (NamedTensor& t : all) by_name[t.name] = &t;
   OptimizerMoments moments;
+  const bool velocity_only = std::none_of(all.begin(), all.end(), [](const NamedTensor& t) {
+    return t.name.rfind("v.", 0) == 0;
+  });
   for (const char* prefix : {"m.", "v."}) {
+    if (prefix[0] == 'v' && velocity_only) break;
     for (const NamedTensor& want : model) {
       auto it = by_name.find(prefix + want.name);
       if (it == by_name.end() || it->second->shape != want.shape) {

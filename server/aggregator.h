@@ -26,16 +26,20 @@ struct UpdateLayout {
 UpdateLayout MakeLayout(const TensorList& global, const std::string& head_prefix, HeadMode mode,
                         size_t num_labels);
 
-// The server optimizer's moment estimates (FedAdam/FedYogi), kept across rounds.
+// The server optimizer's state, kept across rounds: FedAdam/FedYogi's moment estimates (m, v);
+// FedAvg with server momentum's velocity (m alone, v empty).
 struct OptimizerMoments {
   TensorList m, v;
 };
+// Whether `optimizer` keeps state across rounds (OptimizerMoments).
+bool HasServerState(const ServerOptimizer& optimizer);
 
 // Where the moments belonging to the checkpoint at `checkpoint_path` are kept.
 std::string MomentsPath(const std::string& checkpoint_path);
 // Writes `moments` atomically as safetensors (tensors "m.<name>" and "v.<name>").
 absl::Status WriteMoments(const std::string& path, const OptimizerMoments& moments);
-// Reads moments written by WriteMoments; each must match the shape of `model`'s tensor.
+// Reads moments written by WriteMoments; each must match the shape of `model`'s tensor. A file
+// without "v." tensors (a velocity) gives an empty v.
 absl::StatusOr<OptimizerMoments> ReadMoments(const std::string& path, const TensorList& model);
 
 // Exact, order-independent weighted sum of updates. Backbone tensors are averaged over all

@@ -107,6 +107,34 @@ TEST(AggregatorTest, FedAdamFirstStepMovesByLearningRate) {
   EXPECT_FLOAT_EQ(moments.m[0].data[0], 0.05f);
 }
 
+// FedAvgM: the velocity accumulates the average updates (v = 0.5 v + delta) and the model moves
+// by learning_rate * v; the velocity alone is kept across a restart (no second moment).
+TEST(AggregatorTest, ServerMomentumAccumulatesTheVelocity) {
+  TensorList global = Global();
+  ServerOptimizer fedavgm = FedAvg(1.0);
+  fedavgm.set_momentum(0.5);
+  ASSERT_TRUE(HasServerState(fedavgm));
+  EXPECT_FALSE(HasServerState(FedAvg()));
+  OptimizerMoments moments;
+  for (int round = 0; round < 2; ++round) {
+    Aggregator agg(MakeLayout(global, "fc.", HEAD_MODE_LABEL, 3), 3);
+    FoldAll(agg, {{"conv.weight", {2}, {1, -2}}, {"fc.weight", {3, 2}, {0, 0, 0, 0, 0, 0}}}, 1,
+            {0});
+    ASSERT_TRUE(agg.Apply(fedavgm, global, &moments).ok());
+  }
+  // v1 = 1, v2 = 0.5 + 1 = 1.5: the backbone moved by 2.5 (and -5).
+  EXPECT_FLOAT_EQ(global[0].data[0], 1.0f + 2.5f);
+  EXPECT_FLOAT_EQ(global[0].data[1], 2.0f - 5.0f);
+  EXPECT_FLOAT_EQ(moments.m[0].data[0], 1.5f);
+  EXPECT_TRUE(moments.v.empty());
+  const std::string path = ::testing::TempDir() + "/velocity.moments";
+  ASSERT_TRUE(WriteMoments(path, moments).ok());
+  absl::StatusOr<OptimizerMoments> read = ReadMoments(path, global);
+  ASSERT_TRUE(read.ok()) << read.status();
+  EXPECT_EQ(read->m[0].data, moments.m[0].data);
+  EXPECT_TRUE(read->v.empty());
+}
+
 // Site mode: the next model takes the backbone from the sums and copies the private head; the
 // aggregator is spent afterwards.
 TEST(AggregatorTest, NextModelKeepsUnsharedTensorsAndSpendsTheAggregator) {

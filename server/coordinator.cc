@@ -1,5 +1,6 @@
 #include "server/coordinator.h"
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -190,15 +191,24 @@ std::vector<SiteInfo> Coordinator::ListSites() {
 
 namespace {
 
-// The model card a researcher needs to use the exported weights.
-std::string Sidecar(const JobStatus& job) {
+// The model card a researcher needs to use the exported weights: the model after `round` rounds.
+std::string Sidecar(const JobStatus& job, uint32_t round) {
   const JobSpec& spec = job.spec();
   ModelCard card;
   card.set_job_id(job.job_id());
   card.set_workload(WorkloadName(spec));
   card.set_input_size(spec.image_size());
   card.set_in_channels(spec.in_channels());
-  card.set_rounds(job.rounds_done());
+  card.set_rounds(round);
+  if (round >= 1 && round <= static_cast<uint32_t>(job.rounds_size())) {
+    const Selection selection = SelectionFor(spec);
+    const double score =
+        coordinator_internal::SelectionScore(selection, job.rounds(static_cast<int>(round) - 1));
+    if (!std::isnan(score)) {
+      card.set_selection_metric(selection.metric);
+      card.set_selection_score(score);
+    }
+  }
   card.set_preprocessing(
       "DICOM pixel data -> modality LUT -> VOI window (first in file, else VOI LUT, else "
       "min-max) -> MONOCHROME1 inverted -> area resize to input_size x input_size -> scale to "
@@ -238,15 +248,29 @@ absl::Status StreamFile(const std::string& name, const std::string& path, size_t
 
 }  // namespace
 
-absl::Status Coordinator::ExportModel(const Identity& who, const std::string& job_id,
+absl::Status Coordinator::ExportModel(const Identity& who, const std::string& job_id, bool best,
                                       const std::function<bool(const FileChunk&)>& emit) {
   ASSIGN_OR_RETURN(JobStatus job, GetJob(job_id));
-  ASSIGN_OR_RETURN(Checkpoint checkpoint, store_->LatestCheckpoint(job_id));
-  RETURN_IF_ERROR(store_->Audit(who.name, "export-model", job_id));
-  RETURN_IF_ERROR(StreamFile("model.safetensors", checkpoint.path, config_.chunk_bytes(), emit));
+  std::string path;
+  uint32_t round = job.rounds_done();
+  if (best) {
+    if (job.best_round() == 0) {
+      return absl::NotFoundError(absl::StrCat("job ", job_id,
+                                              " has no best model yet: no round's model has "
+                                              "validation figures from the sites"));
+    }
+    round = job.best_round();
+    path = BestPath(job_id, round);
+  } else {
+    ASSIGN_OR_RETURN(Checkpoint checkpoint, store_->LatestCheckpoint(job_id));
+    path = checkpoint.path;
+    round = checkpoint.round;
+  }
+  RETURN_IF_ERROR(store_->Audit(who.name, best ? "export-best-model" : "export-model", job_id));
+  RETURN_IF_ERROR(StreamFile("model.safetensors", path, config_.chunk_bytes(), emit));
   FileChunk sidecar;
   sidecar.set_file("model.json");
-  sidecar.set_data(Sidecar(job));
+  sidecar.set_data(Sidecar(job, round));
   if (!emit(sidecar)) return absl::CancelledError("export stream closed by the peer");
   return absl::OkStatus();
 }

@@ -76,8 +76,9 @@ class Coordinator {
   absl::StatusOr<JobStatus> GetJob(const std::string& job_id);
   absl::StatusOr<JobStatus> CancelJob(const Identity& who, const std::string& job_id);
   std::vector<SiteInfo> ListSites();
-  // The job's latest committed model as safetensors, then its JSON sidecar.
-  absl::Status ExportModel(const Identity& who, const std::string& job_id,
+  // The job's latest committed model (or, with `best`, the best by validation: NOT_FOUND when
+  // there is none yet) as safetensors, then its JSON sidecar.
+  absl::Status ExportModel(const Identity& who, const std::string& job_id, bool best,
                            const std::function<bool(const FileChunk&)>& emit);
 
  private:
@@ -179,6 +180,15 @@ class Coordinator {
   // config.round_retry() says when it loses its quorum; the error of the last try otherwise.
   absl::Status RunTrainingRound(const std::string& job_id, uint32_t round);
   std::string CheckpointPath(const std::string& job_id, uint32_t round) const;
+  // Model selection (coordinator_selection.cc). The best model's second name, which outlives
+  // its round's checkpoint.
+  std::string BestPath(const std::string& job_id, uint32_t round) const;
+  // When the model after `done` rounds (its checkpoint on disk, its validation figures in
+  // job.rounds[done - 1]) beats the job's best: links it as the best and records it in `job`.
+  // Returns the former best's path, to remove once `job` is stored ("" when none or unchanged).
+  absl::StatusOr<std::string> KeepIfBest(JobStatus& job, uint32_t done);
+  // After the final evaluation: the last model, if it is the best, recorded and stored.
+  absl::Status KeepFinalIfBest(const std::string& job_id);
   // Deletes the spool files of every attempt of a committed round.
   void RemoveSpools(const std::string& job_id, uint32_t round);
   std::string SpoolPath(const std::string& job_id, uint32_t round, uint32_t attempt,

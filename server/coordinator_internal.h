@@ -10,6 +10,7 @@
 
 #include "absl/time/time.h"
 #include "common/log.h"
+#include "models/spec.h"
 #include "server/coordinator.h"
 #include "server/robust_aggregator.h"
 
@@ -43,6 +44,16 @@ inline void Log(const std::string& line) { LogLine("fl-coordinator", line); }
 inline bool Terminal(JobState state) {
   return state == DONE || state == FAILED || state == CANCELLED;
 }
+
+// Model selection (coordinator_selection.cc). The score of a round's pooled validation figures
+// (NaN when the round has none).
+double SelectionScore(const Selection& selection, const RoundSummary& summary);
+// Whether `score` beats the job's best by more than its early_stopping.min_delta (any score
+// does when there is no best yet; NaN never does).
+bool Improves(const Selection& selection, double score, const JobStatus& job);
+// Whether, with the model after `done` rounds evaluated, patience_rounds models have passed
+// since the best one without a gain.
+bool PatienceSpent(const JobStatus& job, uint32_t done);
 
 }  // namespace coordinator_internal
 }  // namespace fl

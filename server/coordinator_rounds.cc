@@ -146,8 +146,7 @@ absl::Status Coordinator::PrepareModel(const JobStatus& job) {
       return absl::DataLossError(absl::StrCat("checkpoint ", checkpoint.path,
                                               " does not match the job's model"));
     }
-    const ServerOptimizerKind kind = job.spec().server_optimizer().kind();
-    if (kind == FEDADAM || kind == FEDYOGI) {
+    if (HasServerState(job.spec().server_optimizer())) {
       ASSIGN_OR_RETURN(moments_, ReadMoments(MomentsPath(checkpoint.path), weights));
     }
     init.weights = std::move(weights);
@@ -192,11 +191,19 @@ absl::Status Coordinator::RunJob(const std::string& job_id) {
                     return absl::OkStatus();
                   }).status());
   RETURN_IF_ERROR(WaitForSites(job_id, job.spec()));
-  for (uint32_t round = job.rounds_done(); round < job.spec().rounds(); ++round) {
-    RETURN_IF_ERROR(RunTrainingRound(job_id, round));
+  uint32_t done = job.rounds_done();
+  for (bool stop = job.stopped_early(); done < job.spec().rounds() && !stop; ++done) {
+    RETURN_IF_ERROR(RunTrainingRound(job_id, done));
+    absl::MutexLock lock(&mu_);
+    stop = jobs_[job_id].stopped_early();
   }
   // Every site evaluates the final model on its own test split.
-  return RunRound(job_id, job.spec().rounds(), /*attempt=*/1, /*evaluate_only=*/true);
+  RETURN_IF_ERROR(RunRound(job_id, done, /*attempt=*/1, /*evaluate_only=*/true));
+  if (absl::Status kept = KeepFinalIfBest(job_id); !kept.ok()) {  // the best so far stays
+    Log(absl::StrCat("job ", job_id, ": the final model's selection was not recorded: ",
+                     kept.message()));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Coordinator::RunTrainingRound(const std::string& job_id, uint32_t round) {
@@ -448,8 +455,13 @@ absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t ro
   }
   *copy.add_rounds() = summary;
   copy.set_rounds_done(round + 1);
+  // The sites evaluated the model after `round` rounds during this round: select on it.
+  absl::StatusOr<std::string> former_best = KeepIfBest(copy, round);
+  RETURN_IF_ERROR(stored(former_best.status()));
+  if (coordinator_internal::PatienceSpent(copy, round)) copy.set_stopped_early(true);
   RETURN_IF_ERROR(stored(store_->CommitRound(copy, Checkpoint{path, crc, round + 1})));
   std::error_code ec;
+  if (!former_best->empty()) fs::remove(*former_best, ec);
   if (round >= 1) {  // keep the last two
     fs::remove(CheckpointPath(job_id, round - 1), ec);
     fs::remove(MomentsPath(CheckpointPath(job_id, round - 1)), ec);
@@ -460,11 +472,19 @@ absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t ro
   JobStatus& job = jobs_[job_id];  // only once stored: a failed commit leaves no trace here
   *job.add_rounds() = summary;
   job.set_rounds_done(round + 1);
+  job.set_best_round(copy.best_round());
+  job.set_best_score(copy.best_score());
+  job.set_stopped_early(copy.stopped_early());
   global_ = std::make_shared<const TensorList>(std::move(next));
   metrics_->rounds_completed.Increment();
   metrics_->round_duration.Observe(absl::ToDoubleSeconds(absl::Now() - round_->opened));
   Log(absl::StrFormat("job %s round %d committed: %d sites, loss %.4f", job_id, round,
                       summary.sites_size(), summary.train_loss()));
+  if (job.stopped_early()) {
+    Log(absl::StrFormat("job %s stops early: no validation gain over round %d's model in %d "
+                        "rounds",
+                        job_id, job.best_round(), spec.early_stopping().patience_rounds()));
+  }
   return absl::OkStatus();
 }
 

@@ -37,10 +37,13 @@ double Median(std::vector<double> values) {
 
 // Per finding, the median of the sites' AUROCs over the round's reports (unweighted: a site's
 // claimed image count buys it no weight) with their counts summed; and the mean over findings.
+// Per named metric, the median of the sites' values.
 void PoolMetrics(RoundSummary& summary) {
   std::map<std::string, std::vector<double>> aurocs;  // label -> one per site
   std::map<std::string, LabelMetric> counts;
+  std::map<std::string, std::vector<double>> named;  // metric -> one per site
   for (const SiteReport& report : summary.reports()) {
+    for (const Metric& m : report.metrics()) named[m.name()].push_back(m.value());
     for (const LabelMetric& m : report.test()) {
       if (std::isnan(m.auroc())) continue;
       aurocs[m.label()].push_back(m.auroc());
@@ -59,6 +62,12 @@ void PoolMetrics(RoundSummary& summary) {
     mean += m->auroc();
   }
   summary.set_mean_auroc(aurocs.empty() ? std::nan("") : mean / aurocs.size());
+  summary.clear_metrics();
+  for (const auto& [name, values] : named) {
+    Metric* m = summary.add_metrics();
+    m->set_name(name);
+    m->set_value(Median(values));
+  }
 }
 
 // A workload's named figures (MetricsReport.metrics): at most 16, each a short snake_case name

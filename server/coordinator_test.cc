@@ -371,6 +371,81 @@ TEST_F(CoordinatorTest, ForgedEvaluationReportChangesNothingTheOperatorSees) {
   WaitForState(id, DONE);  // every tasked site reported once
 }
 
+// Model selection: the sites' validation figures on rounds 1..3's models are 0.6, 0.8, 0.7; with
+// patience 1 the job stops after round 3 (its model, the 4th, is evaluated last: 0.75), keeps the
+// model after round 2 as the best, and exports it with --best.
+TEST_F(CoordinatorTest, BestModelIsKeptAndTheJobStopsWhenValidationStopsImproving) {
+  ConnectSites();
+  JobSpec spec;
+  spec.set_rounds(6);
+  spec.mutable_early_stopping()->set_patience_rounds(1);
+  const std::string id = Submit(spec);
+  std::map<uint32_t, TensorList> evaluated;  // rounds done -> the model the sites evaluated
+  const std::vector<double> figures = {0.6, 0.8, 0.7};
+  for (uint32_t round = 0; round <= figures.size(); ++round) {
+    const Task ta = a_->Next(), tb = b_->Next();
+    ASSERT_EQ(ta.round(), round);
+    ASSERT_FALSE(ta.evaluate_only());
+    if (round > 0) {
+      evaluated[round] = Download(a_->who(), ta);
+      const double figure = figures[round - 1];
+      ASSERT_TRUE(core_->Report(a_->who(), AurocReport(ta, figure - 0.02, 10, 10, 20)).ok());
+      ASSERT_TRUE(core_->Report(b_->who(), AurocReport(tb, figure + 0.02, 10, 10, 20)).ok());
+    }
+    // Different updates each round, so each round's model differs.
+    ASSERT_TRUE(Upload(a_->who(), ta, Update(1 + round, 4, 6), 5, {"a", "b"}).ok());
+    ASSERT_TRUE(UploadB(tb).ok());
+  }
+  const Task ea = a_->Next(), eb = b_->Next();  // no round 4: the final evaluation
+  ASSERT_TRUE(ea.evaluate_only());
+  EXPECT_EQ(ea.round(), 4u);
+  ASSERT_TRUE(core_->Report(a_->who(), AurocReport(ea, 0.75, 10, 10, 20)).ok());
+  ASSERT_TRUE(core_->Report(b_->who(), AurocReport(eb, 0.75, 10, 10, 20)).ok());
+  const JobStatus job = WaitForState(id, DONE);
+  EXPECT_EQ(job.rounds_done(), 4u);
+  EXPECT_TRUE(job.stopped_early());
+  EXPECT_EQ(job.best_round(), 2u);
+  EXPECT_DOUBLE_EQ(job.best_score(), 0.8);
+
+  auto exported = [&](bool best) {
+    std::string bytes, card;
+    EXPECT_TRUE(core_->ExportModel({"op", Role::kAdmin}, id, best, [&](const FileChunk& c) {
+                  (c.file() == "model.json" ? card : bytes) += c.data();
+                  return true;
+                }).ok());
+    const std::string path = dir_ + (best ? "/best.safetensors" : "/last.safetensors");
+    EXPECT_TRUE(WriteFileAtomic(path, bytes, 0600).ok());
+    absl::StatusOr<TensorList> weights = ReadSafetensors(path);
+    EXPECT_TRUE(weights.ok()) << weights.status();
+    return std::make_pair(weights.ok() ? *weights : TensorList(), card);
+  };
+  const auto [best, best_card] = exported(true);
+  ASSERT_EQ(best.size(), evaluated[2].size());
+  for (size_t i = 0; i < best.size(); ++i) EXPECT_EQ(best[i].data, evaluated[2][i].data);
+  EXPECT_NE(best_card.find("\"rounds\": 2"), std::string::npos) << best_card;
+  EXPECT_NE(best_card.find("\"selection_score\": 0.8"), std::string::npos) << best_card;
+  const auto [last, last_card] = exported(false);
+  EXPECT_NE(last[0].data, best[0].data);
+  EXPECT_NE(last_card.find("\"rounds\": 4"), std::string::npos) << last_card;
+}
+
+// Without patience the job runs every round, and a job whose sites never report has no best
+// model to export.
+TEST_F(CoordinatorTest, NoValidationFiguresMeansNoBestModel) {
+  ConnectSites();
+  JobSpec spec;
+  spec.set_rounds(1);
+  const std::string id = Submit(spec);
+  ASSERT_TRUE(UploadA(a_->Next()).ok());
+  ASSERT_TRUE(UploadB(b_->Next()).ok());
+  a_->Next();
+  b_->Next();
+  core_->CancelJob({"op", Role::kAdmin}, id).IgnoreError();  // skip the final evaluation
+  const absl::Status status =
+      core_->ExportModel({"op", Role::kAdmin}, id, true, [](const FileChunk&) { return true; });
+  EXPECT_EQ(status.code(), absl::StatusCode::kNotFound) << status;
+}
+
 // Nobody uploads: three tries of 1 s, with pauses of 1 s and 2 s between them (the default
 // round_retry, on a clock that passes them at once), then the job fails with the reason.
 TEST_F(CoordinatorTest, RoundWithoutQuorumIsRetriedThenFailsWithReason) {

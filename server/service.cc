@@ -136,7 +136,7 @@ grpc::Status AdminService::ExportModel(grpc::ServerContext* ctx, const ExportReq
                                        grpc::ServerWriter<FileChunk>* writer) {
   FL_CALLER(ctx, Role::kAdmin);
   return ToGrpcStatus(core_->ExportModel(
-      *who, request->job_id(), [&](const FileChunk& chunk) { return writer->Write(chunk); }));
+      *who, request->job_id(), request->best(), [&](const FileChunk& chunk) { return writer->Write(chunk); }));
 }
 
 }  // namespace fl

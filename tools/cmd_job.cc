@@ -23,7 +23,10 @@ constexpr char kJobUsage[] =
     "usage: flctl job submit --config ADMIN.conf --spec JOB.conf\n"
     "       flctl job list|status|wait|cancel --config ADMIN.conf [JOB_ID] [--json]";
 constexpr char kSitesUsage[] = "usage: flctl sites --config ADMIN.conf [--json]";
-constexpr char kExportUsage[] = "usage: flctl export JOB_ID --config ADMIN.conf --out DIR";
+constexpr char kExportUsage[] =
+    "usage: flctl export JOB_ID --config ADMIN.conf --out DIR [--best]\n"
+    "  --best  the model with the best validation figures so far (JobSpec.early_stopping), not "
+    "the latest";
 
 absl::StatusOr<std::unique_ptr<Admin::Stub>> Connect(const Args& args) {
   ASSIGN_OR_RETURN(std::string path, args.Require("config"));
@@ -60,6 +63,12 @@ void PrintStatus(const JobStatus& job) {
                                job.message().empty() ? "" : " - " + job.message());
   if (!job.spec().initial_model().empty()) {
     std::cout << "  started from " << job.spec().initial_model() << "\n";
+  }
+  if (job.best_round() > 0) {
+    std::cout << absl::StrFormat("  best model by validation: after round %d (%s %.4f; flctl "
+                                 "export --best)%s\n",
+                                 job.best_round(), SelectionFor(spec).metric, job.best_score(),
+                                 job.stopped_early() ? ", stopped early" : "");
   }
   for (const RoundSummary& r : job.rounds()) {
     std::vector<std::string> labels;
@@ -209,7 +218,7 @@ int RunSites(const std::vector<std::string>& argv) {
 
 // flctl export JOB_ID --config ADMIN.conf --out DIR: model.safetensors + model.json.
 int RunExport(const std::vector<std::string>& argv) {
-  absl::StatusOr<Args> args = Args::Parse(argv);
+  absl::StatusOr<Args> args = Args::Parse(argv, {"best"});
   if (!args.ok()) return Fail(args.status(), 2);
   absl::StatusOr<std::string> out = args->Require("out");
   if (!out.ok() || args->positional().size() != 1) {
@@ -221,6 +230,7 @@ int RunExport(const std::vector<std::string>& argv) {
   grpc::ClientContext ctx;
   ExportRequest request;
   request.set_job_id(args->positional()[0]);
+  request.set_best(args->Has("best"));
   auto reader = (*stub)->ExportModel(&ctx, request);
   std::map<std::string, std::ofstream> files;
   FileChunk chunk;
