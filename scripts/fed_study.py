@@ -21,6 +21,7 @@ import glob
 import json
 import math
 import os
+import re
 import struct
 import sys
 
@@ -221,7 +222,9 @@ def title(arm):
 
 
 def arm_of_job(name):
-    return name.split("-")[0] if name.startswith(("alone-", "finetune-")) else name
+    """alone-hospital-a -> alone: a one-hospital arm's jobs are named ARM-HOSPITAL."""
+    m = re.match(r"(.+)-(hospital-[a-z])$", name)
+    return m.group(1) if m else name
 
 
 def curves(study):
