@@ -15,9 +15,8 @@ namespace {
 
 absl::Status CheckLevels(const ModelSpec &spec) {
   if (spec.widths.empty() || spec.widths.size() > 6) {
-    return absl::InvalidArgumentError(absl::StrCat("model ", spec.name,
-                                                   ": needs 1 to 6 widths, got ",
-                                                   spec.widths.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", spec.name, ": needs 1 to 6 widths, got ", spec.widths.size()));
   }
   for (int w : spec.widths) {
     if (w < 1) return absl::InvalidArgumentError(absl::StrCat("model ", spec.name, ": width ", w));
@@ -25,8 +24,8 @@ absl::Status CheckLevels(const ModelSpec &spec) {
   const int factor = 1 << (spec.widths.size() - 1);
   if (spec.input.square_side() % factor != 0) {
     return absl::InvalidArgumentError(absl::StrCat("model ", spec.name, ": the input side ",
-                                                   spec.input.square_side(),
-                                                   " does not divide by ", factor));
+                                                   spec.input.square_side(), " does not divide by ",
+                                                   factor));
   }
   return absl::OkStatus();
 }
@@ -122,9 +121,8 @@ torch::Tensor DiffusionPerSampleLoss(LatentUNetImpl &unet, const NoiseSchedule &
   const torch::Tensor eps =
       at::normal(0.0, 1.0, z0.sizes(), generator, torch::TensorOptions().dtype(torch::kFloat32))
           .to(z0.device(), z0.scalar_type());
-  torch::Tensor cond = condition.defined()
-                           ? condition
-                           : UnknownCondition(n, unet.num_findings(), z0.device());
+  torch::Tensor cond =
+      condition.defined() ? condition : UnknownCondition(n, unet.num_findings(), z0.device());
   if (unet.num_findings() > 0 && condition_dropout > 0) {
     cond = DropConditions(cond, condition_dropout, generator);
   }
@@ -145,9 +143,9 @@ torch::Tensor GuidedNoise(LatentUNetImpl &unet, const torch::Tensor &x_t, const 
 std::vector<int64_t> DdimTimesteps(int64_t T, int64_t K) {
   std::vector<int64_t> out;
   for (int64_t i = 0; i < K; ++i) {
-    const double v = K == 1 ? 0.0
-                            : static_cast<double>(T - 1) * static_cast<double>(i) /
-                                  static_cast<double>(K - 1);
+    const double v =
+        K == 1 ? 0.0
+               : static_cast<double>(T - 1) * static_cast<double>(i) / static_cast<double>(K - 1);
     out.push_back(static_cast<int64_t>(v));
   }
   return out;
@@ -172,8 +170,8 @@ absl::StatusOr<torch::Tensor> DdimSample(LatentUNetImpl &unet, const NoiseSchedu
                                          std::vector<int64_t> latent_shape,
                                          const DdimOptions &options) {
   if (options.steps < 1 || options.steps > schedule.steps()) {
-    return absl::InvalidArgumentError(absl::StrCat("DDIM: steps must be in 1..",
-                                                   schedule.steps(), ", got ", options.steps));
+    return absl::InvalidArgumentError(
+        absl::StrCat("DDIM: steps must be in 1..", schedule.steps(), ", got ", options.steps));
   }
   if (latent_shape.size() != 4 || (condition.defined() && condition.size(0) != latent_shape[0])) {
     return absl::InvalidArgumentError("DDIM: latent shape must be [N, C, h, w], N conditions");
@@ -190,8 +188,8 @@ absl::StatusOr<torch::Tensor> DdimSample(LatentUNetImpl &unet, const NoiseSchedu
     const torch::Tensor cond = condition.defined() ? condition.to(device) : torch::Tensor();
     const std::vector<int64_t> steps = DdimTimesteps(schedule.steps(), options.steps);
     for (size_t i = steps.size(); i-- > 0;) {
-      const torch::Tensor t = torch::full({latent_shape[0]}, steps[i],
-                                          torch::TensorOptions().dtype(torch::kLong).device(device));
+      const torch::Tensor t = torch::full(
+          {latent_shape[0]}, steps[i], torch::TensorOptions().dtype(torch::kLong).device(device));
       const torch::Tensor eps = GuidedNoise(unet, x, t, cond, options.guidance_scale);
       const int64_t next = i > 0 ? steps[i - 1] : -1;
       x = DdimStep(schedule, x, eps, steps[i], next, options.eta,

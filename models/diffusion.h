@@ -62,8 +62,7 @@ enum FindingState : int64_t { kFindingNegative = 0, kFindingPositive = 1, kFindi
 // missing label), > 0.5 -> positive, else negative.
 torch::Tensor ConditionFromTargets(const torch::Tensor &targets);
 // All-unknown: the unconditional model's condition.
-torch::Tensor UnknownCondition(int64_t n, int64_t findings,
-                               torch::Device device = torch::kCPU);
+torch::Tensor UnknownCondition(int64_t n, int64_t findings, torch::Device device = torch::kCPU);
 // Classifier-free guidance's training dropout: each sample's whole condition becomes all-unknown
 // with probability p, independently, drawn from `generator` (a CPU generator).
 torch::Tensor DropConditions(const torch::Tensor &states, double p, at::Generator generator);

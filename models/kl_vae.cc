@@ -93,10 +93,12 @@ class VaeDecoderImpl : public nn::Module {
 }  // namespace models_internal
 
 KlVaeImpl::KlVaeImpl(const ModelSpec &spec) {
-  encoder_ = register_module("encoder", std::make_shared<models_internal::VaeEncoderImpl>(
-                                            spec.input.channels, spec.widths, spec.latent_channels));
-  decoder_ = register_module("decoder", std::make_shared<models_internal::VaeDecoderImpl>(
-                                            spec.input.channels, spec.widths, spec.latent_channels));
+  encoder_ =
+      register_module("encoder", std::make_shared<models_internal::VaeEncoderImpl>(
+                                     spec.input.channels, spec.widths, spec.latent_channels));
+  decoder_ =
+      register_module("decoder", std::make_shared<models_internal::VaeDecoderImpl>(
+                                     spec.input.channels, spec.widths, spec.latent_channels));
 }
 
 torch::Tensor KlVaeImpl::forward(torch::Tensor x) { return Decode(Encode(x).mean); }
@@ -106,8 +108,8 @@ LatentMoments KlVaeImpl::Encode(const torch::Tensor &x) { return encoder_->forwa
 torch::Tensor KlVaeImpl::Decode(const torch::Tensor &z) { return decoder_->forward(z); }
 
 torch::Tensor SampleLatent(const LatentMoments &moments, at::Generator generator) {
-  torch::Tensor noise = at::normal(0.0, 1.0, moments.mean.sizes(), generator,
-                                   moments.mean.options());
+  torch::Tensor noise =
+      at::normal(0.0, 1.0, moments.mean.sizes(), generator, moments.mean.options());
   return moments.mean + torch::exp(0.5 * moments.logvar) * noise;
 }
 
@@ -131,9 +133,10 @@ torch::Tensor Ssim(const torch::Tensor &a, const torch::Tensor &b) {
   const torch::Tensor g = GaussianWindow(win, 1.5, a.options());
   const torch::Tensor rows = g.view({1, 1, win, 1}).expand({channels, 1, win, 1}).contiguous();
   const torch::Tensor cols = g.view({1, 1, 1, win}).expand({channels, 1, 1, win}).contiguous();
+  const std::vector<int64_t> one = {1, 1}, zero = {0, 0};
   auto filter = [&](const torch::Tensor &x) {
-    return torch::conv2d(torch::conv2d(x, rows, {}, 1, 0, 1, channels), cols, {}, 1, 0, 1,
-                         channels);
+    const torch::Tensor h = at::conv2d(x, rows, torch::Tensor(), one, zero, one, channels);
+    return at::conv2d(h, cols, torch::Tensor(), one, zero, one, channels);
   };
   constexpr double kC1 = 0.01 * 0.01, kC2 = 0.03 * 0.03;  // (K * data range)^2, range 1
   const torch::Tensor mu_a = filter(a), mu_b = filter(b);
@@ -153,9 +156,8 @@ VaeLoss VaePerSampleLoss(const torch::Tensor &reconstruction, const torch::Tenso
   const double pixels = static_cast<double>(images[0].numel());
   loss.l1 = (reconstruction - images).abs().flatten(1).mean(1);
   loss.ssim = Ssim(reconstruction.clamp(0.0, 1.0), images);
-  loss.kl = 0.5 * (moments.mean.pow(2) + moments.logvar.exp() - 1.0 - moments.logvar)
-                      .flatten(1)
-                      .sum(1);
+  loss.kl =
+      0.5 * (moments.mean.pow(2) + moments.logvar.exp() - 1.0 - moments.logvar).flatten(1).sum(1);
   loss.total = loss.l1 + (1.0 - loss.ssim) + kl_weight * loss.kl / pixels;
   return loss;
 }

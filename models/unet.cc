@@ -54,8 +54,8 @@ torch::Tensor LatentResBlockImpl::forward(const torch::Tensor &x, const torch::T
   return (skip_ ? skip_->forward(x) : x) + h;
 }
 
-LevelImpl::LevelImpl(int64_t in, int64_t out, int64_t stride, int64_t block_in,
-                     int64_t emb_width, int64_t max_groups) {
+LevelImpl::LevelImpl(int64_t in, int64_t out, int64_t stride, int64_t block_in, int64_t emb_width,
+                     int64_t max_groups) {
   conv = register_module("conv", Conv(in, out, 3, stride));
   block = register_module(
       "block", std::make_shared<LatentResBlockImpl>(block_in, out, emb_width, max_groups));
@@ -65,6 +65,7 @@ LevelImpl::LevelImpl(int64_t in, int64_t out, int64_t stride, int64_t block_in,
 
 namespace {
 
+namespace nn = torch::nn;
 using models_internal::LatentResBlockImpl;
 using models_internal::LevelImpl;
 
@@ -72,13 +73,13 @@ constexpr int64_t kUNetGroups = 32;
 
 // [N, dim]: sin then cos of t * 10000^(-i / (dim/2 - 1)), i = 0..dim/2-1 (Medfusion's
 // SinusoidalPosEmb). REQUIRES: dim even, >= 4.
-torch::Tensor SinusoidalEmbedding(const torch::Tensor &t, int64_t dim) {
+// Computed in `dtype`, the model's.
+torch::Tensor SinusoidalEmbedding(const torch::Tensor &t, int64_t dim, torch::ScalarType dtype) {
   const int64_t half = dim / 2;
   const double scale = std::log(10000.0) / static_cast<double>(half - 1);
-  torch::Tensor freqs =
-      torch::exp(torch::arange(half, torch::TensorOptions().dtype(torch::kFloat32).device(t.device())) *
-                 -scale);
-  torch::Tensor args = t.to(torch::kFloat32).unsqueeze(1) * freqs.unsqueeze(0);
+  torch::Tensor freqs = torch::exp(
+      torch::arange(half, torch::TensorOptions().dtype(dtype).device(t.device())) * -scale);
+  torch::Tensor args = t.to(dtype).unsqueeze(1) * freqs.unsqueeze(0);
   return torch::cat({args.sin(), args.cos()}, 1);
 }
 
@@ -88,15 +89,15 @@ LatentUNetImpl::LatentUNetImpl(const ModelSpec &spec)
     : num_findings_(spec.num_findings), embedding_width_(spec.embedding_width) {
   const int64_t e = embedding_width_;
   const std::vector<int> &w = spec.widths;
-  time_mlp_ = register_module("time_mlp",
-                              nn::Sequential(DPLinear(e / 4, e), nn::SiLU(), DPLinear(e, e)));
+  time_mlp_ =
+      register_module("time_mlp", nn::Sequential(DPLinear(e / 4, e), nn::SiLU(), DPLinear(e, e)));
   if (num_findings_ > 0) {
     cond_embed_ = register_module("cond_embed", DPEmbedding(3 * num_findings_, e));
   }
-  in_conv_ = register_module(
-      "in_conv", DPConv2d(DPConv2dOptions(spec.input.channels, w[0], 3).padding(1)));
-  in_block_ = register_module("in_block",
-                              std::make_shared<LatentResBlockImpl>(w[0], w[0], e, kUNetGroups));
+  in_conv_ = register_module("in_conv",
+                             DPConv2d(DPConv2dOptions(spec.input.channels, w[0], 3).padding(1)));
+  in_block_ =
+      register_module("in_block", std::make_shared<LatentResBlockImpl>(w[0], w[0], e, kUNetGroups));
   nn::ModuleList down, up;
   for (size_t k = 1; k < w.size(); ++k) {
     down_.push_back(std::make_shared<LevelImpl>(w[k - 1], w[k], 2, w[k], e, kUNetGroups));
@@ -107,10 +108,10 @@ LatentUNetImpl::LatentUNetImpl(const ModelSpec &spec)
   register_module("down", down);
   register_module("up", up);
   out_norm_ = register_module(
-      "out_norm", DPGroupNorm(nn::GroupNormOptions(
-                      models_internal::GroupsFor(w[0], kUNetGroups), w[0])));
-  out_conv_ = register_module(
-      "out_conv", DPConv2d(DPConv2dOptions(w[0], spec.input.channels, 3).padding(1)));
+      "out_norm",
+      DPGroupNorm(nn::GroupNormOptions(models_internal::GroupsFor(w[0], kUNetGroups), w[0])));
+  out_conv_ = register_module("out_conv",
+                              DPConv2d(DPConv2dOptions(w[0], spec.input.channels, 3).padding(1)));
 }
 
 torch::Tensor LatentUNetImpl::forward(torch::Tensor) {
@@ -119,7 +120,8 @@ torch::Tensor LatentUNetImpl::forward(torch::Tensor) {
 
 torch::Tensor LatentUNetImpl::Embedding(const torch::Tensor &t, const torch::Tensor &condition) {
   TORCH_CHECK(t.dim() == 1, "latent_unet: t must be [N], got ", t.sizes());
-  torch::Tensor emb = time_mlp_->forward(SinusoidalEmbedding(t, embedding_width_ / 4));
+  torch::Tensor emb = time_mlp_->forward(
+      SinusoidalEmbedding(t, embedding_width_ / 4, in_conv_->weight.scalar_type()));
   if (num_findings_ == 0) {
     TORCH_CHECK(!condition.defined() || condition.size(1) == 0,
                 "latent_unet: an unconditional model takes no condition");
