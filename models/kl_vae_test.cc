@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <memory>
@@ -173,12 +174,12 @@ TEST(KlVaeTest, ShortTrainingReconstructsFixedImages) {
     images.push_back((0.1 + 0.8 * disc + bar).clamp(0, 1).unsqueeze(0));
   }
   Tensor x = torch::stack(images);
-  auto vae = MustCreateVae(KlVaeSpec(1, 16, {16, 32, 32}, 4), 1);
+  auto vae = MustCreateVae(KlVaeSpec(1, 16, {8, 16}, 4), 1);
   ASSERT_NE(vae, nullptr);
-  torch::optim::Adam opt(vae->parameters(), torch::optim::AdamOptions(3e-3));
+  torch::optim::Adam opt(vae->parameters(), torch::optim::AdamOptions(1e-2));
   at::Generator gen = at::detail::createCPUGenerator(1);
   double first = 0, last = 0;
-  for (int step = 0; step < 150; ++step) {
+  for (int step = 0; step < 160; ++step) {
     opt.zero_grad();
     LatentMoments m = vae->Encode(x);
     VaeLoss loss = VaePerSampleLoss(vae->Decode(SampleLatent(m, gen)), x, m);
@@ -190,8 +191,9 @@ TEST(KlVaeTest, ShortTrainingReconstructsFixedImages) {
     torch::NoGradGuard no_grad;
     last = (vae->forward(x) - x).abs().mean().item<double>();
   }
-  EXPECT_LT(last, 0.05) << "from " << first;
-  EXPECT_LT(last, first / 4);
+  // Predicting each image's mean would leave an error of about 0.2.
+  EXPECT_LT(last, 0.07) << "from " << first;
+  EXPECT_LT(last, first / 10);
 }
 
 }  // namespace
