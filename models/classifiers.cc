@@ -241,7 +241,8 @@ void InitWeights(torch::nn::Module &model, uint64_t seed) {
       if (norm->bias.defined()) norm->bias.zero_();
     } else if (auto *embedding = m->as<DPEmbedding>()) {
       embedding->weight.normal_(0.0, 1.0, gen);
-      if (embedding->options.padding_idx()) embedding->weight[*embedding->options.padding_idx()].zero_();
+      const auto &padding = embedding->options.padding_idx();
+      if (padding) embedding->weight[*padding].zero_();
     }
   }
 }
