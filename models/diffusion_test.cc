@@ -306,7 +306,10 @@ TEST_P(PerSampleTest, EveryVaeLayerMatchesSingleSamplePasses) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Modes, PerSampleTest,
-                         ::testing::Values(GradSampleMode::kMaterialise, GradSampleMode::kGhost));
+                         ::testing::Values(GradSampleMode::kMaterialise, GradSampleMode::kGhost),
+                         [](const ::testing::TestParamInfo<GradSampleMode> &info) {
+                           return info.param == GradSampleMode::kGhost ? "Ghost" : "Materialise";
+                         });
 
 TEST(DiffusionLossTest, PerSampleReproducibleFromTheGenerator) {
   auto unet = TinyUNet();
