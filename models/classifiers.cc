@@ -239,6 +239,10 @@ void InitWeights(torch::nn::Module &model, uint64_t seed) {
     } else if (auto *norm = m->as<DPGroupNorm>()) {
       if (norm->weight.defined()) norm->weight.fill_(1.0);
       if (norm->bias.defined()) norm->bias.zero_();
+    } else if (auto *embedding = m->as<DPEmbedding>()) {
+      embedding->weight.normal_(0.0, 1.0, gen);
+      const auto &padding = embedding->options.padding_idx();
+      if (padding) embedding->weight[*padding].zero_();
     }
   }
 }

@@ -47,6 +47,11 @@ std::shared_ptr<ModelImpl> MakeAutoencoder(const ModelSpec &spec);
 // OK when spec.widths and latent_channels are usable and the input side divides by
 // 2^widths.size().
 absl::Status CheckAutoencoderSpec(const ModelSpec &spec);
+// OK when the spec can build a KlVaeImpl / LatentUNetImpl (models/diffusion.h): 1 to 6
+// positive widths, latent_channels >= 1 (the VAE), an embedding width >= 16 divisible by 8 and
+// findings >= 0 (the UNet), and the input side divisible by 2^(widths - 1).
+absl::Status CheckKlVaeSpec(const ModelSpec &spec);
+absl::Status CheckLatentUNetSpec(const ModelSpec &spec);
 
 // Every model is built from the DP-aware layers of models/dp_layers.h (same
 // parameter names and shapes as torch::nn::Conv2d / Linear / GroupNorm).

@@ -1,6 +1,7 @@
 // Model registry: the architectures jobs train, by name (ModelSpec.name): classifiers for
 // radiographs with one output per label of the job's label space (tinycnn, smallcnn, mediumcnn,
-// resnet9, resnet18, resnet50) and the convolutional autoencoder (autoencoder). Parameter names
+// resnet9, resnet18, resnet50), the convolutional autoencoder (autoencoder) and latent diffusion's
+// KL-VAE and denoiser UNet (kl_vae, latent_unet: models/diffusion.h). Parameter names
 // match the equivalent PyTorch module (torchvision's ResNet with GroupNorm for the ResNet family),
 // so exported safetensors load in PyTorch directly.
 #pragma once
@@ -17,7 +18,9 @@
 namespace fl {
 
 // A model of the registry. Classifiers map [N, C, H, W] float images to [N, num_outputs] logits;
-// the autoencoder maps them to their reconstruction, [N, C, H, W] in [0, 1].
+// the autoencoder maps them to their reconstruction, [N, C, H, W] in [0, 1]; kl_vae to its
+// deterministic reconstruction; latent_unet's forward throws (it takes t and a condition too:
+// LatentUNetImpl::Denoise).
 class ModelImpl : public torch::nn::Module {
  public:
   virtual torch::Tensor forward(torch::Tensor x) = 0;

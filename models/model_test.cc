@@ -39,7 +39,7 @@ TEST(ModelRegistryTest, KnowsAllNames) {
   std::set<std::string> got(names.begin(), names.end());
   EXPECT_EQ(got,
             (std::set<std::string>{"tinycnn", "smallcnn", "mediumcnn", "resnet9", "resnet18",
-                                   "resnet50", "autoencoder"}));
+                                   "resnet50", "autoencoder", "kl_vae", "latent_unet"}));
 }
 
 TEST(ModelRegistryTest, RefusesUnknownNameAndBadSpecs) {

@@ -9,6 +9,7 @@
 #include "common/status.h"
 #include "common/torch_pch.h"
 #include "models/classifiers.h"
+#include "models/diffusion.h"
 #include "models/model.h"
 
 namespace fl {
@@ -20,12 +21,16 @@ using models_internal::MakeMediumCnn;
 using models_internal::MakeSmallCnn;
 using models_internal::MakeTinyCnn;
 using models_internal::MakeAutoencoder;
+using models_internal::CheckAutoencoderSpec;
+using models_internal::CheckKlVaeSpec;
+using models_internal::CheckLatentUNetSpec;
 
 struct RegistryEntry {
   const char *name;
   int min_image_size;  // smallest input side the architecture's pooling allows
   std::function<std::shared_ptr<ModelImpl>(const ModelSpec &)> make;
-  bool classifier = true;
+  // The checks of a model that is not a classifier (none for classifiers: num_outputs >= 1).
+  absl::Status (*check)(const ModelSpec &) = nullptr;
 };
 
 const std::vector<RegistryEntry> &Registry() {
@@ -36,7 +41,12 @@ const std::vector<RegistryEntry> &Registry() {
       {"resnet9", 8, MakeResNet9},
       {"resnet18", 32, [](const ModelSpec &s) { return MakeResNet(s, 18); }},
       {"resnet50", 32, [](const ModelSpec &s) { return MakeResNet(s, 50); }},
-      {"autoencoder", 8, MakeAutoencoder, /*classifier=*/false},
+      {"autoencoder", 8, MakeAutoencoder, CheckAutoencoderSpec},
+      {"kl_vae", 4,
+       [](const ModelSpec &s) { return std::make_shared<KlVaeImpl>(s); }, CheckKlVaeSpec},
+      {"latent_unet", 1,
+       [](const ModelSpec &s) { return std::make_shared<LatentUNetImpl>(s); },
+       CheckLatentUNetSpec},
   };
   return *registry;
 }
@@ -57,11 +67,11 @@ absl::Status ValidateSpec(const ModelSpec &spec, const RegistryEntry &entry) {
                                                    ": image_size must be >= ", entry.min_image_size,
                                                    ", got ", side));
   }
-  if (entry.classifier && spec.num_outputs < 1) {
+  if (entry.check != nullptr) return entry.check(spec);
+  if (spec.num_outputs < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("model ", spec.name, ": num_outputs must be >= 1, got ", spec.num_outputs));
   }
-  if (!entry.classifier) return models_internal::CheckAutoencoderSpec(spec);
   return absl::OkStatus();
 }
 

@@ -1,6 +1,7 @@
 #include "models/spec.h"
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -60,6 +61,22 @@ ModelSpec ClassifierSpec(const std::string& name, int channels, int side, int ou
   model.input.channels = channels;
   model.input.spatial = {side, side};
   model.num_outputs = outputs;
+  return model;
+}
+
+ModelSpec KlVaeSpec(int channels, int side, std::vector<int> widths, int latent_channels) {
+  ModelSpec model = ClassifierSpec("kl_vae", channels, side, 0);
+  model.widths = std::move(widths);
+  model.latent_channels = latent_channels;
+  return model;
+}
+
+ModelSpec LatentUNetSpec(int latent_channels, int latent_side, std::vector<int> widths,
+                         int embedding_width, int findings) {
+  ModelSpec model = ClassifierSpec("latent_unet", latent_channels, latent_side, 0);
+  model.widths = std::move(widths);
+  model.embedding_width = embedding_width;
+  model.num_findings = findings;
   return model;
 }
 

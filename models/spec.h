@@ -31,8 +31,12 @@ struct ModelSpec {
   std::string name;       // registry name, e.g. "resnet18" or "autoencoder"
   InputSignature input;
   int num_outputs = 0;    // classifiers: one logit per label of the job's label space
-  std::vector<int> widths;  // autoencoder: encoder widths, one stride-2 stage each
-  int latent_channels = 0;  // autoencoder
+  // autoencoder: encoder widths, one stride-2 stage each; kl_vae: widths[0] at full
+  // resolution, each further one a stride-2 stage; latent_unet: one width per level, likewise.
+  std::vector<int> widths;
+  int latent_channels = 0;  // autoencoder, kl_vae
+  int embedding_width = 0;  // latent_unet: time and condition embedding width (E)
+  int num_findings = 0;     // latent_unet: findings of the condition (0: unconditional)
 };
 
 enum class WorkloadKind { kClassification, kAutoencoder };
@@ -50,6 +54,12 @@ absl::StatusOr<ModelSpec> ModelSpecFor(const JobSpec& spec);
 // A classifier's spec outside a job (benchmarks, model tests, exported models' cards):
 // `name` on square `side` x `side` images of `channels` channels with `outputs` logits.
 ModelSpec ClassifierSpec(const std::string& name, int channels, int side, int outputs);
+// The latent diffusion models' specs (models/diffusion.h): the KL-VAE on square `side` images
+// of `channels` channels, and the denoiser UNet on its latents (`latent_channels` x
+// `latent_side`^2) conditioned on `findings` findings.
+ModelSpec KlVaeSpec(int channels, int side, std::vector<int> widths, int latent_channels);
+ModelSpec LatentUNetSpec(int latent_channels, int latent_side, std::vector<int> widths,
+                         int embedding_width, int findings);
 
 // The job labels a site that declared `site_labels` trains: the classifier's labels the site
 // has; nullopt when the site has nothing to train in this job. Label-free workloads (the
