@@ -523,10 +523,15 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   }
   // Once folding starts it must finish, so everything that can fail is checked first: the
   // spool holds exactly the update's bytes, and the receipt (refusing a duplicate) is written.
+  // A spool this side wrote that cannot be read back is this side's failure (INTERNAL), never
+  // the site's, whatever the errno.
   absl::StatusOr<std::unique_ptr<RandomAccessFile>> in = env_->NewRandomAccessFile(path);
-  if (!in.ok()) return Annotate(in.status(), "cannot reread the spool file");
+  if (!in.ok()) {
+    return absl::InternalError(
+        absl::StrCat("cannot reread the spool file: ", in.status().message()));
+  }
   absl::StatusOr<uint64_t> size = (*in)->Size();
-  if (!size.ok()) return size.status();
+  if (!size.ok()) return absl::InternalError(size.status().message());
   if (*size != bytes) {
     return absl::InternalError(absl::StrCat("spool file ", path, " does not hold ", bytes,
                                             " bytes"));
