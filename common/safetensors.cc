@@ -1,9 +1,5 @@
 #include "common/safetensors.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <cstdint>
@@ -15,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "common/file_util.h"
 #include "common/json_lite.h"
 #include "common/status.h"
 
@@ -87,46 +84,18 @@ std::string BuildHeader(const TensorList &tensors,
   return json;
 }
 
-absl::Status WriteAll(int fd, const void *data, size_t size, const std::string &path) {
-  const char *p = static_cast<const char *>(data);
-  while (size > 0) {
-    ssize_t n = ::write(fd, p, std::min<size_t>(size, 1 << 30));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return absl::InternalError(absl::StrCat("writing ", path, ": ", strerror(errno)));
-    p += n;
-    size -= static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
-}
-
-absl::Status WriteContents(int fd, const std::string &path, const TensorList &tensors,
+absl::Status WriteContents(WritableFile &file, const TensorList &tensors,
                            const std::map<std::string, std::string> &metadata) {
   std::string header = BuildHeader(tensors, metadata);
-  unsigned char len[8];
+  char len[8];
   uint64_t n = header.size();
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<unsigned char>(n >> (8 * i));
-  RETURN_IF_ERROR(WriteAll(fd, len, sizeof(len), path));
-  RETURN_IF_ERROR(WriteAll(fd, header.data(), header.size(), path));
+  for (int i = 0; i < 8; ++i) len[i] = static_cast<char>(n >> (8 * i));
+  RETURN_IF_ERROR(file.Append(absl::string_view(len, sizeof(len))));
+  RETURN_IF_ERROR(file.Append(header));
   for (const NamedTensor &t : tensors) {
-    RETURN_IF_ERROR(WriteAll(fd, t.data.data(), t.byte_size(), path));
+    RETURN_IF_ERROR(file.Append(
+        absl::string_view(reinterpret_cast<const char *>(t.data.data()), t.byte_size())));
   }
-  if (::fsync(fd) != 0) {
-    return absl::InternalError(absl::StrCat("fsync ", path, ": ", strerror(errno)));
-  }
-  return absl::OkStatus();
-}
-
-// Makes a completed rename durable; a failure here is reported because the file
-// may vanish.
-absl::Status SyncParentDir(const std::string &path) {
-  size_t slash = path.rfind('/');
-  std::string dir = slash == std::string::npos ? "." : (slash == 0 ? "/" : path.substr(0, slash));
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) return absl::InternalError(absl::StrCat("opening ", dir, ": ", strerror(errno)));
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0) return absl::InternalError(absl::StrCat("fsync ", dir, ": ", strerror(err)));
   return absl::OkStatus();
 }
 
@@ -221,33 +190,19 @@ absl::Status CheckLayout(std::vector<Entry> *entries, uint64_t data_size) {
   return absl::OkStatus();
 }
 
-absl::Status ReadExact(int fd, void *out, size_t size, uint64_t offset, const std::string &path) {
-  char *p = static_cast<char *>(out);
-  while (size > 0) {
-    ssize_t n = ::pread(fd, p, std::min<size_t>(size, 1 << 30), static_cast<off_t>(offset));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return absl::InternalError(absl::StrCat("reading ", path, ": ", strerror(errno)));
-    if (n == 0) return absl::DataLossError(absl::StrCat(path, ": unexpected end of file"));
-    p += n;
-    offset += static_cast<uint64_t>(n);
-    size -= static_cast<size_t>(n);
-  }
-  return absl::OkStatus();
+absl::Status ReadExact(const RandomAccessFile &file, void *out, size_t size, uint64_t offset) {
+  return file.ReadAt(offset, size, static_cast<char *>(out));
 }
 
 // Reads and validates the header; returns the entries in data order and the
 // data start.
-absl::StatusOr<std::vector<Entry>> ReadHeader(int fd, const std::string &path,
+absl::StatusOr<std::vector<Entry>> ReadHeader(const RandomAccessFile &file, const std::string &path,
                                               std::map<std::string, std::string> *metadata,
                                               uint64_t *data_start) {
-  struct stat st;
-  if (::fstat(fd, &st) != 0) {
-    return absl::InternalError(absl::StrCat("stat ", path, ": ", strerror(errno)));
-  }
-  uint64_t file_size = static_cast<uint64_t>(st.st_size);
+  ASSIGN_OR_RETURN(const uint64_t file_size, file.Size());
   if (file_size < 8) return absl::DataLossError(absl::StrCat(path, ": shorter than 8 bytes"));
   unsigned char len[8];
-  RETURN_IF_ERROR(ReadExact(fd, len, 8, 0, path));
+  RETURN_IF_ERROR(ReadExact(file, len, 8, 0));
   uint64_t header_size = 0;
   for (int i = 0; i < 8; ++i) header_size |= static_cast<uint64_t>(len[i]) << (8 * i);
   if (header_size < 2 || header_size > kMaxHeaderBytes || header_size > file_size - 8) {
@@ -255,7 +210,7 @@ absl::StatusOr<std::vector<Entry>> ReadHeader(int fd, const std::string &path,
                                             " does not fit a file of ", file_size, " bytes"));
   }
   std::string header(header_size, '\0');
-  RETURN_IF_ERROR(ReadExact(fd, header.data(), header_size, 8, path));
+  RETURN_IF_ERROR(ReadExact(file, header.data(), header_size, 8));
   if (header[0] != '{') return absl::DataLossError(absl::StrCat(path, ": header is not JSON"));
   ASSIGN_OR_RETURN(JsonValue root, ParseJsonSubset(header, kMaxJsonDepth, "safetensors header"));
   if (root.kind != JsonValue::Kind::kObject) {
@@ -275,16 +230,16 @@ absl::StatusOr<std::vector<Entry>> ReadHeader(int fd, const std::string &path,
   return entries;
 }
 
-absl::StatusOr<TensorList> ReadOpen(int fd, const std::string &path,
+absl::StatusOr<TensorList> ReadOpen(const RandomAccessFile &file, const std::string &path,
                                     std::map<std::string, std::string> *metadata) {
   uint64_t data_start = 0;
-  ASSIGN_OR_RETURN(std::vector<Entry> entries, ReadHeader(fd, path, metadata, &data_start));
+  ASSIGN_OR_RETURN(std::vector<Entry> entries, ReadHeader(file, path, metadata, &data_start));
   TensorList out;
   out.reserve(entries.size());
   for (Entry &e : entries) {
     e.tensor.data.resize((e.end - e.begin) / sizeof(float));
     RETURN_IF_ERROR(
-        Annotate(ReadExact(fd, e.tensor.data.data(), e.end - e.begin, data_start + e.begin, path),
+        Annotate(ReadExact(file, e.tensor.data.data(), e.end - e.begin, data_start + e.begin),
                  absl::StrCat("tensor ", e.tensor.name)));
     out.push_back(std::move(e.tensor));
   }
@@ -294,38 +249,19 @@ absl::StatusOr<TensorList> ReadOpen(int fd, const std::string &path,
 }  // namespace
 
 absl::Status WriteSafetensors(const std::string &path, const TensorList &tensors,
-                              const std::map<std::string, std::string> &metadata) {
+                              const std::map<std::string, std::string> &metadata, Env *env) {
   RETURN_IF_ERROR(CheckWritable(tensors));
-  std::string tmp = path + ".tmp";
-  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) return absl::InternalError(absl::StrCat("creating ", tmp, ": ", strerror(errno)));
-  absl::Status status = WriteContents(fd, tmp, tensors, metadata);
-  if (::close(fd) != 0 && status.ok()) {
-    status = absl::InternalError(absl::StrCat("closing ", tmp, ": ", strerror(errno)));
-  }
-  if (status.ok() && ::rename(tmp.c_str(), path.c_str()) != 0) {
-    status =
-        absl::InternalError(absl::StrCat("renaming ", tmp, " to ", path, ": ", strerror(errno)));
-  }
-  if (!status.ok()) {
-    ::unlink(tmp.c_str());
-    return status;
-  }
-  return SyncParentDir(path);
+  return WriteFileAtomic(
+      path, 0644, [&](WritableFile &file) { return WriteContents(file, tensors, metadata); },
+      env);
 }
 
 absl::StatusOr<TensorList> ReadSafetensors(const std::string &path,
-                                           std::map<std::string, std::string> *metadata) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) {
-    int err = errno;
-    std::string message = absl::StrCat("opening ", path, ": ", strerror(err));
-    return err == ENOENT ? absl::NotFoundError(message) : absl::InternalError(message);
-  }
+                                           std::map<std::string, std::string> *metadata,
+                                           Env *env) {
+  ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> file, env->NewRandomAccessFile(path));
   if (metadata) metadata->clear();
-  absl::StatusOr<TensorList> result = ReadOpen(fd, path, metadata);
-  ::close(fd);
-  return result;
+  return ReadOpen(*file, path, metadata);
 }
 
 }  // namespace fl

@@ -7,17 +7,22 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/env.h"
 #include "common/tensor.h"
 
 namespace fl {
 
-// Writes `tensors` (F32) and string `metadata` to `path` atomically (temp file, fsync, rename).
+// Writes `tensors` (F32) and string `metadata` to `path` atomically (WriteFileAtomic: temp file,
+// fsync, rename, folder fsync), mode 0644. A full disk is RESOURCE_EXHAUSTED (codes as
+// ErrnoStatus).
 absl::Status WriteSafetensors(const std::string& path, const TensorList& tensors,
-                              const std::map<std::string, std::string>& metadata = {});
+                              const std::map<std::string, std::string>& metadata = {},
+                              Env* env = Env::Default());
 
 // Reads an F32 safetensors file. Refuses malformed headers, overlapping or out-of-range offsets
 // and non-F32 dtypes with a message naming the tensor.
 absl::StatusOr<TensorList> ReadSafetensors(const std::string& path,
-                                           std::map<std::string, std::string>* metadata = nullptr);
+                                           std::map<std::string, std::string>* metadata = nullptr,
+                                           Env* env = Env::Default());
 
 }  // namespace fl

@@ -36,11 +36,27 @@ absl::StatusOr<sqlite3*> OpenSqlite(const std::string& path, const std::string& 
 namespace {
 
 // The status of a failed call that returned `rc`: a full disk is RESOURCE_EXHAUSTED (callers
-// wait for space or tell their peer to send again), a broken constraint ALREADY_EXISTS.
+// wait for space or tell their peer to send again), a broken constraint ALREADY_EXISTS; the
+// other failures of the disk take the codes ErrnoStatus (common/env.h) gives their errno.
 absl::Status SqliteError(int rc, const char* message) {
-  if ((rc & 0xFF) == SQLITE_CONSTRAINT) return absl::AlreadyExistsError(message);
-  if ((rc & 0xFF) == SQLITE_FULL) return absl::ResourceExhaustedError("sqlite: disk is full");
-  return absl::InternalError(absl::StrCat("sqlite: ", message));
+  const std::string text = absl::StrCat("sqlite: ", message);
+  switch (rc & 0xFF) {
+    case SQLITE_CONSTRAINT:
+      return absl::AlreadyExistsError(message);
+    case SQLITE_FULL:
+      return absl::ResourceExhaustedError("sqlite: disk is full");
+    case SQLITE_IOERR:
+      return absl::UnavailableError(text);
+    case SQLITE_READONLY:
+      return absl::FailedPreconditionError(text);
+    case SQLITE_PERM:
+      return absl::PermissionDeniedError(text);
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return absl::DataLossError(text);
+    default:
+      return absl::InternalError(text);
+  }
 }
 
 }  // namespace

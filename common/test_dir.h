@@ -4,6 +4,7 @@
 
 #include <stdlib.h>
 
+#include <algorithm>
 #include <string>
 
 #include <gtest/gtest.h>
@@ -15,8 +16,10 @@ inline std::string FreshTestDir(const std::string& tag = "") {
   const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
   std::string pattern = ::testing::TempDir();
   if (pattern.empty() || pattern.back() != '/') pattern += '/';
-  pattern += std::string(info ? info->test_suite_name() : "test") + "." +
-             (info ? info->name() : "setup") + (tag.empty() ? "" : "." + tag) + ".XXXXXX";
+  std::string name = std::string(info ? info->test_suite_name() : "test") + "." +
+                     (info ? info->name() : "setup") + (tag.empty() ? "" : "." + tag);
+  std::replace(name.begin(), name.end(), '/', '_');  // parameterised tests: "Suite/Test/0"
+  pattern += name + ".XXXXXX";
   if (mkdtemp(pattern.data()) == nullptr) {
     ADD_FAILURE() << "cannot create a test folder from " << pattern;
   }

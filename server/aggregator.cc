@@ -305,15 +305,16 @@ std::string MomentsPath(const std::string& checkpoint_path) {
   return checkpoint_path + ".moments";
 }
 
-absl::Status WriteMoments(const std::string& path, const OptimizerMoments& moments) {
+absl::Status WriteMoments(const std::string& path, const OptimizerMoments& moments, Env* env) {
   TensorList all;
   for (const NamedTensor& t : moments.m) all.push_back({"m." + t.name, t.shape, t.data});
   for (const NamedTensor& t : moments.v) all.push_back({"v." + t.name, t.shape, t.data});
-  return WriteSafetensors(path, all);
+  return WriteSafetensors(path, all, {}, env);
 }
 
-absl::StatusOr<OptimizerMoments> ReadMoments(const std::string& path, const TensorList& model) {
-  ASSIGN_OR_RETURN(TensorList all, ReadSafetensors(path));
+absl::StatusOr<OptimizerMoments> ReadMoments(const std::string& path, const TensorList& model,
+                                             Env* env) {
+  ASSIGN_OR_RETURN(TensorList all, ReadSafetensors(path, nullptr, env));
   std::map<std::string, NamedTensor*> by_name;
   for (NamedTensor& t : all) by_name[t.name] = &t;
   OptimizerMoments moments;

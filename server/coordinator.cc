@@ -1,8 +1,11 @@
 #include "server/coordinator.h"
 
+<<<<<<< HEAD
 #include <cmath>
+=======
+#include <algorithm>
+>>>>>>> env
 #include <filesystem>
-#include <fstream>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -26,11 +29,9 @@ using coordinator_internal::Terminal;
 namespace {
 
 // Removes `path` if it exists; a failure is logged (the file is only a leftover copy).
-void RemoveLogged(const fs::path& path) {
-  std::error_code ec;
-  if (!fs::remove(path, ec) && ec) {
-    Log(absl::StrCat("cannot remove ", path.string(), ": ", ec.message()));
-  }
+void RemoveLogged(Env* env, const std::string& path) {
+  absl::Status removed = env->RemoveFile(path);
+  if (!removed.ok() && !absl::IsNotFound(removed)) Log(std::string(removed.message()));
 }
 
 std::string NewJobId(const std::string& name) {
@@ -41,23 +42,20 @@ std::string NewJobId(const std::string& name) {
 }  // namespace
 
 Coordinator::Coordinator(CoordinatorConfig config, Store* store, CoordinatorMetrics* metrics,
-                         ModelInitFn init, Clock* clock)
+                         ModelInitFn init, Clock* clock, Env* env)
     : config_(std::move(config)),
       store_(store),
       metrics_(metrics),
       init_(std::move(init)),
-      clock_(clock) {}
+      clock_(clock),
+      env_(env) {}
 
 Coordinator::~Coordinator() { Shutdown(); }
 
 absl::Status Coordinator::Start() {
-  std::error_code ec;
-  fs::create_directories(fs::path(config_.state_dir()) / "spool", ec);
-  fs::create_directories(fs::path(config_.state_dir()) / "checkpoints", ec);
-  fs::create_directories(fs::path(config_.state_dir()) / "initial", ec);
-  if (ec) {
-    return absl::FailedPreconditionError(absl::StrCat("cannot create state folders under ",
-                                                      config_.state_dir(), ": ", ec.message()));
+  for (const char* folder : {"spool", "checkpoints", "initial"}) {
+    const std::string path = (fs::path(config_.state_dir()) / folder).string();
+    RETURN_IF_ERROR(Annotate(MakeDirs(path, 0700, env_), "cannot create the state folders"));
   }
   ASSIGN_OR_RETURN(std::vector<JobStatus> jobs, store_->Jobs());
   ASSIGN_OR_RETURN(std::vector<SiteInfo> sites, store_->Sites());
@@ -76,11 +74,13 @@ absl::Status Coordinator::Start() {
     }
     // Copies of initial models left by jobs that ended or committed a round (a crash before
     // the removal), or by a submission cut short.
-    for (const auto& entry :
-         fs::directory_iterator(fs::path(config_.state_dir()) / "initial", ec)) {
-      auto job = jobs_.find(entry.path().stem().string());
+    const fs::path initial = fs::path(config_.state_dir()) / "initial";
+    const std::vector<std::string> names =
+        env_->ListDir(initial.string()).value_or(std::vector<std::string>());
+    for (const std::string& name : names) {
+      auto job = jobs_.find(fs::path(name).stem().string());
       if (job == jobs_.end() || Terminal(job->second.state()) || job->second.rounds_done() > 0) {
-        RemoveLogged(entry.path());
+        RemoveLogged(env_, (initial / name).string());
       }
     }
   }
@@ -126,7 +126,7 @@ std::string Coordinator::InitialModelPath(const std::string& job_id) const {
 }
 
 void Coordinator::RemoveInitialModel(const std::string& job_id) {
-  RemoveLogged(InitialModelPath(job_id));
+  RemoveLogged(env_, InitialModelPath(job_id));
 }
 
 absl::StatusOr<JobSpec> Coordinator::ValidateJobSpecForModel(const JobSpec& spec,
@@ -138,14 +138,16 @@ absl::StatusOr<JobSpec> Coordinator::ValidateJobSpecForModel(const JobSpec& spec
     return valid;
   }
   // The file is read once: the copy is what is checked and what the job starts from.
-  absl::StatusOr<std::string> bytes = ReadFileToString(valid.initial_model());
+  absl::StatusOr<std::string> bytes = ReadFileToString(valid.initial_model(), env_);
   if (!bytes.ok()) return Annotate(bytes.status(), "initial_model");
-  RETURN_IF_ERROR(
-      Annotate(WriteFileAtomic(initial_copy, *bytes, 0600), "keeping a copy of initial_model"));
+  if (absl::Status kept = WriteFileAtomic(initial_copy, *bytes, 0600, env_); !kept.ok()) {
+    RemoveLogged(env_, initial_copy);  // in place when only the folder's fsync failed
+    return Annotate(kept, "keeping a copy of initial_model");
+  }
   JobSpec from_copy = valid;
   from_copy.set_initial_model(initial_copy);
   if (absl::Status built = init_(from_copy).status(); !built.ok()) {
-    RemoveLogged(initial_copy);
+    RemoveLogged(env_, initial_copy);
     // Messages name the file as submitted, not the copy.
     return absl::Status(built.code(), absl::StrReplaceAll(built.message(),
                                                           {{initial_copy, valid.initial_model()}}));
@@ -226,17 +228,15 @@ std::string Sidecar(const JobStatus& job, uint32_t round) {
   return ToJson(card);
 }
 
-absl::Status StreamFile(const std::string& name, const std::string& path, size_t chunk_bytes,
-                        const std::function<bool(const FileChunk&)>& emit) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+absl::Status StreamFile(Env* env, const std::string& name, const std::string& path,
+                        size_t chunk_bytes, const std::function<bool(const FileChunk&)>& emit) {
+  ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> in, env->NewRandomAccessFile(path));
+  ASSIGN_OR_RETURN(const uint64_t size, in->Size());
   std::string buffer(chunk_bytes, '\0');
   FileChunk chunk;
-  uint64_t offset = 0;
-  while (in) {
-    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
-    const size_t n = static_cast<size_t>(in.gcount());
-    if (n == 0) break;
+  for (uint64_t offset = 0; offset < size;) {
+    const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer.size(), size - offset));
+    RETURN_IF_ERROR(in->ReadAt(offset, n, buffer.data()));
     chunk.set_file(name);
     chunk.set_offset(offset);
     chunk.set_data(buffer.data(), n);
@@ -251,6 +251,7 @@ absl::Status StreamFile(const std::string& name, const std::string& path, size_t
 absl::Status Coordinator::ExportModel(const Identity& who, const std::string& job_id, bool best,
                                       const std::function<bool(const FileChunk&)>& emit) {
   ASSIGN_OR_RETURN(JobStatus job, GetJob(job_id));
+<<<<<<< HEAD
   std::string path;
   uint32_t round = job.rounds_done();
   if (best) {
@@ -268,6 +269,12 @@ absl::Status Coordinator::ExportModel(const Identity& who, const std::string& jo
   }
   RETURN_IF_ERROR(store_->Audit(who.name, best ? "export-best-model" : "export-model", job_id));
   RETURN_IF_ERROR(StreamFile("model.safetensors", path, config_.chunk_bytes(), emit));
+=======
+  ASSIGN_OR_RETURN(Checkpoint checkpoint, store_->LatestCheckpoint(job_id));
+  RETURN_IF_ERROR(store_->Audit(who.name, "export-model", job_id));
+  RETURN_IF_ERROR(
+      StreamFile(env_, "model.safetensors", checkpoint.path, config_.chunk_bytes(), emit));
+>>>>>>> env
   FileChunk sidecar;
   sidecar.set_file("model.json");
   sidecar.set_data(Sidecar(job, round));

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/clock.h"
+#include "common/env.h"
 #include "common/tensor.h"
 #include "common/tls.h"
 #include "fl/config.pb.h"
@@ -35,10 +36,12 @@ using ModelInitFn = std::function<absl::StatusOr<ModelInit>(const JobSpec& spec)
 
 class Coordinator {
  public:
-  // REQUIRES: `config` validated; `store`, `metrics` and `clock` outlive the coordinator.
-  // `clock` times the pauses between a round's tries (tests pass a ManualClock).
+  // REQUIRES: `config` validated; `store`, `metrics`, `clock` and `env` outlive the coordinator.
+  // `clock` times the pauses between a round's tries (tests pass a ManualClock); every file
+  // under state_dir (spools, checkpoints, moments, initial models) goes through `env` (tests
+  // pass a FaultEnv), the store's SQLite file through SQLite's own I/O.
   Coordinator(CoordinatorConfig config, Store* store, CoordinatorMetrics* metrics,
-              ModelInitFn init, Clock* clock = &SystemClock());
+              ModelInitFn init, Clock* clock = &SystemClock(), Env* env = Env::Default());
   ~Coordinator();
 
   // Loads jobs from the store (a job that was running resumes from its last committed round)
@@ -138,7 +141,7 @@ class Coordinator {
                          uint64_t bytes, double scale, uint32_t attempt);
   // Folds the update read from `in` into `aggregator`; on an error (a read error: DATA_LOSS)
   // the aggregate holds part of it.
-  absl::Status FoldFile(Aggregator* aggregator, FILE* in) const;
+  absl::Status FoldFile(Aggregator* aggregator, const RandomAccessFile& in) const;
   // The open round's weighted-mean aggregate (null under a robust rule).
   Aggregator* MeanAggregator();
   // Under a robust rule, the open round's spools combined (median or trimmed mean) and ready
@@ -204,6 +207,7 @@ class Coordinator {
   CoordinatorMetrics* const metrics_;
   const ModelInitFn init_;
   Clock* const clock_;
+  Env* const env_;
 
   absl::Mutex mu_;
   bool shutdown_ ABSL_GUARDED_BY(mu_) = false;

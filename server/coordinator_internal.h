@@ -8,6 +8,8 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/status.h"
+#include "absl/strings/cord.h"
 #include "absl/time/time.h"
 #include "common/log.h"
 #include "models/spec.h"
@@ -40,6 +42,19 @@ struct Coordinator::RoundState {
 namespace coordinator_internal {
 
 inline void Log(const std::string& line) { LogLine("fl-coordinator", line); }
+
+// Marks a failure of this side's storage (a file under state_dir, or the store), whatever its
+// code: a round that fails with it is tried again without spending the job's attempts.
+constexpr char kStorageFailure[] = "fl/storage-failure";
+
+inline absl::Status MarkedStorageFailure(absl::Status status) {
+  status.SetPayload(kStorageFailure, absl::Cord("1"));
+  return status;
+}
+
+inline bool IsStorageFailure(const absl::Status& status) {
+  return status.GetPayload(kStorageFailure).has_value();
+}
 
 inline bool Terminal(JobState state) {
   return state == DONE || state == FAILED || state == CANCELLED;

@@ -24,7 +24,9 @@
 namespace fl {
 
 namespace fs = std::filesystem;
+using coordinator_internal::IsStorageFailure;
 using coordinator_internal::Log;
+using coordinator_internal::MarkedStorageFailure;
 using coordinator_internal::Terminal;
 
 namespace {
@@ -141,13 +143,13 @@ absl::Status Coordinator::PrepareModel(const JobStatus& job) {
   moments_ = OptimizerMoments{};
   if (job.rounds_done() > 0) {
     ASSIGN_OR_RETURN(Checkpoint checkpoint, store_->LatestCheckpoint(job.job_id()));
-    ASSIGN_OR_RETURN(TensorList weights, ReadSafetensors(checkpoint.path));
+    ASSIGN_OR_RETURN(TensorList weights, ReadSafetensors(checkpoint.path, nullptr, env_));
     if (MetasOf(weights).size() != init.weights.size()) {
       return absl::DataLossError(absl::StrCat("checkpoint ", checkpoint.path,
                                               " does not match the job's model"));
     }
     if (HasServerState(job.spec().server_optimizer())) {
-      ASSIGN_OR_RETURN(moments_, ReadMoments(MomentsPath(checkpoint.path), weights));
+      ASSIGN_OR_RETURN(moments_, ReadMoments(MomentsPath(checkpoint.path), weights, env_));
     }
     init.weights = std::move(weights);
   }
@@ -218,11 +220,12 @@ absl::Status Coordinator::RunTrainingRound(const std::string& job_id, uint32_t r
     if (status.ok() || absl::IsCancelled(status)) return status;
     metrics_->rounds_failed.Increment();
     Log(absl::StrCat("job ", job_id, " round ", round, " attempt ", attempt, ": ",
-                     status.message()));
+                     absl::StatusCodeToString(status.code()), ": ", status.message()));
     double pause = 0;
-    if (absl::IsResourceExhausted(status)) {
-      // Out of disk space (or a failed write): the round's updates stay spooled, and the next
-      // attempt, once storage is back, commits them. That costs the job no attempt.
+    if (IsStorageFailure(status)) {
+      // Out of disk space, an I/O error, a failed fsync or rename: the round's updates stay
+      // spooled, and the next attempt, once storage is back, commits them. That costs the job
+      // no attempt.
       pause = storage_pause;
       storage_pause = std::min(storage_pause * 2, 60.0);
     } else if (++failed < retry.attempts() && absl::IsUnavailable(status)) {
@@ -367,11 +370,12 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, ui
 void Coordinator::RemoveSpools(const std::string& job_id, uint32_t round) {
   // Every attempt's spools: also those of uploads a crash cut before their receipt was written.
   const std::string prefix = absl::StrCat(job_id, "-", round, "-");
-  std::error_code ec;
-  for (const auto& entry : fs::directory_iterator(fs::path(config_.state_dir()) / "spool", ec)) {
-    if (absl::StartsWith(entry.path().filename().string(), prefix)) {
-      std::error_code ignored;
-      fs::remove(entry.path(), ignored);
+  const fs::path spool = fs::path(config_.state_dir()) / "spool";
+  const std::vector<std::string> names =
+      env_->ListDir(spool.string()).value_or(std::vector<std::string>());
+  for (const std::string& name : names) {
+    if (absl::StartsWith(name, prefix)) {
+      env_->RemoveFile((spool / name).string()).IgnoreError();  // a leftover, removed later
     }
   }
 }
@@ -406,7 +410,8 @@ absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) 
       absl::MutexLock lock(&mu_);
       global = global_;
     }
-    absl::StatusOr<OptimizerMoments> moments = ReadMoments(MomentsPath(last->path), *global);
+    absl::StatusOr<OptimizerMoments> moments =
+        ReadMoments(MomentsPath(last->path), *global, env_);
     if (!moments.ok()) return Annotate(moments.status(), status.message());
     moments_ = *std::move(moments);
   }
@@ -432,19 +437,21 @@ absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t ro
   ASSIGN_OR_RETURN(TensorList next,
                    aggregator->NextModel(spec.server_optimizer(), *global, &moments_));
   global.reset();
-  // A write that fails (out of disk space, I/O error) is RESOURCE_EXHAUSTED: RunJob waits for
+  // A write that fails keeps its code (RESOURCE_EXHAUSTED for a full disk, UNAVAILABLE for an
+  // I/O error, ...: ErrnoStatus) and is marked as a storage failure: RunTrainingRound waits for
   // storage instead of spending the job's attempts.
   const auto stored = [&](const absl::Status& s) {
     if (s.ok()) return s;
     metrics_->storage_failures.Increment();
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot store round ", round, ": ", s.message()));
+    return MarkedStorageFailure(Annotate(s, absl::StrCat("cannot store round ", round)));
   };
   const std::string path = CheckpointPath(job_id, round + 1);
   RETURN_IF_ERROR(stored(WriteSafetensors(
-      path, next, {{"job_id", job_id}, {"round", absl::StrCat(round + 1)}})));
+      path, next, {{"job_id", job_id}, {"round", absl::StrCat(round + 1)}}, env_)));
   // FedAdam/FedYogi state goes next to the checkpoint, so a restart resumes the same optimizer.
-  if (!moments_.m.empty()) RETURN_IF_ERROR(stored(WriteMoments(MomentsPath(path), moments_)));
+  if (!moments_.m.empty()) {
+    RETURN_IF_ERROR(stored(WriteMoments(MomentsPath(path), moments_, env_)));
+  }
   uint32_t crc = 0;
   for (const NamedTensor& t : next) crc = Crc32cExtend(crc, t.data.data(), t.byte_size());
   absl::MutexLock write_lock(&job_write_mu_);  // the stored job stays the latest (ChangeJob)
@@ -460,11 +467,10 @@ absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t ro
   RETURN_IF_ERROR(stored(former_best.status()));
   if (coordinator_internal::PatienceSpent(copy, round)) copy.set_stopped_early(true);
   RETURN_IF_ERROR(stored(store_->CommitRound(copy, Checkpoint{path, crc, round + 1})));
-  std::error_code ec;
-  if (!former_best->empty()) fs::remove(*former_best, ec);
-  if (round >= 1) {  // keep the last two
-    fs::remove(CheckpointPath(job_id, round - 1), ec);
-    fs::remove(MomentsPath(CheckpointPath(job_id, round - 1)), ec);
+  if (!former_best->empty()) env_->RemoveFile(*former_best).IgnoreError();
+  if (round >= 1) {  // keep the last two; one not there (no moments) is no error
+    env_->RemoveFile(CheckpointPath(job_id, round - 1)).IgnoreError();
+    env_->RemoveFile(MomentsPath(CheckpointPath(job_id, round - 1))).IgnoreError();
   }
   RemoveSpools(job_id, round);
   if (round == 0) RemoveInitialModel(job_id);  // from now on the job resumes from checkpoints
@@ -505,6 +511,7 @@ absl::StatusOr<std::unique_ptr<Aggregator>> Coordinator::CombineRobust() {
     num_labels = static_cast<size_t>(round_->spec.labels_size());
     options.rule = round_->spec.aggregation();
     options.trim_fraction = round_->spec.trim_fraction();
+    options.env = env_;
     spooled = round_->spooled;
   }
   // A spool that cannot be read fails the round before anything is applied; the next attempt

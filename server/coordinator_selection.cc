@@ -54,13 +54,9 @@ absl::StatusOr<std::string> Coordinator::KeepIfBest(JobStatus& job, uint32_t don
   // A second name for the checkpoint, which outlives the round's own (only the last two are
   // kept). A name left by a try that was not stored is replaced.
   const std::string best = BestPath(job.job_id(), done);
-  std::error_code ec;
-  fs::remove(best, ec);
-  fs::create_hard_link(CheckpointPath(job.job_id(), done), best, ec);
-  if (ec) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot keep round ", done, "'s model as the best: ", ec.message()));
-  }
+  env_->RemoveFile(best).IgnoreError();  // usually not there
+  RETURN_IF_ERROR(Annotate(env_->LinkFile(CheckpointPath(job.job_id(), done), best),
+                           absl::StrCat("keeping round ", done, "'s model as the best")));
   const std::string former = job.best_round() > 0 ? BestPath(job.job_id(), job.best_round()) : "";
   job.set_best_round(done);
   job.set_best_score(score);
@@ -78,8 +74,7 @@ absl::Status Coordinator::KeepFinalIfBest(const std::string& job_id) {
                     stored.set_best_score(job.best_score());
                     return absl::OkStatus();
                   }).status());
-  std::error_code ec;
-  if (!former.empty()) fs::remove(former, ec);
+  if (!former.empty()) env_->RemoveFile(former).IgnoreError();
   return absl::OkStatus();
 }
 

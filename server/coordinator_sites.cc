@@ -21,8 +21,9 @@
 
 namespace fl {
 
-namespace fs = std::filesystem;
+using coordinator_internal::IsStorageFailure;
 using coordinator_internal::Log;
+using coordinator_internal::MarkedStorageFailure;
 using coordinator_internal::Terminal;
 
 namespace {
@@ -378,11 +379,10 @@ absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity&
 absl::StatusOr<double> Coordinator::ReceiveToSpool(
     const std::function<bool(UploadMessage*)>& next, const UploadPlan& plan,
     const std::string& spool, uint64_t* bytes) {
-  std::unique_ptr<FILE, int (*)(FILE*)> out(std::fopen(spool.c_str(), "wb"), &std::fclose);
-  if (!out) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot create spool file ", spool, ": ", std::strerror(errno)));
-  }
+  // Every write error is this side's storage failure, with the code of its cause (ErrnoStatus).
+  absl::StatusOr<std::unique_ptr<WritableFile>> opened = env_->NewWritableFile(spool, 0600);
+  if (!opened.ok()) return MarkedStorageFailure(opened.status());
+  WritableFile& out = **opened;
   ChunkReader reader(plan.expected);
   double sum_squares = 0;
   auto sink = [&](size_t index, uint64_t offset, const float* data, size_t n) -> absl::Status {
@@ -393,11 +393,8 @@ absl::StatusOr<double> Coordinator::ReceiveToSpool(
       }
     }
     for (size_t i = 0; i < n; ++i) sum_squares += double{data[i]} * data[i];
-    if (std::fwrite(data, sizeof(float), n, out.get()) != n) {
-      return absl::ResourceExhaustedError(
-          absl::StrCat("cannot write spool file ", spool, ": ", std::strerror(errno)));
-    }
-    return absl::OkStatus();
+    return MarkedStorageFailure(
+        out.Append(absl::string_view(reinterpret_cast<const char*>(data), n * sizeof(float))));
   };
   UploadMessage message;
   bool trailer = false;
@@ -413,10 +410,8 @@ absl::StatusOr<double> Coordinator::ReceiveToSpool(
   if (!trailer) return absl::InvalidArgumentError("upload ended without its trailer (truncated)");
   RETURN_IF_ERROR(reader.Finish());
   // Durable before its receipt is written: a restart may fold it again.
-  if (std::fflush(out.get()) != 0 || ::fsync(fileno(out.get())) != 0) {
-    return absl::ResourceExhaustedError(
-        absl::StrCat("cannot write spool file ", spool, ": ", std::strerror(errno)));
-  }
+  RETURN_IF_ERROR(MarkedStorageFailure(out.Sync()));
+  RETURN_IF_ERROR(MarkedStorageFailure(out.Close()));
   *bytes = reader.bytes();
   metrics_->update_bytes.Increment(static_cast<double>(reader.bytes()));
   return std::sqrt(sum_squares);
@@ -450,8 +445,9 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
           plan->clip_norm > 0 && *norm > plan->clip_norm ? plan->clip_norm / *norm : 1.0;
       status = FoldSpool(spool, header, who.name, plan->rows, bytes, scale, plan->attempt);
     }
-    std::error_code ec;
-    if (!status.ok()) fs::remove(spool, ec);  // a folded update's spool stays until the commit
+    if (!status.ok()) {  // a folded update's spool stays until the commit
+      env_->RemoveFile(spool).IgnoreError();  // none there, or a leftover RemoveSpools takes
+    }
     absl::MutexLock lock(&mu_);
     if (round_ && round_->job_id == header.job_id()) round_->uploading.erase(who.name);
   }
@@ -467,20 +463,27 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
   if (!status.ok()) {
     // Out of disk space or a failed write is this side's failure, not a bad update: the site
     // sends it again (RESOURCE_EXHAUSTED, UNAVAILABLE) and operators see it apart.
-    const bool ours = absl::IsResourceExhausted(status) || absl::IsUnavailable(status) ||
-                      absl::IsInternal(status) || absl::IsDataLoss(status) ||
-                      absl::IsUnknown(status);
+    const bool storage = IsStorageFailure(status);
+    const bool ours = storage || absl::IsResourceExhausted(status) ||
+                      absl::IsUnavailable(status) || absl::IsInternal(status) ||
+                      absl::IsDataLoss(status) || absl::IsUnknown(status);
     (ours ? metrics_->UpdateFailed() : metrics_->UpdateRejected()).Increment();
-    if (absl::IsResourceExhausted(status)) metrics_->storage_failures.Increment();
+    if (storage || absl::IsResourceExhausted(status)) metrics_->storage_failures.Increment();
     Log(absl::StrCat(ours ? "could not store the update from " : "refused update from ", who.name,
-                     ": ", status.message()));
+                     ": ", absl::StatusCodeToString(status.code()), ": ", status.message()));
     if (absl::Status s = store_->Audit(who.name, ours ? "upload-failed" : "upload-refused",
                                        std::string(status.message()));
         !s.ok()) {
       Log(absl::StrCat("audit log write failed: ", s.message()));
     }
-    if (ours && !absl::IsUnavailable(status)) {  // the cause is for this side's operator only
-      return absl::Status(status.code(),
+    if (storage || (ours && !absl::IsUnavailable(status))) {
+      // The cause is for this side's operator only. The site is told to send the update again:
+      // RESOURCE_EXHAUSTED for a full disk, UNAVAILABLE for any other storage failure (an I/O
+      // error, a folder it may not write), which a site retries too.
+      const absl::StatusCode code = !storage || absl::IsResourceExhausted(status)
+                                        ? status.code()
+                                        : absl::StatusCode::kUnavailable;
+      return absl::Status(code,
                           "the coordinator could not store the update (its log says why); "
                           "send it again");
     }
@@ -529,18 +532,24 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   }
   // Once folding starts it must finish, so everything that can fail is checked first: the
   // spool holds exactly the update's bytes, and the receipt (refusing a duplicate) is written.
-  std::error_code ec;
-  if (fs::file_size(path, ec) != bytes || ec) {
+  // A spool this side wrote that cannot be read back is this side's failure (INTERNAL), never
+  // the site's, whatever the errno.
+  absl::StatusOr<std::unique_ptr<RandomAccessFile>> in = env_->NewRandomAccessFile(path);
+  if (!in.ok()) {
+    return absl::InternalError(
+        absl::StrCat("cannot reread the spool file: ", in.status().message()));
+  }
+  absl::StatusOr<uint64_t> size = (*in)->Size();
+  if (!size.ok()) return absl::InternalError(size.status().message());
+  if (*size != bytes) {
     return absl::InternalError(absl::StrCat("spool file ", path, " does not hold ", bytes,
                                             " bytes"));
   }
-  std::unique_ptr<FILE, int (*)(FILE*)> in(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!in) return absl::InternalError(absl::StrCat("cannot reread spool file ", path));
   RETURN_IF_ERROR(store_->AddReceipt(
       Receipt{header.job_id(), header.round(), attempt, site, header, scale, bytes, path}));
   if (aggregator != nullptr) {
     RETURN_IF_ERROR(aggregator->BeginUpdate(header.num_samples(), rows, scale));
-    if (absl::Status folded = FoldFile(aggregator, in.get()); !folded.ok()) {
+    if (absl::Status folded = FoldFile(aggregator, **in); !folded.ok()) {
       // An I/O error after the size check (or a value that passed the upload's checks yet not
       // the fold's): the sum now holds part of an update, so this round's aggregate must not
       // be applied; the round is run again.
@@ -567,17 +576,18 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   return absl::OkStatus();
 }
 
-absl::Status Coordinator::FoldFile(Aggregator* aggregator, FILE* in) const {
+absl::Status Coordinator::FoldFile(Aggregator* aggregator, const RandomAccessFile& in) const {
   std::vector<float> buffer(config_.chunk_bytes() / sizeof(float));
+  uint64_t position = 0;  // in the file, in bytes
   for (size_t k = 0; k < aggregator->layout().shared.size(); ++k) {
     const uint64_t numel = aggregator->layout().shared[k].byte_size() / sizeof(float);
     for (uint64_t offset = 0; offset < numel;) {
       const size_t n = static_cast<size_t>(std::min<uint64_t>(buffer.size(), numel - offset));
-      if (std::fread(buffer.data(), sizeof(float), n, in) != n) {
-        return absl::DataLossError("read error");
-      }
+      RETURN_IF_ERROR(
+          in.ReadAt(position, n * sizeof(float), reinterpret_cast<char*>(buffer.data())));
       RETURN_IF_ERROR(aggregator->Fold(k, offset, buffer.data(), n));
       offset += n;
+      position += n * sizeof(float);
     }
   }
   return absl::OkStatus();

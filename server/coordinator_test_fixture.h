@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include "absl/synchronization/notification.h"
+#include "common/fault_env.h"
 #include "common/file_util.h"
 #include "common/safetensors.h"
 #include "common/status.h"
@@ -97,7 +98,7 @@ class CoordinatorTest : public ::testing::Test {
     config_.set_state_dir(dir_);
     config_.set_chunk_bytes(8);  // several chunks per tensor
     store_ = std::move(Store::Open(dir_ + "/state.db")).value();
-    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init(), clock_);
+    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init(), clock_, env_);
     ASSERT_TRUE(core_->Start().ok());
     Join("site-a", {"a", "b"});
     Join("site-b", {"a"});
@@ -258,7 +259,7 @@ class CoordinatorTest : public ::testing::Test {
     core_->Shutdown();
     a_.reset();
     b_.reset();
-    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init(), clock_);
+    core_ = std::make_unique<Coordinator>(config_, store_.get(), &metrics_, Init(), clock_, env_);
     ASSERT_TRUE(core_->Start().ok());
     ConnectSites();
   }
@@ -324,6 +325,9 @@ class CoordinatorTest : public ::testing::Test {
   ManualClock instant_clock_;
   ManualClock blocking_clock_{absl::FromUnixSeconds(1'700'000'000), /*blocking=*/true};
   Clock* clock_ = &SystemClock();
+  // Where the coordinator's files go: the real file system unless a test breaks it (faults_).
+  FaultEnv faults_;
+  Env* env_ = Env::Default();
 
   std::string dir_;
   CoordinatorConfig config_;

@@ -2,8 +2,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <filesystem>
 #include <memory>
 #include <utility>
 
@@ -35,26 +33,23 @@ float TrimmedMeanOf(float* values, size_t n, double trim_fraction) {
 
 namespace {
 
-namespace fs = std::filesystem;
-using File = std::unique_ptr<FILE, int (*)(FILE*)>;
-
 // Every spool of the round read in lockstep: one call reads the next block of each.
 class SpoolReader {
  public:
   // Opens the spools; each must hold exactly `bytes` bytes.
-  static absl::StatusOr<SpoolReader> Open(const std::vector<SpooledUpdate>& updates, size_t block) {
+  static absl::StatusOr<SpoolReader> Open(Env* env, const std::vector<SpooledUpdate>& updates,
+                                          size_t block) {
     SpoolReader reader(block);
     for (const SpooledUpdate& u : updates) {
-      std::error_code ec;
-      const uint64_t size = fs::file_size(u.path, ec);
-      if (ec || size != u.bytes) {
-        return absl::DataLossError(absl::StrCat("spool file ", u.path, " does not hold ", u.bytes,
-                                                " bytes", ec ? ": " + ec.message() : ""));
+      absl::StatusOr<std::unique_ptr<RandomAccessFile>> file = env->NewRandomAccessFile(u.path);
+      if (!file.ok()) return absl::DataLossError(file.status().message());
+      absl::StatusOr<uint64_t> size = (*file)->Size();
+      if (!size.ok() || *size != u.bytes) {
+        return absl::DataLossError(
+            absl::StrCat("spool file ", u.path, " does not hold ", u.bytes, " bytes",
+                         size.ok() ? "" : absl::StrCat(": ", size.status().message())));
       }
-      File file(std::fopen(u.path.c_str(), "rb"), &std::fclose);
-      if (!file) return absl::DataLossError(absl::StrCat("cannot open spool file ", u.path));
-      reader.files_.push_back(std::move(file));
-      reader.paths_.push_back(u.path);
+      reader.files_.push_back(*std::move(file));
     }
     reader.buffer_.resize(updates.size() * block);
     return reader;
@@ -63,10 +58,11 @@ class SpoolReader {
   // Reads the next `n` (at most the block size) floats of every spool.
   absl::Status Next(size_t n) {
     for (size_t u = 0; u < files_.size(); ++u) {
-      if (std::fread(buffer_.data() + u * block_, sizeof(float), n, files_[u].get()) != n) {
-        return absl::DataLossError(absl::StrCat("read error in spool file ", paths_[u]));
-      }
+      absl::Status read = files_[u]->ReadAt(position_, n * sizeof(float),
+                                            reinterpret_cast<char*>(buffer_.data() + u * block_));
+      if (!read.ok()) return absl::DataLossError(read.message());
     }
+    position_ += n * sizeof(float);
     return absl::OkStatus();
   }
 
@@ -77,8 +73,8 @@ class SpoolReader {
   explicit SpoolReader(size_t block) : block_(block) {}
 
   size_t block_;
-  std::vector<File> files_;
-  std::vector<std::string> paths_;
+  std::vector<std::unique_ptr<RandomAccessFile>> files_;
+  uint64_t position_ = 0;  // of the next block, in bytes, in every spool
   std::vector<float> buffer_;  // update u's block at [u * block_, (u + 1) * block_)
 };
 
@@ -159,7 +155,8 @@ absl::StatusOr<RobustResult> CombineSpools(const UpdateLayout& layout, size_t nu
                                            const std::vector<SpooledUpdate>& updates,
                                            const RobustOptions& options) {
   RETURN_IF_ERROR(CheckInputs(layout, num_labels, updates, options));
-  ASSIGN_OR_RETURN(SpoolReader reader, SpoolReader::Open(updates, options.block_floats));
+  ASSIGN_OR_RETURN(SpoolReader reader,
+                   SpoolReader::Open(options.env, updates, options.block_floats));
   BlockCombiner combiner(updates, num_labels, options);
   RobustResult result;
   result.updates = updates.size();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/env.h"
 #include "fl/config.pb.h"
 #include "server/aggregator.h"
 
@@ -32,6 +33,8 @@ struct RobustOptions {
   double trim_fraction = 0.1;
   // Floats read from each spool at a time (16384: 64 KiB).
   size_t block_floats = 16384;
+  // Where the spools are read.
+  Env* env = Env::Default();
 };
 
 // The combined update: one buffer per shared tensor of the layout. Head row r is combined over

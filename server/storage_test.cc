@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <iostream>
 
 #include <gtest/gtest.h>
 
@@ -57,10 +58,15 @@ class TmpfsEnvironment : public ::testing::Environment {
  public:
   void SetUp() override {
     absl::StatusOr<std::string> mounted = MountSmallTmpfs();
+    // Said either way, so that a CI log shows whether the real-disk scenarios ran.
     if (mounted.ok()) {
       g_tmpfs = *mounted;
+      std::cerr << "storage_test: running on a real 8 MiB tmpfs at " << g_tmpfs << "\n";
     } else {
       g_why = std::string(mounted.status().message());
+      std::cerr << "storage_test: SKIPPED, no small tmpfs to fill (" << g_why
+                << "); the same failures run through a FaultEnv in server_test "
+                   "(server/coordinator_fault_test.cc)\n";
     }
   }
   void TearDown() override {
@@ -79,7 +85,10 @@ class StorageTest : public CoordinatorTest {
     return dir;
   }
   void SetUp() override {
-    if (g_tmpfs.empty()) GTEST_SKIP() << "no small tmpfs to fill: " << g_why;
+    if (g_tmpfs.empty()) {
+      GTEST_SKIP() << "no small tmpfs to fill: " << g_why
+                   << " (coordinator_fault_test.cc runs the same failures through a FaultEnv)";
+    }
     CoordinatorTest::SetUp();
   }
 
@@ -123,7 +132,8 @@ TEST_F(StorageTest, SubmissionOnAFullDiskLeavesNothing) {
 // A report and the job's ending that cannot be stored change nothing; the ending is stored once
 // space is back (the job is not run again), and a restart finds the job done.
 TEST_F(StorageTest, JobEndingThatCannotBeStoredIsWaitedOut) {
-  ConnectSites();
+  clock_ = &blocking_clock_;  // the pause before the ending is stored again ends when we say
+  Restart();
   JobSpec spec;
   spec.set_rounds(1);
   spec.set_round_deadline_seconds(2);
@@ -147,13 +157,14 @@ TEST_F(StorageTest, JobEndingThatCannotBeStoredIsWaitedOut) {
   EXPECT_TRUE(absl::IsResourceExhausted(reported)) << reported;
   EXPECT_EQ(core_->GetJob(id)->sites_size(), 0);  // not stored, so not shown either
   EXPECT_GE(metrics_.storage_failures.Value(), 1);
-  // The final evaluation closes at its 2 s deadline; its ending cannot be stored.
-  for (int i = 0; i < 200 && metrics_.storage_failures.Value() < 2; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  // The final evaluation closes at its 2 s deadline; its ending cannot be stored, and the
+  // scheduler pauses before it tries again.
+  ASSERT_TRUE(WaitForPause(1));
+  EXPECT_EQ(blocking_clock_.waits().back(), absl::Seconds(1));
   ASSERT_GE(metrics_.storage_failures.Value(), 2);
   EXPECT_EQ(core_->GetJob(id)->state(), RUNNING);
   FreeDisk();
+  blocking_clock_.Advance(absl::Seconds(1));
   WaitForState(id, DONE);
   Restart();
   EXPECT_EQ(core_->GetJob(id)->state(), DONE);
