@@ -142,11 +142,7 @@ absl::StatusOr<FoldTimes> TimeFold(const std::vector<TensorMeta> &metas) {
   return times;
 }
 
-}  // namespace
-
-absl::Status RunAggregateBench(const std::vector<std::string> &args) {
-  ASSIGN_OR_RETURN(const std::vector<int64_t> flags,
-                   ParseIntFlags(args, {{"mib", 64}, {"sites", 20}}));
+absl::Status RunAggregateBench(const std::vector<int64_t> &flags) {
   const std::vector<TensorMeta> metas = BenchModelMetas(flags[0]);
   const uint64_t bytes = static_cast<uint64_t>(flags[0]) * kMib;
   std::printf(
@@ -169,6 +165,16 @@ absl::Status RunAggregateBench(const std::vector<std::string> &args) {
                   {"validated_ratio", t.memcpy_s / t.validated_s},
                   {"peak_memory_model_ratio", memory_ratio}});
   return absl::OkStatus();
+}
+
+}  // namespace
+
+BenchRun SetUpAggregateBench(CLI::App &app) {
+  auto flags = std::make_shared<std::vector<int64_t>>(std::vector<int64_t>{64, 20});
+  app.add_option("--mib", (*flags)[0], "model size in MiB")->check(CLI::PositiveNumber);
+  app.add_option("--sites", (*flags)[1], "sites folded, for the peak memory")
+      ->check(CLI::PositiveNumber);
+  return [flags] { return RunAggregateBench(*flags); };
 }
 
 }  // namespace fl::bench

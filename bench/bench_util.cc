@@ -7,58 +7,11 @@
 #include <sstream>
 
 #include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 
 namespace fl::bench {
-
-void TakeStringFlag(std::vector<std::string> &args, const std::string &name,
-                    std::string *value) {
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (args[i] == "--" + name && i + 1 < args.size()) {
-      *value = args[i + 1];
-      args.erase(args.begin() + i, args.begin() + i + 2);
-      return;
-    }
-    if (absl::StartsWith(args[i], "--" + name + "=")) {
-      *value = args[i].substr(name.size() + 3);
-      args.erase(args.begin() + i);
-      return;
-    }
-  }
-}
-
-absl::StatusOr<std::vector<int64_t>> ParseIntFlags(
-    const std::vector<std::string> &args,
-    const std::vector<std::pair<std::string, int64_t>> &defaults) {
-  std::vector<int64_t> values;
-  for (const auto &d : defaults) values.push_back(d.second);
-  for (size_t i = 0; i < args.size(); ++i) {
-    if (!absl::StartsWith(args[i], "--")) {
-      return absl::InvalidArgumentError(absl::StrCat("unexpected argument '", args[i], "'"));
-    }
-    std::string name = args[i].substr(2);
-    std::string text;
-    if (const size_t eq = name.find('='); eq != std::string::npos) {
-      text = name.substr(eq + 1);
-      name.resize(eq);
-    } else if (i + 1 < args.size()) {
-      text = args[++i];
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("--", name, " needs a value"));
-    }
-    size_t k = 0;
-    while (k < defaults.size() && defaults[k].first != name) ++k;
-    if (k == defaults.size())
-      return absl::InvalidArgumentError(absl::StrCat("unknown flag --", name));
-    if (!absl::SimpleAtoi(text, &values[k]) || values[k] <= 0) {
-      return absl::InvalidArgumentError(absl::StrCat("--", name, " wants a positive integer"));
-    }
-  }
-  return values;
-}
 
 absl::StatusOr<double> BestOf(int repetitions, const std::function<absl::Status()> &body) {
   if (absl::Status s = body(); !s.ok()) return s;

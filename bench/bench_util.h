@@ -1,4 +1,4 @@
-// Small helpers shared by the fl-bench benchmarks: flag parsing, best-of-N
+// Small helpers shared by the fl-bench benchmarks: best-of-N
 // timing, process memory and the final key=value line.
 #pragma once
 
@@ -12,18 +12,6 @@
 #include "absl/status/statusor.h"
 
 namespace fl::bench {
-
-// Removes "--name value" or "--name=value" from `args` into `*value` (left unchanged when the
-// flag is absent).
-void TakeStringFlag(std::vector<std::string> &args, const std::string &name,
-                    std::string *value);
-
-// Parses "--name value" or "--name=value" integer flags. Every flag in `args`
-// must be one of `defaults` (name without dashes, default value); returns the
-// values in the order of `defaults`.
-absl::StatusOr<std::vector<int64_t>> ParseIntFlags(
-    const std::vector<std::string> &args,
-    const std::vector<std::pair<std::string, int64_t>> &defaults);
 
 // Runs `body` once untimed (warm-up), then `repetitions` times; returns the
 // fastest run in seconds, or the first error `body` returned.

@@ -194,41 +194,27 @@ const char *NormsName(GradSampleMode mode) {
   }
 }
 
-absl::StatusOr<DpBenchConfig> ParseConfig(std::vector<std::string> args, bool cuda) {
+// The options as given; size and batch 0 take the device's default.
+struct DpBenchArgs {
   DpBenchConfig config;
-  TakeStringFlag(args, "model", &config.model);
-  TakeStringFlag(args, "profile", &config.profile);
   std::string norms = "auto";
-  TakeStringFlag(args, "norms", &norms);
-  if (norms == "ghost") {
-    config.norms = GradSampleMode::kGhost;
-  } else if (norms == "materialise") {
-    config.norms = GradSampleMode::kMaterialise;
-  } else if (norms != "auto") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--norms is \"", norms, "\", not auto, ghost or materialise"));
-  }
   std::string tf32 = "off";
-  TakeStringFlag(args, "tf32", &tf32);
-  if (tf32 != "on" && tf32 != "off") {
-    return absl::InvalidArgumentError(absl::StrCat("--tf32 is \"", tf32, "\", not on or off"));
-  }
-  config.tf32 = tf32 == "on";
-  ASSIGN_OR_RETURN(
-      std::vector<int64_t> v,
-      ParseIntFlags(args, {{"size", cuda ? 224 : 128}, {"batch", cuda ? 64 : 32}, {"steps", 5}}));
-  config.size = v[0];
-  config.batch = v[1];
-  config.steps = std::max<int64_t>(1, v[2]);
+};
+
+DpBenchConfig ConfigFor(const DpBenchArgs &args, bool cuda) {
+  DpBenchConfig config = args.config;
+  if (config.size == 0) config.size = cuda ? 224 : 128;
+  if (config.batch == 0) config.batch = cuda ? 64 : 32;
+  config.norms = args.norms == "ghost"         ? GradSampleMode::kGhost
+                 : args.norms == "materialise" ? GradSampleMode::kMaterialise
+                                               : GradSampleMode::kAuto;
+  config.tf32 = args.tf32 == "on";
   return config;
 }
 
-}  // namespace
-
-absl::Status RunDpBench(const std::vector<std::string> &args) {
+absl::Status RunDpBench(const DpBenchArgs &args) {
   // Children first: the parent must not have started LibTorch's thread pools or CUDA when it
   // forks. A child also tells whether CUDA is there, for the device-dependent defaults.
-  RETURN_IF_ERROR(ParseConfig(args, false).status());
   RetainFreedMemory();  // as fl-client does: steps reuse memory instead of faulting in pages
   bool cuda = false;
   const pid_t pid = fork();
@@ -237,7 +223,7 @@ absl::Status RunDpBench(const std::vector<std::string> &args) {
   if (pid > 0 && waitpid(pid, &wstatus, 0) == pid && WIFEXITED(wstatus)) {
     cuda = WEXITSTATUS(wstatus) == 1;
   }
-  ASSIGN_OR_RETURN(DpBenchConfig config, ParseConfig(args, cuda));
+  const DpBenchConfig config = ConfigFor(args, cuda);
   const int64_t growth[2] = {PeakGrowthInChild(config, false), PeakGrowthInChild(config, true)};
 
   ASSIGN_OR_RETURN(std::unique_ptr<StepRunner> runner, StepRunner::Create(config));
@@ -262,6 +248,29 @@ absl::Status RunDpBench(const std::vector<std::string> &args) {
   }
   PrintKeyValues({{"dp_step_ratio", dp.first / plain.first}, {"peak_memory_ratio", memory_ratio}});
   return absl::OkStatus();
+}
+
+}  // namespace
+
+BenchRun SetUpDpBench(CLI::App &app) {
+  auto args = std::make_shared<DpBenchArgs>();
+  DpBenchConfig &c = args->config;
+  app.add_option("--model", c.model, "registry model");
+  app.add_option("--size", c.size, "image side in pixels")
+      ->check(CLI::PositiveNumber)
+      ->default_str("128 on CPU, 224 on CUDA");
+  app.add_option("--batch", c.batch, "expected batch size")
+      ->check(CLI::PositiveNumber)
+      ->default_str("32 on CPU, 64 on CUDA");
+  app.add_option("--steps", c.steps, "timed steps")->check(CLI::PositiveNumber);
+  app.add_option("--profile", c.profile, "folder for per-op traces of one step each");
+  app.add_option("--norms", args->norms,
+                 "per-sample gradient norms: auto (the cheaper per "
+                 "layer), ghost or materialise")
+      ->check(CLI::IsMember({"auto", "ghost", "materialise"}));
+  app.add_option("--tf32", args->tf32, "CUDA: matrix products may use TF32 tensor cores")
+      ->check(CLI::IsMember({"on", "off"}));
+  return [args] { return RunDpBench(*args); };
 }
 
 }  // namespace fl::bench

@@ -45,25 +45,10 @@ namespace fs = std::filesystem;
 
 constexpr char kServerName[] = "coordinator";
 struct LoadOptions {
-  int64_t clients, rounds, labels;
+  int64_t clients = 200, rounds = 3, labels = 8;
   std::string model = "mediumcnn";    // about 1M parameters
   std::string fit_model = "resnet9";  // about 6.6M parameters; "none": no second run
 };
-
-// Flags: --model NAME, --fit_model NAME|none, plus the integer flags --clients, --rounds,
-// --labels.
-absl::StatusOr<LoadOptions> ParseLoadFlags(std::vector<std::string> args) {
-  LoadOptions o;
-  TakeStringFlag(args, "model", &o.model);
-  TakeStringFlag(args, "fit_model", &o.fit_model);
-  ASSIGN_OR_RETURN(const std::vector<int64_t> v,
-                   ParseIntFlags(args, {{"clients", 200}, {"rounds", 3}, {"labels", 8}}));
-  o.clients = v[0];
-  o.rounds = v[1];
-  o.labels = v[2];
-  if (o.labels < 1) return absl::InvalidArgumentError("--labels must be at least 1");
-  return o;
-}
 
 // Float32 elements of the registry model `name` with `labels` outputs, as the coordinator
 // builds it (parameters and buffers: exactly what a download carries).
@@ -488,13 +473,10 @@ absl::StatusOr<RunResult> RunModel(const LoadOptions &o, const std::string &dir,
   return result;
 }
 
-}  // namespace
-
 // Runs the job with --model, then (unless --fit_model none) with the larger --fit_model, and
 // fits the coordinator's peak above its connected baseline as a * model + b: a is what the
 // model size costs (target: at most 3), b the fixed overhead of the sites' connections.
-absl::Status RunLoadBench(const std::vector<std::string> &args) {
-  ASSIGN_OR_RETURN(const LoadOptions o, ParseLoadFlags(args));
+absl::Status RunLoadBench(const LoadOptions &o) {
   ASSIGN_OR_RETURN(const std::string dir, MakeTempDir());
   ASSIGN_OR_RETURN(const Pki pki, WritePki(dir, o.clients));
   absl::StatusOr<RunResult> main = RunModel(o, dir + "/run-main", pki);
@@ -521,6 +503,19 @@ absl::Status RunLoadBench(const std::vector<std::string> &args) {
   std::error_code ec;
   fs::remove_all(dir, ec);
   return absl::OkStatus();
+}
+
+}  // namespace
+
+BenchRun SetUpLoadBench(CLI::App &app) {
+  auto o = std::make_shared<LoadOptions>();
+  app.add_option("--clients", o->clients, "simulated sites")->check(CLI::PositiveNumber);
+  app.add_option("--rounds", o->rounds, "rounds of the job")->check(CLI::PositiveNumber);
+  app.add_option("--labels", o->labels, "labels of the model's head")->check(CLI::PositiveNumber);
+  app.add_option("--model", o->model, "registry model (about 1M parameters by default)");
+  app.add_option("--fit_model", o->fit_model,
+                 "a second, larger model to fit the peak memory against, or none");
+  return [o] { return RunLoadBench(*o); };
 }
 
 }  // namespace fl::bench

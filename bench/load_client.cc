@@ -187,7 +187,7 @@ absl::Status SimSite::Upload(const Task& task) {
   // Label mode: an update carries every tensor of the model, in model order, so the shapes
   // of the download are the layout of the upload.
   ASSIGN_OR_RETURN(const UploadResponse response,
-                   SendUpload(*channel_, ctx, header, [&](const auto& emit) {
+                   SendUpload(channel_, ctx, header, [&](const auto& emit) {
                      return StreamGeneratedUpdate(metas_, options_.seed * 131 + task.round(),
                                                   kUploadChunkBytes, [&](const TensorChunk& c) {
                                                     return emit(c) ? absl::OkStatus()

@@ -1,56 +1,53 @@
-// fl-bench NAME [flags]: runs one benchmark; its last output line is key=value
-// results.
+// fl-bench NAME [options]: runs one benchmark; its last output line is key=value
+// results. `fl-bench --help` lists them, `fl-bench NAME --help` gives a benchmark's options.
 #include <cstdio>
+#include <map>
 #include <string>
 #include <vector>
 
 #include "bench/benches.h"
 
-namespace {
-
-constexpr char kUsage[] =
-    "usage: fl-bench NAME [flags]\n"
-    "  aggregate [--mib 64] [--sites 20]       FedAvg "
-    "fold vs memcpy; peak memory over sites\n"
-    "  transfer [--mib 64] [--chunk_kib 256]   gRPC "
-    "mutual-TLS upload vs a plain TLS socket\n"
-    "  dp [--size 128] [--batch 32] [--model resnet18] [--steps 5] [--profile DIR]\n"
-    "     [--norms auto|ghost|materialise] [--tf32 on|off]\n"
-    "                                          non-private vs DP-SGD step; peak memory\n"
-    "  load [--clients 200] [--rounds 3] [--params 1000000] [--labels L] [--model smallcnn]\n"
-    "                                          fl-coordinator under many simulated sites\n";
-
-}  // namespace
-
 int main(int argc, char **argv) {
-  if (argc < 2) {
-    std::fputs(kUsage, stderr);
-    return 2;
+  CLI::App app(
+      "fl-bench: throughput and memory benchmarks; the last line of each is key=value "
+      "ratios against a baseline measured in the same run",
+      "fl-bench");
+  fl::ConfigureApp(app);
+  app.require_subcommand(1);
+  struct Bench {
+    const char *name;
+    const char *summary;
+    fl::bench::BenchRun (*setup)(CLI::App &app);
+  };
+  const Bench benches[] = {
+      {"aggregate", "FedAvg fold vs memcpy; peak memory over sites",
+       fl::bench::SetUpAggregateBench},
+      {"transfer", "gRPC mutual-TLS upload vs a plain TLS socket", fl::bench::SetUpTransferBench},
+      {"dp", "non-private vs DP-SGD step; peak memory", fl::bench::SetUpDpBench},
+      {"load", "fl-coordinator under many simulated sites", fl::bench::SetUpLoadBench}};
+  std::map<const CLI::App *, fl::bench::BenchRun> runs;
+  for (const Bench &b : benches) {
+    CLI::App *bench = app.add_subcommand(b.name, b.summary);
+    runs[bench] = b.setup(*bench);
   }
-  const std::string name = argv[1];
-  const std::vector<std::string> args(argv + 2, argv + argc);
-  // `fl-bench --help`, `fl-bench help` and `fl-bench NAME --help`: the usage, exit 0.
-  bool help = name == "--help" || name == "-h" || name == "help";
-  for (const std::string &a : args) help |= a == "--help" || a == "-h";
-  if (help) {
-    std::fputs(kUsage, stdout);
-    return 0;
+  std::vector<std::string> words(argv + 1, argv + argc);
+  if (words.empty()) {
+    std::fputs(app.help().c_str(), stderr);
+    return fl::kUsageExit;
   }
-  absl::Status status;
-  if (name == "aggregate") {
-    status = fl::bench::RunAggregateBench(args);
-  } else if (name == "transfer") {
-    status = fl::bench::RunTransferBench(args);
-  } else if (name == "dp") {
-    status = fl::bench::RunDpBench(args);
-  } else if (name == "load") {
-    status = fl::bench::RunLoadBench(args);
-  } else {
-    std::fprintf(stderr, "fl-bench: unknown benchmark '%s'\n%s", name.c_str(), kUsage);
-    return 2;
+  if (words[0] == "help") words = {"--help"};
+  bool known = words[0][0] == '-';
+  for (const Bench &b : benches) known |= words[0] == b.name;
+  if (!known) {
+    std::fprintf(stderr, "fl-bench: unknown benchmark '%s' (see 'fl-bench --help')\n",
+                 words[0].c_str());
+    return fl::kUsageExit;
   }
+  if (std::optional<int> code = fl::ParseCommandLine(app, words)) return *code;
+  const CLI::App *bench = app.get_subcommands().front();
+  const absl::Status status = runs.at(bench)();
   if (!status.ok()) {
-    std::fprintf(stderr, "fl-bench %s: %s\n", name.c_str(), status.ToString().c_str());
+    std::fprintf(stderr, "fl-bench %s: %s\n", bench->get_name().c_str(), status.ToString().c_str());
     return 1;
   }
   return 0;

@@ -121,8 +121,9 @@ enum class SendPath {
 
 // One upload of `update`: header, chunks of `chunk_bytes`, trailer; checks that
 // the server got every byte.
-absl::Status UploadOnce(grpc::Channel &channel, const std::shared_ptr<const TensorList> &update,
-                        uint64_t bytes, size_t chunk_bytes, bool validate, SendPath path) {
+absl::Status UploadOnce(const std::shared_ptr<grpc::Channel> &channel,
+                        const std::shared_ptr<const TensorList> &update, uint64_t bytes,
+                        size_t chunk_bytes, bool validate, SendPath path) {
   UploadHeader header;
   header.set_job_id(validate ? "bench" : kUncheckedJob);
   header.set_num_samples(100);
@@ -216,7 +217,7 @@ absl::StatusOr<double> TimeGrpc(const Pki &pki, int port,
     return absl::UnavailableError("mutual TLS channel did not connect");
   }
   return BestOf(kRepetitions,
-                [&] { return UploadOnce(*channel, update, bytes, chunk_bytes, validate, path); });
+                [&] { return UploadOnce(channel, update, bytes, chunk_bytes, validate, path); });
 }
 
 // Best-of time for one download of the server's model as fl-client receives it (ReceiveModel:
@@ -235,13 +236,7 @@ absl::StatusOr<double> TimeDownload(const Pki &pki, int port, uint64_t bytes) {
   });
 }
 
-}  // namespace
-
-absl::Status RunTransferBench(const std::vector<std::string> &args) {
-  ASSIGN_OR_RETURN(
-      const std::vector<int64_t> flags,
-      ParseIntFlags(args,
-                    {{"mib", 64}, {"chunk_kib", static_cast<int64_t>(kUploadChunkBytes >> 10)}}));
+absl::Status RunTransferBench(const std::vector<int64_t> &flags) {
   const size_t chunk_bytes = static_cast<size_t>(flags[1]) * 1024;
   const std::vector<TensorMeta> metas = BenchModelMetas(flags[0]);
   const uint64_t bytes = static_cast<uint64_t>(flags[0]) * kMib;
@@ -293,6 +288,17 @@ absl::Status RunTransferBench(const std::vector<std::string> &args) {
                   {"grpc_mib_s", grpc_mib_s},
                   {"tls_mib_s", tls_mib_s}});
   return absl::OkStatus();
+}
+
+}  // namespace
+
+BenchRun SetUpTransferBench(CLI::App &app) {
+  auto flags = std::make_shared<std::vector<int64_t>>(
+      std::vector<int64_t>{64, static_cast<int64_t>(kUploadChunkBytes >> 10)});
+  app.add_option("--mib", (*flags)[0], "update size in MiB")->check(CLI::PositiveNumber);
+  app.add_option("--chunk_kib", (*flags)[1], "chunk and write size in KiB")
+      ->check(CLI::PositiveNumber);
+  return [flags] { return RunTransferBench(*flags); };
 }
 
 }  // namespace fl::bench

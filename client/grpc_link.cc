@@ -59,7 +59,7 @@ class GrpcConnection : public CoordinatorConnection {
   absl::StatusOr<UploadResponse> Upload(const UploadHeader& header,
                                         std::shared_ptr<const TensorList> update) override {
     grpc::ClientContext ctx;
-    return SendUpload(*channel_, ctx, header, std::move(update), kUploadChunkBytes);
+    return SendUpload(channel_, ctx, header, std::move(update), kUploadChunkBytes);
   }
 
   absl::Status Report(const MetricsReport& report) override {

@@ -80,6 +80,11 @@ int Run(const std::string& config_path) {
 int main(int argc, char** argv) {
   fl::BlockStopSignals();  // before any thread starts; one thread waits for them
   fl::RetainFreedMemory();  // training steps reuse memory instead of faulting in fresh pages
-  std::optional<std::string> config = fl::ConfigFlag(argc, argv, "fl-client");
-  return config ? fl::Run(*config) : 2;
+  int exit_code = 0;
+  std::optional<std::string> config = fl::ConfigFlag(
+      argc, argv, "fl-client",
+      "fl-client: a hospital's site daemon; trains the federation's tasks on local DICOM data "
+      "within the site's privacy budget",
+      &exit_code);
+  return config ? fl::Run(*config) : exit_code;
 }

@@ -4,9 +4,10 @@
 
 #include <csignal>
 #include <filesystem>
-#include <iostream>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/cli.h"
 #include "common/file_util.h"
 #include "common/log.h"
 
@@ -36,10 +37,21 @@ int WaitForStopSignal() {
   return signal_number;
 }
 
-std::optional<std::string> ConfigFlag(int argc, char** argv, const char* program) {
-  if (argc == 3 && std::string(argv[1]) == "--config") return std::string(argv[2]);
-  std::cerr << "usage: " << program << " --config FILE" << std::endl;
-  return std::nullopt;
+std::optional<std::string> ConfigFlag(int argc, char** argv, const char* program,
+                                      const char* summary, int* exit_code) {
+  CLI::App app(summary, program);
+  ConfigureApp(app);
+  std::string config;
+  app.add_option("--config", config,
+                 "the daemon's config: a text-format protobuf message (proto/fl/config.proto); "
+                 "unknown fields and invalid values are refused at start-up")
+      ->required();
+  if (std::optional<int> code =
+          ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc))) {
+    *exit_code = *code;
+    return std::nullopt;
+  }
+  return config;
 }
 
 int ExitWithError(const char* program, const absl::Status& status) {

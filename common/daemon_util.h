@@ -22,8 +22,11 @@ void BlockStopSignals();
 // Waits for SIGINT or SIGTERM and returns its number. REQUIRES: BlockStopSignals() was called.
 int WaitForStopSignal();
 
-// FILE from "PROGRAM --config FILE", or nullopt after printing the usage to stderr.
-std::optional<std::string> ConfigFlag(int argc, char** argv, const char* program);
+// FILE from "PROGRAM --config FILE" (CLI11, common/cli.h). Otherwise nullopt, and `*exit_code`
+// is what to exit with: 0 after --help (the help on stdout), kUsageExit after a usage error (the
+// error on stderr). `summary` opens the help.
+std::optional<std::string> ConfigFlag(int argc, char** argv, const char* program,
+                                      const char* summary, int* exit_code);
 
 // Logs "PROGRAM: <status message>" and returns exit code 1.
 int ExitWithError(const char* program, const absl::Status& status);

@@ -44,27 +44,7 @@ absl::Status CheckKeyFileMode(const std::string& path) {
   return absl::OkStatus();
 }
 
-absl::StatusOr<Role> RoleFromName(const std::string& ou) {
-  for (Role role : {Role::kCoordinator, Role::kSite, Role::kAdmin}) {
-    if (ou == RoleName(role)) return role;
-  }
-  return absl::PermissionDeniedError(absl::StrCat(
-      "certificate OU '", ou, "' is not a role of the consortium (coordinator, site, admin)"));
-}
-
 }  // namespace
-
-const char* RoleName(Role role) {
-  switch (role) {
-    case Role::kCoordinator:
-      return "coordinator";
-    case Role::kSite:
-      return "site";
-    case Role::kAdmin:
-      return "admin";
-  }
-  return "unknown";
-}
 
 absl::StatusOr<TlsMaterial> LoadTlsMaterial(const TlsConfig& config) {
   TlsMaterial m;
@@ -178,18 +158,6 @@ absl::StatusOr<Identity> PeerIdentity(const grpc::ServerContext& context) {
     return absl::UnauthenticatedError("the peer's certificate is missing from the auth context");
   }
   return IdentityFromPem(std::string(pems.front().data(), pems.front().size()));
-}
-
-absl::StatusOr<Identity> IdentityFromPem(const std::string& cert_pem) {
-  ASSIGN_OR_RETURN(CertSubject subject, ParseCertSubject(cert_pem));
-  if (subject.common_name.empty()) {
-    return absl::PermissionDeniedError("certificate subject has no CN");
-  }
-  Identity identity;
-  identity.name = subject.common_name;
-  identity.fingerprint = subject.fingerprint;
-  ASSIGN_OR_RETURN(identity.role, RoleFromName(subject.organizational_unit));
-  return identity;
 }
 
 }  // namespace fl

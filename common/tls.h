@@ -1,5 +1,6 @@
-// Mutual TLS for every connection, and identities taken from peer certificates.
-// A certificate's subject CN is the participant's name and its OU its role.
+// Mutual TLS for every connection, and identities taken from peer certificates (a
+// certificate's subject CN is the participant's name and its OU its role; common/identity.h).
+// Part of the transport: one of the files that hold gRPC (docs/ARCHITECTURE.md).
 #pragma once
 
 #include <memory>
@@ -9,20 +10,10 @@
 #include <grpcpp/security/tls_certificate_provider.h>
 
 #include "absl/status/statusor.h"
+#include "common/identity.h"
 #include "fl/config.pb.h"
 
 namespace fl {
-
-enum class Role { kCoordinator, kSite, kAdmin };
-
-// "coordinator", "site", "admin": the OU written by `flctl provision`.
-const char* RoleName(Role role);
-
-struct Identity {
-  std::string name;  // certificate subject CN
-  Role role = Role::kSite;
-  std::string fingerprint;  // SHA-256 of the certificate (hex), for revocation
-};
 
 // The PEM contents of a TlsConfig, read and checked: every file readable (the error names the
 // file), the key not readable by group or others, the certificate parses and matches the key.
@@ -64,8 +55,5 @@ inline grpc::WriteOptions ChunkWriteOptions() { return grpc::WriteOptions().set_
 
 // Identity of the authenticated peer of a call, from its verified certificate.
 absl::StatusOr<Identity> PeerIdentity(const grpc::ServerContext& context);
-
-// Identity written in a PEM certificate (CN and OU of its subject).
-absl::StatusOr<Identity> IdentityFromPem(const std::string& cert_pem);
 
 }  // namespace fl

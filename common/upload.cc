@@ -1,16 +1,17 @@
 #include "common/upload.h"
 
-#include <grpcpp/impl/codegen/proto_utils.h>
-#include <grpcpp/impl/rpc_method.h>
-#include <grpcpp/support/sync_stream.h>
+#include <grpcpp/completion_queue.h>
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/support/async_stream.h>
 
+#include <cstdint>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "common/grpc_status.h"
 #include "common/status.h"
-#include "common/tls.h"
 #include "common/tensor_stream.h"
+#include "common/tls.h"
 
 namespace fl {
 namespace {
@@ -18,15 +19,11 @@ namespace {
 // Writes one encoded UploadMessage; false when the stream closed.
 using MessageWriter = std::function<bool(const grpc::ByteBuffer&)>;
 
-// Serialised straight into gRPC's slices, as the generated stub would. Only headers and
-// trailers go through here: a failure (a message over 2 GiB) would be a bug.
+// Only headers and trailers go through here (chunks are encoded by EncodeChunkMessage): a copy
+// of a few hundred bytes.
 grpc::ByteBuffer Encode(const UploadMessage& message) {
-  grpc::ByteBuffer buffer;
-  bool own_buffer = false;
-  const grpc::Status status =
-      grpc::SerializationTraits<UploadMessage>::Serialize(message, &buffer, &own_buffer);
-  GPR_ASSERT(status.ok());
-  return buffer;
+  grpc::Slice slice(message.SerializeAsString());
+  return grpc::ByteBuffer(&slice, 1);
 }
 
 void AppendVarint(std::string* out, uint64_t v) {
@@ -37,39 +34,101 @@ void AppendVarint(std::string* out, uint64_t v) {
   out->push_back(static_cast<char>(v));
 }
 
+// A protobuf field's tag as it precedes the field's bytes on the wire: the field number and the
+// wire type (2: length-delimited, for messages and bytes), as the protobuf encoding defines it.
+constexpr uint32_t kLengthDelimited = 2;
+constexpr uint32_t LengthDelimitedTag(int field_number) {
+  return (static_cast<uint32_t>(field_number) << 3) | kLengthDelimited;
+}
+
+// Federation.Upload as a blocking bidirectional stream of encoded messages, through gRPC's
+// public generic stub: the stream carries encoded messages, so that chunks may reference their
+// data instead of copying it into a protobuf first. Each call waits for its one operation on a
+// completion queue of its own, as gRPC's blocking streams do.
+class UploadStream {
+ public:
+  UploadStream(std::shared_ptr<grpc::ChannelInterface> channel, grpc::ClientContext& ctx)
+      : stub_(std::move(channel)) {
+    static const std::string method = absl::StrCat("/", Federation::service_full_name(), "/Upload");
+    call_ = stub_.PrepareCall(&ctx, method, &cq_);
+    if (call_ != nullptr) {
+      call_->StartCall(this);
+      started_ = Wait();
+    }
+  }
+  ~UploadStream() {
+    cq_.Shutdown();
+    void* tag;
+    bool ok;
+    while (cq_.Next(&tag, &ok)) {
+    }
+  }
+
+  // False when the stream is closed.
+  bool Write(const grpc::ByteBuffer& message, grpc::WriteOptions options = {}) {
+    if (!started_) return false;
+    call_->Write(message, options, this);
+    return Wait();
+  }
+  bool Read(UploadReply* reply) {
+    if (!started_) return false;
+    call_->Read(reply, this);
+    return Wait();
+  }
+  void WritesDone() {
+    if (!started_) return;
+    call_->WritesDone(this);
+    Wait();
+  }
+  grpc::Status Finish() {
+    if (call_ == nullptr) return grpc::Status(grpc::StatusCode::INTERNAL, "upload call not set up");
+    grpc::Status status;
+    call_->Finish(&status, this);
+    Wait();
+    return status;
+  }
+
+ private:
+  // The result of the one operation in flight.
+  bool Wait() {
+    void* tag = nullptr;
+    bool ok = false;
+    return cq_.Next(&tag, &ok) && ok;
+  }
+
+  grpc::CompletionQueue cq_;
+  grpc::TemplatedGenericStub<grpc::ByteBuffer, UploadReply> stub_;
+  std::unique_ptr<grpc::ClientAsyncReaderWriter<grpc::ByteBuffer, UploadReply>> call_;
+  bool started_ = false;
+};
+
 // The upload protocol (fl/federation.proto): header, grant, the chunks that `chunks` writes,
-// trailer, receipt. The stream carries encoded messages, so that chunks may reference their
-// data instead of copying it into a protobuf first; the method is the generated stub's.
+// trailer, receipt.
 absl::StatusOr<UploadResponse> RunUpload(
-    grpc::ChannelInterface& channel, grpc::ClientContext& ctx, const UploadHeader& header,
-    const std::function<absl::Status(const MessageWriter&)>& chunks) {
-  static const std::string name = absl::StrCat("/", Federation::service_full_name(), "/Upload");
-  static const grpc::internal::RpcMethod method(name.c_str(),
-                                                grpc::internal::RpcMethod::BIDI_STREAMING);
-  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, UploadReply>> stream(
-      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, UploadReply>::Create(
-          &channel, method, &ctx));
+    const std::shared_ptr<grpc::ChannelInterface>& channel, grpc::ClientContext& ctx,
+    const UploadHeader& header, const std::function<absl::Status(const MessageWriter&)>& chunks) {
+  UploadStream stream(channel, ctx);
   UploadMessage message;
   *message.mutable_header() = header;
   UploadReply reply;
   // A refused header ends the stream before the grant; Finish() below carries the reason.
-  bool open = stream->Write(Encode(message)) && stream->Read(&reply) && reply.has_grant();
+  bool open = stream.Write(Encode(message)) && stream.Read(&reply) && reply.has_grant();
   absl::Status produced = absl::OkStatus();
   if (open) {
     produced = chunks([&](const grpc::ByteBuffer& buffer) {
-      return open = stream->Write(buffer, ChunkWriteOptions());
+      return open = stream.Write(buffer, ChunkWriteOptions());
     });
     open = open && produced.ok();
   }
   if (open) {
     message.mutable_trailer();
-    open = stream->Write(Encode(message));
+    open = stream.Write(Encode(message));
   }
-  stream->WritesDone();
+  stream.WritesDone();
   reply.Clear();
-  const bool done = open && stream->Read(&reply) && reply.has_done();
+  const bool done = open && stream.Read(&reply) && reply.has_done();
   // The coordinator's reason first.
-  RETURN_IF_ERROR(Annotate(FromGrpcStatus(stream->Finish()), "upload"));
+  RETURN_IF_ERROR(Annotate(FromGrpcStatus(stream.Finish()), "upload"));
   RETURN_IF_ERROR(Annotate(produced, "upload"));
   if (!done) {
     return absl::InternalError("upload: the coordinator ended the stream without a receipt");
@@ -81,12 +140,13 @@ absl::StatusOr<UploadResponse> RunUpload(
 
 grpc::ByteBuffer EncodeChunkMessage(const TensorChunk& chunk, const char* data, size_t n,
                                     std::shared_ptr<const void> owner) {
-  constexpr char kChunkTag = (2 << 3) | 2;  // UploadMessage.chunk, length-delimited
-  constexpr char kDataTag = (4 << 3) | 2;   // TensorChunk.data, length-delimited
+  constexpr uint32_t kChunkTag = LengthDelimitedTag(UploadMessage::kChunkFieldNumber);
+  constexpr uint32_t kDataTag = LengthDelimitedTag(TensorChunk::kDataFieldNumber);
   std::string fields = chunk.SerializeAsString();
-  fields.push_back(kDataTag);  // the last field; protobuf parsers take fields in any order
+  AppendVarint(&fields, kDataTag);  // the last field; protobuf parsers take fields in any order
   AppendVarint(&fields, n);
-  std::string prefix(1, kChunkTag);
+  std::string prefix;
+  AppendVarint(&prefix, kChunkTag);
   AppendVarint(&prefix, fields.size() + n);
   prefix += fields;
   grpc::Slice slices[2] = {
@@ -98,8 +158,8 @@ grpc::ByteBuffer EncodeChunkMessage(const TensorChunk& chunk, const char* data, 
   return grpc::ByteBuffer(slices, n == 0 ? 1 : 2);
 }
 
-absl::StatusOr<UploadResponse> SendUpload(grpc::ChannelInterface& channel, grpc::ClientContext& ctx,
-                                          const UploadHeader& header,
+absl::StatusOr<UploadResponse> SendUpload(const std::shared_ptr<grpc::ChannelInterface>& channel,
+                                          grpc::ClientContext& ctx, const UploadHeader& header,
                                           const ChunkProducer& produce) {
   return RunUpload(channel, ctx, header, [&](const MessageWriter& write) {
     UploadMessage message;
@@ -110,8 +170,8 @@ absl::StatusOr<UploadResponse> SendUpload(grpc::ChannelInterface& channel, grpc:
   });
 }
 
-absl::StatusOr<UploadResponse> SendUpload(grpc::ChannelInterface& channel, grpc::ClientContext& ctx,
-                                          const UploadHeader& header,
+absl::StatusOr<UploadResponse> SendUpload(const std::shared_ptr<grpc::ChannelInterface>& channel,
+                                          grpc::ClientContext& ctx, const UploadHeader& header,
                                           std::shared_ptr<const TensorList> update,
                                           size_t chunk_bytes) {
   return RunUpload(channel, ctx, header, [&](const MessageWriter& write) {

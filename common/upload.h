@@ -1,12 +1,13 @@
 // The client side of Federation.Upload and Federation.Download, shared by fl-client and the
-// benches.
+// benches. Part of the transport (one of the files that hold gRPC, docs/ARCHITECTURE.md); only
+// gRPC's public API: the upload stream is a generic stub's call.
 #pragma once
 
 #include <functional>
 #include <memory>
 
+#include <grpcpp/channel.h>
 #include <grpcpp/client_context.h>
-#include <grpcpp/impl/channel_interface.h>
 #include <grpcpp/support/byte_buffer.h>
 
 #include "absl/status/statusor.h"
@@ -22,14 +23,14 @@ using ChunkProducer =
 // Sends `header` on `channel`, waits for the coordinator's grant, streams the chunks of
 // `produce` and the trailer, and returns the coordinator's receipt, or its reason for refusing
 // the upload.
-absl::StatusOr<UploadResponse> SendUpload(grpc::ChannelInterface& channel,
+absl::StatusOr<UploadResponse> SendUpload(const std::shared_ptr<grpc::ChannelInterface>& channel,
                                           grpc::ClientContext& ctx, const UploadHeader& header,
                                           const ChunkProducer& produce);
 
 // As above for an update held in memory, in chunks of `chunk_bytes`. Its bytes reach gRPC
 // without a copy: each chunk message references them, and keeps `update` alive until gRPC has
 // sent them.
-absl::StatusOr<UploadResponse> SendUpload(grpc::ChannelInterface& channel,
+absl::StatusOr<UploadResponse> SendUpload(const std::shared_ptr<grpc::ChannelInterface>& channel,
                                           grpc::ClientContext& ctx, const UploadHeader& header,
                                           std::shared_ptr<const TensorList> update,
                                           size_t chunk_bytes);

@@ -49,6 +49,24 @@ TEST(UploadTest, ChunkMessageWithBorrowedDataParsesAsTheCopiedMessage) {
   }
 }
 
+// The bytes on the wire, written out by hand from the protobuf encoding: UploadMessage.chunk
+// (field 2), then TensorChunk's fields in number order except data (field 4), which comes last.
+// Regression guard for the framing's tags, now derived from the generated field numbers.
+TEST(UploadTest, ChunkMessageBytesOnTheWire) {
+  auto update = std::make_shared<const std::string>("\xde\xad\xbe\xef", 4);
+  TensorChunk chunk;
+  chunk.set_tensor_index(1);
+  chunk.set_offset(8);
+  chunk.set_last(true);
+  chunk.set_crc32c(5);
+  const std::string want(
+      "\x12\x0e"                          // UploadMessage.chunk, 14 bytes
+      "\x08\x01\x18\x08\x28\x01\x30\x05"  // tensor_index 1, offset 8, last, crc32c 5
+      "\x22\x04\xde\xad\xbe\xef",         // data, 4 bytes
+      16);
+  EXPECT_EQ(Flatten(EncodeChunkMessage(chunk, update->data(), update->size(), update)), want);
+}
+
 TEST(UploadTest, BorrowedDataIsKeptAliveByTheMessage) {
   auto update = std::make_shared<const TensorList>(
       TensorList{{"w", {4}, {1.0f, 2.0f, 3.0f, 4.0f}}});

@@ -7,6 +7,7 @@ PKGS=(build-essential cmake ninja-build ccache pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-torch python3-torchvision python3-numpy
   clang libclang-rt-14-dev gdb
   libdnnl-dev  # oneDNN's sgemm for the DP ghost norms (models/gram.h)
+  libcli11-dev  # every program's command line (common/cli.h)
   python3-matplotlib)  # the federation study's curves (scripts/fed_study.py)
 missing=()
 for p in "${PKGS[@]}"; do

@@ -113,6 +113,11 @@ int Run(const std::string& config_path) {
 int main(int argc, char** argv) {
   fl::ReturnFreedModels();
   fl::BlockStopSignals();  // before any thread starts; the main thread waits for them
-  std::optional<std::string> config = fl::ConfigFlag(argc, argv, "fl-coordinator");
-  return config ? fl::Run(*config) : 2;
+  int exit_code = 0;
+  std::optional<std::string> config = fl::ConfigFlag(
+      argc, argv, "fl-coordinator",
+      "fl-coordinator: schedules the federation's jobs and rounds and aggregates the sites' "
+      "updates",
+      &exit_code);
+  return config ? fl::Run(*config) : exit_code;
 }

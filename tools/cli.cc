@@ -1,95 +1,48 @@
 #include "tools/cli.h"
 
-#include <algorithm>
-
-#include <cstdlib>
 #include <iostream>
-
-#include "absl/strings/match.h"
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_cat.h"
+#include <memory>
 
 namespace fl::cli {
+namespace {
+
+// "flctl privacy epsilon": `app`'s name after those of its parents.
+std::string FullName(const CLI::App& app) {
+  const CLI::App* parent = app.get_parent();
+  return parent == nullptr ? app.get_name() : FullName(*parent) + " " + app.get_name();
+}
+
+}  // namespace
 
 std::map<std::string, Command>& Registry() {
   static auto* registry = new std::map<std::string, Command>();
   return *registry;
 }
 
-absl::StatusOr<Args> Args::Parse(const std::vector<std::string>& argv,
-                                 const std::vector<std::string>& flags) {
-  Args args;
-  for (size_t i = 0; i < argv.size(); ++i) {
-    const std::string& word = argv[i];
-    if (!absl::StartsWith(word, "--")) {
-      args.positional_.push_back(word);
-      continue;
-    }
-    std::string key = word.substr(2);
-    size_t eq = key.find('=');
-    if (eq != std::string::npos) {
-      args.values_[key.substr(0, eq)] = key.substr(eq + 1);
-    } else if (std::find(flags.begin(), flags.end(), key) != flags.end()) {
-      args.values_[key] = "true";
-    } else if (i + 1 < argv.size()) {
-      args.values_[key] = argv[++i];
-    } else {
-      return absl::InvalidArgumentError(absl::StrCat("option --", key, " needs a value"));
-    }
+int RunFlctl(const std::vector<std::string>& args) {
+  CLI::App app("flctl: the federation's command-line tool for operators and hospital IT", "flctl");
+  ConfigureApp(app);
+  app.require_subcommand(1);
+  std::map<const CLI::App*, CommandRun> runs;
+  for (const auto& [name, command] : Registry()) {
+    CLI::App* sub = app.add_subcommand(name, command.summary);
+    runs[sub] = command.setup(*sub);
   }
-  return args;
-}
-
-std::string Args::Get(const std::string& key, const std::string& fallback) const {
-  auto it = values_.find(key);
-  return it == values_.end() ? fallback : it->second;
-}
-
-absl::StatusOr<std::string> Args::Require(const std::string& key) const {
-  auto it = values_.find(key);
-  if (it == values_.end() || it->second.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat("missing required option --", key));
+  std::vector<std::string> words = args;
+  if (words.empty()) {
+    std::cout << app.help();
+    return kUsageExit;
   }
-  return it->second;
-}
-
-absl::StatusOr<double> Args::GetDouble(const std::string& key,
-                                       std::optional<double> fallback) const {
-  auto it = values_.find(key);
-  if (it == values_.end()) {
-    if (fallback) return *fallback;
-    return absl::InvalidArgumentError(absl::StrCat("missing required option --", key));
+  if (words[0] == "help") {  // `flctl help [COMMAND]`
+    words.erase(words.begin());
+    words.push_back("--help");
   }
-  double v;
-  if (!absl::SimpleAtod(it->second, &v)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", key, " must be a number, got '",
-                                                   it->second, "'"));
+  if (words[0][0] != '-' && Registry().count(words[0]) == 0) {
+    std::cerr << "flctl: unknown command '" << words[0] << "' (see 'flctl --help')\n";
+    return kUsageExit;
   }
-  return v;
-}
-
-absl::StatusOr<int64_t> Args::GetInt(const std::string& key,
-                                     std::optional<int64_t> fallback) const {
-  auto it = values_.find(key);
-  if (it == values_.end()) {
-    if (fallback) return *fallback;
-    return absl::InvalidArgumentError(absl::StrCat("missing required option --", key));
-  }
-  int64_t v;
-  if (!absl::SimpleAtoi(it->second, &v)) {
-    return absl::InvalidArgumentError(absl::StrCat("--", key, " must be an integer, got '",
-                                                   it->second, "'"));
-  }
-  return v;
-}
-
-absl::Status Args::CheckKnown(const std::vector<std::string>& known) const {
-  for (const auto& [key, value] : values_) {
-    if (std::find(known.begin(), known.end(), key) == known.end()) {
-      return absl::InvalidArgumentError(absl::StrCat("unknown option --", key));
-    }
-  }
-  return absl::OkStatus();
+  if (std::optional<int> code = ParseCommandLine(app, words)) return *code;
+  return runs.at(app.get_subcommands().front())();
 }
 
 int Fail(const absl::Status& status, int code) {
@@ -97,5 +50,10 @@ int Fail(const absl::Status& status, int code) {
   return code;
 }
 
-}  // namespace fl::cli
+int UsageError(const CLI::App& app, const absl::Status& status) {
+  std::cerr << "flctl: " << status.message() << "\nRun '" << FullName(app)
+            << " --help' for the usage.\n";
+  return kUsageExit;
+}
 
+}  // namespace fl::cli

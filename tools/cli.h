@@ -1,66 +1,58 @@
 // flctl: the command-line tool of operators and hospital IT. Each command lives in its own
-// tools/cmd_*.cc and registers itself with FL_COMMAND; flctl.cc dispatches; cli.cc holds the shared helpers.
+// tools/cmd_*.cc and registers itself with FL_COMMAND; RunFlctl parses (CLI11, common/cli.h)
+// and dispatches.
 #pragma once
 
 #include <functional>
 #include <map>
-#include <optional>
 #include <string>
 #include <vector>
 
-#include "absl/status/statusor.h"
+#include "absl/status/status.h"
+#include "common/cli.h"
 
 namespace fl::cli {
 
-// Parsed "--key value" / "--key=value" / "--flag" options and positional words.
-class Args {
- public:
-  // `flags` lists the options that take no value.
-  static absl::StatusOr<Args> Parse(const std::vector<std::string>& argv,
-                                    const std::vector<std::string>& flags = {});
-  const std::vector<std::string>& positional() const { return positional_; }
-  bool Has(const std::string& key) const { return values_.count(key) > 0; }
-  std::string Get(const std::string& key, const std::string& fallback = "") const;
-  // A required option, or an error naming it.
-  absl::StatusOr<std::string> Require(const std::string& key) const;
-  absl::StatusOr<double> GetDouble(const std::string& key, std::optional<double> fallback) const;
-  absl::StatusOr<int64_t> GetInt(const std::string& key, std::optional<int64_t> fallback) const;
-  // Options given but not in `known`: an error naming the first one.
-  absl::Status CheckKnown(const std::vector<std::string>& known) const;
-
- private:
-  std::vector<std::string> positional_;
-  std::map<std::string, std::string> values_;
-};
-
-// A command gets the words after its name; returns the process exit code
+// What runs a command once its words are parsed; returns the process exit code
 // (0 ok, 1 failure, 2 usage error).
-using CommandFn = std::function<int(const std::vector<std::string>& args)>;
+using CommandRun = std::function<int()>;
+
+// Declares a command's options, positional arguments and subcommands on `app` (the command's
+// CLI11 subcommand of flctl, already named and summarised), each once, bound to storage the
+// returned CommandRun reads.
+using CommandSetup = std::function<CommandRun(CLI::App& app)>;
 
 struct Command {
   std::string name;     // e.g. "privacy", "data", "provision"
-  std::string summary;  // one line for `flctl help`
-  std::string usage;    // the command's usage ("usage: flctl NAME ..."), for `flctl NAME --help`
-  CommandFn run;
+  std::string summary;  // one line for `flctl --help`
+  CommandSetup setup;
 };
 
 std::map<std::string, Command>& Registry();
 
 struct Registrar {
-  Registrar(std::string name, std::string summary, std::string usage, CommandFn run) {
-    Registry()[name] = Command{name, std::move(summary), std::move(usage), std::move(run)};
+  Registrar(std::string name, std::string summary, CommandSetup setup) {
+    Registry()[name] = Command{name, std::move(summary), std::move(setup)};
   }
 };
 
 #define FL_COMMAND_CONCAT_INNER(a, b) a##b
 #define FL_COMMAND_CONCAT(a, b) FL_COMMAND_CONCAT_INNER(a, b)
-// Registers a command with its one-line summary and its usage:
-//   FL_COMMAND("privacy", "privacy calculator (epsilon, noise)", kUsage, RunPrivacy);
-// `flctl NAME --help` (or -h, anywhere among its words) prints the summary and usage, exit 0.
-#define FL_COMMAND(name, summary, usage, fn) \
-  static ::fl::cli::Registrar FL_COMMAND_CONCAT(fl_command_, __LINE__)(name, summary, usage, fn)
+// Registers a command with its one-line summary and the function that declares its options:
+//   FL_COMMAND("privacy", "privacy calculator (epsilon, noise)", SetUpPrivacy);
+// `flctl NAME --help` (and `flctl help NAME`) prints the usage CLI11 generates from them, exit 0.
+#define FL_COMMAND(name, summary, setup) \
+  static ::fl::cli::Registrar FL_COMMAND_CONCAT(fl_command_, __LINE__)(name, summary, setup)
+
+// flctl on `args` (the words after "flctl"): parses them against every registered command and
+// runs the one named; returns the exit code. No words: the help, exit 2.
+int RunFlctl(const std::vector<std::string>& args);
 
 // Prints "flctl: <message>" to stderr and returns `code`.
 int Fail(const absl::Status& status, int code = 1);
+
+// For errors found after parsing (a value out of range): "flctl: <message>" and a pointer to
+// `flctl COMMAND --help`, exit 2. `app` is the (sub)command whose option was wrong.
+int UsageError(const CLI::App& app, const absl::Status& status);
 
 }  // namespace fl::cli

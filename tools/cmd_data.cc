@@ -3,6 +3,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -15,8 +16,6 @@
 
 namespace fl {
 namespace {
-
-constexpr char kUsage[] = "usage: flctl data check DIR [--labels CSV] [--json]";
 
 struct FileReport {
   std::string path;
@@ -92,20 +91,24 @@ int Check(const std::string& dir, const std::string& labels_csv, bool json) {
   return 0;
 }
 
-int RunData(const std::vector<std::string>& argv) {
-  auto args = cli::Args::Parse(argv, {"json"});
-  if (!args.ok()) return cli::Fail(args.status(), 2);
-  absl::Status known = args->CheckKnown({"labels", "json"});
-  if (!known.ok()) return cli::Fail(absl::InvalidArgumentError(absl::StrCat(known.message(), "\n", kUsage)), 2);
-  const auto& words = args->positional();
-  if (words.size() != 2 || words[0] != "check") {
-    return cli::Fail(absl::InvalidArgumentError(kUsage), 2);
-  }
-  return Check(words[1], args->Get("labels"), args->Has("json"));
+cli::CommandRun SetUpData(CLI::App& app) {
+  struct DataArgs {
+    std::string dir;
+    std::string labels;
+    bool json = false;
+  };
+  auto args = std::make_shared<DataArgs>();
+  app.require_subcommand(1);
+  CLI::App* check = app.add_subcommand(
+      "check", "read every file of DIR as the client would; report per file and in total");
+  check->add_option("DIR", args->dir, "the data folder")->required();
+  check->add_option("--labels", args->labels, "labels CSV, to count the labelled images");
+  check->add_flag("--json", args->json,
+                  "a JSON list of fl.DataCheckFile on stdout (the totals on stderr)");
+  return [args] { return Check(args->dir, args->labels, args->json); };
 }
 
-FL_COMMAND("data", "check a DICOM data folder as the client reads it (data check DIR)", kUsage,
-           RunData);
+FL_COMMAND("data", "check a DICOM data folder as the client reads it (data check DIR)", SetUpData);
 
 }  // namespace
 }  // namespace fl

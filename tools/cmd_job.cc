@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <thread>
 
 #include "absl/strings/str_format.h"
@@ -19,18 +20,31 @@
 namespace fl::cli {
 namespace {
 
-constexpr char kJobUsage[] =
-    "usage: flctl job submit --config ADMIN.conf --spec JOB.conf\n"
-    "       flctl job list|status|wait|cancel --config ADMIN.conf [JOB_ID] [--json]";
-constexpr char kSitesUsage[] = "usage: flctl sites --config ADMIN.conf [--json]";
-constexpr char kExportUsage[] =
-    "usage: flctl export JOB_ID --config ADMIN.conf --out DIR [--best]\n"
-    "  --best  the model with the best validation figures so far (JobSpec.early_stopping), not "
-    "the latest";
+// Every option of the admin commands; each (sub)command declares those it takes.
+struct AdminArgs {
+  std::string config;
+  bool json = false;
+  std::string spec;
+  std::string job_id;
+  std::string out;
+  bool best = false;
+};
 
-absl::StatusOr<std::unique_ptr<Admin::Stub>> Connect(const Args& args) {
-  ASSIGN_OR_RETURN(std::string path, args.Require("config"));
-  ASSIGN_OR_RETURN(AdminConfig config, LoadAdminConfig(path));
+void AddConfig(CLI::App* app, AdminArgs* args) {
+  app->add_option("--config", args->config, "the admin's config, ADMIN.conf (flctl provision)")
+      ->required();
+}
+
+void AddJson(CLI::App* app, AdminArgs* args) {
+  app->add_flag("--json", args->json, "the answer as JSON (protobuf's JSON mapping)");
+}
+
+void AddJobId(CLI::App* app, AdminArgs* args) {
+  app->add_option("JOB_ID", args->job_id, "the job, as submit printed it")->required();
+}
+
+absl::StatusOr<std::unique_ptr<Admin::Stub>> Connect(const AdminArgs& args) {
+  ASSIGN_OR_RETURN(AdminConfig config, LoadAdminConfig(args.config));
   ASSIGN_OR_RETURN(TlsMaterial tls, LoadTlsMaterial(config.tls()));
   return Admin::NewStub(MakeChannel(config.coordinator_address(), config.coordinator_name(), tls));
 }
@@ -103,9 +117,8 @@ void PrintStatus(const JobStatus& job) {
   }
 }
 
-absl::Status Submit(Admin::Stub& stub, const Args& args) {
-  ASSIGN_OR_RETURN(std::string spec_path, args.Require("spec"));
-  ASSIGN_OR_RETURN(JobSpec spec, LoadTextProto<JobSpec>(spec_path));
+absl::Status Submit(Admin::Stub& stub, const AdminArgs& args) {
+  ASSIGN_OR_RETURN(JobSpec spec, LoadTextProto<JobSpec>(args.spec));
   grpc::ClientContext ctx;
   SubmitJobRequest request;
   *request.mutable_spec() = spec;
@@ -150,59 +163,78 @@ absl::Status Wait(Admin::Stub& stub, const std::string& id, bool json) {
   }
 }
 
-int RunJob(const std::vector<std::string>& argv) {
-  absl::StatusOr<Args> args = Args::Parse(argv, {"json"});
-  if (!args.ok()) return Fail(args.status(), 2);
-  if (absl::Status s = args->CheckKnown({"config", "spec", "json"}); !s.ok()) return Fail(s, 2);
-  const auto& words = args->positional();
-  if (words.empty()) return Fail(absl::InvalidArgumentError(kJobUsage), 2);
-  const std::string& verb = words[0];
-  const bool json = args->Has("json");
-  absl::StatusOr<std::unique_ptr<Admin::Stub>> stub = Connect(*args);
-  if (!stub.ok()) return Fail(stub.status(), 2);
-  absl::Status status;
-  if (verb == "submit") {
-    status = Submit(**stub, *args);
-  } else if (verb == "list") {
+// One verb of `flctl job` on a connected stub.
+absl::Status RunJobVerb(const std::string& verb, Admin::Stub& stub, const AdminArgs& args) {
+  if (verb == "submit") return Submit(stub, args);
+  if (verb == "list") {
     grpc::ClientContext ctx;
     ListJobsResponse jobs;
-    status = FromGrpcStatus((*stub)->ListJobs(&ctx, ListJobsRequest(), &jobs));
-    if (status.ok() && json) std::cout << ToJson(jobs) << "\n";
+    RETURN_IF_ERROR(FromGrpcStatus(stub.ListJobs(&ctx, ListJobsRequest(), &jobs)));
+    if (args.json) std::cout << ToJson(jobs) << "\n";
     for (const JobStatus& job : jobs.jobs()) {
-      if (!json) std::cout << absl::StrFormat("%s\t%s\t%d/%d\n", job.job_id(), StateName(job.state()),
-                                   job.rounds_done(), job.spec().rounds());
+      if (!args.json)
+        std::cout << absl::StrFormat("%s\t%s\t%d/%d\n", job.job_id(), StateName(job.state()),
+                                     job.rounds_done(), job.spec().rounds());
     }
-  } else if ((verb == "status" || verb == "wait" || verb == "cancel") && words.size() == 2) {
-    if (verb == "wait") {
-      status = Wait(**stub, words[1], json);
-    } else if (verb == "status") {
-      absl::StatusOr<JobStatus> job = Get(**stub, words[1]);
-      status = job.status();
-      if (job.ok()) json ? (void)(std::cout << ToJson(*job) << "\n") : PrintStatus(*job);
-    } else {
-      grpc::ClientContext ctx;
-      JobRef ref;
-      ref.set_job_id(words[1]);
-      JobStatus job;
-      status = FromGrpcStatus((*stub)->CancelJob(&ctx, ref, &job));
-      if (status.ok()) PrintStatus(job);
-    }
-  } else {
-    return Fail(absl::InvalidArgumentError(kJobUsage), 2);
+    return absl::OkStatus();
   }
-  return status.ok() ? 0 : Fail(status);
+  if (verb == "wait") return Wait(stub, args.job_id, args.json);
+  if (verb == "status") {
+    ASSIGN_OR_RETURN(JobStatus job, Get(stub, args.job_id));
+    args.json ? (void)(std::cout << ToJson(job) << "\n") : PrintStatus(job);
+    return absl::OkStatus();
+  }
+  grpc::ClientContext ctx;
+  JobRef ref;
+  ref.set_job_id(args.job_id);
+  JobStatus job;
+  RETURN_IF_ERROR(FromGrpcStatus(stub.CancelJob(&ctx, ref, &job)));
+  PrintStatus(job);
+  return absl::OkStatus();
 }
 
-int RunSites(const std::vector<std::string>& argv) {
-  absl::StatusOr<Args> args = Args::Parse(argv, {"json"});
-  if (!args.ok()) return Fail(args.status(), 2);
-  absl::StatusOr<std::unique_ptr<Admin::Stub>> stub = Connect(*args);
+CommandRun SetUpJob(CLI::App& app) {
+  auto args = std::make_shared<AdminArgs>();
+  app.require_subcommand(1);
+  const std::pair<const char*, const char*> verbs[] = {
+      {"submit", "submit a job (its JobSpec in text format); prints its id"},
+      {"list", "list the jobs: id, state, rounds done"},
+      {"status", "a job's rounds, reports and sites"},
+      {"wait", "print each round as it commits until the job ends; exit 1 unless it is done"},
+      {"cancel", "cancel a job"}};
+  std::vector<CLI::App*> subcommands;
+  for (const auto& [verb, summary] : verbs) {
+    CLI::App* sub = app.add_subcommand(verb, summary);
+    if (std::string(verb) == "submit") {
+      sub->add_option("--spec", args->spec, "the job, a JobSpec in text format (JOB.conf)")
+          ->required();
+    } else if (std::string(verb) != "list") {
+      AddJobId(sub, args.get());
+    }
+    AddConfig(sub, args.get());
+    AddJson(sub, args.get());
+    subcommands.push_back(sub);
+  }
+  return [args, subcommands] {
+    absl::StatusOr<std::unique_ptr<Admin::Stub>> stub = Connect(*args);
+    if (!stub.ok()) return Fail(stub.status(), 2);
+    for (const CLI::App* sub : subcommands) {
+      if (!sub->parsed()) continue;
+      absl::Status status = RunJobVerb(sub->get_name(), **stub, *args);
+      return status.ok() ? 0 : Fail(status);
+    }
+    return kUsageExit;  // unreachable: CLI11 requires one verb
+  };
+}
+
+int RunSites(const AdminArgs& args) {
+  absl::StatusOr<std::unique_ptr<Admin::Stub>> stub = Connect(args);
   if (!stub.ok()) return Fail(stub.status(), 2);
   grpc::ClientContext ctx;
   ListSitesResponse sites;
   absl::Status status = FromGrpcStatus((*stub)->ListSites(&ctx, ListSitesRequest(), &sites));
   if (!status.ok()) return Fail(status);
-  if (args->Has("json")) {
+  if (args.json) {
     std::cout << ToJson(sites) << "\n";
     return 0;
   }
@@ -216,45 +248,56 @@ int RunSites(const std::vector<std::string>& argv) {
   return 0;
 }
 
-// flctl export JOB_ID --config ADMIN.conf --out DIR: model.safetensors + model.json.
-int RunExport(const std::vector<std::string>& argv) {
-  absl::StatusOr<Args> args = Args::Parse(argv, {"best"});
-  if (!args.ok()) return Fail(args.status(), 2);
-  absl::StatusOr<std::string> out = args->Require("out");
-  if (!out.ok() || args->positional().size() != 1) {
-    return Fail(absl::InvalidArgumentError(kExportUsage), 2);
-  }
-  absl::StatusOr<std::unique_ptr<Admin::Stub>> stub = Connect(*args);
+// flctl export JOB_ID --config ADMIN.conf --out DIR [--best]: model.safetensors + model.json.
+int RunExport(const AdminArgs& args) {
+  absl::StatusOr<std::unique_ptr<Admin::Stub>> stub = Connect(args);
   if (!stub.ok()) return Fail(stub.status(), 2);
-  std::filesystem::create_directories(*out);
+  std::filesystem::create_directories(args.out);
   grpc::ClientContext ctx;
   ExportRequest request;
-  request.set_job_id(args->positional()[0]);
-  request.set_best(args->Has("best"));
+  request.set_job_id(args.job_id);
+  request.set_best(args.best);
   auto reader = (*stub)->ExportModel(&ctx, request);
   std::map<std::string, std::ofstream> files;
   FileChunk chunk;
   while (reader->Read(&chunk)) {
     if (chunk.file() != "model.safetensors" && chunk.file() != "model.json") continue;
     auto [it, fresh] = files.try_emplace(chunk.file());
-    if (fresh) it->second.open(*out + "/" + chunk.file() + ".part", std::ios::binary);
+    if (fresh) it->second.open(args.out + "/" + chunk.file() + ".part", std::ios::binary);
     it->second.write(chunk.data().data(), static_cast<std::streamsize>(chunk.data().size()));
   }
   absl::Status status = FromGrpcStatus(reader->Finish());
   for (auto& [name, stream] : files) {
     stream.close();
-    if (status.ok()) std::filesystem::rename(*out + "/" + name + ".part", *out + "/" + name);
+    if (status.ok())
+      std::filesystem::rename(args.out + "/" + name + ".part", args.out + "/" + name);
   }
   if (!status.ok()) return Fail(status);
-  std::cout << "wrote " << *out << "/model.safetensors and " << *out << "/model.json\n";
+  std::cout << "wrote " << args.out << "/model.safetensors and " << args.out << "/model.json\n";
   return 0;
 }
 
-FL_COMMAND("job", "submit, list, inspect, wait for and cancel training jobs", kJobUsage, RunJob);
-FL_COMMAND("sites", "list the consortium's sites and whether they are connected", kSitesUsage,
-           RunSites);
-FL_COMMAND("export", "download a job's global model (safetensors + JSON model card)", kExportUsage,
-           RunExport);
+CommandRun SetUpSites(CLI::App& app) {
+  auto args = std::make_shared<AdminArgs>();
+  AddConfig(&app, args.get());
+  AddJson(&app, args.get());
+  return [args] { return RunSites(*args); };
+}
+
+CommandRun SetUpExport(CLI::App& app) {
+  auto args = std::make_shared<AdminArgs>();
+  AddJobId(&app, args.get());
+  AddConfig(&app, args.get());
+  app.add_option("--out", args->out, "folder for model.safetensors and model.json")->required();
+  app.add_flag("--best", args->best,
+               "the model with the best validation figures so far (JobSpec.early_stopping), "
+               "not the latest");
+  return [args] { return RunExport(*args); };
+}
+
+FL_COMMAND("job", "submit, list, inspect, wait for and cancel training jobs", SetUpJob);
+FL_COMMAND("sites", "list the consortium's sites and whether they are connected", SetUpSites);
+FL_COMMAND("export", "download a job's global model (safetensors + JSON model card)", SetUpExport);
 
 }  // namespace
 }  // namespace fl::cli

@@ -1,5 +1,6 @@
 // flctl phantom: writes a synthetic chest-radiograph dataset (DICOM + labels.csv).
 #include <iostream>
+#include <memory>
 
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
@@ -10,80 +11,82 @@
 namespace fl {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: flctl phantom --out DIR --count N [--size 256] [--seed S] [--labels a,b,c] "
-    "[--prevalence 0.3] [--noise 0.02] [--contrast 1.0] [--male-fraction 0.5] "
-    "[--min-age 20] [--max-age 90] [--photometric MONOCHROME2] [--site NAME] "
-    "[--finding-strength 1.0 (0..2; ~0.3: subtle)] [--variation 1.0 (0..3)] "
-    "[--label-noise 0 (flip rate of written labels, < 0.5)]";
+// The words as given; integers are range-checked before they are narrowed.
+struct PhantomArgs {
+  PhantomOptions options;
+  std::string out;
+  int64_t count = 0;
+  int64_t size = PhantomOptions().size;
+  int64_t seed = 1;
+  double prevalence = 0.3;
+  int64_t min_age = PhantomOptions().min_age;
+  int64_t max_age = PhantomOptions().max_age;
+  std::string labels;
+};
 
-absl::StatusOr<PhantomOptions> OptionsFromArgs(const cli::Args& args) {
-  RETURN_IF_ERROR(args.CheckKnown({"out", "count", "size", "seed", "labels", "prevalence", "noise",
-                                   "contrast", "male-fraction", "min-age", "max-age",
-                                   "photometric", "site", "finding-strength", "variation",
-                                   "label-noise"}));
-  if (!args.positional().empty()) {
-    return absl::InvalidArgumentError("unexpected argument '" + args.positional()[0] + "'");
-  }
-  PhantomOptions o;
-  ASSIGN_OR_RETURN(int64_t count, args.GetInt("count", std::nullopt));
-  ASSIGN_OR_RETURN(int64_t size, args.GetInt("size", o.size));
-  ASSIGN_OR_RETURN(int64_t seed, args.GetInt("seed", 1));
-  ASSIGN_OR_RETURN(double prevalence, args.GetDouble("prevalence", 0.3));
-  ASSIGN_OR_RETURN(o.noise, args.GetDouble("noise", o.noise));
-  ASSIGN_OR_RETURN(o.contrast, args.GetDouble("contrast", o.contrast));
-  ASSIGN_OR_RETURN(o.finding_strength, args.GetDouble("finding-strength", o.finding_strength));
-  ASSIGN_OR_RETURN(o.variation, args.GetDouble("variation", o.variation));
-  ASSIGN_OR_RETURN(o.label_noise, args.GetDouble("label-noise", o.label_noise));
-  ASSIGN_OR_RETURN(o.male_fraction, args.GetDouble("male-fraction", o.male_fraction));
-  ASSIGN_OR_RETURN(int64_t min_age, args.GetInt("min-age", o.min_age));
-  ASSIGN_OR_RETURN(int64_t max_age, args.GetInt("max-age", o.max_age));
-  if (count > 10000000 || size > 100000 || min_age > 1000 || max_age > 1000) {
+absl::StatusOr<PhantomOptions> FinishOptions(const PhantomArgs& args) {
+  if (args.count > 10000000 || args.size > 100000 || args.min_age > 1000 || args.max_age > 1000) {
     return absl::InvalidArgumentError("--count, --size or an age is far out of range");
   }
-  o.count = static_cast<int>(count);
-  o.size = static_cast<int>(size);
-  o.seed = static_cast<uint64_t>(seed);
-  o.min_age = static_cast<int>(min_age);
-  o.max_age = static_cast<int>(max_age);
-  o.prevalence.fill(prevalence);
-  o.photometric = args.Get("photometric", o.photometric);
-  o.site_name = args.Get("site", o.site_name);
-  if (args.Has("labels")) {
-    o.labels_to_write = absl::StrSplit(args.Get("labels"), ',', absl::SkipWhitespace());
+  PhantomOptions o = args.options;
+  o.count = static_cast<int>(args.count);
+  o.size = static_cast<int>(args.size);
+  o.seed = static_cast<uint64_t>(args.seed);
+  o.min_age = static_cast<int>(args.min_age);
+  o.max_age = static_cast<int>(args.max_age);
+  o.prevalence.fill(args.prevalence);
+  if (!args.labels.empty()) {
+    o.labels_to_write = absl::StrSplit(args.labels, ',', absl::SkipWhitespace());
   }
   RETURN_IF_ERROR(ValidatePhantomOptions(o));
   return o;
 }
 
-int RunPhantom(const std::vector<std::string>& argv) {
-  auto args = cli::Args::Parse(argv);
-  if (!args.ok()) return cli::Fail(args.status(), 2);
-  auto out = args->Require("out");
-  if (!out.ok()) return cli::Fail(absl::InvalidArgumentError(absl::StrCat(
-                                      out.status().message(), "\n", kUsage)), 2);
-  auto options = OptionsFromArgs(*args);
-  if (!options.ok()) {
-    return cli::Fail(absl::InvalidArgumentError(absl::StrCat(options.status().message(), "\n",
-                                                             kUsage)), 2);
-  }
+int RunPhantom(const CLI::App& app, const PhantomArgs& args) {
+  auto options = FinishOptions(args);
+  if (!options.ok()) return cli::UsageError(app, options.status());
   PhantomSummary summary;
-  absl::Status status = WritePhantomDataset(*options, *out, &summary);
+  absl::Status status = WritePhantomDataset(*options, args.out, &summary);
   if (!status.ok()) return cli::Fail(status, 1);
   std::vector<std::string> positives;
   for (int k = 0; k < kNumPhantomLabels; ++k) {
     positives.push_back(absl::StrCat(kPhantomLabels[k], "=", summary.positives[k]));
   }
   std::cout << "wrote " << summary.images << " images of " << summary.patients << " patients ("
-            << summary.males << " male) to " << *out << " with labels.csv; positives: "
-            << absl::StrJoin(positives, " ");
+            << summary.males << " male) to " << args.out
+            << " with labels.csv; positives: " << absl::StrJoin(positives, " ");
   if (options->label_noise > 0) std::cout << "; labels flipped: " << summary.label_flips;
   std::cout << "\n";
   return 0;
 }
 
-FL_COMMAND("phantom", "write synthetic chest-radiograph DICOM files and labels.csv", kUsage,
-           RunPhantom);
+cli::CommandRun SetUpPhantom(CLI::App& app) {
+  auto args = std::make_shared<PhantomArgs>();
+  PhantomOptions& o = args->options;
+  app.add_option("--out", args->out, "folder to write the DICOM files and labels.csv to")
+      ->required();
+  app.add_option("--count", args->count, "number of images")->required();
+  app.add_option("--size", args->size, "rows = columns, 32..4096");
+  app.add_option("--seed", args->seed, "same seed, same pixels, labels and demographics");
+  app.add_option("--labels", args->labels,
+                 "label columns written to labels.csv, comma-separated (default: all eight)");
+  app.add_option("--prevalence", args->prevalence, "probability of each finding, in [0, 1]");
+  app.add_option("--noise", o.noise, "Gaussian noise sigma, a fraction of the 12-bit range");
+  app.add_option("--contrast", o.contrast, "multiplies the tissue contrast (a site shift)");
+  app.add_option("--male-fraction", o.male_fraction, "in [0, 1]");
+  app.add_option("--min-age", args->min_age, "ages drawn uniformly in [min, max], 0..120");
+  app.add_option("--max-age", args->max_age, "ages drawn uniformly in [min, max], 0..120");
+  app.add_option("--photometric", o.photometric, "MONOCHROME2, or MONOCHROME1 (inverted)");
+  app.add_option("--site", o.site_name, "InstitutionName and patient id prefix");
+  app.add_option("--finding-strength", o.finding_strength,
+                 "how much a finding changes the image, (0, 2]; about 0.3: subtle");
+  app.add_option("--variation", o.variation,
+                 "spread of what varies between patients and acquisitions, [0, 3]");
+  app.add_option("--label-noise", o.label_noise, "flip rate of the written labels, [0, 0.5)");
+  return [&app, args] { return RunPhantom(app, *args); };
+}
+
+FL_COMMAND("phantom", "write synthetic chest-radiograph DICOM files and labels.csv", SetUpPhantom);
 
 }  // namespace
 }  // namespace fl

@@ -1,5 +1,6 @@
 // flctl provision: the consortium CA and one kit (certificate, key, config) per participant.
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,13 +12,7 @@
 namespace fl {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: flctl provision --out DIR --coordinator-address HOST:PORT\n"
-    "         [--coordinator-name coordinator] [--coordinator-dns a,b] [--sites a,b,c]\n"
-    "         [--admins alice,bob] [--valid-days 825] [--data-root R]\n"
-    "         [--coordinator-metrics HOST:PORT] [--max-epsilon 10] [--delta 1e-6] [--add]\n"
-    "         [--allow-non-dp]\n"
-    "         [--renew coordinator,NAME,...]\n"
+constexpr char kFooter[] =
     "Creates DIR/ca (once) and the kits DIR/coordinator, DIR/sites/NAME, DIR/admins/NAME.\n"
     "Existing kits are never changed, so running it again (or with --add) only adds\n"
     "participants; --renew gives the named existing kits a new key and certificate, which\n"
@@ -26,48 +21,34 @@ constexpr char kUsage[] =
     "policy declines every training task without DP; --allow-non-dp writes\n"
     "policy { require_dp: false } instead (demos, non-private baselines).\n";
 
+// The words as given: comma-separated lists and the range-checked validity.
+struct ProvisionArgs {
+  ProvisionOptions options;
+  std::string coordinator_dns, sites, admins, renew;
+  int64_t valid_days = ProvisionOptions().valid_days;
+  bool add = false;
+};
+
 std::vector<std::string> List(const std::string& value) {
   return absl::StrSplit(value, ',', absl::SkipWhitespace());
 }
 
-absl::StatusOr<ProvisionOptions> ParseOptions(const cli::Args& args) {
-  RETURN_IF_ERROR(args.CheckKnown({"out", "coordinator-address", "coordinator-name",
-                                   "coordinator-dns", "sites", "admins", "valid-days", "data-root",
-                                   "coordinator-metrics", "max-epsilon", "delta", "add",
-                                   "renew", "allow-non-dp"}));
-  ProvisionOptions o;
-  ASSIGN_OR_RETURN(o.out_dir, args.Require("out"));
-  ASSIGN_OR_RETURN(o.coordinator_address, args.Require("coordinator-address"));
-  o.coordinator_name = args.Get("coordinator-name", "coordinator");
-  o.coordinator_dns = List(args.Get("coordinator-dns"));
-  o.sites = List(args.Get("sites"));
-  o.admins = List(args.Get("admins"));
-  o.renew = List(args.Get("renew"));
-  ASSIGN_OR_RETURN(int64_t days, args.GetInt("valid-days", 825));
-  if (days <= 0 || days > 36500) {
+absl::StatusOr<ProvisionOptions> FinishOptions(const ProvisionArgs& args) {
+  ProvisionOptions o = args.options;
+  o.coordinator_dns = List(args.coordinator_dns);
+  o.sites = List(args.sites);
+  o.admins = List(args.admins);
+  o.renew = List(args.renew);
+  if (args.valid_days <= 0 || args.valid_days > 36500) {
     return absl::InvalidArgumentError("--valid-days must be between 1 and 36500");
   }
-  o.valid_days = static_cast<int>(days);
-  o.data_root = args.Get("data-root");
-  o.coordinator_metrics = args.Get("coordinator-metrics");
-  ASSIGN_OR_RETURN(o.max_epsilon, args.GetDouble("max-epsilon", 10.0));
-  ASSIGN_OR_RETURN(o.delta, args.GetDouble("delta", 1e-6));
-  o.allow_non_dp = args.Has("allow-non-dp");
+  o.valid_days = static_cast<int>(args.valid_days);
   return o;
 }
 
-int RunProvision(const std::vector<std::string>& argv) {
-  if (!argv.empty() && (argv[0] == "--help" || argv[0] == "help")) {
-    std::cout << kUsage;
-    return 0;
-  }
-  auto args = cli::Args::Parse(argv, {"add", "allow-non-dp"});
-  if (!args.ok()) return cli::Fail(args.status(), 2);
-  auto options = ParseOptions(*args);
-  if (!options.ok()) {
-    std::cerr << kUsage;
-    return cli::Fail(options.status(), 2);
-  }
+int RunProvision(const CLI::App& app, const ProvisionArgs& args) {
+  auto options = FinishOptions(args);
+  if (!options.ok()) return cli::UsageError(app, options.status());
   auto report = Provision(*options);
   if (!report.ok()) return cli::Fail(report.status());
   for (const std::string& path : report->created) std::cout << "wrote " << path << "\n";
@@ -76,9 +57,38 @@ int RunProvision(const std::vector<std::string>& argv) {
   return 0;
 }
 
+cli::CommandRun SetUpProvision(CLI::App& app) {
+  auto args = std::make_shared<ProvisionArgs>();
+  ProvisionOptions& o = args->options;
+  app.footer(kFooter);
+  app.add_option("--out", o.out_dir, "folder of the CA and the kits")->required();
+  app.add_option("--coordinator-address", o.coordinator_address,
+                 "HOST:PORT the sites and admins dial")
+      ->required();
+  app.add_option("--coordinator-name", o.coordinator_name,
+                 "the coordinator certificate's CN and a SAN");
+  app.add_option("--coordinator-dns", args->coordinator_dns,
+                 "more DNS names of the coordinator, comma-separated");
+  app.add_option("--sites", args->sites, "site names, comma-separated");
+  app.add_option("--admins", args->admins, "admin names, comma-separated");
+  app.add_option("--valid-days", args->valid_days, "validity of participant certificates");
+  app.add_option("--data-root", o.data_root,
+                 "a site's data_dir is DATA_ROOT/SITE (default: placeholders)");
+  app.add_option("--coordinator-metrics", o.coordinator_metrics,
+                 "HOST:PORT of the coordinator's /metrics (default: none)");
+  app.add_option("--max-epsilon", o.max_epsilon, "each site's privacy budget cap");
+  app.add_option("--delta", o.delta, "the delta of that cap");
+  app.add_flag("--add", args->add, "only add participants (what every run does)");
+  app.add_flag("--allow-non-dp", o.allow_non_dp,
+               "sites' kits also train jobs without DP (policy { require_dp: false })");
+  app.add_option("--renew", args->renew,
+                 "existing kits to re-key: coordinator and/or site or admin names, "
+                 "comma-separated");
+  return [&app, args] { return RunProvision(app, *args); };
+}
+
 }  // namespace
 
-FL_COMMAND("provision", "create the consortium CA and a kit per participant", kUsage,
-           RunProvision);
+FL_COMMAND("provision", "create the consortium CA and a kit per participant", SetUpProvision);
 
 }  // namespace fl

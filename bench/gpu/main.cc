@@ -6,11 +6,16 @@
 #include "bench/benches.h"
 
 int main(int argc, char** argv) {
-  if (argc < 2 || std::string(argv[1]) != "dp") {
-    std::cerr << "usage: fl-bench-gpu dp [options of fl-bench dp]\n";
-    return 2;
+  CLI::App app("fl-bench-gpu: the dp benchmark of fl-bench", "fl-bench-gpu");
+  fl::ConfigureApp(app);
+  app.require_subcommand(1);
+  CLI::App* dp = app.add_subcommand("dp", "non-private vs DP-SGD step; peak memory");
+  const fl::bench::BenchRun run = fl::bench::SetUpDpBench(*dp);
+  if (std::optional<int> code =
+          fl::ParseCommandLine(app, std::vector<std::string>(argv + 1, argv + argc))) {
+    return *code;
   }
-  absl::Status status = fl::bench::RunDpBench(std::vector<std::string>(argv + 2, argv + argc));
+  absl::Status status = run();
   if (!status.ok()) {
     std::cerr << "fl-bench-gpu: " << status.message() << "\n";
     return 1;

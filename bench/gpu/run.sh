@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # On a GPU machine with PyTorch (LibTorch) but none of the other dependencies: builds and runs the
 # DP-SGD benchmark. Needs build-gpudeps/ (Abseil headers and libraries copied from Debian 12,
-# each library also under its versioned name libabsl_X.so.20220623).
+# each library also under its versioned name libabsl_X.so.20220623; and CLI11's headers,
+# /usr/include/CLI of libcli11-dev, copied to build-gpudeps/include/CLI).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TORCH_DIR=$(python3 -c "import torch; print(torch.utils.cmake_prefix_path)")
