@@ -27,7 +27,9 @@ SEED=${FL_DEMO_SEED:-1}
 echo "== the federation study, short: one seed; each hospital alone, FedAvg, FedAvg + local fine-tuning, pooled"
 FL_FED_BIN=$ROOT/build/bin FL_FED_OUT=$D/study FL_FED_SEEDS=$SEED FL_FED_VARIANTS="" \
   FL_FED_COUNTS="$((1500 * SCALE)) $((500 * SCALE)) $((80 * SCALE))" \
-  FL_FED_ROUNDS=${FL_DEMO_ROUNDS:-30} FL_FED_STEPS=${FL_DEMO_STEPS:-10} FL_FED_FT_ROUNDS=5 \
+  FL_FED_ROUNDS=${FL_DEMO_ROUNDS:-30} FL_FED_FED_ROUNDS=${FL_DEMO_ROUNDS:-30} \
+  FL_FED_PATIENCE=${FL_DEMO_PATIENCE:-10} FL_FED_STEPS=${FL_DEMO_STEPS:-10} FL_FED_FT_ROUNDS=5 \
+  FL_FED_FT_PATIENCE=0 FL_FED_FT_LR=0.0005 \
   FL_FED_TEST_IMAGES=${FL_DEMO_TEST_IMAGES:-400} FL_FED_BOOTSTRAP=500 FL_FED_VERBOSE=1 \
   scripts/fed_study.sh > "$D/study.log"  || { cat "$D/study.log"; exit 1; }
 grep -v '^|\|^$\|^Seeds\|^Training\|^Wall\|^Mean\|^Differences\|^Per finding\|^Convergence\|^Curves\|^     round ' \

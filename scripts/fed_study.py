@@ -370,9 +370,13 @@ def markdown(out, arms, sites):
                  f"(seeds, then test images).")
     if c:
         lines.append(f"Training images per site: {c.get('counts')}; {c.get('size')} px, "
-                     f"{c.get('model')}; {c.get('rounds')} rounds x {c.get('steps')} steps x "
-                     f"batch {c.get('batch')} per job (fine-tuning {c.get('ft_rounds')} more at "
-                     f"lr {c.get('ft_lr')}); phantom finding strength "
+                     f"{c.get('model')}; rounds of {c.get('steps')} steps x batch "
+                     f"{c.get('batch')}; each job stops after {c.get('patience', 0)} rounds "
+                     f"without a validation gain or at {c.get('rounds')} rounds (federated and "
+                     f"pooled: {c.get('fed_rounds', c.get('rounds'))}), its model the best by "
+                     f"validation; fine-tuning from the best FedAvg model, at most "
+                     f"{c.get('ft_rounds')} rounds, patience {c.get('ft_patience', 0)}, lr "
+                     f"{c.get('ft_lr')}; phantom finding strength "
                      f"{c.get('finding_strength')}, variation {c.get('variation')}, label noise "
                      f"{c.get('label_noise')}.")
     if out.get("seconds"):

@@ -6,10 +6,13 @@
 #              fedadam, fedyogi (server optimizers) and siteheads (FedAvg with private heads)
 #   finetune   the FedAvg model fine-tuned at each hospital on its own data (what it would deploy)
 #   pooled     one site holding every hospital's training data (the upper bound)
-# Every job has the same budget (FL_FED_ROUNDS rounds of FL_FED_STEPS steps of FL_FED_BATCH
-# images per site; fine-tuning FL_FED_FT_ROUNDS more), chosen large enough that every arm's
-# validation AUROC (each site's own held-out split, reported every round) has flattened: the
-# summary checks it and plots the curves. Each final model is evaluated at each hospital on a
+# Every arm trains until its validation AUROC (each site's own held-out split, evaluated on
+# every round's model) has not improved for FL_FED_PATIENCE rounds, or FL_FED_ROUNDS rounds
+# (FL_FED_FED_ROUNDS for the federated arms, which need more) of FL_FED_STEPS steps of
+# FL_FED_BATCH images per site; each arm's model is its best by validation (JobSpec
+# early_stopping, flctl export --best), the same rule for all. Fine-tuning starts from the best
+# FedAvg model (FL_FED_FT_ROUNDS at most, patience FL_FED_FT_PATIENCE). The summary shows the
+# curves and how flat each was. Each chosen model is evaluated at each hospital on a
 # held-out test set of its own (clean labels) with per-image scores; scripts/fed_study.py computes
 # AUROC per site and finding, bootstrap 95% intervals over seeds and test images, and the paired
 # differences between arms, and writes study.md, study.json and plots/ARM.png.
@@ -17,8 +20,9 @@
 # Environment (defaults in brackets): FL_FED_BIN (folder with the binaries; default: build),
 # FL_FED_OUT [build/fed_study], FL_FED_SEEDS ["1 2 3"], FL_FED_COUNTS (training images of
 # hospital-a, -b, -c) ["1500 500 80"], FL_FED_TEST_IMAGES [600], FL_FED_SIZE [32],
-# FL_FED_MODEL [smallcnn], FL_FED_ROUNDS [80], FL_FED_STEPS [30], FL_FED_BATCH [32],
-# FL_FED_LR [0.003], FL_FED_FT_ROUNDS [10], FL_FED_FT_LR [0.0005],
+# FL_FED_MODEL [smallcnn], FL_FED_ROUNDS [400], FL_FED_FED_ROUNDS [600], FL_FED_PATIENCE [60]
+# (0: every round), FL_FED_STEPS [30], FL_FED_BATCH [32], FL_FED_LR [0.003],
+# FL_FED_FT_ROUNDS [200], FL_FED_FT_PATIENCE [30], FL_FED_FT_LR [0.001],
 # FL_FED_VARIANTS ["fedadam siteheads"] (of fedadam fedyogi siteheads), FL_FED_BOOTSTRAP [1000],
 # FL_FED_VERBOSE (set: print the FedAvg job's rounds),
 # and the phantom's FL_PHANTOM_STRENGTH, FL_PHANTOM_VARIATION, FL_PHANTOM_LABEL_NOISE
@@ -34,12 +38,15 @@ read -ra COUNTS <<< "${FL_FED_COUNTS:-1500 500 80}"
 TEST_IMAGES=${FL_FED_TEST_IMAGES:-600}
 SIZE=${FL_FED_SIZE:-32}
 MODEL=${FL_FED_MODEL:-smallcnn}
-ROUNDS=${FL_FED_ROUNDS:-80}
+ROUNDS=${FL_FED_ROUNDS:-400}
+FED_ROUNDS=${FL_FED_FED_ROUNDS:-600}
+PATIENCE=${FL_FED_PATIENCE:-60}
 STEPS=${FL_FED_STEPS:-30}
 BATCH=${FL_FED_BATCH:-32}
 LR=${FL_FED_LR:-0.003}
-FT_ROUNDS=${FL_FED_FT_ROUNDS:-10}
-FT_LR=${FL_FED_FT_LR:-0.0005}
+FT_ROUNDS=${FL_FED_FT_ROUNDS:-200}
+FT_PATIENCE=${FL_FED_FT_PATIENCE:-30}
+FT_LR=${FL_FED_FT_LR:-0.001}
 VARIANTS=${FL_FED_VARIANTS:-fedadam siteheads}
 SITES=(hospital-a hospital-b hospital-c)
 POOLED=pooled
@@ -58,8 +65,9 @@ declare -A COUNT=([hospital-a]=${COUNTS[0]} [hospital-b]=${COUNTS[1]} [hospital-
 
 cat > "$D/config.json" <<EOF
 {"seeds": "$SEEDS", "counts": "${COUNTS[*]}", "test_images": $TEST_IMAGES, "size": $SIZE,
- "model": "$MODEL", "rounds": $ROUNDS, "steps": $STEPS, "batch": $BATCH, "lr": $LR,
- "ft_rounds": $FT_ROUNDS, "ft_lr": $FT_LR, "variants": "$VARIANTS",
+ "model": "$MODEL", "rounds": $ROUNDS, "fed_rounds": $FED_ROUNDS, "patience": $PATIENCE,
+ "steps": $STEPS, "batch": $BATCH, "lr": $LR, "ft_rounds": $FT_ROUNDS,
+ "ft_patience": $FT_PATIENCE, "ft_lr": $FT_LR, "variants": "$VARIANTS",
  "finding_strength": $FL_PHANTOM_STRENGTH, "variation": $FL_PHANTOM_VARIATION,
  "label_noise": $FL_PHANTOM_LABEL_NOISE}
 EOF
@@ -111,7 +119,7 @@ run_seed() {
 
   fl_start_coordinator "$BIN" "$S"
   local common=(model="$MODEL" size="$SIZE" rounds="$ROUNDS" steps="$STEPS" batch="$BATCH"
-                lr="$LR" seed="$seed")
+                lr="$LR" seed="$seed" patience="$PATIENCE")
   # submit ARM SITES(comma) MIN_SITES KEY=VALUE...: queues a job, records it in runs.tsv.
   submit() {
     local arm=$1 sites=$2 min=$3 id
@@ -123,17 +131,17 @@ run_seed() {
   : > "$S/runs.tsv"
   local all_sites
   all_sites=$(IFS=,; echo "${SITES[*]}")
-  submit fedavg "$all_sites" 3
+  submit fedavg "$all_sites" 3 rounds="$FED_ROUNDS"
   local v
   for v in $VARIANTS; do
     case $v in
-      fedadam|fedyogi) submit "$v" "$all_sites" 3 server="$v" ;;
-      siteheads) submit siteheads "$all_sites" 3 heads=site ;;
+      fedadam|fedyogi) submit "$v" "$all_sites" 3 rounds="$FED_ROUNDS" server="$v" ;;
+      siteheads) submit siteheads "$all_sites" 3 rounds="$FED_ROUNDS" heads=site ;;
       *) echo "unknown variant $v" >&2; return 1 ;;
     esac
   done
   for site in "${SITES[@]}"; do submit "alone-$site" "$site" 1; done
-  submit pooled "$POOLED" 1
+  submit pooled "$POOLED" 1 rounds="$FED_ROUNDS"
   # The sites' clients start once every job is queued (a client leaves when no job is left).
   local -A client_pid
   for site in "${SITES[@]}" "$POOLED"; do
@@ -147,7 +155,11 @@ run_seed() {
     "$BIN/flctl" job status "$2" --config "$admin" --json > "$S/status/$1.json"
     if [ -n "${FL_FED_VERBOSE:-}" ] && [ "$1" = fedavg ]; then sed 's/^/   /' "$S/logs/$1.wait.log"; fi
     echo "   seed $seed: $1: $(tail -n 1 "$S/logs/$1.wait.log")"
-    "$BIN/flctl" export "$2" --config "$admin" --out "$S/models/$1" > /dev/null
+    # The best model by validation; with private heads the last (the heads a site keeps are
+    # its last round's).
+    local which=--best
+    [ "$1" = siteheads ] && which=
+    "$BIN/flctl" export "$2" --config "$admin" --out "$S/models/$1" $which > /dev/null
   }
   local arm sites id i=0 runs
   mapfile -t runs < "$S/runs.tsv"
@@ -158,7 +170,7 @@ run_seed() {
     evaluate_arm "$S" "$arm" "$id"
     if [ "$arm" = fedavg ]; then  # queued behind the others, so the sites never go idle
       for site in "${SITES[@]}"; do
-        submit "finetune-$site" "$site" 1 rounds="$FT_ROUNDS" lr="$FT_LR" \
+        submit "finetune-$site" "$site" 1 rounds="$FT_ROUNDS" lr="$FT_LR" patience="$FT_PATIENCE" \
           initial="$S/models/fedavg/model.safetensors"
       done
       mapfile -t runs < "$S/runs.tsv"
