@@ -20,9 +20,9 @@ constexpr size_t kChunkFloats = kDefaultChunkBytes / sizeof(float);
 
 // Calls `fn(index, element_offset, data, n)` for each 1 MiB piece of `tensors`.
 template <typename Fn>
-void ForEachChunk(const TensorList &tensors, Fn &&fn) {
+void ForEachChunk(const TensorList& tensors, Fn&& fn) {
   for (size_t k = 0; k < tensors.size(); ++k) {
-    const std::vector<float> &data = tensors[k].data;
+    const std::vector<float>& data = tensors[k].data;
     for (size_t off = 0; off < data.size(); off += kChunkFloats) {
       fn(k, off, data.data() + off, std::min(kChunkFloats, data.size() - off));
     }
@@ -31,9 +31,9 @@ void ForEachChunk(const TensorList &tensors, Fn &&fn) {
 
 // Label-mode layout of the bench model: everything shared, "fc." tensors are
 // heads.
-UpdateLayout BenchLayout(const std::vector<TensorMeta> &metas) {
+UpdateLayout BenchLayout(const std::vector<TensorMeta>& metas) {
   TensorList shapes_only;
-  for (const TensorMeta &m : metas) shapes_only.push_back({m.name, m.shape, {}});
+  for (const TensorMeta& m : metas) shapes_only.push_back({m.name, m.shape, {}});
   return MakeLayout(shapes_only, kHeadPrefix, HEAD_MODE_LABEL, kBenchLabels);
 }
 
@@ -45,15 +45,15 @@ std::vector<size_t> SiteLabelRows(uint32_t site) {
 // Validates one chunk stream with ChunkReader and folds it into `aggregator` as
 // one update.
 absl::Status FoldValidated(
-    Aggregator &aggregator, uint32_t site,
-    const std::function<absl::Status(const std::function<absl::Status(const TensorChunk &)> &)>
-        &stream) {
+    Aggregator& aggregator, uint32_t site,
+    const std::function<absl::Status(const std::function<absl::Status(const TensorChunk&)>&)>&
+        stream) {
   ChunkReader reader(aggregator.layout().shared);
-  const ChunkReader::Sink sink = [&](size_t index, uint64_t offset, const float *data, size_t n) {
+  const ChunkReader::Sink sink = [&](size_t index, uint64_t offset, const float* data, size_t n) {
     return aggregator.Fold(index, offset, data, n);
   };
   RETURN_IF_ERROR(aggregator.BeginUpdate(100 + site, SiteLabelRows(site)));
-  RETURN_IF_ERROR(stream([&](const TensorChunk &chunk) { return reader.Add(chunk, sink); }));
+  RETURN_IF_ERROR(stream([&](const TensorChunk& chunk) { return reader.Add(chunk, sink); }));
   RETURN_IF_ERROR(reader.Finish());
   aggregator.EndUpdate();
   return absl::OkStatus();
@@ -62,13 +62,13 @@ absl::Status FoldValidated(
 // Peak RSS growth while folding `sites` generated updates and applying them,
 // over model size. Must run before anything large is allocated: VmHWM is the
 // process's lifetime peak.
-absl::StatusOr<double> PeakMemoryModelRatio(const std::vector<TensorMeta> &metas, int64_t sites) {
+absl::StatusOr<double> PeakMemoryModelRatio(const std::vector<TensorMeta>& metas, int64_t sites) {
   ASSIGN_OR_RETURN(const uint64_t before, ProcStatusBytes("VmRSS"));
   TensorList global = MakeBenchTensors(metas, 0);
   Aggregator aggregator(BenchLayout(metas), kBenchLabels);
   for (int64_t s = 1; s <= sites; ++s) {
     const uint32_t site = static_cast<uint32_t>(s);
-    RETURN_IF_ERROR(FoldValidated(aggregator, site, [&](const auto &emit) {
+    RETURN_IF_ERROR(FoldValidated(aggregator, site, [&](const auto& emit) {
       return StreamGeneratedUpdate(metas, site, kDefaultChunkBytes, emit);
     }));
   }
@@ -78,7 +78,7 @@ absl::StatusOr<double> PeakMemoryModelRatio(const std::vector<TensorMeta> &metas
   RETURN_IF_ERROR(aggregator.Apply(fedavg, global, nullptr));
   ASSIGN_OR_RETURN(const uint64_t peak, ProcStatusBytes("VmHWM"));
   uint64_t model_bytes = 0;
-  for (const TensorMeta &m : metas) model_bytes += m.byte_size();
+  for (const TensorMeta& m : metas) model_bytes += m.byte_size();
   std::printf("memory: RSS before %.1f MiB, peak %.1f MiB after %lld updates + Apply\n",
               static_cast<double>(before) / kMib, static_cast<double>(peak) / kMib,
               static_cast<long long>(aggregator.updates()));
@@ -91,17 +91,17 @@ struct FoldTimes {
 
 // Best-of times for copying, folding and validating+folding one in-memory
 // update.
-absl::StatusOr<FoldTimes> TimeFold(const std::vector<TensorMeta> &metas) {
+absl::StatusOr<FoldTimes> TimeFold(const std::vector<TensorMeta>& metas) {
   const TensorList update = MakeBenchTensors(metas, 1);
   Aggregator aggregator(BenchLayout(metas), kBenchLabels);
   size_t total_floats = 0;
-  for (const NamedTensor &t : update) total_floats += t.data.size();
+  for (const NamedTensor& t : update) total_floats += t.data.size();
   std::vector<float> destination(total_floats, 0.0f);
 
   FoldTimes times{};
   ASSIGN_OR_RETURN(times.memcpy_s, BestOf(15, [&] {
                      size_t at = 0;
-                     ForEachChunk(update, [&](size_t, size_t, const float *data, size_t n) {
+                     ForEachChunk(update, [&](size_t, size_t, const float* data, size_t n) {
                        std::memcpy(destination.data() + at, data, n * sizeof(float));
                        at += n;
                      });
@@ -112,7 +112,7 @@ absl::StatusOr<FoldTimes> TimeFold(const std::vector<TensorMeta> &metas) {
   std::fill(destination.begin(), destination.end(), 0.0f);
   ASSIGN_OR_RETURN(times.float_fold_s, BestOf(15, [&] {
                      size_t at = 0;
-                     ForEachChunk(update, [&](size_t, size_t, const float *data, size_t n) {
+                     ForEachChunk(update, [&](size_t, size_t, const float* data, size_t n) {
                        AxpyFloat(100.0f, data, destination.data() + at, n);
                        at += n;
                      });
@@ -122,17 +122,18 @@ absl::StatusOr<FoldTimes> TimeFold(const std::vector<TensorMeta> &metas) {
                      RETURN_IF_ERROR(aggregator.BeginUpdate(100, SiteLabelRows(1)));
                      absl::Status folded;
                      ForEachChunk(update,
-                                  [&](size_t index, size_t offset, const float *data, size_t n) {
-                                    if (folded.ok()) folded = aggregator.Fold(index, offset, data, n);
+                                  [&](size_t index, size_t offset, const float* data, size_t n) {
+                                    if (folded.ok())
+                                      folded = aggregator.Fold(index, offset, data, n);
                                   });
                      aggregator.EndUpdate();
                      return folded;
                    }));
   ASSIGN_OR_RETURN(
       times.validated_s, BestOf(5, [&] {
-        return FoldValidated(aggregator, 1, [&](const auto &emit) {
+        return FoldValidated(aggregator, 1, [&](const auto& emit) {
           absl::Status failed;
-          RETURN_IF_ERROR(WriteTensorChunks(update, kDefaultChunkBytes, [&](const TensorChunk &c) {
+          RETURN_IF_ERROR(WriteTensorChunks(update, kDefaultChunkBytes, [&](const TensorChunk& c) {
             failed = emit(c);
             return failed.ok();
           }));
@@ -142,7 +143,7 @@ absl::StatusOr<FoldTimes> TimeFold(const std::vector<TensorMeta> &metas) {
   return times;
 }
 
-absl::Status RunAggregateBench(const std::vector<int64_t> &flags) {
+absl::Status RunAggregateBench(const std::vector<int64_t>& flags) {
   const std::vector<TensorMeta> metas = BenchModelMetas(flags[0]);
   const uint64_t bytes = static_cast<uint64_t>(flags[0]) * kMib;
   std::printf(
@@ -169,7 +170,7 @@ absl::Status RunAggregateBench(const std::vector<int64_t> &flags) {
 
 }  // namespace
 
-BenchRun SetUpAggregateBench(CLI::App &app) {
+BenchRun SetUpAggregateBench(CLI::App& app) {
   auto flags = std::make_shared<std::vector<int64_t>>(std::vector<int64_t>{64, 20});
   app.add_option("--mib", (*flags)[0], "model size in MiB")->check(CLI::PositiveNumber);
   app.add_option("--sites", (*flags)[1], "sites folded, for the peak memory")

@@ -18,14 +18,14 @@ std::vector<TensorMeta> BenchModelMetas(int64_t mib) {
       {"backbone.weight", {backbone}}, {"fc.weight", {labels, kHeadWidth}}, {"fc.bias", {labels}}};
 }
 
-void GenerateValues(uint32_t seed, size_t tensor, uint64_t offset, float *out, size_t n) {
+void GenerateValues(uint32_t seed, size_t tensor, uint64_t offset, float* out, size_t n) {
   const uint64_t base = offset + seed * 7919u + tensor * 104729u;
   for (size_t i = 0; i < n; ++i) {
     out[i] = static_cast<float>((base + i) & 2047) * (1.0f / 1024) - 1.0f;
   }
 }
 
-TensorList MakeBenchTensors(const std::vector<TensorMeta> &metas, uint32_t seed) {
+TensorList MakeBenchTensors(const std::vector<TensorMeta>& metas, uint32_t seed) {
   TensorList tensors;
   for (size_t k = 0; k < metas.size(); ++k) {
     NamedTensor t{metas[k].name, metas[k].shape, {}};
@@ -36,9 +36,9 @@ TensorList MakeBenchTensors(const std::vector<TensorMeta> &metas, uint32_t seed)
   return tensors;
 }
 
-absl::Status StreamGeneratedUpdate(const std::vector<TensorMeta> &metas, uint32_t seed,
+absl::Status StreamGeneratedUpdate(const std::vector<TensorMeta>& metas, uint32_t seed,
                                    size_t chunk_bytes,
-                                   const std::function<absl::Status(const TensorChunk &)> &emit) {
+                                   const std::function<absl::Status(const TensorChunk&)>& emit) {
   std::vector<float> buffer(chunk_bytes / sizeof(float));
   TensorChunk chunk;
   for (size_t k = 0; k < metas.size(); ++k) {
@@ -51,14 +51,14 @@ absl::Status StreamGeneratedUpdate(const std::vector<TensorMeta> &metas, uint32_
       chunk.Clear();
       chunk.set_tensor_index(static_cast<uint32_t>(k));
       if (offset == 0) {
-        TensorHeader *header = chunk.mutable_header();
+        TensorHeader* header = chunk.mutable_header();
         header->set_name(metas[k].name);
         header->set_dtype(FLOAT32);
         for (int64_t d : metas[k].shape) header->add_shape(d);
         header->set_byte_size(bytes);
       }
       chunk.set_offset(offset);
-      chunk.set_data(reinterpret_cast<const char *>(buffer.data()), n);
+      chunk.set_data(reinterpret_cast<const char*>(buffer.data()), n);
       crc = Crc32cExtend(crc, buffer.data(), n);
       offset += n;
       if (offset == bytes) {

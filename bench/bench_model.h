@@ -23,16 +23,16 @@ std::vector<TensorMeta> BenchModelMetas(int64_t mib);
 
 // Fills `out` with elements [offset, offset + n) of tensor `tensor` of update
 // `seed`: finite values in [-1, 1), different for each seed.
-void GenerateValues(uint32_t seed, size_t tensor, uint64_t offset, float *out, size_t n);
+void GenerateValues(uint32_t seed, size_t tensor, uint64_t offset, float* out, size_t n);
 
 // The whole tensor list of update `seed` in memory.
-TensorList MakeBenchTensors(const std::vector<TensorMeta> &metas, uint32_t seed);
+TensorList MakeBenchTensors(const std::vector<TensorMeta>& metas, uint32_t seed);
 
 // Emits update `seed` as the wire chunks WriteTensorChunks would produce for it
 // (headers, offsets, CRC-32C), generating one chunk at a time so the update is
 // never in memory whole. Stops at the first error `emit` returns.
-absl::Status StreamGeneratedUpdate(const std::vector<TensorMeta> &metas, uint32_t seed,
+absl::Status StreamGeneratedUpdate(const std::vector<TensorMeta>& metas, uint32_t seed,
                                    size_t chunk_bytes,
-                                   const std::function<absl::Status(const TensorChunk &)> &emit);
+                                   const std::function<absl::Status(const TensorChunk&)>& emit);
 
 }  // namespace fl::bench

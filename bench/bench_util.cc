@@ -13,7 +13,7 @@
 
 namespace fl::bench {
 
-absl::StatusOr<double> BestOf(int repetitions, const std::function<absl::Status()> &body) {
+absl::StatusOr<double> BestOf(int repetitions, const std::function<absl::Status()>& body) {
   if (absl::Status s = body(); !s.ok()) return s;
   double best = 1e300;
   for (int r = 0; r < repetitions; ++r) {
@@ -25,7 +25,7 @@ absl::StatusOr<double> BestOf(int repetitions, const std::function<absl::Status(
   return best;
 }
 
-absl::StatusOr<uint64_t> ProcStatusBytes(const std::string &field) {
+absl::StatusOr<uint64_t> ProcStatusBytes(const std::string& field) {
   std::ifstream in("/proc/self/status");
   std::string line;
   const std::string prefix = field + ":";
@@ -42,9 +42,9 @@ double MibPerSecond(uint64_t bytes, double seconds) {
   return seconds > 0 ? static_cast<double>(bytes) / kMib / seconds : 0.0;
 }
 
-void PrintKeyValues(const std::vector<std::pair<std::string, double>> &values) {
+void PrintKeyValues(const std::vector<std::pair<std::string, double>>& values) {
   std::vector<std::string> parts;
-  for (const auto &[key, value] : values) parts.push_back(absl::StrFormat("%s=%.2f", key, value));
+  for (const auto& [key, value] : values) parts.push_back(absl::StrFormat("%s=%.2f", key, value));
   std::printf("%s\n", absl::StrJoin(parts, " ").c_str());
   std::fflush(stdout);
 }

@@ -39,9 +39,10 @@ struct DpBenchConfig {
 // A model, its inputs and both kinds of step, on CUDA when available.
 class StepRunner {
  public:
-  static absl::StatusOr<std::unique_ptr<StepRunner>> Create(const DpBenchConfig &config) {
-    ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model,
-                     CreateModel(ClassifierSpec(config.model, 1, static_cast<int>(config.size), 8), 1));
+  static absl::StatusOr<std::unique_ptr<StepRunner>> Create(const DpBenchConfig& config) {
+    ASSIGN_OR_RETURN(
+        std::shared_ptr<ModelImpl> model,
+        CreateModel(ClassifierSpec(config.model, 1, static_cast<int>(config.size), 8), 1));
     auto runner = std::unique_ptr<StepRunner>(new StepRunner(std::move(model), config));
     DpSgdOptions options;
     options.clip_norm = 1.0;
@@ -64,7 +65,7 @@ class StepRunner {
       }
       if (device_.is_cuda()) torch::cuda::synchronize();
       return absl::OkStatus();
-    } catch (const std::exception &e) {
+    } catch (const std::exception& e) {
       return absl::InternalError(absl::StrCat("training step: ", e.what()));
     }
   }
@@ -72,7 +73,7 @@ class StepRunner {
   bool cuda() const { return device_.is_cuda(); }
 
  private:
-  StepRunner(std::shared_ptr<ModelImpl> model, const DpBenchConfig &config)
+  StepRunner(std::shared_ptr<ModelImpl> model, const DpBenchConfig& config)
       : device_(torch::cuda::is_available() ? torch::kCUDA : torch::kCPU),
         model_(std::move(model)),
         opt_(model_->parameters(), 0.01) {
@@ -100,7 +101,7 @@ class StepRunner {
 // Bytes in use on the current CUDA device (driver view, so the caching allocator's reserve
 // counts), or -1 if the CUDA runtime is not loaded.
 int64_t CudaBytesInUse() {
-  using MemGetInfo = int (*)(size_t *, size_t *);
+  using MemGetInfo = int (*)(size_t*, size_t*);
   auto fn = reinterpret_cast<MemGetInfo>(dlsym(RTLD_DEFAULT, "cudaMemGetInfo"));
   size_t free_bytes = 0, total = 0;
   if (fn == nullptr || fn(&free_bytes, &total) != 0) return -1;
@@ -111,7 +112,7 @@ int64_t CudaBytesInUse() {
 // /proc/self/clear_refs) over two steps, above the memory once the model and its batch exist, in
 // bytes; -1 on failure. Freed memory is kept for reuse (RetainFreedMemory), so the peak of the
 // first step, with its one-time allocations, stands.
-int64_t MeasurePeakGrowth(const DpBenchConfig &config, bool dp) {
+int64_t MeasurePeakGrowth(const DpBenchConfig& config, bool dp) {
   auto runner = StepRunner::Create(config);
   if (!runner.ok()) return -1;
   std::ofstream("/proc/self/clear_refs") << "5";
@@ -123,7 +124,7 @@ int64_t MeasurePeakGrowth(const DpBenchConfig &config, bool dp) {
 
 // In a child, CUDA: device memory in use (the caching allocator keeps what the peak needed)
 // after two steps minus before the model existed, in bytes; -1 on failure.
-int64_t MeasureCudaGrowth(const DpBenchConfig &config, bool dp) {
+int64_t MeasureCudaGrowth(const DpBenchConfig& config, bool dp) {
   torch::ones({1}, torch::kCUDA);  // creates the context
   const int64_t before = CudaBytesInUse();
   auto runner = StepRunner::Create(config);
@@ -135,7 +136,7 @@ int64_t MeasureCudaGrowth(const DpBenchConfig &config, bool dp) {
 }
 
 // Forks a child that measures one mode; -1 if it failed.
-int64_t PeakGrowthInChild(const DpBenchConfig &config, bool dp) {
+int64_t PeakGrowthInChild(const DpBenchConfig& config, bool dp) {
   int fds[2];
   if (pipe(fds) != 0) return -1;
   const pid_t pid = fork();
@@ -155,7 +156,7 @@ int64_t PeakGrowthInChild(const DpBenchConfig &config, bool dp) {
 }
 
 // Seconds per step for `steps` timed steps after one warm-up: {best, median}.
-absl::StatusOr<std::pair<double, double>> TimeSteps(StepRunner &runner, bool dp, int64_t steps) {
+absl::StatusOr<std::pair<double, double>> TimeSteps(StepRunner& runner, bool dp, int64_t steps) {
   RETURN_IF_ERROR(runner.Step(dp));
   std::vector<double> times;
   for (int64_t i = 0; i < steps; ++i) {
@@ -171,7 +172,7 @@ absl::StatusOr<std::pair<double, double>> TimeSteps(StepRunner &runner, bool dp,
 // Writes LibTorch profiler traces (Chrome trace JSON) of one step of each kind to
 // DIR/plain.json and DIR/dp.json; bench/op_profile.py sums them per op. On CUDA, run with
 // CUDA_LAUNCH_BLOCKING=1 so that an op's time includes its kernels.
-absl::Status ProfileSteps(StepRunner &runner, const std::string &dir) {
+absl::Status ProfileSteps(StepRunner& runner, const std::string& dir) {
   for (const bool dp : {false, true}) {
     const std::string path = absl::StrCat(dir, dp ? "/dp.json" : "/plain.json");
     {
@@ -183,7 +184,7 @@ absl::Status ProfileSteps(StepRunner &runner, const std::string &dir) {
   return absl::OkStatus();
 }
 
-const char *NormsName(GradSampleMode mode) {
+const char* NormsName(GradSampleMode mode) {
   switch (mode) {
     case GradSampleMode::kGhost:
       return "ghost";
@@ -201,7 +202,7 @@ struct DpBenchArgs {
   std::string tf32 = "off";
 };
 
-DpBenchConfig ConfigFor(const DpBenchArgs &args, bool cuda) {
+DpBenchConfig ConfigFor(const DpBenchArgs& args, bool cuda) {
   DpBenchConfig config = args.config;
   if (config.size == 0) config.size = cuda ? 224 : 128;
   if (config.batch == 0) config.batch = cuda ? 64 : 32;
@@ -212,7 +213,7 @@ DpBenchConfig ConfigFor(const DpBenchArgs &args, bool cuda) {
   return config;
 }
 
-absl::Status RunDpBench(const DpBenchArgs &args) {
+absl::Status RunDpBench(const DpBenchArgs& args) {
   // Children first: the parent must not have started LibTorch's thread pools or CUDA when it
   // forks. A child also tells whether CUDA is there, for the device-dependent defaults.
   RetainFreedMemory();  // as fl-client does: steps reuse memory instead of faulting in pages
@@ -252,9 +253,9 @@ absl::Status RunDpBench(const DpBenchArgs &args) {
 
 }  // namespace
 
-BenchRun SetUpDpBench(CLI::App &app) {
+BenchRun SetUpDpBench(CLI::App& app) {
   auto args = std::make_shared<DpBenchArgs>();
-  DpBenchConfig &c = args->config;
+  DpBenchConfig& c = args->config;
   app.add_option("--model", c.model, "registry model");
   app.add_option("--size", c.size, "image side in pixels")
       ->check(CLI::PositiveNumber)

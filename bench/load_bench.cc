@@ -36,7 +36,7 @@
 #include "fl/federation.grpc.pb.h"
 #include "models/model.h"
 
-extern char **environ;
+extern char** environ;
 
 namespace fl::bench {
 namespace {
@@ -52,14 +52,14 @@ struct LoadOptions {
 
 // Float32 elements of the registry model `name` with `labels` outputs, as the coordinator
 // builds it (parameters and buffers: exactly what a download carries).
-absl::StatusOr<uint64_t> ModelParams(const std::string &name, int64_t labels) {
+absl::StatusOr<uint64_t> ModelParams(const std::string& name, int64_t labels) {
   ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model,
                    CreateModel(ClassifierSpec(name, 1, 32, static_cast<int>(labels)), 1));
   try {
     uint64_t n = 0;
-    for (const NamedTensor &t : ExtractWeights(*model)) n += t.data.size();
+    for (const NamedTensor& t : ExtractWeights(*model)) n += t.data.size();
     return n;
-  } catch (const std::exception &e) {
+  } catch (const std::exception& e) {
     return absl::InternalError(absl::StrCat("counting the parameters of ", name, ": ", e.what()));
   }
 }
@@ -74,8 +74,8 @@ struct Pki {
   std::vector<TlsConfig> sites;
 };
 
-absl::StatusOr<TlsConfig> WriteKit(const std::string &dir, const KeyAndCert &ca,
-                                   const CertRequest &request) {
+absl::StatusOr<TlsConfig> WriteKit(const std::string& dir, const KeyAndCert& ca,
+                                   const CertRequest& request) {
   ASSIGN_OR_RETURN(const KeyAndCert own, IssueCert(ca, request));
   RETURN_IF_ERROR(MakeDirs(dir, 0700));
   TlsConfig tls;
@@ -90,17 +90,18 @@ absl::StatusOr<TlsConfig> WriteKit(const std::string &dir, const KeyAndCert &ca,
 
 // A fresh CA and the kits of the coordinator, `sites` sites and one admin, with the CN/OU
 // naming of `flctl provision`.
-absl::StatusOr<Pki> WritePki(const std::string &dir, int64_t sites) {
+absl::StatusOr<Pki> WritePki(const std::string& dir, int64_t sites) {
   ASSIGN_OR_RETURN(const KeyAndCert ca, CreateCa("fl-bench load CA", 2));
   Pki pki;
-  ASSIGN_OR_RETURN(pki.coordinator,
-                   WriteKit(dir + "/coordinator", ca,
-                            {kServerName, "coordinator", {kServerName, "localhost"},
-                             {"127.0.0.1"}, 2}));
+  ASSIGN_OR_RETURN(
+      pki.coordinator,
+      WriteKit(dir + "/coordinator", ca,
+               {kServerName, "coordinator", {kServerName, "localhost"}, {"127.0.0.1"}, 2}));
   ASSIGN_OR_RETURN(pki.admin, WriteKit(dir + "/admin", ca, {"bench-admin", "admin", {}, {}, 2}));
   for (int64_t s = 0; s < sites; ++s) {
     const std::string name = SiteName(s);
-    ASSIGN_OR_RETURN(TlsConfig tls, WriteKit(dir + "/sites/" + name, ca, {name, "site", {}, {}, 2}));
+    ASSIGN_OR_RETURN(TlsConfig tls,
+                     WriteKit(dir + "/sites/" + name, ca, {name, "site", {}, {}, 2}));
     pki.sites.push_back(std::move(tls));
   }
   return pki;
@@ -109,7 +110,7 @@ absl::StatusOr<Pki> WritePki(const std::string &dir, int64_t sites) {
 // ---- the coordinator process ----
 
 // A field of /proc/PID/status in bytes ("VmRSS", "VmHWM").
-absl::StatusOr<uint64_t> ProcBytes(pid_t pid, const std::string &field) {
+absl::StatusOr<uint64_t> ProcBytes(pid_t pid, const std::string& field) {
   std::ifstream in(absl::StrCat("/proc/", pid, "/status"));
   std::string line;
   while (std::getline(in, line)) {
@@ -126,7 +127,7 @@ class CoordinatorProcess {
  public:
   ~CoordinatorProcess() { Stop(); }
 
-  absl::Status Start(const std::string &dir, const TlsConfig &tls) {
+  absl::Status Start(const std::string& dir, const TlsConfig& tls) {
     char self[4096];
     const ssize_t n = ::readlink("/proc/self/exe", self, sizeof(self) - 1);
     if (n <= 0) return absl::InternalError("cannot read /proc/self/exe");
@@ -148,12 +149,12 @@ class CoordinatorProcess {
     posix_spawn_file_actions_addopen(&actions, 1, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
     posix_spawn_file_actions_adddup2(&actions, 1, 2);
     const std::string conf = dir + "/coordinator.conf";
-    std::vector<char *> argv = {const_cast<char *>(binary.c_str()),
-                                const_cast<char *>("--config"), const_cast<char *>(conf.c_str()),
-                                nullptr};
+    std::vector<char*> argv = {const_cast<char*>(binary.c_str()), const_cast<char*>("--config"),
+                               const_cast<char*>(conf.c_str()), nullptr};
     const int err = posix_spawn(&pid_, binary.c_str(), &actions, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&actions);
-    if (err != 0) return absl::InternalError(absl::StrCat("cannot start ", binary, ": errno ", err));
+    if (err != 0)
+      return absl::InternalError(absl::StrCat("cannot start ", binary, ": errno ", err));
     return WaitForPort(dir + "/port");
   }
 
@@ -189,7 +190,7 @@ class CoordinatorProcess {
   int port() const { return port_; }
 
  private:
-  absl::Status WaitForPort(const std::string &port_file) {
+  absl::Status WaitForPort(const std::string& port_file) {
     for (int i = 0; i < 600; ++i) {
       RETURN_IF_ERROR(CheckAlive());
       absl::StatusOr<std::string> text = ReadFileToString(port_file);
@@ -212,18 +213,18 @@ std::chrono::system_clock::time_point In(int seconds) {
   return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
 }
 
-absl::StatusOr<size_t> ConnectedSites(Admin::Stub &admin) {
+absl::StatusOr<size_t> ConnectedSites(Admin::Stub& admin) {
   grpc::ClientContext ctx;
   ctx.set_deadline(In(30));
   ListSitesResponse response;
   RETURN_IF_ERROR(FromGrpcStatus(admin.ListSites(&ctx, ListSitesRequest(), &response)));
   return static_cast<size_t>(std::count_if(response.sites().begin(), response.sites().end(),
-                                           [](const SiteInfo &s) { return s.connected(); }));
+                                           [](const SiteInfo& s) { return s.connected(); }));
 }
 
 // Waits until `want` sites hold a task stream; fails early if a site failed.
-absl::Status WaitForSites(Admin::Stub &admin, size_t want, const LoadStats &stats,
-                          CoordinatorProcess &coordinator) {
+absl::Status WaitForSites(Admin::Stub& admin, size_t want, const LoadStats& stats,
+                          CoordinatorProcess& coordinator) {
   const double deadline = MonotonicSeconds() + 300;
   while (MonotonicSeconds() < deadline) {
     RETURN_IF_ERROR(stats.first_error());
@@ -236,7 +237,7 @@ absl::Status WaitForSites(Admin::Stub &admin, size_t want, const LoadStats &stat
       absl::StrCat("fewer than ", want, " sites connected within 300 s"));
 }
 
-JobSpec LoadJobSpec(const LoadOptions &o) {
+JobSpec LoadJobSpec(const LoadOptions& o) {
   JobSpec spec;
   spec.set_name("load");
   spec.set_model(o.model);
@@ -254,7 +255,7 @@ JobSpec LoadJobSpec(const LoadOptions &o) {
   return spec;
 }
 
-absl::StatusOr<JobStatus> GetJob(Admin::Stub &admin, const std::string &job_id) {
+absl::StatusOr<JobStatus> GetJob(Admin::Stub& admin, const std::string& job_id) {
   grpc::ClientContext ctx;
   ctx.set_deadline(In(30));
   JobRef ref;
@@ -265,8 +266,8 @@ absl::StatusOr<JobStatus> GetJob(Admin::Stub &admin, const std::string &job_id) 
 }
 
 // Polls the job until it ends; DONE is OK, anything else (or a failed site) an error.
-absl::Status WaitForJob(Admin::Stub &admin, const std::string &job_id, const LoadStats &stats,
-                        CoordinatorProcess &coordinator, int64_t rounds) {
+absl::Status WaitForJob(Admin::Stub& admin, const std::string& job_id, const LoadStats& stats,
+                        CoordinatorProcess& coordinator, int64_t rounds) {
   const double deadline = MonotonicSeconds() + 600.0 * (rounds + 1);
   while (MonotonicSeconds() < deadline) {
     RETURN_IF_ERROR(stats.first_error());
@@ -274,8 +275,8 @@ absl::Status WaitForJob(Admin::Stub &admin, const std::string &job_id, const Loa
     ASSIGN_OR_RETURN(const JobStatus job, GetJob(admin, job_id));
     if (job.state() == DONE) return absl::OkStatus();
     if (job.state() == FAILED || job.state() == CANCELLED) {
-      return absl::AbortedError(absl::StrCat("job ", job_id, " ended ",
-                                             JobState_Name(job.state()), ": ", job.message()));
+      return absl::AbortedError(
+          absl::StrCat("job ", job_id, " ended ", JobState_Name(job.state()), ": ", job.message()));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
@@ -287,22 +288,22 @@ absl::Status WaitForJob(Admin::Stub &admin, const std::string &job_id, const Loa
 // N sites on their own threads: connect, then serve tasks. Stopped and joined when destroyed.
 class SiteFleet {
  public:
-  SiteFleet(const Pki &pki, int port, int64_t labels, LoadStats *stats) : stats_(stats) {
+  SiteFleet(const Pki& pki, int port, int64_t labels, LoadStats* stats) : stats_(stats) {
     for (size_t s = 0; s < pki.sites.size(); ++s) {
       absl::StatusOr<TlsMaterial> tls = LoadTlsMaterial(pki.sites[s]);
       if (!tls.ok()) {
         stats->Fail(tls.status());
         return;
       }
-      SimSiteOptions o{SiteName(s), absl::StrCat("127.0.0.1:", port),
-                       kServerName, *std::move(tls), {}, static_cast<uint32_t>(s)};
+      SimSiteOptions o{SiteName(s), absl::StrCat("127.0.0.1:", port), kServerName, *std::move(tls),
+                       {},          static_cast<uint32_t>(s)};
       // Two findings per site, spread over the label space (FFL: different label sets).
       o.labels.push_back(LabelName(s % labels));
       if (labels > 1) o.labels.push_back(LabelName((s * 7 + 1) % labels));
       if (o.labels.size() == 2 && o.labels[0] == o.labels[1]) o.labels.pop_back();
       sites_.push_back(std::make_unique<SimSite>(std::move(o), stats));
     }
-    for (auto &site : sites_) {
+    for (auto& site : sites_) {
       threads_.emplace_back([site = site.get(), stats] {
         absl::Status status = site->Connect();
         if (status.ok()) status = site->Serve();
@@ -314,14 +315,14 @@ class SiteFleet {
 
   void StopAndJoin() {
     if (!stats_->first_error().ok()) {
-      for (auto &site : sites_) site->Stop();
+      for (auto& site : sites_) site->Stop();
     }
-    for (std::thread &t : threads_) t.join();
+    for (std::thread& t : threads_) t.join();
     threads_.clear();
   }
 
  private:
-  LoadStats *stats_;
+  LoadStats* stats_;
   std::vector<std::unique_ptr<SimSite>> sites_;
   std::vector<std::thread> threads_;
 };
@@ -339,7 +340,7 @@ struct Memory {
   uint64_t startup = 0, connected = 0, peak = 0;
 };
 
-std::vector<double> RoundTimes(const LoadStats &stats, int64_t rounds) {
+std::vector<double> RoundTimes(const LoadStats& stats, int64_t rounds) {
   const std::map<uint32_t, double> first = stats.first_arrivals();
   std::vector<double> times;
   for (uint32_t r = 0; r < rounds; ++r) {
@@ -355,52 +356,53 @@ struct RunResult {
   std::vector<std::pair<std::string, double>> values;
 };
 
-RunResult PrintResults(const LoadOptions &o, const LoadStats &stats, const Memory &m,
+RunResult PrintResults(const LoadOptions& o, const LoadStats& stats, const Memory& m,
                        double job_s) {
   const double model = static_cast<double>(stats.model_params()) * sizeof(float);
   const std::vector<double> rounds = RoundTimes(stats, o.rounds);
   std::printf("job: %lld rounds + final evaluation in %.2f s\n", static_cast<long long>(o.rounds),
               job_s);
-  std::printf("round time (first task of round r to first task of r+1): min %.2f s, median "
-              "%.2f s, max %.2f s\n",
-              Percentile(rounds, 0), Percentile(rounds, 50), Percentile(rounds, 100));
+  std::printf(
+      "round time (first task of round r to first task of r+1): min %.2f s, median "
+      "%.2f s, max %.2f s\n",
+      Percentile(rounds, 0), Percentile(rounds, 50), Percentile(rounds, 100));
   auto mib = [](uint64_t b) { return static_cast<double>(b) / kMib; };
   const double growth = m.peak > m.startup ? static_cast<double>(m.peak - m.startup) : 0;
   const double over_idle = m.peak > m.connected ? static_cast<double>(m.peak - m.connected) : 0;
-  std::printf("coordinator RSS: %.1f MiB after start-up, %.1f MiB with %lld sites connected, "
-              "peak (VmHWM) %.1f MiB\n",
-              mib(m.startup), mib(m.connected), static_cast<long long>(o.clients), mib(m.peak));
-  std::printf("coordinator peak - start-up = %.1f MiB = %.2f x model; peak - connected = "
-              "%.1f MiB = %.2f x model\n",
-              growth / kMib, growth / model, over_idle / kMib, over_idle / model);
+  std::printf(
+      "coordinator RSS: %.1f MiB after start-up, %.1f MiB with %lld sites connected, "
+      "peak (VmHWM) %.1f MiB\n",
+      mib(m.startup), mib(m.connected), static_cast<long long>(o.clients), mib(m.peak));
+  std::printf(
+      "coordinator peak - start-up = %.1f MiB = %.2f x model; peak - connected = "
+      "%.1f MiB = %.2f x model\n",
+      growth / kMib, growth / model, over_idle / kMib, over_idle / model);
   const auto samples = stats.samples();
-  std::printf("%-11s %6s %10s %10s %10s %10s  (ms)\n", "call", "count", "p50", "p90", "p99",
-              "max");
-  for (const char *kind : {"connect", "join", "first_task", "download", "upload", "report"}) {
+  std::printf("%-11s %6s %10s %10s %10s %10s  (ms)\n", "call", "count", "p50", "p90", "p99", "max");
+  for (const char* kind : {"connect", "join", "first_task", "download", "upload", "report"}) {
     const auto it = samples.find(kind);
     const std::vector<double> v = it == samples.end() ? std::vector<double>() : it->second;
-    std::printf("%-11s %6zu %10.1f %10.1f %10.1f %10.1f\n", kind, v.size(),
-                1e3 * Percentile(v, 50), 1e3 * Percentile(v, 90), 1e3 * Percentile(v, 99),
-                1e3 * Percentile(v, 100));
+    std::printf("%-11s %6zu %10.1f %10.1f %10.1f %10.1f\n", kind, v.size(), 1e3 * Percentile(v, 50),
+                1e3 * Percentile(v, 90), 1e3 * Percentile(v, 99), 1e3 * Percentile(v, 100));
   }
-  auto p99_ms = [&](const char *kind) {
+  auto p99_ms = [&](const char* kind) {
     const auto it = samples.find(kind);
     return it == samples.end() ? 0.0 : 1e3 * Percentile(it->second, 99);
   };
   RunResult result{model, over_idle};
   result.values = {{"round_time_s", Percentile(rounds, 50)},
-                  {"peak_memory_model_ratio", growth / model},
-                  {"peak_over_connected_model_ratio", over_idle / model},
-                  {"join_p99_ms", p99_ms("join")},
-                  {"report_p99_ms", p99_ms("report")},
-                  {"first_task_p99_ms", p99_ms("first_task")},
-                  {"download_p99_ms", p99_ms("download")},
-                  {"upload_p99_ms", p99_ms("upload")}};
+                   {"peak_memory_model_ratio", growth / model},
+                   {"peak_over_connected_model_ratio", over_idle / model},
+                   {"join_p99_ms", p99_ms("join")},
+                   {"report_p99_ms", p99_ms("report")},
+                   {"first_task_p99_ms", p99_ms("first_task")},
+                   {"download_p99_ms", p99_ms("download")},
+                   {"upload_p99_ms", p99_ms("upload")}};
   return result;
 }
 
 absl::StatusOr<std::string> MakeTempDir() {
-  const char *tmp = std::getenv("TMPDIR");
+  const char* tmp = std::getenv("TMPDIR");
   std::string pattern = absl::StrCat(tmp && *tmp ? tmp : "/tmp", "/fl-bench-load.XXXXXX");
   if (::mkdtemp(pattern.data()) == nullptr) {
     return absl::InternalError(absl::StrCat("cannot create a folder from ", pattern));
@@ -409,8 +411,8 @@ absl::StatusOr<std::string> MakeTempDir() {
 }
 
 // Submits the job once every site is connected, waits for it, and measures.
-absl::StatusOr<RunResult> RunJob(const LoadOptions &o, const Pki &pki,
-                                 CoordinatorProcess &coordinator, Memory &memory) {
+absl::StatusOr<RunResult> RunJob(const LoadOptions& o, const Pki& pki,
+                                 CoordinatorProcess& coordinator, Memory& memory) {
   ASSIGN_OR_RETURN(const TlsMaterial admin_tls, LoadTlsMaterial(pki.admin));
   auto admin = Admin::NewStub(
       MakeChannel(absl::StrCat("127.0.0.1:", coordinator.port()), kServerName, admin_tls));
@@ -447,13 +449,13 @@ absl::StatusOr<RunResult> RunJob(const LoadOptions &o, const Pki &pki,
 }
 
 // One whole job with a fresh coordinator in `dir`.
-absl::StatusOr<RunResult> RunModel(const LoadOptions &o, const std::string &dir, const Pki &pki) {
+absl::StatusOr<RunResult> RunModel(const LoadOptions& o, const std::string& dir, const Pki& pki) {
   ASSIGN_OR_RETURN(const uint64_t params, ModelParams(o.model, o.labels));
-  std::printf("model: %s with %lld labels: %llu parameters (%.2f MiB float32); %lld sites, "
-              "%lld rounds\n",
-              o.model.c_str(), static_cast<long long>(o.labels),
-              static_cast<unsigned long long>(params), params * 4.0 / kMib,
-              static_cast<long long>(o.clients), static_cast<long long>(o.rounds));
+  std::printf(
+      "model: %s with %lld labels: %llu parameters (%.2f MiB float32); %lld sites, "
+      "%lld rounds\n",
+      o.model.c_str(), static_cast<long long>(o.labels), static_cast<unsigned long long>(params),
+      params * 4.0 / kMib, static_cast<long long>(o.clients), static_cast<long long>(o.rounds));
   std::fflush(stdout);
   RETURN_IF_ERROR(MakeDirs(dir, 0700));
   Memory memory;
@@ -465,8 +467,7 @@ absl::StatusOr<RunResult> RunModel(const LoadOptions &o, const std::string &dir,
     status = rss.status();
     if (rss.ok()) memory.startup = *rss;
   }
-  absl::StatusOr<RunResult> result =
-      status.ok() ? RunJob(o, pki, coordinator, memory) : status;
+  absl::StatusOr<RunResult> result = status.ok() ? RunJob(o, pki, coordinator, memory) : status;
   if (!result.ok()) {
     std::fprintf(stderr, "end of the coordinator's log:\n%s\n", coordinator.LogTail().c_str());
   }
@@ -476,7 +477,7 @@ absl::StatusOr<RunResult> RunModel(const LoadOptions &o, const std::string &dir,
 // Runs the job with --model, then (unless --fit_model none) with the larger --fit_model, and
 // fits the coordinator's peak above its connected baseline as a * model + b: a is what the
 // model size costs (target: at most 3), b the fixed overhead of the sites' connections.
-absl::Status RunLoadBench(const LoadOptions &o) {
+absl::Status RunLoadBench(const LoadOptions& o) {
   ASSIGN_OR_RETURN(const std::string dir, MakeTempDir());
   ASSIGN_OR_RETURN(const Pki pki, WritePki(dir, o.clients));
   absl::StatusOr<RunResult> main = RunModel(o, dir + "/run-main", pki);
@@ -493,9 +494,10 @@ absl::Status RunLoadBench(const LoadOptions &o) {
     const double a = (big->over_connected_bytes - main->over_connected_bytes) /
                      (big->model_bytes - main->model_bytes);
     const double b = main->over_connected_bytes - a * main->model_bytes;
-    std::printf("coordinator peak above connected ~= %.2f x model + %.1f MiB (fit over %s and "
-                "%s)\n",
-                a, b / kMib, o.model.c_str(), o.fit_model.c_str());
+    std::printf(
+        "coordinator peak above connected ~= %.2f x model + %.1f MiB (fit over %s and "
+        "%s)\n",
+        a, b / kMib, o.model.c_str(), o.fit_model.c_str());
     values.push_back({"memory_model_multiple", a});
     values.push_back({"memory_fixed_mib", b / kMib});
   }
@@ -507,7 +509,7 @@ absl::Status RunLoadBench(const LoadOptions &o) {
 
 }  // namespace
 
-BenchRun SetUpLoadBench(CLI::App &app) {
+BenchRun SetUpLoadBench(CLI::App& app) {
   auto o = std::make_shared<LoadOptions>();
   app.add_option("--clients", o->clients, "simulated sites")->check(CLI::PositiveNumber);
   app.add_option("--rounds", o->rounds, "rounds of the job")->check(CLI::PositiveNumber);

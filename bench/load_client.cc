@@ -12,7 +12,7 @@ namespace fl::bench {
 namespace {
 
 constexpr int kConnectSeconds = 120;
-constexpr int kControlSeconds = 120;  // Join, Report
+constexpr int kControlSeconds = 120;   // Join, Report
 constexpr int kTransferSeconds = 900;  // Download, Upload of the whole model
 constexpr uint64_t kMaxModelBytes = uint64_t{4} << 30;
 
@@ -26,8 +26,7 @@ double Since(double start) { return MonotonicSeconds() - start; }
 }  // namespace
 
 double MonotonicSeconds() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-      .count();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 void LoadStats::Add(const std::string& kind, double seconds) {
@@ -78,8 +77,8 @@ absl::Status SimSite::Connect() {
   channel_ = MakeChannel(options_.address, options_.server_name, options_.tls);
   double start = MonotonicSeconds();
   if (!channel_->WaitForConnected(In(kConnectSeconds))) {
-    return absl::UnavailableError(absl::StrCat("no connection to ", options_.address, " within ",
-                                               kConnectSeconds, " s"));
+    return absl::UnavailableError(
+        absl::StrCat("no connection to ", options_.address, " within ", kConnectSeconds, " s"));
   }
   stats_->Add("connect", Since(start));
   stub_ = Federation::NewStub(channel_);
@@ -100,8 +99,8 @@ absl::Status SimSite::Connect() {
   RETURN_IF_ERROR(Annotate(FromGrpcStatus(stub_->Join(&ctx, request, &response)), "join"));
   stats_->Add("join", Since(start));
   if (response.site_name() != options_.name) {
-    return absl::InternalError(absl::StrCat("joined as '", response.site_name(),
-                                            "' instead of '", options_.name, "'"));
+    return absl::InternalError(
+        absl::StrCat("joined as '", response.site_name(), "' instead of '", options_.name, "'"));
   }
   stream_ = stub_->Tasks(&stream_ctx_, TaskRequest());
   return absl::OkStatus();
@@ -176,8 +175,8 @@ absl::Status SimSite::Upload(const Task& task) {
   header.set_job_id(task.job_id());
   header.set_round(task.round());
   // Within the coordinator's bound of 2 * local_steps * batch_size samples.
-  header.set_num_samples(1 + options_.seed % (task.spec().local_steps() *
-                                              task.spec().batch_size()));
+  header.set_num_samples(1 +
+                         options_.seed % (task.spec().local_steps() * task.spec().batch_size()));
   for (const std::string& label : task.train_labels()) header.add_labels(label);
   header.set_num_tensors(static_cast<uint32_t>(metas_.size()));
   header.set_train_loss(0.5 + 0.001 * (options_.seed % 100));
@@ -186,15 +185,14 @@ absl::Status SimSite::Upload(const Task& task) {
   const double start = MonotonicSeconds();
   // Label mode: an update carries every tensor of the model, in model order, so the shapes
   // of the download are the layout of the upload.
-  ASSIGN_OR_RETURN(const UploadResponse response,
-                   SendUpload(channel_, ctx, header, [&](const auto& emit) {
-                     return StreamGeneratedUpdate(metas_, options_.seed * 131 + task.round(),
-                                                  kUploadChunkBytes, [&](const TensorChunk& c) {
-                                                    return emit(c) ? absl::OkStatus()
-                                                                   : absl::CancelledError(
-                                                                         "upload stream closed");
-                                                  });
-                   }));
+  ASSIGN_OR_RETURN(
+      const UploadResponse response, SendUpload(channel_, ctx, header, [&](const auto& emit) {
+        return StreamGeneratedUpdate(
+            metas_, options_.seed * 131 + task.round(), kUploadChunkBytes,
+            [&](const TensorChunk& c) {
+              return emit(c) ? absl::OkStatus() : absl::CancelledError("upload stream closed");
+            });
+      }));
   uint64_t bytes = 0;
   for (const TensorMeta& m : metas_) bytes += m.byte_size();
   if (response.bytes_received() != bytes) {

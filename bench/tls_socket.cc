@@ -23,7 +23,7 @@ namespace {
 using SslCtxPtr = std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)>;
 using SslPtr = std::unique_ptr<SSL, decltype(&SSL_free)>;
 
-absl::Status SslError(const std::string &what) {
+absl::Status SslError(const std::string& what) {
   char reason[256] = "unknown error";
   if (const unsigned long code = ERR_get_error(); code != 0) {
     ERR_error_string_n(code, reason, sizeof(reason));
@@ -34,11 +34,11 @@ absl::Status SslError(const std::string &what) {
 
 // A TLS 1.3-only context presenting `m`'s certificate and requiring a peer
 // certificate that chains to `m`'s CA.
-absl::StatusOr<SslCtxPtr> MakeContext(const TlsMaterial &m, bool server) {
+absl::StatusOr<SslCtxPtr> MakeContext(const TlsMaterial& m, bool server) {
   SslCtxPtr ctx(SSL_CTX_new(server ? TLS_server_method() : TLS_client_method()), &SSL_CTX_free);
   if (ctx == nullptr) return SslError("SSL_CTX_new");
   SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION);
-  auto read_pem = [](const std::string &pem, auto reader) {
+  auto read_pem = [](const std::string& pem, auto reader) {
     std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_mem_buf(pem.data(), pem.size()),
                                                   &BIO_free);
     return reader(bio.get(), nullptr, nullptr, nullptr);
@@ -59,14 +59,14 @@ absl::StatusOr<SslCtxPtr> MakeContext(const TlsMaterial &m, bool server) {
 }
 
 // A listening TCP socket on 127.0.0.1 with a kernel-chosen port.
-absl::StatusOr<int> Listen(int *port) {
+absl::StatusOr<int> Listen(int* port) {
   const int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   socklen_t len = sizeof(addr);
-  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) != 0 ||
-      listen(fd, 1) != 0 || getsockname(fd, reinterpret_cast<sockaddr *>(&addr), &len) != 0) {
+  if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      listen(fd, 1) != 0 || getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
     if (fd >= 0) close(fd);
     return absl::InternalError("cannot listen on 127.0.0.1");
   }
@@ -76,7 +76,7 @@ absl::StatusOr<int> Listen(int *port) {
 
 // Server side: accepts one connection, then `transfers` times reads `bytes` and
 // acknowledges.
-absl::Status Serve(SSL_CTX *ctx, int listen_fd, uint64_t bytes, int transfers) {
+absl::Status Serve(SSL_CTX* ctx, int listen_fd, uint64_t bytes, int transfers) {
   const int fd = accept(listen_fd, nullptr, nullptr);
   if (fd < 0) return absl::InternalError("accept failed");
   SslPtr ssl(SSL_new(ctx), &SSL_free);
@@ -98,9 +98,9 @@ absl::Status Serve(SSL_CTX *ctx, int listen_fd, uint64_t bytes, int transfers) {
 
 // Client side of one transfer: the update's bytes in writes of `chunk_bytes`,
 // then the server's ack.
-absl::Status SendOnce(SSL *ssl, const TensorList &update, size_t chunk_bytes) {
-  for (const NamedTensor &t : update) {
-    const char *data = reinterpret_cast<const char *>(t.data.data());
+absl::Status SendOnce(SSL* ssl, const TensorList& update, size_t chunk_bytes) {
+  for (const NamedTensor& t : update) {
+    const char* data = reinterpret_cast<const char*>(t.data.data());
     for (uint64_t off = 0; off < t.byte_size(); off += chunk_bytes) {
       const int n = static_cast<int>(std::min<uint64_t>(chunk_bytes, t.byte_size() - off));
       if (SSL_write(ssl, data + off, n) != n) return SslError("SSL_write on the client");
@@ -113,13 +113,13 @@ absl::Status SendOnce(SSL *ssl, const TensorList &update, size_t chunk_bytes) {
 
 // Connects a TLS client to 127.0.0.1:`port`, checking the server certificate
 // names localhost.
-absl::StatusOr<SslPtr> Connect(SSL_CTX *ctx, int port, int *fd) {
+absl::StatusOr<SslPtr> Connect(SSL_CTX* ctx, int port, int* fd) {
   *fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in addr{};
   addr.sin_family = AF_INET;
   addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   addr.sin_port = htons(static_cast<uint16_t>(port));
-  if (*fd < 0 || connect(*fd, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) != 0) {
+  if (*fd < 0 || connect(*fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
     return absl::InternalError("cannot connect to the TLS server");
   }
   SslPtr ssl(SSL_new(ctx), &SSL_free);
@@ -131,13 +131,13 @@ absl::StatusOr<SslPtr> Connect(SSL_CTX *ctx, int port, int *fd) {
 
 }  // namespace
 
-absl::StatusOr<TlsSocketResult> TimeTlsSocket(const TlsMaterial &server, const TlsMaterial &client,
-                                              const TensorList &update, size_t chunk_bytes,
+absl::StatusOr<TlsSocketResult> TimeTlsSocket(const TlsMaterial& server, const TlsMaterial& client,
+                                              const TensorList& update, size_t chunk_bytes,
                                               int repetitions) {
   ASSIGN_OR_RETURN(SslCtxPtr server_ctx, MakeContext(server, /*server=*/true));
   ASSIGN_OR_RETURN(SslCtxPtr client_ctx, MakeContext(client, /*server=*/false));
   uint64_t bytes = 0;
-  for (const NamedTensor &t : update) bytes += t.byte_size();
+  for (const NamedTensor& t : update) bytes += t.byte_size();
   int port = 0;
   ASSIGN_OR_RETURN(const int listen_fd, Listen(&port));
   absl::Status served;

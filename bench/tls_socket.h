@@ -21,8 +21,8 @@ struct TlsSocketResult {
 // in-process server thread (presenting `server`'s certificate and requiring one
 // from the client) that reads all of them and answers with one byte. One
 // connection; one untimed warm-up and `repetitions` timed transfers.
-absl::StatusOr<TlsSocketResult> TimeTlsSocket(const TlsMaterial &server, const TlsMaterial &client,
-                                              const TensorList &update, size_t chunk_bytes,
+absl::StatusOr<TlsSocketResult> TimeTlsSocket(const TlsMaterial& server, const TlsMaterial& client,
+                                              const TensorList& update, size_t chunk_bytes,
                                               int repetitions);
 
 }  // namespace fl::bench

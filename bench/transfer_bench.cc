@@ -40,14 +40,14 @@ class TransferService final : public Federation::Service {
   TransferService(std::vector<TensorMeta> metas, TensorList model)
       : metas_(std::move(metas)), model_(std::move(model)) {}
 
-  grpc::Status Download(grpc::ServerContext *, const DownloadRequest *,
-                        grpc::ServerWriter<TensorChunk> *writer) override {
+  grpc::Status Download(grpc::ServerContext*, const DownloadRequest*,
+                        grpc::ServerWriter<TensorChunk>* writer) override {
     return ToGrpcStatus(WriteTensorChunks(model_, kDefaultChunkBytes,
-                                          [&](const TensorChunk &c) { return writer->Write(c); }));
+                                          [&](const TensorChunk& c) { return writer->Write(c); }));
   }
 
-  grpc::Status Upload(grpc::ServerContext *,
-                      grpc::ServerReaderWriter<UploadReply, UploadMessage> *stream) override {
+  grpc::Status Upload(grpc::ServerContext*,
+                      grpc::ServerReaderWriter<UploadReply, UploadMessage>* stream) override {
     UploadReply reply;
     absl::Status status = ReadUpload(*stream, *reply.mutable_done());
     if (status.ok()) stream->Write(reply);
@@ -55,8 +55,8 @@ class TransferService final : public Federation::Service {
   }
 
  private:
-  absl::Status ReadUpload(grpc::ServerReaderWriter<UploadReply, UploadMessage> &reader,
-                          UploadResponse &response) {
+  absl::Status ReadUpload(grpc::ServerReaderWriter<UploadReply, UploadMessage>& reader,
+                          UploadResponse& response) {
     UploadMessage message;
     if (!reader.Read(&message) || !message.has_header()) {
       return absl::InvalidArgumentError("upload must start with a header");
@@ -66,7 +66,7 @@ class TransferService final : public Federation::Service {
     grant.mutable_grant();
     if (!reader.Write(grant)) return absl::CancelledError("the client went away");
     ChunkReader chunks(metas_);
-    const ChunkReader::Sink drop = [](size_t, uint64_t, const float *, size_t) {
+    const ChunkReader::Sink drop = [](size_t, uint64_t, const float*, size_t) {
       return absl::OkStatus();
     };
     bool trailer = false;
@@ -104,7 +104,7 @@ absl::StatusOr<Pki> MakePki() {
   ASSIGN_OR_RETURN(const KeyAndCert ca, CreateCa("fl-bench CA", 1));
   Pki pki;
   for (auto [role, material] :
-       {std::pair<const char *, TlsMaterial *>{"coordinator", &pki.coordinator},
+       {std::pair<const char*, TlsMaterial*>{"coordinator", &pki.coordinator},
         {"site", &pki.site}}) {
     CertRequest request{role, role, {"localhost"}, {"127.0.0.1"}, 1};
     ASSIGN_OR_RETURN(const KeyAndCert issued, IssueCert(ca, request));
@@ -121,8 +121,8 @@ enum class SendPath {
 
 // One upload of `update`: header, chunks of `chunk_bytes`, trailer; checks that
 // the server got every byte.
-absl::Status UploadOnce(const std::shared_ptr<grpc::Channel> &channel,
-                        const std::shared_ptr<const TensorList> &update, uint64_t bytes,
+absl::Status UploadOnce(const std::shared_ptr<grpc::Channel>& channel,
+                        const std::shared_ptr<const TensorList>& update, uint64_t bytes,
                         size_t chunk_bytes, bool validate, SendPath path) {
   UploadHeader header;
   header.set_job_id(validate ? "bench" : kUncheckedJob);
@@ -131,7 +131,7 @@ absl::Status UploadOnce(const std::shared_ptr<grpc::Channel> &channel,
   grpc::ClientContext context;
   absl::StatusOr<UploadResponse> response =
       path == SendPath::kBorrowed ? SendUpload(channel, context, header, update, chunk_bytes)
-                                  : SendUpload(channel, context, header, [&](const auto &emit) {
+                                  : SendUpload(channel, context, header, [&](const auto& emit) {
                                       return WriteTensorChunks(*update, chunk_bytes, emit);
                                     });
   RETURN_IF_ERROR(response.status());
@@ -148,7 +148,7 @@ class ServerProcess {
  public:
   // Forks the server; must be called before this process first uses gRPC.
   static absl::StatusOr<std::unique_ptr<ServerProcess>> Start(
-      const Pki &pki, const std::vector<TensorMeta> &metas) {
+      const Pki& pki, const std::vector<TensorMeta>& metas) {
     int port_pipe[2], stop_pipe[2];
     if (pipe(port_pipe) != 0) return absl::InternalError("pipe failed");
     if (pipe(stop_pipe) != 0) {
@@ -184,7 +184,7 @@ class ServerProcess {
   ServerProcess(pid_t pid, int stop_fd) : pid_(pid), stop_fd_(stop_fd) {}
 
   // The child: serves transfers until `stop_fd` closes.
-  static int Serve(const Pki &pki, const std::vector<TensorMeta> &metas, int port_fd, int stop_fd) {
+  static int Serve(const Pki& pki, const std::vector<TensorMeta>& metas, int port_fd, int stop_fd) {
     ReturnFreedModels();  // as fl-coordinator does
     TransferService service(metas, MakeBenchTensors(metas, 2));
     grpc::ServerBuilder builder;
@@ -209,8 +209,8 @@ class ServerProcess {
 
 // Best-of time for one upload over a connected mutual-TLS channel to the server process; the
 // server validates the chunks unless the header's job_id is kUncheckedJob.
-absl::StatusOr<double> TimeGrpc(const Pki &pki, int port,
-                                const std::shared_ptr<const TensorList> &update, uint64_t bytes,
+absl::StatusOr<double> TimeGrpc(const Pki& pki, int port,
+                                const std::shared_ptr<const TensorList>& update, uint64_t bytes,
                                 size_t chunk_bytes, bool validate, SendPath path) {
   auto channel = MakeChannel(absl::StrCat("127.0.0.1:", port), "localhost", pki.site);
   if (!channel->WaitForConnected(std::chrono::system_clock::now() + std::chrono::seconds(10))) {
@@ -222,13 +222,13 @@ absl::StatusOr<double> TimeGrpc(const Pki &pki, int port,
 
 // Best-of time for one download of the server's model as fl-client receives it (ReceiveModel:
 // every chunk checked and assembled into tensors).
-absl::StatusOr<double> TimeDownload(const Pki &pki, int port, uint64_t bytes) {
+absl::StatusOr<double> TimeDownload(const Pki& pki, int port, uint64_t bytes) {
   auto channel = MakeChannel(absl::StrCat("127.0.0.1:", port), "localhost", pki.site);
   std::unique_ptr<Federation::Stub> stub = Federation::NewStub(channel);
   return BestOf(kRepetitions, [&]() -> absl::Status {
     ASSIGN_OR_RETURN(const TensorList model, ReceiveModel(*stub, DownloadRequest(), UINT64_MAX));
     uint64_t received = 0;
-    for (const NamedTensor &t : model) received += t.byte_size();
+    for (const NamedTensor& t : model) received += t.byte_size();
     if (received != bytes) {
       return absl::InternalError(absl::StrCat("downloaded ", received, " bytes of ", bytes));
     }
@@ -236,7 +236,7 @@ absl::StatusOr<double> TimeDownload(const Pki &pki, int port, uint64_t bytes) {
   });
 }
 
-absl::Status RunTransferBench(const std::vector<int64_t> &flags) {
+absl::Status RunTransferBench(const std::vector<int64_t>& flags) {
   const size_t chunk_bytes = static_cast<size_t>(flags[1]) * 1024;
   const std::vector<TensorMeta> metas = BenchModelMetas(flags[0]);
   const uint64_t bytes = static_cast<uint64_t>(flags[0]) * kMib;
@@ -292,7 +292,7 @@ absl::Status RunTransferBench(const std::vector<int64_t> &flags) {
 
 }  // namespace
 
-BenchRun SetUpTransferBench(CLI::App &app) {
+BenchRun SetUpTransferBench(CLI::App& app) {
   auto flags = std::make_shared<std::vector<int64_t>>(
       std::vector<int64_t>{64, static_cast<int64_t>(kUploadChunkBytes >> 10)});
   app.add_option("--mib", (*flags)[0], "update size in MiB")->check(CLI::PositiveNumber);

@@ -99,8 +99,8 @@ absl::Status ClientDaemon::Run() {
 absl::Status ClientDaemon::Session(CoordinatorConnection& coordinator, bool* joined) {
   ASSIGN_OR_RETURN(JoinResponse join, coordinator.Join(MakeJoinRequest()));
   *joined = true;
-  Log(absl::StrCat("joined as '", join.site_name(), "' (coordinator ",
-                   join.coordinator_version(), ")"));
+  Log(absl::StrCat("joined as '", join.site_name(), "' (coordinator ", join.coordinator_version(),
+                   ")"));
   metrics_->connected.Set(1);
   Task task;
   while (!stop_ && coordinator.NextTask(&task)) {
@@ -117,8 +117,8 @@ absl::Status ClientDaemon::Session(CoordinatorConnection& coordinator, bool* joi
     ReleaseFreedMemory();  // what training kept for reuse, until the next task
     if (!status.ok()) {
       metrics_->tasks.Add({{"result", "failed"}}).Increment();
-      Log(absl::StrCat("task ", task.job_id(), " round ", task.round(), " failed: ",
-                       status.message()));
+      Log(absl::StrCat("task ", task.job_id(), " round ", task.round(),
+                       " failed: ", status.message()));
     }
     ++tasks_done_;
     if (config_.exit_after_tasks() > 0 &&
@@ -148,9 +148,8 @@ absl::StatusOr<std::string> ClientDaemon::Refusal(const Task& task, const DpPlan
   const PrivacyBudget& cap = config_.budget();
   if (!refusal.empty() || plan == nullptr || cap.max_epsilon() <= 0) return refusal;
   ASSIGN_OR_RETURN(double epsilon,
-                   ledger_->EpsilonIfAdded(dataset_id_, plan->sample_rate,
-                                           plan->noise_multiplier, plan->steps_per_round,
-                                           cap.delta()));
+                   ledger_->EpsilonIfAdded(dataset_id_, plan->sample_rate, plan->noise_multiplier,
+                                           plan->steps_per_round, cap.delta()));
   if (epsilon <= cap.max_epsilon()) return std::string();
   return absl::StrFormat(
       "privacy budget: this round would bring this dataset to epsilon %.3f at delta %g, over "
@@ -159,11 +158,9 @@ absl::StatusOr<std::string> ClientDaemon::Refusal(const Task& task, const DpPlan
 }
 
 absl::StatusOr<PrivacyReport> ClientDaemon::RecordPrivacy(const Task& task, const DpPlan& plan) {
-  RETURN_IF_ERROR(ledger_->Record(task.job_id(), dataset_id_, task.round(),
-                                  plan.sample_rate, plan.noise_multiplier,
-                                  plan.steps_per_round));
-  ASSIGN_OR_RETURN(double epsilon,
-                   ledger_->Epsilon(task.job_id(), dataset_id_, plan.delta));
+  RETURN_IF_ERROR(ledger_->Record(task.job_id(), dataset_id_, task.round(), plan.sample_rate,
+                                  plan.noise_multiplier, plan.steps_per_round));
+  ASSIGN_OR_RETURN(double epsilon, ledger_->Epsilon(task.job_id(), dataset_id_, plan.delta));
   metrics_->privacy_epsilon.Add({{"job", task.job_id()}}).Set(epsilon);
   PrivacyReport report;
   report.set_epsilon(epsilon);
@@ -195,7 +192,8 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
     const std::string refusal =
         PolicyRefusal(config_, task.spec(), plan ? &*plan : nullptr, /*evaluate_only=*/false);
     if (!refusal.empty()) return DeclineTask(coordinator, task, refusal);
-    Log(absl::StrFormat("job %s round %d: sending the update trained before again (no "
+    Log(
+        absl::StrFormat("job %s round %d: sending the update trained before again (no "
                         "retraining, no further privacy cost)",
                         task.job_id(), task.round()));
     RETURN_IF_ERROR(UploadKept(coordinator, task));
@@ -243,7 +241,10 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
     }
     privacy = *std::move(recorded);
   }
-  kept_ = KeptUpdate{task.job_id(), task.round(), result.num_samples, result.loss,
+  kept_ = KeptUpdate{task.job_id(),
+                     task.round(),
+                     result.num_samples,
+                     result.loss,
                      std::move(result.labels),
                      std::make_shared<const TensorList>(std::move(result.update)),
                      std::move(privacy)};
@@ -313,7 +314,8 @@ absl::Status ClientDaemon::UploadKept(CoordinatorConnection& coordinator, const 
   if (sent.ok() || !(absl::IsFailedPrecondition(sent) || IsRetryable(sent))) {
     kept_.reset();
   } else {
-    Log(absl::StrFormat("job %s round %d: the update is kept, to be sent again if the "
+    Log(
+        absl::StrFormat("job %s round %d: the update is kept, to be sent again if the "
                         "coordinator asks for this round again",
                         task.job_id(), task.round()));
   }
@@ -325,8 +327,7 @@ absl::Status ClientDaemon::SendWithRetries(const Task& task, const std::string& 
   double backoff = 1.0;
   for (int attempt = 1;; ++attempt) {
     absl::Status status = send(attempt);
-    const double left =
-        task.deadline_unix_seconds() - absl::ToUnixMicros(clock_->Now()) / 1e6;
+    const double left = task.deadline_unix_seconds() - absl::ToUnixMicros(clock_->Now()) / 1e6;
     if (status.ok() || stop_ || !IsRetryable(status) || left < backoff) return status;
     Log(absl::StrFormat("job %s round %d: %s failed (%s); sending it again in %.0f s",
                         task.job_id(), task.round(), rpc, status.ToString(), backoff));

@@ -40,9 +40,9 @@ class ClientDaemon {
   // REQUIRES: `config` validated; all pointers outlive the daemon. `ledger` records the privacy
   // spent on this site's dataset, under `dataset_id` (as PrivacyLedger::BindDataset returned
   // it), by every DP job.
-  ClientDaemon(ClientConfig config, Connector connect, std::string dataset_id,
-               const Dataset* data, LocalTrainer* trainer, PrivacyLedger* ledger,
-               ClientMetrics* metrics, Clock* clock = &SystemClock());
+  ClientDaemon(ClientConfig config, Connector connect, std::string dataset_id, const Dataset* data,
+               LocalTrainer* trainer, PrivacyLedger* ledger, ClientMetrics* metrics,
+               Clock* clock = &SystemClock());
 
   // Runs until Stop() or an exit condition of the config (exit_after_tasks, exit_when_idle).
   absl::Status Run();
@@ -53,8 +53,7 @@ class ClientDaemon {
  private:
   absl::Status Session(CoordinatorConnection& coordinator, bool* joined);
   absl::Status HandleTask(CoordinatorConnection& coordinator, const Task& task);
-  absl::Status DownloadModel(CoordinatorConnection& coordinator, const Task& task,
-                             TensorList* out);
+  absl::Status DownloadModel(CoordinatorConnection& coordinator, const Task& task, TensorList* out);
   absl::Status EvaluateAndReport(CoordinatorConnection& coordinator, const Task& task,
                                  const std::vector<std::string>& labels, const TensorList& model,
                                  double train_loss);

@@ -28,10 +28,10 @@ constexpr double kDelta = 1e-5;
 
 // What the fake coordinator saw, shared by every connection the daemon dials.
 struct Coordinator {
-  std::deque<Task> tasks;                       // handed out in order, then the stream ends
-  std::deque<absl::Status> upload_results;      // per Upload call; empty: OK
-  std::vector<std::string> events;              // "download", "upload", "decline: <reason>", ...
-  std::vector<int64_t> ledger_rounds_at_upload; // rounds the ledger held when each upload began
+  std::deque<Task> tasks;                        // handed out in order, then the stream ends
+  std::deque<absl::Status> upload_results;       // per Upload call; empty: OK
+  std::vector<std::string> events;               // "download", "upload", "decline: <reason>", ...
+  std::vector<int64_t> ledger_rounds_at_upload;  // rounds the ledger held when each upload began
   std::function<int64_t()> ledger_rounds;
 };
 
@@ -265,9 +265,8 @@ TEST_F(SiteCoreTest, AKeptUpdateServesOnlyItsRound) {
   coordinator_.upload_results = {absl::FailedPreconditionError("not open"),
                                  absl::InvalidArgumentError("update norm too large")};
   Run();
-  EXPECT_THAT(coordinator_.events,
-              ElementsAre("join", "download", "upload", "download", "report", "upload",
-                          "download", "report", "upload"));
+  EXPECT_THAT(coordinator_.events, ElementsAre("join", "download", "upload", "download", "report",
+                                               "upload", "download", "report", "upload"));
   EXPECT_EQ(trainer_.trained, 3);
   EXPECT_EQ(RecordedRounds(), 3);  // three trainings, three releases: each one counts
 }

@@ -103,8 +103,8 @@ absl::Status ParseHeader(const std::vector<std::string>& fields, LabelTable* tab
 
 absl::Status ParseRow(const std::vector<std::string>& fields, LabelTable* table) {
   if (fields.size() != table->label_names.size() + 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        fields.size(), " fields, the header has ", table->label_names.size() + 1));
+    return absl::InvalidArgumentError(
+        absl::StrCat(fields.size(), " fields, the header has ", table->label_names.size() + 1));
   }
   if (fields[0].empty()) return absl::InvalidArgumentError("empty key");
   std::vector<float> values;
@@ -131,8 +131,7 @@ std::string RelativePath(const std::string& dir, const std::string& path) {
 // The DICOM reader's messages already start with the file's path; it is not repeated.
 void LogSkip(const std::string& path, const std::string& reason) {
   std::cerr << "dataset: skipping "
-            << (absl::StartsWith(reason, path) ? reason : absl::StrCat(path, ": ", reason))
-            << "\n";
+            << (absl::StartsWith(reason, path) ? reason : absl::StrCat(path, ": ", reason)) << "\n";
 }
 
 }  // namespace
@@ -151,7 +150,8 @@ absl::StatusOr<LabelTable> ReadLabelsCsv(const std::string& path) {
     if (absl::StripAsciiWhitespace(line).empty()) continue;
     auto fields = SplitCsvLine(line);
     absl::Status status = fields.status();
-    if (status.ok()) status = have_header ? ParseRow(*fields, &table) : ParseHeader(*fields, &table);
+    if (status.ok())
+      status = have_header ? ParseRow(*fields, &table) : ParseHeader(*fields, &table);
     if (!status.ok()) return Annotate(status, absl::StrCat(path, " line ", line_no));
     if (!have_header) {
       have_header = true;
@@ -204,8 +204,8 @@ absl::StatusOr<std::vector<std::string>> ListDataFiles(const std::string& dir,
 absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& labels_csv,
                                     double test_fraction) {
   if (!(test_fraction >= 0.0 && test_fraction <= 1.0)) {
-    return absl::InvalidArgumentError(absl::StrCat("test_fraction ", test_fraction,
-                                                   " is not in [0, 1]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("test_fraction ", test_fraction, " is not in [0, 1]"));
   }
   LabelTable table;
   if (!labels_csv.empty()) {
@@ -228,19 +228,21 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& l
       ++dataset.skipped_files;
       continue;
     }
-    Sample sample{path, header->sop_instance_uid, header->patient_id, header->sex,
-                  header->age_years, {}};
+    Sample sample{path,        header->sop_instance_uid, header->patient_id,
+                  header->sex, header->age_years,        {}};
     if (!labels_csv.empty()) {
-      const std::vector<float>* labels = index.Find(sample.sop_instance_uid,
-                                                    RelativePath(dir, path));
+      const std::vector<float>* labels =
+          index.Find(sample.sop_instance_uid, RelativePath(dir, path));
       if (labels == nullptr) {
         ++dataset.unlabelled_files;
         continue;
       }
       sample.labels = *labels;
     }
-    const std::string& key = sample.patient_id.empty() ? sample.sop_instance_uid : sample.patient_id;
-    (StableFraction(key) < test_fraction ? dataset.test : dataset.train).push_back(std::move(sample));
+    const std::string& key =
+        sample.patient_id.empty() ? sample.sop_instance_uid : sample.patient_id;
+    (StableFraction(key) < test_fraction ? dataset.test : dataset.train)
+        .push_back(std::move(sample));
   }
   if (dataset.unlabelled_files > 0) {
     std::cerr << "dataset: " << dataset.unlabelled_files << " decodable files in " << dir

@@ -17,7 +17,7 @@ struct Sample {
   std::string path;
   std::string sop_instance_uid;
   std::string patient_id;
-  std::string sex;       // "M", "F" or ""
+  std::string sex;  // "M", "F" or ""
   int age_years = -1;
   // One value per Dataset::label_names: 1, 0, or NaN when this sample has no value for it.
   std::vector<float> labels;
@@ -27,8 +27,8 @@ struct Dataset {
   std::vector<std::string> label_names;  // the CSV's label columns
   std::vector<Sample> train;
   std::vector<Sample> test;
-  int skipped_files = 0;                 // files that could not be read (logged with the reason)
-  int unlabelled_files = 0;              // decodable files without a CSV row
+  int skipped_files = 0;     // files that could not be read (logged with the reason)
+  int unlabelled_files = 0;  // decodable files without a CSV row
 };
 
 // Labels CSV: a header row "key,<label>,<label>..." where key is a SOP Instance UID or a path

@@ -15,9 +15,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string MakeTempDir(const std::string& name) {
-  return FreshTestDir(name);
-}
+std::string MakeTempDir(const std::string& name) { return FreshTestDir(name); }
 
 std::string WriteText(const std::string& path, const std::string& text) {
   std::ofstream(path) << text;
@@ -26,13 +24,12 @@ std::string WriteText(const std::string& path, const std::string& text) {
 
 TEST(LabelsCsvTest, ParsesValuesUnknownsAndWhitespace) {
   const std::string dir = MakeTempDir("csv");
-  auto table = ReadLabelsCsv(WriteText(
-      dir + "/l.csv",
-      "\xEF\xBB\xBFkey, a ,b,c\r\n"
-      "x1, 1 ,0,\r\n"
-      "\n"
-      "\"dir/with,comma.dcm\",1.0,0.0,-1\n"
-      "x3,true,NaN,false\n"));
+  auto table = ReadLabelsCsv(WriteText(dir + "/l.csv",
+                                       "\xEF\xBB\xBFkey, a ,b,c\r\n"
+                                       "x1, 1 ,0,\r\n"
+                                       "\n"
+                                       "\"dir/with,comma.dcm\",1.0,0.0,-1\n"
+                                       "x3,true,NaN,false\n"));
   ASSERT_TRUE(table.ok()) << table.status();
   EXPECT_EQ(table->label_names, (std::vector<std::string>{"a", "b", "c"}));
   ASSERT_EQ(table->rows.size(), 3u);
@@ -49,7 +46,9 @@ TEST(LabelsCsvTest, ParsesValuesUnknownsAndWhitespace) {
 
 TEST(LabelsCsvTest, BadFilesGiveErrorsNamingTheLine) {
   const std::string dir = MakeTempDir("csv_bad");
-  struct Case { std::string text, words; };
+  struct Case {
+    std::string text, words;
+  };
   const std::vector<Case> cases = {
       {"key,a\nx,1\nx,0\n", "line 3: duplicate key 'x' (first on line 2)"},
       {"key,a,a\nx,1,1\n", "line 1: duplicate column 'a'"},

@@ -117,15 +117,15 @@ absl::Status CheckPixelData(DcmFileFormat& file, const DicomImage& facts, long b
   }
   if (facts.rows <= 0 || facts.cols <= 0 || facts.rows > kMaxDimension ||
       facts.cols > kMaxDimension) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("absurd dimensions ", facts.rows, "x", facts.cols, " (rows and columns ",
-                     "must be in 1..", kMaxDimension, ")"));
+    return absl::InvalidArgumentError(absl::StrCat("absurd dimensions ", facts.rows, "x",
+                                                   facts.cols, " (rows and columns ",
+                                                   "must be in 1..", kMaxDimension, ")"));
   }
   if (bits_allocated <= 0 || bits_allocated > 32 || facts.bits_stored <= 0 ||
       facts.bits_stored > bits_allocated || samples <= 0 || samples > 4 || frames <= 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "invalid pixel description: bits allocated ", bits_allocated, ", bits stored ",
-        facts.bits_stored, ", samples per pixel ", samples, ", frames ", frames));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid pixel description: bits allocated ", bits_allocated, ", bits stored ",
+                     facts.bits_stored, ", samples per pixel ", samples, ", frames ", frames));
   }
   DcmXfer xfer(ds->getOriginalXfer());
   if (xfer.isEncapsulated()) {
@@ -136,14 +136,14 @@ absl::Status CheckPixelData(DcmFileFormat& file, const DicomImage& facts, long b
     }
     return absl::OkStatus();
   }
-  const uint64_t needed = (static_cast<uint64_t>(facts.rows) * facts.cols * samples * frames *
-                               bits_allocated + 7) / 8;
+  const uint64_t needed =
+      (static_cast<uint64_t>(facts.rows) * facts.cols * samples * frames * bits_allocated + 7) / 8;
   const uint64_t have = pixel_data->getLength();
   if (have == DCM_UndefinedLength || have < needed) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "pixel data too short: ", have == DCM_UndefinedLength ? 0 : have, " bytes for ",
-        facts.rows, "x", facts.cols, "x", samples, " samples x ", frames, " frames at ",
-        bits_allocated, " bits (", needed, " bytes needed; truncated file?)"));
+        "pixel data too short: ", have == DCM_UndefinedLength ? 0 : have, " bytes for ", facts.rows,
+        "x", facts.cols, "x", samples, " samples x ", frames, " frames at ", bits_allocated,
+        " bits (", needed, " bytes needed; truncated file?)"));
   }
   return absl::OkStatus();
 }
@@ -158,8 +158,9 @@ absl::StatusOr<std::unique_ptr<DcmFileFormat>> LoadChecked(const std::string& pa
   OFCondition cond = file->loadFile(path.c_str());
   if (cond.bad()) {
     return absl::InvalidArgumentError(absl::StrCat(
-        path, has_magic ? ": DICOM parse failed (truncated or corrupt file): "
-                        : ": not a DICOM file (no 'DICM' magic at byte 128, not a raw dataset): ",
+        path,
+        has_magic ? ": DICOM parse failed (truncated or corrupt file): "
+                  : ": not a DICOM file (no 'DICM' magic at byte 128, not a raw dataset): ",
         cond.text()));
   }
   long bits_allocated = 0, samples = 1, frames = 1;
@@ -206,7 +207,8 @@ std::vector<float> ResizeArea(const Uint16* src, int rows, int cols, int size) {
     const Uint16* line = src + static_cast<size_t>(r) * cols;
     for (int o = 0; o < size; ++o) {
       float sum = 0;
-      for (size_t k = 0; k < wx.weight[o].size(); ++k) sum += wx.weight[o][k] * line[wx.first[o] + k];
+      for (size_t k = 0; k < wx.weight[o].size(); ++k)
+        sum += wx.weight[o][k] * line[wx.first[o] + k];
       horizontal[static_cast<size_t>(r) * size + o] = sum;
     }
   }
@@ -225,11 +227,11 @@ std::vector<float> ResizeArea(const Uint16* src, int rows, int cols, int size) {
 // Renders the first frame of `file`: modality LUT, VOI (first window, else first VOI LUT, else
 // min-max), MONOCHROME1 polarity; into `out->pixels` when size > 0.
 absl::Status Render(DcmFileFormat& file, int size, DicomImage* out) {
-  ::DicomImage image(&file, file.getDataset()->getOriginalXfer(),
-                     CIF_DecompressCompletePixelData, 0, 1);
+  ::DicomImage image(&file, file.getDataset()->getOriginalXfer(), CIF_DecompressCompletePixelData,
+                     0, 1);
   if (image.getStatus() != EIS_Normal) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "pixel data does not decode: ", ::DicomImage::getString(image.getStatus())));
+    return absl::InvalidArgumentError(
+        absl::StrCat("pixel data does not decode: ", ::DicomImage::getString(image.getStatus())));
   }
   std::unique_ptr<::DicomImage> mono;
   ::DicomImage* view = &image;
@@ -249,8 +251,8 @@ absl::Status Render(DcmFileFormat& file, int size, DicomImage* out) {
   }
   const auto* data = static_cast<const Uint16*>(view->getOutputData(16, 0));
   if (data == nullptr) {
-    return absl::InternalError(absl::StrCat(
-        "rendering failed: ", ::DicomImage::getString(view->getStatus())));
+    return absl::InternalError(
+        absl::StrCat("rendering failed: ", ::DicomImage::getString(view->getStatus())));
   }
   if (size > 0) {
     out->pixels = ResizeArea(data, static_cast<int>(view->getHeight()),
@@ -280,8 +282,8 @@ absl::StatusOr<DicomImage> ReadDicomHeader(const std::string& path) {
 
 absl::StatusOr<DicomImage> DecodeDicom(const std::string& path, int size) {
   if (size < 0 || size > kMaxDimension) {
-    return absl::InvalidArgumentError(absl::StrCat("decode size ", size, " out of 0..",
-                                                   kMaxDimension));
+    return absl::InvalidArgumentError(
+        absl::StrCat("decode size ", size, " out of 0..", kMaxDimension));
   }
   DicomImage facts;
   ASSIGN_OR_RETURN(auto file, LoadChecked(path, &facts));

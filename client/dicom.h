@@ -15,13 +15,13 @@ struct DicomImage {
   int rows = 0;
   int cols = 0;
   int bits_stored = 0;
-  std::string photometric;         // e.g. "MONOCHROME2"
-  std::string transfer_syntax;     // UID, e.g. "1.2.840.10008.1.2.1"
+  std::string photometric;      // e.g. "MONOCHROME2"
+  std::string transfer_syntax;  // UID, e.g. "1.2.840.10008.1.2.1"
   std::string transfer_syntax_name;
   std::string sop_instance_uid;
   std::string patient_id;
-  std::string sex;                 // "M", "F" or "" (from PatientSex)
-  int age_years = -1;              // from PatientAge (e.g. "063Y"), -1 when absent
+  std::string sex;     // "M", "F" or "" (from PatientSex)
+  int age_years = -1;  // from PatientAge (e.g. "063Y"), -1 when absent
   std::string view_position;
   // Pixels after LUTs and inversion, scaled to [0, 1], size x size row-major (empty if size 0).
   int size = 0;

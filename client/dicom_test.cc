@@ -26,9 +26,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string MakeTempDir(const std::string& name) {
-  return FreshTestDir(name);
-}
+std::string MakeTempDir(const std::string& name) { return FreshTestDir(name); }
 
 // One phantom file (seed 7) in `dir`, with the given photometric interpretation.
 std::string WritePhantom(const std::string& dir, const std::string& photometric) {
@@ -74,7 +72,8 @@ void Edit(const std::string& in, const std::string& out, Fn edit) {
 float MaxAbsDiff(const std::vector<float>& a, const std::vector<float>& b) {
   EXPECT_EQ(a.size(), b.size());
   float worst = 0;
-  for (size_t i = 0; i < a.size() && i < b.size(); ++i) worst = std::max(worst, std::abs(a[i] - b[i]));
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i)
+    worst = std::max(worst, std::abs(a[i] - b[i]));
   return worst;
 }
 
@@ -129,7 +128,7 @@ struct SyntaxCase {
   std::string name;
   E_TransferSyntax xfer;
   std::shared_ptr<DcmRepresentationParameter> param;
-  float max_diff;   // 0 for lossless
+  float max_diff;  // 0 for lossless
   float mean_diff;
 };
 
@@ -143,7 +142,8 @@ std::vector<SyntaxCase> SyntaxCases() {
       {"jpeg_lossless_p14", EXS_JPEGProcess14, std::make_shared<DJ_RPLossless>(), 0, 0},
       {"jpeg_extended_12bit", EXS_JPEGProcess2_4, std::make_shared<DJ_RPLossy>(95), 0.15f, 0.01f},
       {"jpeg_baseline_8bit", EXS_JPEGProcess1, std::make_shared<DJ_RPLossy>(95), 0.2f, 0.02f},
-      {"jpegls_lossless", EXS_JPEGLSLossless, std::make_shared<DJLSRepresentationParameter>(), 0, 0},
+      {"jpegls_lossless", EXS_JPEGLSLossless, std::make_shared<DJLSRepresentationParameter>(), 0,
+       0},
       {"jpegls_near_lossless", EXS_JPEGLSLossy,
        std::make_shared<DJLSRepresentationParameter>(2, OFFalse), 0.02f, 0.005f},
   };
@@ -206,8 +206,7 @@ TEST(DicomTest, VoiWindowFromTheFileIsApplied) {
   ASSERT_TRUE(file.getDataset()->findAndGetUint16Array(DCM_PixelData, raw).good());
   int below = 0, above = 0;
   for (size_t i = 0; i < image->pixels.size(); ++i) {
-    const double expected =
-        std::clamp((raw[i] - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0);
+    const double expected = std::clamp((raw[i] - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0);
     ASSERT_NEAR(image->pixels[i], expected, 0.005) << "pixel " << i << " stored " << raw[i];
     below += raw[i] < center - width / 2;
     above += raw[i] > center + width / 2;
@@ -274,8 +273,10 @@ TEST(DicomTest, BrokenFilesGiveErrorsThatSayWhy) {
   for (char& c : noise) c = static_cast<char>(rng());
   std::ofstream(dir + "/random.dcm", std::ios::binary) << noise;
   Edit(original, dir + "/nopixels.dcm", [](DcmDataset* ds) { delete ds->remove(DCM_PixelData); });
-  Edit(original, dir + "/zero_rows.dcm", [](DcmDataset* ds) { ds->putAndInsertUint16(DCM_Rows, 0); });
-  Edit(original, dir + "/huge.dcm", [](DcmDataset* ds) { ds->putAndInsertUint16(DCM_Columns, 20000); });
+  Edit(original, dir + "/zero_rows.dcm",
+       [](DcmDataset* ds) { ds->putAndInsertUint16(DCM_Rows, 0); });
+  Edit(original, dir + "/huge.dcm",
+       [](DcmDataset* ds) { ds->putAndInsertUint16(DCM_Columns, 20000); });
   Edit(original, dir + "/short.dcm", [](DcmDataset* ds) { ds->putAndInsertUint16(DCM_Rows, 512); });
 
   ExpectError(dir + "/empty.dcm", "empty file");

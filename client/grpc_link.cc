@@ -51,8 +51,7 @@ class GrpcConnection : public CoordinatorConnection {
     tasks_ctx_.TryCancel();
   }
 
-  absl::StatusOr<TensorList> Download(const DownloadRequest& request,
-                                      uint64_t max_bytes) override {
+  absl::StatusOr<TensorList> Download(const DownloadRequest& request, uint64_t max_bytes) override {
     return ReceiveModel(*stub_, request, max_bytes);
   }
 

@@ -12,7 +12,6 @@ namespace fl {
 
 // Dials `address` (the coordinator's certificate must name `coordinator_name`) with the
 // certificates `tls` provides at the time of each dial.
-Connector GrpcConnector(std::string address, std::string coordinator_name,
-                        CertificateProvider tls);
+Connector GrpcConnector(std::string address, std::string coordinator_name, CertificateProvider tls);
 
 }  // namespace fl

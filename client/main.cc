@@ -5,7 +5,6 @@
 #include <memory>
 #include <thread>
 
-
 #include "client/daemon.h"
 #include "client/dataset.h"
 #include "client/grpc_link.h"
@@ -60,10 +59,10 @@ int Run(const std::string& config_path) {
   absl::StatusOr<std::string> dataset_id = BindDatasetId(*config, *data, **ledger);
   if (!dataset_id.ok()) return Die(dataset_id.status());
   LogLine("fl-client", absl::StrCat("privacy ledger: dataset id '", *dataset_id, "'"));
-  ClientDaemon daemon(*config,
-                      GrpcConnector(config->coordinator_address(), config->coordinator_name(),
-                                    (*tls)->provider()),
-                      *dataset_id, &*data, trainer->get(), ledger->get(), &metrics);
+  ClientDaemon daemon(
+      *config,
+      GrpcConnector(config->coordinator_address(), config->coordinator_name(), (*tls)->provider()),
+      *dataset_id, &*data, trainer->get(), ledger->get(), &metrics);
   std::thread([&daemon, &stopping] {
     WaitForStopSignal();
     stopping = true;
@@ -78,7 +77,7 @@ int Run(const std::string& config_path) {
 }  // namespace fl
 
 int main(int argc, char** argv) {
-  fl::BlockStopSignals();  // before any thread starts; one thread waits for them
+  fl::BlockStopSignals();   // before any thread starts; one thread waits for them
   fl::RetainFreedMemory();  // training steps reuse memory instead of faulting in fresh pages
   int exit_code = 0;
   std::optional<std::string> config = fl::ConfigFlag(

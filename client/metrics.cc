@@ -30,8 +30,8 @@ ClientMetrics::ClientMetrics(prometheus::Registry& r)
                          .Name("fl_client_train_duration_seconds")
                          .Help("Local training time per task")
                          .Register(r)
-                         .Add({}, prometheus::Histogram::BucketBoundaries{
-                                      0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800})),
+                         .Add({}, prometheus::Histogram::BucketBoundaries{0.5, 1, 2, 5, 10, 30, 60,
+                                                                          120, 300, 600, 1800})),
       upload_bytes(BuildCounter()
                        .Name("fl_client_upload_bytes_total")
                        .Help("Tensor bytes of updates sent")
@@ -60,9 +60,10 @@ ClientMetrics::ClientMetrics(prometheus::Registry& r)
                           .Name("fl_client_privacy_epsilon")
                           .Help("Privacy spent (epsilon at the job's delta) recorded for a job")
                           .Register(r)),
-      tls_reloads(BuildCounter()
-                      .Name("fl_client_tls_reloads_total")
-                      .Help("Changed TLS files picked up (ok) or refused, keeping the last good set")
-                      .Register(r)) {}
+      tls_reloads(
+          BuildCounter()
+              .Name("fl_client_tls_reloads_total")
+              .Help("Changed TLS files picked up (ok) or refused, keeping the last good set")
+              .Register(r)) {}
 
 }  // namespace fl

@@ -20,9 +20,9 @@ struct ClientMetrics {
   prometheus::Histogram& train_duration;
   prometheus::Counter& upload_bytes;
   prometheus::Counter& download_bytes;
-  prometheus::Gauge& images;           // usable images (train + test)
-  prometheus::Gauge& images_skipped;   // files that could not be decoded
-  prometheus::Family<prometheus::Gauge>& test_auroc;  // labels job, label (finding name)
+  prometheus::Gauge& images;                               // usable images (train + test)
+  prometheus::Gauge& images_skipped;                       // files that could not be decoded
+  prometheus::Family<prometheus::Gauge>& test_auroc;       // labels job, label (finding name)
   prometheus::Family<prometheus::Gauge>& privacy_epsilon;  // label job
   prometheus::Family<prometheus::Counter>& tls_reloads;    // label result: ok|refused
 };

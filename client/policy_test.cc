@@ -28,12 +28,14 @@ TEST(SitePolicyTest, DpIsRequiredOnceACapIsSetUnlessTheSiteSaysOtherwise) {
   EXPECT_FALSE(RequiresDp(config));
   config.mutable_budget()->set_max_epsilon(8);
   EXPECT_TRUE(RequiresDp(config));
-  EXPECT_THAT(PolicyRefusal(config, JobSpec(), nullptr, false), HasSubstr("only with differential"));
+  EXPECT_THAT(PolicyRefusal(config, JobSpec(), nullptr, false),
+              HasSubstr("only with differential"));
   config.mutable_policy()->set_require_dp(false);
   EXPECT_THAT(PolicyRefusal(config, JobSpec(), nullptr, false), IsEmpty());
   config.clear_budget();
   config.mutable_policy()->set_require_dp(true);
-  EXPECT_THAT(PolicyRefusal(config, JobSpec(), nullptr, false), HasSubstr("only with differential"));
+  EXPECT_THAT(PolicyRefusal(config, JobSpec(), nullptr, false),
+              HasSubstr("only with differential"));
 }
 
 TEST(SitePolicyTest, NoiseAndClipBounds) {

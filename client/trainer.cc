@@ -38,8 +38,7 @@ absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
   }
   if (o.name().empty() || o.name() == "sgd") {
     return std::make_unique<torch::optim::SGD>(
-        params,
-        torch::optim::SGDOptions(lr).momentum(o.momentum()).weight_decay(o.weight_decay()));
+        params, torch::optim::SGDOptions(lr).momentum(o.momentum()).weight_decay(o.weight_decay()));
   }
   if (o.name() == "adam") {
     return std::make_unique<torch::optim::Adam>(
@@ -52,8 +51,7 @@ absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
 // Name of the first NVIDIA GPU as the driver reports it; "0" when unknown.
 std::string CudaDeviceName() {
   std::error_code ec;
-  for (const auto& entry :
-       std::filesystem::directory_iterator("/proc/driver/nvidia/gpus", ec)) {
+  for (const auto& entry : std::filesystem::directory_iterator("/proc/driver/nvidia/gpus", ec)) {
     std::ifstream in(entry.path() / "information");
     std::string line;
     while (std::getline(in, line)) {
@@ -179,18 +177,17 @@ class TorchTrainer : public LocalTrainer {
                                              const std::vector<std::string>& train_labels,
                                              const TensorList& weights);
   absl::StatusOr<std::shared_ptr<ModelImpl>> BuildModel(const std::string& job_id,
-                                                             const JobSpec& spec,
-                                                             const TensorList& weights);
+                                                        const JobSpec& spec,
+                                                        const TensorList& weights);
   absl::StatusOr<TensorList> PrivateHead(const std::string& job_id, ModelImpl& model,
                                          const TensorList& weights);
   absl::StatusOr<std::vector<std::vector<int>>> PlanRound(const JobSpec& spec, int steps,
                                                           uint64_t seed) const;
   absl::StatusOr<StepStats> TrainSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
-                                       const JobSpec& spec, const LabelMap& labels,
-                                       uint64_t seed);
-  absl::StatusOr<StepStats> DpTrainSteps(ModelImpl& model,
-                                         torch::optim::Optimizer& optimizer, const JobSpec& spec,
-                                         const LabelMap& labels, uint64_t seed);
+                                       const JobSpec& spec, const LabelMap& labels, uint64_t seed);
+  absl::StatusOr<StepStats> DpTrainSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
+                                         const JobSpec& spec, const LabelMap& labels,
+                                         uint64_t seed);
   absl::StatusOr<StepStats> RunDpSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
                                        DpSgdEngine& engine, const DpRound& round,
                                        BatchPrefetcher& batches, const JobSpec& spec);
@@ -199,8 +196,7 @@ class TorchTrainer : public LocalTrainer {
                                      BatchPrefetcher& batches, int count, const JobSpec& spec);
   HostBatch LoadBatch(Split split, const std::vector<int>& indices, int size,
                       const LabelMap& labels, std::optional<uint64_t> augment_seed) {
-    return AssembleBatch(cache_, split, Samples(split), indices, size, labels.column,
-                         augment_seed);
+    return AssembleBatch(cache_, split, Samples(split), indices, size, labels.column, augment_seed);
   }
   // The batch on the training device, images expanded to the job's channels.
   DeviceBatch ToDevice(HostBatch& batch, const JobSpec& spec) const;
@@ -236,8 +232,7 @@ DeviceBatch TorchTrainer::ToDevice(HostBatch& batch, const JobSpec& spec) const 
 absl::StatusOr<StepStats> TorchTrainer::RunDpSteps(ModelImpl& model,
                                                    torch::optim::Optimizer& optimizer,
                                                    DpSgdEngine& engine, const DpRound& round,
-                                                   BatchPrefetcher& batches,
-                                                   const JobSpec& spec) {
+                                                   BatchPrefetcher& batches, const JobSpec& spec) {
   const Workload& workload = WorkloadFor(spec);
   StepStats stats;
   model.train();
@@ -294,8 +289,7 @@ absl::StatusOr<StepStats> TorchTrainer::RunSteps(ModelImpl& model,
   return stats;
 }
 
-absl::StatusOr<TensorList> TorchTrainer::PrivateHead(const std::string& job_id,
-                                                     ModelImpl& model,
+absl::StatusOr<TensorList> TorchTrainer::PrivateHead(const std::string& job_id, ModelImpl& model,
                                                      const TensorList& weights) {
   ASSIGN_OR_RETURN(std::optional<TensorList> kept, heads_.Get(job_id));
   if (kept.has_value()) return *std::move(kept);
@@ -307,8 +301,9 @@ absl::StatusOr<TensorList> TorchTrainer::PrivateHead(const std::string& job_id,
   return from_global.size() == fresh.size() ? from_global : fresh;
 }
 
-absl::StatusOr<std::shared_ptr<ModelImpl>> TorchTrainer::BuildModel(
-    const std::string& job_id, const JobSpec& spec, const TensorList& weights) {
+absl::StatusOr<std::shared_ptr<ModelImpl>> TorchTrainer::BuildModel(const std::string& job_id,
+                                                                    const JobSpec& spec,
+                                                                    const TensorList& weights) {
   ASSIGN_OR_RETURN(ModelSpec model_spec, ModelSpecFor(spec));
   ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model, CreateModel(model_spec, spec.seed()));
   if (!SiteMode(spec)) {
@@ -343,8 +338,8 @@ absl::StatusOr<std::vector<std::vector<int>>> TorchTrainer::PlanRound(const JobS
   if (usable.empty()) {
     return absl::FailedPreconditionError("none of the train split's images can be decoded");
   }
-  const int batch = std::min<int>(spec.batch_size() > 0 ? spec.batch_size() : kDefaultBatchSize,
-                                  usable.size());
+  const int batch =
+      std::min<int>(spec.batch_size() > 0 ? spec.batch_size() : kDefaultBatchSize, usable.size());
   return PlanTrainBatches(std::move(usable), batch, steps, seed);
 }
 
@@ -363,10 +358,10 @@ absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ModelImpl& model,
       options_.loader_threads, 2 * options_.loader_threads);
   ASSIGN_OR_RETURN(StepStats stats, RunSteps(model, optimizer, batches, steps, spec));
   if (stats.steps == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "no step possible: no sampled train image decoded",
-        HasLabelHead(spec) ? " with a known value of the train labels" : "", " (",
-        cache_.failures(), " images undecodable)"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("no step possible: no sampled train image decoded",
+                     HasLabelHead(spec) ? " with a known value of the train labels" : "", " (",
+                     cache_.failures(), " images undecodable)"));
   }
   if (!std::isfinite(stats.loss_sum)) {
     return absl::InternalError("training diverged: the loss is not finite");
@@ -409,9 +404,9 @@ absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ModelImpl& model,
       options_.loader_threads, 2 * options_.loader_threads);
   ASSIGN_OR_RETURN(StepStats stats, RunDpSteps(model, optimizer, *engine, round, batches, spec));
   if (round.drawn > 0 && stats.samples == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "none of the ", round.drawn, " sampled train images decoded (", cache_.failures(),
-        " images undecodable)"));
+    return absl::FailedPreconditionError(absl::StrCat("none of the ", round.drawn,
+                                                      " sampled train images decoded (",
+                                                      cache_.failures(), " images undecodable)"));
   }
   if (!std::isfinite(stats.loss_sum)) {
     return absl::InternalError("training diverged: the loss is not finite");
@@ -420,8 +415,7 @@ absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ModelImpl& model,
   return stats;
 }
 
-absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id,
-                                                    const JobSpec& spec,
+absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id, const JobSpec& spec,
                                                     const std::vector<std::string>& train_labels,
                                                     const TensorList& global, uint32_t round) {
   if (data_.train.empty()) {
@@ -432,9 +426,9 @@ absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id,
   ASSIGN_OR_RETURN(std::unique_ptr<torch::optim::Optimizer> optimizer,
                    MakeOptimizer(spec.local_optimizer(), model->parameters()));
   const uint64_t seed = RoundSeed(job_id, spec.seed(), round);
-  ASSIGN_OR_RETURN(StepStats stats,
-                   spec.dp().enabled() ? DpTrainSteps(*model, *optimizer, spec, labels, seed)
-                                       : TrainSteps(*model, *optimizer, spec, labels, seed));
+  ASSIGN_OR_RETURN(StepStats stats, spec.dp().enabled()
+                                        ? DpTrainSteps(*model, *optimizer, spec, labels, seed)
+                                        : TrainSteps(*model, *optimizer, spec, labels, seed));
   // Label mode: ComputeUpdate zeroes the head rows of labels not trained here. With DP-SGD the
   // engine noised those rows too; they are rows whose noise is simply not sent.
   const std::string prefix = model->head_prefix();
@@ -494,9 +488,9 @@ absl::StatusOr<std::unique_ptr<LocalTrainer>> CreateLocalTrainer(const Dataset& 
   for (const std::vector<Sample>* split : {&data.train, &data.test}) {
     for (const Sample& sample : *split) {
       if (sample.labels.size() != data.label_names.size()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("sample ", sample.path, " has ", sample.labels.size(),
-                         " label values for ", data.label_names.size(), " label columns"));
+        return absl::InvalidArgumentError(absl::StrCat("sample ", sample.path, " has ",
+                                                       sample.labels.size(), " label values for ",
+                                                       data.label_names.size(), " label columns"));
       }
     }
   }

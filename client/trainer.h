@@ -40,7 +40,7 @@ struct TrainResult {
   // New local weights minus `global`, for the tensors this site shares: everything in label
   // mode (head rows of labels this site does not train stay zero), the backbone only in site mode.
   TensorList update;
-  uint64_t num_samples = 0;   // samples trained on over all local steps (decodable ones)
+  uint64_t num_samples = 0;  // samples trained on over all local steps (decodable ones)
   // Mean training loss: over the local steps; with DP, over the samples (per-sample loss).
   double loss = 0;
   std::vector<std::string> labels;  // head rows (labels) the update carries

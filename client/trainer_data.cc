@@ -195,8 +195,8 @@ absl::Status HeadStore::Put(const std::string& job_id, TensorList head) {
     if (ec) {
       return absl::InternalError(absl::StrCat("creating the folder of ", path, ": ", ec.message()));
     }
-    RETURN_IF_ERROR(Annotate(WriteSafetensors(path, head, {{"job_id", job_id}}),
-                             "saving the private head"));
+    RETURN_IF_ERROR(
+        Annotate(WriteSafetensors(path, head, {{"job_id", job_id}}), "saving the private head"));
   }
   heads_[job_id] = std::move(head);
   return absl::OkStatus();
@@ -218,9 +218,8 @@ absl::Status ScoreTable::Add(const HostBatch& batch, const float* probs, int64_t
                              int64_t cols) {
   const int64_t num_labels = static_cast<int64_t>(scores.size());
   if (rows != batch.n || cols != num_labels) {
-    return absl::InternalError(
-        absl::StrCat("model output is [", rows, ", ", cols, "], not [", batch.n, ", ", num_labels,
-                     "]"));
+    return absl::InternalError(absl::StrCat("model output is [", rows, ", ", cols, "], not [",
+                                            batch.n, ", ", num_labels, "]"));
   }
   for (int64_t i = 0; i < batch.n * num_labels; ++i) {
     const float t = batch.targets[i];
@@ -236,13 +235,13 @@ std::vector<LabelMetric> ScoreTable::Metrics(const JobSpec& spec,
                                              const std::vector<std::string>& labels) const {
   std::vector<LabelMetric> metrics;
   for (const std::string& label : labels) {
-    const size_t j = std::find(spec.labels().begin(), spec.labels().end(), label) -
-                     spec.labels().begin();
+    const size_t j =
+        std::find(spec.labels().begin(), spec.labels().end(), label) - spec.labels().begin();
     LabelMetric& m = metrics.emplace_back();
     m.set_label(label);
     m.set_auroc(Auroc(scores[j], targets[j]));
-    const auto positives = std::count_if(targets[j].begin(), targets[j].end(),
-                                         [](float t) { return t > 0.5f; });
+    const auto positives =
+        std::count_if(targets[j].begin(), targets[j].end(), [](float t) { return t > 0.5f; });
     m.set_positives(positives);
     m.set_negatives(targets[j].size() - positives);
   }

@@ -104,8 +104,8 @@ Dataset MakeDataset(const DataOptions& o) {
     for (int i = first; i < first + count; ++i) {
       const bool left = coin(rng), right = coin(rng);
       Sample s;
-      s.path = "good/" + std::to_string(i) + "_" + std::to_string(left) + "_" +
-               std::to_string(right);
+      s.path =
+          "good/" + std::to_string(i) + "_" + std::to_string(left) + "_" + std::to_string(right);
       s.patient_id = "p" + std::to_string(i);
       s.labels = {left ? 1.0f : 0.0f, o.right_missing ? kNaN : (right ? 1.0f : 0.0f)};
       split.push_back(s);
@@ -181,9 +181,7 @@ double RowMass(const NamedTensor& t, int row) {
   return sum;
 }
 
-std::string TempDir(const std::string& name) {
-  return FreshTestDir(name);
-}
+std::string TempDir(const std::string& name) { return FreshTestDir(name); }
 
 TEST(AurocTest, PerfectReversedAndHandComputed) {
   EXPECT_DOUBLE_EQ(Auroc({0.1f, 0.2f, 0.8f, 0.9f}, {0, 0, 1, 1}), 1.0);
@@ -212,7 +210,8 @@ TEST(TrainerTest, MissingValuesGiveNoGradient) {
   spec.mutable_local_optimizer()->set_name("sgd");
   spec.mutable_local_optimizer()->set_learning_rate(0.1);
   Global global = GlobalFor(spec);
-  auto result = MakeTrainer(data, loader)->Train("job1", spec, {"left", "right"}, global.weights, 1);
+  auto result =
+      MakeTrainer(data, loader)->Train("job1", spec, {"left", "right"}, global.weights, 1);
   ASSERT_TRUE(result.ok()) << result.status();
   int heads = 0;
   for (const NamedTensor& t : result->update) {
@@ -260,8 +259,8 @@ TEST(TrainerTest, LearnsTheLeftSquare) {
   auto trainer = MakeTrainer(data, loader);
   auto result = trainer->Train("job1", spec, {"left", "right"}, global.weights, 1);
   ASSERT_TRUE(result.ok()) << result.status();
-  auto metrics = trainer->Evaluate("job1", spec, {"left", "right"},
-                                   Apply(global.weights, result->update));
+  auto metrics =
+      trainer->Evaluate("job1", spec, {"left", "right"}, Apply(global.weights, result->update));
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   ASSERT_EQ(metrics->test_size(), 2);
   EXPECT_EQ(metrics->test(0).label(), "left");
@@ -413,8 +412,10 @@ TEST(TrainerTest, AutoencoderTrainsWithDpSgd) {
   spec.mutable_dp()->set_clip_norm(1.0);
   spec.mutable_dp()->set_noise_multiplier(1.0);
   Global global = GlobalFor(spec);
-  auto a = MakeTrainer(data, loader, "", /*dp_test_seed=*/11)->Train("ae", spec, {}, global.weights, 1);
-  auto b = MakeTrainer(data, loader, "", /*dp_test_seed=*/11)->Train("ae", spec, {}, global.weights, 1);
+  auto a =
+      MakeTrainer(data, loader, "", /*dp_test_seed=*/11)->Train("ae", spec, {}, global.weights, 1);
+  auto b =
+      MakeTrainer(data, loader, "", /*dp_test_seed=*/11)->Train("ae", spec, {}, global.weights, 1);
   ASSERT_TRUE(a.ok()) << a.status();
   ASSERT_TRUE(b.ok()) << b.status();
   EXPECT_GT(a->num_samples, 0u);
@@ -449,7 +450,8 @@ TEST(TrainerTest, EmptyTrainSplitIsAnError) {
   FakeLoader loader;
   Dataset data = MakeDataset(Sizes(0, 10));
   JobSpec spec = MakeSpec(HEAD_MODE_LABEL, 2, 4);
-  auto result = MakeTrainer(data, loader)->Train("job1", spec, {"left"}, GlobalFor(spec).weights, 1);
+  auto result =
+      MakeTrainer(data, loader)->Train("job1", spec, {"left"}, GlobalFor(spec).weights, 1);
   EXPECT_EQ(result.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(result.status().message()), HasSubstr("train split is empty"));
 }
@@ -481,8 +483,7 @@ TEST(TrainerTest, DeviceChoice) {
   EXPECT_THAT(MakeTrainer(data, loader)->Hardware(), HasSubstr("cpu:"));
   TrainerOptions options;
   options.device = "tpu";
-  EXPECT_EQ(CreateLocalTrainer(data, options).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CreateLocalTrainer(data, options).status().code(), absl::StatusCode::kInvalidArgument);
   options.device = "cuda";
   auto cuda = CreateLocalTrainer(data, options);
   if (cuda.ok()) {
@@ -524,9 +525,8 @@ TEST(DpTrainerTest, UpdateHasTheGlobalShapesAndZeroUntrainedRows) {
   Dataset data = MakeDataset(RightMissing(Sizes(64, 8)));
   JobSpec spec = DpSpec(0.5);
   Global global = GlobalFor(spec);
-  auto result =
-      MakeTrainer(data, loader, "", /*dp_test_seed=*/11)->Train("job1", spec, {"left"},
-                                                                global.weights, 1);
+  auto result = MakeTrainer(data, loader, "", /*dp_test_seed=*/11)
+                    ->Train("job1", spec, {"left"}, global.weights, 1);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->update.size(), global.weights.size());
   for (size_t i = 0; i < global.weights.size(); ++i) {
@@ -556,8 +556,8 @@ TEST(DpTrainerTest, TestSeedReproducesAndSecureSeedDoesNot) {
   Global global = GlobalFor(spec);
   const std::vector<std::string> labels = {"left", "right"};
   auto run = [&](uint64_t seed) {
-    auto result = MakeTrainer(data, loader, "", seed)->Train("job1", spec, labels,
-                                                             global.weights, 1);
+    auto result =
+        MakeTrainer(data, loader, "", seed)->Train("job1", spec, labels, global.weights, 1);
     EXPECT_TRUE(result.ok()) << result.status();
     return result.ok() ? Flatten(result->update) : std::vector<float>();
   };
@@ -604,8 +604,8 @@ TEST(DpTrainerTest, SiteModeKeepsTheHeadPrivate) {
   for (const NamedTensor& t : full.weights) {
     if (t.name.rfind(full.head_prefix, 0) != 0) backbone.push_back(t);
   }
-  auto result = MakeTrainer(data, loader, "", 9)->Train("job-7", spec, {"left", "right"},
-                                                        backbone, 1);
+  auto result =
+      MakeTrainer(data, loader, "", 9)->Train("job-7", spec, {"left", "right"}, backbone, 1);
   ASSERT_TRUE(result.ok()) << result.status();
   ASSERT_EQ(result->update.size(), backbone.size());
   for (const NamedTensor& t : result->update) EXPECT_NE(t.name.rfind(full.head_prefix, 0), 0u);
@@ -619,8 +619,8 @@ TEST(DpTrainerTest, UndecodableSamplesAreDroppedFromTheBatch) {
   JobSpec spec = DpSpec(0.5, 4);
   spec.set_batch_size(40);  // q = 1: every sample is drawn at every step
   Global global = GlobalFor(spec);
-  auto result = MakeTrainer(data, loader, "", 4)->Train("job1", spec, {"left", "right"},
-                                                        global.weights, 1);
+  auto result =
+      MakeTrainer(data, loader, "", 4)->Train("job1", spec, {"left", "right"}, global.weights, 1);
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->num_samples, 4u * 20u);
   Dataset bad = MakeDataset(WithBad(Sizes(0, 4), 6, 0));

@@ -15,9 +15,8 @@ absl::StatusOr<LabelMap> MapLabels(const JobSpec& spec, const std::vector<std::s
   LabelMap map;
   if (!HasLabelHead(spec)) {  // a label-free workload: nothing to map
     if (!train.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat("a ", WorkloadName(spec),
-                                                     " job trains no labels, got ",
-                                                     absl::StrJoin(train, ", ")));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "a ", WorkloadName(spec), " job trains no labels, got ", absl::StrJoin(train, ", ")));
     }
     return map;
   }

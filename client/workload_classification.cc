@@ -13,9 +13,9 @@ namespace F = torch::nn::functional;
 
 // BCE-with-logits of each (sample, label) whose target is known (NaN: unknown, weight 0), [n, L]
 // unreduced, or summed.
-torch::Tensor MaskedBce(const torch::Tensor& logits, const torch::Tensor& targets,
-                        torch::nn::functional::BinaryCrossEntropyWithLogitsFuncOptions::reduction_t
-                            reduction) {
+torch::Tensor MaskedBce(
+    const torch::Tensor& logits, const torch::Tensor& targets,
+    torch::nn::functional::BinaryCrossEntropyWithLogitsFuncOptions::reduction_t reduction) {
   TORCH_CHECK(logits.sizes() == targets.sizes(), "model output has shape ", logits.sizes(),
               ", not ", targets.sizes());
   torch::Tensor known = torch::isnan(targets).logical_not();
@@ -63,8 +63,7 @@ class ClassificationWorkload : public Workload {
     return MaskedBce(output, batch.targets, torch::kNone).sum(1);
   }
   torch::Tensor StepLoss(const torch::Tensor& output, const DeviceBatch& batch) const override {
-    return MaskedBce(output, batch.targets, torch::kSum) /
-           static_cast<double>(batch.known_targets);
+    return MaskedBce(output, batch.targets, torch::kSum) / static_cast<double>(batch.known_targets);
   }
   std::unique_ptr<Evaluation> StartEvaluation(
       const JobSpec& spec, const std::vector<std::string>& labels) const override {

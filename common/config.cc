@@ -68,8 +68,8 @@ absl::Status ValidateOptimizers(JobSpec& spec) {
   LocalOptimizer* local = spec.mutable_local_optimizer();
   if (local->name().empty()) local->set_name("sgd");
   if (local->name() != "sgd" && local->name() != "adam") {
-    return Invalid("local_optimizer.name", absl::StrCat("must be sgd or adam, got '",
-                                                         local->name(), "'"));
+    return Invalid("local_optimizer.name",
+                   absl::StrCat("must be sgd or adam, got '", local->name(), "'"));
   }
   if (local->learning_rate() == 0) local->set_learning_rate(0.01);
   RETURN_IF_ERROR(InRange("local_optimizer.learning_rate", local->learning_rate(), 1e-9, 10));
@@ -102,8 +102,8 @@ absl::Status ValidateEarlyStopping(const EarlyStopping& stopping) {
 absl::Status ValidateWorkload(JobSpec& spec) {
   if (spec.has_autoencoder()) {
     if (!spec.model().empty() && spec.model() != "autoencoder") {
-      return Invalid("model", absl::StrCat("must be empty for an autoencoder job, got '",
-                                           spec.model(), "'"));
+      return Invalid(
+          "model", absl::StrCat("must be empty for an autoencoder job, got '", spec.model(), "'"));
     }
     if (!spec.labels().empty()) {
       return Invalid("labels", "must be empty for an autoencoder job (it trains on images alone)");
@@ -214,9 +214,9 @@ absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig co
     fingerprint = absl::AsciiStrToLower(fingerprint);
     if (fingerprint.size() != 64 ||
         fingerprint.find_first_not_of("0123456789abcdef") != std::string::npos) {
-      return Invalid("revoked_certificates",
-                     absl::StrCat("must hold SHA-256 fingerprints (64 hex digits), got '",
-                                  fingerprint, "'"));
+      return Invalid(
+          "revoked_certificates",
+          absl::StrCat("must hold SHA-256 fingerprints (64 hex digits), got '", fingerprint, "'"));
     }
   }
   return config;
@@ -232,8 +232,8 @@ absl::Status ValidateSitePolicy(const ClientConfig& config) {
   if (id.size() > 128) return Invalid("dataset_id", "must be at most 128 characters");
   for (char c : id) {
     if (!absl::ascii_isalnum(c) && !absl::StrContains("-_.:/", c)) {
-      return Invalid("dataset_id", absl::StrCat("may hold only letters, digits and -_.:/, got '",
-                                                id, "'"));
+      return Invalid("dataset_id",
+                     absl::StrCat("may hold only letters, digits and -_.:/, got '", id, "'"));
     }
   }
   const SitePolicy& policy = config.policy();
@@ -241,9 +241,8 @@ absl::Status ValidateSitePolicy(const ClientConfig& config) {
   RETURN_IF_ERROR(InRange("policy.max_clip_norm", policy.max_clip_norm(), 0, 1e9));
   for (const std::string& w : policy.workloads()) {
     if (std::find(std::begin(kWorkloads), std::end(kWorkloads), w) == std::end(kWorkloads)) {
-      return Invalid("policy.workloads",
-                     absl::StrCat("unknown workload '", w, "' (known: ",
-                                  absl::StrJoin(kWorkloads, ", "), ")"));
+      return Invalid("policy.workloads", absl::StrCat("unknown workload '", w, "' (known: ",
+                                                      absl::StrJoin(kWorkloads, ", "), ")"));
     }
   }
   return absl::OkStatus();
@@ -263,7 +262,8 @@ absl::StatusOr<ClientConfig> ValidateClientConfig(ClientConfig config) {
   }
   if (config.device().empty()) config.set_device("auto");
   if (config.device() != "auto" && config.device() != "cpu" && config.device() != "cuda") {
-    return Invalid("device", absl::StrCat("must be auto, cpu or cuda, got '", config.device(), "'"));
+    return Invalid("device",
+                   absl::StrCat("must be auto, cpu or cuda, got '", config.device(), "'"));
   }
   if (config.budget().max_epsilon() < 0) return Invalid("budget.max_epsilon", "must be >= 0");
   if (config.budget().max_epsilon() > 0) {
@@ -325,7 +325,8 @@ absl::StatusOr<JobSpec> ValidateJobSpec(JobSpec spec) {
   }
   if (spec.trim_fraction() == 0) spec.set_trim_fraction(0.1);
   if (!(spec.trim_fraction() > 0 && spec.trim_fraction() < 0.5)) {
-    return Invalid("trim_fraction", absl::StrCat("must be in (0, 0.5), got ", spec.trim_fraction()));
+    return Invalid("trim_fraction",
+                   absl::StrCat("must be in (0, 0.5), got ", spec.trim_fraction()));
   }
   if (!spec.initial_model().empty() && spec.initial_model()[0] != '/') {
     return Invalid("initial_model",

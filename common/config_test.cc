@@ -10,9 +10,10 @@
 namespace fl {
 namespace {
 
-constexpr char kJob[] = R"pb(
+constexpr char kJob[] =
+    R"pb(
   name: "cxr" model: "smallcnn" labels: "cardiomegaly" labels: "effusion_left" rounds: 3
-)pb";
+    )pb";
 
 TEST(ConfigTest, JobDefaultsFilled) {
   auto spec = ParseTextProto<JobSpec>(kJob, "job");
@@ -60,7 +61,7 @@ TEST(ConfigTest, InvalidValuesNameTheField) {
   EXPECT_NE(ValidateJobSpec(bad).status().message().find("'initial_model'"), std::string::npos);
   EXPECT_DOUBLE_EQ(ValidateJobSpec(*spec)->trim_fraction(), 0.1);  // unset means 0.1
   // Job names become file names under state_dir: no path separators or leading dots.
-  for (const char *name : {"../x", "a/b", ".hidden", "-x", "a b"}) {
+  for (const char* name : {"../x", "a/b", ".hidden", "-x", "a b"}) {
     bad = *spec;
     bad.set_name(name);
     EXPECT_NE(ValidateJobSpec(bad).status().message().find("'name'"), std::string::npos) << name;
@@ -85,8 +86,11 @@ TEST(ConfigTest, InvalidValuesNameTheField) {
 
 // The autoencoder names neither a classifier nor labels; its stages must divide the image side.
 TEST(ConfigTest, AutoencoderJobsNeedNoModelOrLabels) {
-  auto spec = ParseTextProto<JobSpec>(
-      R"pb(name: "ae" autoencoder { widths: 8 widths: 16 } image_size: 64 rounds: 2)pb", "job");
+  auto spec = ParseTextProto<JobSpec>(R"pb(name: "ae"
+                                           autoencoder { widths: 8 widths: 16 }
+                                           image_size: 64
+                                           rounds: 2)pb",
+                                      "job");
   ASSERT_TRUE(spec.ok()) << spec.status();
   auto valid = ValidateJobSpec(*spec);
   ASSERT_TRUE(valid.ok()) << valid.status();
@@ -158,7 +162,8 @@ TEST(ConfigTest, RevokedCertificatesMustBeFingerprints) {
 
 TEST(ConfigTest, RoundRetryDefaultsAndRanges) {
   auto parsed = ParseTextProto<CoordinatorConfig>(
-      R"pb(listen_address: "0.0.0.0:7443" state_dir: "s"
+      R"pb(listen_address: "0.0.0.0:7443"
+           state_dir: "s"
            tls { ca_file: "ca" cert_file: "c" key_file: "k" })pb",
       "coordinator.conf");
   ASSERT_TRUE(parsed.ok()) << parsed.status();
@@ -178,8 +183,7 @@ TEST(ConfigTest, RoundRetryDefaultsAndRanges) {
            {"round_retry.attempts", [](RoundRetry& r) { r.set_attempts(5000); }}}) {
     config = *parsed;
     change(*config.mutable_round_retry());
-    EXPECT_NE(ValidateCoordinatorConfig(config).status().message().find(field),
-              std::string::npos)
+    EXPECT_NE(ValidateCoordinatorConfig(config).status().message().find(field), std::string::npos)
         << field;
   }
 }

@@ -41,12 +41,12 @@ TEST(Crc32cTest, LongInputsMatchTheBytewiseDefinition) {
     }
     return ~crc;
   };
-  for (size_t n : {size_t{0}, size_t{12287}, size_t{12288}, size_t{12289}, size_t{24576 + 7},
-                   data.size()}) {
+  for (size_t n :
+       {size_t{0}, size_t{12287}, size_t{12288}, size_t{12289}, size_t{24576 + 7}, data.size()}) {
     EXPECT_EQ(Crc32c(data.data(), n), reference(data, n)) << n;
   }
-  const uint32_t split = Crc32cExtend(Crc32c(data.data(), 5000), data.data() + 5000,
-                                      data.size() - 5000);
+  const uint32_t split =
+      Crc32cExtend(Crc32c(data.data(), 5000), data.data() + 5000, data.size() - 5000);
   EXPECT_EQ(split, reference(data, data.size()));
 }
 

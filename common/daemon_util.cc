@@ -65,8 +65,8 @@ absl::Status WritePortFile(const std::string& path, int port) {
 }
 
 absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartMetricsExposer(
-    const char* program, const std::string& address,
-    std::shared_ptr<prometheus::Registry> registry, const std::string& port_file) {
+    const char* program, const std::string& address, std::shared_ptr<prometheus::Registry> registry,
+    const std::string& port_file) {
   if (address.empty()) return nullptr;
   std::unique_ptr<prometheus::Exposer> exposer;
   try {
@@ -90,7 +90,7 @@ absl::StatusOr<std::unique_ptr<TlsWatcher>> StartTlsWatcher(
   return TlsWatcher::Start(tls, active, [program, reloads](const absl::Status& status) {
     reloads->Add({{"result", status.ok() ? "ok" : "refused"}}).Increment();
     LogLine(program, status.ok() ? "TLS files changed and checked: new connections use them within "
-                                               "reload_seconds"
+                                   "reload_seconds"
                                  : absl::StrCat("TLS files changed but refused (still using the "
                                                 "previous ones): ",
                                                 status.message()));

@@ -37,8 +37,8 @@ absl::Status WritePortFile(const std::string& path, int port);
 // Serves `registry` on http://ADDRESS/metrics; nullptr when `address` is empty. The bound port
 // is logged and, when `port_file` is set, written to it.
 absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartMetricsExposer(
-    const char* program, const std::string& address,
-    std::shared_ptr<prometheus::Registry> registry, const std::string& port_file);
+    const char* program, const std::string& address, std::shared_ptr<prometheus::Registry> registry,
+    const std::string& port_file);
 
 // Watches the daemon's TLS files (validated copies live in STATE_DIR/tls); each reload of
 // changed files is logged and counted in `reloads` by result (ok, refused).

@@ -106,8 +106,8 @@ class PosixRandomAccessFile : public RandomAccessFile {
 
   absl::Status ReadAt(uint64_t offset, size_t n, char* out) const override {
     while (n > 0) {
-      ssize_t got = ::pread(fd_, out, std::min<size_t>(n, size_t{1} << 30),
-                            static_cast<off_t>(offset));
+      ssize_t got =
+          ::pread(fd_, out, std::min<size_t>(n, size_t{1} << 30), static_cast<off_t>(offset));
       if (got < 0 && errno == EINTR) continue;
       if (got < 0) return ErrnoStatus("reading", path_, errno);
       if (got == 0) return absl::DataLossError(absl::StrCat(path_, ": unexpected end of file"));

@@ -24,8 +24,7 @@ class JsonParser {
 
  private:
   absl::Status Error(absl::string_view what) const {
-    return absl::InvalidArgumentError(
-        absl::StrCat(context_, ": ", what, " at byte ", pos_));
+    return absl::InvalidArgumentError(absl::StrCat(context_, ": ", what, " at byte ", pos_));
   }
   void SkipSpace() {
     while (pos_ < text_.size() && (text_[pos_] == ' ' || text_[pos_] == '\n' ||
@@ -42,7 +41,7 @@ class JsonParser {
     return false;
   }
 
-  absl::Status ParseValue(int depth, JsonValue *out) {
+  absl::Status ParseValue(int depth, JsonValue* out) {
     if (depth > max_depth_) return Error("nesting too deep");
     SkipSpace();
     if (pos_ >= text_.size()) return Error("unexpected end");
@@ -57,7 +56,7 @@ class JsonParser {
     return Error(absl::StrCat("unsupported JSON value starting with '", std::string(1, c), "'"));
   }
 
-  absl::Status ParseObject(int depth, JsonValue *out) {
+  absl::Status ParseObject(int depth, JsonValue* out) {
     out->kind = JsonValue::Kind::kObject;
     ++pos_;  // '{'
     if (Consume('}')) return absl::OkStatus();
@@ -66,7 +65,7 @@ class JsonParser {
       if (pos_ >= text_.size() || text_[pos_] != '"') return Error("expected a member name");
       std::string key;
       RETURN_IF_ERROR(ParseString(&key));
-      for (const auto &member : out->members) {
+      for (const auto& member : out->members) {
         if (member.first == key) return Error(absl::StrCat("duplicate key \"", key, "\""));
       }
       if (!Consume(':')) return Error("expected ':'");
@@ -78,7 +77,7 @@ class JsonParser {
     return absl::OkStatus();
   }
 
-  absl::Status ParseArray(int depth, JsonValue *out) {
+  absl::Status ParseArray(int depth, JsonValue* out) {
     out->kind = JsonValue::Kind::kArray;
     ++pos_;  // '['
     if (Consume(']')) return absl::OkStatus();
@@ -91,7 +90,7 @@ class JsonParser {
     return absl::OkStatus();
   }
 
-  absl::Status ParseInteger(JsonValue *out) {
+  absl::Status ParseInteger(JsonValue* out) {
     out->kind = JsonValue::Kind::kInteger;
     size_t start = pos_;
     uint64_t value = 0;
@@ -111,7 +110,7 @@ class JsonParser {
     return absl::OkStatus();
   }
 
-  absl::Status ParseHex4(uint32_t *code) {
+  absl::Status ParseHex4(uint32_t* code) {
     if (text_.size() - pos_ < 4) return Error("truncated \\u escape");
     *code = 0;
     for (int i = 0; i < 4; ++i) {
@@ -130,7 +129,7 @@ class JsonParser {
     return absl::OkStatus();
   }
 
-  static void AppendUtf8(uint32_t cp, std::string *out) {
+  static void AppendUtf8(uint32_t cp, std::string* out) {
     if (cp < 0x80) {
       out->push_back(static_cast<char>(cp));
     } else if (cp < 0x800) {
@@ -148,7 +147,7 @@ class JsonParser {
     }
   }
 
-  absl::Status ParseUnicodeEscape(std::string *out) {
+  absl::Status ParseUnicodeEscape(std::string* out) {
     uint32_t cp;
     RETURN_IF_ERROR(ParseHex4(&cp));
     if (cp >= 0xDC00 && cp <= 0xDFFF) return Error("unpaired low surrogate");
@@ -164,7 +163,7 @@ class JsonParser {
     return absl::OkStatus();
   }
 
-  absl::Status ParseString(std::string *out) {
+  absl::Status ParseString(std::string* out) {
     ++pos_;  // opening quote
     while (pos_ < text_.size()) {
       char c = text_[pos_++];

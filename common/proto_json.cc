@@ -23,9 +23,9 @@ absl::Status FromJson(const std::string& json, const std::string& origin,
   options.ignore_unknown_fields = false;
   const auto status = google::protobuf::util::JsonStringToMessage(json, message, options);
   if (!status.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(origin, ": not a valid ", message->GetDescriptor()->name(), ": ",
-                     std::string(status.message())));
+    return absl::InvalidArgumentError(absl::StrCat(origin, ": not a valid ",
+                                                   message->GetDescriptor()->name(), ": ",
+                                                   std::string(status.message())));
   }
   return absl::OkStatus();
 }

@@ -27,14 +27,12 @@ namespace {
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 constexpr int kMaxJsonDepth = 4;
 
-
-
 // ---------------------------------------------------------------------------------------------
 // Writing.
 
-absl::Status CheckWritable(const TensorList &tensors) {
+absl::Status CheckWritable(const TensorList& tensors) {
   std::set<std::string> names;
-  for (const NamedTensor &t : tensors) {
+  for (const NamedTensor& t : tensors) {
     if (t.name.empty()) return absl::InvalidArgumentError("safetensors: empty tensor name");
     if (t.name == "__metadata__") {
       return absl::InvalidArgumentError("safetensors: tensor name \"__metadata__\" is reserved");
@@ -55,13 +53,13 @@ absl::Status CheckWritable(const TensorList &tensors) {
 }
 
 // The header bytes: JSON padded with spaces so the data starts 8-byte aligned.
-std::string BuildHeader(const TensorList &tensors,
-                        const std::map<std::string, std::string> &metadata) {
+std::string BuildHeader(const TensorList& tensors,
+                        const std::map<std::string, std::string>& metadata) {
   std::string json = "{";
   if (!metadata.empty()) {
     json += "\"__metadata__\":{";
     bool first = true;
-    for (const auto &[key, value] : metadata) {
+    for (const auto& [key, value] : metadata) {
       if (!first) json += ",";
       first = false;
       json += JsonQuote(key);
@@ -71,7 +69,7 @@ std::string BuildHeader(const TensorList &tensors,
     json += "}";
   }
   uint64_t offset = 0;
-  for (const NamedTensor &t : tensors) {
+  for (const NamedTensor& t : tensors) {
     if (json.size() > 1) json += ",";
     json += JsonQuote(t.name);
     json += ":{\"dtype\":\"F32\",\"shape\":[";
@@ -84,17 +82,17 @@ std::string BuildHeader(const TensorList &tensors,
   return json;
 }
 
-absl::Status WriteContents(WritableFile &file, const TensorList &tensors,
-                           const std::map<std::string, std::string> &metadata) {
+absl::Status WriteContents(WritableFile& file, const TensorList& tensors,
+                           const std::map<std::string, std::string>& metadata) {
   std::string header = BuildHeader(tensors, metadata);
   char len[8];
   uint64_t n = header.size();
   for (int i = 0; i < 8; ++i) len[i] = static_cast<char>(n >> (8 * i));
   RETURN_IF_ERROR(file.Append(absl::string_view(len, sizeof(len))));
   RETURN_IF_ERROR(file.Append(header));
-  for (const NamedTensor &t : tensors) {
+  for (const NamedTensor& t : tensors) {
     RETURN_IF_ERROR(file.Append(
-        absl::string_view(reinterpret_cast<const char *>(t.data.data()), t.byte_size())));
+        absl::string_view(reinterpret_cast<const char*>(t.data.data()), t.byte_size())));
   }
   return absl::OkStatus();
 }
@@ -108,15 +106,15 @@ struct Entry {
   uint64_t end = 0;
 };
 
-absl::StatusOr<Entry> ParseEntry(const std::string &name, const JsonValue &v) {
+absl::StatusOr<Entry> ParseEntry(const std::string& name, const JsonValue& v) {
   auto bad = [&](absl::string_view what) {
     return absl::InvalidArgumentError(absl::StrCat("safetensors tensor ", name, ": ", what));
   };
   if (v.kind != JsonValue::Kind::kObject) return bad("entry is not an object");
-  const JsonValue *dtype = nullptr;
-  const JsonValue *shape = nullptr;
-  const JsonValue *offsets = nullptr;
-  for (const auto &[key, value] : v.members) {
+  const JsonValue* dtype = nullptr;
+  const JsonValue* shape = nullptr;
+  const JsonValue* offsets = nullptr;
+  for (const auto& [key, value] : v.members) {
     if (key == "dtype")
       dtype = &value;
     else if (key == "shape")
@@ -134,7 +132,7 @@ absl::StatusOr<Entry> ParseEntry(const std::string &name, const JsonValue &v) {
   Entry e;
   e.tensor.name = name;
   uint64_t numel = 1;
-  for (const JsonValue &d : shape->items) {
+  for (const JsonValue& d : shape->items) {
     if (d.kind != JsonValue::Kind::kInteger) return bad("shape holds a non-integer");
     if (d.integer > 0 && numel > (uint64_t{1} << 60) / d.integer) return bad("shape too large");
     numel *= d.integer;
@@ -154,11 +152,11 @@ absl::StatusOr<Entry> ParseEntry(const std::string &name, const JsonValue &v) {
   return e;
 }
 
-absl::Status ParseMetadata(const JsonValue &v, std::map<std::string, std::string> *metadata) {
+absl::Status ParseMetadata(const JsonValue& v, std::map<std::string, std::string>* metadata) {
   if (v.kind != JsonValue::Kind::kObject) {
     return absl::InvalidArgumentError("safetensors: __metadata__ is not an object");
   }
-  for (const auto &[key, value] : v.members) {
+  for (const auto& [key, value] : v.members) {
     if (value.kind != JsonValue::Kind::kString) {
       return absl::InvalidArgumentError(
           absl::StrCat("safetensors: __metadata__ value of ", key, " is not a string"));
@@ -170,12 +168,12 @@ absl::Status ParseMetadata(const JsonValue &v, std::map<std::string, std::string
 
 // Sorts entries by offset and checks they tile [0, data_size) exactly: no gap,
 // no overlap.
-absl::Status CheckLayout(std::vector<Entry> *entries, uint64_t data_size) {
-  std::stable_sort(entries->begin(), entries->end(), [](const Entry &a, const Entry &b) {
+absl::Status CheckLayout(std::vector<Entry>* entries, uint64_t data_size) {
+  std::stable_sort(entries->begin(), entries->end(), [](const Entry& a, const Entry& b) {
     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
   });
   uint64_t expected = 0;
-  for (const Entry &e : *entries) {
+  for (const Entry& e : *entries) {
     if (e.begin != expected) {
       return absl::InvalidArgumentError(
           absl::StrCat("safetensors tensor ", e.tensor.name, ": data starts at ", e.begin,
@@ -190,15 +188,15 @@ absl::Status CheckLayout(std::vector<Entry> *entries, uint64_t data_size) {
   return absl::OkStatus();
 }
 
-absl::Status ReadExact(const RandomAccessFile &file, void *out, size_t size, uint64_t offset) {
-  return file.ReadAt(offset, size, static_cast<char *>(out));
+absl::Status ReadExact(const RandomAccessFile& file, void* out, size_t size, uint64_t offset) {
+  return file.ReadAt(offset, size, static_cast<char*>(out));
 }
 
 // Reads and validates the header; returns the entries in data order and the
 // data start.
-absl::StatusOr<std::vector<Entry>> ReadHeader(const RandomAccessFile &file, const std::string &path,
-                                              std::map<std::string, std::string> *metadata,
-                                              uint64_t *data_start) {
+absl::StatusOr<std::vector<Entry>> ReadHeader(const RandomAccessFile& file, const std::string& path,
+                                              std::map<std::string, std::string>* metadata,
+                                              uint64_t* data_start) {
   ASSIGN_OR_RETURN(const uint64_t file_size, file.Size());
   if (file_size < 8) return absl::DataLossError(absl::StrCat(path, ": shorter than 8 bytes"));
   unsigned char len[8];
@@ -217,7 +215,7 @@ absl::StatusOr<std::vector<Entry>> ReadHeader(const RandomAccessFile &file, cons
     return absl::InvalidArgumentError("safetensors: header is not a JSON object");
   }
   std::vector<Entry> entries;
-  for (const auto &[name, value] : root.members) {
+  for (const auto& [name, value] : root.members) {
     if (name == "__metadata__") {
       RETURN_IF_ERROR(ParseMetadata(value, metadata));
       continue;
@@ -230,13 +228,13 @@ absl::StatusOr<std::vector<Entry>> ReadHeader(const RandomAccessFile &file, cons
   return entries;
 }
 
-absl::StatusOr<TensorList> ReadOpen(const RandomAccessFile &file, const std::string &path,
-                                    std::map<std::string, std::string> *metadata) {
+absl::StatusOr<TensorList> ReadOpen(const RandomAccessFile& file, const std::string& path,
+                                    std::map<std::string, std::string>* metadata) {
   uint64_t data_start = 0;
   ASSIGN_OR_RETURN(std::vector<Entry> entries, ReadHeader(file, path, metadata, &data_start));
   TensorList out;
   out.reserve(entries.size());
-  for (Entry &e : entries) {
+  for (Entry& e : entries) {
     e.tensor.data.resize((e.end - e.begin) / sizeof(float));
     RETURN_IF_ERROR(
         Annotate(ReadExact(file, e.tensor.data.data(), e.end - e.begin, data_start + e.begin),
@@ -248,17 +246,15 @@ absl::StatusOr<TensorList> ReadOpen(const RandomAccessFile &file, const std::str
 
 }  // namespace
 
-absl::Status WriteSafetensors(const std::string &path, const TensorList &tensors,
-                              const std::map<std::string, std::string> &metadata, Env *env) {
+absl::Status WriteSafetensors(const std::string& path, const TensorList& tensors,
+                              const std::map<std::string, std::string>& metadata, Env* env) {
   RETURN_IF_ERROR(CheckWritable(tensors));
   return WriteFileAtomic(
-      path, 0644, [&](WritableFile &file) { return WriteContents(file, tensors, metadata); },
-      env);
+      path, 0644, [&](WritableFile& file) { return WriteContents(file, tensors, metadata); }, env);
 }
 
-absl::StatusOr<TensorList> ReadSafetensors(const std::string &path,
-                                           std::map<std::string, std::string> *metadata,
-                                           Env *env) {
+absl::StatusOr<TensorList> ReadSafetensors(const std::string& path,
+                                           std::map<std::string, std::string>* metadata, Env* env) {
   ASSIGN_OR_RETURN(std::unique_ptr<RandomAccessFile> file, env->NewRandomAccessFile(path));
   if (metadata) metadata->clear();
   return ReadOpen(*file, path, metadata);

@@ -12,26 +12,26 @@
 namespace fl {
 namespace {
 
-std::string TempPath(const std::string &name) {
-  const char *dir = std::getenv("TEST_TMPDIR");
+std::string TempPath(const std::string& name) {
+  const char* dir = std::getenv("TEST_TMPDIR");
   return std::string(dir ? dir : "/tmp") + "/safetensors_test_" + std::to_string(::getpid()) + "_" +
          name;
 }
 
-std::string ReadFile(const std::string &path) {
+std::string ReadFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
 }
 
-void WriteFile(const std::string &path, const std::string &bytes) {
+void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);
   out << bytes;
 }
 
 // A file made by hand: the given JSON header (padded) followed by `data`.
-std::string MakeFile(std::string header, const std::string &data) {
+std::string MakeFile(std::string header, const std::string& data) {
   header.append((8 - header.size() % 8) % 8, ' ');
   std::string out(8, '\0');
   uint64_t n = header.size();
@@ -191,7 +191,7 @@ TEST(SafetensorsTest, InvalidEntriesRefusedWithName) {
       {R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}} junk)", "trailing"},
       {R"({"x":{"dtype":"F32","shape":[2],"data_offsets":[0,8])", "expected"},
   };
-  for (const Case &c : cases) {
+  for (const Case& c : cases) {
     WriteFile(path, MakeFile(c.header, data));
     auto out = ReadSafetensors(path);
     ASSERT_FALSE(out.ok()) << c.header;

@@ -8,8 +8,8 @@ namespace fl {
 absl::StatusOr<sqlite3*> OpenSqlite(const std::string& path, const std::string& what,
                                     int busy_timeout_ms) {
   sqlite3* db = nullptr;
-  if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                             SQLITE_OPEN_FULLMUTEX,
+  if (sqlite3_open_v2(path.c_str(), &db,
+                      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX,
                       nullptr) != SQLITE_OK) {
     absl::Status status = absl::UnavailableError(absl::StrCat(
         "cannot open ", what, " ", path, ": ", db ? sqlite3_errmsg(db) : "out of memory"));
@@ -74,8 +74,8 @@ absl::Status SqliteExec(sqlite3* db, const std::string& sql) {
 
 SqlStatement::SqlStatement(sqlite3* db, const char* sql) : db_(db) {
   if (sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr) != SQLITE_OK) {
-    status_ = absl::InternalError(absl::StrCat("sqlite: preparing '", sql, "': ",
-                                               sqlite3_errmsg(db)));
+    status_ =
+        absl::InternalError(absl::StrCat("sqlite: preparing '", sql, "': ", sqlite3_errmsg(db)));
     stmt_ = nullptr;
   }
 }

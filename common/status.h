@@ -12,10 +12,10 @@
 #define FL_STATUS_CONCAT(a, b) FL_STATUS_CONCAT_INNER(a, b)
 
 // Returns from the current function if `expr` (an absl::Status) is not OK.
-#define RETURN_IF_ERROR(expr)                  \
-  do {                                         \
-    ::absl::Status fl_status_ = (expr);        \
-    if (!fl_status_.ok()) return fl_status_;   \
+#define RETURN_IF_ERROR(expr)                \
+  do {                                       \
+    ::absl::Status fl_status_ = (expr);      \
+    if (!fl_status_.ok()) return fl_status_; \
   } while (0)
 
 // `lhs = value of rexpr` (an absl::StatusOr<T>), or returns its status.

@@ -124,8 +124,7 @@ absl::Status WriteTensorChunks(const TensorList& tensors, size_t chunk_bytes,
   return WriteTensorChunks(ViewsOf(tensors), chunk_bytes, emit);
 }
 
-ChunkReader::ChunkReader(std::optional<std::vector<TensorMeta>> expected,
-                         uint64_t max_total_bytes)
+ChunkReader::ChunkReader(std::optional<std::vector<TensorMeta>> expected, uint64_t max_total_bytes)
     : expected_(std::move(expected)), max_total_bytes_(max_total_bytes) {
   if (expected_) {
     metas_ = *expected_;
@@ -135,7 +134,8 @@ ChunkReader::ChunkReader(std::optional<std::vector<TensorMeta>> expected,
 }
 
 absl::Status ChunkReader::StartTensor(const TensorChunk& chunk) {
-  if (!chunk.has_header()) return absl::InvalidArgumentError("first chunk of a tensor has no header");
+  if (!chunk.has_header())
+    return absl::InvalidArgumentError("first chunk of a tensor has no header");
   const TensorHeader& h = chunk.header();
   if (h.dtype() != FLOAT32) return Bad(h.name(), "dtype must be FLOAT32");
   std::vector<int64_t> shape(h.shape().begin(), h.shape().end());
@@ -188,7 +188,8 @@ absl::Status ChunkReader::Add(const TensorChunk& chunk, const Sink& sink) {
   }
   crc_ = Crc32cExtend(crc_, data.data(), data.size());
   const bool complete = offset_ + data.size() == meta.byte_size();
-  if (chunk.last() != complete) return Bad(meta.name, "'last' flag does not match the tensor's end");
+  if (chunk.last() != complete)
+    return Bad(meta.name, "'last' flag does not match the tensor's end");
   if (complete && chunk.crc32c() != crc_) return Bad(meta.name, "checksum mismatch");
   if (n > 0) RETURN_IF_ERROR(sink(current_, offset_ / sizeof(float), buffer_.data(), n));
   offset_ += data.size();

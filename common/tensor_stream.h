@@ -59,8 +59,8 @@ absl::Status WriteTensorChunks(const TensorList& tensors, size_t chunk_bytes,
 class ChunkReader {
  public:
   // Receives `n` floats of tensor `index` starting at element `offset`.
-  using Sink = std::function<absl::Status(size_t index, uint64_t offset, const float* data,
-                                          size_t n)>;
+  using Sink =
+      std::function<absl::Status(size_t index, uint64_t offset, const float* data, size_t n)>;
 
   // `expected`: the tensors that must arrive, in order. Without it, any tensors are accepted
   // (their metas are collected from the headers) up to `max_total_bytes` in all.
@@ -80,9 +80,9 @@ class ChunkReader {
   std::optional<std::vector<TensorMeta>> expected_;
   uint64_t max_total_bytes_;
   std::vector<TensorMeta> metas_;
-  size_t current_ = 0;        // index of the tensor being received
+  size_t current_ = 0;  // index of the tensor being received
   bool in_tensor_ = false;
-  uint64_t offset_ = 0;       // next expected byte offset in the current tensor
+  uint64_t offset_ = 0;  // next expected byte offset in the current tensor
   uint32_t crc_ = 0;
   uint64_t total_bytes_ = 0;
   std::vector<float> buffer_;  // aligned copy of one chunk

@@ -70,8 +70,8 @@ absl::StatusOr<TlsMaterial> LoadTlsMaterial(const TlsConfig& config) {
 
 CertificateProvider FixedCertificates(const TlsMaterial& material) {
   return std::make_shared<grpc::experimental::StaticDataCertificateProvider>(
-      material.ca_pem, std::vector<grpc::experimental::IdentityKeyCertPair>{
-                           {material.key_pem, material.cert_pem}});
+      material.ca_pem,
+      std::vector<grpc::experimental::IdentityKeyCertPair>{{material.key_pem, material.cert_pem}});
 }
 
 std::shared_ptr<grpc::ServerCredentials> MakeServerCredentials(CertificateProvider provider) {

@@ -319,7 +319,8 @@ TEST_F(MutualTlsTest, RefusesExpiredClientCertificate) {
 bool EventuallyAnswers(const std::string& address, const CertificateProvider& provider,
                        const std::string& expect) {
   for (int i = 0; i < 100; ++i) {
-    absl::StatusOr<std::string> reply = Call(MakeChannel(address, "coordinator", provider), kWhoAmI);
+    absl::StatusOr<std::string> reply =
+        Call(MakeChannel(address, "coordinator", provider), kWhoAmI);
     if (expect.empty() ? !reply.ok() : (reply.ok() && *reply == expect)) return true;
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }

@@ -29,7 +29,8 @@ std::string Snapshot(const TlsConfig& config) {
 }  // namespace
 
 TlsWatcher::TlsWatcher(TlsConfig config, std::string active_dir, ReloadCallback on_reload)
-    : config_(std::move(config)), active_dir_(std::move(active_dir)),
+    : config_(std::move(config)),
+      active_dir_(std::move(active_dir)),
       on_reload_(std::move(on_reload)) {}
 
 absl::StatusOr<std::unique_ptr<TlsWatcher>> TlsWatcher::Start(const TlsConfig& config,

@@ -186,8 +186,8 @@ absl::StatusOr<TensorList> ReceiveModel(Federation::Stub& stub, const DownloadRe
                                         uint64_t max_bytes) {
   grpc::ClientContext ctx;
   std::unique_ptr<grpc::ClientReader<TensorChunk>> reader = stub.Download(&ctx, request);
-  absl::StatusOr<TensorList> model = ReadTensors(
-      [&](TensorChunk* chunk) { return reader->Read(chunk); }, std::nullopt, max_bytes);
+  absl::StatusOr<TensorList> model =
+      ReadTensors([&](TensorChunk* chunk) { return reader->Read(chunk); }, std::nullopt, max_bytes);
   RETURN_IF_ERROR(Annotate(FromGrpcStatus(reader->Finish()), "download"));
   RETURN_IF_ERROR(Annotate(model.status(), "download"));
   return model;

@@ -13,7 +13,8 @@ std::string Flatten(const grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
   EXPECT_TRUE(buffer.Dump(&slices).ok());
   std::string out;
-  for (const grpc::Slice& s : slices) out.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  for (const grpc::Slice& s : slices)
+    out.append(reinterpret_cast<const char*>(s.begin()), s.size());
   return out;
 }
 
@@ -68,8 +69,8 @@ TEST(UploadTest, ChunkMessageBytesOnTheWire) {
 }
 
 TEST(UploadTest, BorrowedDataIsKeptAliveByTheMessage) {
-  auto update = std::make_shared<const TensorList>(
-      TensorList{{"w", {4}, {1.0f, 2.0f, 3.0f, 4.0f}}});
+  auto update =
+      std::make_shared<const TensorList>(TensorList{{"w", {4}, {1.0f, 2.0f, 3.0f, 4.0f}}});
   std::weak_ptr<const TensorList> alive = update;
   TensorChunk chunk;
   chunk.set_tensor_index(0);

@@ -22,7 +22,7 @@ DPConv2d Conv(int64_t in, int64_t out, int64_t kernel, int64_t stride) {
 // Nearest-neighbour upsampling by 2 as a module, so that the decoder is one Sequential.
 class Upsample2Impl : public nn::Module {
  public:
-  torch::Tensor forward(const torch::Tensor &x) {
+  torch::Tensor forward(const torch::Tensor& x) {
     return nn::functional::interpolate(x, nn::functional::InterpolateFuncOptions()
                                               .scale_factor(std::vector<double>{2.0, 2.0})
                                               .mode(torch::kNearest));
@@ -32,7 +32,7 @@ TORCH_MODULE(Upsample2);
 
 class AutoencoderImpl : public ModelImpl {
  public:
-  explicit AutoencoderImpl(const ModelSpec &spec) {
+  explicit AutoencoderImpl(const ModelSpec& spec) {
     int64_t in = spec.input.channels;
     for (int w : spec.widths) {
       encoder_->push_back(Conv(in, w, 3, 2));
@@ -66,10 +66,10 @@ class AutoencoderImpl : public ModelImpl {
 
 }  // namespace
 
-absl::Status CheckAutoencoderSpec(const ModelSpec &spec) {
+absl::Status CheckAutoencoderSpec(const ModelSpec& spec) {
   if (spec.widths.empty() || spec.widths.size() > 6) {
-    return absl::InvalidArgumentError(absl::StrCat("model ", spec.name, ": needs 1 to 6 widths, got ",
-                                                   spec.widths.size()));
+    return absl::InvalidArgumentError(
+        absl::StrCat("model ", spec.name, ": needs 1 to 6 widths, got ", spec.widths.size()));
   }
   for (int w : spec.widths) {
     if (w < 1) return absl::InvalidArgumentError(absl::StrCat("model ", spec.name, ": width ", w));
@@ -81,13 +81,13 @@ absl::Status CheckAutoencoderSpec(const ModelSpec &spec) {
   const int factor = 1 << spec.widths.size();
   if (spec.input.square_side() % factor != 0) {
     return absl::InvalidArgumentError(absl::StrCat("model ", spec.name, ": the image side ",
-                                                   spec.input.square_side(),
-                                                   " does not divide by ", factor));
+                                                   spec.input.square_side(), " does not divide by ",
+                                                   factor));
   }
   return absl::OkStatus();
 }
 
-std::shared_ptr<ModelImpl> MakeAutoencoder(const ModelSpec &spec) {
+std::shared_ptr<ModelImpl> MakeAutoencoder(const ModelSpec& spec) {
   return std::make_shared<AutoencoderImpl>(spec);
 }
 

@@ -30,7 +30,7 @@ DPGroupNorm Norm(int64_t groups, int64_t channels) {
 // Conv-GroupNorm-ReLU-MaxPool stages of the given widths, global average pooling, linear head.
 class SmallCnnImpl : public ModelImpl {
  public:
-  SmallCnnImpl(const ModelSpec &spec, const std::vector<int64_t> &widths) {
+  SmallCnnImpl(const ModelSpec& spec, const std::vector<int64_t>& widths) {
     int64_t in = spec.input.channels;
     for (int64_t width : widths) {
       features_->push_back(Conv(in, width, 3, 1, 1));
@@ -75,7 +75,7 @@ Stack ConvGnMish(int64_t in, int64_t out, bool pool) {
 
 class ResNet9Impl : public ModelImpl {
  public:
-  explicit ResNet9Impl(const ModelSpec &spec)
+  explicit ResNet9Impl(const ModelSpec& spec)
       : prep_(ConvGnMish(spec.input.channels, 64, false)),
         layer1_(ConvGnMish(64, 128, true)),
         res1_(ConvGnMish(128, 128, false), ConvGnMish(128, 128, false)),
@@ -157,7 +157,7 @@ class ResBlockImpl : public nn::Module {
 
 class ResNetImpl : public ModelImpl {
  public:
-  ResNetImpl(const ModelSpec &spec, const int (&blocks)[4], bool bottleneck) {
+  ResNetImpl(const ModelSpec& spec, const int (&blocks)[4], bool bottleneck) {
     conv1_ = register_module("conv1", Conv(spec.input.channels, 64, 7, 2, 3));
     bn1_ = register_module("bn1", Norm(32, 64));
     int64_t inplanes = 64;
@@ -177,7 +177,7 @@ class ResNetImpl : public ModelImpl {
   torch::Tensor forward(torch::Tensor x) override {
     x = torch::relu(bn1_->forward(conv1_->forward(x)));
     x = torch::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
-    for (nn::Sequential &layer : layers_) x = layer->forward(x);
+    for (nn::Sequential& layer : layers_) x = layer->forward(x);
     x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
     return fc_->forward(x);
   }
@@ -192,56 +192,56 @@ class ResNetImpl : public ModelImpl {
 
 // PyTorch's default bound for Linear/Conv biases and Linear weights:
 // 1/sqrt(fan_in).
-double FanInBound(const torch::Tensor &weight) {
+double FanInBound(const torch::Tensor& weight) {
   const int64_t fan_in = weight.numel() / weight.size(0);
   return fan_in > 0 ? 1.0 / std::sqrt(static_cast<double>(fan_in)) : 0.0;
 }
 
 }  // namespace
 
-std::shared_ptr<ModelImpl> MakeSmallCnn(const ModelSpec &spec) {
+std::shared_ptr<ModelImpl> MakeSmallCnn(const ModelSpec& spec) {
   return std::make_shared<SmallCnnImpl>(spec, std::vector<int64_t>{16, 32, 64, 64});
 }
 
-std::shared_ptr<ModelImpl> MakeTinyCnn(const ModelSpec &spec) {
+std::shared_ptr<ModelImpl> MakeTinyCnn(const ModelSpec& spec) {
   return std::make_shared<SmallCnnImpl>(spec, std::vector<int64_t>{8, 16, 32, 32});
 }
 
-std::shared_ptr<ModelImpl> MakeMediumCnn(const ModelSpec &spec) {
+std::shared_ptr<ModelImpl> MakeMediumCnn(const ModelSpec& spec) {
   return std::make_shared<SmallCnnImpl>(spec, std::vector<int64_t>{32, 64, 128, 256, 256});
 }
 
-std::shared_ptr<ModelImpl> MakeResNet9(const ModelSpec &spec) {
+std::shared_ptr<ModelImpl> MakeResNet9(const ModelSpec& spec) {
   return std::make_shared<ResNet9Impl>(spec);
 }
 
-std::shared_ptr<ModelImpl> MakeResNet(const ModelSpec &spec, int depth) {
+std::shared_ptr<ModelImpl> MakeResNet(const ModelSpec& spec, int depth) {
   static constexpr int kResNet18[4] = {2, 2, 2, 2};
   static constexpr int kResNet50[4] = {3, 4, 6, 3};
   if (depth == 50) return std::make_shared<ResNetImpl>(spec, kResNet50, true);
   return std::make_shared<ResNetImpl>(spec, kResNet18, false);
 }
 
-void InitWeights(torch::nn::Module &model, uint64_t seed) {
+void InitWeights(torch::nn::Module& model, uint64_t seed) {
   torch::NoGradGuard no_grad;
   at::Generator gen = at::detail::createCPUGenerator(seed);
-  for (const std::shared_ptr<nn::Module> &m : model.modules(/*include_self=*/true)) {
-    if (auto *conv = m->as<DPConv2d>()) {
-      const torch::Tensor &w = conv->weight;
+  for (const std::shared_ptr<nn::Module>& m : model.modules(/*include_self=*/true)) {
+    if (auto* conv = m->as<DPConv2d>()) {
+      const torch::Tensor& w = conv->weight;
       const int64_t fan_out = w.size(0) * (w.numel() / (w.size(0) * w.size(1)));
       const double std = std::sqrt(2.0 / static_cast<double>(fan_out));
       w.normal_(0.0, std, gen);
       if (conv->bias.defined()) conv->bias.uniform_(-FanInBound(w), FanInBound(w), gen);
-    } else if (auto *linear = m->as<DPLinear>()) {
+    } else if (auto* linear = m->as<DPLinear>()) {
       const double bound = FanInBound(linear->weight);
       linear->weight.uniform_(-bound, bound, gen);
       if (linear->bias.defined()) linear->bias.uniform_(-bound, bound, gen);
-    } else if (auto *norm = m->as<DPGroupNorm>()) {
+    } else if (auto* norm = m->as<DPGroupNorm>()) {
       if (norm->weight.defined()) norm->weight.fill_(1.0);
       if (norm->bias.defined()) norm->bias.zero_();
-    } else if (auto *embedding = m->as<DPEmbedding>()) {
+    } else if (auto* embedding = m->as<DPEmbedding>()) {
       embedding->weight.normal_(0.0, 1.0, gen);
-      const auto &padding = embedding->options.padding_idx();
+      const auto& padding = embedding->options.padding_idx();
       if (padding) embedding->weight[*padding].zero_();
     }
   }

@@ -13,7 +13,7 @@ namespace fl {
 namespace models_internal {
 namespace {
 
-absl::Status CheckLevels(const ModelSpec &spec) {
+absl::Status CheckLevels(const ModelSpec& spec) {
   if (spec.widths.empty() || spec.widths.size() > 6) {
     return absl::InvalidArgumentError(
         absl::StrCat("model ", spec.name, ": needs 1 to 6 widths, got ", spec.widths.size()));
@@ -32,7 +32,7 @@ absl::Status CheckLevels(const ModelSpec &spec) {
 
 }  // namespace
 
-absl::Status CheckKlVaeSpec(const ModelSpec &spec) {
+absl::Status CheckKlVaeSpec(const ModelSpec& spec) {
   if (spec.latent_channels < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("model ", spec.name, ": latent_channels must be >= 1"));
@@ -40,7 +40,7 @@ absl::Status CheckKlVaeSpec(const ModelSpec &spec) {
   return CheckLevels(spec);
 }
 
-absl::Status CheckLatentUNetSpec(const ModelSpec &spec) {
+absl::Status CheckLatentUNetSpec(const ModelSpec& spec) {
   if (spec.embedding_width < 16 || spec.embedding_width % 8 != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("model ", spec.name, ": embedding_width must be >= 16 and divide by 8, got ",
@@ -72,8 +72,8 @@ namespace {
 
 // [N, 1, ..., 1] (as many ones as x has dimensions after the first): f(abar_t) per sample.
 template <typename F>
-torch::Tensor PerSample(const NoiseSchedule &schedule, const torch::Tensor &t,
-                        const torch::Tensor &x, F f) {
+torch::Tensor PerSample(const NoiseSchedule& schedule, const torch::Tensor& t,
+                        const torch::Tensor& x, F f) {
   std::vector<double> values;
   for (double abar : schedule.alphas_cumprod) values.push_back(f(abar));
   torch::Tensor table = torch::tensor(values, torch::TensorOptions().dtype(torch::kFloat64));
@@ -86,15 +86,15 @@ torch::Tensor PerSample(const NoiseSchedule &schedule, const torch::Tensor &t,
 
 }  // namespace
 
-torch::Tensor QSample(const NoiseSchedule &schedule, const torch::Tensor &z0,
-                      const torch::Tensor &t, const torch::Tensor &eps) {
+torch::Tensor QSample(const NoiseSchedule& schedule, const torch::Tensor& z0,
+                      const torch::Tensor& t, const torch::Tensor& eps) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == z0.size(0), "q_sample: t must be [N]");
   const torch::Tensor a = PerSample(schedule, t, z0, [](double ab) { return std::sqrt(ab); });
   const torch::Tensor s = PerSample(schedule, t, z0, [](double ab) { return std::sqrt(1 - ab); });
   return a * z0 + s * eps;
 }
 
-torch::Tensor ConditionFromTargets(const torch::Tensor &targets) {
+torch::Tensor ConditionFromTargets(const torch::Tensor& targets) {
   TORCH_CHECK(targets.dim() == 2, "condition: targets must be [N, F], got ", targets.sizes());
   torch::Tensor states = (targets > 0.5).to(torch::kLong);
   return torch::where(torch::isnan(targets), torch::full_like(states, kFindingUnknown), states);
@@ -105,15 +105,15 @@ torch::Tensor UnknownCondition(int64_t n, int64_t findings, torch::Device device
                      torch::TensorOptions().dtype(torch::kLong).device(device));
 }
 
-torch::Tensor DropConditions(const torch::Tensor &states, double p, at::Generator generator) {
+torch::Tensor DropConditions(const torch::Tensor& states, double p, at::Generator generator) {
   const int64_t n = states.size(0);
   torch::Tensor drop = at::rand({n}, generator, torch::TensorOptions().dtype(torch::kFloat64)) < p;
   drop = drop.to(states.device()).unsqueeze(1);
   return torch::where(drop, torch::full_like(states, kFindingUnknown), states);
 }
 
-torch::Tensor DiffusionPerSampleLoss(LatentUNetImpl &unet, const NoiseSchedule &schedule,
-                                     const torch::Tensor &z0, const torch::Tensor &condition,
+torch::Tensor DiffusionPerSampleLoss(LatentUNetImpl& unet, const NoiseSchedule& schedule,
+                                     const torch::Tensor& z0, const torch::Tensor& condition,
                                      at::Generator generator, double condition_dropout) {
   const int64_t n = z0.size(0);
   const torch::Tensor t =
@@ -131,8 +131,8 @@ torch::Tensor DiffusionPerSampleLoss(LatentUNetImpl &unet, const NoiseSchedule &
   return (pred - eps).abs().flatten(1).mean(1);
 }
 
-torch::Tensor GuidedNoise(LatentUNetImpl &unet, const torch::Tensor &x_t, const torch::Tensor &t,
-                          const torch::Tensor &condition, double guidance_scale) {
+torch::Tensor GuidedNoise(LatentUNetImpl& unet, const torch::Tensor& x_t, const torch::Tensor& t,
+                          const torch::Tensor& condition, double guidance_scale) {
   if (guidance_scale == 1.0) return unet.Denoise(x_t, t, condition);
   const torch::Tensor uncond = unet.Denoise(x_t, t, torch::Tensor());
   if (guidance_scale == 0.0) return uncond;
@@ -151,9 +151,9 @@ std::vector<int64_t> DdimTimesteps(int64_t T, int64_t K) {
   return out;
 }
 
-torch::Tensor DdimStep(const NoiseSchedule &schedule, const torch::Tensor &x_t,
-                       const torch::Tensor &eps, int64_t t, int64_t t_next, double eta,
-                       const torch::Tensor &noise) {
+torch::Tensor DdimStep(const NoiseSchedule& schedule, const torch::Tensor& x_t,
+                       const torch::Tensor& eps, int64_t t, int64_t t_next, double eta,
+                       const torch::Tensor& noise) {
   const double a = schedule.alphas_cumprod.at(static_cast<size_t>(t));
   const torch::Tensor x0 = (x_t - std::sqrt(1.0 - a) * eps) / std::sqrt(a);
   if (t_next < 0) return x0;
@@ -165,10 +165,10 @@ torch::Tensor DdimStep(const NoiseSchedule &schedule, const torch::Tensor &x_t,
   return x;
 }
 
-absl::StatusOr<torch::Tensor> DdimSample(LatentUNetImpl &unet, const NoiseSchedule &schedule,
-                                         const torch::Tensor &condition,
+absl::StatusOr<torch::Tensor> DdimSample(LatentUNetImpl& unet, const NoiseSchedule& schedule,
+                                         const torch::Tensor& condition,
                                          std::vector<int64_t> latent_shape,
-                                         const DdimOptions &options) {
+                                         const DdimOptions& options) {
   if (options.steps < 1 || options.steps > schedule.steps()) {
     return absl::InvalidArgumentError(
         absl::StrCat("DDIM: steps must be in 1..", schedule.steps(), ", got ", options.steps));
@@ -196,7 +196,7 @@ absl::StatusOr<torch::Tensor> DdimSample(LatentUNetImpl &unet, const NoiseSchedu
                    next >= 0 && options.eta > 0 ? normal() : torch::Tensor());
     }
     return x;
-  } catch (const c10::Error &e) {
+  } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("DDIM sampling: ", e.what_without_backtrace()));
   }
 }

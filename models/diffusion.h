@@ -50,8 +50,8 @@ NoiseSchedule ScaledLinearSchedule(int64_t T = 1000, double beta_start = 0.002,
 
 // z_t = sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, per sample. z0, eps: [N, ...]; t: [N] integer
 // steps in [0, T).
-torch::Tensor QSample(const NoiseSchedule &schedule, const torch::Tensor &z0,
-                      const torch::Tensor &t, const torch::Tensor &eps);
+torch::Tensor QSample(const NoiseSchedule& schedule, const torch::Tensor& z0,
+                      const torch::Tensor& t, const torch::Tensor& eps);
 
 // ------------------------------------------------------------------------------------------------
 // Conditions over the job's findings: [N, F] int64 states.
@@ -60,12 +60,12 @@ enum FindingState : int64_t { kFindingNegative = 0, kFindingPositive = 1, kFindi
 
 // States from targets [N, F] (float): NaN -> unknown (a finding the site does not label, or a
 // missing label), > 0.5 -> positive, else negative.
-torch::Tensor ConditionFromTargets(const torch::Tensor &targets);
+torch::Tensor ConditionFromTargets(const torch::Tensor& targets);
 // All-unknown: the unconditional model's condition.
 torch::Tensor UnknownCondition(int64_t n, int64_t findings, torch::Device device = torch::kCPU);
 // Classifier-free guidance's training dropout: each sample's whole condition becomes all-unknown
 // with probability p, independently, drawn from `generator` (a CPU generator).
-torch::Tensor DropConditions(const torch::Tensor &states, double p, at::Generator generator);
+torch::Tensor DropConditions(const torch::Tensor& states, double p, at::Generator generator);
 
 // ------------------------------------------------------------------------------------------------
 // KL-regularised VAE (registry name "kl_vae")
@@ -83,11 +83,11 @@ struct LatentMoments {
 // skip path when the width changes. GroupNorm has gcd(channels, 8) groups.
 class KlVaeImpl : public ModelImpl {
  public:
-  explicit KlVaeImpl(const ModelSpec &spec);
+  explicit KlVaeImpl(const ModelSpec& spec);
   // The deterministic reconstruction, Decode(Encode(x).mean).
   torch::Tensor forward(torch::Tensor x) override;
-  LatentMoments Encode(const torch::Tensor &x);
-  torch::Tensor Decode(const torch::Tensor &z);
+  LatentMoments Encode(const torch::Tensor& x);
+  torch::Tensor Decode(const torch::Tensor& z);
 
  private:
   // Names: encoder.{stem, stem_block, down.K.{conv, block}, out_norm, out},
@@ -98,13 +98,13 @@ class KlVaeImpl : public ModelImpl {
 
 // The reparameterisation trick: mean + exp(logvar / 2) * noise, noise ~ N(0, 1) from `generator`
 // (the caller's, so that a run is reproducible; on the moments' device).
-torch::Tensor SampleLatent(const LatentMoments &moments, at::Generator generator);
+torch::Tensor SampleLatent(const LatentMoments& moments, at::Generator generator);
 
 // Per-sample SSIM of images in [0, 1] ([N, C, H, W] each): Gaussian window 11 (the largest odd
 // size up to min(H, W) when smaller), sigma 1.5, K1 0.01, K2 0.03, data range 1, over the valid
 // window positions; each channel's mean clamped at 0 (Medfusion's nonnegative_ssim), then
 // averaged over channels. [N].
-torch::Tensor Ssim(const torch::Tensor &a, const torch::Tensor &b);
+torch::Tensor Ssim(const torch::Tensor& a, const torch::Tensor& b);
 
 struct VaeLoss {
   torch::Tensor total;  // [N]: l1 + (1 - ssim) + kl_weight * kl / (C * H * W)
@@ -115,8 +115,8 @@ struct VaeLoss {
 // Medfusion's VAE loss per sample. Medfusion sums L1 and (1 - SSIM) over pixels and adds
 // 1e-6 * KL; we divide all of it by the pixel count C*H*W (so the terms keep Medfusion's weights
 // relative to each other, and the loss its scale across image sizes).
-VaeLoss VaePerSampleLoss(const torch::Tensor &reconstruction, const torch::Tensor &images,
-                         const LatentMoments &moments, double kl_weight = 1e-6);
+VaeLoss VaePerSampleLoss(const torch::Tensor& reconstruction, const torch::Tensor& images,
+                         const LatentMoments& moments, double kl_weight = 1e-6);
 
 // ------------------------------------------------------------------------------------------------
 // Denoiser UNet on the latents (registry name "latent_unet")
@@ -131,15 +131,15 @@ VaeLoss VaePerSampleLoss(const torch::Tensor &reconstruction, const torch::Tenso
 // three states, summed, and added to it. GroupNorm has gcd(channels, 32) groups.
 class LatentUNetImpl : public ModelImpl {
  public:
-  explicit LatentUNetImpl(const ModelSpec &spec);
+  explicit LatentUNetImpl(const ModelSpec& spec);
   // The UNet needs t and a condition: always throws c10::Error. Call Denoise.
   torch::Tensor forward(torch::Tensor x) override;
   // The predicted noise, shaped as x_t [N, C, h, w]. t: [N] steps (integer or float);
   // condition: [N, F] states, or undefined for all-unknown (the unconditional model).
-  torch::Tensor Denoise(const torch::Tensor &x_t, const torch::Tensor &t,
-                        const torch::Tensor &condition = {});
+  torch::Tensor Denoise(const torch::Tensor& x_t, const torch::Tensor& t,
+                        const torch::Tensor& condition = {});
   // The embedding added to every residual block, [N, E] (time plus condition).
-  torch::Tensor Embedding(const torch::Tensor &t, const torch::Tensor &condition);
+  torch::Tensor Embedding(const torch::Tensor& t, const torch::Tensor& condition);
   int64_t num_findings() const { return num_findings_; }
 
  private:
@@ -160,14 +160,14 @@ class LatentUNetImpl : public ModelImpl {
 // dropped to all-unknown with probability `condition_dropout`, all drawn from `generator` (CPU);
 // the mean absolute error between the UNet's prediction for z_t and eps. z0: [N, C, h, w]
 // latents of the frozen VAE; condition [N, F] states (undefined: all-unknown).
-torch::Tensor DiffusionPerSampleLoss(LatentUNetImpl &unet, const NoiseSchedule &schedule,
-                                     const torch::Tensor &z0, const torch::Tensor &condition,
+torch::Tensor DiffusionPerSampleLoss(LatentUNetImpl& unet, const NoiseSchedule& schedule,
+                                     const torch::Tensor& z0, const torch::Tensor& condition,
                                      at::Generator generator, double condition_dropout = 0.5);
 
 // Classifier-free guidance: eps_u + s (eps_c - eps_u) with eps_u the all-unknown prediction;
 // s = 1 runs the conditional model only, s = 0 the unconditional model only.
-torch::Tensor GuidedNoise(LatentUNetImpl &unet, const torch::Tensor &x_t, const torch::Tensor &t,
-                          const torch::Tensor &condition, double guidance_scale);
+torch::Tensor GuidedNoise(LatentUNetImpl& unet, const torch::Tensor& x_t, const torch::Tensor& t,
+                          const torch::Tensor& condition, double guidance_scale);
 
 struct DdimOptions {
   int64_t steps = 250;          // K: the number of denoising steps, 1..T
@@ -184,15 +184,15 @@ std::vector<int64_t> DdimTimesteps(int64_t T, int64_t K);
 //   x0_hat = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)
 //   sigma = eta sqrt((1 - abar_t / abar_n)(1 - abar_n) / (1 - abar_t))
 //   x_next = sqrt(abar_n) x0_hat + sqrt(1 - abar_n - sigma^2) eps + sigma noise.
-torch::Tensor DdimStep(const NoiseSchedule &schedule, const torch::Tensor &x_t,
-                       const torch::Tensor &eps, int64_t t, int64_t t_next, double eta,
-                       const torch::Tensor &noise);
+torch::Tensor DdimStep(const NoiseSchedule& schedule, const torch::Tensor& x_t,
+                       const torch::Tensor& eps, int64_t t, int64_t t_next, double eta,
+                       const torch::Tensor& noise);
 
 // Samples latents [N, C, h, w] for conditions [N, F] (undefined: unconditional N = shape[0]),
 // without gradients; the same seed and inputs give the same latents. `latent_shape`: [N, C, h, w].
-absl::StatusOr<torch::Tensor> DdimSample(LatentUNetImpl &unet, const NoiseSchedule &schedule,
-                                         const torch::Tensor &condition,
+absl::StatusOr<torch::Tensor> DdimSample(LatentUNetImpl& unet, const NoiseSchedule& schedule,
+                                         const torch::Tensor& condition,
                                          std::vector<int64_t> latent_shape,
-                                         const DdimOptions &options);
+                                         const DdimOptions& options);
 
 }  // namespace fl

@@ -15,7 +15,7 @@ namespace models_internal {
 int64_t GroupsFor(int64_t channels, int64_t max_groups);
 
 // Nearest-neighbour upsampling by 2 of [N, C, H, W].
-torch::Tensor UpsampleNearest2(const torch::Tensor &x);
+torch::Tensor UpsampleNearest2(const torch::Tensor& x);
 
 // GroupNorm-SiLU-conv3x3, (+ SiLU-Linear of the embedding, broadcast over positions),
 // GroupNorm-SiLU-conv3x3, plus the input (through a 1x1 conv when in != out). Names: norm1,
@@ -24,7 +24,7 @@ class LatentResBlockImpl : public torch::nn::Module {
  public:
   LatentResBlockImpl(int64_t in, int64_t out, int64_t emb_width, int64_t max_groups);
   // emb: [N, emb_width]; REQUIRES: defined iff emb_width > 0.
-  torch::Tensor forward(const torch::Tensor &x, const torch::Tensor &emb = {});
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& emb = {});
 
  private:
   DPGroupNorm norm1_{nullptr}, norm2_{nullptr};

@@ -21,7 +21,7 @@ const torch::TensorOptions kF64 = torch::TensorOptions().dtype(torch::kFloat64);
 const torch::TensorOptions kLong = torch::TensorOptions().dtype(torch::kLong);
 
 // max |a - b| / max |b| (the absolute error when b is all zero).
-double RelativeError(const Tensor &a, const Tensor &b) {
+double RelativeError(const Tensor& a, const Tensor& b) {
   EXPECT_EQ(a.sizes(), b.sizes());
   const double scale = b.abs().max().item<double>();
   const double diff = (a - b).abs().max().item<double>();
@@ -29,7 +29,7 @@ double RelativeError(const Tensor &a, const Tensor &b) {
 }
 
 template <typename T>
-std::shared_ptr<T> MustCreate(const ModelSpec &spec, uint64_t seed) {
+std::shared_ptr<T> MustCreate(const ModelSpec& spec, uint64_t seed) {
   auto model = CreateModel(spec, seed);
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? std::dynamic_pointer_cast<T>(*model) : nullptr;
@@ -194,7 +194,7 @@ TEST(LatentUNetTest, ShapesNamesDeterminismAndRefusals) {
   EXPECT_THROW(unet->forward(x), c10::Error);
   TensorList weights = ExtractWeights(*unet);
   std::map<std::string, std::vector<int64_t>> shapes;
-  for (const NamedTensor &w : weights) shapes[w.name] = w.shape;
+  for (const NamedTensor& w : weights) shapes[w.name] = w.shape;
   EXPECT_EQ(shapes["time_mlp.0.weight"], (std::vector<int64_t>{16, 4}));
   EXPECT_EQ(shapes["time_mlp.2.weight"], (std::vector<int64_t>{16, 16}));
   EXPECT_EQ(shapes["cond_embed.weight"], (std::vector<int64_t>{9, 16}));
@@ -220,29 +220,29 @@ TEST(LatentUNetTest, ShapesNamesDeterminismAndRefusals) {
 // passes, for every parameter.
 
 // The per-sample losses [k] of samples `idx` ([k] int64) of a fixed batch.
-using LossOf = std::function<Tensor(const Tensor &idx)>;
+using LossOf = std::function<Tensor(const Tensor& idx)>;
 
-void ExpectTapeMatchesLoop(torch::nn::Module &model, int64_t n, const LossOf &loss_of,
+void ExpectTapeMatchesLoop(torch::nn::Module& model, int64_t n, const LossOf& loss_of,
                            GradSampleMode mode, double tol) {
   std::vector<Tensor> params = model.parameters();
   std::vector<std::vector<Tensor>> loop(params.size());
   for (int64_t i = 0; i < n; ++i) {
-    for (Tensor &p : params) p.mutable_grad() = Tensor();
+    for (Tensor& p : params) p.mutable_grad() = Tensor();
     loss_of(torch::tensor({i}, kLong)).sum().backward();
     for (size_t k = 0; k < params.size(); ++k) {
       loop[k].push_back(params[k].grad().defined() ? params[k].grad().clone()
                                                    : torch::zeros_like(params[k]));
     }
   }
-  for (Tensor &p : params) p.mutable_grad() = Tensor();
-  std::map<const void *, Tensor> taped;
+  for (Tensor& p : params) p.mutable_grad() = Tensor();
+  std::map<const void*, Tensor> taped;
   {
     GradSampleTape tape(mode);
     loss_of(torch::arange(n, kLong)).sum().backward();
-    for (const auto &record : tape.TakeRecords()) {
+    for (const auto& record : tape.TakeRecords()) {
       std::vector<Tensor> grads = record->PerSampleGrads();
       for (size_t k = 0; k < grads.size(); ++k) {
-        Tensor &sum = taped[record->params()[k].unsafeGetTensorImpl()];
+        Tensor& sum = taped[record->params()[k].unsafeGetTensorImpl()];
         sum = sum.defined() ? sum + grads[k] : grads[k];
       }
     }
@@ -250,7 +250,7 @@ void ExpectTapeMatchesLoop(torch::nn::Module &model, int64_t n, const LossOf &lo
   Tensor loop_norms = torch::zeros({n}, kF64), tape_norms = torch::zeros({n}, kF64);
   const auto names = model.named_parameters();
   for (size_t k = 0; k < params.size(); ++k) {
-    const std::string &name = names[k].key();
+    const std::string& name = names[k].key();
     EXPECT_FALSE(params[k].grad().defined()) << name << " got a batch gradient under the tape";
     auto it = taped.find(params[k].unsafeGetTensorImpl());
     if (it == taped.end()) {
@@ -278,7 +278,7 @@ TEST_P(PerSampleTest, EveryUNetLayerMatchesSingleSamplePasses) {
   Tensor cond = torch::tensor({{0, 1, 2}, {2, 2, 2}, {1, 0, 2}}, kLong);
   ExpectTapeMatchesLoop(
       *unet, n,
-      [&](const Tensor &idx) {
+      [&](const Tensor& idx) {
         Tensor out = unet->Denoise(x.index_select(0, idx), t.index_select(0, idx),
                                    cond.index_select(0, idx));
         return (out * r.index_select(0, idx)).flatten(1).sum(1);
@@ -296,7 +296,7 @@ TEST_P(PerSampleTest, EveryVaeLayerMatchesSingleSamplePasses) {
   Tensor noise = torch::randn({n, 4, 8, 8}, kF64);
   ExpectTapeMatchesLoop(
       *vae, n,
-      [&](const Tensor &idx) {
+      [&](const Tensor& idx) {
         Tensor images = x.index_select(0, idx);
         LatentMoments m = vae->Encode(images);
         Tensor z = m.mean + torch::exp(0.5 * m.logvar) * noise.index_select(0, idx);
@@ -307,7 +307,7 @@ TEST_P(PerSampleTest, EveryVaeLayerMatchesSingleSamplePasses) {
 
 INSTANTIATE_TEST_SUITE_P(Modes, PerSampleTest,
                          ::testing::Values(GradSampleMode::kMaterialise, GradSampleMode::kGhost),
-                         [](const ::testing::TestParamInfo<GradSampleMode> &info) {
+                         [](const ::testing::TestParamInfo<GradSampleMode>& info) {
                            return info.param == GradSampleMode::kGhost ? "Ghost" : "Materialise";
                          });
 

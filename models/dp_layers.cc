@@ -30,7 +30,7 @@ bool UseMaterialised(GradSampleMode mode, int64_t positions, int64_t in, int64_t
   return MaterialiseIsCheaper(positions, in, out);
 }
 
-std::vector<int64_t> WithBatch(int64_t n, const Tensor &param) {
+std::vector<int64_t> WithBatch(int64_t n, const Tensor& param) {
   std::vector<int64_t> shape = {n};
   for (int64_t d : param.sizes()) shape.push_back(d);
   return shape;
@@ -38,7 +38,7 @@ std::vector<int64_t> WithBatch(int64_t n, const Tensor &param) {
 
 std::vector<Tensor> DefinedOnly(std::initializer_list<Tensor> tensors) {
   std::vector<Tensor> out;
-  for (const Tensor &t : tensors) {
+  for (const Tensor& t : tensors) {
     if (t.defined()) out.push_back(t);
   }
   return out;
@@ -46,11 +46,11 @@ std::vector<Tensor> DefinedOnly(std::initializer_list<Tensor> tensors) {
 
 Tensor MaterialisedRecord::SquaredNorms() const {
   Tensor total = torch::zeros({batch_size()}, grads_[0].options());
-  for (const Tensor &g : grads_) total += g.flatten(1).pow(2).sum(1);
+  for (const Tensor& g : grads_) total += g.flatten(1).pow(2).sum(1);
   return total;
 }
 
-std::vector<Tensor> MaterialisedRecord::ScaledSum(const Tensor &scale) const {
+std::vector<Tensor> MaterialisedRecord::ScaledSum(const Tensor& scale) const {
   std::vector<Tensor> sums;
   for (size_t i = 0; i < grads_.size(); ++i) {
     Tensor s = scale.to(grads_[i].dtype()).unsqueeze(0);
@@ -61,41 +61,41 @@ std::vector<Tensor> MaterialisedRecord::ScaledSum(const Tensor &scale) const {
 
 std::unique_ptr<GradSampleRecord> ZeroRecord(std::vector<Tensor> params, int64_t n) {
   std::vector<Tensor> grads;
-  for (const Tensor &p : params) grads.push_back(torch::zeros(WithBatch(n, p), p.options()));
+  for (const Tensor& p : params) grads.push_back(torch::zeros(WithBatch(n, p), p.options()));
   return std::make_unique<MaterialisedRecord>(std::move(params), std::move(grads));
 }
 
-Tensor OrPlaceholder(const Tensor &t, const Tensor &like) {
+Tensor OrPlaceholder(const Tensor& t, const Tensor& like) {
   return t.defined() ? t : torch::empty({0}, like.options());
 }
 
-Tensor FromPlaceholder(const Tensor &t) { return t.numel() == 0 ? Tensor() : t; }
+Tensor FromPlaceholder(const Tensor& t) { return t.numel() == 0 ? Tensor() : t; }
 
-void RememberSink(AutogradContext *ctx) {
+void RememberSink(AutogradContext* ctx) {
   c10::intrusive_ptr<GradSampleSink> sink = GradSampleTape::ActiveSink();
   if (sink) ctx->saved_data[kSinkKey] = at::IValue::make_capsule(std::move(sink));
 }
 
-GradSampleSink *RecordingSink(AutogradContext *ctx) {
+GradSampleSink* RecordingSink(AutogradContext* ctx) {
   auto it = ctx->saved_data.find(kSinkKey);
   if (it == ctx->saved_data.end()) return nullptr;
-  auto *sink = static_cast<GradSampleSink *>(it->second.toCapsule().get());
+  auto* sink = static_cast<GradSampleSink*>(it->second.toCapsule().get());
   return sink->open() ? sink : nullptr;
 }
 
-c10::intrusive_ptr<torch::CustomClassHolder> SinkHolder(AutogradContext *ctx) {
+c10::intrusive_ptr<torch::CustomClassHolder> SinkHolder(AutogradContext* ctx) {
   auto it = ctx->saved_data.find(kSinkKey);
   if (it == ctx->saved_data.end()) return {};
   return it->second.toCapsule();
 }
 
 torch::autograd::variable_list NormBackward(
-    AutogradContext *ctx, const Tensor &x, const Tensor &weight, const Tensor &bias,
-    const NormNativeBackward &native,
-    const std::function<std::unique_ptr<GradSampleRecord>()> &record) {
+    AutogradContext* ctx, const Tensor& x, const Tensor& weight, const Tensor& bias,
+    const NormNativeBackward& native,
+    const std::function<std::unique_ptr<GradSampleRecord>()>& record) {
   const bool affine = weight.defined();
   auto holder = SinkHolder(ctx);
-  GradSampleSink *sink = RecordingSink(ctx);
+  GradSampleSink* sink = RecordingSink(ctx);
   Tensor gx, gw, gb;
   if (x.numel() == 0) {
     if (ctx->needs_input_grad(0)) gx = torch::zeros_like(x);
@@ -121,12 +121,12 @@ using torch::autograd::variable_list;
 // Per-sample math shared by the records. x: [N, T, K] rows per sample, dy: [N, T, out].
 
 // [N, out, K]: each sample's sum over positions of dy_t x_t^T.
-Tensor PerSampleOuter(const Tensor &x, const Tensor &dy) {
+Tensor PerSampleOuter(const Tensor& x, const Tensor& dy) {
   return torch::bmm(dy.transpose(1, 2), x);
 }
 
 // [N, T, T]: each sample's Gram matrix over positions of a [N, T, F] tensor.
-Tensor Gram(const Tensor &a) {
+Tensor Gram(const Tensor& a) {
   if (a.is_cpu() && a.scalar_type() == torch::kFloat32) {
     const Tensor rows = a.contiguous();
     Tensor out = torch::empty({a.size(0), a.size(1), a.size(1)}, a.options());
@@ -138,7 +138,7 @@ Tensor Gram(const Tensor &a) {
 }
 
 // [N]: ||sum_t dy_t x_t^T||_F^2 without forming it (Gram matrices over positions).
-Tensor GhostSquaredNorm(const Tensor &x, const Tensor &dy) {
+Tensor GhostSquaredNorm(const Tensor& x, const Tensor& dy) {
   if (x.size(1) == 1) return dy.pow(2).sum({1, 2}) * x.pow(2).sum({1, 2});
   return (Gram(x) * Gram(dy)).sum({1, 2});
 }
@@ -149,7 +149,7 @@ Tensor GhostSquaredNorm(const Tensor &x, const Tensor &dy) {
 // Linear, ghost: keeps x [N, T, in] and dy [N, T, out].
 class LinearGhostRecord : public GradSampleRecord {
  public:
-  LinearGhostRecord(const Tensor &weight, const Tensor &bias, Tensor x, Tensor dy)
+  LinearGhostRecord(const Tensor& weight, const Tensor& bias, Tensor x, Tensor dy)
       : GradSampleRecord(DefinedOnly({weight, bias})),
         has_bias_(bias.defined()),
         x_(std::move(x)),
@@ -160,7 +160,7 @@ class LinearGhostRecord : public GradSampleRecord {
     if (has_bias_) norms = norms + dy_.sum(1).pow(2).sum(1);
     return norms;
   }
-  std::vector<Tensor> ScaledSum(const Tensor &scale) const override {
+  std::vector<Tensor> ScaledSum(const Tensor& scale) const override {
     Tensor scaled = (dy_ * scale.to(dy_.dtype()).view({-1, 1, 1})).flatten(0, 1);
     std::vector<Tensor> sums = {scaled.t().mm(x_.flatten(0, 1))};
     if (has_bias_) sums.push_back(scaled.sum(0));
@@ -185,7 +185,7 @@ struct ConvGeometry {
 };
 
 // [N, T, in*k1*...*kd]: the patches of x under the kernel, in the weight's flatten order.
-Tensor Patches(const Tensor &x, const ConvGeometry &g) {
+Tensor Patches(const Tensor& x, const ConvGeometry& g) {
   if (g.kernel.size() == 2) {
     return torch::im2col(x, g.kernel, g.dilation, g.padding, g.stride).transpose(1, 2);
   }
@@ -206,7 +206,7 @@ Tensor Patches(const Tensor &x, const ConvGeometry &g) {
 }
 
 // [N*G, T, F/G] from [N, T, F]: group g of sample n's features becomes row n*G+g.
-Tensor PerGroup(const Tensor &t, int64_t groups) {
+Tensor PerGroup(const Tensor& t, int64_t groups) {
   if (groups == 1) return t;
   return t.reshape({t.size(0), t.size(1), groups, -1})
       .permute({0, 2, 1, 3})
@@ -223,7 +223,7 @@ std::vector<int64_t> BatchView(int64_t dims) {
 // Convolution (2-d or 3-d, grouped), ghost: keeps the layer input x [N, in, *] and dy [N, out, *].
 class ConvGhostRecord : public GradSampleRecord {
  public:
-  ConvGhostRecord(const Tensor &weight, const Tensor &bias, Tensor x, Tensor dy, ConvGeometry geo)
+  ConvGhostRecord(const Tensor& weight, const Tensor& bias, Tensor x, Tensor dy, ConvGeometry geo)
       : GradSampleRecord(DefinedOnly({weight, bias})),
         has_bias_(bias.defined()),
         x_(std::move(x)),
@@ -239,9 +239,9 @@ class ConvGhostRecord : public GradSampleRecord {
     if (has_bias_) norms = norms + dy.sum(1).pow(2).sum(1);
     return norms;
   }
-  std::vector<Tensor> ScaledSum(const Tensor &scale) const override {
+  std::vector<Tensor> ScaledSum(const Tensor& scale) const override {
     Tensor scaled = dy_ * scale.to(dy_.dtype()).view(BatchView(dy_.dim()));
-    const Tensor &w = params()[0];
+    const Tensor& w = params()[0];
     std::vector<int64_t> bias_sizes = {w.size(0)};
     auto grads = at::convolution_backward(
         scaled, x_, w, has_bias_ ? at::OptionalIntArrayRef(bias_sizes) : c10::nullopt, geo_.stride,
@@ -254,7 +254,7 @@ class ConvGhostRecord : public GradSampleRecord {
   // The per-sample weight gradients are the weight gradient of one convolution with the batch
   // folded into the channels as N*G groups (the fast convolution kernels, no im2col).
   std::vector<Tensor> PerSampleGrads() const override {
-    const Tensor &w = params()[0];
+    const Tensor& w = params()[0];
     const int64_t n = batch_size();
     std::vector<int64_t> repeats(w.dim(), 1);
     repeats[0] = n;
@@ -282,8 +282,8 @@ class ConvGhostRecord : public GradSampleRecord {
 
 class DPConvFunction : public torch::autograd::Function<DPConvFunction> {
  public:
-  static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &weight,
-                        const Tensor &bias_or_placeholder, std::vector<int64_t> stride,
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight,
+                        const Tensor& bias_or_placeholder, std::vector<int64_t> stride,
                         std::vector<int64_t> padding, std::vector<int64_t> dilation,
                         int64_t groups) {
     const Tensor bias = FromPlaceholder(bias_or_placeholder);
@@ -298,7 +298,7 @@ class DPConvFunction : public torch::autograd::Function<DPConvFunction> {
                            groups);
   }
 
-  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs) {
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
     const Tensor dy = grad_outputs[0];
@@ -306,7 +306,7 @@ class DPConvFunction : public torch::autograd::Function<DPConvFunction> {
                      ctx->saved_data["padding"].toIntVector(),
                      ctx->saved_data["dilation"].toIntVector(), ctx->saved_data["groups"].toInt()};
     auto holder = SinkHolder(ctx);
-    GradSampleSink *sink = RecordingSink(ctx);
+    GradSampleSink* sink = RecordingSink(ctx);
     const bool has_bias = bias.defined();
     const std::array<bool, 3> mask = {ctx->needs_input_grad(0),
                                       sink == nullptr && ctx->needs_input_grad(1),
@@ -323,9 +323,9 @@ class DPConvFunction : public torch::autograd::Function<DPConvFunction> {
   }
 
  private:
-  static std::unique_ptr<GradSampleRecord> MakeRecord(GradSampleMode mode, const Tensor &weight,
-                                                      const Tensor &bias, const Tensor &x,
-                                                      const Tensor &dy, ConvGeometry geo) {
+  static std::unique_ptr<GradSampleRecord> MakeRecord(GradSampleMode mode, const Tensor& weight,
+                                                      const Tensor& bias, const Tensor& x,
+                                                      const Tensor& dy, ConvGeometry geo) {
     if (x.size(0) == 0) return ZeroRecord(DefinedOnly({weight, bias}), 0);
     const int64_t groups = geo.groups;
     ConvGhostRecord ghost(weight, bias, x, dy, std::move(geo));
@@ -343,20 +343,20 @@ class DPConvFunction : public torch::autograd::Function<DPConvFunction> {
 
 class DPLinearFunction : public torch::autograd::Function<DPLinearFunction> {
  public:
-  static Tensor forward(AutogradContext *ctx, const Tensor &x, const Tensor &weight,
-                        const Tensor &bias_or_placeholder) {
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& weight,
+                        const Tensor& bias_or_placeholder) {
     const Tensor bias = FromPlaceholder(bias_or_placeholder);
     ctx->save_for_backward({x, weight, bias});
     RememberSink(ctx);
     return at::linear(x, weight, bias);
   }
 
-  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs) {
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
     const Tensor dy = grad_outputs[0];
     auto holder = SinkHolder(ctx);
-    GradSampleSink *sink = RecordingSink(ctx);
+    GradSampleSink* sink = RecordingSink(ctx);
     Tensor gx, gw, gb;
     if (ctx->needs_input_grad(0)) gx = dy.matmul(weight);
     const Tensor dy2 = dy.reshape({-1, weight.size(0)});
@@ -370,9 +370,9 @@ class DPLinearFunction : public torch::autograd::Function<DPLinearFunction> {
   }
 
  private:
-  static std::unique_ptr<GradSampleRecord> MakeRecord(GradSampleMode mode, const Tensor &weight,
-                                                      const Tensor &bias, const Tensor &x,
-                                                      const Tensor &dy) {
+  static std::unique_ptr<GradSampleRecord> MakeRecord(GradSampleMode mode, const Tensor& weight,
+                                                      const Tensor& bias, const Tensor& x,
+                                                      const Tensor& dy) {
     const int64_t n = x.size(0);
     if (n == 0) return ZeroRecord(DefinedOnly({weight, bias}), 0);
     LinearGhostRecord ghost(weight, bias, x.reshape({n, -1, weight.size(1)}),
@@ -390,8 +390,8 @@ class DPLinearFunction : public torch::autograd::Function<DPLinearFunction> {
 
 class DPGroupNormFunction : public torch::autograd::Function<DPGroupNormFunction> {
  public:
-  static Tensor forward(AutogradContext *ctx, const Tensor &input,
-                        const Tensor &weight_or_placeholder, const Tensor &bias_or_placeholder,
+  static Tensor forward(AutogradContext* ctx, const Tensor& input,
+                        const Tensor& weight_or_placeholder, const Tensor& bias_or_placeholder,
                         int64_t groups, double eps) {
     const Tensor weight = FromPlaceholder(weight_or_placeholder);
     const Tensor bias = FromPlaceholder(bias_or_placeholder);
@@ -409,7 +409,7 @@ class DPGroupNormFunction : public torch::autograd::Function<DPGroupNormFunction
     return y;
   }
 
-  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs) {
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
     const Tensor &mean = saved[3], &rstd = saved[4];
@@ -427,9 +427,9 @@ class DPGroupNormFunction : public torch::autograd::Function<DPGroupNormFunction
 
  private:
   // GroupNorm's per-sample gradients are [N, C] sums, always cheap to hold.
-  static std::unique_ptr<GradSampleRecord> MakeRecord(const Tensor &weight, const Tensor &bias,
-                                                      const Tensor &x, const Tensor &dy,
-                                                      const Tensor &mean, const Tensor &rstd,
+  static std::unique_ptr<GradSampleRecord> MakeRecord(const Tensor& weight, const Tensor& bias,
+                                                      const Tensor& x, const Tensor& dy,
+                                                      const Tensor& mean, const Tensor& rstd,
                                                       int64_t groups) {
     const int64_t n = x.size(0), c = x.size(1);
     if (x.numel() == 0) return ZeroRecord({weight, bias}, n);
@@ -437,8 +437,11 @@ class DPGroupNormFunction : public torch::autograd::Function<DPGroupNormFunction
     // statistics of c's group: one pass over the activations instead of three.
     Tensor dy3 = dy.view({n, c, -1});
     Tensor gb = dy3.sum(2);
-    auto per_channel = [&](const Tensor &stat) {
-      return stat.view({n, groups, 1}).to(x.dtype()).expand({n, groups, c / groups}).reshape({n, c});
+    auto per_channel = [&](const Tensor& stat) {
+      return stat.view({n, groups, 1})
+          .to(x.dtype())
+          .expand({n, groups, c / groups})
+          .reshape({n, c});
     };
     Tensor gw = ((x.view({n, c, -1}) * dy3).sum(2) - per_channel(mean) * gb) * per_channel(rstd);
     return std::make_unique<MaterialisedRecord>(std::vector<Tensor>{weight, bias},
@@ -448,14 +451,14 @@ class DPGroupNormFunction : public torch::autograd::Function<DPGroupNormFunction
 
 }  // namespace
 
-Tensor DPConvolution(const Tensor &input, const Tensor &weight, const Tensor &bias,
+Tensor DPConvolution(const Tensor& input, const Tensor& weight, const Tensor& bias,
                      std::vector<int64_t> stride, std::vector<int64_t> padding,
                      std::vector<int64_t> dilation, int64_t groups) {
   return DPConvFunction::apply(input, weight, OrPlaceholder(bias, weight), std::move(stride),
                                std::move(padding), std::move(dilation), groups);
 }
 
-Tensor DPGroupNormalisation(const Tensor &input, const Tensor &weight, const Tensor &bias,
+Tensor DPGroupNormalisation(const Tensor& input, const Tensor& weight, const Tensor& bias,
                             int64_t groups, double eps) {
   return DPGroupNormFunction::apply(input, OrPlaceholder(weight, input), OrPlaceholder(bias, input),
                                     groups, eps);
@@ -464,9 +467,9 @@ Tensor DPGroupNormalisation(const Tensor &input, const Tensor &weight, const Ten
 }  // namespace dp_internal
 
 using dp_internal::DPConvolution;
+using dp_internal::DPGroupNormalisation;
 using dp_internal::DPLinearFunction;
 using dp_internal::OrPlaceholder;
-using dp_internal::DPGroupNormalisation;
 using dp_internal::ToVector;
 using torch::Tensor;
 
@@ -475,7 +478,7 @@ using torch::Tensor;
 
 namespace {
 
-thread_local GradSampleTape *g_active_tape = nullptr;
+thread_local GradSampleTape* g_active_tape = nullptr;
 
 }  // namespace
 
@@ -535,7 +538,7 @@ void DPConv2dImpl::reset() {
   }
 }
 
-Tensor DPConv2dImpl::forward(const Tensor &input) {
+Tensor DPConv2dImpl::forward(const Tensor& input) {
   return DPConvolution(input, weight, bias, ToVector(options.stride()), ToVector(options.padding()),
                        ToVector(options.dilation()), 1);
 }
@@ -554,7 +557,7 @@ void DPLinearImpl::reset() {
   }
 }
 
-Tensor DPLinearImpl::forward(const Tensor &input) {
+Tensor DPLinearImpl::forward(const Tensor& input) {
   return DPLinearFunction::apply(input, weight, OrPlaceholder(bias, weight));
 }
 
@@ -574,19 +577,19 @@ void DPGroupNormImpl::reset() {
   }
 }
 
-Tensor DPGroupNormImpl::forward(const Tensor &input) {
+Tensor DPGroupNormImpl::forward(const Tensor& input) {
   return DPGroupNormalisation(input, weight, bias, options.num_groups(), options.eps());
 }
 
-bool IsDpAwareModule(const torch::nn::Module &module) {
-  return dynamic_cast<const DPConv2dImpl *>(&module) != nullptr ||
-         dynamic_cast<const DPLinearImpl *>(&module) != nullptr ||
-         dynamic_cast<const DPGroupNormImpl *>(&module) != nullptr ||
-         dynamic_cast<const DPConv3dImpl *>(&module) != nullptr ||
-         dynamic_cast<const DPLayerNormImpl *>(&module) != nullptr ||
-         dynamic_cast<const DPInstanceNorm2dImpl *>(&module) != nullptr ||
-         dynamic_cast<const DPInstanceNorm3dImpl *>(&module) != nullptr ||
-         dynamic_cast<const DPEmbeddingImpl *>(&module) != nullptr;
+bool IsDpAwareModule(const torch::nn::Module& module) {
+  return dynamic_cast<const DPConv2dImpl*>(&module) != nullptr ||
+         dynamic_cast<const DPLinearImpl*>(&module) != nullptr ||
+         dynamic_cast<const DPGroupNormImpl*>(&module) != nullptr ||
+         dynamic_cast<const DPConv3dImpl*>(&module) != nullptr ||
+         dynamic_cast<const DPLayerNormImpl*>(&module) != nullptr ||
+         dynamic_cast<const DPInstanceNorm2dImpl*>(&module) != nullptr ||
+         dynamic_cast<const DPInstanceNorm3dImpl*>(&module) != nullptr ||
+         dynamic_cast<const DPEmbeddingImpl*>(&module) != nullptr;
 }
 
 }  // namespace fl

@@ -36,12 +36,12 @@ class GradSampleRecord {
  public:
   virtual ~GradSampleRecord() = default;
   // The layer's parameters that this record covers (weight, then bias if any).
-  const std::vector<torch::Tensor> &params() const { return params_; }
+  const std::vector<torch::Tensor>& params() const { return params_; }
   virtual int64_t batch_size() const = 0;
   // [N] float: the squared norm of each sample's gradient over params().
   virtual torch::Tensor SquaredNorms() const = 0;
   // sum_i scale[i] * g_i for each of params() (scale: [N] float).
-  virtual std::vector<torch::Tensor> ScaledSum(const torch::Tensor &scale) const = 0;
+  virtual std::vector<torch::Tensor> ScaledSum(const torch::Tensor& scale) const = 0;
   // Per-sample gradients, [N, param shape...] for each of params().
   virtual std::vector<torch::Tensor> PerSampleGrads() const = 0;
 
@@ -81,8 +81,8 @@ class GradSampleTape {
  public:
   explicit GradSampleTape(GradSampleMode mode = GradSampleMode::kAuto);
   ~GradSampleTape();
-  GradSampleTape(const GradSampleTape &) = delete;
-  GradSampleTape &operator=(const GradSampleTape &) = delete;
+  GradSampleTape(const GradSampleTape&) = delete;
+  GradSampleTape& operator=(const GradSampleTape&) = delete;
 
   // The records of all backward passes so far, in the order delivered; the
   // tape is left empty.
@@ -93,7 +93,7 @@ class GradSampleTape {
 
  private:
   c10::intrusive_ptr<GradSampleSink> sink_;
-  GradSampleTape *previous_;
+  GradSampleTape* previous_;
 };
 
 // The subset of torch::nn::Conv2dOptions that DPConv2d supports: groups 1,
@@ -116,7 +116,7 @@ class DPConv2dImpl : public torch::nn::Cloneable<DPConv2dImpl> {
  public:
   explicit DPConv2dImpl(DPConv2dOptions options);
   void reset() override;
-  torch::Tensor forward(const torch::Tensor &input);
+  torch::Tensor forward(const torch::Tensor& input);
 
   DPConv2dOptions options;
   torch::Tensor weight;
@@ -131,7 +131,7 @@ class DPLinearImpl : public torch::nn::Cloneable<DPLinearImpl> {
   explicit DPLinearImpl(torch::nn::LinearOptions options);
   DPLinearImpl(int64_t in, int64_t out) : DPLinearImpl(torch::nn::LinearOptions(in, out)) {}
   void reset() override;
-  torch::Tensor forward(const torch::Tensor &input);
+  torch::Tensor forward(const torch::Tensor& input);
 
   torch::nn::LinearOptions options;
   torch::Tensor weight;
@@ -145,7 +145,7 @@ class DPGroupNormImpl : public torch::nn::Cloneable<DPGroupNormImpl> {
  public:
   explicit DPGroupNormImpl(torch::nn::GroupNormOptions options);
   void reset() override;
-  torch::Tensor forward(const torch::Tensor &input);
+  torch::Tensor forward(const torch::Tensor& input);
 
   torch::nn::GroupNormOptions options;
   torch::Tensor weight;
@@ -174,7 +174,7 @@ class DPConv3dImpl : public torch::nn::Cloneable<DPConv3dImpl> {
  public:
   explicit DPConv3dImpl(DPConv3dOptions options);
   void reset() override;
-  torch::Tensor forward(const torch::Tensor &input);
+  torch::Tensor forward(const torch::Tensor& input);
 
   DPConv3dOptions options;
   torch::Tensor weight;
@@ -189,7 +189,7 @@ class DPLayerNormImpl : public torch::nn::Cloneable<DPLayerNormImpl> {
  public:
   explicit DPLayerNormImpl(torch::nn::LayerNormOptions options);
   void reset() override;
-  torch::Tensor forward(const torch::Tensor &input);
+  torch::Tensor forward(const torch::Tensor& input);
 
   torch::nn::LayerNormOptions options;
   torch::Tensor weight;
@@ -207,7 +207,7 @@ class DPInstanceNormImpl : public torch::nn::Cloneable<DPInstanceNormImpl<D>> {
  public:
   explicit DPInstanceNormImpl(torch::nn::InstanceNormOptions options);
   void reset() override;
-  torch::Tensor forward(const torch::Tensor &input);
+  torch::Tensor forward(const torch::Tensor& input);
 
   torch::nn::InstanceNormOptions options;
   torch::Tensor weight;
@@ -228,7 +228,7 @@ class DPEmbeddingImpl : public torch::nn::Cloneable<DPEmbeddingImpl> {
   DPEmbeddingImpl(int64_t num_embeddings, int64_t embedding_dim)
       : DPEmbeddingImpl(torch::nn::EmbeddingOptions(num_embeddings, embedding_dim)) {}
   void reset() override;
-  torch::Tensor forward(const torch::Tensor &indices);
+  torch::Tensor forward(const torch::Tensor& indices);
 
   torch::nn::EmbeddingOptions options;
   torch::Tensor weight;
@@ -237,6 +237,6 @@ TORCH_MODULE(DPEmbedding);
 
 // True for the DP-aware layers above: their direct parameters are covered by
 // the records of a GradSampleTape.
-bool IsDpAwareModule(const torch::nn::Module &module);
+bool IsDpAwareModule(const torch::nn::Module& module);
 
 }  // namespace fl

@@ -18,8 +18,8 @@ using namespace dp_internal;  // NOLINT(build/namespaces): the layers' shared he
 
 class DPLayerNormFunction : public torch::autograd::Function<DPLayerNormFunction> {
  public:
-  static Tensor forward(AutogradContext *ctx, const Tensor &input,
-                        const Tensor &weight_or_placeholder, const Tensor &bias_or_placeholder,
+  static Tensor forward(AutogradContext* ctx, const Tensor& input,
+                        const Tensor& weight_or_placeholder, const Tensor& bias_or_placeholder,
                         std::vector<int64_t> normalized_shape, double eps) {
     const Tensor weight = FromPlaceholder(weight_or_placeholder);
     const Tensor bias = FromPlaceholder(bias_or_placeholder);
@@ -35,7 +35,7 @@ class DPLayerNormFunction : public torch::autograd::Function<DPLayerNormFunction
     return y;
   }
 
-  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs) {
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &weight = saved[1], &bias = saved[2];
     const Tensor &mean = saved[3], &rstd = saved[4];
@@ -52,9 +52,9 @@ class DPLayerNormFunction : public torch::autograd::Function<DPLayerNormFunction
  private:
   // LayerNorm's per-sample gradients are sums over positions of normalized_shape-sized terms, no
   // more than the activations: always materialised.
-  static std::unique_ptr<GradSampleRecord> MakeRecord(const Tensor &weight, const Tensor &bias,
-                                                      const Tensor &x, const Tensor &dy,
-                                                      const Tensor &mean, const Tensor &rstd) {
+  static std::unique_ptr<GradSampleRecord> MakeRecord(const Tensor& weight, const Tensor& bias,
+                                                      const Tensor& x, const Tensor& dy,
+                                                      const Tensor& mean, const Tensor& rstd) {
     const int64_t n = x.size(0);
     if (x.numel() == 0) return ZeroRecord({weight, bias}, n);
     // The statistics have one entry per normalised row: [N, ..., 1, ..., 1].
@@ -77,20 +77,20 @@ class DPLayerNormFunction : public torch::autograd::Function<DPLayerNormFunction
 // ||G_n||^2 = sum_{t,s} [idx_t == idx_s] <dy_t, dy_s>.
 class EmbeddingGhostRecord : public GradSampleRecord {
  public:
-  EmbeddingGhostRecord(const Tensor &weight, Tensor indices, Tensor dy)
+  EmbeddingGhostRecord(const Tensor& weight, Tensor indices, Tensor dy)
       : GradSampleRecord({weight}), indices_(std::move(indices)), dy_(std::move(dy)) {}
   int64_t batch_size() const override { return indices_.size(0); }
   Tensor SquaredNorms() const override {
     Tensor same = (indices_.unsqueeze(2) == indices_.unsqueeze(1)).to(dy_.dtype());
     return (same * torch::bmm(dy_, dy_.transpose(1, 2))).sum({1, 2});
   }
-  std::vector<Tensor> ScaledSum(const Tensor &scale) const override {
+  std::vector<Tensor> ScaledSum(const Tensor& scale) const override {
     Tensor scaled = dy_ * scale.to(dy_.dtype()).view({-1, 1, 1});
-    const Tensor &w = params()[0];
+    const Tensor& w = params()[0];
     return {torch::zeros_like(w).index_add_(0, indices_.flatten(), scaled.flatten(0, 1))};
   }
   std::vector<Tensor> PerSampleGrads() const override {
-    const Tensor &w = params()[0];
+    const Tensor& w = params()[0];
     const int64_t n = batch_size(), num = w.size(0);
     Tensor rows = indices_ + torch::arange(n, indices_.options()).unsqueeze(1) * num;
     Tensor grads = torch::zeros({n * num, w.size(1)}, w.options());
@@ -104,7 +104,7 @@ class EmbeddingGhostRecord : public GradSampleRecord {
 
 class DPEmbeddingFunction : public torch::autograd::Function<DPEmbeddingFunction> {
  public:
-  static Tensor forward(AutogradContext *ctx, const Tensor &indices, const Tensor &weight,
+  static Tensor forward(AutogradContext* ctx, const Tensor& indices, const Tensor& weight,
                         int64_t padding_idx) {
     ctx->save_for_backward({indices, weight});
     ctx->saved_data["padding_idx"] = padding_idx;
@@ -113,13 +113,13 @@ class DPEmbeddingFunction : public torch::autograd::Function<DPEmbeddingFunction
                          /*sparse=*/false);
   }
 
-  static variable_list backward(AutogradContext *ctx, variable_list grad_outputs) {
+  static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const variable_list saved = ctx->get_saved_variables();
     const Tensor &indices = saved[0], &weight = saved[1];
     const Tensor dy = grad_outputs[0];
     const int64_t padding_idx = ctx->saved_data["padding_idx"].toInt();
     auto holder = SinkHolder(ctx);
-    GradSampleSink *sink = RecordingSink(ctx);
+    GradSampleSink* sink = RecordingSink(ctx);
     Tensor gw;
     if (sink != nullptr) {
       sink->Add(MakeRecord(sink->mode(), weight, indices, dy, padding_idx));
@@ -131,8 +131,8 @@ class DPEmbeddingFunction : public torch::autograd::Function<DPEmbeddingFunction
   }
 
  private:
-  static std::unique_ptr<GradSampleRecord> MakeRecord(GradSampleMode mode, const Tensor &weight,
-                                                      const Tensor &indices, const Tensor &dy,
+  static std::unique_ptr<GradSampleRecord> MakeRecord(GradSampleMode mode, const Tensor& weight,
+                                                      const Tensor& indices, const Tensor& dy,
                                                       int64_t padding_idx) {
     const int64_t n = indices.size(0), dim = weight.size(1);
     if (n == 0) return ZeroRecord({weight}, 0);
@@ -153,7 +153,7 @@ class DPEmbeddingFunction : public torch::autograd::Function<DPEmbeddingFunction
 
 // Registers `plain`'s parameter `name` on `module`, or an undefined placeholder when `take` is
 // false (as torch does for a disabled bias or affine transform).
-Tensor Adopt(torch::nn::Module &module, const std::string &name, const Tensor &plain, bool take) {
+Tensor Adopt(torch::nn::Module& module, const std::string& name, const Tensor& plain, bool take) {
   return take ? module.register_parameter(name, plain)
               : module.register_parameter(name, Tensor(), /*requires_grad=*/false);
 }
@@ -189,7 +189,7 @@ void DPConv3dImpl::reset() {
   bias = Adopt(*this, "bias", plain->bias, options.bias());
 }
 
-Tensor DPConv3dImpl::forward(const Tensor &input) {
+Tensor DPConv3dImpl::forward(const Tensor& input) {
   return DPConvolution(input, weight, bias, ToVector(options.stride()), ToVector(options.padding()),
                        ToVector(options.dilation()), options.groups());
 }
@@ -205,8 +205,8 @@ void DPLayerNormImpl::reset() {
   bias = Adopt(*this, "bias", plain->bias, options.elementwise_affine());
 }
 
-Tensor DPLayerNormImpl::forward(const Tensor &input) {
-  const std::vector<int64_t> &shape = options.normalized_shape();
+Tensor DPLayerNormImpl::forward(const Tensor& input) {
+  const std::vector<int64_t>& shape = options.normalized_shape();
   TORCH_CHECK(input.dim() > static_cast<int64_t>(shape.size()),
               "DPLayerNorm: input needs a batch dimension before the normalised ", shape.size(),
               " dims, got ", input.dim(), " dims");
@@ -232,7 +232,7 @@ void DPInstanceNormImpl<D>::reset() {
 
 // Instance normalisation is group normalisation with one channel per group.
 template <size_t D>
-Tensor DPInstanceNormImpl<D>::forward(const Tensor &input) {
+Tensor DPInstanceNormImpl<D>::forward(const Tensor& input) {
   TORCH_CHECK(input.dim() == static_cast<int64_t>(D) + 2, "DPInstanceNorm", D,
               "d: expected a [N, C", D == 2 ? ", H, W" : ", D, H, W", "] input, got ", input.dim(),
               " dims");
@@ -258,7 +258,7 @@ void DPEmbeddingImpl::reset() {
   weight = register_parameter("weight", plain->weight);
 }
 
-Tensor DPEmbeddingImpl::forward(const Tensor &indices) {
+Tensor DPEmbeddingImpl::forward(const Tensor& indices) {
   TORCH_CHECK(indices.dim() >= 1, "DPEmbedding: indices need a batch dimension");
   return DPEmbeddingFunction::apply(indices, weight, options.padding_idx().value_or(-1));
 }

@@ -21,7 +21,7 @@ namespace dp_internal {
 bool UseMaterialised(GradSampleMode mode, int64_t positions, int64_t in, int64_t out);
 
 // The shape [n, param shape...].
-std::vector<int64_t> WithBatch(int64_t n, const torch::Tensor &param);
+std::vector<int64_t> WithBatch(int64_t n, const torch::Tensor& param);
 
 // The defined tensors among `tensors`, in order.
 std::vector<torch::Tensor> DefinedOnly(std::initializer_list<torch::Tensor> tensors);
@@ -33,7 +33,7 @@ class MaterialisedRecord : public GradSampleRecord {
       : GradSampleRecord(std::move(params)), grads_(std::move(grads)) {}
   int64_t batch_size() const override { return grads_.at(0).size(0); }
   torch::Tensor SquaredNorms() const override;
-  std::vector<torch::Tensor> ScaledSum(const torch::Tensor &scale) const override;
+  std::vector<torch::Tensor> ScaledSum(const torch::Tensor& scale) const override;
   std::vector<torch::Tensor> PerSampleGrads() const override { return grads_; }
 
  private:
@@ -45,15 +45,15 @@ std::unique_ptr<GradSampleRecord> ZeroRecord(std::vector<torch::Tensor> params, 
 
 // LibTorch 1.13's custom functions take no undefined tensors: a missing parameter crosses apply()
 // as an empty placeholder.
-torch::Tensor OrPlaceholder(const torch::Tensor &t, const torch::Tensor &like);
-torch::Tensor FromPlaceholder(const torch::Tensor &t);
+torch::Tensor OrPlaceholder(const torch::Tensor& t, const torch::Tensor& like);
+torch::Tensor FromPlaceholder(const torch::Tensor& t);
 
 // Remembers the active sink (if any) in the graph node, for its backward.
-void RememberSink(torch::autograd::AutogradContext *ctx);
+void RememberSink(torch::autograd::AutogradContext* ctx);
 // The sink to record into, or null when gradients are to be computed plainly.
-GradSampleSink *RecordingSink(torch::autograd::AutogradContext *ctx);
+GradSampleSink* RecordingSink(torch::autograd::AutogradContext* ctx);
 // Keeps the sink alive during the backward that uses it.
-c10::intrusive_ptr<torch::CustomClassHolder> SinkHolder(torch::autograd::AutogradContext *ctx);
+c10::intrusive_ptr<torch::CustomClassHolder> SinkHolder(torch::autograd::AutogradContext* ctx);
 
 // The backward of a normalisation layer (GroupNorm, LayerNorm) with input x and optional affine
 // weight and bias, whose apply() took two more, non-tensor arguments: the plain gradients that
@@ -62,22 +62,22 @@ c10::intrusive_ptr<torch::CustomClassHolder> SinkHolder(torch::autograd::Autogra
 using NormNativeBackward = std::function<std::tuple<torch::Tensor, torch::Tensor, torch::Tensor>(
     std::array<bool, 3> mask)>;
 torch::autograd::variable_list NormBackward(
-    torch::autograd::AutogradContext *ctx, const torch::Tensor &x, const torch::Tensor &weight,
-    const torch::Tensor &bias, const NormNativeBackward &native,
-    const std::function<std::unique_ptr<GradSampleRecord>()> &record);
+    torch::autograd::AutogradContext* ctx, const torch::Tensor& x, const torch::Tensor& weight,
+    const torch::Tensor& bias, const NormNativeBackward& native,
+    const std::function<std::unique_ptr<GradSampleRecord>()>& record);
 
 // N-d convolution (N = stride.size(), 2 or 3) through the DP-aware autograd function.
-torch::Tensor DPConvolution(const torch::Tensor &input, const torch::Tensor &weight,
-                            const torch::Tensor &bias, std::vector<int64_t> stride,
+torch::Tensor DPConvolution(const torch::Tensor& input, const torch::Tensor& weight,
+                            const torch::Tensor& bias, std::vector<int64_t> stride,
                             std::vector<int64_t> padding, std::vector<int64_t> dilation,
                             int64_t groups);
 
 // Group normalisation through the DP-aware autograd function (weight/bias may be undefined).
-torch::Tensor DPGroupNormalisation(const torch::Tensor &input, const torch::Tensor &weight,
-                                   const torch::Tensor &bias, int64_t groups, double eps);
+torch::Tensor DPGroupNormalisation(const torch::Tensor& input, const torch::Tensor& weight,
+                                   const torch::Tensor& bias, int64_t groups, double eps);
 
 template <size_t D>
-std::vector<int64_t> ToVector(const torch::ExpandingArray<D> &a) {
+std::vector<int64_t> ToVector(const torch::ExpandingArray<D>& a) {
   return std::vector<int64_t>(a->begin(), a->end());
 }
 

@@ -14,7 +14,7 @@ namespace {
 using torch::Tensor;
 
 // max |a - b| / max |b| (or the absolute error when b is all zero).
-double RelativeError(const Tensor &a, const Tensor &b) {
+double RelativeError(const Tensor& a, const Tensor& b) {
   EXPECT_EQ(a.sizes(), b.sizes());
   if (a.numel() == 0) return 0.0;
   const double scale = b.abs().max().item<double>();
@@ -23,15 +23,15 @@ double RelativeError(const Tensor &a, const Tensor &b) {
 }
 
 // Makes a random input of the given shape and floating-point dtype.
-using InputMaker = std::function<Tensor(const std::vector<int64_t> &, torch::Dtype)>;
+using InputMaker = std::function<Tensor(const std::vector<int64_t>&, torch::Dtype)>;
 
-Tensor RandomActivations(const std::vector<int64_t> &shape, torch::Dtype dtype) {
+Tensor RandomActivations(const std::vector<int64_t>& shape, torch::Dtype dtype) {
   return torch::randn(shape, torch::TensorOptions().dtype(dtype));
 }
 
 // Indices below `num`; few enough values that tokens repeat within a sample.
 InputMaker RandomTokens(int64_t num) {
-  return [num](const std::vector<int64_t> &shape, torch::Dtype) {
+  return [num](const std::vector<int64_t>& shape, torch::Dtype) {
     return torch::randint(0, num, shape, torch::TensorOptions().dtype(torch::kLong));
   };
 }
@@ -40,7 +40,7 @@ InputMaker RandomTokens(int64_t num) {
 struct LayerCase {
   std::string name;
   std::shared_ptr<torch::nn::Module> module;
-  std::function<Tensor(const Tensor &)> forward;
+  std::function<Tensor(const Tensor&)> forward;
   std::vector<int64_t> sample_shape;
   InputMaker make_input;
 };
@@ -51,7 +51,7 @@ std::vector<LayerCase> Cases(torch::Dtype dtype) {
                  InputMaker make_input = RandomActivations) {
     layer->to(dtype);
     cases.push_back({std::move(name), layer.ptr(),
-                     [layer](const Tensor &x) mutable { return layer->forward(x); },
+                     [layer](const Tensor& x) mutable { return layer->forward(x); },
                      std::move(shape), std::move(make_input)});
   };
   add("conv_stride_pad_bias", DPConv2d(DPConv2dOptions(3, 4, 3).stride(2).padding(1)),
@@ -80,21 +80,21 @@ std::vector<LayerCase> Cases(torch::Dtype dtype) {
   return cases;
 }
 
-std::vector<int64_t> BatchShape(int64_t n, const std::vector<int64_t> &sample) {
+std::vector<int64_t> BatchShape(int64_t n, const std::vector<int64_t>& sample) {
   std::vector<int64_t> shape = {n};
   shape.insert(shape.end(), sample.begin(), sample.end());
   return shape;
 }
 
 // Loss whose per-sample part is <out_i, r_i>, so every sample gets its own gradient.
-Tensor Loss(const Tensor &out, const Tensor &r) { return (out * r).sum(); }
+Tensor Loss(const Tensor& out, const Tensor& r) { return (out * r).sum(); }
 
 // Per-sample gradients from a loop of single-sample backward passes (no tape).
-std::vector<Tensor> LoopGrads(LayerCase &c, const Tensor &x, const Tensor &r) {
+std::vector<Tensor> LoopGrads(LayerCase& c, const Tensor& x, const Tensor& r) {
   std::vector<Tensor> params = c.module->parameters();
   std::vector<std::vector<Tensor>> per_param(params.size());
   for (int64_t i = 0; i < x.size(0); ++i) {
-    for (Tensor &p : params) p.mutable_grad() = Tensor();
+    for (Tensor& p : params) p.mutable_grad() = Tensor();
     Loss(c.forward(x.narrow(0, i, 1)), r.narrow(0, i, 1)).backward();
     for (size_t k = 0; k < params.size(); ++k) per_param[k].push_back(params[k].grad().clone());
   }
@@ -108,7 +108,7 @@ std::vector<Tensor> LoopGrads(LayerCase &c, const Tensor &x, const Tensor &r) {
   return out;
 }
 
-void CheckCase(LayerCase &c, GradSampleMode mode, int64_t n, torch::Dtype dtype, double tol) {
+void CheckCase(LayerCase& c, GradSampleMode mode, int64_t n, torch::Dtype dtype, double tol) {
   SCOPED_TRACE(c.name + " n=" + std::to_string(n));
   torch::manual_seed(n + 7);
   const torch::TensorOptions opts = torch::TensorOptions().dtype(dtype);
@@ -129,10 +129,10 @@ void CheckCase(LayerCase &c, GradSampleMode mode, int64_t n, torch::Dtype dtype,
     input_grad = x.grad();
   }
   ASSERT_EQ(records.size(), 1u);
-  for (const Tensor &p : c.module->parameters()) EXPECT_FALSE(p.grad().defined());
+  for (const Tensor& p : c.module->parameters()) EXPECT_FALSE(p.grad().defined());
   if (n > 0 && x.is_floating_point()) EXPECT_TRUE(input_grad.defined());
 
-  const GradSampleRecord &record = *records[0];
+  const GradSampleRecord& record = *records[0];
   EXPECT_EQ(record.batch_size(), n);
   std::vector<Tensor> grads = record.PerSampleGrads();
   ASSERT_EQ(grads.size(), expected.size());
@@ -155,13 +155,13 @@ void CheckCase(LayerCase &c, GradSampleMode mode, int64_t n, torch::Dtype dtype,
 class DpLayersPerSampleTest : public ::testing::TestWithParam<GradSampleMode> {};
 
 TEST_P(DpLayersPerSampleTest, MatchesLoopOfSingleSampleBackwardFp64) {
-  for (LayerCase &c : Cases(torch::kFloat64)) {
+  for (LayerCase& c : Cases(torch::kFloat64)) {
     for (int64_t n : {0, 1, 5}) CheckCase(c, GetParam(), n, torch::kFloat64, 1e-10);
   }
 }
 
 TEST_P(DpLayersPerSampleTest, MatchesLoopOfSingleSampleBackwardFp32) {
-  for (LayerCase &c : Cases(torch::kFloat32)) {
+  for (LayerCase& c : Cases(torch::kFloat32)) {
     for (int64_t n : {0, 1, 6}) CheckCase(c, GetParam(), n, torch::kFloat32, 1e-5);
   }
 }
@@ -172,11 +172,11 @@ INSTANTIATE_TEST_SUITE_P(Modes, DpLayersPerSampleTest,
 
 // Without a tape, forward and gradients equal those of the plain torch layer with the same weights.
 template <typename Dp, typename Plain>
-void ExpectSameAsPlain(Dp dp, Plain plain, const Tensor &x) {
+void ExpectSameAsPlain(Dp dp, Plain plain, const Tensor& x) {
   {
     torch::NoGradGuard no_grad;
     auto dp_params = dp->named_parameters();
-    for (auto &item : plain->named_parameters()) item.value().copy_(dp_params[item.key()]);
+    for (auto& item : plain->named_parameters()) item.value().copy_(dp_params[item.key()]);
   }
   ASSERT_EQ(dp->named_parameters().keys(), plain->named_parameters().keys());
   const bool differentiable = x.is_floating_point();
@@ -189,7 +189,7 @@ void ExpectSameAsPlain(Dp dp, Plain plain, const Tensor &x) {
   Loss(y2, r).backward();
   if (differentiable) EXPECT_LT(RelativeError(x1.grad(), x2.grad()), 1e-5);
   auto plain_params = plain->named_parameters();
-  for (auto &item : dp->named_parameters()) {
+  for (auto& item : dp->named_parameters()) {
     EXPECT_LT(RelativeError(item.value().grad(), plain_params[item.key()].grad()), 1e-5)
         << item.key();
   }
@@ -234,7 +234,7 @@ TEST(DpLayersTest, UnsupportedOptionsAreRefused) {
   try {
     DPInstanceNorm2d norm(torch::nn::InstanceNormOptions(3).affine(true).track_running_stats(true));
     ADD_FAILURE() << "track_running_stats=true was accepted";
-  } catch (const c10::Error &e) {
+  } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what()).find("track_running_stats"), std::string::npos) << e.what();
   }
   EXPECT_THROW(DPInstanceNorm3d(torch::nn::InstanceNormOptions(3).track_running_stats(true)),
@@ -289,7 +289,7 @@ TEST(DpLayersTest, NewLayersHaveTorchNamesShapesAndInit) {
   EXPECT_TRUE(instance_norm->buffers().empty());
   DPInstanceNorm2d no_affine(torch::nn::InstanceNormOptions(2));
   EXPECT_TRUE(no_affine->parameters().empty());
-  for (const std::shared_ptr<torch::nn::Module> &m :
+  for (const std::shared_ptr<torch::nn::Module>& m :
        std::vector<std::shared_ptr<torch::nn::Module>>{
            dp_conv.ptr(), dp_emb.ptr(), layer_norm.ptr(), instance_norm.ptr(), no_affine.ptr()}) {
     EXPECT_TRUE(IsDpAwareModule(*m)) << m->name();

@@ -28,7 +28,7 @@ DPGroupNorm VaeNorm(int64_t channels) {
 
 class VaeEncoderImpl : public nn::Module {
  public:
-  VaeEncoderImpl(int64_t in, const std::vector<int> &w, int64_t latent) {
+  VaeEncoderImpl(int64_t in, const std::vector<int>& w, int64_t latent) {
     stem_ = register_module("stem", Conv3x3(in, w[0]));
     stem_block_ = register_module("stem_block",
                                   std::make_shared<LatentResBlockImpl>(w[0], w[0], 0, kVaeGroups));
@@ -42,9 +42,9 @@ class VaeEncoderImpl : public nn::Module {
     out_ = register_module("out", Conv3x3(w.back(), 2 * latent));
   }
 
-  LatentMoments forward(const torch::Tensor &x) {
+  LatentMoments forward(const torch::Tensor& x) {
     torch::Tensor h = stem_block_->forward(stem_->forward(x));
-    for (const auto &level : down_) h = level->block->forward(level->conv->forward(h));
+    for (const auto& level : down_) h = level->block->forward(level->conv->forward(h));
     std::vector<torch::Tensor> parts =
         out_->forward(torch::silu(out_norm_->forward(h))).chunk(2, 1);
     return {parts[0], parts[1].clamp(-30.0, 20.0)};
@@ -60,7 +60,7 @@ class VaeEncoderImpl : public nn::Module {
 
 class VaeDecoderImpl : public nn::Module {
  public:
-  VaeDecoderImpl(int64_t out, const std::vector<int> &w, int64_t latent) {
+  VaeDecoderImpl(int64_t out, const std::vector<int>& w, int64_t latent) {
     in_ = register_module("in", Conv3x3(latent, w.back()));
     in_block_ = register_module(
         "in_block", std::make_shared<LatentResBlockImpl>(w.back(), w.back(), 0, kVaeGroups));
@@ -74,9 +74,9 @@ class VaeDecoderImpl : public nn::Module {
     out_ = register_module("out", Conv3x3(w[0], out));
   }
 
-  torch::Tensor forward(const torch::Tensor &z) {
+  torch::Tensor forward(const torch::Tensor& z) {
     torch::Tensor h = in_block_->forward(in_->forward(z));
-    for (const auto &level : up_) {
+    for (const auto& level : up_) {
       h = level->block->forward(level->conv->forward(UpsampleNearest2(h)));
     }
     return out_->forward(torch::silu(out_norm_->forward(h)));
@@ -92,7 +92,7 @@ class VaeDecoderImpl : public nn::Module {
 
 }  // namespace models_internal
 
-KlVaeImpl::KlVaeImpl(const ModelSpec &spec) {
+KlVaeImpl::KlVaeImpl(const ModelSpec& spec) {
   encoder_ =
       register_module("encoder", std::make_shared<models_internal::VaeEncoderImpl>(
                                      spec.input.channels, spec.widths, spec.latent_channels));
@@ -103,11 +103,11 @@ KlVaeImpl::KlVaeImpl(const ModelSpec &spec) {
 
 torch::Tensor KlVaeImpl::forward(torch::Tensor x) { return Decode(Encode(x).mean); }
 
-LatentMoments KlVaeImpl::Encode(const torch::Tensor &x) { return encoder_->forward(x); }
+LatentMoments KlVaeImpl::Encode(const torch::Tensor& x) { return encoder_->forward(x); }
 
-torch::Tensor KlVaeImpl::Decode(const torch::Tensor &z) { return decoder_->forward(z); }
+torch::Tensor KlVaeImpl::Decode(const torch::Tensor& z) { return decoder_->forward(z); }
 
-torch::Tensor SampleLatent(const LatentMoments &moments, at::Generator generator) {
+torch::Tensor SampleLatent(const LatentMoments& moments, at::Generator generator) {
   torch::Tensor noise =
       at::normal(0.0, 1.0, moments.mean.sizes(), generator, moments.mean.options());
   return moments.mean + torch::exp(0.5 * moments.logvar) * noise;
@@ -116,7 +116,7 @@ torch::Tensor SampleLatent(const LatentMoments &moments, at::Generator generator
 namespace {
 
 // The normalised 1D Gaussian window of `size` taps and standard deviation `sigma`.
-torch::Tensor GaussianWindow(int64_t size, double sigma, const torch::TensorOptions &options) {
+torch::Tensor GaussianWindow(int64_t size, double sigma, const torch::TensorOptions& options) {
   torch::Tensor x = torch::arange(size, options) - static_cast<double>(size / 2);
   torch::Tensor g = torch::exp(-(x * x) / (2.0 * sigma * sigma));
   return g / g.sum();
@@ -124,7 +124,7 @@ torch::Tensor GaussianWindow(int64_t size, double sigma, const torch::TensorOpti
 
 }  // namespace
 
-torch::Tensor Ssim(const torch::Tensor &a, const torch::Tensor &b) {
+torch::Tensor Ssim(const torch::Tensor& a, const torch::Tensor& b) {
   TORCH_CHECK(a.dim() == 4 && a.sizes() == b.sizes(), "SSIM: two [N, C, H, W] of one shape, got ",
               a.sizes(), " and ", b.sizes());
   const int64_t channels = a.size(1);
@@ -134,7 +134,7 @@ torch::Tensor Ssim(const torch::Tensor &a, const torch::Tensor &b) {
   const torch::Tensor rows = g.view({1, 1, win, 1}).expand({channels, 1, win, 1}).contiguous();
   const torch::Tensor cols = g.view({1, 1, 1, win}).expand({channels, 1, 1, win}).contiguous();
   const std::vector<int64_t> one = {1, 1}, zero = {0, 0};
-  auto filter = [&](const torch::Tensor &x) {
+  auto filter = [&](const torch::Tensor& x) {
     const torch::Tensor h = at::conv2d(x, rows, torch::Tensor(), one, zero, one, channels);
     return at::conv2d(h, cols, torch::Tensor(), one, zero, one, channels);
   };
@@ -148,8 +148,8 @@ torch::Tensor Ssim(const torch::Tensor &a, const torch::Tensor &b) {
   return torch::relu(map.flatten(2).mean(2)).mean(1);
 }
 
-VaeLoss VaePerSampleLoss(const torch::Tensor &reconstruction, const torch::Tensor &images,
-                         const LatentMoments &moments, double kl_weight) {
+VaeLoss VaePerSampleLoss(const torch::Tensor& reconstruction, const torch::Tensor& images,
+                         const LatentMoments& moments, double kl_weight) {
   TORCH_CHECK(reconstruction.sizes() == images.sizes(), "VAE loss: reconstruction ",
               reconstruction.sizes(), " for images ", images.sizes());
   VaeLoss loss;

@@ -17,7 +17,7 @@ using torch::Tensor;
 
 const torch::TensorOptions kF64 = torch::TensorOptions().dtype(torch::kFloat64);
 
-std::shared_ptr<KlVaeImpl> MustCreateVae(const ModelSpec &spec, uint64_t seed) {
+std::shared_ptr<KlVaeImpl> MustCreateVae(const ModelSpec& spec, uint64_t seed) {
   auto model = CreateModel(spec, seed);
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? std::dynamic_pointer_cast<KlVaeImpl>(*model) : nullptr;
@@ -27,7 +27,7 @@ std::shared_ptr<KlVaeImpl> MustCreateVae(const ModelSpec &spec, uint64_t seed) {
 // SSIM
 
 // The SSIM of one channel by its definition: a loop over every valid window position, double.
-double LoopSsim(const Tensor &a, const Tensor &b, int64_t win) {
+double LoopSsim(const Tensor& a, const Tensor& b, int64_t win) {
   std::vector<double> g(static_cast<size_t>(win));
   double total = 0;
   for (int64_t i = 0; i < win; ++i) {
@@ -35,7 +35,7 @@ double LoopSsim(const Tensor &a, const Tensor &b, int64_t win) {
     g[i] = std::exp(-d * d / (2 * 1.5 * 1.5));
     total += g[i];
   }
-  for (double &v : g) v /= total;
+  for (double& v : g) v /= total;
   auto A = a.accessor<double, 2>();
   auto B = b.accessor<double, 2>();
   double sum = 0;
@@ -119,7 +119,7 @@ TEST(KlVaeTest, ShapesNamesAndRefusals) {
   EXPECT_EQ(vae->Decode(m.mean).sizes(), x.sizes());
   EXPECT_TRUE(torch::equal(vae->forward(x), vae->Decode(m.mean)));
   std::map<std::string, std::vector<int64_t>> shapes;
-  for (const NamedTensor &w : ExtractWeights(*vae)) shapes[w.name] = w.shape;
+  for (const NamedTensor& w : ExtractWeights(*vae)) shapes[w.name] = w.shape;
   EXPECT_EQ(shapes["encoder.stem.weight"], (std::vector<int64_t>{8, 1, 3, 3}));
   EXPECT_EQ(shapes["encoder.down.2.conv.weight"], (std::vector<int64_t>{32, 16, 3, 3}));
   EXPECT_EQ(shapes["encoder.out.weight"], (std::vector<int64_t>{16, 32, 3, 3}));

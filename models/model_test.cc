@@ -9,17 +9,17 @@
 namespace fl {
 namespace {
 
-ModelSpec Spec(const std::string &name, int in_channels = 1, int outputs = 8) {
+ModelSpec Spec(const std::string& name, int in_channels = 1, int outputs = 8) {
   return ClassifierSpec(name, in_channels, 64, outputs);
 }
 
-std::shared_ptr<ModelImpl> MustCreate(const ModelSpec &spec, uint64_t seed) {
+std::shared_ptr<ModelImpl> MustCreate(const ModelSpec& spec, uint64_t seed) {
   auto model = CreateModel(spec, seed);
   EXPECT_TRUE(model.ok()) << model.status();
   return model.ok() ? *model : nullptr;
 }
 
-bool SameWeights(const TensorList &a, const TensorList &b) {
+bool SameWeights(const TensorList& a, const TensorList& b) {
   if (a.size() != b.size()) return false;
   for (size_t i = 0; i < a.size(); ++i) {
     if (a[i].name != b[i].name || a[i].shape != b[i].shape || a[i].data != b[i].data) return false;
@@ -27,8 +27,8 @@ bool SameWeights(const TensorList &a, const TensorList &b) {
   return true;
 }
 
-const NamedTensor *Find(const TensorList &list, const std::string &name) {
-  for (const NamedTensor &t : list) {
+const NamedTensor* Find(const TensorList& list, const std::string& name) {
+  for (const NamedTensor& t : list) {
     if (t.name == name) return &t;
   }
   return nullptr;
@@ -37,9 +37,8 @@ const NamedTensor *Find(const TensorList &list, const std::string &name) {
 TEST(ModelRegistryTest, KnowsAllNames) {
   std::vector<std::string> names = ModelNames();
   std::set<std::string> got(names.begin(), names.end());
-  EXPECT_EQ(got,
-            (std::set<std::string>{"tinycnn", "smallcnn", "mediumcnn", "resnet9", "resnet18",
-                                   "resnet50", "autoencoder", "kl_vae", "latent_unet"}));
+  EXPECT_EQ(got, (std::set<std::string>{"tinycnn", "smallcnn", "mediumcnn", "resnet9", "resnet18",
+                                        "resnet50", "autoencoder", "kl_vae", "latent_unet"}));
 }
 
 TEST(ModelRegistryTest, RefusesUnknownNameAndBadSpecs) {
@@ -66,7 +65,7 @@ TEST_P(EveryModelTest, OutputShapeAndHead) {
     EXPECT_TRUE(torch::isfinite(out).all().item<bool>());
     EXPECT_EQ(model->head_prefix(), "fc.");
     TensorList w = ExtractWeights(*model);
-    const NamedTensor *head = Find(w, "fc.weight");
+    const NamedTensor* head = Find(w, "fc.weight");
     ASSERT_NE(head, nullptr);
     EXPECT_EQ(head->shape.at(0), 5);
     ASSERT_NE(Find(w, "fc.bias"), nullptr);
@@ -97,8 +96,8 @@ TEST_P(EveryModelTest, ExtractLoadRoundTrip) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, EveryModelTest,
-                         ::testing::Values("tinycnn", "smallcnn", "mediumcnn", "resnet9", "resnet18",
-                                           "resnet50"));
+                         ::testing::Values("tinycnn", "smallcnn", "mediumcnn", "resnet9",
+                                           "resnet18", "resnet50"));
 
 TEST(ModelNamesTest, ResNetMatchesTorchvisionNamesAndSizes) {
   // torchvision.models.resnet18() / resnet50() parameter counts (3 channels,
@@ -107,13 +106,13 @@ TEST(ModelNamesTest, ResNetMatchesTorchvisionNamesAndSizes) {
                              std::pair<std::string, int64_t>{"resnet50", 25557032}}) {
     TensorList w = ExtractWeights(*MustCreate(Spec(name, 3, 1000), 1));
     int64_t total = 0;
-    for (const NamedTensor &t : w) total += t.numel();
+    for (const NamedTensor& t : w) total += t.numel();
     EXPECT_EQ(total, count) << name;
     EXPECT_EQ(w.front().name, "conv1.weight");
     EXPECT_EQ(w.back().name, "fc.bias");
   }
   TensorList r18 = ExtractWeights(*MustCreate(Spec("resnet18"), 1));
-  for (const char *name :
+  for (const char* name :
        {"bn1.weight", "layer1.0.conv1.weight", "layer1.1.bn2.bias", "layer2.0.downsample.0.weight",
         "layer2.0.downsample.1.weight", "layer4.1.conv2.weight"}) {
     EXPECT_NE(Find(r18, name), nullptr) << name;
@@ -126,7 +125,7 @@ TEST(ModelNamesTest, ResNetMatchesTorchvisionNamesAndSizes) {
 
 TEST(ModelNamesTest, ResNet9Names) {
   TensorList w = ExtractWeights(*MustCreate(Spec("resnet9"), 1));
-  for (const char *name : {"prep.0.weight", "prep.1.weight", "layer1.0.weight", "res1.1.0.weight",
+  for (const char* name : {"prep.0.weight", "prep.1.weight", "layer1.0.weight", "res1.1.0.weight",
                            "res2.0.1.bias", "layer3.1.weight"}) {
     EXPECT_NE(Find(w, name), nullptr) << name;
   }
@@ -137,7 +136,7 @@ TEST(WeightsTest, ParametersThenBuffersAsFloat) {
   torch::nn::BatchNorm2d bn(4);
   TensorList w = ExtractWeights(*bn);
   std::vector<std::string> names;
-  for (const NamedTensor &t : w) names.push_back(t.name);
+  for (const NamedTensor& t : w) names.push_back(t.name);
   EXPECT_EQ(names, (std::vector<std::string>{"weight", "bias", "running_mean", "running_var",
                                              "num_batches_tracked"}));
   EXPECT_EQ(w.back().shape, std::vector<int64_t>{});
@@ -162,10 +161,10 @@ TEST(WeightsTest, MismatchedLoadRefusedNamingTensorAndLeavesModelUnchanged) {
   duplicated.push_back(other.front());
   TensorList wrong_head = ExtractWeights(*MustCreate(Spec("smallcnn", 1, 3), 2));
 
-  const std::pair<const TensorList *, std::string> cases[] = {
+  const std::pair<const TensorList*, std::string> cases[] = {
       {&missing, before[1].name},    {&extra, "ghost.weight"},      {&reshaped, "fc.bias"},
       {&short_data, before[0].name}, {&duplicated, before[0].name}, {&wrong_head, "fc.weight"}};
-  for (const auto &[weights, mention] : cases) {
+  for (const auto& [weights, mention] : cases) {
     absl::Status status = LoadWeights(*model, *weights);
     ASSERT_FALSE(status.ok()) << mention;
     EXPECT_NE(std::string(status.message()).find(mention), std::string::npos) << status;

@@ -28,9 +28,9 @@ struct InputSignature {
 
 // Everything the model registry (models/model.h) needs to build an architecture.
 struct ModelSpec {
-  std::string name;       // registry name, e.g. "resnet18" or "autoencoder"
+  std::string name;  // registry name, e.g. "resnet18" or "autoencoder"
   InputSignature input;
-  int num_outputs = 0;    // classifiers: one logit per label of the job's label space
+  int num_outputs = 0;  // classifiers: one logit per label of the job's label space
   // autoencoder: encoder widths, one stride-2 stage each; kl_vae: widths[0] at full
   // resolution, each further one a stride-2 stage; latent_unet: one width per level, likewise.
   std::vector<int> widths;

@@ -16,7 +16,7 @@ int64_t GroupsFor(int64_t channels, int64_t max_groups) {
   return std::gcd<int64_t>(channels, max_groups);
 }
 
-torch::Tensor UpsampleNearest2(const torch::Tensor &x) {
+torch::Tensor UpsampleNearest2(const torch::Tensor& x) {
   return nn::functional::interpolate(x, nn::functional::InterpolateFuncOptions()
                                             .scale_factor(std::vector<double>{2.0, 2.0})
                                             .mode(torch::kNearest));
@@ -44,7 +44,7 @@ LatentResBlockImpl::LatentResBlockImpl(int64_t in, int64_t out, int64_t emb_widt
   if (in != out) skip_ = register_module("skip", Conv(in, out, 1, 1));
 }
 
-torch::Tensor LatentResBlockImpl::forward(const torch::Tensor &x, const torch::Tensor &emb) {
+torch::Tensor LatentResBlockImpl::forward(const torch::Tensor& x, const torch::Tensor& emb) {
   torch::Tensor h = conv1_->forward(torch::silu(norm1_->forward(x)));
   if (emb_proj_) {
     TORCH_CHECK(emb.defined(), "residual block: an embedding is required");
@@ -74,7 +74,7 @@ constexpr int64_t kUNetGroups = 32;
 // [N, dim]: sin then cos of t * 10000^(-i / (dim/2 - 1)), i = 0..dim/2-1 (Medfusion's
 // SinusoidalPosEmb). REQUIRES: dim even, >= 4.
 // Computed in `dtype`, the model's.
-torch::Tensor SinusoidalEmbedding(const torch::Tensor &t, int64_t dim, torch::ScalarType dtype) {
+torch::Tensor SinusoidalEmbedding(const torch::Tensor& t, int64_t dim, torch::ScalarType dtype) {
   const int64_t half = dim / 2;
   const double scale = std::log(10000.0) / static_cast<double>(half - 1);
   torch::Tensor freqs = torch::exp(
@@ -85,10 +85,10 @@ torch::Tensor SinusoidalEmbedding(const torch::Tensor &t, int64_t dim, torch::Sc
 
 }  // namespace
 
-LatentUNetImpl::LatentUNetImpl(const ModelSpec &spec)
+LatentUNetImpl::LatentUNetImpl(const ModelSpec& spec)
     : num_findings_(spec.num_findings), embedding_width_(spec.embedding_width) {
   const int64_t e = embedding_width_;
-  const std::vector<int> &w = spec.widths;
+  const std::vector<int>& w = spec.widths;
   time_mlp_ =
       register_module("time_mlp", nn::Sequential(DPLinear(e / 4, e), nn::SiLU(), DPLinear(e, e)));
   if (num_findings_ > 0) {
@@ -118,7 +118,7 @@ torch::Tensor LatentUNetImpl::forward(torch::Tensor) {
   TORCH_CHECK(false, "latent_unet needs a timestep and a condition: call Denoise(x, t, condition)");
 }
 
-torch::Tensor LatentUNetImpl::Embedding(const torch::Tensor &t, const torch::Tensor &condition) {
+torch::Tensor LatentUNetImpl::Embedding(const torch::Tensor& t, const torch::Tensor& condition) {
   TORCH_CHECK(t.dim() == 1, "latent_unet: t must be [N], got ", t.sizes());
   torch::Tensor emb = time_mlp_->forward(
       SinusoidalEmbedding(t, embedding_width_ / 4, in_conv_->weight.scalar_type()));
@@ -139,17 +139,17 @@ torch::Tensor LatentUNetImpl::Embedding(const torch::Tensor &t, const torch::Ten
   return emb + cond_embed_->forward(rows).sum(1);
 }
 
-torch::Tensor LatentUNetImpl::Denoise(const torch::Tensor &x_t, const torch::Tensor &t,
-                                      const torch::Tensor &condition) {
+torch::Tensor LatentUNetImpl::Denoise(const torch::Tensor& x_t, const torch::Tensor& t,
+                                      const torch::Tensor& condition) {
   const torch::Tensor emb = Embedding(t, condition);
   std::vector<torch::Tensor> skips;
   torch::Tensor h = in_block_->forward(in_conv_->forward(x_t), emb);
-  for (const auto &level : down_) {
+  for (const auto& level : down_) {
     skips.push_back(h);
     h = level->block->forward(level->conv->forward(h), emb);
   }
   for (size_t k = up_.size(); k-- > 0;) {
-    const auto &level = up_[k];
+    const auto& level = up_[k];
     h = level->conv->forward(models_internal::UpsampleNearest2(h));
     h = level->block->forward(torch::cat({h, skips[k]}, 1), emb);
   }

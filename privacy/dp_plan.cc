@@ -19,9 +19,9 @@ absl::StatusOr<DpPlan> PlanDp(const JobSpec& spec, uint64_t train_images) {
     return plan;
   }
   const uint64_t job_steps = uint64_t{spec.rounds()} * spec.local_steps();
-  ASSIGN_OR_RETURN(plan.noise_multiplier,
-                   CalibrateNoise(plan.sample_rate, job_steps, spec.dp().target_epsilon(),
-                                  spec.dp().delta()));
+  ASSIGN_OR_RETURN(
+      plan.noise_multiplier,
+      CalibrateNoise(plan.sample_rate, job_steps, spec.dp().target_epsilon(), spec.dp().delta()));
   return plan;
 }
 

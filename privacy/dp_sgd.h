@@ -41,7 +41,7 @@ struct DpSgdOptions {
 // track_running_stats (FailedPrecondition naming it), and
 // every trainable parameter belongs to a DP-aware layer (InvalidArgument naming the parameter
 // otherwise: it would be neither clipped nor noised).
-absl::Status CheckDpCompatible(torch::nn::Module &model);
+absl::Status CheckDpCompatible(torch::nn::Module& model);
 
 // A 64-bit seed from the operating system's CSPRNG.
 absl::StatusOr<uint64_t> SecureSeed();
@@ -57,36 +57,36 @@ absl::StatusOr<std::vector<int64_t>> PoissonSample(int64_t n, double q, at::Gene
 class DpSgdEngine {
  public:
   // Checks the model (CheckDpCompatible) and the options, seeds the noise generator.
-  static absl::StatusOr<std::unique_ptr<DpSgdEngine>> Create(torch::nn::Module &model,
-                                                             const DpSgdOptions &options);
+  static absl::StatusOr<std::unique_ptr<DpSgdEngine>> Create(torch::nn::Module& model,
+                                                             const DpSgdOptions& options);
 
   // Runs `per_sample_loss` (forward pass; returns the [N] per-sample losses, N >= 0) and one
   // backward pass under a tape, clips each sample's gradient and adds the clipped sum to the
   // step's accumulator. Parameters' .grad are left undefined.
-  absl::Status AccumulateMicroBatch(const std::function<torch::Tensor()> &per_sample_loss);
+  absl::Status AccumulateMicroBatch(const std::function<torch::Tensor()>& per_sample_loss);
 
   // Writes (accumulated clipped sum + N(0, sigma^2 C^2)) / B to every trainable parameter's .grad,
   // calls opt.step() and resets the accumulator.
-  absl::Status Step(torch::optim::Optimizer &opt);
+  absl::Status Step(torch::optim::Optimizer& opt);
 
   // Samples accumulated since the last Step().
   int64_t samples() const { return samples_; }
   // Per-sample gradient norms (before clipping) of the last micro-batch.
-  const torch::Tensor &last_norms() const { return last_norms_; }
+  const torch::Tensor& last_norms() const { return last_norms_; }
 
  private:
   DpSgdEngine(std::vector<std::pair<std::string, torch::Tensor>> params,
-              const DpSgdOptions &options, uint64_t seed);
-  absl::StatusOr<std::vector<std::vector<const GradSampleRecord *>>> GroupByLayer(
-      const std::vector<std::unique_ptr<GradSampleRecord>> &records) const;
-  absl::Status ClipAndAccumulate(const std::vector<std::unique_ptr<GradSampleRecord>> &records);
-  absl::Status Accumulate(const std::vector<torch::Tensor> &params,
-                          const std::vector<torch::Tensor> &sums);
+              const DpSgdOptions& options, uint64_t seed);
+  absl::StatusOr<std::vector<std::vector<const GradSampleRecord*>>> GroupByLayer(
+      const std::vector<std::unique_ptr<GradSampleRecord>>& records) const;
+  absl::Status ClipAndAccumulate(const std::vector<std::unique_ptr<GradSampleRecord>>& records);
+  absl::Status Accumulate(const std::vector<torch::Tensor>& params,
+                          const std::vector<torch::Tensor>& sums);
 
   std::vector<std::pair<std::string, torch::Tensor>> params_;  // trainable, in model order
   DpSgdOptions options_;
   // The generator noise for a parameter on `device` is drawn from.
-  at::Generator NoiseGenerator(const torch::Device &device);
+  at::Generator NoiseGenerator(const torch::Device& device);
 
   uint64_t seed_;
   at::Generator generator_;          // CPU
@@ -97,8 +97,8 @@ class DpSgdEngine {
 };
 
 // Convenience: one step over one batch (Create + AccumulateMicroBatch + Step).
-absl::Status DpSgdStep(torch::nn::Module &model, torch::optim::Optimizer &opt,
-                       const std::function<torch::Tensor()> &per_sample_loss,
-                       const DpSgdOptions &options);
+absl::Status DpSgdStep(torch::nn::Module& model, torch::optim::Optimizer& opt,
+                       const std::function<torch::Tensor()>& per_sample_loss,
+                       const DpSgdOptions& options);
 
 }  // namespace fl

@@ -19,7 +19,7 @@ namespace nn = torch::nn;
 class FlattenImpl : public nn::Cloneable<FlattenImpl> {
  public:
   void reset() override {}
-  Tensor forward(const Tensor &x) { return x.flatten(1); }
+  Tensor forward(const Tensor& x) { return x.flatten(1); }
 };
 TORCH_MODULE(Flatten);
 
@@ -46,12 +46,12 @@ nn::Sequential TokenNet() {
                         DPLinear(6, 4), nn::ReLU(), Flatten(), DPLinear(kTokens * 4, 3));
 }
 
-nn::Sequential Copy(const nn::Sequential &net) {
+nn::Sequential Copy(const nn::Sequential& net) {
   auto copy = std::dynamic_pointer_cast<nn::SequentialImpl>(net->clone());
   return nn::Sequential(copy);
 }
 
-Tensor PerSampleLoss(nn::Sequential &net, const Tensor &x, const Tensor &y) {
+Tensor PerSampleLoss(nn::Sequential& net, const Tensor& x, const Tensor& y) {
   return torch::nn::functional::binary_cross_entropy_with_logits(
              net->forward(x), y,
              torch::nn::functional::BinaryCrossEntropyWithLogitsFuncOptions().reduction(
@@ -69,11 +69,11 @@ DpSgdOptions TestOptions(double clip, double sigma, double batch) {
   return o;
 }
 
-double MaxRelativeDiff(nn::Module &a, nn::Module &b) {
+double MaxRelativeDiff(nn::Module& a, nn::Module& b) {
   auto pb = b.named_parameters();
   double worst = 0;
-  for (auto &item : a.named_parameters()) {
-    const Tensor &want = pb[item.key()];
+  for (auto& item : a.named_parameters()) {
+    const Tensor& want = pb[item.key()];
     worst = std::max(
         worst,
         ((item.value() - want).abs().max() / want.abs().max().clamp_min(1e-12)).item<double>());
@@ -129,15 +129,15 @@ TEST(DpSgdTest, NoNoiseHugeClipEqualsPlainSgdOnSummedLoss) {
 }
 
 // Reference: per-sample whole-model gradients from single-sample passes, clipped, summed, / B.
-void ReferenceClippedStep(nn::Sequential &net, const Batch &b, double clip, double batch) {
+void ReferenceClippedStep(nn::Sequential& net, const Batch& b, double clip, double batch) {
   std::vector<Tensor> params = net->parameters();
   std::vector<Tensor> total;
-  for (const Tensor &p : params) total.push_back(torch::zeros_like(p));
+  for (const Tensor& p : params) total.push_back(torch::zeros_like(p));
   for (int64_t i = 0; i < b.x.size(0); ++i) {
-    for (Tensor &p : params) p.mutable_grad() = Tensor();
+    for (Tensor& p : params) p.mutable_grad() = Tensor();
     PerSampleLoss(net, b.x.narrow(0, i, 1), b.y.narrow(0, i, 1)).sum().backward();
     double sq = 0;
-    for (const Tensor &p : params) sq += p.grad().pow(2).sum().item<double>();
+    for (const Tensor& p : params) sq += p.grad().pow(2).sum().item<double>();
     const double c = std::min(1.0, clip / (std::sqrt(sq) + 1e-6));
     for (size_t k = 0; k < params.size(); ++k) total[k] += c * params[k].grad();
   }
@@ -147,7 +147,7 @@ void ReferenceClippedStep(nn::Sequential &net, const Batch &b, double clip, doub
 
 // One DP step (no noise, SGD lr 1) on n samples equals the reference loop; the fp64 result checks
 // per-sample norms, clipping and the clipped sum of every layer in the network.
-void CheckClippedStep(const NetCase &net_case, int64_t n, GradSampleMode mode) {
+void CheckClippedStep(const NetCase& net_case, int64_t n, GradSampleMode mode) {
   SCOPED_TRACE("n=" + std::to_string(n));
   torch::manual_seed(n);
   nn::Sequential dp_net = net_case.make();
@@ -167,7 +167,7 @@ void CheckClippedStep(const NetCase &net_case, int64_t n, GradSampleMode mode) {
 class DpSgdClipTest : public ::testing::TestWithParam<GradSampleMode> {};
 
 TEST_P(DpSgdClipTest, ClippedSumEqualsLoopOfSingleSamplePasses) {
-  for (const NetCase &net_case : NetCases()) {
+  for (const NetCase& net_case : NetCases()) {
     SCOPED_TRACE(net_case.name);
     for (int64_t n : {0, 1, 6}) CheckClippedStep(net_case, n, GetParam());
   }
@@ -205,7 +205,7 @@ Tensor NoiseOnlyDelta(uint64_t seed, bool empty_batch) {
   torch::manual_seed(0);
   nn::Sequential net = SmallNet();
   std::vector<Tensor> before;
-  for (const Tensor &p : net->parameters()) before.push_back(p.detach().clone());
+  for (const Tensor& p : net->parameters()) before.push_back(p.detach().clone());
   DpSgdOptions options = TestOptions(2.0, 1.5, 4.0);
   options.test_seed = seed;
   torch::optim::SGD opt(net->parameters(), 1.0);
@@ -298,15 +298,15 @@ TEST(DpSgdTest, PoissonSampleDrawsEachIndexIndependently) {
   EXPECT_FALSE(PoissonSample(10, 1.5, gen).ok());
 }
 
-void ExpectDpStepWorks(const std::string &name, int image_size) {
+void ExpectDpStepWorks(const std::string& name, int image_size) {
   SCOPED_TRACE(name);
   auto model = CreateModel(ClassifierSpec(name, 1, image_size, 3), 11);
   ASSERT_TRUE(model.ok()) << model.status();
-  ModelImpl &net = **model;
+  ModelImpl& net = **model;
   Tensor x = torch::randn({3, 1, image_size, image_size});
   Tensor y = torch::randint(0, 2, {3, 3}).to(torch::kFloat32);
   std::vector<Tensor> before;
-  for (const Tensor &p : net.parameters()) before.push_back(p.detach().clone());
+  for (const Tensor& p : net.parameters()) before.push_back(p.detach().clone());
   torch::optim::SGD opt(net.parameters(), 0.1);
   DpSgdOptions options = TestOptions(1.0, 1.0, 3.0);
   auto loss = [&] {

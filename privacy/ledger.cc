@@ -54,7 +54,6 @@ CREATE TABLE IF NOT EXISTS dataset_aliases (
 );
 )sql";
 
-
 // Creates the schema, or checks that an existing file's schema is one this build reads.
 absl::Status Configure(sqlite3* db) {
   int found = 0;
@@ -106,7 +105,7 @@ absl::Status CheckCost(double q, double sigma, uint64_t steps) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PrivacyLedger>> PrivacyLedger::Open(const std::string& path) {
-  ASSIGN_OR_RETURN(sqlite3* db, OpenSqlite(path, "privacy ledger", kBusyTimeoutMs));
+  ASSIGN_OR_RETURN(sqlite3 * db, OpenSqlite(path, "privacy ledger", kBusyTimeoutMs));
   if (absl::Status status = Configure(db); !status.ok()) {
     sqlite3_close(db);
     return Annotate(status, absl::StrCat("opening privacy ledger '", path, "'"));
@@ -204,8 +203,7 @@ absl::StatusOr<std::string> PrivacyLedger::BindLocked(const std::string& dataset
 absl::StatusOr<std::vector<PrivacyLedger::DatasetInfo>> PrivacyLedger::Datasets() {
   absl::MutexLock lock(&mu_);
   std::map<std::string, DatasetInfo> found;
-  SqlStatement images(db_,
-                      "SELECT dataset_id, COUNT(*) FROM dataset_images GROUP BY dataset_id");
+  SqlStatement images(db_, "SELECT dataset_id, COUNT(*) FROM dataset_images GROUP BY dataset_id");
   while (true) {
     ASSIGN_OR_RETURN(bool row, images.Step());
     if (!row) break;
@@ -239,16 +237,15 @@ absl::Status PrivacyLedger::Record(const std::string& job_id, const std::string&
                                dataset_id, "'"));
 }
 
-absl::Status PrivacyLedger::RecordLocked(const std::string& job_id,
-                                         const std::string& dataset_id, int64_t round, double q,
-                                         double sigma, uint64_t steps) {
+absl::Status PrivacyLedger::RecordLocked(const std::string& job_id, const std::string& dataset_id,
+                                         int64_t round, double q, double sigma, uint64_t steps) {
   SqlTransaction txn(db_);
   RETURN_IF_ERROR(txn.Begin());
   SqlStatement insert(db_,
-                   "INSERT INTO rounds (job_id, dataset_id, round, release, sample_rate, "
-                   "noise_multiplier, steps, recorded_at_unix_us) VALUES (?1, ?2, ?3, "
-                   "(SELECT COALESCE(MAX(release), 0) + 1 FROM rounds WHERE job_id = ?1 AND "
-                   "dataset_id = ?2 AND round = ?3), ?4, ?5, ?6, ?7)");
+                      "INSERT INTO rounds (job_id, dataset_id, round, release, sample_rate, "
+                      "noise_multiplier, steps, recorded_at_unix_us) VALUES (?1, ?2, ?3, "
+                      "(SELECT COALESCE(MAX(release), 0) + 1 FROM rounds WHERE job_id = ?1 AND "
+                      "dataset_id = ?2 AND round = ?3), ?4, ?5, ?6, ?7)");
   RETURN_IF_ERROR(insert.status());
   insert.Bind(1, job_id);
   insert.Bind(2, dataset_id);
@@ -267,14 +264,14 @@ absl::StatusOr<PrivacyLedger::Spent> PrivacyLedger::Load(const std::optional<std
   // composed curve independent of insertion order. A name given as an alias stands for the
   // dataset that adopted it, and a dataset's rows include those of its aliases.
   SqlStatement rows(db_,
-                 "WITH d(id) AS (SELECT COALESCE((SELECT dataset_id FROM dataset_aliases "
-                 "WHERE alias = ?1), ?1)) "
-                 "SELECT sample_rate, noise_multiplier, SUM(steps), COUNT(*) FROM rounds "
-                 "WHERE (dataset_id = (SELECT id FROM d) OR dataset_id IN "
-                 "(SELECT alias FROM dataset_aliases WHERE dataset_id = (SELECT id FROM d))) "
-                 "AND (?2 IS NULL OR job_id = ?2) "
-                 "GROUP BY sample_rate, noise_multiplier "
-                 "ORDER BY sample_rate, noise_multiplier");
+                    "WITH d(id) AS (SELECT COALESCE((SELECT dataset_id FROM dataset_aliases "
+                    "WHERE alias = ?1), ?1)) "
+                    "SELECT sample_rate, noise_multiplier, SUM(steps), COUNT(*) FROM rounds "
+                    "WHERE (dataset_id = (SELECT id FROM d) OR dataset_id IN "
+                    "(SELECT alias FROM dataset_aliases WHERE dataset_id = (SELECT id FROM d))) "
+                    "AND (?2 IS NULL OR job_id = ?2) "
+                    "GROUP BY sample_rate, noise_multiplier "
+                    "ORDER BY sample_rate, noise_multiplier");
   RETURN_IF_ERROR(rows.status());
   rows.Bind(1, dataset_id);
   if (job_id.has_value()) rows.Bind(2, *job_id);
@@ -284,8 +281,8 @@ absl::StatusOr<PrivacyLedger::Spent> PrivacyLedger::Load(const std::optional<std
     ASSIGN_OR_RETURN(bool row, rows.Step());
     if (!row) break;
     const int64_t steps = sqlite3_column_int64(rows.get(), 2);
-    accountant.AddSteps(sqlite3_column_double(rows.get(), 0),
-                        sqlite3_column_double(rows.get(), 1), static_cast<uint64_t>(steps));
+    accountant.AddSteps(sqlite3_column_double(rows.get(), 0), sqlite3_column_double(rows.get(), 1),
+                        static_cast<uint64_t>(steps));
     spent.steps += static_cast<uint64_t>(steps);
     spent.rounds += sqlite3_column_int64(rows.get(), 3);
   }

@@ -104,8 +104,8 @@ class PrivacyLedger {
   absl::StatusOr<std::string> BindLocked(const std::string& dataset_id,
                                          const std::vector<uint64_t>& image_hashes)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status RecordLocked(const std::string& job_id, const std::string& dataset_id,
-                            int64_t round, double q, double sigma, uint64_t steps)
+  absl::Status RecordLocked(const std::string& job_id, const std::string& dataset_id, int64_t round,
+                            double q, double sigma, uint64_t steps)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   absl::Mutex mu_;

@@ -75,7 +75,7 @@ Real LogAFrac(Real q, Real sigma, Real alpha) {
   const Real z0 = sigma * sigma * std::log(1 / q - 1) + 0.5L;
   const Real erfc_scale = std::sqrt(static_cast<Real>(2)) * sigma;
   const Real log_half = std::log(static_cast<Real>(0.5));
-  Real log_coef = 0;  // log|C(alpha, i)|
+  Real log_coef = 0;     // log|C(alpha, i)|
   bool positive = true;  // sign of C(alpha, i)
   for (int i = 0;; ++i) {
     const Real j = alpha - i;
@@ -157,8 +157,8 @@ void RdpAccountant::AddSteps(double q, double sigma, uint64_t steps) {
 absl::StatusOr<double> RdpAccountant::Epsilon(double delta, double* best_order) const {
   if (auto s = CheckDelta(delta); !s.ok()) return s;
   if (rdp_.size() != orders_.size()) {
-    return absl::FailedPreconditionError(absl::StrCat("RDP curve has ", rdp_.size(),
-                                                      " values for ", orders_.size(), " orders"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("RDP curve has ", rdp_.size(), " values for ", orders_.size(), " orders"));
   }
   Real best = kInf;
   double best_alpha = std::nan("");
@@ -166,7 +166,8 @@ absl::StatusOr<double> RdpAccountant::Epsilon(double delta, double* best_order) 
   for (size_t k = 0; k < orders_.size(); ++k) {
     const Real a = orders_[k];
     if (!(a > 1)) {
-      return absl::FailedPreconditionError(absl::StrCat("RDP order must exceed 1, got ", orders_[k]));
+      return absl::FailedPreconditionError(
+          absl::StrCat("RDP order must exceed 1, got ", orders_[k]));
     }
     // Balle et al. 2020, Theorem 21 (Opacus get_privacy_spent).
     const Real eps = rdp_[k] - (std::log(static_cast<Real>(delta)) + std::log(a)) / (a - 1) +
@@ -221,9 +222,9 @@ absl::StatusOr<double> CalibrateNoise(double q, uint64_t steps, double target_ep
     if (!eps.ok()) return eps.status();
     eps_high = *eps;
     if (sigma_high > kMaxSigma && eps_high > target_epsilon) {
-      return absl::OutOfRangeError(absl::StrCat(
-          "target epsilon ", target_epsilon, " is unreachable at delta ", delta, ": sigma ",
-          sigma_high, " still gives epsilon ", eps_high));
+      return absl::OutOfRangeError(absl::StrCat("target epsilon ", target_epsilon,
+                                                " is unreachable at delta ", delta, ": sigma ",
+                                                sigma_high, " still gives epsilon ", eps_high));
     }
   }
   while (target_epsilon - eps_high > kTolerance) {

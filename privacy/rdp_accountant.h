@@ -16,7 +16,8 @@ const std::vector<double>& DefaultRdpOrders();
 // RDP of one step of the subsampled Gaussian with sample rate q and noise multiplier sigma,
 // at each order in `orders`: 0 when q == 0, +inf when sigma == 0, NaN for q outside [0, 1],
 // sigma < 0 or an order <= 1.
-std::vector<double> SubsampledGaussianRdp(double q, double sigma, const std::vector<double>& orders);
+std::vector<double> SubsampledGaussianRdp(double q, double sigma,
+                                          const std::vector<double>& orders);
 
 // An RDP curve that composes by addition: exact over rounds and across jobs of different (q, σ).
 class RdpAccountant {

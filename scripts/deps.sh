@@ -5,7 +5,7 @@ PKGS=(build-essential cmake ninja-build ccache pkg-config git
   libtorch-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libdcmtk-dev dcmtk prometheus-cpp-dev libsqlite3-dev sqlite3 libssl-dev openssl
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-torch python3-torchvision python3-numpy
-  clang libclang-rt-14-dev gdb
+  clang libclang-rt-14-dev gdb clang-format  # clang-format: the code's format (scripts/test.sh)
   libdnnl-dev  # oneDNN's sgemm for the DP ghost norms (models/gram.h)
   libcli11-dev  # every program's command line (common/cli.h)
   python3-matplotlib)  # the federation study's curves (scripts/fed_study.py)

@@ -17,8 +17,7 @@ UpdateLayout MakeLayout(const TensorList& global, const std::string& head_prefix
   for (size_t i = 0; i < global.size(); ++i) {
     const NamedTensor& t = global[i];
     const bool head = !head_prefix.empty() && absl::StartsWith(t.name, head_prefix) &&
-                      !t.shape.empty() &&
-                      t.shape[0] == static_cast<int64_t>(num_labels);
+                      !t.shape.empty() && t.shape[0] == static_cast<int64_t>(num_labels);
     if (head && mode == HEAD_MODE_SITE) continue;
     layout.shared.push_back({t.name, t.shape});
     layout.global_index.push_back(i);
@@ -47,7 +46,7 @@ inline bool ToFixed(float value, double multiplier, __int128* term) {
     return true;
   }
   if (!(std::fabs(v) <= kFixedLimit)) return false;  // also NaN
-  *term = static_cast<__int128>(v);  // |v| >= 2^63 is a whole number: exact
+  *term = static_cast<__int128>(v);                  // |v| >= 2^63 is a whole number: exact
   return true;
 }
 
@@ -57,7 +56,8 @@ size_t AddFixed(double multiplier, const float* __restrict data, __int128* __res
                 size_t n) {
   __int128 term;
   for (size_t i = 0; i < n; ++i) {
-    if (!ToFixed(data[i], multiplier, &term)) [[unlikely]] return i;
+    if (!ToFixed(data[i], multiplier, &term)) [[unlikely]]
+      return i;
     sum[i] += term;
   }
   return n;
@@ -93,15 +93,14 @@ absl::StatusOr<Aggregator> Aggregator::FromAverage(UpdateLayout layout, size_t n
                                                    const std::vector<bool>& row_covered,
                                                    size_t updates) {
   if (average.size() != layout.shared.size() || row_covered.size() != num_labels) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "combined update has ", average.size(), " tensors and ", row_covered.size(),
-        " label rows; the layout has ", layout.shared.size(), " and ", num_labels));
+    return absl::InvalidArgumentError(
+        absl::StrCat("combined update has ", average.size(), " tensors and ", row_covered.size(),
+                     " label rows; the layout has ", layout.shared.size(), " and ", num_labels));
   }
   for (size_t k = 0; k < average.size(); ++k) {
     if (average[k].size() * sizeof(float) != layout.shared[k].byte_size()) {
-      return absl::InvalidArgumentError(absl::StrCat("combined update of ",
-                                                     layout.shared[k].name, " has ",
-                                                     average[k].size(), " values"));
+      return absl::InvalidArgumentError(absl::StrCat("combined update of ", layout.shared[k].name,
+                                                     " has ", average[k].size(), " values"));
     }
   }
   Aggregator aggregator(UpdateLayout{}, num_labels);
@@ -122,9 +121,9 @@ absl::Status Aggregator::CheckValues(uint64_t weight, const float* data, size_t 
     if (!std::isfinite(data[i])) {
       return absl::InvalidArgumentError(absl::StrCat("non-finite value at element ", i));
     }
-    return absl::InvalidArgumentError(absl::StrCat(
-        "value ", data[i], " at element ", i, " times the update's weight ", weight,
-        " exceeds the bound of the exact sum (", kMaxContribution, ")"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("value ", data[i], " at element ", i, " times the update's weight ", weight,
+                     " exceeds the bound of the exact sum (", kMaxContribution, ")"));
   }
   return absl::OkStatus();
 }
@@ -132,8 +131,8 @@ absl::Status Aggregator::CheckValues(uint64_t weight, const float* data, size_t 
 absl::Status Aggregator::BeginUpdate(uint64_t weight, std::vector<size_t> label_rows,
                                      double scale) {
   if (in_update_ || from_average_ || spent_) {
-    return absl::FailedPreconditionError(
-        in_update_ ? "BeginUpdate inside an update" : "this aggregator takes no more updates");
+    return absl::FailedPreconditionError(in_update_ ? "BeginUpdate inside an update"
+                                                    : "this aggregator takes no more updates");
   }
   if (weight == 0 || weight > kMaxWeight) {
     return absl::InvalidArgumentError(
@@ -174,10 +173,9 @@ void Aggregator::ForEachRun(size_t index, uint64_t offset, size_t n, Fn&& fn) co
 
 absl::Status Aggregator::Fold(size_t index, uint64_t offset, const float* data, size_t n) {
   if (!in_update_) return absl::FailedPreconditionError("Fold outside an update");
-  if (index >= sums_.size() || offset > sums_[index].size() ||
-      n > sums_[index].size() - offset) {
-    return absl::OutOfRangeError(absl::StrCat("fold of ", n, " values at ", offset,
-                                              " is outside shared tensor ", index));
+  if (index >= sums_.size() || offset > sums_[index].size() || n > sums_[index].size() - offset) {
+    return absl::OutOfRangeError(
+        absl::StrCat("fold of ", n, " values at ", offset, " is outside shared tensor ", index));
   }
   if (n == 0) return absl::OkStatus();
   __int128* sum = sums_[index].data() + offset;
@@ -225,7 +223,8 @@ float AdaptiveStep(const ServerOptimizer& opt, float delta, float& m, float& v) 
   } else {
     v = b2 * v + (1 - b2) * d2;
   }
-  return static_cast<float>(opt.learning_rate()) * m / (std::sqrt(v) + static_cast<float>(opt.tau()));
+  return static_cast<float>(opt.learning_rate()) * m /
+         (std::sqrt(v) + static_cast<float>(opt.tau()));
 }
 
 // FedAvgM: the velocity `m` updated in place; the step is learning_rate * velocity.
@@ -276,10 +275,9 @@ absl::StatusOr<TensorList> Aggregator::NextModel(const ServerOptimizer& optimize
         out[i] = current[i];
         continue;
       }
-      const float delta =
-          from_average_
-              ? out[i]
-              : static_cast<float>(FixedToDouble(sums_[k][i]) * kFromFixed / static_cast<double>(w));
+      const float delta = from_average_ ? out[i]
+                                        : static_cast<float>(FixedToDouble(sums_[k][i]) *
+                                                             kFromFixed / static_cast<double>(w));
       out[i] = current[i] + (adaptive   ? AdaptiveStep(optimizer, delta, moments->m[g].data[i],
                                                        moments->v[g].data[i])
                              : momentum ? MomentumStep(optimizer, delta, moments->m[g].data[i])
@@ -301,9 +299,7 @@ absl::Status Aggregator::Apply(const ServerOptimizer& optimizer, TensorList& glo
   return absl::OkStatus();
 }
 
-std::string MomentsPath(const std::string& checkpoint_path) {
-  return checkpoint_path + ".moments";
-}
+std::string MomentsPath(const std::string& checkpoint_path) { return checkpoint_path + ".moments"; }
 
 absl::Status WriteMoments(const std::string& path, const OptimizerMoments& moments, Env* env) {
   TensorList all;
@@ -318,9 +314,8 @@ absl::StatusOr<OptimizerMoments> ReadMoments(const std::string& path, const Tens
   std::map<std::string, NamedTensor*> by_name;
   for (NamedTensor& t : all) by_name[t.name] = &t;
   OptimizerMoments moments;
-  const bool velocity_only = std::none_of(all.begin(), all.end(), [](const NamedTensor& t) {
-    return t.name.rfind("v.", 0) == 0;
-  });
+  const bool velocity_only = std::none_of(
+      all.begin(), all.end(), [](const NamedTensor& t) { return t.name.rfind("v.", 0) == 0; });
   for (const char* prefix : {"m.", "v."}) {
     if (prefix[0] == 'v' && velocity_only) break;
     for (const NamedTensor& want : model) {

@@ -15,8 +15,8 @@ TensorList Global() {
   return {{"conv.weight", {2}, {1.0f, 2.0f}}, {"fc.weight", {3, 2}, {0, 0, 0, 0, 0, 0}}};
 }
 
-void FoldAll(Aggregator& agg, const TensorList& update, uint64_t weight,
-             std::vector<size_t> rows, double scale = 1.0) {
+void FoldAll(Aggregator& agg, const TensorList& update, uint64_t weight, std::vector<size_t> rows,
+             double scale = 1.0) {
   ASSERT_TRUE(agg.BeginUpdate(weight, std::move(rows), scale).ok());
   for (size_t k = 0; k < agg.layout().shared.size(); ++k) {
     const NamedTensor& t = update[agg.layout().global_index[k]];
@@ -91,8 +91,8 @@ TEST(AggregatorTest, FoldInPiecesEqualsWhole) {
 TEST(AggregatorTest, FedAdamFirstStepMovesByLearningRate) {
   TensorList global = Global();
   Aggregator agg(MakeLayout(global, "fc.", HEAD_MODE_LABEL, 3), 3);
-  FoldAll(agg, {{"conv.weight", {2}, {0.5, -0.5}}, {"fc.weight", {3, 2}, {0, 0, 0, 0, 0, 0}}},
-          1, {0});
+  FoldAll(agg, {{"conv.weight", {2}, {0.5, -0.5}}, {"fc.weight", {3, 2}, {0, 0, 0, 0, 0, 0}}}, 1,
+          {0});
   ServerOptimizer adam;
   adam.set_kind(FEDADAM);
   adam.set_learning_rate(0.1);
@@ -175,15 +175,25 @@ struct TestUpdate {
 std::vector<TestUpdate> OrderSensitiveUpdates() {
   return {
       {{{"conv.weight", {2}, {1e-3f, 3.3f}}, {"fc.weight", {3, 2}, {0.1f, 7, 1e4f, 1, 2, 3}}},
-       5, {0, 1}, 1.0},
+       5,
+       {0, 1},
+       1.0},
       {{{"conv.weight", {2}, {1e4f, -1.7f}}, {"fc.weight", {3, 2}, {1e-4f, 1, -1e4f, 2, 0, 0}}},
-       7, {0, 1, 2}, 1.0},
+       7,
+       {0, 1, 2},
+       1.0},
       {{{"conv.weight", {2}, {-1e4f, 2.9e-7f}}, {"fc.weight", {3, 2}, {3, 3, 0.3f, 3, 1, 1}}},
-       7, {1}, 1.0},
+       7,
+       {1},
+       1.0},
       {{{"conv.weight", {2}, {0.37f, -1e-5f}}, {"fc.weight", {3, 2}, {-0.5f, 4, 7e3f, 5, 6, 7}}},
-       13, {0, 2}, 0.3},
+       13,
+       {0, 2},
+       0.3},
       {{{"conv.weight", {2}, {123.4f, 1e5f}}, {"fc.weight", {3, 2}, {1, 1, 1, 1, 1, 1}}},
-       1, {2}, 0.77},
+       1,
+       {2},
+       0.77},
   };
 }
 

@@ -40,8 +40,8 @@ class Coordinator {
   // `clock` times the pauses between a round's tries (tests pass a ManualClock); every file
   // under state_dir (spools, checkpoints, moments, initial models) goes through `env` (tests
   // pass a FaultEnv), the store's SQLite file through SQLite's own I/O.
-  Coordinator(CoordinatorConfig config, Store* store, CoordinatorMetrics* metrics,
-              ModelInitFn init, Clock* clock = &SystemClock(), Env* env = Env::Default());
+  Coordinator(CoordinatorConfig config, Store* store, CoordinatorMetrics* metrics, ModelInitFn init,
+              Clock* clock = &SystemClock(), Env* env = Env::Default());
   ~Coordinator();
 
   // Loads jobs from the store (a job that was running resumes from its last committed round)
@@ -108,8 +108,7 @@ class Coordinator {
   absl::Status CommitNextModel(const std::string& job_id, uint32_t round)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(fold_mu_);
   // Head rows (label indexes) of an upload's labels; each must be one this site trains.
-  absl::StatusOr<std::vector<size_t>> LabelRows(const std::string& site,
-                                                const UploadHeader& header)
+  absl::StatusOr<std::vector<size_t>> LabelRows(const std::string& site, const UploadHeader& header)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // What an admitted upload must carry and how it is bounded.
   struct UploadPlan {
@@ -137,8 +136,8 @@ class Coordinator {
   // Under a robust rule (median, trimmed mean) it checks the spool and writes the receipt, and
   // the round's spools are combined only when it closes.
   absl::Status FoldSpool(const std::string& path, const UploadHeader& header,
-                         const std::string& site, const std::vector<size_t>& rows,
-                         uint64_t bytes, double scale, uint32_t attempt);
+                         const std::string& site, const std::vector<size_t>& rows, uint64_t bytes,
+                         double scale, uint32_t attempt);
   // Folds the update read from `in` into `aggregator`; on an error (a read error: DATA_LOSS)
   // the aggregate holds part of it.
   absl::Status FoldFile(Aggregator* aggregator, const RandomAccessFile& in) const;

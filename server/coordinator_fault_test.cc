@@ -77,8 +77,8 @@ class FaultTest : public CoordinatorTest, public ::testing::WithParamInterface<D
   }
   // What the log says a failure with the test's fault is: its code and its errno's text.
   void ExpectLogged(const std::string& log, const std::string& what) {
-    EXPECT_THAT(log, HasSubstr(absl::StrCat(absl::StatusCodeToString(GetParam().code), ": ",
-                                            what)));
+    EXPECT_THAT(log,
+                HasSubstr(absl::StrCat(absl::StatusCodeToString(GetParam().code), ": ", what)));
     EXPECT_THAT(log, HasSubstr(std::strerror(GetParam().fault.error)));
   }
   // Site `who` reports on label a for the job's final evaluation (round `round`).
@@ -136,8 +136,8 @@ TEST_P(FaultTest, CommitThatCannotBeStoredIsTriedAgainUntilStorageIsBack) {
   blocking_clock_.Advance(absl::Seconds(1));
   ASSERT_TRUE(WaitForPause(2));
   const std::string log = ::testing::internal::GetCapturedStderr();
-  EXPECT_EQ(blocking_clock_.waits(), (std::vector<absl::Duration>{absl::Seconds(1),
-                                                                  absl::Seconds(2)}));
+  EXPECT_EQ(blocking_clock_.waits(),
+            (std::vector<absl::Duration>{absl::Seconds(1), absl::Seconds(2)}));
   ExpectLogged(log, "cannot store round 0: ");
   EXPECT_EQ(metrics_.storage_failures.Value(), 2);
   EXPECT_EQ(metrics_.rounds_failed.Value(), 2);
@@ -189,8 +189,8 @@ TEST_P(SpoolFaultTest, UpdateThatCannotBeSpooledIsSentAgain) {
   const std::string log = ::testing::internal::GetCapturedStderr();
   ASSERT_FALSE(failed.ok());
   const bool full = GetParam().fault.error == ENOSPC;
-  EXPECT_EQ(failed.status().code(), full ? absl::StatusCode::kResourceExhausted
-                                         : absl::StatusCode::kUnavailable)
+  EXPECT_EQ(failed.status().code(),
+            full ? absl::StatusCode::kResourceExhausted : absl::StatusCode::kUnavailable)
       << failed.status();
   EXPECT_THAT(failed.status().message(), HasSubstr("send it again"));
   EXPECT_THAT(failed.status().message(), ::testing::Not(HasSubstr(dir_)));

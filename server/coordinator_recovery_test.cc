@@ -95,7 +95,7 @@ TEST_F(CoordinatorTest, RestartMidRoundReusesReceivedUpdatesExactlyOnce) {
   ASSERT_TRUE(UploadB(tb).ok());
   Task ea = a_->Next();  // site-a's first task after the restart is the final evaluation
   EXPECT_TRUE(ea.evaluate_only());
-  ExpectWeightedMeanOfAAndB(id);  // as without the restart
+  ExpectWeightedMeanOfAAndB(id);                            // as without the restart
   EXPECT_TRUE(std::filesystem::is_empty(dir_ + "/spool"));  // spools dropped at the commit
 }
 
@@ -232,7 +232,7 @@ TEST_F(CoordinatorTest, MedianKeepsTheModelCloseToHonestSites) {
   ASSERT_TRUE(Upload(a_->who(), ta, Update(1.0f, 1.0f, 0.5f), 10, {"a", "b"}).ok());
   ASSERT_TRUE(Upload(b_->who(), tb, Update(1.2f, 1.2f, 0), 10, {"a"}).ok());
   ASSERT_TRUE(Upload(c.who(), tc, Update(1e6f, 1e6f, 1e6f), 20, {"a"}).ok());
-  EXPECT_TRUE(a_->Next().evaluate_only());  // the round closed with three updates
+  EXPECT_TRUE(a_->Next().evaluate_only());                   // the round closed with three updates
   core_->CancelJob({"op", Role::kAdmin}, id).IgnoreError();  // skip the final evaluation
   const TensorList weights = CommittedWeights(id);
   ASSERT_EQ(weights.size(), 3u);

@@ -32,8 +32,7 @@ using coordinator_internal::Terminal;
 namespace {
 
 bool IsRobust(const JobSpec& spec) {
-  return spec.aggregation() == AGGREGATION_MEDIAN ||
-         spec.aggregation() == AGGREGATION_TRIMMED_MEAN;
+  return spec.aggregation() == AGGREGATION_MEDIAN || spec.aggregation() == AGGREGATION_TRIMMED_MEAN;
 }
 
 }  // namespace
@@ -145,8 +144,8 @@ absl::Status Coordinator::PrepareModel(const JobStatus& job) {
     ASSIGN_OR_RETURN(Checkpoint checkpoint, store_->LatestCheckpoint(job.job_id()));
     ASSIGN_OR_RETURN(TensorList weights, ReadSafetensors(checkpoint.path, nullptr, env_));
     if (MetasOf(weights).size() != init.weights.size()) {
-      return absl::DataLossError(absl::StrCat("checkpoint ", checkpoint.path,
-                                              " does not match the job's model"));
+      return absl::DataLossError(
+          absl::StrCat("checkpoint ", checkpoint.path, " does not match the job's model"));
     }
     if (HasServerState(job.spec().server_optimizer())) {
       ASSIGN_OR_RETURN(moments_, ReadMoments(MomentsPath(checkpoint.path), weights, env_));
@@ -202,8 +201,8 @@ absl::Status Coordinator::RunJob(const std::string& job_id) {
   // Every site evaluates the final model on its own test split.
   RETURN_IF_ERROR(RunRound(job_id, done, /*attempt=*/1, /*evaluate_only=*/true));
   if (absl::Status kept = KeepFinalIfBest(job_id); !kept.ok()) {  // the best so far stays
-    Log(absl::StrCat("job ", job_id, ": the final model's selection was not recorded: ",
-                     kept.message()));
+    Log(absl::StrCat("job ", job_id,
+                     ": the final model's selection was not recorded: ", kept.message()));
   }
   return absl::OkStatus();
 }
@@ -264,7 +263,8 @@ std::set<std::string> Coordinator::CarryOverUpdates() {
   std::set<std::string> carried;
   absl::StatusOr<std::vector<Receipt>> receipts = store_->Receipts(job_id, round);
   if (!receipts.ok()) {
-    Log(absl::StrCat("cannot read the receipts of round ", round, ": ", receipts.status().message()));
+    Log(absl::StrCat("cannot read the receipts of round ", round, ": ",
+                     receipts.status().message()));
     return carried;
   }
   std::map<std::string, Receipt> latest;  // per site, its update of the newest earlier attempt
@@ -284,8 +284,8 @@ std::set<std::string> Coordinator::CarryOverUpdates() {
     if (status.ok()) {
       carried.insert(site);
     } else {
-      Log(absl::StrCat("update of ", site, " from attempt ", r.attempt, " not reused: ",
-                       status.message()));
+      Log(absl::StrCat("update of ", site, " from attempt ", r.attempt,
+                       " not reused: ", status.message()));
     }
   }
   return carried;
@@ -304,14 +304,15 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, ui
     state->evaluate_only = evaluate_only;
     state->opened = absl::Now();
     state->deadline = state->opened + absl::Seconds(state->spec.round_deadline_seconds());
-    state->layout = MakeLayout(*global_, head_prefix_, state->spec.head_mode(),
-                               state->spec.labels_size());
+    state->layout =
+        MakeLayout(*global_, head_prefix_, state->spec.head_mode(), state->spec.labels_size());
     if (!IsRobust(state->spec)) {
       state->aggregator = std::make_unique<Aggregator>(state->layout, state->spec.labels_size());
     }
     round_ = std::move(state);
   }
-  const std::set<std::string> carried = evaluate_only ? std::set<std::string>() : CarryOverUpdates();
+  const std::set<std::string> carried =
+      evaluate_only ? std::set<std::string>() : CarryOverUpdates();
   absl::MutexLock lock(&mu_);
   RoundState* r = round_.get();
   std::vector<std::string> chosen;
@@ -356,10 +357,10 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, ui
   if (received < r->spec.min_sites()) {
     std::vector<std::string> declined;
     for (const auto& [site, why] : r->declined) declined.push_back(site + ": " + why);
-    return absl::UnavailableError(absl::StrCat(
-        "round ", round, ": only ", received, " of ", r->spec.min_sites(),
-        " required updates arrived", declined.empty() ? "" : " (declined: ",
-        absl::StrJoin(declined, "; "), declined.empty() ? "" : ")"));
+    return absl::UnavailableError(
+        absl::StrCat("round ", round, ": only ", received, " of ", r->spec.min_sites(),
+                     " required updates arrived", declined.empty() ? "" : " (declined: ",
+                     absl::StrJoin(declined, "; "), declined.empty() ? "" : ")"));
   }
   mu_.Unlock();
   absl::Status status = CloseRound(job_id, round);
@@ -410,8 +411,7 @@ absl::Status Coordinator::CloseRound(const std::string& job_id, uint32_t round) 
       absl::MutexLock lock(&mu_);
       global = global_;
     }
-    absl::StatusOr<OptimizerMoments> moments =
-        ReadMoments(MomentsPath(last->path), *global, env_);
+    absl::StatusOr<OptimizerMoments> moments = ReadMoments(MomentsPath(last->path), *global, env_);
     if (!moments.ok()) return Annotate(moments.status(), status.message());
     moments_ = *std::move(moments);
   }
@@ -487,7 +487,8 @@ absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t ro
   Log(absl::StrFormat("job %s round %d committed: %d sites, loss %.4f", job_id, round,
                       summary.sites_size(), summary.train_loss()));
   if (job.stopped_early()) {
-    Log(absl::StrFormat("job %s stops early: no validation gain over round %d's model in %d "
+    Log(
+        absl::StrFormat("job %s stops early: no validation gain over round %d's model in %d "
                         "rounds",
                         job_id, job.best_round(), spec.early_stopping().patience_rounds()));
   }
@@ -518,13 +519,13 @@ absl::StatusOr<std::unique_ptr<Aggregator>> Coordinator::CombineRobust() {
   // re-admits the spools that are still sound (CarryOverUpdates).
   absl::StatusOr<RobustResult> result = CombineSpools(layout, num_labels, spooled, options);
   if (!result.ok()) {
-    return Annotate(result.status(), absl::StrCat("robust aggregation (",
-                                                  Aggregation_Name(options.rule), ")"));
+    return Annotate(result.status(),
+                    absl::StrCat("robust aggregation (", Aggregation_Name(options.rule), ")"));
   }
-  ASSIGN_OR_RETURN(Aggregator combined,
-                   Aggregator::FromAverage(std::move(layout), num_labels,
-                                           std::move(result->combined), result->row_covered,
-                                           result->updates));
+  ASSIGN_OR_RETURN(
+      Aggregator combined,
+      Aggregator::FromAverage(std::move(layout), num_labels, std::move(result->combined),
+                              result->row_covered, result->updates));
   return std::make_unique<Aggregator>(std::move(combined));
 }
 

@@ -28,8 +28,8 @@ double SelectionScore(const Selection& selection, const RoundSummary& summary) {
 bool Improves(const Selection& selection, double score, const JobStatus& job) {
   if (std::isnan(score)) return false;
   if (job.best_round() == 0) return true;
-  const double gain = selection.higher_is_better ? score - job.best_score()
-                                                 : job.best_score() - score;
+  const double gain =
+      selection.higher_is_better ? score - job.best_score() : job.best_score() - score;
   return gain > job.spec().early_stopping().min_delta();
 }
 
@@ -49,7 +49,8 @@ std::string Coordinator::BestPath(const std::string& job_id, uint32_t round) con
 absl::StatusOr<std::string> Coordinator::KeepIfBest(JobStatus& job, uint32_t done) {
   if (done == 0 || done > static_cast<uint32_t>(job.rounds_size())) return std::string();
   const Selection selection = SelectionFor(job.spec());
-  const double score = coordinator_internal::SelectionScore(selection, job.rounds(static_cast<int>(done) - 1));
+  const double score =
+      coordinator_internal::SelectionScore(selection, job.rounds(static_cast<int>(done) - 1));
   if (!coordinator_internal::Improves(selection, score, job)) return std::string();
   // A second name for the checkpoint, which outlives the round's own (only the last two are
   // kept). A name left by a try that was not stored is replaced.
@@ -60,8 +61,8 @@ absl::StatusOr<std::string> Coordinator::KeepIfBest(JobStatus& job, uint32_t don
   const std::string former = job.best_round() > 0 ? BestPath(job.job_id(), job.best_round()) : "";
   job.set_best_round(done);
   job.set_best_score(score);
-  Log(absl::StrFormat("job %s: the model after round %d is the best so far (%s %.4f)",
-                      job.job_id(), done, selection.metric, score));
+  Log(absl::StrFormat("job %s: the model after round %d is the best so far (%s %.4f)", job.job_id(),
+                      done, selection.metric, score));
   return former;
 }
 

@@ -137,8 +137,8 @@ absl::Status CheckReportContent(const MetricsReport& report, const SiteInfo& sit
           absl::StrCat("finding '", m.label(), "': AUROC ", m.auroc(), " is outside [0, 1]"));
     }
     if (m.positives() == 0 || m.negatives() == 0) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "finding '", m.label(), "': an AUROC without both positives and negatives"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("finding '", m.label(), "': an AUROC without both positives and negatives"));
     }
   }
   return absl::OkStatus();
@@ -192,8 +192,9 @@ absl::StatusOr<JoinResponse> Coordinator::Join(const Identity& who, const JoinRe
     info = site;
   }
   RETURN_IF_ERROR(store_->PutSite(info));
-  RETURN_IF_ERROR(store_->Audit(who.name, "join", absl::StrCat(request.num_images(), " images, ",
-                                                               request.labels_size(), " labels")));
+  RETURN_IF_ERROR(store_->Audit(
+      who.name, "join",
+      absl::StrCat(request.num_images(), " images, ", request.labels_size(), " labels")));
   JoinResponse response;
   response.set_site_name(who.name);
   response.set_coordinator_version(FL_VERSION);
@@ -213,11 +214,10 @@ absl::Status Coordinator::StreamTasks(const Identity& who,
     site.info.set_connected(true);
     // A site that comes back during a round it has not finished (it crashed or lost its
     // connection after taking the task) gets its task again.
-    const bool owes_task = round_ && round_->assigned.count(who.name) &&
-                           !round_->received.count(who.name) &&
-                           !round_->uploading.count(who.name) &&
-                           !round_->declined.count(who.name) &&
-                           !(round_->evaluate_only && round_->reported.count(who.name));
+    const bool owes_task =
+        round_ && round_->assigned.count(who.name) && !round_->received.count(who.name) &&
+        !round_->uploading.count(who.name) && !round_->declined.count(who.name) &&
+        !(round_->evaluate_only && round_->reported.count(who.name));
     if (owes_task && site.pending.empty()) site.pending.push_back(MakeTask(who.name));
   }
   // Wake every second to notice a cancelled stream; send a keepalive every 5 s when idle.
@@ -282,8 +282,9 @@ absl::Status Coordinator::Decline(const Identity& who, const DeclineRequest& req
   metrics_->declines.Increment();
   Log(absl::StrCat(who.name, " declined round ", request.round(), " of ", request.job_id(), ": ",
                    request.reason()));
-  return store_->Audit(who.name, "decline", absl::StrCat(request.job_id(), " round ",
-                                                         request.round(), ": ", request.reason()));
+  return store_->Audit(
+      who.name, "decline",
+      absl::StrCat(request.job_id(), " round ", request.round(), ": ", request.reason()));
 }
 
 struct Coordinator::TransferSlot {
@@ -364,21 +365,21 @@ absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity&
   const uint64_t max_samples = std::min<uint64_t>(
       2 * uint64_t{spec.local_steps()} * spec.batch_size(), Aggregator::kMaxWeight);
   if (header.num_samples() == 0 || header.num_samples() > max_samples) {
-    return absl::InvalidArgumentError(absl::StrCat("num_samples ", header.num_samples(),
-                                                   " is outside [1, ", max_samples, "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("num_samples ", header.num_samples(), " is outside [1, ", max_samples, "]"));
   }
   ASSIGN_OR_RETURN(std::vector<size_t> rows, LabelRows(who.name, header));
   round_->uploading.insert(who.name);
   // Under the weighted mean every value must fit the exact sum at this weight (checked while
   // the update arrives, so that a refused one never reaches the aggregate).
   const uint64_t mean_weight = round_->aggregator ? header.num_samples() : 0;
-  return UploadPlan{round_->layout.shared, std::move(rows), spec.max_update_norm(),
+  return UploadPlan{round_->layout.shared,   std::move(rows), spec.max_update_norm(),
                     spec.clip_update_norm(), round_->attempt, mean_weight};
 }
 
-absl::StatusOr<double> Coordinator::ReceiveToSpool(
-    const std::function<bool(UploadMessage*)>& next, const UploadPlan& plan,
-    const std::string& spool, uint64_t* bytes) {
+absl::StatusOr<double> Coordinator::ReceiveToSpool(const std::function<bool(UploadMessage*)>& next,
+                                                   const UploadPlan& plan, const std::string& spool,
+                                                   uint64_t* bytes) {
   // Every write error is this side's storage failure, with the code of its cause (ErrnoStatus).
   absl::StatusOr<std::unique_ptr<WritableFile>> opened = env_->NewWritableFile(spool, 0600);
   if (!opened.ok()) return MarkedStorageFailure(opened.status());
@@ -388,8 +389,8 @@ absl::StatusOr<double> Coordinator::ReceiveToSpool(
   auto sink = [&](size_t index, uint64_t offset, const float* data, size_t n) -> absl::Status {
     if (plan.mean_weight > 0) {
       if (absl::Status fits = Aggregator::CheckValues(plan.mean_weight, data, n); !fits.ok()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            plan.expected[index].name, " (from element ", offset, "): ", fits.message()));
+        return absl::InvalidArgumentError(absl::StrCat(plan.expected[index].name, " (from element ",
+                                                       offset, "): ", fits.message()));
       }
     }
     for (size_t i = 0; i < n; ++i) sum_squares += double{data[i]} * data[i];
@@ -431,10 +432,10 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
     const std::string spool = SpoolPath(header.job_id(), header.round(), plan->attempt, who.name);
     // The site sends its chunks only once granted: a waiting upload costs no buffer space.
     absl::StatusOr<std::unique_ptr<TransferSlot>> slot = AcquireTransferSlot(stream.cancelled);
-    absl::StatusOr<double> norm =
-        !slot.ok()        ? absl::StatusOr<double>(slot.status())
-        : !stream.grant() ? absl::CancelledError("the site went away before its grant")
-                          : ReceiveToSpool(stream.next, *plan, spool, &bytes);
+    absl::StatusOr<double> norm = !slot.ok() ? absl::StatusOr<double>(slot.status())
+                                  : !stream.grant()
+                                      ? absl::CancelledError("the site went away before its grant")
+                                      : ReceiveToSpool(stream.next, *plan, spool, &bytes);
     status = norm.status();
     if (norm.ok() && plan->max_norm > 0 && *norm > plan->max_norm) {
       status = absl::InvalidArgumentError(
@@ -445,7 +446,7 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
           plan->clip_norm > 0 && *norm > plan->clip_norm ? plan->clip_norm / *norm : 1.0;
       status = FoldSpool(spool, header, who.name, plan->rows, bytes, scale, plan->attempt);
     }
-    if (!status.ok()) {  // a folded update's spool stays until the commit
+    if (!status.ok()) {                       // a folded update's spool stays until the commit
       env_->RemoveFile(spool).IgnoreError();  // none there, or a leftover RemoveSpools takes
     }
     absl::MutexLock lock(&mu_);
@@ -464,9 +465,9 @@ absl::StatusOr<UploadResponse> Coordinator::Upload(const Identity& who,
     // Out of disk space or a failed write is this side's failure, not a bad update: the site
     // sends it again (RESOURCE_EXHAUSTED, UNAVAILABLE) and operators see it apart.
     const bool storage = IsStorageFailure(status);
-    const bool ours = storage || absl::IsResourceExhausted(status) ||
-                      absl::IsUnavailable(status) || absl::IsInternal(status) ||
-                      absl::IsDataLoss(status) || absl::IsUnknown(status);
+    const bool ours = storage || absl::IsResourceExhausted(status) || absl::IsUnavailable(status) ||
+                      absl::IsInternal(status) || absl::IsDataLoss(status) ||
+                      absl::IsUnknown(status);
     (ours ? metrics_->UpdateFailed() : metrics_->UpdateRejected()).Increment();
     if (storage || absl::IsResourceExhausted(status)) metrics_->storage_failures.Increment();
     Log(absl::StrCat(ours ? "could not store the update from " : "refused update from ", who.name,
@@ -542,8 +543,8 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   absl::StatusOr<uint64_t> size = (*in)->Size();
   if (!size.ok()) return absl::InternalError(size.status().message());
   if (*size != bytes) {
-    return absl::InternalError(absl::StrCat("spool file ", path, " does not hold ", bytes,
-                                            " bytes"));
+    return absl::InternalError(
+        absl::StrCat("spool file ", path, " does not hold ", bytes, " bytes"));
   }
   RETURN_IF_ERROR(store_->AddReceipt(
       Receipt{header.job_id(), header.round(), attempt, site, header, scale, bytes, path}));
@@ -644,8 +645,7 @@ absl::Status Coordinator::Report(const Identity& who, const MetricsReport& repor
 
 void Coordinator::CountReportRefusal(const std::string& site, const absl::Status& status) {
   const bool stale = absl::IsFailedPrecondition(status) || absl::IsNotFound(status);
-  const bool refused = stale || absl::IsInvalidArgument(status) ||
-                       absl::IsPermissionDenied(status);
+  const bool refused = stale || absl::IsInvalidArgument(status) || absl::IsPermissionDenied(status);
   if (!refused) return;  // not the report's fault (e.g. the store failed): not counted
   metrics_->ReportsWith(stale ? "stale" : "rejected").Increment();
   Log(absl::StrCat("refused report from ", site, ": ", status.message()));

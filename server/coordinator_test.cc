@@ -109,7 +109,7 @@ TEST_F(CoordinatorTest, UploadIsGrantedOnlyWhenATransferSlotIsFree) {
   });
   b.join();
   EXPECT_FALSE(b_granted.load());
-  EXPECT_EQ(b_read, 1u);  // only the header was read
+  EXPECT_EQ(b_read, 1u);              // only the header was read
   EXPECT_EQ(Rejected(registry_), 0);  // a site that left is not a refused update
 
   a_go.Notify();
@@ -365,8 +365,8 @@ TEST_F(CoordinatorTest, ForgedEvaluationReportChangesNothingTheOperatorSees) {
   ASSERT_EQ(summary.reports_size(), 3);
   std::map<std::string, double> own;
   for (const SiteReport& r : summary.reports()) own[r.site()] = r.test(0).auroc();
-  EXPECT_EQ(own, (std::map<std::string, double>{
-                     {"site-a", 0.80}, {"site-b", 0.84}, {"site-c", 0.01}}));
+  EXPECT_EQ(own,
+            (std::map<std::string, double>{{"site-a", 0.80}, {"site-b", 0.84}, {"site-c", 0.01}}));
   WaitForState(id, DONE);  // every tasked site reported once
 }
 
@@ -408,10 +408,13 @@ TEST_F(CoordinatorTest, BestModelIsKeptAndTheJobStopsWhenValidationStopsImprovin
 
   auto exported = [&](bool best) {
     std::string bytes, card;
-    EXPECT_TRUE(core_->ExportModel({"op", Role::kAdmin}, id, best, [&](const FileChunk& c) {
-                  (c.file() == "model.json" ? card : bytes) += c.data();
-                  return true;
-                }).ok());
+    EXPECT_TRUE(core_
+                    ->ExportModel({"op", Role::kAdmin}, id, best,
+                                  [&](const FileChunk& c) {
+                                    (c.file() == "model.json" ? card : bytes) += c.data();
+                                    return true;
+                                  })
+                    .ok());
     const std::string path = dir_ + (best ? "/best.safetensors" : "/last.safetensors");
     EXPECT_TRUE(WriteFileAtomic(path, bytes, 0600).ok());
     absl::StatusOr<TensorList> weights = ReadSafetensors(path);

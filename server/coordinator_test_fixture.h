@@ -42,14 +42,14 @@ class SiteStream {
   SiteStream(Coordinator* core, std::string name) : who_{std::move(name), Role::kSite} {
     thread_ = std::thread([this, core] {
       core->StreamTasks(
-               who_,
-               [this](const Task& task) {
-                 if (task.job_id().empty()) return true;
-                 absl::MutexLock lock(&mu_);
-                 tasks_.push_back(task);
-                 return true;
-               },
-               [this] { return stop_.load(); })
+              who_,
+              [this](const Task& task) {
+                if (task.job_id().empty()) return true;
+                absl::MutexLock lock(&mu_);
+                tasks_.push_back(task);
+                return true;
+              },
+              [this] { return stop_.load(); })
           .IgnoreError();  // the test ends streams by stopping them; nothing to report
     });
   }
@@ -79,7 +79,6 @@ class SiteStream {
   std::deque<Task> tasks_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };
-
 
 // An update of the test model: backbone values, then head rows of labels a and b.
 inline TensorList Update(float backbone, float head_a, float head_b) {
@@ -233,13 +232,14 @@ class CoordinatorTest : public ::testing::Test {
     request.set_job_id(task.job_id());
     request.set_round(task.round());
     std::vector<TensorChunk> chunks;
-    EXPECT_TRUE(core_->Download(
-                         who, request,
-                         [&](const TensorChunk& c) {
-                           chunks.push_back(c);
-                           return true;
-                         },
-                         [] { return false; })
+    EXPECT_TRUE(core_
+                    ->Download(
+                        who, request,
+                        [&](const TensorChunk& c) {
+                          chunks.push_back(c);
+                          return true;
+                        },
+                        [] { return false; })
                     .ok());
     size_t i = 0;
     auto model = ReadTensors(

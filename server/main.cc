@@ -38,17 +38,17 @@ void WatchRevocations(const std::string& config_path, absl::Duration interval, A
       if (last_error != config.status().message()) {
         last_error = std::string(config.status().message());
         metrics->config_reloads.Add({{"result", "refused"}}).Increment();
-        LogLine("fl-coordinator", absl::StrCat("config file unreadable, revocation list kept: ",
-                                               last_error));
+        LogLine("fl-coordinator",
+                absl::StrCat("config file unreadable, revocation list kept: ", last_error));
       }
       continue;
     }
-    if (auth->SetRevoked({config->revoked_certificates().begin(),
-                          config->revoked_certificates().end()})) {
+    if (auth->SetRevoked(
+            {config->revoked_certificates().begin(), config->revoked_certificates().end()})) {
       metrics->config_reloads.Add({{"result", "ok"}}).Increment();
-      LogLine("fl-coordinator", absl::StrCat("revocation list reloaded: ",
-                                             config->revoked_certificates_size(),
-                                             " revoked certificates"));
+      LogLine("fl-coordinator",
+              absl::StrCat("revocation list reloaded: ", config->revoked_certificates_size(),
+                           " revoked certificates"));
     }
   }
 }
@@ -67,14 +67,14 @@ int Run(const std::string& config_path) {
   absl::StatusOr<std::unique_ptr<Store>> store =
       Store::Open((std::filesystem::path(config->state_dir()) / "state.db").string());
   if (!store.ok()) return Die(store.status());
-  absl::StatusOr<std::unique_ptr<prometheus::Exposer>> exposer = StartMetricsExposer(
-      "fl-coordinator", config->metrics_address(), registry,
-      config->port_file().empty() ? "" : config->port_file() + ".metrics");
+  absl::StatusOr<std::unique_ptr<prometheus::Exposer>> exposer =
+      StartMetricsExposer("fl-coordinator", config->metrics_address(), registry,
+                          config->port_file().empty() ? "" : config->port_file() + ".metrics");
   if (!exposer.ok()) return Die(exposer.status());
   Coordinator core(*config, store->get(), &metrics, InitModelFromRegistry);
   if (absl::Status s = core.Start(); !s.ok()) return Die(s);
   Authorizer auth(std::set<std::string>(config->revoked_certificates().begin(),
-                                         config->revoked_certificates().end()));
+                                        config->revoked_certificates().end()));
   FederationService federation(&core, &auth);
   AdminService admin(&core, &auth);
   grpc::EnableDefaultHealthCheckService(true);

@@ -12,8 +12,11 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                           .Help("Sites with an open task stream")
                           .Register(r)
                           .Add({})),
-      jobs_running(
-          BuildGauge().Name("fl_coordinator_jobs_running").Help("Jobs running").Register(r).Add({})),
+      jobs_running(BuildGauge()
+                       .Name("fl_coordinator_jobs_running")
+                       .Help("Jobs running")
+                       .Register(r)
+                       .Add({})),
       rounds_completed(BuildCounter()
                            .Name("fl_coordinator_rounds_completed_total")
                            .Help("Rounds aggregated and committed")
@@ -34,8 +37,8 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                          .Name("fl_coordinator_round_duration_seconds")
                          .Help("Wall time from opening a round to committing it")
                          .Register(r)
-                         .Add({}, prometheus::Histogram::BucketBoundaries{
-                                      1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600})),
+                         .Add({}, prometheus::Histogram::BucketBoundaries{1, 5, 15, 30, 60, 120,
+                                                                          300, 600, 1800, 3600})),
       updates(BuildCounter()
                   .Name("fl_coordinator_updates_total")
                   .Help("Uploaded updates by result: accepted, rejected (invalid or hostile), "
@@ -71,10 +74,11 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                   .Help("Evaluation reports by result: accepted, rejected (invalid or hostile), "
                         "duplicate (ignored), stale (round not open)")
                   .Register(r)),
-      tls_reloads(BuildCounter()
-                      .Name("fl_coordinator_tls_reloads_total")
-                      .Help("Changed TLS files picked up (ok) or refused, keeping the last good set")
-                      .Register(r)),
+      tls_reloads(
+          BuildCounter()
+              .Name("fl_coordinator_tls_reloads_total")
+              .Help("Changed TLS files picked up (ok) or refused, keeping the last good set")
+              .Register(r)),
       config_reloads(BuildCounter()
                          .Name("fl_coordinator_config_reloads_total")
                          .Help("Changed config files whose revocation list was applied (ok) or "

@@ -28,7 +28,7 @@ struct CoordinatorMetrics {
   prometheus::Counter& update_bytes;
   prometheus::Counter& download_bytes;
   prometheus::Counter& declines;
-  prometheus::Family<prometheus::Gauge>& site_epsilon;  // labels job, site
+  prometheus::Family<prometheus::Gauge>& site_epsilon;    // labels job, site
   prometheus::Family<prometheus::Gauge>& job_mean_auroc;  // label job
   // label result: accepted | rejected (invalid or hostile) | duplicate (a second report of the
   // same site and round, ignored) | stale (for a round that is not open)

@@ -16,14 +16,13 @@ absl::StatusOr<ModelInit> InitModelFromRegistry(const JobSpec& spec) {
     absl::StatusOr<TensorList> weights = ReadSafetensors(spec.initial_model());
     absl::Status loaded = weights.ok() ? LoadWeights(*model, *weights) : weights.status();
     if (!loaded.ok()) {
-      return absl::Status(loaded.code(),
-                          absl::StrCat("initial_model ", spec.initial_model(), " (",
-                                       model_spec.name, "): ", loaded.message()));
+      return absl::Status(loaded.code(), absl::StrCat("initial_model ", spec.initial_model(), " (",
+                                                      model_spec.name, "): ", loaded.message()));
     }
     for (const NamedTensor& w : *weights) {
       if (!std::all_of(w.data.begin(), w.data.end(), [](float v) { return std::isfinite(v); })) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "initial_model ", spec.initial_model(), ": tensor ", w.name, " is not finite"));
+        return absl::InvalidArgumentError(absl::StrCat("initial_model ", spec.initial_model(),
+                                                       ": tensor ", w.name, " is not finite"));
       }
     }
   }

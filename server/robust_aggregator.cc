@@ -74,7 +74,7 @@ class SpoolReader {
 
   size_t block_;
   std::vector<std::unique_ptr<RandomAccessFile>> files_;
-  uint64_t position_ = 0;  // of the next block, in bytes, in every spool
+  uint64_t position_ = 0;      // of the next block, in bytes, in every spool
   std::vector<float> buffer_;  // update u's block at [u * block_, (u + 1) * block_)
 };
 

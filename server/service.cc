@@ -31,19 +31,19 @@ absl::StatusOr<Identity> Authorizer::Check(const grpc::ServerContext& ctx, Role 
   absl::StatusOr<Identity> who = PeerIdentity(ctx);
   if (!who.ok()) return who.status();
   if (IsRevoked(who->fingerprint)) {
-    return absl::PermissionDeniedError(absl::StrCat("the certificate of '", who->name,
-                                                    "' is revoked"));
+    return absl::PermissionDeniedError(
+        absl::StrCat("the certificate of '", who->name, "' is revoked"));
   }
   if (who->role != role) {
     return absl::PermissionDeniedError(absl::StrCat("this call needs a ", RoleName(role),
-                                                    " certificate; caller '", who->name,
-                                                    "' is a ", RoleName(who->role)));
+                                                    " certificate; caller '", who->name, "' is a ",
+                                                    RoleName(who->role)));
   }
   return who;
 }
 
-#define FL_CALLER(ctx, role)                                  \
-  absl::StatusOr<Identity> who = auth_->Check(*(ctx), role);  \
+#define FL_CALLER(ctx, role)                                 \
+  absl::StatusOr<Identity> who = auth_->Check(*(ctx), role); \
   if (!who.ok()) return ToGrpcStatus(who.status())
 
 grpc::Status FederationService::Join(grpc::ServerContext* ctx, const JoinRequest* request,
@@ -71,8 +71,7 @@ grpc::Status FederationService::Decline(grpc::ServerContext* ctx, const DeclineR
   return ToGrpcStatus(core_->Decline(*who, *request));
 }
 
-grpc::Status FederationService::Download(grpc::ServerContext* ctx,
-                                         const DownloadRequest* request,
+grpc::Status FederationService::Download(grpc::ServerContext* ctx, const DownloadRequest* request,
                                          grpc::ServerWriter<TensorChunk>* writer) {
   FL_CALLER(ctx, Role::kSite);
   return ToGrpcStatus(core_->Download(
@@ -135,8 +134,9 @@ grpc::Status AdminService::ListSites(grpc::ServerContext* ctx, const ListSitesRe
 grpc::Status AdminService::ExportModel(grpc::ServerContext* ctx, const ExportRequest* request,
                                        grpc::ServerWriter<FileChunk>* writer) {
   FL_CALLER(ctx, Role::kAdmin);
-  return ToGrpcStatus(core_->ExportModel(
-      *who, request->job_id(), request->best(), [&](const FileChunk& chunk) { return writer->Write(chunk); }));
+  return ToGrpcStatus(
+      core_->ExportModel(*who, request->job_id(), request->best(),
+                         [&](const FileChunk& chunk) { return writer->Write(chunk); }));
 }
 
 }  // namespace fl

@@ -43,7 +43,7 @@ absl::StatusOr<std::vector<T>> ReadProtos(sqlite3* db, const char* sql) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Store>> Store::Open(const std::string& path) {
-  ASSIGN_OR_RETURN(sqlite3* db, OpenSqlite(path, "state database", 5000));
+  ASSIGN_OR_RETURN(sqlite3 * db, OpenSqlite(path, "state database", 5000));
   std::unique_ptr<Store> store(new Store(db));
   RETURN_IF_ERROR(Annotate(SqliteExec(db, kSchema), path));
   return store;
@@ -69,8 +69,9 @@ absl::Status Store::CommitRound(const JobStatus& job, const Checkpoint& checkpoi
   SqlStatement put(db_, "INSERT OR REPLACE INTO jobs (id, status, updated) VALUES (?, ?, ?)");
   RETURN_IF_ERROR(
       put.Bind(1, job.job_id()).BindBlob(2, job.SerializeAsString()).Bind(3, Now()).Run());
-  SqlStatement ckpt(db_, "INSERT OR REPLACE INTO checkpoints (job_id, round, path, crc32c) "
-                         "VALUES (?, ?, ?, ?)");
+  SqlStatement ckpt(db_,
+                    "INSERT OR REPLACE INTO checkpoints (job_id, round, path, crc32c) "
+                    "VALUES (?, ?, ?, ?)");
   RETURN_IF_ERROR(ckpt.Bind(1, job.job_id())
                       .Bind(2, static_cast<int64_t>(checkpoint.round))
                       .Bind(3, checkpoint.path)
@@ -81,8 +82,9 @@ absl::Status Store::CommitRound(const JobStatus& job, const Checkpoint& checkpoi
 
 absl::StatusOr<Checkpoint> Store::LatestCheckpoint(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
-  SqlStatement stmt(db_, "SELECT path, crc32c, round FROM checkpoints WHERE job_id = ? "
-                 "ORDER BY round DESC LIMIT 1");
+  SqlStatement stmt(db_,
+                    "SELECT path, crc32c, round FROM checkpoints WHERE job_id = ? "
+                    "ORDER BY round DESC LIMIT 1");
   ASSIGN_OR_RETURN(bool row, stmt.Bind(1, job_id).Step());
   if (!row) return absl::NotFoundError(absl::StrCat("no checkpoint for job ", job_id));
   return Checkpoint{stmt.Blob(0), static_cast<uint32_t>(stmt.Int(1)),
@@ -102,8 +104,9 @@ absl::StatusOr<std::vector<SiteInfo>> Store::Sites() {
 
 absl::Status Store::AddReceipt(const Receipt& r) {
   absl::MutexLock lock(&mu_);
-  SqlStatement stmt(db_, "INSERT INTO receipts (job_id, round, attempt, site, header, scale, "
-                         "bytes, spool, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
+  SqlStatement stmt(db_,
+                    "INSERT INTO receipts (job_id, round, attempt, site, header, scale, "
+                    "bytes, spool, time) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)");
   return stmt.Bind(1, r.job_id)
       .Bind(2, static_cast<int64_t>(r.round))
       .Bind(3, static_cast<int64_t>(r.attempt))
@@ -118,8 +121,9 @@ absl::Status Store::AddReceipt(const Receipt& r) {
 
 absl::StatusOr<std::vector<Receipt>> Store::Receipts(const std::string& job_id, uint32_t round) {
   absl::MutexLock lock(&mu_);
-  SqlStatement stmt(db_, "SELECT attempt, site, header, scale, bytes, spool FROM receipts "
-                         "WHERE job_id = ? AND round = ? ORDER BY attempt, site");
+  SqlStatement stmt(db_,
+                    "SELECT attempt, site, header, scale, bytes, spool FROM receipts "
+                    "WHERE job_id = ? AND round = ? ORDER BY attempt, site");
   stmt.Bind(1, job_id).Bind(2, static_cast<int64_t>(round));
   std::vector<Receipt> out;
   while (true) {
@@ -146,15 +150,16 @@ absl::Status Store::Audit(const std::string& identity, const std::string& action
 
 absl::StatusOr<std::vector<std::string>> Store::AuditLog(int limit) {
   absl::MutexLock lock(&mu_);
-  SqlStatement stmt(db_, "SELECT time, identity, action, detail FROM (SELECT * FROM audit ORDER BY seq "
-                 "DESC LIMIT ?) ORDER BY seq");
+  SqlStatement stmt(db_,
+                    "SELECT time, identity, action, detail FROM (SELECT * FROM audit ORDER BY seq "
+                    "DESC LIMIT ?) ORDER BY seq");
   stmt.Bind(1, static_cast<int64_t>(limit));
   std::vector<std::string> out;
   while (true) {
     ASSIGN_OR_RETURN(bool row, stmt.Step());
     if (!row) break;
-    out.push_back(absl::StrCat(stmt.Int(0), " ", stmt.Blob(1), " ", stmt.Blob(2), " ",
-                               stmt.Blob(3)));
+    out.push_back(
+        absl::StrCat(stmt.Int(0), " ", stmt.Blob(1), " ", stmt.Blob(2), " ", stmt.Blob(3)));
   }
   return out;
 }

@@ -31,7 +31,7 @@ struct Receipt {
   UploadHeader header;
   double scale = 1.0;  // norm clipping factor applied when folding
   uint64_t bytes = 0;
-  std::string spool;   // path of the spooled update
+  std::string spool;  // path of the spooled update
 };
 
 class Store {

@@ -9,9 +9,7 @@
 namespace fl {
 namespace {
 
-std::string TempDb(const std::string& name) {
-  return FreshTestDir(name) + "/state.db";
-}
+std::string TempDb(const std::string& name) { return FreshTestDir(name) + "/state.db"; }
 
 TEST(StoreTest, JobsRoundsAndCheckpointsSurviveReopen) {
   const std::string path = TempDb("reopen");

@@ -52,9 +52,9 @@ DataCheckFile JsonObject(const FileReport& r) {
 std::string TextLine(const FileReport& r) {
   if (!r.image.ok()) return absl::StrCat("skip  ", r.path, ": ", Reason(r));
   const DicomImage& im = *r.image;
-  return absl::StrCat("ok    ", r.path, ": ", im.rows, "x", im.cols, " ", im.bits_stored,
-                      "-bit ", im.photometric, " ", im.transfer_syntax_name, " (",
-                      im.transfer_syntax, ")", r.labelled ? " labelled" : "");
+  return absl::StrCat("ok    ", r.path, ": ", im.rows, "x", im.cols, " ", im.bits_stored, "-bit ",
+                      im.photometric, " ", im.transfer_syntax_name, " (", im.transfer_syntax, ")",
+                      r.labelled ? " labelled" : "");
 }
 
 int Check(const std::string& dir, const std::string& labels_csv, bool json) {
@@ -84,10 +84,11 @@ int Check(const std::string& dir, const std::string& labels_csv, bool json) {
     }
   }
   if (json) std::cout << "\n]\n";
-  (json ? std::cerr : std::cout)
-      << "files: " << files->size() << ", decoded: " << decoded
-      << ", skipped: " << files->size() - decoded
-      << (labels_csv.empty() ? "" : absl::StrCat(", with labels: ", labelled)) << "\n";
+  (json ? std::cerr : std::cout) << "files: " << files->size() << ", decoded: " << decoded
+                                 << ", skipped: " << files->size() - decoded
+                                 << (labels_csv.empty() ? ""
+                                                        : absl::StrCat(", with labels: ", labelled))
+                                 << "\n";
   return 0;
 }
 

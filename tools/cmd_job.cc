@@ -51,12 +51,18 @@ absl::StatusOr<std::unique_ptr<Admin::Stub>> Connect(const AdminArgs& args) {
 
 const char* StateName(JobState state) {
   switch (state) {
-    case QUEUED: return "queued";
-    case RUNNING: return "running";
-    case DONE: return "done";
-    case FAILED: return "failed";
-    case CANCELLED: return "cancelled";
-    default: return "unknown";
+    case QUEUED:
+      return "queued";
+    case RUNNING:
+      return "running";
+    case DONE:
+      return "done";
+    case FAILED:
+      return "failed";
+    case CANCELLED:
+      return "cancelled";
+    default:
+      return "unknown";
   }
 }
 
@@ -72,17 +78,17 @@ void PrintStatus(const JobStatus& job) {
   const JobSpec& spec = job.spec();
   std::cout << absl::StrFormat("job %s (%s): %s, %d/%d rounds%s\n", job.job_id(),
                                HasLabelHead(spec) ? spec.model() : WorkloadName(spec),
-                               StateName(job.state()), job.rounds_done(),
-                               job.spec().rounds(),
+                               StateName(job.state()), job.rounds_done(), job.spec().rounds(),
                                job.message().empty() ? "" : " - " + job.message());
   if (!job.spec().initial_model().empty()) {
     std::cout << "  started from " << job.spec().initial_model() << "\n";
   }
   if (job.best_round() > 0) {
-    std::cout << absl::StrFormat("  best model by validation: after round %d (%s %.4f; flctl "
-                                 "export --best)%s\n",
-                                 job.best_round(), SelectionFor(spec).metric, job.best_score(),
-                                 job.stopped_early() ? ", stopped early" : "");
+    std::cout << absl::StrFormat(
+        "  best model by validation: after round %d (%s %.4f; flctl "
+        "export --best)%s\n",
+        job.best_round(), SelectionFor(spec).metric, job.best_score(),
+        job.stopped_early() ? ", stopped early" : "");
   }
   for (const RoundSummary& r : job.rounds()) {
     std::vector<std::string> labels;
@@ -110,8 +116,8 @@ void PrintStatus(const JobStatus& job) {
       std::cout << absl::StrFormat("  site %s: %s", s.site(), absl::StrJoin(figures, ", "));
     }
     if (s.privacy().epsilon() > 0) {
-      std::cout << absl::StrFormat(", privacy spent epsilon %.3f at delta %g", s.privacy().epsilon(),
-                                   s.privacy().delta());
+      std::cout << absl::StrFormat(", privacy spent epsilon %.3f at delta %g",
+                                   s.privacy().epsilon(), s.privacy().delta());
     }
     std::cout << "\n";
   }
@@ -155,9 +161,9 @@ absl::Status Wait(Admin::Stub& stub, const std::string& id, bool json) {
     }
     if (job.state() == DONE || job.state() == FAILED || job.state() == CANCELLED) {
       json ? (void)(std::cout << ToJson(job) << "\n") : PrintStatus(job);
-      return job.state() == DONE ? absl::OkStatus()
-                                 : absl::AbortedError(absl::StrCat("job ", id, " ",
-                                                                   StateName(job.state())));
+      return job.state() == DONE
+                 ? absl::OkStatus()
+                 : absl::AbortedError(absl::StrCat("job ", id, " ", StateName(job.state())));
     }
     std::this_thread::sleep_for(std::chrono::seconds(1));
   }

@@ -69,8 +69,8 @@ absl::Status RunEpsilon(const PrivacyArgs& args) {
   const double q = args.sample_rate, sigma = args.noise_multiplier, delta = args.delta;
   ASSIGN_OR_RETURN(uint64_t steps, CheckSteps(args.steps, 0));
   RETURN_IF_ERROR(CheckOption(q >= 0 && q <= 1, "sample-rate", q, "[0, 1]"));
-  RETURN_IF_ERROR(CheckOption(sigma >= 0 && !std::isinf(sigma), "noise-multiplier", sigma,
-                              "[0, inf)"));
+  RETURN_IF_ERROR(
+      CheckOption(sigma >= 0 && !std::isinf(sigma), "noise-multiplier", sigma, "[0, inf)"));
   RETURN_IF_ERROR(CheckDelta(delta));
   RdpAccountant accountant;
   accountant.AddSteps(q, sigma, steps);
@@ -114,9 +114,9 @@ absl::Status RunLedger(const PrivacyArgs& args) {
     if (datasets.size() != 1) {
       std::vector<std::string> ids;
       for (const auto& d : datasets) ids.push_back(d.id);
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the ledger holds ", datasets.size(), " datasets (", absl::StrJoin(ids, ", "),
-          "): name one with --dataset"));
+      return absl::InvalidArgumentError(absl::StrCat("the ledger holds ", datasets.size(),
+                                                     " datasets (", absl::StrJoin(ids, ", "),
+                                                     "): name one with --dataset"));
     }
     dataset = datasets[0].id;
   }

@@ -40,11 +40,12 @@ absl::StatusOr<ModelSpec> SpecOf(const ModelSidecar& sidecar) {
 
 // The model of the sidecar with the weights of the file, in eval mode on the CPU.
 absl::StatusOr<std::shared_ptr<ModelImpl>> LoadModel(const std::string& model_path,
-                                                          const ModelSidecar& sidecar,
-                                                          const std::string& sidecar_path) {
+                                                     const ModelSidecar& sidecar,
+                                                     const std::string& sidecar_path) {
   if (sidecar.head_mode == "site") {
     return absl::FailedPreconditionError(
-        absl::StrCat(sidecar_path, ": head_mode \"site\": the global model carries no trained "
+        absl::StrCat(sidecar_path,
+                     ": head_mode \"site\": the global model carries no trained "
                      "head (each site keeps its own); evaluate a label-mode job"));
   }
   ASSIGN_OR_RETURN(TensorList weights, ReadSafetensors(model_path));
@@ -53,10 +54,9 @@ absl::StatusOr<std::shared_ptr<ModelImpl>> LoadModel(const std::string& model_pa
   if (!model.ok()) return Annotate(model.status(), sidecar_path);
   absl::Status loaded = LoadWeights(**model, weights);
   if (!loaded.ok()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(sidecar_path, " does not match ", model_path, " (", sidecar.architecture,
-                     ", ", sidecar.labels.size(), " labels, input ", sidecar.input_size,
-                     "): ", loaded.message()));
+    return absl::InvalidArgumentError(absl::StrCat(
+        sidecar_path, " does not match ", model_path, " (", sidecar.architecture, ", ",
+        sidecar.labels.size(), " labels, input ", sidecar.input_size, "): ", loaded.message()));
   }
   (*model)->eval();
   return *model;
@@ -74,9 +74,9 @@ absl::StatusOr<std::vector<int>> MapColumns(const std::vector<std::string>& mode
     any = true;
   }
   if (!any) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "none of the model's labels [", absl::StrJoin(model_labels, ", "),
-        "] is a column of the labels CSV [", absl::StrJoin(columns, ", "), "]"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("none of the model's labels [", absl::StrJoin(model_labels, ", "),
+                     "] is a column of the labels CSV [", absl::StrJoin(columns, ", "), "]"));
   }
   return map;
 }
@@ -106,8 +106,8 @@ std::vector<std::optional<std::vector<float>>> DecodeRange(const std::vector<Sam
 }
 
 // Sigmoid outputs [n, labels] of the model for n images of size x size.
-absl::StatusOr<std::vector<float>> Infer(ModelImpl& model, std::vector<float>& pixels,
-                                         int64_t n, int size, int channels) {
+absl::StatusOr<std::vector<float>> Infer(ModelImpl& model, std::vector<float>& pixels, int64_t n,
+                                         int size, int channels) {
   try {
     torch::NoGradGuard no_grad;
     torch::Tensor images = torch::from_blob(pixels.data(), {n, 1, size, size}, torch::kFloat32);
@@ -129,9 +129,8 @@ struct EvalContext {
 };
 
 // Predictions for samples [begin, end); undecodable ones are counted in `skipped`.
-absl::Status PredictBatch(const EvalContext& ctx, const std::vector<Sample>& samples,
-                          size_t begin, size_t end, int threads, std::vector<Prediction>& out,
-                          int64_t& skipped) {
+absl::Status PredictBatch(const EvalContext& ctx, const std::vector<Sample>& samples, size_t begin,
+                          size_t end, int threads, std::vector<Prediction>& out, int64_t& skipped) {
   const int size = ctx.sidecar->input_size;
   auto images = DecodeRange(samples, begin, end, size, threads);
   std::vector<float> pixels;
@@ -251,8 +250,8 @@ absl::StatusOr<TensorList> InitialWeights(const ModelSidecar& sidecar, uint64_t 
 absl::StatusOr<EvaluationReport> EvaluateModel(const EvaluateOptions& o,
                                                std::vector<Prediction>* predictions_out) {
   RETURN_IF_ERROR(ValidateOptions(o));
-  const std::string sidecar_path = o.sidecar_path.empty() ? SidecarPathFor(o.model_path)
-                                                          : o.sidecar_path;
+  const std::string sidecar_path =
+      o.sidecar_path.empty() ? SidecarPathFor(o.model_path) : o.sidecar_path;
   ASSIGN_OR_RETURN(ModelSidecar sidecar, ReadModelSidecar(sidecar_path));
   ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model,
                    LoadModel(o.model_path, sidecar, sidecar_path));
@@ -274,8 +273,8 @@ absl::StatusOr<EvaluationReport> EvaluateModel(const EvaluateOptions& o,
     RETURN_IF_ERROR(PredictBatch(ctx, samples, b, e, o.threads, predictions, skipped));
   }
   if (predictions.empty()) {
-    return absl::FailedPreconditionError(absl::StrCat("none of the ", samples.size(),
-                                                      " images in ", o.data_dir, " decodes"));
+    return absl::FailedPreconditionError(
+        absl::StrCat("none of the ", samples.size(), " images in ", o.data_dir, " decodes"));
   }
   EvaluationReport report = Summarize(names, predictions, o.threshold, o.age_edges);
   report.skipped_files = skipped;
@@ -406,8 +405,7 @@ EvaluationReport Summarize(const std::vector<std::string>& label_names,
                     : PrevalenceThresholds(predictions, label_names.size());
   report.accuracy = GroupAccuracy(predictions, all, label_names.size(), thresholds);
   auto sex = [](const Prediction& p) { return p.sex == "M" ? 0 : p.sex == "F" ? 1 : -1; };
-  AddAttribute("sex", {"M", "F"}, sex, predictions, label_names.size(), thresholds,
-               report.groups);
+  AddAttribute("sex", {"M", "F"}, sex, predictions, label_names.size(), thresholds, report.groups);
   auto age = [&](const Prediction& p) { return AgeBand(p.age_years, age_edges); };
   AddAttribute("age", AgeBandNames(age_edges), age, predictions, label_names.size(), thresholds,
                report.groups);

@@ -34,7 +34,7 @@ absl::StatusOr<TensorList> InitialWeights(const ModelSidecar& sidecar, uint64_t 
 
 // One evaluated image: its demographics, and per evaluated label its probability and target.
 struct Prediction {
-  std::string key;             // SOP Instance UID
+  std::string key;  // SOP Instance UID
   std::string patient_id;
   std::string sex;             // "M", "F" or "" (unknown)
   int age_years = -1;          // -1: unknown
@@ -53,7 +53,7 @@ struct LabelResult {
 struct GroupResult {
   std::string attribute;
   std::string group;
-  int64_t n = 0;        // images in the group
+  int64_t n = 0;  // images in the group
   // Mean over the evaluated labels (those with a known target in the group) of the share of
   // the group's known targets predicted right at the threshold (positive when prob >= it).
   // NaN when the group has no known target.
@@ -70,7 +70,7 @@ struct EvaluationReport {
   std::vector<LabelResult> labels;  // the model's labels that are columns of the CSV
   // Mean AUROC over the labels whose AUROC is defined (both classes present); NaN if none.
   double mean_auroc = 0;
-  double accuracy = 0;  // over all images, as GroupResult::accuracy
+  double accuracy = 0;              // over all images, as GroupResult::accuracy
   std::vector<GroupResult> groups;  // sex M, F, then the age bands in order
 };
 
@@ -99,7 +99,7 @@ struct EvaluateOptions {
   double threshold = 0.5;
   std::vector<int> age_edges = {40, 60};
   int batch_size = 64;
-  int threads = 2;           // decoding threads
+  int threads = 2;  // decoding threads
 };
 
 // Loads the model, reads the folder as the client does (LoadDataset, DecodeDicom), runs

@@ -154,9 +154,7 @@ class EvaluateModelTest : public ::testing::Test {
     options_.labels_csv = dir_ + "/data/labels.csv";
   }
 
-  void WriteSidecar(const std::string& json) {
-    std::ofstream(dir_ + "/model.json") << json;
-  }
+  void WriteSidecar(const std::string& json) { std::ofstream(dir_ + "/model.json") << json; }
   void WriteModel(bool zero) {
     absl::StatusOr<TensorList> weights = InitialWeights(sidecar_, 3);
     ASSERT_TRUE(weights.ok()) << weights.status();
@@ -273,8 +271,9 @@ TEST_F(EvaluateModelTest, SidecarErrorsNameTheField) {
   WriteSidecar("{\"architecture\": \"smallcnn\", \"labelz\": [\"a\"], \"input_size\": 32}");
   r = EvaluateModel(options_);
   EXPECT_TRUE(absl::StrContains(r.status().message(), "labelz")) << r.status();
-  WriteSidecar("{\"workload\": \"autoencoder\", \"architecture\": \"autoencoder\", "
-               "\"input_size\": 32}");
+  WriteSidecar(
+      "{\"workload\": \"autoencoder\", \"architecture\": \"autoencoder\", "
+      "\"input_size\": 32}");
   r = EvaluateModel(options_);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
   EXPECT_TRUE(absl::StrContains(r.status().message(), "'autoencoder' workload")) << r.status();
@@ -285,7 +284,8 @@ TEST_F(EvaluateModelTest, NoSharedLabelIsAnError) {
   absl::StatusOr<TensorList> weights = InitialWeights(sidecar_, 1);
   ASSERT_TRUE(weights.ok());
   ASSERT_TRUE(WriteSafetensors(options_.model_path, *weights).ok());
-  WriteSidecar("{\"architecture\": \"smallcnn\", \"labels\": [\"congestion\"], \"input_size\": 32}");
+  WriteSidecar(
+      "{\"architecture\": \"smallcnn\", \"labels\": [\"congestion\"], \"input_size\": 32}");
   absl::StatusOr<EvaluationReport> r = EvaluateModel(options_);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_TRUE(absl::StrContains(r.status().message(), "none of the model's labels"));

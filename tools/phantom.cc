@@ -19,8 +19,16 @@ namespace fl {
 namespace {
 
 constexpr double kPi = 3.14159265358979323846;
-enum Finding { kCardiomegaly, kCongestion, kEffusionR, kEffusionL, kInfiltrateR, kInfiltrateL,
-               kAtelectasisR, kAtelectasisL };
+enum Finding {
+  kCardiomegaly,
+  kCongestion,
+  kEffusionR,
+  kEffusionL,
+  kInfiltrateR,
+  kInfiltrateL,
+  kAtelectasisR,
+  kAtelectasisL
+};
 
 // SplitMix64: fast, and the same stream on every platform (std:: distributions are not).
 class Rng {
@@ -43,8 +51,12 @@ class Rng {
   uint64_t state_;
 };
 
-struct Segment { double x0, y0, x1, y1, width, amp; };
-struct Blob { double x, y, sigma, amp; };
+struct Segment {
+  double x0, y0, x1, y1, width, amp;
+};
+struct Blob {
+  double x, y, sigma, amp;
+};
 
 // Everything random about one image, drawn in a fixed order whatever the findings are.
 struct Shapes {
@@ -70,8 +82,8 @@ double SideX(const Shapes& s, int side, double f) {
   return 0.5 + sign * (s.mediastinum + f * (s.lateral - s.mediastinum));
 }
 
-void DrawVessels(Rng& rng, const Shapes& s, int per_side, double amp, double width,
-                 double max_len, std::vector<Segment>* out) {
+void DrawVessels(Rng& rng, const Shapes& s, int per_side, double amp, double width, double max_len,
+                 std::vector<Segment>* out) {
   for (int side = 0; side < 2; ++side) {
     const double sign = side == 0 ? -1.0 : 1.0;
     for (int i = 0; i < per_side; ++i) {
@@ -195,7 +207,7 @@ Layout MakeLayout(const Shapes& s, const PhantomSubject& subject) {
     l.mid += (side == 0 ? -1.0 : 1.0) * s.mediastinal_shift;
   }
   const double ctr = subject.findings[kCardiomegaly] ? s.ctr_big : s.ctr_normal;
-  l.heart_ax = ctr * s.lateral;  // half of ctr x (2 x lateral)
+  l.heart_ax = ctr * s.lateral;            // half of ctr x (2 x lateral)
   l.heart_cx = l.mid + 0.35 * l.heart_ax;  // the heart lies mostly to the patient's left
   l.heart_ay = 0.105 * s.scale * std::sqrt(ctr / 0.42);
   l.heart_cy = l.dome[1] - 0.75 * l.heart_ay + s.heart_cy;
@@ -215,8 +227,8 @@ double Lung(const Shapes& s, const Layout& l, int side, double x, double y) {
   if (d <= 0) return 0.0;
   const double t = std::clamp((y - (s.lung_cy - s.lung_ay)) / (2 * s.lung_ay), 0.0, 1.0);
   const double half = 0.5 * (s.lateral - s.mediastinum) * (0.72 + 0.4 * t);
-  const double inside = Ellipse(d, y, s.mediastinum + half * 0.95, s.lung_cy, half * 1.05,
-                                s.lung_ay, 0.08);
+  const double inside =
+      Ellipse(d, y, s.mediastinum + half * 0.95, s.lung_cy, half * 1.05, s.lung_ay, 0.08);
   const double f = (d - s.mediastinum) / (s.lateral - s.mediastinum);  // 0 medial, 1 lateral
   const double dome_y = l.dome[side] + 0.09 * f * f - 0.02 * (1 - f);
   return inside * Smooth((d - s.mediastinum) / 0.012 + 0.5) * Smooth((dome_y - y) / 0.012 + 0.5);
@@ -253,7 +265,7 @@ double Tissue(const Shapes& s, const Layout& l, double x, double y) {
   d += 0.10 * Smooth((0.06 - band) / 0.02 + 0.5) * Smooth((0.52 - y) / 0.05 + 0.5);  // mediastinum
   d += 0.09 * Smooth((0.03 - band) / 0.008 + 0.5) * (0.8 + 0.2 * std::cos(2 * kPi * y / 0.05));
   d -= 0.10 * Smooth((0.011 - band) / 0.006 + 0.5) * Smooth((0.38 - y) / 0.02 + 0.5);  // trachea
-  d += 0.06 * Ellipse(x, y, l.mid + 0.055, 0.33, 0.03, 0.025, 0.4);                    // aortic knob
+  d += 0.06 * Ellipse(x, y, l.mid + 0.055, 0.33, 0.03, 0.025, 0.4);  // aortic knob
   d += 0.05 * Ellipse(x, y, l.heart_cx, l.heart_cy, l.heart_ax, l.heart_ay, 0.06);
   return d + Ribs(s, x, y) * body;
 }
@@ -266,8 +278,8 @@ double Breasts(const Shapes& s, const PhantomSubject& subject, double x, double 
 }
 
 double Fluid(const Shapes& s, const Layout& l, int side, double x, double y) {
-  const double f = std::clamp((std::abs(x - l.mid) - s.mediastinum) /
-                              (s.lateral - s.mediastinum), 0.0, 1.0);
+  const double f =
+      std::clamp((std::abs(x - l.mid) - s.mediastinum) / (s.lateral - s.mediastinum), 0.0, 1.0);
   const double level = l.dome[side] - s.fluid_depth[side] - s.meniscus[side] * f * f;
   const double below = (y - level) / 0.04;
   return s.fluid_amp[side] * Smooth(below / 0.3 + 0.5) * (0.8 + 0.2 * std::min(1.0, below));
@@ -351,11 +363,11 @@ std::vector<uint16_t> RenderPhantom(const PhantomSubject& subject, const Phantom
       const double lung = Lung(s, l, side, x, y) * (1.0 - heart);
       double inside = overlay[r * n + c];
       if (subject.findings[side == 0 ? kEffusionR : kEffusionL]) inside += Fluid(s, l, side, x, y);
-      const double d = Tissue(s, l, x, y) + Breasts(s, subject, x, y) -
-                       lung * (0.28 - std::min(inside, 0.37));
+      const double d =
+          Tissue(s, l, x, y) + Breasts(s, subject, x, y) - lung * (0.28 - std::min(inside, 0.37));
       const double exposure = 1.0 + s.heel * (2.0 * y - 1.0);
-      const double v = 0.05 + 0.8 * (0.35 + s.gain * (d - 0.35)) * exposure +
-                       options.noise * noise.Normal();
+      const double v =
+          0.05 + 0.8 * (0.35 + s.gain * (d - 0.35)) * exposure + options.noise * noise.Normal();
       out[r * n + c] = static_cast<uint16_t>(std::lround(4095.0 * std::clamp(v, 0.0, 1.0)));
     }
   }
@@ -365,8 +377,10 @@ std::vector<uint16_t> RenderPhantom(const PhantomSubject& subject, const Phantom
 absl::Status ValidatePhantomOptions(const PhantomOptions& o) {
   auto bad = [](const std::string& what) { return absl::InvalidArgumentError(what); };
   if (o.count < 1) return bad(absl::StrCat("count must be >= 1, got ", o.count));
-  if (o.size < 32 || o.size > 4096) return bad(absl::StrCat("size must be in 32..4096, got ", o.size));
-  if (!(o.noise >= 0 && o.noise <= 1)) return bad(absl::StrCat("noise must be in [0, 1], got ", o.noise));
+  if (o.size < 32 || o.size > 4096)
+    return bad(absl::StrCat("size must be in 32..4096, got ", o.size));
+  if (!(o.noise >= 0 && o.noise <= 1))
+    return bad(absl::StrCat("noise must be in [0, 1], got ", o.noise));
   if (!(o.contrast > 0 && o.contrast <= 10)) {
     return bad(absl::StrCat("contrast must be in (0, 10], got ", o.contrast));
   }
@@ -384,20 +398,22 @@ absl::Status ValidatePhantomOptions(const PhantomOptions& o) {
       return bad(absl::StrCat("prevalence of ", kPhantomLabels[i], " must be in [0, 1]"));
     }
   }
-  if (!(o.male_fraction >= 0 && o.male_fraction <= 1)) return bad("male_fraction must be in [0, 1]");
+  if (!(o.male_fraction >= 0 && o.male_fraction <= 1))
+    return bad("male_fraction must be in [0, 1]");
   if (o.min_age < 0 || o.max_age > 120 || o.min_age > o.max_age) {
     return bad(absl::StrCat("age range ", o.min_age, "..", o.max_age, " is not within 0..120"));
   }
   if (o.photometric != "MONOCHROME2" && o.photometric != "MONOCHROME1") {
-    return bad(absl::StrCat("photometric must be MONOCHROME1 or MONOCHROME2, got '",
-                            o.photometric, "'"));
+    return bad(
+        absl::StrCat("photometric must be MONOCHROME1 or MONOCHROME2, got '", o.photometric, "'"));
   }
-  if (o.site_name.empty() || o.site_name.size() > 48) return bad("site_name must have 1..48 characters");
+  if (o.site_name.empty() || o.site_name.size() > 48)
+    return bad("site_name must have 1..48 characters");
   for (size_t i = 0; i < o.labels_to_write.size(); ++i) {
     const std::string& name = o.labels_to_write[i];
     if (std::find(kPhantomLabels.begin(), kPhantomLabels.end(), name) == kPhantomLabels.end()) {
-      return bad(absl::StrCat("unknown label '", name, "' (known: ",
-                              absl::StrJoin(kPhantomLabels, ","), ")"));
+      return bad(absl::StrCat("unknown label '", name,
+                              "' (known: ", absl::StrJoin(kPhantomLabels, ","), ")"));
     }
     if (std::find(o.labels_to_write.begin(), o.labels_to_write.begin() + i, name) !=
         o.labels_to_write.begin() + i) {
@@ -434,8 +450,8 @@ absl::Status PutAll(DcmDataset* ds, const std::vector<std::pair<DcmTagKey, std::
   for (const auto& [key, value] : items) {
     OFCondition cond = ds->putAndInsertString(key, value.c_str());
     if (cond.bad()) {
-      return absl::InternalError(absl::StrCat("setting ", DcmTag(key).getTagName(), ": ",
-                                              cond.text()));
+      return absl::InternalError(
+          absl::StrCat("setting ", DcmTag(key).getTagName(), ": ", cond.text()));
     }
   }
   return absl::OkStatus();
@@ -460,21 +476,36 @@ absl::Status WritePhantomDicom(const std::vector<uint16_t>& pixels, const Phanto
   DcmFileFormat file;
   DcmDataset* ds = file.getDataset();
   const std::string size = std::to_string(options.size);
-  RETURN_IF_ERROR(PutAll(ds, {
-      {DCM_SOPClassUID, UID_DigitalXRayImageStorageForPresentation}, {DCM_SOPInstanceUID, sop_uid},
-      {DCM_StudyInstanceUID, study_uid}, {DCM_SeriesInstanceUID, NewUid()},
-      {DCM_Modality, "DX"}, {DCM_PresentationIntentType, "FOR PRESENTATION"},
-      {DCM_ImageType, "ORIGINAL\\PRIMARY"}, {DCM_BodyPartExamined, "CHEST"},
-      {DCM_ViewPosition, "PA"}, {DCM_InstitutionName, options.site_name},
-      {DCM_PatientID, subject.patient_id}, {DCM_PatientName, "Phantom^" + subject.patient_id},
-      {DCM_PatientSex, std::string(1, subject.sex)},
-      {DCM_PatientAge, absl::StrFormat("%03dY", subject.age_years)},
-      {DCM_StudyDate, "20240101"}, {DCM_SeriesNumber, "1"}, {DCM_InstanceNumber, "1"},
-      {DCM_SamplesPerPixel, "1"}, {DCM_PhotometricInterpretation, options.photometric},
-      {DCM_Rows, size}, {DCM_Columns, size}, {DCM_BitsAllocated, "16"}, {DCM_BitsStored, "12"},
-      {DCM_HighBit, "11"}, {DCM_PixelRepresentation, "0"},
-      {DCM_WindowCenter, absl::StrCat(center)}, {DCM_WindowWidth, absl::StrCat(width)},
-      {DCM_RescaleIntercept, "0"}, {DCM_RescaleSlope, "1"}, {DCM_RescaleType, "US"}}));
+  RETURN_IF_ERROR(PutAll(ds, {{DCM_SOPClassUID, UID_DigitalXRayImageStorageForPresentation},
+                              {DCM_SOPInstanceUID, sop_uid},
+                              {DCM_StudyInstanceUID, study_uid},
+                              {DCM_SeriesInstanceUID, NewUid()},
+                              {DCM_Modality, "DX"},
+                              {DCM_PresentationIntentType, "FOR PRESENTATION"},
+                              {DCM_ImageType, "ORIGINAL\\PRIMARY"},
+                              {DCM_BodyPartExamined, "CHEST"},
+                              {DCM_ViewPosition, "PA"},
+                              {DCM_InstitutionName, options.site_name},
+                              {DCM_PatientID, subject.patient_id},
+                              {DCM_PatientName, "Phantom^" + subject.patient_id},
+                              {DCM_PatientSex, std::string(1, subject.sex)},
+                              {DCM_PatientAge, absl::StrFormat("%03dY", subject.age_years)},
+                              {DCM_StudyDate, "20240101"},
+                              {DCM_SeriesNumber, "1"},
+                              {DCM_InstanceNumber, "1"},
+                              {DCM_SamplesPerPixel, "1"},
+                              {DCM_PhotometricInterpretation, options.photometric},
+                              {DCM_Rows, size},
+                              {DCM_Columns, size},
+                              {DCM_BitsAllocated, "16"},
+                              {DCM_BitsStored, "12"},
+                              {DCM_HighBit, "11"},
+                              {DCM_PixelRepresentation, "0"},
+                              {DCM_WindowCenter, absl::StrCat(center)},
+                              {DCM_WindowWidth, absl::StrCat(width)},
+                              {DCM_RescaleIntercept, "0"},
+                              {DCM_RescaleSlope, "1"},
+                              {DCM_RescaleType, "US"}}));
   OFCondition cond = ds->putAndInsertUint16Array(DCM_PixelData, stored.data(), stored.size());
   if (cond.good()) cond = file.saveFile(path.c_str(), EXS_LittleEndianExplicit);
   if (cond.bad()) return absl::InternalError(absl::StrCat("writing ", path, ": ", cond.text()));
@@ -491,8 +522,8 @@ PhantomSubject DrawPatient(Rng& rng, const PhantomOptions& options, int index) {
   PhantomSubject subject;
   subject.patient_id = absl::StrFormat("%s-P%06d", options.site_name, index);
   subject.sex = rng.Uniform() < options.male_fraction ? 'M' : 'F';
-  subject.age_years = options.min_age + static_cast<int>(rng.Uniform() *
-                                                         (options.max_age - options.min_age + 1));
+  subject.age_years =
+      options.min_age + static_cast<int>(rng.Uniform() * (options.max_age - options.min_age + 1));
   subject.age_years = std::min(subject.age_years, options.max_age);
   return subject;
 }
@@ -524,12 +555,12 @@ absl::Status WritePhantomDataset(const PhantomOptions& options, const std::strin
     }
     const std::string sop_uid = NewUid();
     const std::string path = absl::StrFormat("%s/img_%06d.dcm", out_dir, i);
-    RETURN_IF_ERROR(WritePhantomDicom(RenderPhantom(subject, options, rng.Next()), subject,
-                                      options, path, sop_uid, study_uid));
+    RETURN_IF_ERROR(WritePhantomDicom(RenderPhantom(subject, options, rng.Next()), subject, options,
+                                      path, sop_uid, study_uid));
     csv += sop_uid;
     for (const std::string& name : columns) {
-      const int k = std::find(kPhantomLabels.begin(), kPhantomLabels.end(), name) -
-                    kPhantomLabels.begin();
+      const int k =
+          std::find(kPhantomLabels.begin(), kPhantomLabels.end(), name) - kPhantomLabels.begin();
       const bool flip = options.label_noise > 0 && flips.Uniform() < options.label_noise;
       counts.label_flips += flip;
       csv += subject.findings[k] != flip ? ",1" : ",0";

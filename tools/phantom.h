@@ -21,11 +21,11 @@ inline constexpr std::array<const char*, kNumPhantomLabels> kPhantomLabels = {
     "infiltrate_right", "infiltrate_left", "atelectasis_right", "atelectasis_left"};
 
 struct PhantomOptions {
-  int count = 100;          // number of images (>= 1)
-  int size = 256;           // rows = columns, 32..4096
-  uint64_t seed = 1;        // same seed, same pixels, labels and demographics (UIDs are fresh)
-  double noise = 0.02;      // Gaussian noise sigma, as a fraction of the 12-bit range (>= 0)
-  double contrast = 1.0;    // multiplies the tissue contrast (> 0): a site-shift knob
+  int count = 100;        // number of images (>= 1)
+  int size = 256;         // rows = columns, 32..4096
+  uint64_t seed = 1;      // same seed, same pixels, labels and demographics (UIDs are fresh)
+  double noise = 0.02;    // Gaussian noise sigma, as a fraction of the 12-bit range (>= 0)
+  double contrast = 1.0;  // multiplies the tissue contrast (> 0): a site-shift knob
   // How much every finding changes the image, in (0, 2]: 1 is the demo's clear findings; below
   // about 0.5 they are subtle and overlap the normal variation between patients, so that a
   // model needs hundreds to thousands of images to learn them (docs/STUDY.md). Opacities'

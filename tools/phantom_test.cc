@@ -88,7 +88,9 @@ TEST(PhantomTest, CardiomegalyWidensTheHeart) {
 
 // Rows and columns (fractions) of a lung zone on the image's left (patient's right) half; the
 // mirrored zone is on the image's right.
-struct Zone { double r0, r1, c0, c1; };
+struct Zone {
+  double r0, r1, c0, c1;
+};
 
 void ExpectOneSided(const std::string& finding, const Zone& z, bool image_left, double min_rise) {
   for (uint64_t seed = 1; seed <= 8; ++seed) {
@@ -116,7 +118,8 @@ TEST(PhantomTest, CongestionAndAtelectasisBrightenTheLungs) {
     const auto congested = Render({"congestion"}, seed);
     for (double c0 : {0.25, 0.60}) {  // perihilar zones, both sides
       EXPECT_GT(Mean(congested, 0.38, 0.55, c0, c0 + 0.15) - Mean(base, 0.38, 0.55, c0, c0 + 0.15),
-                40) << "seed " << seed;
+                40)
+          << "seed " << seed;
     }
     const auto collapsed = Render({"atelectasis_left"}, seed);
     EXPECT_GT(Mean(collapsed, 0.45, 0.70, 0.58, 0.80) - Mean(base, 0.45, 0.70, 0.58, 0.80), 30)
@@ -132,8 +135,8 @@ double AbsDiff(const std::vector<uint16_t>& a, const std::vector<uint16_t>& b) {
 }
 
 TEST(PhantomTest, FindingStrengthScalesEveryFindingsEffect) {
-  for (const char* finding : {"cardiomegaly", "congestion", "effusion_left", "infiltrate_right",
-                              "atelectasis_left"}) {
+  for (const char* finding :
+       {"cardiomegaly", "congestion", "effusion_left", "infiltrate_right", "atelectasis_left"}) {
     for (uint64_t seed = 1; seed <= 4; ++seed) {
       const auto base = Render({}, seed, 0.2);
       const double full = AbsDiff(Render({finding}, seed, 1.0), Render({}, seed, 1.0));
@@ -191,9 +194,9 @@ TEST(PhantomTest, LabelNoiseFlipsWrittenLabelsAtItsRateOnly) {
   }
   EXPECT_EQ(differ, noisy.label_flips);
   EXPECT_NEAR(differ / 800.0, 0.2, 0.05);  // binomial(800, 0.2): sd 0.014
-  for (int i : {0, 57, 399}) {  // the pixels show the true findings, flipped or not
-    const std::string name = "/img_" + std::string(6 - std::to_string(i).size(), '0') +
-                             std::to_string(i) + ".dcm";
+  for (int i : {0, 57, 399}) {             // the pixels show the true findings, flipped or not
+    const std::string name =
+        "/img_" + std::string(6 - std::to_string(i).size(), '0') + std::to_string(i) + ".dcm";
     auto x = DecodeDicom(clean_dir + name, 0), y = DecodeDicom(noisy_dir + name, 0);
     ASSERT_TRUE(x.ok() && y.ok());
     EXPECT_EQ(x->pixels, y->pixels);
@@ -229,8 +232,9 @@ TEST(PhantomTest, DatasetFilesMatchLabelsAndDemographics) {
   ASSERT_EQ(table->rows.size(), 30u);
   std::set<std::string> uids;
   for (int i = 0; i < 30; ++i) {
-    auto image = DecodeDicom(dir + "/img_" + std::string(6 - std::to_string(i).size(), '0') +
-                             std::to_string(i) + ".dcm", 0);
+    auto image = DecodeDicom(
+        dir + "/img_" + std::string(6 - std::to_string(i).size(), '0') + std::to_string(i) + ".dcm",
+        0);
     ASSERT_TRUE(image.ok()) << image.status();
     EXPECT_EQ(image->sop_instance_uid, table->rows[i].first);
     EXPECT_EQ(table->rows[i].second, (std::vector<float>{0.0f, 1.0f}));

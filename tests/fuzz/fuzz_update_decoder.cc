@@ -25,12 +25,12 @@
 namespace fl {
 namespace {
 
-#define FUZZ_CHECK(cond)                                                      \
-  do {                                                                        \
-    if (!(cond)) {                                                            \
+#define FUZZ_CHECK(cond)                                                                 \
+  do {                                                                                   \
+    if (!(cond)) {                                                                       \
       std::fprintf(stderr, "%s:%d: FUZZ_CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-      std::abort();                                                           \
-    }                                                                         \
+      std::abort();                                                                      \
+    }                                                                                    \
   } while (0)
 
 constexpr uint64_t kMaxTotalBytes = 1 << 20;
@@ -38,9 +38,11 @@ constexpr size_t kMaxChunks = 512;
 
 // A small model like the ones the coordinator expects, with a scalar and an empty tensor.
 const std::vector<TensorMeta>& ModelLayout() {
-  static const auto* layout = new std::vector<TensorMeta>{
-      {"conv.weight", {4, 1, 3, 3}}, {"conv.bias", {4}},        {"bn.num_batches", {}},
-      {"empty", {0, 3}},             {"head.weight", {2, 4}}};
+  static const auto* layout = new std::vector<TensorMeta>{{"conv.weight", {4, 1, 3, 3}},
+                                                          {"conv.bias", {4}},
+                                                          {"bn.num_batches", {}},
+                                                          {"empty", {0, 3}},
+                                                          {"head.weight", {2, 4}}};
   return *layout;
 }
 
@@ -173,8 +175,8 @@ void RunReadTensors(const std::vector<TensorChunk>& chunks,
 
 // Protobuf logs every string field with invalid UTF-8 it refuses; that is expected here.
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  google::protobuf::SetLogHandler([](google::protobuf::LogLevel, const char*, int,
-                                     const std::string&) {});
+  google::protobuf::SetLogHandler(
+      [](google::protobuf::LogLevel, const char*, int, const std::string&) {});
   return 0;
 }
 

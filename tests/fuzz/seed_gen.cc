@@ -73,8 +73,10 @@ std::string Upload(const TensorList& tensors, size_t chunk_bytes, uint8_t flags,
 
 bool WriteUpdateSeeds(const std::string& dir) {
   // Must match ModelLayout() in fuzz_update_decoder.cc.
-  const TensorList model = MakeTensors({{"conv.weight", {4, 1, 3, 3}}, {"conv.bias", {4}},
-                                        {"bn.num_batches", {}}, {"empty", {0, 3}},
+  const TensorList model = MakeTensors({{"conv.weight", {4, 1, 3, 3}},
+                                        {"conv.bias", {4}},
+                                        {"bn.num_batches", {}},
+                                        {"empty", {0, 3}},
                                         {"head.weight", {2, 4}}});
   const TensorList other = MakeTensors({{"a", {3}}, {"b.weight", {2, 2, 2}}});
   TensorList bad = MakeTensors({{"a", {3}}});
@@ -133,8 +135,8 @@ bool WriteConfigSeeds(const std::string& dir) {
   ok &= WriteFile(dir + "/job.textproto", kJob);
   ok &= WriteFile(dir + "/report.json", kJson);
   const TensorList tensors = MakeTensors({{"w", {2, 3}}, {"b", {3}}, {"s", {}}, {"e", {0}}});
-  absl::Status st = WriteSafetensors(dir + "/model.safetensors", tensors,
-                                     {{"format", "pt"}, {"round", "3"}});
+  absl::Status st =
+      WriteSafetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}, {"round", "3"}});
   if (!st.ok()) std::fprintf(stderr, "%s\n", st.ToString().c_str());
   return ok && st.ok();
 }

@@ -19,7 +19,7 @@
 namespace fl {
 namespace {
 
-NamedTensor ToNamed(const std::string &name, const torch::Tensor &tensor) {
+NamedTensor ToNamed(const std::string& name, const torch::Tensor& tensor) {
   torch::Tensor cpu = tensor.detach().to(torch::kCPU, torch::kFloat32).contiguous();
   NamedTensor out;
   out.name = name;
@@ -29,7 +29,7 @@ NamedTensor ToNamed(const std::string &name, const torch::Tensor &tensor) {
   return out;
 }
 
-absl::Status Dump(const std::string &name, const std::string &dir) {
+absl::Status Dump(const std::string& name, const std::string& dir) {
   ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model,
                    CreateModel(ClassifierSpec(name, 1, 64, 8), 7));
   RETURN_IF_ERROR(WriteSafetensors(dir + "/model.safetensors", ExtractWeights(*model),
@@ -42,7 +42,7 @@ absl::Status Dump(const std::string &name, const std::string &dir) {
     torch::Tensor output = model->forward(input);
     RETURN_IF_ERROR(WriteSafetensors(dir + "/input.safetensors", {ToNamed("input", input)}));
     return WriteSafetensors(dir + "/output.safetensors", {ToNamed("output", output)});
-  } catch (const c10::Error &e) {
+  } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("running ", name, ": ", e.what_without_backtrace()));
   }
 }
@@ -50,7 +50,7 @@ absl::Status Dump(const std::string &name, const std::string &dir) {
 }  // namespace
 }  // namespace fl
 
-int main(int argc, char **argv) {
+int main(int argc, char** argv) {
   if (argc != 3) {
     std::cerr << "usage: fl-model-dump MODEL OUT_DIR\n";
     return 2;
