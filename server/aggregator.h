@@ -38,18 +38,12 @@ bool HasServerState(const ServerOptimizer& optimizer);
 // Where the moments belonging to the checkpoint at `checkpoint_path` are kept.
 std::string MomentsPath(const std::string& checkpoint_path);
 // Writes `moments` atomically as safetensors (tensors "m.<name>" and "v.<name>").
-<<<<<<< HEAD
-absl::Status WriteMoments(const std::string& path, const OptimizerMoments& moments);
-// Reads moments written by WriteMoments; each must match the shape of `model`'s tensor. A file
-// without "v." tensors (a velocity) gives an empty v.
-absl::StatusOr<OptimizerMoments> ReadMoments(const std::string& path, const TensorList& model);
-=======
 absl::Status WriteMoments(const std::string& path, const OptimizerMoments& moments,
                           Env* env = Env::Default());
-// Reads moments written by WriteMoments; each must match the shape of `model`'s tensor.
+// Reads moments written by WriteMoments; each must match the shape of `model`'s tensor. A file
+// without "v." tensors (a velocity) gives an empty v.
 absl::StatusOr<OptimizerMoments> ReadMoments(const std::string& path, const TensorList& model,
                                              Env* env = Env::Default());
->>>>>>> env
 
 // Exact, order-independent weighted sum of updates. Backbone tensors are averaged over all
 // updates; a head row is averaged only over the updates whose labels include that row's label.
