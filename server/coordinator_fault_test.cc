@@ -81,19 +81,6 @@ class FaultTest : public CoordinatorTest, public ::testing::WithParamInterface<D
                 HasSubstr(absl::StrCat(absl::StatusCodeToString(GetParam().code), ": ", what)));
     EXPECT_THAT(log, HasSubstr(std::strerror(GetParam().fault.error)));
   }
-  // Site `who` reports on label a for the job's final evaluation (round `round`).
-  void ReportA(const SiteStream& who, const std::string& id, uint32_t round) {
-    MetricsReport report;
-    report.set_job_id(id);
-    report.set_round(round);
-    LabelMetric* m = report.add_test();
-    m->set_label("a");
-    m->set_auroc(0.75);
-    m->set_positives(5);
-    m->set_negatives(5);
-    report.set_test_images(10);
-    ASSERT_TRUE(core_->Report(who.who(), report).ok());
-  }
 };
 
 // A submission whose copy of the initial model cannot be written is refused with the cause's
@@ -156,8 +143,8 @@ TEST_P(FaultTest, CommitThatCannotBeStoredIsTriedAgainUntilStorageIsBack) {
   ASSERT_TRUE(final_a.evaluate_only());
   ASSERT_TRUE(b_->Next().evaluate_only());
   ExpectWeightedMeanOfAAndB(id);
-  ReportA(*a_, id, final_a.round());
-  ReportA(*b_, id, final_a.round());
+  ASSERT_TRUE(core_->Report(a_->who(), AurocReport(final_a, 0.75, 5, 5, 10)).ok());
+  ASSERT_TRUE(core_->Report(b_->who(), AurocReport(final_a, 0.75, 5, 5, 10)).ok());
   WaitForState(id, DONE);
   EXPECT_EQ(metrics_.rounds_completed.Value(), 1);
   Restart();

@@ -65,15 +65,7 @@ TEST_F(CoordinatorTest, HostileUpdatesRefusedAndAggregateExact) {
   Task ea = a_->Next();
   Task eb = b_->Next();
   EXPECT_TRUE(ea.evaluate_only());
-  MetricsReport report;
-  report.set_job_id(id);
-  report.set_round(1);
-  LabelMetric* m = report.add_test();
-  m->set_label("a");
-  m->set_auroc(0.75);
-  m->set_positives(5);
-  m->set_negatives(5);
-  report.set_test_images(10);
+  const MetricsReport report = AurocReport(ea, 0.75, 5, 5, 10);
   ASSERT_TRUE(core_->Report(a_->who(), report).ok());
   ASSERT_TRUE(core_->Report(b_->who(), report).ok());
   JobStatus job = WaitForState(id, DONE);
@@ -263,21 +255,6 @@ TEST_F(CoordinatorTest, NormClippingScalesWithoutChangingWeight) {
   ASSERT_EQ(weights.size(), 3u);
   const double scale = 2.0 / (10 * std::sqrt(10.0));
   EXPECT_NEAR(weights[0].data[0], (10 * 1 + 10 * 10 * scale) / 20.0, 1e-6);
-}
-
-// A report of `site` on finding "a": `auroc` on `positives` + `negatives` of `images` images.
-MetricsReport AurocReport(const Task& task, double auroc, uint64_t positives, uint64_t negatives,
-                          uint64_t images, const std::string& label = "a") {
-  MetricsReport report;
-  report.set_job_id(task.job_id());
-  report.set_round(task.round());
-  report.set_test_images(images);
-  LabelMetric* m = report.add_test();
-  m->set_label(label);
-  m->set_auroc(auroc);
-  m->set_positives(positives);
-  m->set_negatives(negatives);
-  return report;
 }
 
 double JobMeanAuroc(prometheus::Registry& registry, const std::string& id) {

@@ -80,6 +80,23 @@ class SiteStream {
   std::thread thread_;
 };
 
+// A report on the model of the task's round, on finding `label`: `auroc` on `positives` +
+// `negatives` of `images` test images.
+inline MetricsReport AurocReport(const Task& task, double auroc, uint64_t positives,
+                                 uint64_t negatives, uint64_t images,
+                                 const std::string& label = "a") {
+  MetricsReport report;
+  report.set_job_id(task.job_id());
+  report.set_round(task.round());
+  report.set_test_images(images);
+  LabelMetric* m = report.add_test();
+  m->set_label(label);
+  m->set_auroc(auroc);
+  m->set_positives(positives);
+  m->set_negatives(negatives);
+  return report;
+}
+
 // An update of the test model: backbone values, then head rows of labels a and b.
 inline TensorList Update(float backbone, float head_a, float head_b) {
   return {{"conv.weight", {4}, {backbone, backbone, backbone, backbone}},

@@ -142,18 +142,10 @@ TEST_F(StorageTest, JobEndingThatCannotBeStoredIsWaitedOut) {
   Task tb = b_->Next();
   ASSERT_TRUE(UploadA(ta).ok());
   ASSERT_TRUE(UploadB(tb).ok());
-  ASSERT_TRUE(a_->Next().evaluate_only());
+  const Task ea = a_->Next();
+  ASSERT_TRUE(ea.evaluate_only());
   FillDisk();
-  MetricsReport report;
-  report.set_job_id(id);
-  report.set_round(1);
-  LabelMetric* m = report.add_test();
-  m->set_label("a");
-  m->set_auroc(0.75);
-  m->set_positives(5);
-  m->set_negatives(5);
-  report.set_test_images(10);
-  const absl::Status reported = core_->Report(a_->who(), report);
+  const absl::Status reported = core_->Report(a_->who(), AurocReport(ea, 0.75, 5, 5, 10));
   EXPECT_TRUE(absl::IsResourceExhausted(reported)) << reported;
   EXPECT_EQ(core_->GetJob(id)->sites_size(), 0);  // not stored, so not shown either
   EXPECT_GE(metrics_.storage_failures.Value(), 1);
