@@ -16,7 +16,9 @@
 #include "client/workload.h"
 #include "common/status.h"
 #include "common/torch_pch.h"
+#include "models/diffusion.h"
 #include "models/model.h"
+#include "models/spec.h"
 #include "privacy/dp_plan.h"
 #include "privacy/dp_sgd.h"
 // Declarations only (no CUDA headers): safe with CPU and CUDA builds of LibTorch.
@@ -29,6 +31,8 @@ constexpr int kDefaultBatchSize = 32;
 constexpr int kDefaultLocalSteps = 10;
 constexpr double kDefaultLearningRate = 0.01;
 constexpr int kEvalBatchSize = 64;
+// Sets the workload's generator apart from the round's other seeds.
+constexpr uint64_t kWorkloadSeedSalt = 0x5851F42D4C957F2Dull;
 absl::StatusOr<std::unique_ptr<torch::optim::Optimizer>> MakeOptimizer(
     const LocalOptimizer& o, const std::vector<torch::Tensor>& params) {
   const double lr = o.learning_rate() > 0 ? o.learning_rate() : kDefaultLearningRate;
@@ -183,17 +187,19 @@ class TorchTrainer : public LocalTrainer {
                                          const TensorList& weights);
   absl::StatusOr<std::vector<std::vector<int>>> PlanRound(const JobSpec& spec, int steps,
                                                           uint64_t seed) const;
+  // The job's frozen autoencoder when its workload needs one, else null.
+  absl::StatusOr<std::shared_ptr<KlVaeImpl>> FrozenAutoencoder(const JobSpec& spec);
   absl::StatusOr<StepStats> TrainSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
-                                       const JobSpec& spec, const LabelMap& labels, uint64_t seed);
+                                       StepContext& context, const LabelMap& labels, uint64_t seed);
   absl::StatusOr<StepStats> DpTrainSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
-                                         const JobSpec& spec, const LabelMap& labels,
+                                         StepContext& context, const LabelMap& labels,
                                          uint64_t seed);
   absl::StatusOr<StepStats> RunDpSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
                                        DpSgdEngine& engine, const DpRound& round,
-                                       BatchPrefetcher& batches, const JobSpec& spec);
+                                       BatchPrefetcher& batches, StepContext& context);
   absl::Status CheckCancelled() const;
   absl::StatusOr<StepStats> RunSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
-                                     BatchPrefetcher& batches, int count, const JobSpec& spec);
+                                     BatchPrefetcher& batches, int count, StepContext& context);
   HostBatch LoadBatch(Split split, const std::vector<int>& indices, int size,
                       const LabelMap& labels, std::optional<uint64_t> augment_seed) {
     return AssembleBatch(cache_, split, Samples(split), indices, size, labels.column, augment_seed);
@@ -232,7 +238,8 @@ DeviceBatch TorchTrainer::ToDevice(HostBatch& batch, const JobSpec& spec) const 
 absl::StatusOr<StepStats> TorchTrainer::RunDpSteps(ModelImpl& model,
                                                    torch::optim::Optimizer& optimizer,
                                                    DpSgdEngine& engine, const DpRound& round,
-                                                   BatchPrefetcher& batches, const JobSpec& spec) {
+                                                   BatchPrefetcher& batches, StepContext& context) {
+  const JobSpec& spec = context.spec;
   const Workload& workload = WorkloadFor(spec);
   StepStats stats;
   model.train();
@@ -246,7 +253,7 @@ absl::StatusOr<StepStats> TorchTrainer::RunDpSteps(ModelImpl& model,
       if (!workload.Learnable(batch)) continue;
       RETURN_IF_ERROR(engine.AccumulateMicroBatch([&] {
         const DeviceBatch on_device = ToDevice(batch, spec);
-        torch::Tensor losses = workload.PerSampleLoss(model.forward(on_device.images), on_device);
+        torch::Tensor losses = workload.TrainPerSampleLoss(model, on_device, context);
         stats.loss_sum += losses.detach().sum().item<double>();
         return losses;
       }));
@@ -268,7 +275,8 @@ absl::Status TorchTrainer::CheckCancelled() const {
 absl::StatusOr<StepStats> TorchTrainer::RunSteps(ModelImpl& model,
                                                  torch::optim::Optimizer& optimizer,
                                                  BatchPrefetcher& batches, int count,
-                                                 const JobSpec& spec) {
+                                                 StepContext& context) {
+  const JobSpec& spec = context.spec;
   const Workload& workload = WorkloadFor(spec);
   StepStats stats;
   model.train();
@@ -278,7 +286,7 @@ absl::StatusOr<StepStats> TorchTrainer::RunSteps(ModelImpl& model,
     RETURN_IF_ERROR(batch.status);
     if (!workload.Learnable(batch)) continue;  // nothing to learn from
     const DeviceBatch on_device = ToDevice(batch, spec);
-    torch::Tensor loss = workload.StepLoss(model.forward(on_device.images), on_device);
+    torch::Tensor loss = workload.TrainStepLoss(model, on_device, context);
     optimizer.zero_grad();
     loss.backward();
     optimizer.step();
@@ -327,6 +335,26 @@ absl::StatusOr<std::shared_ptr<ModelImpl>> TorchTrainer::BuildModel(const std::s
   return model;
 }
 
+absl::StatusOr<std::shared_ptr<KlVaeImpl>> TorchTrainer::FrozenAutoencoder(const JobSpec& spec) {
+  if (!WorkloadFor(spec).NeedsFrozenAutoencoder()) return nullptr;
+  const std::string& job = spec.diffusion().autoencoder_job();
+  if (!options_.frozen_models) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("this site has no way to get the frozen autoencoder of job ", job));
+  }
+  ASSIGN_OR_RETURN(FrozenModel frozen, options_.frozen_models(job));
+  ASSIGN_OR_RETURN(ModelSpec vae_spec, FrozenAutoencoderSpec(spec, frozen.spec));
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model, CreateModel(vae_spec, frozen.spec.seed()));
+  RETURN_IF_ERROR(Annotate(LoadWeights(*model, frozen.weights),
+                           absl::StrCat("loading the frozen autoencoder of job ", job)));
+  auto vae = std::dynamic_pointer_cast<KlVaeImpl>(model);
+  if (vae == nullptr) return absl::InternalError("the kl_vae registry entry is not a KlVaeImpl");
+  for (torch::Tensor& p : vae->parameters()) p.requires_grad_(false);
+  vae->eval();
+  vae->to(device_);
+  return vae;
+}
+
 absl::StatusOr<std::vector<std::vector<int>>> TorchTrainer::PlanRound(const JobSpec& spec,
                                                                       int steps,
                                                                       uint64_t seed) const {
@@ -345,8 +373,9 @@ absl::StatusOr<std::vector<std::vector<int>>> TorchTrainer::PlanRound(const JobS
 
 absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ModelImpl& model,
                                                    torch::optim::Optimizer& optimizer,
-                                                   const JobSpec& spec, const LabelMap& labels,
+                                                   StepContext& context, const LabelMap& labels,
                                                    uint64_t seed) {
+  const JobSpec& spec = context.spec;
   const int size = static_cast<int>(spec.image_size());
   const int steps = spec.local_steps() > 0 ? spec.local_steps() : kDefaultLocalSteps;
   ASSIGN_OR_RETURN(const std::vector<std::vector<int>> plan, PlanRound(spec, steps, seed));
@@ -356,7 +385,7 @@ absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ModelImpl& model,
         return LoadBatch(Split::kTrain, plan[k], size, labels, seed ^ ((k + 1) * 0x9E3779B9ull));
       },
       options_.loader_threads, 2 * options_.loader_threads);
-  ASSIGN_OR_RETURN(StepStats stats, RunSteps(model, optimizer, batches, steps, spec));
+  ASSIGN_OR_RETURN(StepStats stats, RunSteps(model, optimizer, batches, steps, context));
   if (stats.steps == 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("no step possible: no sampled train image decoded",
@@ -376,8 +405,9 @@ absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ModelImpl& model,
 // with a zero gradient), which the accounting with q over the whole split still covers.
 absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ModelImpl& model,
                                                      torch::optim::Optimizer& optimizer,
-                                                     const JobSpec& spec, const LabelMap& labels,
+                                                     StepContext& context, const LabelMap& labels,
                                                      uint64_t seed) {
+  const JobSpec& spec = context.spec;
   const int64_t n = static_cast<int64_t>(data_.train.size());
   ASSIGN_OR_RETURN(const DpPlan plan, PlanDp(spec, n));
   const bool test_seed = options_.dp_test_seed != 0;
@@ -402,7 +432,7 @@ absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ModelImpl& model,
                          seed ^ ((k + 1) * 0x9E3779B9ull));
       },
       options_.loader_threads, 2 * options_.loader_threads);
-  ASSIGN_OR_RETURN(StepStats stats, RunDpSteps(model, optimizer, *engine, round, batches, spec));
+  ASSIGN_OR_RETURN(StepStats stats, RunDpSteps(model, optimizer, *engine, round, batches, context));
   if (round.drawn > 0 && stats.samples == 0) {
     return absl::FailedPreconditionError(absl::StrCat("none of the ", round.drawn,
                                                       " sampled train images decoded (",
@@ -426,9 +456,11 @@ absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id, c
   ASSIGN_OR_RETURN(std::unique_ptr<torch::optim::Optimizer> optimizer,
                    MakeOptimizer(spec.local_optimizer(), model->parameters()));
   const uint64_t seed = RoundSeed(job_id, spec.seed(), round);
+  ASSIGN_OR_RETURN(std::shared_ptr<KlVaeImpl> frozen, FrozenAutoencoder(spec));
+  StepContext context{spec, at::detail::createCPUGenerator(seed ^ kWorkloadSeedSalt), frozen};
   ASSIGN_OR_RETURN(StepStats stats, spec.dp().enabled()
-                                        ? DpTrainSteps(*model, *optimizer, spec, labels, seed)
-                                        : TrainSteps(*model, *optimizer, spec, labels, seed));
+                                        ? DpTrainSteps(*model, *optimizer, context, labels, seed)
+                                        : TrainSteps(*model, *optimizer, context, labels, seed));
   // Label mode: ComputeUpdate zeroes the head rows of labels not trained here. With DP-SGD the
   // engine noised those rows too; they are rows whose noise is simply not sent.
   const std::string prefix = model->head_prefix();
@@ -465,7 +497,12 @@ absl::StatusOr<MetricsReport> TorchTrainer::EvaluateImpl(
       plan.size(),
       [&](int k) { return LoadBatch(Split::kTest, plan[k], size, labels, std::nullopt); },
       options_.loader_threads, 2 * options_.loader_threads);
-  std::unique_ptr<Evaluation> evaluation = WorkloadFor(spec).StartEvaluation(spec, train_labels);
+  const Workload& workload = WorkloadFor(spec);
+  std::unique_ptr<Evaluation> evaluation = workload.StartEvaluation(spec, train_labels);
+  ASSIGN_OR_RETURN(std::shared_ptr<KlVaeImpl> frozen, FrozenAutoencoder(spec));
+  // The same draws in every evaluation of the job, so that rounds compare.
+  StepContext context{spec, at::detail::createCPUGenerator(RoundSeed(job_id, spec.seed(), 0)),
+                      frozen};
   int64_t decoded = 0;
   for (size_t k = 0; k < plan.size(); ++k) {
     HostBatch batch = batches.Next();
@@ -473,7 +510,8 @@ absl::StatusOr<MetricsReport> TorchTrainer::EvaluateImpl(
     if (batch.n == 0) continue;
     decoded += batch.n;
     const DeviceBatch on_device = ToDevice(batch, spec);
-    RETURN_IF_ERROR(evaluation->Add(on_device, batch, model->forward(on_device.images)));
+    RETURN_IF_ERROR(
+        evaluation->Add(on_device, batch, workload.EvalOutput(*model, on_device, context)));
   }
   if (decoded == 0) {
     return absl::FailedPreconditionError("none of the test split's images can be decoded");

@@ -21,6 +21,14 @@ namespace fl {
 using ImageLoader =
     std::function<absl::StatusOr<std::vector<float>>(const Sample& sample, int size)>;
 
+// A finished job's model that another job builds on: a diffusion job's frozen autoencoder.
+struct FrozenModel {
+  JobSpec spec;        // the job that trained it (its validated spec)
+  TensorList weights;  // the model, every tensor of it
+};
+// The model of the finished job `job_id`.
+using FrozenModelSource = std::function<absl::StatusOr<FrozenModel>(const std::string& job_id)>;
+
 struct TrainerOptions {
   std::string device = "auto";  // "auto", "cpu", "cuda"
   int loader_threads = 2;
@@ -31,6 +39,10 @@ struct TrainerOptions {
   // FOR TESTS ONLY: non-zero makes DP-SGD's Poisson sampling and noise reproducible from this
   // seed (and the job and round). 0, the only value for production, seeds both from the OS CSPRNG.
   uint64_t dp_test_seed = 0;
+  // Where a diffusion job's frozen autoencoder (DiffusionWorkload.autoencoder_job) comes from.
+  // Unset: such a job fails with FAILED_PRECONDITION. (The daemon does not set it yet: the
+  // coordinator does not send that model with the task so far.)
+  FrozenModelSource frozen_models;
   // Checked before every step; when it returns true, Train stops with CANCELLED (the daemon is
   // shutting down). Unset: never.
   std::function<bool()> cancelled;

@@ -13,14 +13,18 @@ namespace fl {
 absl::StatusOr<LabelMap> MapLabels(const JobSpec& spec, const std::vector<std::string>& train,
                                    const std::vector<std::string>& columns) {
   LabelMap map;
-  if (!HasLabelHead(spec)) {  // a label-free workload: nothing to map
+  const WorkloadKind kind = KindOf(spec);
+  if (kind == WorkloadKind::kAutoencoder) {  // a label-free workload: nothing to map
     if (!train.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "a ", WorkloadName(spec), " job trains no labels, got ", absl::StrJoin(train, ", ")));
     }
     return map;
   }
-  if (spec.labels().empty()) return absl::InvalidArgumentError("job has no labels");
+  const bool classifier = kind == WorkloadKind::kClassification;
+  if (classifier && spec.labels().empty()) {
+    return absl::InvalidArgumentError("job has no labels");
+  }
   map.column.assign(spec.labels_size(), -1);
   for (const std::string& label : train) {
     auto job_it = std::find(spec.labels().begin(), spec.labels().end(), label);
@@ -39,7 +43,9 @@ absl::StatusOr<LabelMap> MapLabels(const JobSpec& spec, const std::vector<std::s
     if (slot < 0) ++map.num_trained;
     slot = static_cast<int>(col_it - columns.begin());
   }
-  if (map.num_trained == 0) return absl::InvalidArgumentError("no train labels given");
+  if (classifier && map.num_trained == 0) {
+    return absl::InvalidArgumentError("no train labels given");
+  }
   return map;
 }
 

@@ -21,8 +21,9 @@ struct LabelMap {
 
 // Maps the job's labels to the columns of this site's label table (`columns`); `train` are the
 // labels the coordinator asked this site to train. Refuses a train label that is not a job label
-// or not a column here, and an empty `train`. A label-free workload (the autoencoder) maps to no
-// columns and takes no train labels.
+// or not a column here, and (for a classifier) an empty `train`. A label-free workload (the
+// autoencoder) maps to no columns and takes no train labels. Diffusion maps like a classifier
+// but may train none of its labels (its conditions are then all unknown).
 absl::StatusOr<LabelMap> MapLabels(const JobSpec& spec, const std::vector<std::string>& train,
                                    const std::vector<std::string>& columns);
 

@@ -36,6 +36,24 @@ TEST(MapLabelsTest, RefusesLabelsItCannotTrainNamingThem) {
   EXPECT_FALSE(MapLabels(JobSpec(), {"a"}, {"a"}).ok());
 }
 
+TEST(MapLabelsTest, DiffusionMayTrainNoneOfItsLabels) {
+  JobSpec spec = ThreeLabels(HEAD_MODE_LABEL);
+  spec.clear_model();
+  spec.mutable_diffusion();
+  auto none = MapLabels(spec, {}, {"x"});  // every finding unknown at this site
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->column, (std::vector<int>{-1, -1, -1}));
+  EXPECT_EQ(none->num_trained, 0);
+  auto some = MapLabels(spec, {"b"}, {"b"});
+  ASSERT_TRUE(some.ok()) << some.status();
+  EXPECT_EQ(some->column, (std::vector<int>{-1, 0, -1}));
+  EXPECT_FALSE(MapLabels(spec, {"z"}, {"z"}).ok());
+  spec.clear_labels();  // an unconditional model
+  auto unconditional = MapLabels(spec, {}, {"x"});
+  ASSERT_TRUE(unconditional.ok()) << unconditional.status();
+  EXPECT_TRUE(unconditional->column.empty());
+}
+
 TEST(RoundSeedTest, StableAndDistinctPerJobSeedAndRound) {
   EXPECT_EQ(RoundSeed("job-1", 7, 3), RoundSeed("job-1", 7, 3));
   EXPECT_NE(RoundSeed("job-1", 7, 3), RoundSeed("job-2", 7, 3));

@@ -1,8 +1,12 @@
-// The autoencoder workload: reconstruct each image; per-sample mean absolute error as the loss,
-// evaluated by mean L1 and PSNR on the test split. Needs no labels.
+// The autoencoder workloads: reconstruct each image, evaluated by mean L1 and PSNR (and SSIM for
+// the variational one) on the test split. Needs no labels. The plain autoencoder's loss is the
+// per-sample mean absolute error; the variational one (Medfusion's KL-VAE) decodes a sample of
+// the latent distribution and adds (1 - SSIM) and the KL term (models/diffusion.h
+// VaePerSampleLoss).
 #include <cmath>
 
 #include "client/workload.h"
+#include "models/spec.h"
 
 namespace fl {
 namespace workloads_internal {
@@ -15,8 +19,16 @@ torch::Tensor PerSampleL1(const torch::Tensor& output, const torch::Tensor& imag
   return (output - images).abs().flatten(1).mean(1);
 }
 
+void AddMetric(MetricsReport& report, const std::string& name, double value) {
+  Metric* metric = report.add_metrics();
+  metric->set_name(name);
+  metric->set_value(value);
+}
+
 class AutoencoderEvaluation : public Evaluation {
  public:
+  explicit AutoencoderEvaluation(bool with_ssim) : with_ssim_(with_ssim) {}
+
   absl::Status Add(const DeviceBatch& batch, const HostBatch&,
                    const torch::Tensor& output) override {
     if (output.sizes() != batch.images.sizes()) {
@@ -26,6 +38,9 @@ class AutoencoderEvaluation : public Evaluation {
     l1_sum_ += diff.abs().mean(1).sum().item<double>();
     torch::Tensor mse = diff.square().mean(1).clamp_min(1e-10);
     psnr_sum_ += (-10.0 * torch::log10(mse)).sum().item<double>();  // peak 1: pixels in [0, 1]
+    if (with_ssim_) {
+      ssim_sum_ += Ssim(output.clamp(0.0, 1.0), batch.images).sum().item<double>();
+    }
     images_ += batch.n;
     return absl::OkStatus();
   }
@@ -34,22 +49,21 @@ class AutoencoderEvaluation : public Evaluation {
     MetricsReport report;
     report.set_test_images(images_);
     if (images_ == 0) return report;
-    Metric* l1 = report.add_metrics();
-    l1->set_name("l1");
-    l1->set_value(l1_sum_ / images_);
-    Metric* psnr = report.add_metrics();
-    psnr->set_name("psnr");
-    psnr->set_value(psnr_sum_ / images_);
+    AddMetric(report, "l1", l1_sum_ / images_);
+    AddMetric(report, "psnr", psnr_sum_ / images_);
+    if (with_ssim_) AddMetric(report, "ssim", ssim_sum_ / images_);
     return report;
   }
 
  private:
+  const bool with_ssim_;
   double l1_sum_ = 0;
   double psnr_sum_ = 0;
+  double ssim_sum_ = 0;
   int64_t images_ = 0;
 };
 
-class AutoencoderWorkload : public Workload {
+class AutoencoderWorkload : public ForwardWorkload {
  public:
   bool Learnable(const HostBatch& batch) const override { return batch.n > 0; }
   torch::Tensor PerSampleLoss(const torch::Tensor& output,
@@ -61,14 +75,49 @@ class AutoencoderWorkload : public Workload {
   }
   std::unique_ptr<Evaluation> StartEvaluation(const JobSpec&,
                                               const std::vector<std::string>&) const override {
-    return std::make_unique<AutoencoderEvaluation>();
+    return std::make_unique<AutoencoderEvaluation>(/*with_ssim=*/false);
+  }
+};
+
+// Medfusion's KL-VAE: the loss decodes a sample of q(z|x) (drawn from the step's generator);
+// the evaluation the deterministic reconstruction, forward(x) = Decode(Encode(x).mean).
+class VariationalAutoencoderWorkload : public Workload {
+ public:
+  bool Learnable(const HostBatch& batch) const override { return batch.n > 0; }
+  torch::Tensor TrainPerSampleLoss(ModelImpl& model, const DeviceBatch& batch,
+                                   StepContext& context) const override {
+    auto& vae = dynamic_cast<KlVaeImpl&>(model);
+    const LatentMoments moments = vae.Encode(batch.images);
+    const torch::Tensor z = SampleLatentWith(moments, context.generator);
+    return VaePerSampleLoss(vae.Decode(z), batch.images, moments, KlWeightFor(context.spec)).total;
+  }
+  torch::Tensor TrainStepLoss(ModelImpl& model, const DeviceBatch& batch,
+                              StepContext& context) const override {
+    return TrainPerSampleLoss(model, batch, context).mean();
+  }
+  std::unique_ptr<Evaluation> StartEvaluation(const JobSpec&,
+                                              const std::vector<std::string>&) const override {
+    return std::make_unique<AutoencoderEvaluation>(/*with_ssim=*/true);
   }
 };
 
 }  // namespace
 
+torch::Tensor SampleLatentWith(const LatentMoments& moments, at::Generator cpu_generator) {
+  if (moments.mean.is_cpu()) return SampleLatent(moments, cpu_generator);
+  const torch::Tensor noise = at::normal(0.0, 1.0, moments.mean.sizes(), cpu_generator,
+                                         torch::TensorOptions().dtype(moments.mean.scalar_type()))
+                                  .to(moments.mean.device());
+  return moments.mean + torch::exp(0.5 * moments.logvar) * noise;
+}
+
 const Workload& Autoencoder() {
   static const auto* workload = new AutoencoderWorkload();
+  return *workload;
+}
+
+const Workload& VariationalAutoencoder() {
+  static const auto* workload = new VariationalAutoencoderWorkload();
   return *workload;
 }
 

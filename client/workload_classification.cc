@@ -51,7 +51,7 @@ class ClassificationEvaluation : public Evaluation {
   ScoreTable table_;
 };
 
-class ClassificationWorkload : public Workload {
+class ClassificationWorkload : public ForwardWorkload {
  public:
   bool Learnable(const HostBatch& batch) const override {
     return batch.n > 0 && batch.known_targets > 0;
@@ -83,11 +83,18 @@ const Workload& Classification() {
 const Workload& WorkloadFor(const JobSpec& spec) {
   switch (KindOf(spec)) {
     case WorkloadKind::kAutoencoder:
-      return workloads_internal::Autoencoder();
+      return spec.autoencoder().variational() ? workloads_internal::VariationalAutoencoder()
+                                              : workloads_internal::Autoencoder();
+    case WorkloadKind::kDiffusion:
+      return workloads_internal::Diffusion();
     case WorkloadKind::kClassification:
       break;
   }
   return workloads_internal::Classification();
+}
+
+torch::Tensor Workload::EvalOutput(ModelImpl& model, const DeviceBatch& batch, StepContext&) const {
+  return model.forward(batch.images);
 }
 
 }  // namespace fl

@@ -15,6 +15,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/status.h"
+#include "models/spec.h"
 
 namespace fl {
 namespace {
@@ -97,34 +98,86 @@ absl::Status ValidateEarlyStopping(const EarlyStopping& stopping) {
   return InRange("early_stopping.patience_rounds", stopping.patience_rounds(), 0, 1000000);
 }
 
-// The classifier needs a model and labels; the autoencoder names neither (its model is built
-// from its own fields).
-absl::Status ValidateWorkload(JobSpec& spec) {
-  if (spec.has_autoencoder()) {
-    if (!spec.model().empty() && spec.model() != "autoencoder") {
-      return Invalid(
-          "model", absl::StrCat("must be empty for an autoencoder job, got '", spec.model(), "'"));
-    }
-    if (!spec.labels().empty()) {
-      return Invalid("labels", "must be empty for an autoencoder job (it trains on images alone)");
-    }
-    if (spec.head_mode() == HEAD_MODE_SITE) {
-      return Invalid("head_mode", "an autoencoder has no label head");
-    }
-    const AutoencoderWorkload& ae = spec.autoencoder();
-    if (ae.widths_size() > 6) return Invalid("autoencoder.widths", "at most 6 stages");
-    for (uint32_t w : ae.widths()) RETURN_IF_ERROR(InRange("autoencoder.widths", w, 8, 1024));
-    RETURN_IF_ERROR(InRange("autoencoder.latent_channels", ae.latent_channels(), 0, 256));
+absl::Status ValidateWidths(const std::string& field,
+                            const google::protobuf::RepeatedField<uint32_t>& widths) {
+  if (widths.size() > 6) return Invalid(field, "at most 6 stages");
+  for (uint32_t w : widths) RETURN_IF_ERROR(InRange(field, w, 8, 1024));
+  return absl::OkStatus();
+}
+
+// `side` must halve `halvings` times.
+absl::Status RequireMultiple(const std::string& field, uint32_t side, int halvings,
+                             const std::string& of_what) {
+  if (side % (1u << halvings) != 0) {
+    return Invalid(field, absl::StrCat("must be a multiple of ", 1u << halvings, " for ", of_what));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateAutoencoder(const JobSpec& spec) {
+  if (!spec.labels().empty()) {
+    return Invalid("labels", "must be empty for an autoencoder job (it trains on images alone)");
+  }
+  const AutoencoderWorkload& ae = spec.autoencoder();
+  RETURN_IF_ERROR(ValidateWidths("autoencoder.widths", ae.widths()));
+  RETURN_IF_ERROR(InRange("autoencoder.latent_channels", ae.latent_channels(), 0, 256));
+  if (!ae.variational()) {
+    if (ae.has_kl_weight()) return Invalid("autoencoder.kl_weight", "needs variational");
     const int stages = ae.widths_size() > 0 ? ae.widths_size() : 2;
-    if (spec.image_size() % (1u << stages) != 0) {
-      return Invalid("image_size", absl::StrCat("must be a multiple of ", 1u << stages,
-                                                " for an autoencoder of ", stages, " stages"));
-    }
+    return RequireMultiple("image_size", spec.image_size(), stages,
+                           absl::StrCat("an autoencoder of ", stages, " stages"));
+  }
+  if (ae.has_kl_weight()) RETURN_IF_ERROR(InRange("autoencoder.kl_weight", ae.kl_weight(), 0, 1e3));
+  const int stages = (ae.widths_size() > 0 ? ae.widths_size() : 4) - 1;
+  return RequireMultiple("image_size", spec.image_size(), stages,
+                         absl::StrCat("a variational autoencoder of ", stages + 1, " widths"));
+}
+
+absl::Status ValidateDiffusion(const JobSpec& spec) {
+  const DiffusionWorkload& d = spec.diffusion();
+  RETURN_IF_ERROR(RequireNonEmpty("diffusion.autoencoder_job", d.autoencoder_job()));
+  RETURN_IF_ERROR(InRange("diffusion.latent_channels", d.latent_channels(), 1, 256));
+  RETURN_IF_ERROR(InRange("diffusion.latent_size", d.latent_size(), 1, spec.image_size()));
+  const uint32_t factor = spec.image_size() / d.latent_size();
+  if (spec.image_size() % d.latent_size() != 0 || (factor & (factor - 1)) != 0) {
+    return Invalid("diffusion.latent_size", "must be image_size divided by a power of 2");
+  }
+  RETURN_IF_ERROR(ValidateWidths("diffusion.widths", d.widths()));
+  const int levels = d.widths_size() > 0 ? d.widths_size() : 2;
+  RETURN_IF_ERROR(RequireMultiple("diffusion.latent_size", d.latent_size(), levels - 1,
+                                  absl::StrCat("a UNet of ", levels, " levels")));
+  if (d.embedding_width() != 0 && (d.embedding_width() < 16 || d.embedding_width() % 8 != 0)) {
+    return Invalid("diffusion.embedding_width", "must be >= 16 and a multiple of 8");
+  }
+  RETURN_IF_ERROR(InRange("diffusion.embedding_width", d.embedding_width(), 0, 4096));
+  if (d.timesteps() != 0) RETURN_IF_ERROR(InRange("diffusion.timesteps", d.timesteps(), 2, 10000));
+  const DiffusionProcess p = DiffusionProcessFor(spec);
+  RETURN_IF_ERROR(InRange("diffusion.beta_start", p.beta_start, 1e-9, 0.999));
+  RETURN_IF_ERROR(InRange("diffusion.beta_end", p.beta_end, p.beta_start, 0.999));
+  RETURN_IF_ERROR(InRange("diffusion.condition_dropout", p.condition_dropout, 0, 1));
+  RETURN_IF_ERROR(InRange("diffusion.sample_steps", p.sample_steps, 1, p.timesteps));
+  RETURN_IF_ERROR(InRange("diffusion.eta", p.eta, 0, 1));
+  return InRange("diffusion.guidance_scale", p.guidance_scale, 0, 100);
+}
+
+// The classifier needs a model and labels; the autoencoder names neither (its model is built
+// from its own fields); diffusion names no model and any labels (the findings it conditions on).
+absl::Status ValidateWorkload(JobSpec& spec) {
+  if (spec.has_classification() || spec.workload_case() == JobSpec::WORKLOAD_NOT_SET) {
+    RETURN_IF_ERROR(RequireNonEmpty("model", spec.model()));
+    if (spec.labels().empty()) return Invalid("labels", "must name at least one label");
     return absl::OkStatus();
   }
-  RETURN_IF_ERROR(RequireNonEmpty("model", spec.model()));
-  if (spec.labels().empty()) return Invalid("labels", "must name at least one label");
-  return absl::OkStatus();
+  const std::string name = WorkloadName(spec);
+  if (!spec.model().empty() && spec.model() != name) {
+    return Invalid("model", absl::StrCat("must be empty for a", name == "autoencoder" ? "n " : " ",
+                                         name, " job, got '", spec.model(), "'"));
+  }
+  if (spec.head_mode() == HEAD_MODE_SITE) {
+    return Invalid("head_mode", absl::StrCat("a", name == "autoencoder" ? "n " : " ", name,
+                                             " model has no label head"));
+  }
+  return spec.has_autoencoder() ? ValidateAutoencoder(spec) : ValidateDiffusion(spec);
 }
 
 absl::Status ValidateDp(DpSpec& dp) {
@@ -224,9 +277,6 @@ absl::StatusOr<CoordinatorConfig> ValidateCoordinatorConfig(CoordinatorConfig co
 
 namespace {
 
-// The workloads a job can name (models/spec.h WorkloadName).
-constexpr const char* kWorkloads[] = {"classification", "autoencoder"};
-
 absl::Status ValidateSitePolicy(const ClientConfig& config) {
   const std::string& id = config.dataset_id();
   if (id.size() > 128) return Invalid("dataset_id", "must be at most 128 characters");
@@ -239,10 +289,12 @@ absl::Status ValidateSitePolicy(const ClientConfig& config) {
   const SitePolicy& policy = config.policy();
   RETURN_IF_ERROR(InRange("policy.min_noise_multiplier", policy.min_noise_multiplier(), 0, 1e6));
   RETURN_IF_ERROR(InRange("policy.max_clip_norm", policy.max_clip_norm(), 0, 1e9));
+  const std::vector<std::string> workloads = WorkloadNames();
   for (const std::string& w : policy.workloads()) {
-    if (std::find(std::begin(kWorkloads), std::end(kWorkloads), w) == std::end(kWorkloads)) {
-      return Invalid("policy.workloads", absl::StrCat("unknown workload '", w, "' (known: ",
-                                                      absl::StrJoin(kWorkloads, ", "), ")"));
+    if (std::find(workloads.begin(), workloads.end(), w) == workloads.end()) {
+      return Invalid(
+          "policy.workloads",
+          absl::StrCat("unknown workload '", w, "' (known: ", absl::StrJoin(workloads, ", "), ")"));
     }
   }
   return absl::OkStatus();

@@ -117,6 +117,82 @@ TEST(ConfigTest, AutoencoderJobsNeedNoModelOrLabels) {
   EXPECT_NE(ValidateJobSpec(*classifier).status().message().find("'model'"), std::string::npos);
 }
 
+TEST(ConfigTest, VariationalAutoencoderJobs) {
+  auto spec = ParseTextProto<JobSpec>(R"pb(name: "vae"
+                                           autoencoder { variational: true kl_weight: 1e-5 }
+                                           image_size: 64
+                                           rounds: 2)pb",
+                                      "job");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto valid = ValidateJobSpec(*spec);
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  const auto message = [](JobSpec bad) {
+    return std::string(ValidateJobSpec(bad).status().message());
+  };
+  JobSpec bad = *spec;
+  bad.set_image_size(36);  // the default four widths downsample x8
+  EXPECT_NE(message(bad).find("multiple of 8"), std::string::npos) << message(bad);
+  bad.mutable_autoencoder()->add_widths(8);
+  bad.mutable_autoencoder()->add_widths(16);
+  bad.mutable_autoencoder()->add_widths(32);  // x4
+  EXPECT_TRUE(ValidateJobSpec(bad).ok()) << message(bad);
+  bad = *spec;
+  bad.mutable_autoencoder()->set_kl_weight(-1);
+  EXPECT_NE(message(bad).find("autoencoder.kl_weight"), std::string::npos);
+  bad = *spec;
+  bad.mutable_autoencoder()->set_variational(false);  // a KL weight without a KL term
+  EXPECT_NE(message(bad).find("autoencoder.kl_weight"), std::string::npos);
+}
+
+TEST(ConfigTest, DiffusionJobs) {
+  auto spec = ParseTextProto<JobSpec>(
+      R"pb(name: "ldm"
+           diffusion { autoencoder_job: "vae-1" latent_channels: 8 latent_size: 8 }
+           labels: "cardiomegaly"
+           image_size: 64
+           rounds: 2)pb",
+      "job");
+  ASSERT_TRUE(spec.ok()) << spec.status();
+  auto valid = ValidateJobSpec(*spec);
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  const auto message = [](JobSpec bad) {
+    return std::string(ValidateJobSpec(bad).status().message());
+  };
+  JobSpec bad = *spec;
+  bad.clear_labels();  // an unconditional model
+  EXPECT_TRUE(ValidateJobSpec(bad).ok()) << message(bad);
+  bad = *spec;
+  bad.mutable_diffusion()->clear_autoencoder_job();
+  EXPECT_NE(message(bad).find("diffusion.autoencoder_job"), std::string::npos);
+  bad = *spec;
+  bad.mutable_diffusion()->clear_latent_channels();
+  EXPECT_NE(message(bad).find("diffusion.latent_channels"), std::string::npos);
+  bad = *spec;
+  bad.mutable_diffusion()->set_latent_size(24);  // 64 / 24 is not a power of 2
+  EXPECT_NE(message(bad).find("diffusion.latent_size"), std::string::npos);
+  bad = *spec;
+  for (uint32_t w : {16, 32, 32, 64, 64}) bad.mutable_diffusion()->add_widths(w);  // 8 / 16
+  EXPECT_NE(message(bad).find("multiple of 16"), std::string::npos) << message(bad);
+  bad = *spec;
+  bad.mutable_diffusion()->set_embedding_width(20);
+  EXPECT_NE(message(bad).find("diffusion.embedding_width"), std::string::npos);
+  bad = *spec;
+  bad.mutable_diffusion()->set_beta_end(0.001);  // below beta_start
+  EXPECT_NE(message(bad).find("diffusion.beta_end"), std::string::npos);
+  bad = *spec;
+  bad.mutable_diffusion()->set_condition_dropout(1.5);
+  EXPECT_NE(message(bad).find("diffusion.condition_dropout"), std::string::npos);
+  bad = *spec;
+  bad.mutable_diffusion()->set_sample_steps(2000);  // more than T
+  EXPECT_NE(message(bad).find("diffusion.sample_steps"), std::string::npos);
+  bad = *spec;
+  bad.set_model("resnet18");
+  EXPECT_NE(message(bad).find("'model'"), std::string::npos);
+  bad = *spec;
+  bad.set_head_mode(HEAD_MODE_SITE);
+  EXPECT_NE(message(bad).find("'head_mode'"), std::string::npos);
+}
+
 TEST(ConfigTest, ClientConfigRequiresTlsAndData) {
   auto config = ParseTextProto<ClientConfig>(R"pb(coordinator_address: "localhost:7443")pb", "c");
   ASSERT_TRUE(config.ok());
@@ -135,6 +211,13 @@ TEST(ConfigTest, ClientConfigRequiresTlsAndData) {
   ASSERT_TRUE(valid.ok()) << valid.status();
   EXPECT_EQ(valid->coordinator_name(), "coordinator");
   EXPECT_DOUBLE_EQ(valid->test_fraction(), 0.2);
+  // The workloads a site takes are models/spec.h's names.
+  config->mutable_policy()->add_workloads("diffusion");
+  EXPECT_TRUE(ValidateClientConfig(*config).ok());
+  config->mutable_policy()->add_workloads("gan");
+  EXPECT_NE(ValidateClientConfig(*config).status().message().find(
+                "unknown workload 'gan' (known: classification, autoencoder, diffusion)"),
+            std::string::npos);
 }
 
 TEST(ConfigTest, CoordinatorAddressMustHavePort) {

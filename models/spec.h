@@ -39,11 +39,12 @@ struct ModelSpec {
   int num_findings = 0;     // latent_unet: findings of the condition (0: unconditional)
 };
 
-enum class WorkloadKind { kClassification, kAutoencoder };
+enum class WorkloadKind { kClassification, kAutoencoder, kDiffusion };
 
 // The job's workload (classification when the spec names none).
 WorkloadKind KindOf(const JobSpec& spec);
-// "classification", "autoencoder": the names of SitePolicy.workloads and of reports.
+// "classification", "autoencoder", "diffusion": the names of SitePolicy.workloads and of
+// reports. (A variational autoencoder is an "autoencoder".)
 std::string WorkloadName(WorkloadKind kind);
 std::string WorkloadName(const JobSpec& spec);
 // Every workload's name, for validation messages.
@@ -61,9 +62,32 @@ ModelSpec KlVaeSpec(int channels, int side, std::vector<int> widths, int latent_
 ModelSpec LatentUNetSpec(int latent_channels, int latent_side, std::vector<int> widths,
                          int embedding_width, int findings);
 
+// An autoencoder job's KL weight (AutoencoderWorkload.kl_weight, default 1e-6).
+double KlWeightFor(const JobSpec& spec);
+
+// A diffusion job's process, defaults applied (DiffusionWorkload; the one place they live).
+struct DiffusionProcess {
+  int timesteps = 1000;
+  double beta_start = 0.002;
+  double beta_end = 0.02;
+  double condition_dropout = 0.5;
+  int sample_steps = 250;  // at most timesteps when not set
+  double eta = 1.0;
+  double guidance_scale = 1.0;
+};
+DiffusionProcess DiffusionProcessFor(const JobSpec& spec);
+
+// The frozen autoencoder's spec of a diffusion job: the model that `autoencoder` (the job that
+// DiffusionWorkload.autoencoder_job names) trains. FAILED_PRECONDITION when that job cannot
+// serve it: not a variational autoencoder, or its image size, channels or latent shape differ
+// from what `diffusion` states.
+absl::StatusOr<ModelSpec> FrozenAutoencoderSpec(const JobSpec& diffusion,
+                                                const JobSpec& autoencoder);
+
 // The job labels a site that declared `site_labels` trains: the classifier's labels the site
 // has; nullopt when the site has nothing to train in this job. Label-free workloads (the
-// autoencoder) train every site, with no labels.
+// autoencoder) train every site, with no labels. Diffusion trains every site, on the job's
+// labels it has (possibly none: it then conditions on "unknown" for every finding).
 std::optional<std::vector<std::string>> TrainLabelsFor(const JobSpec& spec,
                                                        const std::vector<std::string>& site_labels);
 
@@ -73,7 +97,8 @@ bool HasLabelHead(const JobSpec& spec);
 
 // The validation figure that selects a job's best model (JobSpec.early_stopping): a round's
 // pooled figure named `metric` ("mean_auroc": RoundSummary.mean_auroc; any other name: the
-// RoundSummary.metrics entry of that name).
+// RoundSummary.metrics entry of that name). Diffusion: "eps_l1", the mean absolute error of
+// the predicted noise over a fixed set of timesteps (client/workload_diffusion.cc).
 struct Selection {
   std::string metric;
   bool higher_is_better = true;

@@ -217,8 +217,16 @@ std::string Sidecar(const JobStatus& job, uint32_t round) {
     *card.mutable_labels() = spec.labels();
     card.set_head_mode(spec.head_mode() == HEAD_MODE_SITE ? "site" : "label");
     card.set_output("one logit per label; sigmoid gives the probability");
+  } else if (spec.has_diffusion()) {
+    card.set_architecture("latent_unet");
+    *card.mutable_labels() = spec.labels();
+    *card.mutable_diffusion() = spec.diffusion();
+    card.set_output(
+        "the predicted noise of a noised latent of the frozen autoencoder "
+        "(diffusion.autoencoder_job) at step t, for a condition over the labels (negative, "
+        "positive or unknown per label)");
   } else {
-    card.set_architecture("autoencoder");
+    card.set_architecture(spec.autoencoder().variational() ? "kl_vae" : "autoencoder");
     *card.mutable_autoencoder() = spec.autoencoder();
     card.set_output("the reconstructed image, input_size x input_size, in [0, 1]");
   }
