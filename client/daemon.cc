@@ -46,7 +46,7 @@ absl::StatusOr<std::string> BindDatasetId(const ClientConfig& config, const Data
 
 ClientDaemon::ClientDaemon(ClientConfig config, Connector connect, std::string dataset_id,
                            const Dataset* data, LocalTrainer* trainer, PrivacyLedger* ledger,
-                           ClientMetrics* metrics, Clock* clock)
+                           ClientMetrics* metrics, Clock* clock, FrozenModelCache* frozen)
     : config_(std::move(config)),
       connect_(std::move(connect)),
       dataset_id_(std::move(dataset_id)),
@@ -54,7 +54,8 @@ ClientDaemon::ClientDaemon(ClientConfig config, Connector connect, std::string d
       trainer_(trainer),
       ledger_(ledger),
       metrics_(metrics),
-      clock_(clock) {}
+      clock_(clock),
+      frozen_(frozen) {}
 
 JoinRequest ClientDaemon::MakeJoinRequest() const {
   JoinRequest request;
@@ -202,6 +203,13 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
   }
   ASSIGN_OR_RETURN(std::string refusal, Refusal(task, plan ? &*plan : nullptr));
   if (!refusal.empty()) return DeclineTask(coordinator, task, refusal);
+  if (!task.frozen_digest().empty()) {
+    absl::Status frozen = EnsureFrozen(coordinator, task);
+    if (!frozen.ok()) {
+      return DeclineTask(coordinator, task,
+                         absl::StrCat("the job's frozen autoencoder: ", frozen.message()));
+    }
+  }
   TensorList global;
   RETURN_IF_ERROR(DownloadModel(coordinator, task, &global));
   if (task.evaluate_only() || task.round() > 0) {
@@ -254,15 +262,25 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
 }
 
 absl::Status ClientDaemon::DownloadModel(CoordinatorConnection& coordinator, const Task& task,
-                                         TensorList* out) {
+                                         TensorList* out, bool frozen) {
   DownloadRequest request;
   request.set_job_id(task.job_id());
   request.set_round(task.round());
+  request.set_frozen(frozen);
   ASSIGN_OR_RETURN(*out, coordinator.Download(request, kMaxModelBytes));
   uint64_t bytes = 0;
   for (const NamedTensor& t : *out) bytes += t.byte_size();
   metrics_->download_bytes.Increment(static_cast<double>(bytes));
   return absl::OkStatus();
+}
+
+absl::Status ClientDaemon::EnsureFrozen(CoordinatorConnection& coordinator, const Task& task) {
+  if (frozen_ == nullptr) return absl::FailedPreconditionError("this site keeps no frozen models");
+  return frozen_->Ensure(task, [&]() -> absl::StatusOr<TensorList> {
+    TensorList weights;
+    RETURN_IF_ERROR(DownloadModel(coordinator, task, &weights, /*frozen=*/true));
+    return weights;
+  });
 }
 
 absl::Status ClientDaemon::EvaluateAndReport(CoordinatorConnection& coordinator, const Task& task,

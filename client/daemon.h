@@ -20,6 +20,7 @@
 #include "absl/status/status.h"
 #include "client/coordinator_link.h"
 #include "client/dataset.h"
+#include "client/frozen_models.h"
 #include "client/metrics.h"
 #include "client/trainer.h"
 #include "common/clock.h"
@@ -40,9 +41,11 @@ class ClientDaemon {
   // REQUIRES: `config` validated; all pointers outlive the daemon. `ledger` records the privacy
   // spent on this site's dataset, under `dataset_id` (as PrivacyLedger::BindDataset returned
   // it), by every DP job.
+  // `frozen` keeps the models that jobs build on (the trainer reads them from it); null: this
+  // site declines such jobs.
   ClientDaemon(ClientConfig config, Connector connect, std::string dataset_id, const Dataset* data,
                LocalTrainer* trainer, PrivacyLedger* ledger, ClientMetrics* metrics,
-               Clock* clock = &SystemClock());
+               Clock* clock = &SystemClock(), FrozenModelCache* frozen = nullptr);
 
   // Runs until Stop() or an exit condition of the config (exit_after_tasks, exit_when_idle).
   absl::Status Run();
@@ -53,7 +56,11 @@ class ClientDaemon {
  private:
   absl::Status Session(CoordinatorConnection& coordinator, bool* joined);
   absl::Status HandleTask(CoordinatorConnection& coordinator, const Task& task);
-  absl::Status DownloadModel(CoordinatorConnection& coordinator, const Task& task, TensorList* out);
+  // The round's global model, or with `frozen` the job's frozen autoencoder.
+  absl::Status DownloadModel(CoordinatorConnection& coordinator, const Task& task, TensorList* out,
+                             bool frozen = false);
+  // Makes the task's frozen autoencoder (Task.frozen_digest) available to the trainer.
+  absl::Status EnsureFrozen(CoordinatorConnection& coordinator, const Task& task);
   absl::Status EvaluateAndReport(CoordinatorConnection& coordinator, const Task& task,
                                  const std::vector<std::string>& labels, const TensorList& model,
                                  double train_loss);
@@ -96,6 +103,7 @@ class ClientDaemon {
   PrivacyLedger* ledger_;
   ClientMetrics* metrics_;
   Clock* clock_;
+  FrozenModelCache* frozen_;
   std::atomic<bool> stop_{false};
   int tasks_done_ = 0;
   bool finished_ = false;

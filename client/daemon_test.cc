@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "common/digest.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
@@ -33,6 +34,7 @@ struct Coordinator {
   std::vector<std::string> events;               // "download", "upload", "decline: <reason>", ...
   std::vector<int64_t> ledger_rounds_at_upload;  // rounds the ledger held when each upload began
   std::function<int64_t()> ledger_rounds;
+  TensorList frozen = {{"encoder.w", {3}, {1, 2, 3}}};  // what a frozen download returns
 };
 
 class FakeConnection : public CoordinatorConnection {
@@ -52,7 +54,11 @@ class FakeConnection : public CoordinatorConnection {
   }
   absl::Status FinishTasks() override { return absl::UnavailableError("stream ended"); }
   void CancelTasks() override { cancelled_ = true; }
-  absl::StatusOr<TensorList> Download(const DownloadRequest&, uint64_t) override {
+  absl::StatusOr<TensorList> Download(const DownloadRequest& request, uint64_t) override {
+    if (request.frozen()) {
+      c_->events.push_back("download frozen");
+      return c_->frozen;
+    }
     c_->events.push_back("download");
     return TensorList{{"w", {2}, {0.5f, -0.5f}}};
   }
@@ -170,7 +176,7 @@ class SiteCoreTest : public ::testing::Test {
     dataset_id_ = *id;
     ClientDaemon daemon(
         config_, [this] { return std::make_unique<FakeConnection>(&coordinator_); }, dataset_id_,
-        &data_, &trainer_, ledger_.get(), &metrics_, &clock_);
+        &data_, &trainer_, ledger_.get(), &metrics_, &clock_, frozen_);
     ASSERT_TRUE(daemon.Run().ok());
   }
 
@@ -198,6 +204,7 @@ class SiteCoreTest : public ::testing::Test {
   ManualClock clock_;
   Coordinator coordinator_;
   std::string dataset_id_;
+  FrozenModelCache* frozen_ = nullptr;
 };
 
 TEST_F(SiteCoreTest, ADpRoundIsRecordedBeforeAnyByteIsSent) {
@@ -346,6 +353,70 @@ TEST_F(SiteCoreTest, AnotherIdForTheSameImagesIsRefusedWithTheIdToUse) {
   EXPECT_THAT(id.status().message(), HasSubstr("set dataset_id: \"hospital-a-cxr\""));
   config_.clear_dataset_id();  // the site's default id is another id too
   EXPECT_FALSE(BindDatasetId(config_, data_, *ledger_).ok());
+}
+
+}  // namespace
+}  // namespace fl
+
+namespace fl {
+namespace {
+
+// A diffusion job's task: it names the frozen autoencoder of job vae-1 by `digest`.
+Task DiffusionTask(uint32_t round, const std::string& digest) {
+  Task task = MakeTask(/*dp=*/false);
+  task.set_round(round);
+  task.mutable_spec()->mutable_diffusion()->set_autoencoder_job("vae-1");
+  task.mutable_frozen_spec()->set_name("vae");
+  task.set_frozen_digest(digest);
+  return task;
+}
+
+TEST_F(SiteCoreTest, AFrozenModelIsDownloadedOnceCheckedAndKept) {
+  FrozenModelCache cache((dir_ / "frozen").string());
+  frozen_ = &cache;
+  const std::string digest = TensorDigest(coordinator_.frozen);
+  coordinator_.tasks = {DiffusionTask(0, digest), DiffusionTask(1, digest)};
+  Run();
+  EXPECT_THAT(coordinator_.events, ElementsAre("join", "download frozen", "download", "upload",
+                                               "download", "report", "upload"));
+  absl::StatusOr<FrozenModel> kept = cache.Get("vae-1");
+  ASSERT_TRUE(kept.ok()) << kept.status();
+  EXPECT_EQ(kept->spec.name(), "vae");
+  EXPECT_EQ(TensorDigest(kept->weights), digest);
+  EXPECT_TRUE(std::filesystem::exists(dir_ / "frozen" / (digest + ".safetensors")));
+
+  // A restarted site reads it from its disk.
+  FrozenModelCache restarted((dir_ / "frozen").string());
+  frozen_ = &restarted;
+  coordinator_.events.clear();
+  coordinator_.tasks = {DiffusionTask(2, digest)};
+  Run();
+  EXPECT_THAT(coordinator_.events, ElementsAre("join", "download", "report", "upload"));
+  EXPECT_TRUE(restarted.Get("vae-1").ok());
+}
+
+TEST_F(SiteCoreTest, AFrozenModelThatIsNotTheOneTheTaskNamesIsDeclined) {
+  FrozenModelCache cache((dir_ / "frozen").string());
+  frozen_ = &cache;
+  coordinator_.tasks = {DiffusionTask(0, TensorDigest({{"other", {1}, {0}}}))};
+  Run();
+  ASSERT_EQ(coordinator_.events.size(), 3u);
+  EXPECT_EQ(coordinator_.events[1], "download frozen");
+  EXPECT_THAT(coordinator_.events[2],
+              HasSubstr("decline: the job's frozen autoencoder: the frozen model of job vae-1 as "
+                        "downloaded has digest"));
+  EXPECT_EQ(trainer_.trained, 0);
+  EXPECT_FALSE(cache.Get("vae-1").ok());
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "frozen"));
+}
+
+TEST_F(SiteCoreTest, ATaskNamingAFrozenModelIsDeclinedWhereNoneCanBeKept) {
+  coordinator_.tasks = {DiffusionTask(0, TensorDigest(coordinator_.frozen))};
+  Run();
+  EXPECT_THAT(coordinator_.events,
+              ElementsAre("join",
+                          "decline: the job's frozen autoencoder: this site keeps no "
+                          "frozen models"));
 }
 
 }  // namespace

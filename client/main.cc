@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "client/daemon.h"
+#include "client/frozen_models.h"
 #include "client/dataset.h"
 #include "client/grpc_link.h"
 #include "client/metrics.h"
@@ -46,6 +47,8 @@ int Run(const std::string& config_path) {
   options.state_dir = config->state_dir();
   std::atomic<bool> stopping{false};
   options.cancelled = [&stopping] { return stopping.load(); };
+  FrozenModelCache frozen((std::filesystem::path(config->state_dir()) / "frozen").string());
+  options.frozen_models = [&frozen](const std::string& job) { return frozen.Get(job); };
   absl::StatusOr<std::unique_ptr<LocalTrainer>> trainer = CreateLocalTrainer(*data, options);
   if (!trainer.ok()) return Die(trainer.status());
   metrics.images.Set(static_cast<double>(data->train.size() + data->test.size()));
@@ -62,7 +65,7 @@ int Run(const std::string& config_path) {
   ClientDaemon daemon(
       *config,
       GrpcConnector(config->coordinator_address(), config->coordinator_name(), (*tls)->provider()),
-      *dataset_id, &*data, trainer->get(), ledger->get(), &metrics);
+      *dataset_id, &*data, trainer->get(), ledger->get(), &metrics, &SystemClock(), &frozen);
   std::thread([&daemon, &stopping] {
     WaitForStopSignal();
     stopping = true;

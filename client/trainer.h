@@ -40,8 +40,8 @@ struct TrainerOptions {
   // seed (and the job and round). 0, the only value for production, seeds both from the OS CSPRNG.
   uint64_t dp_test_seed = 0;
   // Where a diffusion job's frozen autoencoder (DiffusionWorkload.autoencoder_job) comes from.
-  // Unset: such a job fails with FAILED_PRECONDITION. (The daemon does not set it yet: the
-  // coordinator does not send that model with the task so far.)
+  // Unset: such a job fails with FAILED_PRECONDITION. The daemon reads its FrozenModelCache,
+  // which it fills from the task before training or evaluating.
   FrozenModelSource frozen_models;
   // Checked before every step; when it returns true, Train stops with CANCELLED (the daemon is
   // shutting down). Unset: never.

@@ -10,9 +10,11 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_replace.h"
 #include "common/config.h"
+#include "common/digest.h"
 #include "common/file_util.h"
 #include "common/json_lite.h"
 #include "common/proto_json.h"
+#include "common/safetensors.h"
 #include "models/spec.h"
 #include "common/status.h"
 #include "server/coordinator_internal.h"
@@ -50,7 +52,7 @@ Coordinator::Coordinator(CoordinatorConfig config, Store* store, CoordinatorMetr
 Coordinator::~Coordinator() { Shutdown(); }
 
 absl::Status Coordinator::Start() {
-  for (const char* folder : {"spool", "checkpoints", "initial"}) {
+  for (const char* folder : {"spool", "checkpoints", "initial", "frozen"}) {
     const std::string path = (fs::path(config_.state_dir()) / folder).string();
     RETURN_IF_ERROR(Annotate(MakeDirs(path, 0700, env_), "cannot create the state folders"));
   }
@@ -69,17 +71,10 @@ absl::Status Coordinator::Start() {
       site.set_connected(false);
       sites_[site.name()].info = std::move(site);
     }
-    // Copies of initial models left by jobs that ended or committed a round (a crash before
-    // the removal), or by a submission cut short.
-    const fs::path initial = fs::path(config_.state_dir()) / "initial";
-    const std::vector<std::string> names =
-        env_->ListDir(initial.string()).value_or(std::vector<std::string>());
-    for (const std::string& name : names) {
-      auto job = jobs_.find(fs::path(name).stem().string());
-      if (job == jobs_.end() || Terminal(job->second.state()) || job->second.rounds_done() > 0) {
-        RemoveLogged(env_, (initial / name).string());
-      }
-    }
+    // Copies left by jobs that ended (a crash before the removal), by a submission cut short,
+    // and initial models of jobs that committed a round.
+    RemoveCopiesUnless("initial", [](const JobStatus& job) { return job.rounds_done() == 0; });
+    RemoveCopiesUnless("frozen", [](const JobStatus&) { return true; });
   }
   scheduler_ = std::thread([this] { SchedulerLoop(); });
   return absl::OkStatus();
@@ -106,9 +101,11 @@ absl::StatusOr<JobStatus> Coordinator::SubmitJob(const Identity& who, const JobS
   ASSIGN_OR_RETURN(JobSpec valid, ValidateJobSpecForModel(spec, InitialModelPath(job.job_id())));
   *job.mutable_spec() = valid;
   job.set_state(QUEUED);
-  if (absl::Status stored = store_->PutJob(job); !stored.ok()) {
-    RemoveInitialModel(job.job_id());
-    return stored;
+  absl::Status kept = valid.has_diffusion() ? KeepFrozenAutoencoder(job) : absl::OkStatus();
+  if (kept.ok()) kept = store_->PutJob(job);
+  if (!kept.ok()) {
+    RemoveJobCopies(job.job_id());
+    return kept;
   }
   RETURN_IF_ERROR(store_->Audit(who.name, "submit-job", job.job_id()));
   absl::MutexLock lock(&mu_);
@@ -124,6 +121,73 @@ std::string Coordinator::InitialModelPath(const std::string& job_id) const {
 
 void Coordinator::RemoveInitialModel(const std::string& job_id) {
   RemoveLogged(env_, InitialModelPath(job_id));
+}
+
+std::string Coordinator::FrozenModelPath(const std::string& job_id) const {
+  return (fs::path(config_.state_dir()) / "frozen" / (job_id + ".safetensors")).string();
+}
+
+void Coordinator::RemoveJobCopies(const std::string& job_id) {
+  RemoveInitialModel(job_id);
+  RemoveLogged(env_, FrozenModelPath(job_id));
+}
+
+void Coordinator::RemoveCopiesUnless(const std::string& folder,
+                                     const std::function<bool(const JobStatus&)>& keep) {
+  const fs::path dir = fs::path(config_.state_dir()) / folder;
+  for (const std::string& name : env_->ListDir(dir.string()).value_or(std::vector<std::string>())) {
+    auto job = jobs_.find(fs::path(name).stem().string());
+    if (job == jobs_.end() || Terminal(job->second.state()) || !keep(job->second)) {
+      RemoveLogged(env_, (dir / name).string());
+    }
+  }
+}
+
+absl::Status Coordinator::KeepFrozenAutoencoder(JobStatus& job) {
+  const std::string& source = job.spec().diffusion().autoencoder_job();
+  absl::StatusOr<JobStatus> autoencoder = GetJob(source);
+  if (!autoencoder.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("diffusion.autoencoder_job: there is no job ", source));
+  }
+  if (autoencoder->state() != DONE) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "diffusion.autoencoder_job: job ", source, " is ", JobState_Name(autoencoder->state()),
+        "; a diffusion job trains on the model of a finished (DONE) autoencoder job"));
+  }
+  RETURN_IF_ERROR(FrozenAutoencoderSpec(job.spec(), autoencoder->spec()).status());
+  // That job's best model by validation, else its last.
+  uint32_t round = autoencoder->best_round();
+  std::string path = round > 0 ? BestPath(source, round) : "";
+  if (round == 0) {
+    ASSIGN_OR_RETURN(Checkpoint last, store_->LatestCheckpoint(source));
+    path = last.path;
+    round = last.round;
+  }
+  // The copy is what is checked (it loads into the autoencoder's model: names, shapes, finite
+  // values) and what the sites get, whatever becomes of the other job's files.
+  const std::string copy = FrozenModelPath(job.job_id());
+  absl::StatusOr<std::string> bytes = ReadFileToString(path, env_);
+  if (!bytes.ok()) return Annotate(bytes.status(), "reading the autoencoder job's model");
+  absl::Status checked = WriteFileAtomic(copy, *bytes, 0600, env_);
+  absl::StatusOr<TensorList> weights = absl::InternalError("not read");
+  if (checked.ok()) {
+    JobSpec from_copy = autoencoder->spec();
+    from_copy.set_initial_model(copy);
+    checked = init_(from_copy).status();
+  }
+  if (checked.ok()) {
+    weights = ReadSafetensors(copy, nullptr, env_);
+    checked = weights.status();
+  }
+  if (!checked.ok()) {
+    RemoveLogged(env_, copy);
+    return Annotate(checked, absl::StrCat("the model of autoencoder job ", source));
+  }
+  *job.mutable_frozen_spec() = autoencoder->spec();
+  job.set_frozen_round(round);
+  job.set_frozen_digest(TensorDigest(*weights));
+  return absl::OkStatus();
 }
 
 absl::StatusOr<JobSpec> Coordinator::ValidateJobSpecForModel(const JobSpec& spec,
@@ -176,7 +240,7 @@ absl::StatusOr<JobStatus> Coordinator::CancelJob(const Identity& who, const std:
         job.set_message(absl::StrCat("cancelled by ", who.name));
         return absl::OkStatus();
       }));
-  RemoveInitialModel(job_id);
+  RemoveJobCopies(job_id);
   RETURN_IF_ERROR(store_->Audit(who.name, "cancel-job", job_id));
   return cancelled;
 }

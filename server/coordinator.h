@@ -225,6 +225,20 @@ class Coordinator {
   // for jobs past that or never stored.
   std::string InitialModelPath(const std::string& job_id) const;
   void RemoveInitialModel(const std::string& job_id);
+  // A diffusion job's frozen autoencoder, copied at submission (KeepFrozenAutoencoder) and
+  // served to its sites until the job ends.
+  std::string FrozenModelPath(const std::string& job_id) const;
+  // Fixes the frozen autoencoder of diffusion job `job` (not stored yet): the named job must be
+  // DONE and fit (FrozenAutoencoderSpec); its best model (else its last) is copied to
+  // FrozenModelPath, checked by loading it, and recorded in `job` with its digest.
+  absl::Status KeepFrozenAutoencoder(JobStatus& job);
+  // Removes every copy kept for the job (initial model, frozen autoencoder).
+  void RemoveJobCopies(const std::string& job_id);
+  // At start-up: removes the files in state_dir/`folder` (named JOB.safetensors) of jobs that
+  // are unknown, ended, or for which `keep` is false.
+  void RemoveCopiesUnless(const std::string& folder,
+                          const std::function<bool(const JobStatus&)>& keep)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Waits for one of config.max_concurrent_transfers() transfer slots; the returned guard frees
   // it. Gives up on Shutdown (UNAVAILABLE) or once `cancelled` returns true (CANCELLED; polled

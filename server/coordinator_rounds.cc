@@ -86,7 +86,7 @@ void Coordinator::SchedulerLoop() {
       if (!ends) break;
       if (stored.ok()) {
         Log(ending);
-        RemoveInitialModel(job_id);  // a stored ending is never resumed
+        RemoveJobCopies(job_id);  // a stored ending is never resumed
         break;
       }
       Log(absl::StrFormat("%s, but that cannot be recorded (%s); trying again in %.0f s", ending,
@@ -248,6 +248,11 @@ Task Coordinator::MakeTask(const std::string& site) const {
   task.set_deadline_unix_seconds(absl::ToDoubleSeconds(round_->deadline - absl::UnixEpoch()));
   task.set_final_round(round_->round + 1 >= round_->spec.rounds());
   task.set_evaluate_only(round_->evaluate_only);
+  auto job = jobs_.find(round_->job_id);
+  if (job != jobs_.end() && !job->second.frozen_digest().empty()) {
+    *task.mutable_frozen_spec() = job->second.frozen_spec();
+    task.set_frozen_digest(job->second.frozen_digest());
+  }
   return task;
 }
 

@@ -14,6 +14,7 @@
 #include "absl/strings/cord.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/safetensors.h"
 #include "common/status.h"
 #include "common/tensor_stream.h"
 #include "server/coordinator_internal.h"
@@ -324,9 +325,19 @@ absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& r
     if (!round_->assigned.count(who.name)) {
       return absl::PermissionDeniedError("this site has no task in this round");
     }
+    if (request.frozen() && !round_->spec.has_diffusion()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("job ", request.job_id(), " builds on no frozen model"));
+    }
     model = global_;
   }
   ASSIGN_OR_RETURN(std::unique_ptr<TransferSlot> slot, AcquireTransferSlot(cancelled));
+  if (request.frozen()) {  // read per download: it is asked for once per site and job
+    absl::StatusOr<TensorList> frozen =
+        ReadSafetensors(FrozenModelPath(request.job_id()), nullptr, env_);
+    if (!frozen.ok()) return Annotate(frozen.status(), "the job's frozen autoencoder");
+    model = std::make_shared<const TensorList>(*std::move(frozen));
+  }
   uint64_t bytes = 0;
   RETURN_IF_ERROR(WriteTensorChunks(*model, config_.chunk_bytes(), [&](const TensorChunk& c) {
     bytes += c.data().size();

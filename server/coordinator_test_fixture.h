@@ -244,20 +244,21 @@ class CoordinatorTest : public ::testing::Test {
     return a;
   }
 
-  TensorList Download(const Identity& who, const Task& task) {
+  // The task's global model (or, with `frozen`, the job's frozen autoencoder).
+  TensorList Download(const Identity& who, const Task& task, bool frozen = false) {
     DownloadRequest request;
     request.set_job_id(task.job_id());
     request.set_round(task.round());
+    request.set_frozen(frozen);
     std::vector<TensorChunk> chunks;
-    EXPECT_TRUE(core_
-                    ->Download(
-                        who, request,
-                        [&](const TensorChunk& c) {
-                          chunks.push_back(c);
-                          return true;
-                        },
-                        [] { return false; })
-                    .ok());
+    absl::Status downloaded = core_->Download(
+        who, request,
+        [&](const TensorChunk& c) {
+          chunks.push_back(c);
+          return true;
+        },
+        [] { return false; });
+    EXPECT_TRUE(downloaded.ok()) << downloaded;
     size_t i = 0;
     auto model = ReadTensors(
         [&](TensorChunk* c) {

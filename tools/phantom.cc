@@ -14,6 +14,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/status.h"
+#include "tools/dicom_write.h"
 
 namespace fl {
 namespace {
@@ -444,22 +445,6 @@ void ComputeWindow(const std::vector<uint16_t>& pixels, double* center, double* 
   if (hi <= lo) hi = lo + 1;
   *center = std::round(0.5 * (lo + hi));
   *width = std::max(16.0, std::round(1.15 * (hi - lo)));
-}
-
-absl::Status PutAll(DcmDataset* ds, const std::vector<std::pair<DcmTagKey, std::string>>& items) {
-  for (const auto& [key, value] : items) {
-    OFCondition cond = ds->putAndInsertString(key, value.c_str());
-    if (cond.bad()) {
-      return absl::InternalError(
-          absl::StrCat("setting ", DcmTag(key).getTagName(), ": ", cond.text()));
-    }
-  }
-  return absl::OkStatus();
-}
-
-std::string NewUid() {
-  char buffer[100];
-  return dcmGenerateUniqueIdentifier(buffer, SITE_INSTANCE_UID_ROOT);
 }
 
 absl::Status WritePhantomDicom(const std::vector<uint16_t>& pixels, const PhantomSubject& subject,

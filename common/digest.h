@@ -1,0 +1,16 @@
+// Content digests of model weights: what identifies a model that a job builds on (a diffusion
+// job's frozen autoencoder) across the coordinator, the wire and a site's cache.
+#pragma once
+
+#include <string>
+
+#include "common/tensor.h"
+
+namespace fl {
+
+// SHA-256, as 64 lowercase hex digits, of the tensors in order: each one's name, shape and
+// float32 bytes (little-endian), every field length-prefixed so that no two lists share a
+// digest by re-cutting the same bytes.
+std::string TensorDigest(const TensorList& tensors);
+
+}  // namespace fl

@@ -1,0 +1,25 @@
+#include "tools/dicom_write.h"
+
+#include "absl/strings/str_cat.h"
+#include "dcmtk/dcmdata/dctag.h"
+#include "dcmtk/dcmdata/dcuid.h"
+
+namespace fl {
+
+absl::Status PutAll(DcmDataset* ds, const std::vector<std::pair<DcmTagKey, std::string>>& items) {
+  for (const auto& [key, value] : items) {
+    OFCondition cond = ds->putAndInsertString(key, value.c_str());
+    if (cond.bad()) {
+      return absl::InternalError(
+          absl::StrCat("setting ", DcmTag(key).getTagName(), ": ", cond.text()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::string NewUid() {
+  char buffer[100];
+  return dcmGenerateUniqueIdentifier(buffer, SITE_INSTANCE_UID_ROOT);
+}
+
+}  // namespace fl
