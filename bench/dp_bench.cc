@@ -1,6 +1,8 @@
-// fl-bench dp: one training step of the same classifier without and with DP-SGD (privacy/dp_sgd.h),
-// time and peak memory. Peak memory is measured in forked children (one per mode) before the
-// parent touches LibTorch, so each child's process peak belongs to one mode only.
+// fl-bench dp: one training step of the same model without and with DP-SGD (privacy/dp_sgd.h),
+// time and peak memory: a classifier on images, or (--model latent_unet) the latent diffusion
+// denoiser on latents with its per-sample diffusion loss, and then its DDIM sampling throughput.
+// Peak memory is measured in forked children (one per mode) before the parent touches LibTorch,
+// so each child's process peak belongs to one mode only.
 #include <dlfcn.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -18,7 +20,9 @@
 #include "common/memory.h"
 #include "common/status.h"
 #include "common/torch_pch.h"
+#include "models/diffusion.h"
 #include "models/model.h"
+#include "models/spec.h"
 #include "privacy/dp_sgd.h"
 #include "torch/csrc/autograd/profiler_legacy.h"
 #include "torch/cuda.h"
@@ -40,9 +44,7 @@ struct DpBenchConfig {
 class StepRunner {
  public:
   static absl::StatusOr<std::unique_ptr<StepRunner>> Create(const DpBenchConfig& config) {
-    ASSIGN_OR_RETURN(
-        std::shared_ptr<ModelImpl> model,
-        CreateModel(ClassifierSpec(config.model, 1, static_cast<int>(config.size), 8), 1));
+    ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model, CreateModel(SpecOf(config), 1));
     auto runner = std::unique_ptr<StepRunner>(new StepRunner(std::move(model), config));
     DpSgdOptions options;
     options.clip_norm = 1.0;
@@ -72,6 +74,31 @@ class StepRunner {
 
   bool cuda() const { return device_.is_cuda(); }
 
+  // The denoiser's DDIM sampling of `n` latents in `steps` steps with guidance 2 (two UNet
+  // passes per step): seconds.
+  absl::StatusOr<double> TimeSampling(int64_t n, int64_t steps) {
+    auto* unet = dynamic_cast<LatentUNetImpl*>(model_.get());
+    if (unet == nullptr) return absl::InvalidArgumentError("not a latent_unet");
+    DdimOptions options;
+    options.steps = steps;
+    options.guidance_scale = 2;
+    const auto start = std::chrono::steady_clock::now();
+    ASSIGN_OR_RETURN(torch::Tensor z, DdimSample(*unet, schedule_, condition_.slice(0, 0, n),
+                                                 {n, x_.size(1), x_.size(2), x_.size(3)}, options));
+    if (device_.is_cuda()) torch::cuda::synchronize();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  }
+
+  // The model of the bench: a classifier with 8 outputs on 1-channel images of the size, or the
+  // denoiser on latents of that side (4 channels on the CPU, Medfusion's 8 on CUDA; widths 32,
+  // 64 on the CPU, the paper's 256, 256, 512, 1024 on CUDA) conditioned on 8 findings.
+  static ModelSpec SpecOf(const DpBenchConfig& config) {
+    const int side = static_cast<int>(config.size);
+    if (config.model != "latent_unet") return ClassifierSpec(config.model, 1, side, 8);
+    return torch::cuda::is_available() ? LatentUNetSpec(8, side, {256, 256, 512, 1024}, 1024, 8)
+                                       : LatentUNetSpec(4, side, {32, 64}, 128, 8);
+  }
+
  private:
   StepRunner(std::shared_ptr<ModelImpl> model, const DpBenchConfig& config)
       : device_(torch::cuda::is_available() ? torch::kCUDA : torch::kCPU),
@@ -80,11 +107,17 @@ class StepRunner {
     at::globalContext().setAllowTF32CuBLAS(config.tf32);
     model_->to(device_);
     torch::manual_seed(0);
-    x_ = torch::randn({config.batch, 1, config.size, config.size}).to(device_);
+    const int64_t channels = SpecOf(config).input.channels;
+    x_ = torch::randn({config.batch, channels, config.size, config.size}).to(device_);
     y_ = torch::randint(0, 2, {config.batch, 8}).to(torch::kFloat32).to(device_);
+    condition_ = torch::randint(0, 3, {config.batch, 8}, torch::kInt64).to(device_);
   }
 
+  // Per-sample losses [N, outputs] (summed per sample by the caller).
   torch::Tensor Loss() {
+    if (auto* unet = dynamic_cast<LatentUNetImpl*>(model_.get())) {
+      return DiffusionPerSampleLoss(*unet, schedule_, x_, condition_, generator_).unsqueeze(1);
+    }
     namespace F = torch::nn::functional;
     return F::binary_cross_entropy_with_logits(
         model_->forward(x_), y_,
@@ -95,7 +128,9 @@ class StepRunner {
   std::shared_ptr<ModelImpl> model_;
   torch::optim::SGD opt_;
   std::unique_ptr<DpSgdEngine> engine_;
-  torch::Tensor x_, y_;
+  torch::Tensor x_, y_, condition_;
+  NoiseSchedule schedule_ = ScaledLinearSchedule();
+  at::Generator generator_ = at::detail::createCPUGenerator(7);
 };
 
 // Bytes in use on the current CUDA device (driver view, so the caching allocator's reserve
@@ -204,7 +239,8 @@ struct DpBenchArgs {
 
 DpBenchConfig ConfigFor(const DpBenchArgs& args, bool cuda) {
   DpBenchConfig config = args.config;
-  if (config.size == 0) config.size = cuda ? 224 : 128;
+  const bool unet = config.model == "latent_unet";  // sizes of the latents (image / 8)
+  if (config.size == 0) config.size = unet ? (cuda ? 32 : 16) : (cuda ? 224 : 128);
   if (config.batch == 0) config.batch = cuda ? 64 : 32;
   config.norms = args.norms == "ghost"         ? GradSampleMode::kGhost
                  : args.norms == "materialise" ? GradSampleMode::kMaterialise
@@ -247,6 +283,16 @@ absl::Status RunDpBench(const DpBenchArgs& args) {
   } else {
     std::printf("peak memory: not measured (-1)\n");
   }
+  if (config.model == "latent_unet") {
+    const int64_t n = std::min<int64_t>(config.batch, 16), k = 50;
+    ASSIGN_OR_RETURN(double seconds, runner->TimeSampling(n, k));
+    std::printf("DDIM sampling: %lld latents x %lld steps (guidance 2) in %.2f s: %.2f samples/s\n",
+                static_cast<long long>(n), static_cast<long long>(k), seconds, n / seconds);
+    PrintKeyValues({{"dp_step_ratio", dp.first / plain.first},
+                    {"peak_memory_ratio", memory_ratio},
+                    {"samples_per_second_50_steps", n / seconds}});
+    return absl::OkStatus();
+  }
   PrintKeyValues({{"dp_step_ratio", dp.first / plain.first}, {"peak_memory_ratio", memory_ratio}});
   return absl::OkStatus();
 }
@@ -256,10 +302,11 @@ absl::Status RunDpBench(const DpBenchArgs& args) {
 BenchRun SetUpDpBench(CLI::App& app) {
   auto args = std::make_shared<DpBenchArgs>();
   DpBenchConfig& c = args->config;
-  app.add_option("--model", c.model, "registry model");
+  app.add_option("--model", c.model,
+                 "registry classifier, or latent_unet (the diffusion denoiser)");
   app.add_option("--size", c.size, "image side in pixels")
       ->check(CLI::PositiveNumber)
-      ->default_str("128 on CPU, 224 on CUDA");
+      ->default_str("128 on CPU, 224 on CUDA; latent_unet: latent side 16 / 32");
   app.add_option("--batch", c.batch, "expected batch size")
       ->check(CLI::PositiveNumber)
       ->default_str("32 on CPU, 64 on CUDA");

@@ -277,6 +277,9 @@ absl::Status ClientDaemon::DownloadModel(CoordinatorConnection& coordinator, con
 absl::Status ClientDaemon::EnsureFrozen(CoordinatorConnection& coordinator, const Task& task) {
   if (frozen_ == nullptr) return absl::FailedPreconditionError("this site keeps no frozen models");
   return frozen_->Ensure(task, [&]() -> absl::StatusOr<TensorList> {
+    Log(absl::StrCat("job ", task.job_id(), ": downloading the frozen autoencoder of job ",
+                     task.spec().diffusion().autoencoder_job(), " (sha256 ",
+                     task.frozen_digest().substr(0, 12), "...)"));
     TensorList weights;
     RETURN_IF_ERROR(DownloadModel(coordinator, task, &weights, /*frozen=*/true));
     return weights;

@@ -7,6 +7,7 @@
 
 #include "common/torch_pch.h"
 #include "models/dp_layers.h"
+#include "models/features.h"
 
 namespace fl {
 namespace models_internal {
@@ -24,11 +25,22 @@ DPGroupNorm Norm(int64_t groups, int64_t channels) {
   return DPGroupNorm(nn::GroupNormOptions(groups, channels));
 }
 
+// A classifier: features (what the label head reads, [N, D]), then the linear head `fc`.
+class ClassifierImpl : public ModelImpl {
+ public:
+  virtual torch::Tensor Features(torch::Tensor x) = 0;
+  torch::Tensor forward(torch::Tensor x) override { return fc_->forward(Features(std::move(x))); }
+  std::string head_prefix() const override { return "fc."; }
+
+ protected:
+  DPLinear fc_{nullptr};
+};
+
 // ------------------------------------------------------------------------------------------------
 // SmallCnn
 
 // Conv-GroupNorm-ReLU-MaxPool stages of the given widths, global average pooling, linear head.
-class SmallCnnImpl : public ModelImpl {
+class SmallCnnImpl : public ClassifierImpl {
  public:
   SmallCnnImpl(const ModelSpec& spec, const std::vector<int64_t>& widths) {
     int64_t in = spec.input.channels;
@@ -43,16 +55,13 @@ class SmallCnnImpl : public ModelImpl {
     fc_ = register_module("fc", DPLinear(in, spec.num_outputs));
   }
 
-  torch::Tensor forward(torch::Tensor x) override {
+  torch::Tensor Features(torch::Tensor x) override {
     x = features_->forward(x);
-    x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
-    return fc_->forward(x);
+    return torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
   }
-  std::string head_prefix() const override { return "fc."; }
 
  private:
   nn::Sequential features_;
-  DPLinear fc_{nullptr};
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -73,7 +82,7 @@ Stack ConvGnMish(int64_t in, int64_t out, bool pool) {
   return block;
 }
 
-class ResNet9Impl : public ModelImpl {
+class ResNet9Impl : public ClassifierImpl {
  public:
   explicit ResNet9Impl(const ModelSpec& spec)
       : prep_(ConvGnMish(spec.input.channels, 64, false)),
@@ -81,34 +90,30 @@ class ResNet9Impl : public ModelImpl {
         res1_(ConvGnMish(128, 128, false), ConvGnMish(128, 128, false)),
         layer2_(ConvGnMish(128, 256, true)),
         layer3_(ConvGnMish(256, 512, true)),
-        res2_(ConvGnMish(512, 512, false), ConvGnMish(512, 512, false)),
-        fc_(1024, spec.num_outputs) {
+        res2_(ConvGnMish(512, 512, false), ConvGnMish(512, 512, false)) {
     register_module("prep", prep_);
     register_module("layer1", layer1_);
     register_module("res1", res1_);
     register_module("layer2", layer2_);
     register_module("layer3", layer3_);
     register_module("res2", res2_);
-    register_module("fc", fc_);
+    fc_ = register_module("fc", DPLinear(1024, spec.num_outputs));
   }
 
-  torch::Tensor forward(torch::Tensor x) override {
+  torch::Tensor Features(torch::Tensor x) override {
     x = layer1_->forward(prep_->forward(x));
     x = x + res1_->forward(x);
     x = layer3_->forward(layer2_->forward(x));
     x = x + res2_->forward(x);
     torch::Tensor max_pool = std::get<0>(torch::adaptive_max_pool2d(x, {1, 1}));
-    x = torch::cat({max_pool, torch::adaptive_avg_pool2d(x, {1, 1})}, 1).flatten(1);
-    return fc_->forward(x);
+    return torch::cat({max_pool, torch::adaptive_avg_pool2d(x, {1, 1})}, 1).flatten(1);
   }
-  std::string head_prefix() const override { return "fc."; }
 
  private:
   Stack prep_, layer1_;
   nn::Sequential res1_;
   Stack layer2_, layer3_;
   nn::Sequential res2_;
-  DPLinear fc_;
 };
 
 // ------------------------------------------------------------------------------------------------
@@ -155,7 +160,7 @@ class ResBlockImpl : public nn::Module {
   nn::Sequential downsample_{nullptr};
 };
 
-class ResNetImpl : public ModelImpl {
+class ResNetImpl : public ClassifierImpl {
  public:
   ResNetImpl(const ModelSpec& spec, const int (&blocks)[4], bool bottleneck) {
     conv1_ = register_module("conv1", Conv(spec.input.channels, 64, 7, 2, 3));
@@ -174,20 +179,17 @@ class ResNetImpl : public ModelImpl {
     fc_ = register_module("fc", DPLinear(inplanes, spec.num_outputs));
   }
 
-  torch::Tensor forward(torch::Tensor x) override {
+  torch::Tensor Features(torch::Tensor x) override {
     x = torch::relu(bn1_->forward(conv1_->forward(x)));
     x = torch::max_pool2d(x, {3, 3}, {2, 2}, {1, 1});
     for (nn::Sequential& layer : layers_) x = layer->forward(x);
-    x = torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
-    return fc_->forward(x);
+    return torch::adaptive_avg_pool2d(x, {1, 1}).flatten(1);
   }
-  std::string head_prefix() const override { return "fc."; }
 
  private:
   DPConv2d conv1_{nullptr};
   DPGroupNorm bn1_{nullptr};
   nn::Sequential layers_[4] = {nullptr, nullptr, nullptr, nullptr};
-  DPLinear fc_{nullptr};
 };
 
 // PyTorch's default bound for Linear/Conv biases and Linear weights:
@@ -248,4 +250,12 @@ void InitWeights(torch::nn::Module& model, uint64_t seed) {
 }
 
 }  // namespace models_internal
+
+absl::StatusOr<torch::Tensor> ClassifierFeatures(ModelImpl& model, const torch::Tensor& images) {
+  auto* classifier = dynamic_cast<models_internal::ClassifierImpl*>(&model);
+  if (classifier == nullptr) {
+    return absl::InvalidArgumentError("the model is not a classifier: it has no feature layer");
+  }
+  return classifier->Features(images);
+}
 }  // namespace fl

@@ -38,13 +38,15 @@ fl_start_coordinator() {
 }
 
 # fl_start_clients BIN DIR SITE...: one fl-client per SITE on the CPU, in the background, that
-# exits once the coordinator has no job left. Logs go to DIR/logs/.
+# exits once the coordinator has no job left (FL_EXIT_WHEN_IDLE=false: stays until stopped).
+# Logs go to DIR/logs/.
 fl_start_clients() {
   local bin=$1 d=$2 conf site
   shift 2
   for site in "$@"; do
     conf=$d/pki/sites/$site/client.conf
-    printf 'exit_when_idle: true\ndevice: "cpu"\nloader_threads: 1\n' >> "$conf"
+    printf 'exit_when_idle: %s\ndevice: "cpu"\nloader_threads: 1\n' "${FL_EXIT_WHEN_IDLE:-true}" \
+      >> "$conf"
     sed -i 's/^device: "auto"$//' "$conf"
     "$bin/fl-client" --config "$conf" > "$d/logs/$site.log" 2>&1 &
     FL_PIDS+=($!)

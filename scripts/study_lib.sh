@@ -75,3 +75,33 @@ study_pool_data() {
   /usr/bin/python3 "$(dirname "${BASH_SOURCE[0]}")/fed_study.py" merge-labels \
     "$root/$pooled/labels.csv" "${@/#/$root/}"
 }
+
+# The study's three hospitals: the findings each labels, and how their scanners and populations
+# differ (contrast, noise, MONOCHROME1, prevalence).
+STUDY_SITES=(hospital-a hospital-b hospital-c)
+declare -A STUDY_LABELS=([hospital-a]=$FL_ALL_LABELS
+                         [hospital-b]=cardiomegaly,effusion_right,effusion_left
+                         [hospital-c]=infiltrate_right,infiltrate_left,atelectasis_right,atelectasis_left)
+declare -A STUDY_SCANNER=([hospital-a]="--prevalence 0.3"
+                          [hospital-b]="--contrast 0.8 --noise 0.07 --prevalence 0.4"
+                          [hospital-c]="--contrast 1.2 --noise 0.1 --photometric MONOCHROME1 --prevalence 0.25")
+
+# study_hospital_data BIN DIR SEED SIZE TEST_IMAGES COUNT_A COUNT_B COUNT_C: each hospital's
+# training data in DIR/data/SITE and its held-out test set (clean labels) in DIR/test/SITE;
+# logs in DIR/logs/.
+study_hospital_data() {
+  local bin=$1 dir=$2 seed=$3 size=$4 test_images=$5 k=0 site
+  shift 5
+  local counts=("$@")
+  for site in "${STUDY_SITES[@]}"; do
+    # shellcheck disable=SC2086  # STUDY_SCANNER holds several words on purpose
+    study_phantom "$bin" "$dir/data/$site" "${counts[$k]}" "$size" $((seed * 1000 + k + 1)) \
+      "$site" TRAIN --labels "${STUDY_LABELS[$site]}" ${STUDY_SCANNER[$site]} \
+      > "$dir/logs/data-$site.log"
+    # shellcheck disable=SC2086
+    study_phantom "$bin" "$dir/test/$site" "$test_images" "$size" $((seed * 1000 + 500 + k + 1)) \
+      "$site-test" TEST --labels "${STUDY_LABELS[$site]}" ${STUDY_SCANNER[$site]} \
+      > "$dir/logs/test-$site.log"
+    k=$((k + 1))
+  done
+}

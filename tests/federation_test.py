@@ -203,6 +203,78 @@ class FederationTest(unittest.TestCase):
         finally:
             fed.stop()
 
+    def test_latent_diffusion_with_dp_then_synthetic_dicom(self):
+        """Medfusion's two stages through the same daemons: a variational autoencoder job, then
+        a class-conditional diffusion job with DP on its frozen latents (the coordinator sends
+        the autoencoder with the task; each site downloads it once and checks its digest), then
+        flctl synth: Secondary Capture objects marked synthetic that dcmdump and dcm2pnm read
+        and flctl data check loads like any site's folder."""
+        fed = Federation("diffusion")
+        try:
+            fed.start_coordinator()
+            sites = ["site-a", "site-b"]
+            for i, site in enumerate(sites):
+                fed.start_client(site, seed=i + 1, exit_when_idle=False, metrics=True)
+            fed.wait_connected(len(sites))
+            common = ('image_size: 32 local_steps: 3 batch_size: 8 min_sites: 2 '
+                      'start_timeout_seconds: 60 round_deadline_seconds: 180 ')
+            vae = fed.submit(
+                'name: "vae" autoencoder { variational: true widths: 8 widths: 16 widths: 16 '
+                'latent_channels: 4 } rounds: 2 local_optimizer { name: "adam" '
+                'learning_rate: 0.005 } ' + common)
+            self.assertEqual(fed.wait(vae)["state"], "DONE")
+            ldm = fed.submit(
+                f'name: "ldm" labels: "cardiomegaly" labels: "infiltrate_right" diffusion {{ '
+                f'autoencoder_job: "{vae}" latent_channels: 4 latent_size: 8 widths: 16 '
+                f'widths: 32 embedding_width: 32 timesteps: 100 sample_steps: 10 }} rounds: 2 '
+                f'dp {{ enabled: true noise_multiplier: 1.0 clip_norm: 1.0 delta: 1e-5 }} '
+                f'local_optimizer {{ name: "adam" learning_rate: 0.001 }} ' + common)
+            status = fed.wait(ldm)
+            self.assertEqual(status["state"], "DONE", status.get("message"))
+            self.assertEqual(len(status["frozenDigest"]), 64)
+            for r in status["rounds"]:
+                self.assertEqual(sorted(r["sites"]), sites)
+            for s in status["sites"]:
+                self.assertGreater(s["privacy"]["epsilon"], 0)
+                self.assertIn("eps_l1", {m["name"] for m in s.get("metrics", [])})
+            for site in sites:  # the frozen autoencoder came once per site and is kept
+                kept = os.listdir(f"{fed.dir}/pki/sites/{site}/state/frozen")
+                self.assertEqual(kept, [status["frozenDigest"] + ".safetensors"])
+                self.assertEqual(fed.log(site).count("downloading the frozen autoencoder"), 1)
+            fed.flctl("export", vae, "--out", f"{fed.dir}/vae")
+            fed.flctl("export", ldm, "--out", f"{fed.dir}/ldm")
+            out = f"{fed.dir}/synthetic"
+            fed.flctl("synth", f"{fed.dir}/ldm/model.safetensors", "--autoencoder",
+                      f"{fed.dir}/vae/model.safetensors", "--out", out, "--per-class", 2,
+                      "--steps", 5, "--seed", 7)
+            files = sorted(f for f in os.listdir(out) if f.endswith(".dcm"))
+            self.assertEqual(len(files), 6)  # no finding, cardiomegaly, infiltrate_right
+            dump = run("dcmdump", f"{out}/{files[0]}").stdout
+            self.assertIn("1.2.840.10008.5.1.4.1.1.7", dump)  # Secondary Capture
+            self.assertIn("DERIVED\\SECONDARY", dump)
+            self.assertIn("[SYN]", dump)
+            self.assertIn("SYNTHETIC", dump)
+            run("dcm2pnm", "--write-png", f"{out}/{files[-1]}", f"{fed.dir}/synthetic.png")
+            self.assertGreater(os.path.getsize(f"{fed.dir}/synthetic.png"), 100)
+            with open(f"{out}/labels.csv") as f:
+                rows = f.read().split()
+            self.assertEqual(rows[0], "key,cardiomegaly,infiltrate_right")
+            self.assertEqual(sorted(r.split(",", 1)[1] for r in rows[1:]),
+                             ["0,0", "0,0", "0,1", "0,1", "1,0", "1,0"])
+            check = json.loads(fed.flctl("data", "check", out, "--labels", f"{out}/labels.csv",
+                                         "--json").stdout)
+            self.assertEqual(len(check), 6)
+            for f in check:
+                self.assertTrue(f["ok"] and f["labelled"], f)
+            # Wrong pairing: a diffusion model with an autoencoder it was not trained on.
+            wrong = fed.flctl("synth", f"{fed.dir}/ldm/model.safetensors", "--autoencoder",
+                              f"{fed.dir}/ldm/model.safetensors", "--out", f"{fed.dir}/x",
+                              check=False)
+            self.assertNotEqual(wrong.returncode, 0)
+            self.assertIn("autoencoder job", wrong.stderr)
+        finally:
+            fed.stop()
+
     def test_the_same_images_through_another_path_spend_one_budget(self):
         """The site's data reached through a symlink with a trailing slash is the same dataset:
         two DP jobs, one before and one after the move, compose in one budget; a different

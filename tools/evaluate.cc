@@ -26,7 +26,9 @@
 #include "common/safetensors.h"
 #include "common/status.h"
 #include "common/torch_pch.h"
+#include "models/features.h"
 #include "models/model.h"
+#include "tools/synth_eval.h"
 
 namespace fl {
 namespace {
@@ -410,6 +412,40 @@ EvaluationReport Summarize(const std::vector<std::string>& label_names,
   AddAttribute("age", AgeBandNames(age_edges), age, predictions, label_names.size(), thresholds,
                report.groups);
   return report;
+}
+
+absl::StatusOr<FeatureMatrix> ClassifierFeaturesOf(const std::string& model_path,
+                                                   const FeatureMatrix& images) {
+  const std::string sidecar_path = SidecarPathFor(model_path);
+  ASSIGN_OR_RETURN(ModelSidecar sidecar, ReadModelSidecar(sidecar_path));
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model, LoadModel(model_path, sidecar, sidecar_path));
+  const int64_t side = sidecar.input_size, channels = std::max(1, sidecar.in_channels);
+  if (images.cols != side * side) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("images of ", images.cols, " pixels for a ", side, " x ", side, " px model"));
+  }
+  FeatureMatrix out;
+  out.rows = images.rows;
+  try {
+    torch::NoGradGuard no_grad;
+    constexpr int64_t kBatch = 64;
+    for (int64_t begin = 0; begin < images.rows; begin += kBatch) {
+      const int64_t n = std::min(kBatch, images.rows - begin);
+      torch::Tensor batch =
+          torch::from_blob(const_cast<float*>(images.data.data()) + begin * images.cols,
+                           {n, 1, side, side}, torch::kFloat32)
+              .expand({n, channels, side, side})
+              .contiguous();
+      ASSIGN_OR_RETURN(torch::Tensor features, ClassifierFeatures(*model, batch));
+      features = features.to(torch::kFloat32).contiguous();
+      out.cols = features.size(1);
+      out.data.insert(out.data.end(), features.data_ptr<float>(),
+                      features.data_ptr<float>() + features.numel());
+    }
+  } catch (const c10::Error& e) {
+    return absl::InternalError(absl::StrCat("features: ", e.what_without_backtrace()));
+  }
+  return out;
 }
 
 }  // namespace fl

@@ -1,6 +1,9 @@
 // Sampling of flctl synth (torch): the diffusion job's UNet and its frozen autoencoder, loaded
-// from their exports and cards, DDIM with classifier-free guidance on the CPU.
+// from their exports and cards, DDIM with classifier-free guidance on the CPU; and the
+// generator's figures of flctl synth-eval (FID, precision and recall, memorisation), in double.
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <memory>
 
 #include "absl/strings/str_cat.h"
@@ -16,6 +19,7 @@
 #include "models/spec.h"
 #include "tools/evaluate.h"
 #include "tools/synth.h"
+#include "tools/synth_eval.h"
 
 namespace fl {
 namespace {
@@ -136,6 +140,79 @@ absl::StatusOr<SyntheticSet> SampleSyntheticSet(const SynthOptions& o) {
     return absl::InternalError(absl::StrCat("sampling failed: ", e.what_without_backtrace()));
   }
   return set;
+}
+
+namespace {
+
+torch::Tensor AsDouble(const FeatureMatrix& m) {
+  return torch::from_blob(const_cast<float*>(m.data.data()), {m.rows, m.cols}, torch::kFloat32)
+      .to(torch::kFloat64);
+}
+
+// The unbiased covariance of the rows of x [n, d].
+torch::Tensor Covariance(const torch::Tensor& x) {
+  const torch::Tensor centred = x - x.mean(0, /*keepdim=*/true);
+  return centred.t().matmul(centred) / static_cast<double>(x.size(0) - 1);
+}
+
+// The square root of a symmetric positive semi-definite matrix (negative eigenvalues of
+// rounding clamped to 0).
+torch::Tensor SqrtPsd(const torch::Tensor& s) {
+  auto [values, vectors] = at::linalg_eigh(s);
+  return vectors.matmul(torch::diag(values.clamp_min(0).sqrt())).matmul(vectors.t());
+}
+
+// Per row of `d` (distances [n, m]), its k-th smallest value (k = 0: the smallest).
+torch::Tensor KthSmallest(const torch::Tensor& d, int64_t k) {
+  return std::get<0>(d.topk(k + 1, /*dim=*/1, /*largest=*/false)).select(1, k);
+}
+
+// The median, the mean of the two middle values for an even count.
+double Median(const torch::Tensor& v) { return v.quantile(0.5).item<double>(); }
+
+}  // namespace
+
+double FrechetDistance(const FeatureMatrix& a, const FeatureMatrix& b) {
+  const torch::Tensor x = AsDouble(a), y = AsDouble(b);
+  const torch::Tensor sa = Covariance(x), sb = Covariance(y);
+  const torch::Tensor root = SqrtPsd(sa);
+  torch::Tensor m = root.matmul(sb).matmul(root);
+  m = (m + m.t()) / 2;
+  const double trace_sqrt = at::linalg_eigvalsh(m).clamp_min(0).sqrt().sum().item<double>();
+  const double mean_term = (x.mean(0) - y.mean(0)).pow(2).sum().item<double>();
+  return mean_term + sa.trace().item<double>() + sb.trace().item<double>() - 2 * trace_sqrt;
+}
+
+PrecisionRecall ImprovedPrecisionRecall(const FeatureMatrix& real, const FeatureMatrix& synthetic,
+                                        int k) {
+  const torch::Tensor r = AsDouble(real), s = AsDouble(synthetic);
+  // Column 0 of a set's sorted distances to itself is the row itself (distance 0).
+  const torch::Tensor real_radii = KthSmallest(at::cdist(r, r), k);
+  const torch::Tensor synthetic_radii = KthSmallest(at::cdist(s, s), k);
+  const torch::Tensor rs = at::cdist(r, s);  // [real, synthetic]
+  PrecisionRecall out;
+  out.precision = (rs <= real_radii.unsqueeze(1)).any(0).to(torch::kFloat64).mean().item<double>();
+  out.recall =
+      (rs <= synthetic_radii.unsqueeze(0)).any(1).to(torch::kFloat64).mean().item<double>();
+  return out;
+}
+
+Memorisation MemorisationCheck(const FeatureMatrix& real, const FeatureMatrix& synthetic,
+                               int closest) {
+  const torch::Tensor r = AsDouble(real), s = AsDouble(synthetic);
+  const double scale = std::sqrt(static_cast<double>(real.cols));
+  auto [nearest, which] = (at::cdist(s, r) / scale).min(1);
+  torch::Tensor rr = at::cdist(r, r) / scale;
+  rr.fill_diagonal_(std::numeric_limits<double>::infinity());
+  Memorisation out;
+  out.synthetic_to_real = Median(nearest);
+  out.real_to_real = Median(std::get<0>(rr.min(1)));
+  const torch::Tensor order = nearest.argsort();
+  for (int64_t i = 0; i < std::min<int64_t>(closest, order.size(0)); ++i) {
+    const int64_t row = order[i].item<int64_t>();
+    out.closest.push_back({row, which[row].item<int64_t>(), nearest[row].item<double>()});
+  }
+  return out;
 }
 
 }  // namespace fl

@@ -11,6 +11,9 @@
 #include "dcmtk/dcmdata/dcuid.h"
 #include "tools/dicom_write.h"
 #include "tools/synth.h"
+#include "tools/synth_eval.h"
+#include "client/dataset.h"
+#include "client/dicom.h"
 
 namespace fl {
 
@@ -82,6 +85,27 @@ absl::Status WriteImage(const SyntheticSet& set, const SyntheticSet::Image& imag
 }
 
 }  // namespace
+
+absl::StatusOr<ImageFolder> ReadImageFolder(const std::string& dir, int side) {
+  ASSIGN_OR_RETURN(std::vector<std::string> files, ListDataFiles(dir, ""));
+  ImageFolder folder;
+  folder.pixels.cols = int64_t{side} * side;
+  for (const std::string& path : files) {
+    if (path.size() >= 4 && path.compare(path.size() - 4, 4, ".csv") == 0) continue;
+    absl::StatusOr<DicomImage> image = DecodeDicom(path, side);
+    if (!image.ok()) {
+      ++folder.skipped;
+      continue;
+    }
+    folder.pixels.data.insert(folder.pixels.data.end(), image->pixels.begin(), image->pixels.end());
+    folder.paths.push_back(path);
+    ++folder.pixels.rows;
+  }
+  if (folder.pixels.rows == 0) {
+    return absl::InvalidArgumentError(absl::StrCat("no DICOM image decodes in ", dir));
+  }
+  return folder;
+}
 
 absl::Status WriteSyntheticSet(const SyntheticSet& set, const std::string& out_dir) {
   RETURN_IF_ERROR(MakeDirs(out_dir, 0755));
