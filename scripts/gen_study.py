@@ -47,7 +47,7 @@ def synth_eval(path):
 def mean_auroc(folder):
     values = []
     for path in sorted(glob.glob(os.path.join(folder, "*.json"))):
-        value = json.load(open(path)).get("meanAuroc")
+        value = json.load(open(path)).get("mean_auroc")
         if value is not None:
             values.append(value)
     return sum(values) / len(values) if values else None

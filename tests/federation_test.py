@@ -231,7 +231,7 @@ class FederationTest(unittest.TestCase):
                 f'local_optimizer {{ name: "adam" learning_rate: 0.001 }} ' + common)
             status = fed.wait(ldm)
             self.assertEqual(status["state"], "DONE", status.get("message"))
-            self.assertEqual(len(status["frozenDigest"]), 64)
+            self.assertEqual(len(status["frozen_digest"]), 64)
             for r in status["rounds"]:
                 self.assertEqual(sorted(r["sites"]), sites)
             for s in status["sites"]:
@@ -239,18 +239,19 @@ class FederationTest(unittest.TestCase):
                 self.assertIn("eps_l1", {m["name"] for m in s.get("metrics", [])})
             for site in sites:  # the frozen autoencoder came once per site and is kept
                 kept = os.listdir(f"{fed.dir}/pki/sites/{site}/state/frozen")
-                self.assertEqual(kept, [status["frozenDigest"] + ".safetensors"])
+                self.assertEqual(kept, [status["frozen_digest"] + ".safetensors"])
                 self.assertEqual(fed.log(site).count("downloading the frozen autoencoder"), 1)
             fed.flctl("export", vae, "--out", f"{fed.dir}/vae")
             fed.flctl("export", ldm, "--out", f"{fed.dir}/ldm")
             out = f"{fed.dir}/synthetic"
-            fed.flctl("synth", f"{fed.dir}/ldm/model.safetensors", "--autoencoder",
-                      f"{fed.dir}/vae/model.safetensors", "--out", out, "--per-class", 2,
-                      "--steps", 5, "--seed", 7)
+            flctl = f"{fedlib.BIN}/flctl"
+            run(flctl, "synth", f"{fed.dir}/ldm/model.safetensors", "--autoencoder",
+                f"{fed.dir}/vae/model.safetensors", "--out", out, "--per-class", 2, "--steps", 5,
+                "--seed", 7)
             files = sorted(f for f in os.listdir(out) if f.endswith(".dcm"))
             self.assertEqual(len(files), 6)  # no finding, cardiomegaly, infiltrate_right
             dump = run("dcmdump", f"{out}/{files[0]}").stdout
-            self.assertIn("1.2.840.10008.5.1.4.1.1.7", dump)  # Secondary Capture
+            self.assertIn("=SecondaryCaptureImageStorage", dump)
             self.assertIn("DERIVED\\SECONDARY", dump)
             self.assertIn("[SYN]", dump)
             self.assertIn("SYNTHETIC", dump)
@@ -261,15 +262,14 @@ class FederationTest(unittest.TestCase):
             self.assertEqual(rows[0], "key,cardiomegaly,infiltrate_right")
             self.assertEqual(sorted(r.split(",", 1)[1] for r in rows[1:]),
                              ["0,0", "0,0", "0,1", "0,1", "1,0", "1,0"])
-            check = json.loads(fed.flctl("data", "check", out, "--labels", f"{out}/labels.csv",
-                                         "--json").stdout)
+            check = json.loads(run(flctl, "data", "check", out, "--labels",
+                                   f"{out}/labels.csv", "--json").stdout)
             self.assertEqual(len(check), 6)
             for f in check:
                 self.assertTrue(f["ok"] and f["labelled"], f)
             # Wrong pairing: a diffusion model with an autoencoder it was not trained on.
-            wrong = fed.flctl("synth", f"{fed.dir}/ldm/model.safetensors", "--autoencoder",
-                              f"{fed.dir}/ldm/model.safetensors", "--out", f"{fed.dir}/x",
-                              check=False)
+            wrong = run(flctl, "synth", f"{fed.dir}/ldm/model.safetensors", "--autoencoder",
+                        f"{fed.dir}/ldm/model.safetensors", "--out", f"{fed.dir}/x", check=False)
             self.assertNotEqual(wrong.returncode, 0)
             self.assertIn("autoencoder job", wrong.stderr)
         finally:
