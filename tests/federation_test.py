@@ -204,9 +204,10 @@ class FederationTest(unittest.TestCase):
             fed.stop()
 
     def test_latent_diffusion_with_dp_then_synthetic_dicom(self):
-        """Medfusion's two stages through the same daemons: a variational autoencoder job, then
-        a class-conditional diffusion job with DP on its frozen latents (the coordinator sends
-        the autoencoder with the task; each site downloads it once and checks its digest), then
+        """Medfusion's two stages through the same daemons, both with DP against one dataset
+        budget: a variational autoencoder job, then a class-conditional diffusion job on its
+        frozen latents (the coordinator sends the autoencoder with the task; each site
+        downloads it once and checks its digest), then
         flctl synth: Secondary Capture objects marked synthetic that dcmdump and dcm2pnm read
         and flctl data check loads like any site's folder."""
         fed = Federation("diffusion")
@@ -218,17 +219,17 @@ class FederationTest(unittest.TestCase):
             fed.wait_connected(len(sites))
             common = ('image_size: 32 local_steps: 3 batch_size: 8 min_sites: 2 '
                       'start_timeout_seconds: 60 round_deadline_seconds: 180 ')
+            dp = 'dp { enabled: true noise_multiplier: 1.0 clip_norm: 1.0 delta: 1e-5 } '
             vae = fed.submit(
                 'name: "vae" autoencoder { variational: true widths: 8 widths: 16 widths: 16 '
                 'latent_channels: 4 } rounds: 2 local_optimizer { name: "adam" '
-                'learning_rate: 0.005 } ' + common)
+                'learning_rate: 0.005 } ' + dp + common)
             self.assertEqual(fed.wait(vae)["state"], "DONE")
             ldm = fed.submit(
                 f'name: "ldm" labels: "cardiomegaly" labels: "infiltrate_right" diffusion {{ '
                 f'autoencoder_job: "{vae}" latent_channels: 4 latent_size: 8 widths: 16 '
                 f'widths: 32 embedding_width: 32 timesteps: 100 sample_steps: 10 }} rounds: 2 '
-                f'dp {{ enabled: true noise_multiplier: 1.0 clip_norm: 1.0 delta: 1e-5 }} '
-                f'local_optimizer {{ name: "adam" learning_rate: 0.001 }} ' + common)
+                f'local_optimizer {{ name: "adam" learning_rate: 0.001 }} ' + dp + common)
             status = fed.wait(ldm)
             self.assertEqual(status["state"], "DONE", status.get("message"))
             self.assertEqual(len(status["frozen_digest"]), 64)
@@ -237,6 +238,12 @@ class FederationTest(unittest.TestCase):
             for s in status["sites"]:
                 self.assertGreater(s["privacy"]["epsilon"], 0)
                 self.assertIn("eps_l1", {m["name"] for m in s.get("metrics", [])})
+            for site in sites:  # both stages spend the one dataset budget of the site's ledger
+                ledger = f"{fed.dir}/pki/sites/{site}/state/privacy.db"
+                def spent(*job):
+                    return float(run(f"{fedlib.BIN}/flctl", "privacy", "ledger", "--ledger",
+                                     ledger, "--delta", "1e-5", *job).stdout.split()[0])
+                self.assertGreater(spent(), max(spent("--job", vae), spent("--job", ldm)))
             for site in sites:  # the frozen autoencoder came once per site and is kept
                 kept = os.listdir(f"{fed.dir}/pki/sites/{site}/state/frozen")
                 self.assertEqual(kept, [status["frozen_digest"] + ".safetensors"])
