@@ -2,7 +2,9 @@
 // output read back as the client reads it.
 #include <cmath>
 #include <filesystem>
+#include <set>
 
+#include "client/dataset.h"
 #include "client/dicom.h"
 #include "common/test_dir.h"
 #include "gtest/gtest.h"
@@ -116,6 +118,17 @@ TEST(SyntheticDicomTest, WrittenMarkedAndReadBackAsTheClientReadsThem) {
   absl::StatusOr<DicomImage> image = DecodeDicom(read->paths[0], 0);
   ASSERT_TRUE(image.ok()) << image.status();
   EXPECT_EQ(image->photometric, "MONOCHROME2");
+  // Each image is a "patient" of its own, so that the client's split by patient has a test
+  // split; all of them together load as a site's data.
+  absl::StatusOr<Dataset> data = LoadDataset(dir, dir + "/labels.csv", 0.34);
+  ASSERT_TRUE(data.ok()) << data.status();
+  EXPECT_EQ(data->train.size() + data->test.size(), 3u);
+  std::set<std::string> patients;
+  for (const auto* split : {&data->train, &data->test}) {
+    for (const Sample& s : *split) patients.insert(s.patient_id);
+  }
+  EXPECT_EQ(patients.size(), 3u);
+  EXPECT_EQ(data->label_names, set.labels);
 }
 
 }  // namespace

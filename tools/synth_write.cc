@@ -29,8 +29,12 @@ std::vector<SynthClass> SynthClasses(const std::vector<std::string>& labels) {
 
 namespace {
 
-// DICOM LO values hold at most 64 characters.
-std::string Lo(const std::string& s) { return s.substr(0, 64); }
+// "SYNTHETIC-<n>-<the series UID's last digits>": unique per image and set, within the 64
+// characters of a DICOM LO, and nothing of any training patient.
+std::string PatientIdOf(const std::string& series_uid, int index) {
+  const std::string tail = series_uid.substr(series_uid.size() > 24 ? series_uid.size() - 24 : 0);
+  return absl::StrFormat("SYNTHETIC-%06d-%s", index + 1, tail);
+}
 
 absl::Status WriteImage(const SyntheticSet& set, const SyntheticSet::Image& image, int index,
                         const std::string& study_uid, const std::string& series_uid,
@@ -58,7 +62,8 @@ absl::Status WriteImage(const SyntheticSet& set, const SyntheticSet::Image& imag
                               {DCM_ImageComments, comment},
                               {DCM_DerivationDescription, set.provenance.substr(0, 1024)},
                               {DCM_PatientName, "SYNTHETIC"},
-                              {DCM_PatientID, Lo(absl::StrCat("SYNTHETIC-", series_uid))},
+                              // One "patient" per image: the client splits by patient.
+                              {DCM_PatientID, PatientIdOf(series_uid, index)},
                               {DCM_PatientSex, ""},
                               {DCM_PatientBirthDate, ""},
                               {DCM_StudyDate, ""},
