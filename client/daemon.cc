@@ -1,6 +1,8 @@
 #include "client/daemon.h"
 
 #include <cmath>
+#include <filesystem>
+#include <map>
 #include <optional>
 #include <random>
 
@@ -10,6 +12,8 @@
 #include "client/policy.h"
 #include "common/log.h"
 #include "common/memory.h"
+#include "common/proto_json.h"
+#include "common/safetensors.h"
 #include "common/status.h"
 
 namespace fl {
@@ -77,6 +81,7 @@ JoinRequest ClientDaemon::MakeJoinRequest() const {
 }
 
 absl::Status ClientDaemon::Run() {
+  RestoreKept();
   std::mt19937_64 rng(std::random_device{}());
   double backoff = 1.0;
   while (!stop_ && !finished_) {
@@ -175,9 +180,9 @@ absl::StatusOr<PrivacyReport> ClientDaemon::RecordPrivacy(const Task& task, cons
 
 absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const Task& task) {
   std::vector<std::string> labels(task.train_labels().begin(), task.train_labels().end());
-  const bool resend = !task.evaluate_only() && kept_ && kept_->job_id == task.job_id() &&
-                      kept_->round == task.round();
-  if (!resend) kept_.reset();  // another round: what was kept is of no use any more
+  const bool resend = !task.evaluate_only() && kept_ && kept_->header.job_id() == task.job_id() &&
+                      kept_->header.round() == task.round();
+  if (!resend && kept_) ForgetKept();  // another round: what was kept is of no use any more
   // Everything the site requires is checked before any download.
   std::optional<DpPlan> plan;
   if (task.spec().dp().enabled() && !task.evaluate_only()) {
@@ -249,13 +254,16 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
     }
     privacy = *std::move(recorded);
   }
-  kept_ = KeptUpdate{task.job_id(),
-                     task.round(),
-                     result.num_samples,
-                     result.loss,
-                     std::move(result.labels),
-                     std::make_shared<const TensorList>(std::move(result.update)),
-                     std::move(privacy)};
+  KeptUpdate kept;
+  kept.header.set_job_id(task.job_id());
+  kept.header.set_round(task.round());
+  kept.header.set_num_samples(result.num_samples);
+  for (const std::string& label : result.labels) kept.header.add_labels(label);
+  kept.header.set_num_tensors(static_cast<uint32_t>(result.update.size()));
+  kept.header.set_train_loss(result.loss);
+  *kept.header.mutable_privacy() = std::move(privacy);
+  kept.update = std::make_shared<const TensorList>(std::move(result.update));
+  Keep(std::move(kept));
   RETURN_IF_ERROR(UploadKept(coordinator, task));
   metrics_->tasks.Add({{"result", "done"}}).Increment();
   return absl::OkStatus();
@@ -309,16 +317,51 @@ absl::Status ClientDaemon::EvaluateAndReport(CoordinatorConnection& coordinator,
   return task.evaluate_only() ? SendWithRetries(task, "report", send) : send(1);
 }
 
+std::string ClientDaemon::KeptPath() const {
+  return config_.state_dir() + "/kept_update.safetensors";
+}
+
+void ClientDaemon::Keep(KeptUpdate kept) {
+  absl::Status written =
+      WriteSafetensors(KeptPath(), *kept.update, {{"header", ToJson(kept.header)}});
+  if (!written.ok()) {
+    Log(absl::StrCat("the update of job ", kept.header.job_id(), " round ", kept.header.round(),
+                     " is not kept on disk (", written.message(),
+                     "); after a restart that round is trained, and counted, again"));
+  }
+  kept_ = std::move(kept);
+}
+
+void ClientDaemon::ForgetKept() {
+  kept_.reset();
+  std::error_code ec;
+  std::filesystem::remove(KeptPath(), ec);
+  if (ec) Log(absl::StrCat("cannot remove ", KeptPath(), ": ", ec.message()));
+}
+
+void ClientDaemon::RestoreKept() {
+  if (!std::filesystem::exists(KeptPath())) return;
+  std::map<std::string, std::string> metadata;
+  absl::StatusOr<TensorList> update = ReadSafetensors(KeptPath(), &metadata);
+  KeptUpdate kept;
+  absl::Status read = update.status();
+  if (read.ok()) read = FromJson(metadata["header"], KeptPath(), &kept.header);
+  if (!read.ok()) {
+    Log(absl::StrCat("the kept update is unreadable and dropped: ", read.message()));
+    ForgetKept();
+    return;
+  }
+  kept.update = std::make_shared<const TensorList>(*std::move(update));
+  Log(
+      absl::StrFormat("kept from before the restart: the update of job %s round %d, to be sent "
+                      "when that round is asked for again",
+                      kept.header.job_id(), kept.header.round()));
+  kept_ = std::move(kept);
+}
+
 absl::Status ClientDaemon::UploadKept(CoordinatorConnection& coordinator, const Task& task) {
   const KeptUpdate& kept = *kept_;
-  UploadHeader header;
-  header.set_job_id(task.job_id());
-  header.set_round(task.round());
-  header.set_num_samples(kept.num_samples);
-  for (const std::string& label : kept.labels) header.add_labels(label);
-  header.set_num_tensors(static_cast<uint32_t>(kept.update->size()));
-  header.set_train_loss(kept.loss);
-  *header.mutable_privacy() = kept.privacy;
+  const UploadHeader& header = kept.header;
   absl::Status sent = SendWithRetries(task, "upload", [&](int attempt) {
     absl::StatusOr<UploadResponse> response = coordinator.Upload(header, kept.update);
     if (response.ok()) {
@@ -333,7 +376,7 @@ absl::Status ClientDaemon::UploadKept(CoordinatorConnection& coordinator, const 
     return Annotate(response.status(), "upload");
   });
   if (sent.ok() || !(absl::IsFailedPrecondition(sent) || IsRetryable(sent))) {
-    kept_.reset();
+    ForgetKept();
   } else {
     Log(
         absl::StrFormat("job %s round %d: the update is kept, to be sent again if the "

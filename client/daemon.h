@@ -64,16 +64,22 @@ class ClientDaemon {
   absl::Status EvaluateAndReport(CoordinatorConnection& coordinator, const Task& task,
                                  const std::vector<std::string>& labels, const TensorList& model,
                                  double train_loss);
-  // A trained update (its cost, under DP, already recorded) until the coordinator has it.
+  // A trained update (its cost, under DP, already recorded) until the coordinator has it: its
+  // upload header (job, round, samples, labels, loss, privacy) and tensors. Kept on disk too
+  // (state_dir/kept_update.safetensors), so that a restarted site sends it rather than train
+  // and pay again.
   struct KeptUpdate {
-    std::string job_id;
-    uint32_t round = 0;
-    uint64_t num_samples = 0;
-    double loss = 0;
-    std::vector<std::string> labels;
+    UploadHeader header;
     std::shared_ptr<const TensorList> update;
-    PrivacyReport privacy;
   };
+  // Keeps `kept` in memory and on disk (a write that fails is logged: after a restart the
+  // round would then be trained, and paid for, again).
+  void Keep(KeptUpdate kept);
+  // Forgets the kept update, in memory and on disk.
+  void ForgetKept();
+  // At start: the update a previous run kept, if any (an unreadable file is logged and removed).
+  void RestoreKept();
+  std::string KeptPath() const;
   // Sends the kept update with SendWithRetries: the same bytes again, so no retraining and,
   // under DP, no further privacy cost. Forgets it once the coordinator has it or refuses it for
   // good; keeps it when the round was not open (the coordinator restarting) or the retries ran

@@ -35,6 +35,7 @@ struct Coordinator {
   std::vector<int64_t> ledger_rounds_at_upload;  // rounds the ledger held when each upload began
   std::function<int64_t()> ledger_rounds;
   TensorList frozen = {{"encoder.w", {3}, {1, 2, 3}}};  // what a frozen download returns
+  std::vector<UploadHeader> headers;                    // of every upload, in order
 };
 
 class FakeConnection : public CoordinatorConnection {
@@ -65,6 +66,7 @@ class FakeConnection : public CoordinatorConnection {
   absl::StatusOr<UploadResponse> Upload(const UploadHeader& header,
                                         std::shared_ptr<const TensorList> update) override {
     c_->events.push_back("upload");
+    c_->headers.push_back(header);
     c_->ledger_rounds_at_upload.push_back(c_->ledger_rounds());
     EXPECT_EQ(update->size(), 1u);
     absl::Status result = absl::OkStatus();
@@ -261,6 +263,27 @@ TEST_F(SiteCoreTest, AfterACoordinatorRestartTheKeptUpdateIsSentAgainWithoutRetr
   EXPECT_THAT(coordinator_.ledger_rounds_at_upload, ElementsAre(1, 1));
   EXPECT_EQ(trainer_.trained, 1);
   EXPECT_EQ(RecordedRounds(), 1);
+}
+
+// The site restarted while the coordinator was away: the update it kept on disk goes out when
+// the round is asked for again, neither trained nor paid for a second time.
+TEST_F(SiteCoreTest, AfterASiteRestartTheKeptUpdateIsSentWithoutRetraining) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  coordinator_.upload_results = {
+      absl::FailedPreconditionError("round 0 of job cxr-1 is not open (stale round)")};
+  Run();
+  EXPECT_TRUE(std::filesystem::exists(dir_ / "kept_update.safetensors"));
+  coordinator_.events.clear();
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  Run();  // a new daemon on the same state_dir
+  EXPECT_THAT(coordinator_.events, ElementsAre("join", "upload"));
+  EXPECT_EQ(trainer_.trained, 1);
+  EXPECT_EQ(RecordedRounds(), 1);
+  ASSERT_EQ(coordinator_.headers.size(), 2u);  // the same header both times
+  EXPECT_EQ(coordinator_.headers[1].SerializeAsString(),
+            coordinator_.headers[0].SerializeAsString());
+  EXPECT_GT(coordinator_.headers[1].privacy().epsilon(), 0);
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "kept_update.safetensors"));  // sent: forgotten
 }
 
 // What was kept is for its own job and round only: the next round trains afresh, and an update
