@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "client/daemon.h"
+#include "client/data_source.h"
 #include "client/dataset.h"
 #include "client/grpc_link.h"
 #include "client/metrics.h"
@@ -34,13 +35,20 @@ int Run(const std::string& config_path) {
   absl::StatusOr<std::unique_ptr<TlsWatcher>> tls =
       StartTlsWatcher("fl-client", config->tls(), config->state_dir(), &metrics.tls_reloads);
   if (!tls.ok()) return Die(tls.status());
-  absl::StatusOr<Dataset> data =
-      LoadDataset(config->data_dir(), config->labels_csv(), config->test_fraction());
+  absl::StatusOr<std::unique_ptr<DataSource>> source = OpenDataSource(SourceOf(*config));
+  if (!source.ok()) return Die(source.status());
+  absl::StatusOr<Dataset> data = (*source)->List(config->test_fraction());
   if (!data.ok()) return Die(data.status());
-  LogLine("fl-client", absl::StrCat(data->train.size(), " training and ", data->test.size(),
-                                    " test images, ", data->skipped_files, " files skipped, ",
-                                    data->unlabelled_files, " without labels"));
+  LogLine(
+      "fl-client",
+      absl::StrCat((*source)->Kind(), " source: ", data->train.size(), " training and ",
+                   data->test.size(), " test images, ", data->skipped_files, " files skipped, ",
+                   data->unlabelled_files, " without labels",
+                   data->filtered > 0 ? absl::StrCat(", ", data->filtered, " filtered out") : ""));
   TrainerOptions options;
+  options.loader = [src = source->get()](const Sample& sample, int size) {
+    return src->Load(sample, PixelShape::Square(size));
+  };
   options.device = config->device();
   options.loader_threads = static_cast<int>(config->loader_threads());
   options.state_dir = config->state_dir();
