@@ -26,6 +26,10 @@ struct PixelShape {
   int64_t Elements() const { return static_cast<int64_t>(depth > 0 ? depth : 1) * height * width; }
 };
 
+// The privacy ledger names a source's data by ClientConfig.dataset_id (or the site's default
+// id) and binds that id to the images the source lists, by their SOP Instance UID or, for files
+// without one, by Sample::image_id, which a source takes from the dataset's own ids (never from
+// where its files lie): moving or remounting a dataset keeps its budget (ImageHashes).
 class DataSource {
  public:
   virtual ~DataSource() = default;

@@ -180,6 +180,12 @@ TEST_F(ChexpertTest, UncertainPolicyFrontalFilterAndSeveralCsvs) {
   EXPECT_EQ(
       samples.count("chexpert:CheXpert-v1.0-small/valid/patient64541/study1/view1_frontal.jpg"),
       1u);
+  // A root written with a trailing slash is the same root.
+  config.mutable_chexpert()->set_root(root_ + "/");
+  auto slash = Open(config)->List(0.0);
+  ASSERT_TRUE(slash.ok()) << slash.status();
+  EXPECT_EQ(ById(*slash).size(), 4u);
+  EXPECT_EQ(slash->skipped_files, 1);
 }
 
 TEST_F(ChexpertTest, SplitsByPatientAndBadRowsAreSkippedWithTheirLine) {

@@ -73,12 +73,16 @@ class ChexpertData : public DataSource {
 
  private:
   // The release's Path is relative to the folder that holds CheXpert-v1.0/, root's parent; a
-  // root laid out otherwise may hold the paths itself.
+  // root laid out otherwise may hold the paths itself. A file in neither place is named where
+  // the release puts it.
   std::string Resolve(const std::string& relative) const {
-    const fs::path root(config_.root());
+    fs::path root(config_.root());
+    if (!root.has_filename()) root = root.parent_path();  // "/data/CheXpert-v1.0/"
     const fs::path beside = root.parent_path() / relative;
+    const fs::path inside = root / relative;
     std::error_code ec;
-    return fs::exists(beside, ec) ? beside.string() : (root / relative).string();
+    if (!fs::exists(beside, ec) && fs::exists(inside, ec)) return inside.string();
+    return beside.string();
   }
 
   absl::Status ReadCsv(const std::string& path, double test_fraction, std::set<std::string>* seen,

@@ -1,7 +1,6 @@
 // flctl data check: reads every file of a data folder, or of any data source (a client config's,
 // or a public dataset's root), exactly as the client would and reports what it found, per file
 // and in total.
-#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -9,7 +8,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "client/data_source.h"
 #include "client/dataset.h"
 #include "client/dicom.h"
 #include "common/config.h"
@@ -17,6 +15,8 @@
 #include "common/status.h"
 #include "fl/report.pb.h"
 #include "tools/cli.h"
+#include "client/data_source.h"
+#include "tools/data_check.h"
 
 namespace fl {
 namespace {
@@ -96,100 +96,6 @@ int Check(const std::string& dir, const std::string& labels_csv, bool json) {
   return 0;
 }
 
-// ---- Any source (a client config's, or --source KIND with DIR as its root).
-
-std::string Stripped(const std::string& path, const absl::Status& status) {
-  std::string message(status.message());
-  const std::string prefix = path + ": ";
-  return message.rfind(prefix, 0) == 0 ? message.substr(prefix.size()) : message;
-}
-
-void Report(const DataCheckFile& file, bool json, bool* first) {
-  if (json) {
-    std::cout << (*first ? "\n" : ",\n") << ToJson(file);
-  } else if (file.ok()) {
-    std::cout << "ok    " << file.path() << (file.labelled() ? " labelled" : "") << "\n";
-  } else {
-    std::cout << "skip  " << file.path() << ": " << file.reason() << "\n";
-  }
-  *first = false;
-}
-
-bool HasLabel(const Sample& sample) {
-  for (float v : sample.labels)
-    if (!std::isnan(v)) return true;
-  return false;
-}
-
-// Lists the source as the client does, then decodes every listed sample (at 64 x 64).
-int CheckSource(const DataSourceConfig& config, bool json) {
-  auto source = OpenDataSource(config);
-  if (!source.ok()) return cli::Fail(source.status(), 2);
-  auto data = (*source)->List(0.0);
-  if (!data.ok()) return cli::Fail(data.status(), 2);
-  bool first = true;
-  if (json) std::cout << "[";
-  for (const SkippedItem& skip : data->skips) {
-    DataCheckFile file;
-    file.set_path(skip.what);
-    file.set_reason(Stripped(skip.what, absl::InvalidArgumentError(skip.reason)));
-    Report(file, json, &first);
-  }
-  int decoded = 0, labelled = 0, corrupt = 0;
-  for (const std::vector<Sample>* split : {&data->train, &data->test}) {
-    for (const Sample& sample : *split) {
-      DataCheckFile file;
-      file.set_path(sample.path);
-      file.set_sop_instance_uid(sample.sop_instance_uid);
-      auto pixels = (*source)->Load(sample, PixelShape::Square(64));
-      file.set_ok(pixels.ok());
-      if (!pixels.ok()) file.set_reason(Stripped(sample.path, pixels.status()));
-      file.set_labelled(HasLabel(sample));
-      decoded += pixels.ok();
-      corrupt += !pixels.ok();
-      labelled += pixels.ok() && file.labelled();
-      Report(file, json, &first);
-    }
-  }
-  if (json) std::cout << "\n]\n";
-  (json ? std::cerr : std::cout) << "source: " << (*source)->Kind()
-                                 << ", images: " << decoded + corrupt << ", decoded: " << decoded
-                                 << ", skipped: " << data->skipped_files + corrupt << " (listing "
-                                 << data->skipped_files << ", decoding " << corrupt
-                                 << "), with labels: " << labelled
-                                 << ", without labels: " << data->unlabelled_files
-                                 << ", filtered out: " << data->filtered
-                                 << ", findings: " << data->label_names.size() << "\n";
-  return 0;
-}
-
-// The source a client config names (data_dir and labels_csv, or source); TLS and the rest are
-// not checked here.
-absl::StatusOr<DataSourceConfig> SourceOfConfig(const std::string& path) {
-  ASSIGN_OR_RETURN(ClientConfig config, LoadTextProto<ClientConfig>(path));
-  return SourceOf(config);
-}
-
-absl::StatusOr<DataSourceConfig> SourceOfKind(const std::string& kind, const std::string& root,
-                                              const std::string& labels) {
-  DataSourceConfig config;
-  if (kind == "dicom_folder") {
-    config.mutable_dicom_folder()->set_dir(root);
-    config.mutable_dicom_folder()->set_labels_csv(labels);
-  } else if (kind == "chexpert") {
-    config.mutable_chexpert()->set_root(root);
-  } else if (kind == "mimic_cxr") {
-    config.mutable_mimic_cxr()->set_root(root);
-  } else if (kind == "chestxray14") {
-    config.mutable_chestxray14()->set_root(root);
-  } else if (kind == "vindr_cxr") {
-    config.mutable_vindr_cxr()->set_root(root);
-  } else {
-    return absl::InvalidArgumentError(absl::StrCat("unknown source kind '", kind, "'"));
-  }
-  return config;
-}
-
 cli::CommandRun SetUpData(CLI::App& app) {
   struct DataArgs {
     std::string dir;
@@ -218,9 +124,9 @@ cli::CommandRun SetUpData(CLI::App& app) {
       if (!args->dir.empty() || !args->kind.empty()) {
         return cli::Fail(absl::InvalidArgumentError("--config takes no DIR and no --source"), 2);
       }
-      auto config = SourceOfConfig(args->config);
+      auto config = LoadTextProto<ClientConfig>(args->config);
       if (!config.ok()) return cli::Fail(config.status(), 2);
-      return CheckSource(*config, args->json);
+      return CheckDataSource(SourceOf(*config), args->json);
     }
     if (args->dir.empty()) {
       return cli::Fail(absl::InvalidArgumentError("give DIR, or --config FILE"), 2);
@@ -228,7 +134,7 @@ cli::CommandRun SetUpData(CLI::App& app) {
     if (args->kind.empty()) return Check(args->dir, args->labels, args->json);
     auto config = SourceOfKind(args->kind, args->dir, args->labels);
     if (!config.ok()) return cli::Fail(config.status(), 2);
-    return CheckSource(*config, args->json);
+    return CheckDataSource(*config, args->json);
   };
 }
 
