@@ -196,42 +196,17 @@ class MimicCxrData : public DataSource {
     ASSIGN_OR_RETURN(MimicLabels labels, ReadMimicLabels(labels_path, config_.uncertain(), &data));
     data.label_names = labels.names;
     ASSIGN_OR_RETURN(std::unique_ptr<CsvReader> csv, CsvReader::Open(meta_path));
-    ASSIGN_OR_RETURN(int dicom, csv->Column("dicom_id"));
-    ASSIGN_OR_RETURN(int subject, csv->Column("subject_id"));
-    ASSIGN_OR_RETURN(int study, csv->Column("study_id"));
-    ASSIGN_OR_RETURN(int view, csv->Column("ViewPosition"));
+    std::vector<int> c;  // dicom_id, subject_id, study_id, ViewPosition
+    for (const char* name : {"dicom_id", "subject_id", "study_id", "ViewPosition"}) {
+      ASSIGN_OR_RETURN(int index, csv->Column(name));
+      c.push_back(index);
+    }
     std::set<std::string> seen;
     std::vector<std::string> row;
     while (true) {
       ASSIGN_OR_RETURN(bool more, csv->Next(&row));
       if (!more) break;
-      if (!WantView(row[view])) {
-        ++data.filtered;
-        continue;
-      }
-      auto found = labels.by_study.find(StudyKey{row[subject], row[study]});
-      if (found == labels.by_study.end()) {
-        ++data.unlabelled_files;
-        continue;
-      }
-      if (row[dicom].empty() || row[subject].size() < 2) {
-        Skip(csv->Where(), "empty dicom_id or subject_id", &data);
-        continue;
-      }
-      if (!seen.insert(row[dicom]).second) {
-        Skip(csv->Where(), "duplicate dicom_id " + row[dicom], &data);
-        continue;
-      }
-      Sample sample;
-      sample.path = ImagePath(row[subject], row[study], row[dicom]);
-      if (absl::Status s = source_internal::CheckImageFile(sample.path); !s.ok()) {
-        Skip(sample.path, std::string(s.message()), &data);
-        continue;
-      }
-      sample.image_id = "mimic-cxr:" + row[dicom];
-      sample.patient_id = row[subject];
-      sample.labels = found->second;
-      AddToSplit(std::move(sample), test_fraction, &data);
+      AddRow(row, c, labels, csv->Where(), test_fraction, &seen, &data);
     }
     return data;
   }
@@ -246,6 +221,35 @@ class MimicCxrData : public DataSource {
     if (config_.frontal_only() && view != "PA" && view != "AP") return false;
     const auto& views = config_.view_positions();
     return views.empty() || std::find(views.begin(), views.end(), view) != views.end();
+  }
+
+  // One metadata row: filtered by view, joined with its study's labels, its file checked.
+  void AddRow(const std::vector<std::string>& row, const std::vector<int>& c,
+              const MimicLabels& labels, const std::string& where, double test_fraction,
+              std::set<std::string>* seen, Dataset* data) const {
+    const std::string &dicom = row[c[0]], &subject = row[c[1]], &study = row[c[2]];
+    if (!WantView(row[c[3]])) {
+      ++data->filtered;
+      return;
+    }
+    auto found = labels.by_study.find(StudyKey{subject, study});
+    if (found == labels.by_study.end()) {
+      ++data->unlabelled_files;
+      return;
+    }
+    if (dicom.empty() || subject.size() < 2) {
+      return Skip(where, "empty dicom_id or subject_id", data);
+    }
+    if (!seen->insert(dicom).second) return Skip(where, "duplicate dicom_id " + dicom, data);
+    Sample sample;
+    sample.path = ImagePath(subject, study, dicom);
+    if (absl::Status s = source_internal::CheckImageFile(sample.path); !s.ok()) {
+      return Skip(sample.path, std::string(s.message()), data);
+    }
+    sample.image_id = "mimic-cxr:" + dicom;
+    sample.patient_id = subject;
+    sample.labels = found->second;
+    AddToSplit(std::move(sample), test_fraction, data);
   }
 
   // files/p10/p10000032/s50414267/02aa804e-....jpg
