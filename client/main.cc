@@ -10,6 +10,7 @@
 #include "client/dataset.h"
 #include "client/grpc_link.h"
 #include "client/metrics.h"
+#include "client/pixel_cache.h"
 #include "client/trainer.h"
 #include "common/config.h"
 #include "common/daemon_util.h"
@@ -49,6 +50,19 @@ int Run(const std::string& config_path) {
   options.loader = [src = source->get()](const Sample& sample, int size) {
     return src->Load(sample, PixelShape::Square(size));
   };
+  std::unique_ptr<PixelCache> pixel_cache;
+  if (config->pixel_cache_mib() > 0) {
+    absl::StatusOr<std::unique_ptr<PixelCache>> opened =
+        PixelCache::Open((std::filesystem::path(config->state_dir()) / "pixel_cache").string(),
+                         static_cast<int64_t>(config->pixel_cache_mib()) << 20);
+    if (!opened.ok()) return Die(opened.status());
+    pixel_cache = *std::move(opened);
+    const PixelCacheStats stats = pixel_cache->stats();
+    LogLine("fl-client",
+            absl::StrCat("pixel cache: ", stats.entries, " entries, ", stats.bytes >> 20, " of ",
+                         config->pixel_cache_mib(), " MiB"));
+    options.loader = CachedLoader(source->get(), pixel_cache.get());
+  }
   options.device = config->device();
   options.loader_threads = static_cast<int>(config->loader_threads());
   options.state_dir = config->state_dir();

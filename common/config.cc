@@ -369,6 +369,7 @@ absl::StatusOr<ClientConfig> ValidateClientConfig(ClientConfig config) {
   if (config.loader_threads() == 0) config.set_loader_threads(2);
   RETURN_IF_ERROR(InRange("loader_threads", config.loader_threads(), 1, 64));
   if (config.max_backoff_seconds() == 0) config.set_max_backoff_seconds(30);
+  RETURN_IF_ERROR(InRange("pixel_cache_mib", config.pixel_cache_mib(), 0, 1 << 24));
   return config;
 }
 

@@ -255,6 +255,11 @@ TEST(ConfigTest, ClientDataIsAFolderOrASourceNotBoth) {
   ClientConfig neither = *config;
   neither.clear_source();
   EXPECT_NE(message(neither).find("'data_dir'"), std::string::npos) << message(neither);
+  ClientConfig cache = *config;
+  cache.set_pixel_cache_mib(1u << 30);
+  EXPECT_NE(message(cache).find("'pixel_cache_mib'"), std::string::npos) << message(cache);
+  cache.set_pixel_cache_mib(512);
+  EXPECT_TRUE(ValidateClientConfig(cache).ok());
   // An unknown source kind is refused by the parser, naming it.
   auto unknown = ParseTextProto<ClientConfig>(R"pb(source { pacs { root: "x" } })pb", "c");
   ASSERT_FALSE(unknown.ok());

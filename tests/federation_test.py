@@ -679,7 +679,8 @@ class FederationTest(unittest.TestCase):
             self.assertIn("source: chexpert, images: 48, decoded: 47, skipped: 2 "
                           "(listing 1, decoding 1)", checked.stdout)
             self.assertIn("filtered out: 1", checked.stdout)
-            fed.start_client("site-b", make_data=False, metrics=True)
+            fed.start_client("site-b", make_data=False, metrics=True,
+                             extra="pixel_cache_mib: 16\n")
             text = fed.client_metrics("site-b")
             self.assertEqual(metric(text, "fl_client_images_skipped"), 1)
             self.assertEqual(metric(text, "fl_client_images"), 48)
@@ -696,6 +697,12 @@ class FederationTest(unittest.TestCase):
             self.assertEqual(round_sites(status), {0: ["site-b"], 1: ["site-b"]})
             self.assertEqual(fed.clients["site-b"].wait(timeout=60), 0)
             self.assertIn("JPEG does not decode", fed.log("site-b"))
+            # The decoded images stayed on the site's disk: the next start finds them.
+            with open(fed.site_conf("site-b")) as f:
+                state_dir = re.search(r'state_dir: "([^"]*)"', f.read()).group(1)
+            cached = [n for n in os.listdir(f"{state_dir}/pixel_cache") if n.endswith(".px")]
+            self.assertTrue(0 < len(cached) <= 47, cached)  # the images it decoded
+            self.assertIn("pixel cache: 0 entries", fed.log("site-b"))
         finally:
             fed.stop()
 
