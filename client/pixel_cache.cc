@@ -218,6 +218,23 @@ PixelCacheStats PixelCache::stats() const {
   return stats_;
 }
 
+absl::StatusOr<PixelCacheStats> InspectPixelCache(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) {
+    return absl::NotFoundError(absl::StrCat("no pixel cache at ", dir));
+  }
+  PixelCacheStats stats;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (!absl::EndsWith(it->path().filename().string(), kSuffix)) continue;
+    const auto bytes = it->file_size(ec);
+    if (ec) continue;  // removed meanwhile
+    ++stats.entries;
+    stats.bytes += static_cast<int64_t>(bytes);
+  }
+  if (ec) return absl::UnavailableError(absl::StrCat("pixel cache ", dir, ": ", ec.message()));
+  return stats;
+}
+
 std::string PixelCacheKey(const Sample& sample, const PixelShape& shape) {
   std::error_code ec;
   const auto size = fs::file_size(sample.path, ec);

@@ -72,6 +72,10 @@ class PixelCache {
   PixelCacheStats stats_ ABSL_GUARDED_BY(mu_);
 };
 
+// The entries and bytes of the cache in `dir` without opening it (nothing is removed or
+// evicted; a running daemon may hold it): for `flctl data check`. NOT_FOUND when there is none.
+absl::StatusOr<PixelCacheStats> InspectPixelCache(const std::string& dir);
+
 // What names a sample's pixels at `shape`: its image (SOP Instance UID, else the source's image
 // id, else its path), its file's size and modification time (a replaced file is decoded again)
 // and the shape. Empty when the file cannot be stat'ed (nothing is cached then).

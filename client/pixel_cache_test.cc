@@ -43,6 +43,11 @@ TEST(PixelCacheTest, StoresReadsBackAndSurvivesAReopen) {
   EXPECT_EQ((*again)->stats().entries, 1);
   EXPECT_EQ((*again)->Get("a"), Pixels(64, 0.5f));
   EXPECT_EQ(EntryFiles(dir).size(), 1u);  // the temporary file is gone
+  auto seen = InspectPixelCache(dir);
+  ASSERT_TRUE(seen.ok()) << seen.status();
+  EXPECT_EQ(seen->entries, 1);
+  EXPECT_EQ(seen->bytes, (*again)->stats().bytes);
+  EXPECT_EQ(InspectPixelCache(dir + "/none").status().code(), absl::StatusCode::kNotFound);
 }
 
 TEST(PixelCacheTest, EvictsTheLeastRecentlyUsedToStayWithinItsBound) {

@@ -703,6 +703,9 @@ class FederationTest(unittest.TestCase):
             cached = [n for n in os.listdir(f"{state_dir}/pixel_cache") if n.endswith(".px")]
             self.assertTrue(0 < len(cached) <= 47, cached)  # the images it decoded
             self.assertIn("pixel cache: 0 entries", fed.log("site-b"))
+            checked = run(f"{fedlib.BIN}/flctl", "data", "check", "--config",
+                          fed.site_conf("site-b"))
+            self.assertIn(f"pixel cache: {len(cached)} entries", checked.stdout)
         finally:
             fed.stop()
 

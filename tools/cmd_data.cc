@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "client/dataset.h"
 #include "client/dicom.h"
+#include "client/pixel_cache.h"
 #include "common/config.h"
 #include "common/proto_json.h"
 #include "common/status.h"
@@ -96,6 +97,21 @@ int Check(const std::string& dir, const std::string& labels_csv, bool json) {
   return 0;
 }
 
+// The state of the config's pixel cache (client/pixel_cache.h), after the totals.
+void ReportPixelCache(const ClientConfig& config, bool json) {
+  if (config.pixel_cache_mib() == 0) return;
+  const std::string dir = (std::filesystem::path(config.state_dir()) / "pixel_cache").string();
+  auto stats = InspectPixelCache(dir);
+  std::ostream& out = json ? std::cerr : std::cout;
+  if (!stats.ok()) {
+    out << "pixel cache: none yet (" << dir << ")\n";
+    return;
+  }
+  out << "pixel cache: " << stats->entries << " entries, "
+      << absl::StrFormat("%.1f", stats->bytes / 1048576.0) << " of " << config.pixel_cache_mib()
+      << " MiB (" << dir << ")\n";
+}
+
 cli::CommandRun SetUpData(CLI::App& app) {
   struct DataArgs {
     std::string dir;
@@ -126,7 +142,9 @@ cli::CommandRun SetUpData(CLI::App& app) {
       }
       auto config = LoadTextProto<ClientConfig>(args->config);
       if (!config.ok()) return cli::Fail(config.status(), 2);
-      return CheckDataSource(SourceOf(*config), args->json);
+      const int code = CheckDataSource(SourceOf(*config), args->json);
+      if (code == 0) ReportPixelCache(*config, args->json);
+      return code;
     }
     if (args->dir.empty()) {
       return cli::Fail(absl::InvalidArgumentError("give DIR, or --config FILE"), 2);
