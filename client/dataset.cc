@@ -11,6 +11,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "client/csv.h"
 #include "client/dicom.h"
 #include "common/status.h"
 
@@ -33,44 +34,14 @@ std::vector<uint64_t> ImageHashes(const Dataset& data) {
   std::vector<uint64_t> hashes;
   hashes.reserve(data.train.size() + data.test.size());
   for (const auto* split : {&data.train, &data.test}) {
-    for (const Sample& s : *split) hashes.push_back(StableHash64(s.sop_instance_uid));
+    for (const Sample& s : *split) {
+      hashes.push_back(StableHash64(s.sop_instance_uid.empty() ? s.image_id : s.sop_instance_uid));
+    }
   }
   return hashes;
 }
 
 namespace {
-
-// Splits one CSV line into trimmed fields; double-quoted fields may hold commas and "" escapes.
-absl::StatusOr<std::vector<std::string>> SplitCsvLine(const std::string& line) {
-  std::vector<std::string> fields;
-  std::string field;
-  bool quoted = false, was_quoted = false;
-  for (size_t i = 0; i < line.size(); ++i) {
-    const char c = line[i];
-    if (quoted) {
-      if (c == '"' && i + 1 < line.size() && line[i + 1] == '"') {
-        field += '"';
-        ++i;
-      } else if (c == '"') {
-        quoted = false;
-      } else {
-        field += c;
-      }
-    } else if (c == '"' && absl::StripAsciiWhitespace(field).empty()) {
-      quoted = was_quoted = true;
-      field.clear();
-    } else if (c == ',') {
-      fields.push_back(was_quoted ? field : std::string(absl::StripAsciiWhitespace(field)));
-      field.clear();
-      was_quoted = false;
-    } else {
-      field += c;
-    }
-  }
-  if (quoted) return absl::InvalidArgumentError("unterminated double quote");
-  fields.push_back(was_quoted ? field : std::string(absl::StripAsciiWhitespace(field)));
-  return fields;
-}
 
 // One label value as documented on ReadLabelsCsv.
 absl::StatusOr<float> ParseLabelValue(const std::string& text) {
@@ -220,16 +191,22 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& l
     auto header = ReadDicomHeader(path);
     if (!header.ok()) {
       LogSkip(path, std::string(header.status().message()));
+      dataset.skips.push_back({path, std::string(header.status().message())});
       ++dataset.skipped_files;
       continue;
     }
     if (!header->sop_instance_uid.empty() && !seen_uids.insert(header->sop_instance_uid).second) {
       LogSkip(path, "duplicate SOP Instance UID " + header->sop_instance_uid);
+      dataset.skips.push_back({path, "duplicate SOP Instance UID " + header->sop_instance_uid});
       ++dataset.skipped_files;
       continue;
     }
-    Sample sample{path,        header->sop_instance_uid, header->patient_id,
-                  header->sex, header->age_years,        {}};
+    Sample sample;
+    sample.path = path;
+    sample.sop_instance_uid = header->sop_instance_uid;
+    sample.patient_id = header->patient_id;
+    sample.sex = header->sex;
+    sample.age_years = header->age_years;
     if (!labels_csv.empty()) {
       const std::vector<float>* labels =
           index.Find(sample.sop_instance_uid, RelativePath(dir, path));

@@ -16,11 +16,23 @@ namespace fl {
 struct Sample {
   std::string path;
   std::string sop_instance_uid;
+  // The image's stable name in its source where it has no SOP Instance UID (a public dataset's
+  // JPEG or PNG): the source kind and the dataset's own image id, e.g. "chexpert:CheXpert-v1.0/
+  // train/patient00001/study1/view1_frontal.jpg". What ImageHashes hashes then.
+  std::string image_id;
   std::string patient_id;
   std::string sex;  // "M", "F" or ""
   int age_years = -1;
   // One value per Dataset::label_names: 1, 0, or NaN when this sample has no value for it.
   std::vector<float> labels;
+  // One value per Dataset::field_names (clinical fields beside the image), NaN when missing.
+  std::vector<float> fields;
+};
+
+// A file or CSV row a source could not use, and why.
+struct SkippedItem {
+  std::string what;  // the file's path, or the CSV and line
+  std::string reason;
 };
 
 struct Dataset {
@@ -29,6 +41,11 @@ struct Dataset {
   std::vector<Sample> test;
   int skipped_files = 0;     // files that could not be read (logged with the reason)
   int unlabelled_files = 0;  // decodable files without a CSV row
+  int filtered = 0;          // images a source's filter left out (e.g. lateral views)
+  // Clinical fields the samples carry (e.g. "age_years", "sex_male"); empty for a DICOM folder.
+  std::vector<std::string> field_names;
+  // Every skipped file with its reason (skipped_files of them), in listing order.
+  std::vector<SkippedItem> skips;
 };
 
 // Labels CSV: a header row "key,<label>,<label>..." where key is a SOP Instance UID or a path
@@ -80,7 +97,8 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& l
 // platforms and releases: the split and the privacy ledger's image bindings depend on it.
 uint64_t StableHash64(const std::string& text);
 
-// One hash per image (of its SOP Instance UID, which names the image wherever its file lies):
+// One hash per image (of its SOP Instance UID, which names the image wherever its file lies;
+// of Sample::image_id for an image without one):
 // what the privacy ledger binds to the dataset's id (PrivacyLedger::BindDataset), so the same
 // images cannot be trained on under a second id. Re-identified copies (new UIDs) are not caught.
 std::vector<uint64_t> ImageHashes(const Dataset& data);

@@ -6,10 +6,12 @@
 #include <thread>
 
 #include "client/daemon.h"
+#include "client/data_source.h"
 #include "client/frozen_models.h"
 #include "client/dataset.h"
 #include "client/grpc_link.h"
 #include "client/metrics.h"
+#include "client/pixel_cache.h"
 #include "client/trainer.h"
 #include "common/config.h"
 #include "common/daemon_util.h"
@@ -35,13 +37,33 @@ int Run(const std::string& config_path) {
   absl::StatusOr<std::unique_ptr<TlsWatcher>> tls =
       StartTlsWatcher("fl-client", config->tls(), config->state_dir(), &metrics.tls_reloads);
   if (!tls.ok()) return Die(tls.status());
-  absl::StatusOr<Dataset> data =
-      LoadDataset(config->data_dir(), config->labels_csv(), config->test_fraction());
+  absl::StatusOr<std::unique_ptr<DataSource>> source = OpenDataSource(SourceOf(*config));
+  if (!source.ok()) return Die(source.status());
+  absl::StatusOr<Dataset> data = (*source)->List(config->test_fraction());
   if (!data.ok()) return Die(data.status());
-  LogLine("fl-client", absl::StrCat(data->train.size(), " training and ", data->test.size(),
-                                    " test images, ", data->skipped_files, " files skipped, ",
-                                    data->unlabelled_files, " without labels"));
+  LogLine(
+      "fl-client",
+      absl::StrCat((*source)->Kind(), " source: ", data->train.size(), " training and ",
+                   data->test.size(), " test images, ", data->skipped_files, " files skipped, ",
+                   data->unlabelled_files, " without labels",
+                   data->filtered > 0 ? absl::StrCat(", ", data->filtered, " filtered out") : ""));
   TrainerOptions options;
+  options.loader = [src = source->get()](const Sample& sample, int size) {
+    return src->Load(sample, PixelShape::Square(size));
+  };
+  std::unique_ptr<PixelCache> pixel_cache;
+  if (config->pixel_cache_mib() > 0) {
+    absl::StatusOr<std::unique_ptr<PixelCache>> opened =
+        PixelCache::Open((std::filesystem::path(config->state_dir()) / "pixel_cache").string(),
+                         static_cast<int64_t>(config->pixel_cache_mib()) << 20);
+    if (!opened.ok()) return Die(opened.status());
+    pixel_cache = *std::move(opened);
+    const PixelCacheStats stats = pixel_cache->stats();
+    LogLine("fl-client",
+            absl::StrCat("pixel cache: ", stats.entries, " entries, ", stats.bytes >> 20, " of ",
+                         config->pixel_cache_mib(), " MiB"));
+    options.loader = CachedLoader(source->get(), pixel_cache.get());
+  }
   options.device = config->device();
   options.loader_threads = static_cast<int>(config->loader_threads());
   options.state_dir = config->state_dir();

@@ -300,14 +300,56 @@ absl::Status ValidateSitePolicy(const ClientConfig& config) {
   return absl::OkStatus();
 }
 
+// The root (or folder) of each kind of source, by its field name under "source.".
+absl::Status ValidateSourceKind(const DataSourceConfig& source) {
+  switch (source.kind_case()) {
+    case DataSourceConfig::kDicomFolder:
+      return RequireNonEmpty("source.dicom_folder.dir", source.dicom_folder().dir());
+    case DataSourceConfig::kChexpert:
+      for (const std::string& csv : source.chexpert().csv_files()) {
+        RETURN_IF_ERROR(RequireNonEmpty("source.chexpert.csv_files", csv));
+      }
+      return RequireNonEmpty("source.chexpert.root", source.chexpert().root());
+    case DataSourceConfig::kMimicCxr:
+      return RequireNonEmpty("source.mimic_cxr.root", source.mimic_cxr().root());
+    case DataSourceConfig::kChestxray14:
+      return RequireNonEmpty("source.chestxray14.root", source.chestxray14().root());
+    case DataSourceConfig::kVindrCxr:
+      return RequireNonEmpty("source.vindr_cxr.root", source.vindr_cxr().root());
+    case DataSourceConfig::KIND_NOT_SET:
+      break;
+  }
+  return Invalid("source",
+                 "names no kind (dicom_folder, chexpert, mimic_cxr, chestxray14 or vindr_cxr)");
+}
+
+// Either data_dir and labels_csv (a DICOM folder) or a source, not both.
+absl::Status ValidateSource(const ClientConfig& config) {
+  if (!config.has_source()) {
+    RETURN_IF_ERROR(RequireNonEmpty("data_dir", config.data_dir()));
+    return RequireNonEmpty("labels_csv", config.labels_csv());
+  }
+  if (!config.data_dir().empty() || !config.labels_csv().empty()) {
+    return Invalid(config.data_dir().empty() ? "labels_csv" : "data_dir",
+                   "set either data_dir and labels_csv or source, not both");
+  }
+  const DataSourceConfig& source = config.source();
+  RETURN_IF_ERROR(ValidateSourceKind(source));
+  for (const auto& [from, to] : source.rename_labels()) {
+    if (from.empty() || to.empty()) {
+      return Invalid("source.rename_labels", "names must not be empty");
+    }
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::StatusOr<ClientConfig> ValidateClientConfig(ClientConfig config) {
   RETURN_IF_ERROR(ValidateAddress("coordinator_address", config.coordinator_address()));
   if (config.coordinator_name().empty()) config.set_coordinator_name("coordinator");
   RETURN_IF_ERROR(ValidateTls("tls", config.mutable_tls()));
-  RETURN_IF_ERROR(RequireNonEmpty("data_dir", config.data_dir()));
-  RETURN_IF_ERROR(RequireNonEmpty("labels_csv", config.labels_csv()));
+  RETURN_IF_ERROR(ValidateSource(config));
   RETURN_IF_ERROR(RequireNonEmpty("state_dir", config.state_dir()));
   if (!config.metrics_address().empty()) {
     RETURN_IF_ERROR(ValidateAddress("metrics_address", config.metrics_address()));
@@ -327,6 +369,7 @@ absl::StatusOr<ClientConfig> ValidateClientConfig(ClientConfig config) {
   if (config.loader_threads() == 0) config.set_loader_threads(2);
   RETURN_IF_ERROR(InRange("loader_threads", config.loader_threads(), 1, 64));
   if (config.max_backoff_seconds() == 0) config.set_max_backoff_seconds(30);
+  RETURN_IF_ERROR(InRange("pixel_cache_mib", config.pixel_cache_mib(), 0, 1 << 24));
   return config;
 }
 

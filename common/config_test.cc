@@ -220,6 +220,52 @@ TEST(ConfigTest, ClientConfigRequiresTlsAndData) {
             std::string::npos);
 }
 
+TEST(ConfigTest, ClientDataIsAFolderOrASourceNotBoth) {
+  auto config = ParseTextProto<ClientConfig>(
+      R"pb(
+        coordinator_address: "localhost:7443"
+        tls { ca_file: "ca" cert_file: "c" key_file: "k" }
+        state_dir: "s"
+        source {
+          chexpert { root: "/data/CheXpert-v1.0" uncertain: UNCERTAIN_POSITIVE frontal_only: true }
+          rename_labels { key: "Pleural Effusion" value: "effusion" }
+        }
+      )pb",
+      "c");
+  ASSERT_TRUE(config.ok()) << config.status();
+  auto valid = ValidateClientConfig(*config);
+  ASSERT_TRUE(valid.ok()) << valid.status();
+  auto message = [](const ClientConfig& c) {
+    return std::string(ValidateClientConfig(c).status().message());
+  };
+  ClientConfig both = *config;
+  both.set_data_dir("/data/dicom");
+  EXPECT_NE(message(both).find("'data_dir'"), std::string::npos) << message(both);
+  EXPECT_NE(message(both).find("either data_dir and labels_csv or source"), std::string::npos);
+  ClientConfig no_root = *config;
+  no_root.mutable_source()->mutable_mimic_cxr();
+  EXPECT_NE(message(no_root).find("source.mimic_cxr.root"), std::string::npos) << message(no_root);
+  ClientConfig no_kind = *config;
+  no_kind.mutable_source()->clear_chexpert();
+  EXPECT_NE(message(no_kind).find("names no kind"), std::string::npos) << message(no_kind);
+  ClientConfig empty_rename = *config;
+  (*empty_rename.mutable_source()->mutable_rename_labels())["Edema"] = "";
+  EXPECT_NE(message(empty_rename).find("source.rename_labels"), std::string::npos);
+  // Neither: the folder's fields are required, as before.
+  ClientConfig neither = *config;
+  neither.clear_source();
+  EXPECT_NE(message(neither).find("'data_dir'"), std::string::npos) << message(neither);
+  ClientConfig cache = *config;
+  cache.set_pixel_cache_mib(1u << 30);
+  EXPECT_NE(message(cache).find("'pixel_cache_mib'"), std::string::npos) << message(cache);
+  cache.set_pixel_cache_mib(512);
+  EXPECT_TRUE(ValidateClientConfig(cache).ok());
+  // An unknown source kind is refused by the parser, naming it.
+  auto unknown = ParseTextProto<ClientConfig>(R"pb(source { pacs { root: "x" } })pb", "c");
+  ASSERT_FALSE(unknown.ok());
+  EXPECT_NE(std::string(unknown.status().message()).find("pacs"), std::string::npos);
+}
+
 TEST(ConfigTest, CoordinatorAddressMustHavePort) {
   CoordinatorConfig config;
   config.set_listen_address("localhost");

@@ -8,6 +8,7 @@ PKGS=(build-essential cmake ninja-build ccache pkg-config git
   clang libclang-rt-14-dev gdb clang-format  # clang-format: the code's format (scripts/test.sh)
   libdnnl-dev  # oneDNN's sgemm for the DP ghost norms (models/gram.h)
   libcli11-dev  # every program's command line (common/cli.h)
+  libjpeg62-turbo-dev libpng-dev zlib1g-dev  # the public datasets' JPEG, PNG and .csv.gz (client/)
   python3-matplotlib)  # the federation study's curves (scripts/fed_study.py)
 missing=()
 for p in "${PKGS[@]}"; do

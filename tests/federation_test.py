@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import ssl
@@ -737,11 +738,105 @@ class FederationTest(unittest.TestCase):
             fed.stop()
 
 
+    def test_chexpert_layout_trains_through_the_daemon(self):
+        """A site whose data is the CheXpert release's layout (JPEG files, train.csv with its
+        columns, findings renamed onto the job's labels) trains a job through the real daemon;
+        a listed file that is missing is skipped at listing, a cut JPEG when it is decoded."""
+        fed = Federation("chexpert")
+        try:
+            fed.start_coordinator()
+            fed.make_data("site-b", count=48, seed=2)
+            root = write_chexpert_from_phantoms(f"{fed.dir}/data/site-b", f"{fed.dir}/chexpert")
+            fed.edit_site_conf("site-b", lambda text: re.sub(
+                r"(data_dir|labels_csv): .*\n", "", text) + (
+                f'source {{ chexpert {{ root: "{root}" uncertain: UNCERTAIN_IGNORE '
+                'frontal_only: true }\n'
+                '  rename_labels { key: "Cardiomegaly" value: "cardiomegaly" }\n'
+                '  rename_labels { key: "Pleural Effusion" value: "effusion_right" } }\n'))
+            checked = run(f"{fedlib.BIN}/flctl", "data", "check", "--config",
+                          fed.site_conf("site-b"))
+            self.assertIn("source: chexpert, images: 48, decoded: 47, skipped: 2 "
+                          "(listing 1, decoding 1)", checked.stdout)
+            self.assertIn("filtered out: 1", checked.stdout)
+            fed.start_client("site-b", make_data=False, metrics=True,
+                             extra="pixel_cache_mib: 16\n")
+            text = fed.client_metrics("site-b")
+            self.assertEqual(metric(text, "fl_client_images_skipped"), 1)
+            self.assertEqual(metric(text, "fl_client_images"), 48)
+            log = fed.log("site-b")
+            self.assertIn("chexpert source: ", log)
+            self.assertIn("1 files skipped, 0 without labels, 1 filtered out", log)
+            self.assertIn("patient99999/study1/view1_frontal.jpg: missing file", log)
+            job_id = fed.submit('name: "x" model: "smallcnn" image_size: 32 rounds: 2 '
+                                'local_steps: 3 batch_size: 8 min_sites: 1 '
+                                'start_timeout_seconds: 60 round_deadline_seconds: 120 '
+                                'labels: "cardiomegaly" labels: "effusion_right"')
+            status = fed.wait(job_id)
+            self.assertEqual(status["state"], "DONE")
+            self.assertEqual(round_sites(status), {0: ["site-b"], 1: ["site-b"]})
+            self.assertEqual(fed.clients["site-b"].wait(timeout=60), 0)
+            self.assertIn("JPEG does not decode", fed.log("site-b"))
+            # The decoded images stayed on the site's disk: the next start finds them.
+            with open(fed.site_conf("site-b")) as f:
+                state_dir = re.search(r'state_dir: "([^"]*)"', f.read()).group(1)
+            cached = [n for n in os.listdir(f"{state_dir}/pixel_cache") if n.endswith(".px")]
+            self.assertTrue(0 < len(cached) <= 47, cached)  # the images it decoded
+            self.assertIn("pixel cache: 0 entries", fed.log("site-b"))
+            checked = run(f"{fedlib.BIN}/flctl", "data", "check", "--config",
+                          fed.site_conf("site-b"))
+            self.assertIn(f"pixel cache: {len(cached)} entries", checked.stdout)
+        finally:
+            fed.stop()
+
+
 JOB_ALL_LABELS = (
     'name: "{name}" model: "smallcnn" image_size: 32 rounds: {rounds} local_steps: 3 '
     'batch_size: 8 min_sites: {min_sites} start_timeout_seconds: 60 '
     'round_deadline_seconds: {deadline} labels: "cardiomegaly" labels: "effusion_right" '
     'labels: "effusion_left" labels: "infiltrate_right"')
+
+
+def write_chexpert_from_phantoms(dicom_dir, out):
+    """Lays out CheXpert-v1.0-small under `out` from a phantom DICOM folder as released:
+    train/patientNNNNN/study1/view1_frontal.jpg (converted by DCMTK's dcmj2pnm) and train.csv
+    with the release's columns, the phantom's cardiomegaly and effusion_right as Cardiomegaly
+    and Pleural Effusion (one -1.0, uncertain), a lateral view for the frontal filter, a listed
+    file that is missing and a JPEG cut short. Returns the root (the folder of train.csv)."""
+    checked = json.loads(run(f"{fedlib.BIN}/flctl", "data", "check", dicom_dir, "--json").stdout)
+    uid_of = {f["path"]: f["sop_instance_uid"] for f in checked if f.get("ok")}
+    with open(f"{dicom_dir}/labels.csv") as f:
+        header = f.readline().strip().split(",")
+        labels = {row[0]: dict(zip(header[1:], row[1:]))
+                  for row in (line.strip().split(",") for line in f) if row and row[0]}
+    root = f"{out}/CheXpert-v1.0-small"
+    columns = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", "No Finding",
+               "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion",
+               "Edema", "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax",
+               "Pleural Effusion", "Pleural Other", "Fracture", "Support Devices"]
+    rows = []
+    for i, path in enumerate(sorted(uid_of)):
+        rel = f"CheXpert-v1.0-small/train/patient{i // 2 + 1:05d}/study1/view{i % 2 + 1}_frontal.jpg"
+        os.makedirs(os.path.dirname(f"{out}/{rel}"), exist_ok=True)
+        run("dcmj2pnm", "+oj", "+Wm", path, f"{out}/{rel}")
+        values = {c: "" for c in columns[5:]}
+        found = labels[uid_of[path]]
+        values["Cardiomegaly"] = found["cardiomegaly"] + ".0"
+        values["Pleural Effusion"] = "-1.0" if i == 3 else found["effusion_right"] + ".0"
+        rows.append([rel, "Female" if i % 3 else "Male", str(40 + i), "Frontal", "PA"] +
+                    [values[c] for c in columns[5:]])
+    lateral = rows[0][0].replace("view1_frontal", "view9_lateral")
+    shutil.copy(f"{out}/{rows[0][0]}", f"{out}/{lateral}")
+    rows.append([lateral, "Male", "50", "Lateral", ""] + rows[0][5:])
+    rows.append(["CheXpert-v1.0-small/train/patient99999/study1/view1_frontal.jpg", "Male",
+                 "50", "Frontal", "PA"] + rows[0][5:])
+    cut = f"{out}/{rows[5][0]}"
+    with open(cut, "rb") as f:
+        data = f.read()
+    with open(cut, "wb") as f:
+        f.write(data[:len(data) * 2 // 3])
+    with open(f"{root}/train.csv", "w") as f:
+        f.write(",".join(columns) + "\n" + "".join(",".join(r) + "\n" for r in rows))
+    return root
 
 
 def sha256_of_cert(cert):

@@ -1,5 +1,6 @@
-// flctl data check: reads every file of a data folder exactly as the client would and reports
-// what it found, per file and in total.
+// flctl data check: reads every file of a data folder, or of any data source (a client config's,
+// or a public dataset's root), exactly as the client would and reports what it found, per file
+// and in total.
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -9,10 +10,14 @@
 #include "absl/strings/str_format.h"
 #include "client/dataset.h"
 #include "client/dicom.h"
+#include "client/pixel_cache.h"
+#include "common/config.h"
 #include "common/proto_json.h"
 #include "common/status.h"
 #include "fl/report.pb.h"
 #include "tools/cli.h"
+#include "client/data_source.h"
+#include "tools/data_check.h"
 
 namespace fl {
 namespace {
@@ -92,24 +97,69 @@ int Check(const std::string& dir, const std::string& labels_csv, bool json) {
   return 0;
 }
 
+// The state of the config's pixel cache (client/pixel_cache.h), after the totals.
+void ReportPixelCache(const ClientConfig& config, bool json) {
+  if (config.pixel_cache_mib() == 0) return;
+  const std::string dir = (std::filesystem::path(config.state_dir()) / "pixel_cache").string();
+  auto stats = InspectPixelCache(dir);
+  std::ostream& out = json ? std::cerr : std::cout;
+  if (!stats.ok()) {
+    out << "pixel cache: none yet (" << dir << ")\n";
+    return;
+  }
+  out << "pixel cache: " << stats->entries << " entries, "
+      << absl::StrFormat("%.1f", stats->bytes / 1048576.0) << " of " << config.pixel_cache_mib()
+      << " MiB (" << dir << ")\n";
+}
+
 cli::CommandRun SetUpData(CLI::App& app) {
   struct DataArgs {
     std::string dir;
     std::string labels;
+    std::string config;
+    std::string kind;
     bool json = false;
   };
   auto args = std::make_shared<DataArgs>();
   app.require_subcommand(1);
   CLI::App* check = app.add_subcommand(
-      "check", "read every file of DIR as the client would; report per file and in total");
-  check->add_option("DIR", args->dir, "the data folder")->required();
+      "check",
+      "read every file of DIR (or of a source) as the client would; report per file and in "
+      "total");
+  check->add_option("DIR", args->dir, "the data folder (with --source: the dataset's root)");
   check->add_option("--labels", args->labels, "labels CSV, to count the labelled images");
+  check->add_option("--config", args->config,
+                    "a client config file: check the source it names (data_dir or source)");
+  check->add_option("--source", args->kind,
+                    "the kind of dataset at DIR, read with its defaults: dicom_folder, "
+                    "chexpert, mimic_cxr, chestxray14 or vindr_cxr");
   check->add_flag("--json", args->json,
                   "a JSON list of fl.DataCheckFile on stdout (the totals on stderr)");
-  return [args] { return Check(args->dir, args->labels, args->json); };
+  return [args] {
+    if (!args->config.empty()) {
+      if (!args->dir.empty() || !args->kind.empty()) {
+        return cli::Fail(absl::InvalidArgumentError("--config takes no DIR and no --source"), 2);
+      }
+      auto config = LoadTextProto<ClientConfig>(args->config);
+      if (!config.ok()) return cli::Fail(config.status(), 2);
+      const int code = CheckDataSource(SourceOf(*config), args->json);
+      if (code == 0) ReportPixelCache(*config, args->json);
+      return code;
+    }
+    if (args->dir.empty()) {
+      return cli::Fail(absl::InvalidArgumentError("give DIR, or --config FILE"), 2);
+    }
+    if (args->kind.empty()) return Check(args->dir, args->labels, args->json);
+    auto config = SourceOfKind(args->kind, args->dir, args->labels);
+    if (!config.ok()) return cli::Fail(config.status(), 2);
+    return CheckDataSource(*config, args->json);
+  };
 }
 
-FL_COMMAND("data", "check a DICOM data folder as the client reads it (data check DIR)", SetUpData);
+FL_COMMAND("data",
+           "check a data folder or source as the client reads it (data check DIR, data check "
+           "--config FILE, data check --source KIND DIR)",
+           SetUpData);
 
 }  // namespace
 }  // namespace fl
