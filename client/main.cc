@@ -1,8 +1,13 @@
 // fl-client: the hospital daemon. Usage: fl-client --config FILE
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "client/daemon.h"
@@ -23,6 +28,31 @@ namespace {
 
 int Die(const absl::Status& status) { return ExitWithError("fl-client", status); }
 
+// Ready once loaded: the data (folder and labels file) can still be read, and the TLS files
+// gRPC serves are valid now. Before every scrape the privacy budget and the certificates'
+// expiry are set.
+void WatchHealth(MonitoringServer& monitoring, const ClientConfig& config,
+                 const std::string& dataset_id, PrivacyLedger& ledger, const TlsWatcher& tls,
+                 ClientMetrics& metrics) {
+  monitoring.AddReadinessCheck("data", [data_dir = config.data_dir(), csv = config.labels_csv()] {
+    RETURN_IF_ERROR(CheckFolderAccess("data_dir", data_dir, R_OK | X_OK));
+    if (!csv.empty() && ::access(csv.c_str(), R_OK) != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("labels_csv ", csv, ": ", std::strerror(errno)));
+    }
+    return absl::OkStatus();
+  });
+  monitoring.AddReadinessCheck("tls", LiveTlsReadiness(config.state_dir()));
+  monitoring.AddScrapeHook([&config, dataset_id, &ledger, &tls, &metrics] {
+    ExportCertificateExpiry(tls, &metrics.tls_certificate_expiry);
+    const PrivacyBudget& cap = config.budget();
+    if (cap.max_epsilon() <= 0) return;
+    metrics.privacy_budget_epsilon.Set(cap.max_epsilon());
+    absl::StatusOr<double> spent = ledger.Epsilon(std::nullopt, dataset_id, cap.delta());
+    if (spent.ok()) metrics.privacy_spent_epsilon.Set(*spent);
+  });
+}
+
 int Run(const std::string& config_path) {
   absl::StatusOr<ClientConfig> config = LoadClientConfig(config_path);
   if (!config.ok()) return Die(config.status());
@@ -34,6 +64,10 @@ int Run(const std::string& config_path) {
   absl::StatusOr<std::unique_ptr<TlsWatcher>> tls =
       StartTlsWatcher("fl-client", config->tls(), config->state_dir(), &metrics.tls_reloads);
   if (!tls.ok()) return Die(tls.status());
+  // Served from the start: live while the data folder is scanned, ready only once all is loaded.
+  absl::StatusOr<std::unique_ptr<MonitoringServer>> monitoring =
+      StartMonitoring("fl-client", config->metrics_address(), registry, "");
+  if (!monitoring.ok()) return Die(monitoring.status());
   absl::StatusOr<Dataset> data =
       LoadDataset(config->data_dir(), config->labels_csv(), config->test_fraction());
   if (!data.ok()) return Die(data.status());
@@ -50,9 +84,6 @@ int Run(const std::string& config_path) {
   if (!trainer.ok()) return Die(trainer.status());
   metrics.images.Set(static_cast<double>(data->train.size() + data->test.size()));
   metrics.images_skipped.Set(data->skipped_files);
-  absl::StatusOr<std::unique_ptr<prometheus::Exposer>> exposer =
-      StartMetricsExposer("fl-client", config->metrics_address(), registry, "");
-  if (!exposer.ok()) return Die(exposer.status());
   absl::StatusOr<std::unique_ptr<PrivacyLedger>> ledger =
       PrivacyLedger::Open((std::filesystem::path(config->state_dir()) / "privacy.db").string());
   if (!ledger.ok()) return Die(ledger.status());
@@ -63,12 +94,14 @@ int Run(const std::string& config_path) {
       *config,
       GrpcConnector(config->coordinator_address(), config->coordinator_name(), (*tls)->provider()),
       *dataset_id, &*data, trainer->get(), ledger->get(), &metrics);
+  if (*monitoring) WatchHealth(**monitoring, *config, *dataset_id, **ledger, **tls, metrics);
   std::thread([&daemon, &stopping] {
     WaitForStopSignal();
     stopping = true;
     daemon.Stop();
   }).detach();
   absl::Status status = daemon.Run();
+  monitoring->reset();  // its hooks read the ledger: no scrape or probe from here on
   if (!status.ok()) return Die(status);
   return 0;
 }

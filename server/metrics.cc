@@ -83,6 +83,70 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                          .Name("fl_coordinator_config_reloads_total")
                          .Help("Changed config files whose revocation list was applied (ok) or "
                                "refused")
-                         .Register(r)) {}
+                         .Register(r)),
+      tls_certificate_expiry(
+          BuildGauge()
+              .Name("fl_coordinator_tls_certificate_expiry_timestamp_seconds")
+              .Help("When the TLS certificate in use (file=cert) and the first certificate of "
+                    "its CA bundle (file=ca) expire, Unix time")
+              .Register(r)),
+      site_connected(BuildGauge()
+                         .Name("fl_coordinator_site_connected")
+                         .Help("1 while the site holds an open task stream, else 0")
+                         .Register(r)),
+      site_last_seen(BuildGauge()
+                         .Name("fl_coordinator_site_last_seen_timestamp_seconds")
+                         .Help("Last sign of life of the site (join, or a keepalive of its task "
+                               "stream), Unix time")
+                         .Register(r)),
+      job_rounds_done(BuildGauge()
+                          .Name("fl_coordinator_job_rounds_done")
+                          .Help("Rounds committed of an unfinished (queued or running) job")
+                          .Register(r)),
+      job_rounds_planned(BuildGauge()
+                             .Name("fl_coordinator_job_rounds_planned")
+                             .Help("Rounds an unfinished job will run at most (its spec)")
+                             .Register(r)),
+      job_round_deadline(BuildGauge()
+                             .Name("fl_coordinator_job_round_deadline_seconds")
+                             .Help("An unfinished job's round deadline (its spec)")
+                             .Register(r)),
+      job_progress_time(BuildGauge()
+                            .Name("fl_coordinator_job_progress_timestamp_seconds")
+                            .Help("When this coordinator last saw an unfinished job commit a "
+                                  "round, or first saw the job, Unix time")
+                            .Register(r)) {}
+
+void CoordinatorMetrics::RefreshStatus(const std::vector<SiteInfo>& sites,
+                                       const std::vector<JobStatus>& jobs, double now) {
+  for (const SiteInfo& site : sites) {
+    site_connected.Add({{"site", site.name()}}).Set(site.connected() ? 1 : 0);
+    site_last_seen.Add({{"site", site.name()}}).Set(site.last_seen_unix_seconds());
+  }
+  std::map<std::string, Progress> still_open;
+  for (const JobStatus& job : jobs) {
+    const prometheus::Labels labels{{"job", job.job_id()}};
+    if (job.state() != QUEUED && job.state() != RUNNING) {
+      if (progress_.count(job.job_id()) != 0) {
+        for (auto* family :
+             {&job_rounds_done, &job_rounds_planned, &job_round_deadline, &job_progress_time}) {
+          family->Remove(&family->Add(labels));
+        }
+      }
+      continue;
+    }
+    auto known = progress_.find(job.job_id());
+    Progress progress{job.rounds_done(), now};
+    if (known != progress_.end() && known->second.rounds_done == job.rounds_done()) {
+      progress = known->second;
+    }
+    still_open[job.job_id()] = progress;
+    job_rounds_done.Add(labels).Set(job.rounds_done());
+    job_rounds_planned.Add(labels).Set(job.spec().rounds());
+    job_round_deadline.Add(labels).Set(job.spec().round_deadline_seconds());
+    job_progress_time.Add(labels).Set(progress.since);
+  }
+  progress_ = std::move(still_open);
+}
 
 }  // namespace fl
