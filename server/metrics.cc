@@ -101,20 +101,20 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                          .Register(r)),
       job_rounds_done(BuildGauge()
                           .Name("fl_coordinator_job_rounds_done")
-                          .Help("Rounds committed of an unfinished (queued or running) job")
+                          .Help("Rounds committed of a running job")
                           .Register(r)),
       job_rounds_planned(BuildGauge()
                              .Name("fl_coordinator_job_rounds_planned")
-                             .Help("Rounds an unfinished job will run at most (its spec)")
+                             .Help("Rounds a running job will run at most (its spec)")
                              .Register(r)),
       job_round_deadline(BuildGauge()
                              .Name("fl_coordinator_job_round_deadline_seconds")
-                             .Help("An unfinished job's round deadline (its spec)")
+                             .Help("A running job's round deadline (its spec)")
                              .Register(r)),
       job_progress_time(BuildGauge()
                             .Name("fl_coordinator_job_progress_timestamp_seconds")
-                            .Help("When this coordinator last saw an unfinished job commit a "
-                                  "round, or first saw the job, Unix time")
+                            .Help("When this coordinator last saw a running job commit a round, "
+                                  "or first saw it running, Unix time")
                             .Register(r)) {}
 
 void CoordinatorMetrics::RefreshStatus(const std::vector<SiteInfo>& sites,
@@ -126,7 +126,7 @@ void CoordinatorMetrics::RefreshStatus(const std::vector<SiteInfo>& sites,
   std::map<std::string, Progress> still_open;
   for (const JobStatus& job : jobs) {
     const prometheus::Labels labels{{"job", job.job_id()}};
-    if (job.state() != QUEUED && job.state() != RUNNING) {
+    if (job.state() != RUNNING) {
       if (progress_.count(job.job_id()) != 0) {
         for (auto* family :
              {&job_rounds_done, &job_rounds_planned, &job_round_deadline, &job_progress_time}) {

@@ -47,13 +47,13 @@ struct CoordinatorMetrics {
   // label site: Unix time of the site's last sign of life (join, or its stream's keepalive
   // each second); the "site silent" alert (deploy/prometheus/) compares it with time()
   prometheus::Family<prometheus::Gauge>& site_last_seen;
-  // Unfinished (queued or running) jobs only, label job:
+  // Running jobs only (queued ones wait their turn), label job:
   prometheus::Family<prometheus::Gauge>& job_rounds_done;
   prometheus::Family<prometheus::Gauge>& job_rounds_planned;
   prometheus::Family<prometheus::Gauge>& job_round_deadline;  // the spec's, in seconds
-  // Unix time at which this process last saw the job's rounds_done change, or first saw the
-  // job (its start, or the coordinator's): a round open for much longer than its deadline is
-  // stuck (a restart reopens the round, so restarting the clock then is right)
+  // Unix time at which this process last saw the job's rounds_done change, or first saw it
+  // running (its start, or the coordinator's): a round open for much longer than its deadline
+  // is stuck (a restart reopens the round, so restarting the clock then is right)
   prometheus::Family<prometheus::Gauge>& job_progress_time;
 
   // Sets the mirrors from the core's lists (Coordinator::ListSites, ListJobs) at time `now`
@@ -74,7 +74,7 @@ struct CoordinatorMetrics {
     uint32_t rounds_done = 0;
     double since = 0;
   };
-  std::map<std::string, Progress> progress_;  // by job id, unfinished jobs
+  std::map<std::string, Progress> progress_;  // by job id, running jobs
 };
 
 }  // namespace fl

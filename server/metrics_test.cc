@@ -63,7 +63,9 @@ TEST(CoordinatorMetricsTest, ProgressTimeMovesOnlyWithCommittedRounds) {
   prometheus::Registry registry;
   CoordinatorMetrics metrics(registry);
   const std::map<std::string, std::string> j1{{"job", "j1"}};
-  metrics.RefreshStatus({}, {Job("j1", QUEUED, 0), Job("old", DONE, 5)}, 100);
+  metrics.RefreshStatus({}, {Job("j1", QUEUED, 0)}, 50);  // waits its turn: not stuck
+  EXPECT_EQ(Value(registry, "fl_coordinator_job_progress_timestamp_seconds", j1), std::nullopt);
+  metrics.RefreshStatus({}, {Job("j1", RUNNING, 0), Job("old", DONE, 5)}, 100);
   EXPECT_EQ(Value(registry, "fl_coordinator_job_progress_timestamp_seconds", j1), 100);
   EXPECT_EQ(Value(registry, "fl_coordinator_job_rounds_planned", j1), 5);
   EXPECT_EQ(Value(registry, "fl_coordinator_job_round_deadline_seconds", j1), 120);
