@@ -82,6 +82,12 @@ ClientMetrics::ClientMetrics(prometheus::Registry& r)
                                 .Help("Epsilon the dataset has spent over every job, at the "
                                       "cap's delta (0 when no cap is set)")
                                 .Register(r)
-                                .Add({})) {}
+                                .Add({})) {
+  // Every result at 0 from the start: increase() sees a series' first increment only when the
+  // series existed before it (the alerts of deploy/prometheus/ rely on it).
+  for (const char* result : {"done", "declined", "failed"}) tasks.Add({{"result", result}});
+  for (const char* rpc : {"upload", "report"}) send_retries.Add({{"rpc", rpc}});
+  for (const char* result : {"ok", "refused"}) tls_reloads.Add({{"result", result}});
+}
 
 }  // namespace fl

@@ -1,5 +1,7 @@
 #include "server/metrics.h"
 
+#include <algorithm>
+
 namespace fl {
 
 using prometheus::BuildCounter;
@@ -115,7 +117,41 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                             .Name("fl_coordinator_job_progress_timestamp_seconds")
                             .Help("When this coordinator last saw a running job commit a round, "
                                   "or first saw it running, Unix time")
-                            .Register(r)) {}
+                            .Register(r)),
+      job_auroc(BuildGauge()
+                    .Name("fl_coordinator_job_auroc")
+                    .Help("Median over sites of the test AUROC per finding (label) of the last "
+                          "committed round of a running job")
+                    .Register(r)),
+      job_train_loss(BuildGauge()
+                         .Name("fl_coordinator_job_train_loss")
+                         .Help("Sample-weighted training loss of the last committed round of a "
+                               "running job")
+                         .Register(r)) {
+  // Every result at 0 from the start: increase() and rate() see a series' first increment
+  // only when the series existed before it (the alerts of deploy/prometheus/ rely on it).
+  for (const char* result : {"accepted", "rejected", "failed", "stale"}) {
+    updates.Add({{"result", result}});
+  }
+  for (const char* result : {"accepted", "rejected", "duplicate", "stale"}) {
+    reports.Add({{"result", result}});
+  }
+  for (const char* result : {"ok", "refused"}) {
+    tls_reloads.Add({{"result", result}});
+    config_reloads.Add({{"result", result}});
+  }
+}
+
+void CoordinatorMetrics::RemoveJob(const std::string& job_id, const Progress& progress) {
+  const prometheus::Labels labels{{"job", job_id}};
+  for (auto* family : {&job_rounds_done, &job_rounds_planned, &job_round_deadline,
+                       &job_progress_time, &job_train_loss}) {
+    family->Remove(&family->Add(labels));
+  }
+  for (const std::string& finding : progress.findings) {
+    job_auroc.Remove(&job_auroc.Add({{"job", job_id}, {"label", finding}}));
+  }
+}
 
 void CoordinatorMetrics::RefreshStatus(const std::vector<SiteInfo>& sites,
                                        const std::vector<JobStatus>& jobs, double now) {
@@ -123,30 +159,37 @@ void CoordinatorMetrics::RefreshStatus(const std::vector<SiteInfo>& sites,
     site_connected.Add({{"site", site.name()}}).Set(site.connected() ? 1 : 0);
     site_last_seen.Add({{"site", site.name()}}).Set(site.last_seen_unix_seconds());
   }
-  std::map<std::string, Progress> still_open;
+  std::map<std::string, Progress> running;
   for (const JobStatus& job : jobs) {
-    const prometheus::Labels labels{{"job", job.job_id()}};
-    if (job.state() != RUNNING) {
-      if (progress_.count(job.job_id()) != 0) {
-        for (auto* family :
-             {&job_rounds_done, &job_rounds_planned, &job_round_deadline, &job_progress_time}) {
-          family->Remove(&family->Add(labels));
-        }
-      }
-      continue;
-    }
+    if (job.state() != RUNNING) continue;
     auto known = progress_.find(job.job_id());
-    Progress progress{job.rounds_done(), now};
-    if (known != progress_.end() && known->second.rounds_done == job.rounds_done()) {
-      progress = known->second;
+    Progress progress{job.rounds_done(), now, {}};
+    if (known != progress_.end()) {
+      progress.findings = known->second.findings;
+      if (known->second.rounds_done == job.rounds_done()) progress.since = known->second.since;
     }
-    still_open[job.job_id()] = progress;
+    const prometheus::Labels labels{{"job", job.job_id()}};
     job_rounds_done.Add(labels).Set(job.rounds_done());
     job_rounds_planned.Add(labels).Set(job.spec().rounds());
     job_round_deadline.Add(labels).Set(job.spec().round_deadline_seconds());
     job_progress_time.Add(labels).Set(progress.since);
+    if (job.rounds_size() > 0) {
+      const RoundSummary& last = job.rounds(job.rounds_size() - 1);
+      job_train_loss.Add(labels).Set(last.train_loss());
+      for (const LabelMetric& finding : last.test()) {
+        job_auroc.Add({{"job", job.job_id()}, {"label", finding.label()}}).Set(finding.auroc());
+        if (std::find(progress.findings.begin(), progress.findings.end(), finding.label()) ==
+            progress.findings.end()) {
+          progress.findings.push_back(finding.label());
+        }
+      }
+    }
+    running[job.job_id()] = std::move(progress);
   }
-  progress_ = std::move(still_open);
+  for (const auto& [job_id, progress] : progress_) {
+    if (running.count(job_id) == 0) RemoveJob(job_id, progress);
+  }
+  progress_ = std::move(running);
 }
 
 }  // namespace fl

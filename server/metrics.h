@@ -55,6 +55,10 @@ struct CoordinatorMetrics {
   // running (its start, or the coordinator's): a round open for much longer than its deadline
   // is stuck (a restart reopens the round, so restarting the clock then is right)
   prometheus::Family<prometheus::Gauge>& job_progress_time;
+  // Of the job's last committed round (RoundSummary): the median over sites of the test AUROC,
+  // labels job and label (the finding), and the sample-weighted training loss, label job
+  prometheus::Family<prometheus::Gauge>& job_auroc;
+  prometheus::Family<prometheus::Gauge>& job_train_loss;
 
   // Sets the mirrors from the core's lists (Coordinator::ListSites, ListJobs) at time `now`
   // (Unix seconds); a job that ended loses its series. REQUIRES: one caller at a time.
@@ -73,7 +77,9 @@ struct CoordinatorMetrics {
   struct Progress {
     uint32_t rounds_done = 0;
     double since = 0;
+    std::vector<std::string> findings;  // job_auroc's label values set for the job
   };
+  void RemoveJob(const std::string& job_id, const Progress& progress);
   std::map<std::string, Progress> progress_;  // by job id, running jobs
 };
 

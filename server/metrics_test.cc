@@ -41,6 +41,23 @@ JobStatus Job(const std::string& id, JobState state, uint32_t rounds_done) {
   return job;
 }
 
+// Counters by result exist at 0 before their first increment, so that increase() sees it.
+TEST(CoordinatorMetricsTest, ResultCountersStartAtZero) {
+  prometheus::Registry registry;
+  CoordinatorMetrics metrics(registry);
+  for (const char* result : {"accepted", "rejected", "failed", "stale"}) {
+    bool found = false;
+    for (const prometheus::MetricFamily& family : registry.Collect()) {
+      if (family.name != "fl_coordinator_updates_total") continue;
+      for (const prometheus::ClientMetric& metric : family.metric) {
+        found |= metric.label.size() == 1 && metric.label[0].value == result &&
+                 metric.counter.value == 0;
+      }
+    }
+    EXPECT_TRUE(found) << result;
+  }
+}
+
 TEST(CoordinatorMetricsTest, SitesMirrorTheirStreams) {
   prometheus::Registry registry;
   CoordinatorMetrics metrics(registry);
