@@ -36,9 +36,11 @@ else echo "build.sh: neither podman nor buildah is installed" >&2; exit 1; fi
 
 # The Debian packages that ship the shared libraries `binary` links (libc6 is in minbase).
 runtime_packages() {
-  ldd "$1" | awk '/=> \//{print $3}' | while read -r lib; do
-    dpkg-query -S "$(readlink -f "$lib")" 2>/dev/null || dpkg-query -S "$lib" 2>/dev/null || true
-  done | cut -d: -f1 | sort -u | grep -v '^libc6$' | paste -sd, -
+  local libs
+  libs=$(ldd "$1" | awk '/=> \//{print $3}')
+  # shellcheck disable=SC2086  # one path per word
+  { dpkg-query -S $libs; for lib in $libs; do readlink -f "$lib"; done | xargs dpkg-query -S; } \
+    2>/dev/null | cut -d: -f1 | sort -u | grep -v '^libc6$' | paste -sd, -
 }
 
 mkdir -p "$out"
