@@ -39,8 +39,10 @@ runtime_packages() {
   local libs
   libs=$(ldd "$1" | awk '/=> \//{print $3}')
   # shellcheck disable=SC2086  # one path per word
-  { dpkg-query -S $libs; for lib in $libs; do readlink -f "$lib"; done | xargs dpkg-query -S; } \
-    2>/dev/null | cut -d: -f1 | sort -u | grep -v '^libc6$' | paste -sd, -
+  # A path dpkg does not know (a link made by ldconfig) is looked up again by its target.
+  { dpkg-query -S $libs || true
+    for lib in $libs; do readlink -f "$lib"; done | xargs dpkg-query -S || true
+  } 2>/dev/null | cut -d: -f1 | sort -u | grep -v '^libc6$' | paste -sd, -
 }
 
 mkdir -p "$out"
