@@ -4,6 +4,7 @@
 #include <prometheus/text_serializer.h>
 
 #include <exception>
+#include <thread>
 
 #include "absl/strings/str_cat.h"
 
@@ -17,7 +18,12 @@ class MonitoringServer::Handler : public CivetHandler {
       : content_type_(std::move(content_type)), answer_(std::move(answer)) {}
 
   bool handleGet(CivetServer*, mg_connection* conn) override {
-    auto [code, body] = answer_();
+    // civetweb's workers run on small stacks (their size is fixed when civetweb is built), and
+    // an answer reads files, SQLite and certificates (ReadFileToString alone takes 64 KiB of
+    // stack): it is computed on a thread with the default stack.
+    std::pair<int, std::string> answer;
+    std::thread([this, &answer] { answer = answer_(); }).join();
+    auto& [code, body] = answer;
     mg_printf(conn,
               "HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %zu\r\n"
               "Cache-Control: no-store\r\nConnection: close\r\n\r\n",

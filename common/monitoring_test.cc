@@ -116,6 +116,27 @@ TEST(MonitoringServerTest, LiveAlwaysReadyOnlyWhenEveryCheckPasses) {
   EXPECT_EQ(Get(port, "/readyz").code, 200);
 }
 
+// Regression: a check reading a file (ReadFileToString: a 64 KiB buffer on the stack) crashed
+// both daemons with SIGSEGV on civetweb's small worker stacks.
+TEST(MonitoringServerTest, ChecksAndHooksMayUseADeepStack) {
+  std::unique_ptr<MonitoringServer> server =
+      StartOnFreePort(std::make_shared<prometheus::Registry>());
+  ASSERT_NE(server, nullptr);
+  auto deep = [] {
+    volatile char buffer[1 << 20];  // 1 MiB: more than any civetweb worker has
+    buffer[0] = 1;
+    buffer[sizeof(buffer) - 1] = 1;
+    return buffer[0] + buffer[sizeof(buffer) - 1];
+  };
+  server->AddReadinessCheck(
+      "deep", [deep] { return deep() == 2 ? absl::OkStatus() : absl::InternalError("?"); });
+  server->AddScrapeHook([deep] { deep(); });
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(Get(server->ports()[0], "/readyz").code, 200);
+    EXPECT_EQ(Get(server->ports()[0], "/metrics").code, 200);
+  }
+}
+
 TEST(MonitoringServerTest, OtherPathsAreNotFound) {
   std::unique_ptr<MonitoringServer> server =
       StartOnFreePort(std::make_shared<prometheus::Registry>());

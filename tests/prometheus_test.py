@@ -86,7 +86,7 @@ class Prometheus:
     replaced by the test's daemons."""
 
     def __init__(self, work, coordinator_port, client_ports):
-        self.dir = os.path.join(work, "prometheus")
+        self.dir = os.path.join(work, "prometheus-server")
         shutil.rmtree(self.dir, ignore_errors=True)
         os.makedirs(self.dir)
         with open(os.path.join(DEPLOY, "prometheus", "prometheus.yml")) as f:
@@ -169,10 +169,10 @@ class PrometheusTest(unittest.TestCase):
             fed.wait_connected(len(SITES))
             started = time.time()
             job_id = fed.submit(
-                'name: "monitored" model: "smallcnn" image_size: 32 rounds: 3 local_steps: 3 '
+                'name: "monitored" model: "smallcnn" image_size: 32 rounds: 6 local_steps: 10 '
                 'batch_size: 8 min_sites: 2 start_timeout_seconds: 60 '
                 'round_deadline_seconds: 120 labels: "cardiomegaly" labels: "effusion_right" '
-                'dp { enabled: true noise_multiplier: 1.0 clip_norm: 1.0 delta: 1e-6 }')
+                'dp { enabled: true noise_multiplier: 3.0 clip_norm: 1.0 delta: 1e-6 }')
             self.assertEqual(fed.wait(job_id)["state"], "DONE")
             time.sleep(3 * SCRAPE_SECONDS)  # the last scrape and rule evaluation after the end
             self.check_promtool_metrics(fed, client_ports)
@@ -238,6 +238,10 @@ class PrometheusTest(unittest.TestCase):
                     .replace("$__rate_interval", "15s"))
             if not prom.query(expr, start=None if instant else started):
                 empty.append(f"{board} / {title}: {expr}")
+        if empty:  # say whether scrapes failed meanwhile (a loaded machine)
+            for expr in ['max_over_time(scrape_duration_seconds[10m])',
+                         'count_over_time((up == 0)[10m:1s])']:
+                empty.append(f"{expr}: " + json.dumps(prom.query(expr)))
         self.assertEqual(empty, [], "panels that draw nothing")
 
     def check_site_silent(self, prom, fed):
