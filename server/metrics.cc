@@ -120,8 +120,8 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                             .Register(r)),
       job_auroc(BuildGauge()
                     .Name("fl_coordinator_job_auroc")
-                    .Help("Median over sites of the test AUROC per finding (label) of the last "
-                          "committed round of a running job")
+                    .Help("Median over sites of the test AUROC per finding (label) of the latest "
+                          "evaluated model of a running job")
                     .Register(r)),
       job_train_loss(BuildGauge()
                          .Name("fl_coordinator_job_train_loss")
@@ -174,15 +174,20 @@ void CoordinatorMetrics::RefreshStatus(const std::vector<SiteInfo>& sites,
     job_round_deadline.Add(labels).Set(job.spec().round_deadline_seconds());
     job_progress_time.Add(labels).Set(progress.since);
     if (job.rounds_size() > 0) {
-      const RoundSummary& last = job.rounds(job.rounds_size() - 1);
-      job_train_loss.Add(labels).Set(last.train_loss());
-      for (const LabelMetric& finding : last.test()) {
+      job_train_loss.Add(labels).Set(job.rounds(job.rounds_size() - 1).train_loss());
+    }
+    // A round's AUROCs arrive with the next round's reports (they evaluate the model it made):
+    // the latest round that has them.
+    for (int r = job.rounds_size() - 1; r >= 0; --r) {
+      if (job.rounds(r).test().empty()) continue;
+      for (const LabelMetric& finding : job.rounds(r).test()) {
         job_auroc.Add({{"job", job.job_id()}, {"label", finding.label()}}).Set(finding.auroc());
         if (std::find(progress.findings.begin(), progress.findings.end(), finding.label()) ==
             progress.findings.end()) {
           progress.findings.push_back(finding.label());
         }
       }
+      break;
     }
     running[job.job_id()] = std::move(progress);
   }

@@ -55,8 +55,9 @@ struct CoordinatorMetrics {
   // running (its start, or the coordinator's): a round open for much longer than its deadline
   // is stuck (a restart reopens the round, so restarting the clock then is right)
   prometheus::Family<prometheus::Gauge>& job_progress_time;
-  // Of the job's last committed round (RoundSummary): the median over sites of the test AUROC,
-  // labels job and label (the finding), and the sample-weighted training loss, label job
+  // The median over sites of the test AUROC of the latest evaluated model (the last
+  // RoundSummary with reports; a round's come with the next round's), labels job and label
+  // (the finding); the last committed round's sample-weighted training loss, label job
   prometheus::Family<prometheus::Gauge>& job_auroc;
   prometheus::Family<prometheus::Gauge>& job_train_loss;
 

@@ -104,5 +104,39 @@ TEST(CoordinatorMetricsTest, ProgressTimeMovesOnlyWithCommittedRounds) {
   }
 }
 
+// The job dashboard's AUROC per finding: a round's AUROCs come with the next round's reports,
+// so the latest round that has them answers; a finished job leaves no series.
+TEST(CoordinatorMetricsTest, LatestEvaluatedRoundAndLoss) {
+  prometheus::Registry registry;
+  CoordinatorMetrics metrics(registry);
+  const std::map<std::string, std::string> j1{{"job", "j1"}};
+  JobStatus job = Job("j1", RUNNING, 2);
+  RoundSummary* first = job.add_rounds();
+  first->set_train_loss(0.7);
+  LabelMetric* effusion = first->add_test();
+  effusion->set_label("effusion");
+  effusion->set_auroc(0.61);
+  RoundSummary* second = job.add_rounds();
+  second->set_train_loss(0.5);
+  metrics.RefreshStatus({}, {job}, 100);
+  EXPECT_EQ(Value(registry, "fl_coordinator_job_train_loss", j1), 0.5);
+  EXPECT_EQ(Value(registry, "fl_coordinator_job_auroc", {{"job", "j1"}, {"label", "effusion"}}),
+            0.61);
+  LabelMetric* cardiomegaly = job.mutable_rounds(1)->add_test();
+  cardiomegaly->set_label("cardiomegaly");
+  cardiomegaly->set_auroc(0.75);
+  metrics.RefreshStatus({}, {job}, 110);
+  EXPECT_EQ(Value(registry, "fl_coordinator_job_auroc", {{"job", "j1"}, {"label", "cardiomegaly"}}),
+            0.75);
+  job.set_state(DONE);
+  metrics.RefreshStatus({}, {job}, 120);
+  EXPECT_EQ(Value(registry, "fl_coordinator_job_train_loss", j1), std::nullopt);
+  for (const char* finding : {"effusion", "cardiomegaly"}) {
+    EXPECT_EQ(Value(registry, "fl_coordinator_job_auroc", {{"job", "j1"}, {"label", finding}}),
+              std::nullopt)
+        << finding;
+  }
+}
+
 }  // namespace
 }  // namespace fl
