@@ -32,7 +32,7 @@ from fedlib import Federation, free_port, wait_until
 
 DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy")
 SITES = ["site-a", "site-b"]
-SCRAPE_SECONDS = 1
+SCRAPE_SECONDS = 0.5  # scrapes and rule evaluations: the job runs for a few seconds only
 # The shipped FlSiteSilent waits 10 minutes of silence and 1 minute more; the test's copy 8 s
 # and 2 s (above a few missed scrapes on a loaded machine, which must not fire it).
 SILENT_AFTER = 8
@@ -68,7 +68,7 @@ def test_rules(out_dir):
         with open(os.path.join(DEPLOY, "prometheus", "rules", name)) as f:
             doc = yaml.safe_load(f)
         for group in doc["groups"]:
-            group["interval"] = f"{SCRAPE_SECONDS}s"
+            group["interval"] = f"{int(SCRAPE_SECONDS * 1000)}ms"
             for rule in group["rules"]:
                 if rule.get("alert") == "FlSiteSilent":
                     assert rule["expr"] == "fl:site_silence_seconds > 600", rule["expr"]
@@ -91,8 +91,8 @@ class Prometheus:
         os.makedirs(self.dir)
         with open(os.path.join(DEPLOY, "prometheus", "prometheus.yml")) as f:
             config = yaml.safe_load(f)
-        config["global"]["scrape_interval"] = f"{SCRAPE_SECONDS}s"
-        config["global"]["evaluation_interval"] = f"{SCRAPE_SECONDS}s"
+        config["global"]["scrape_interval"] = f"{int(SCRAPE_SECONDS * 1000)}ms"
+        config["global"]["evaluation_interval"] = f"{int(SCRAPE_SECONDS * 1000)}ms"
         config["rule_files"] = test_rules(self.dir)
         jobs = {c["job_name"]: c for c in config["scrape_configs"]}
         jobs["fl-coordinator"]["static_configs"] = [
@@ -169,7 +169,7 @@ class PrometheusTest(unittest.TestCase):
             fed.wait_connected(len(SITES))
             started = time.time()
             job_id = fed.submit(
-                'name: "monitored" model: "smallcnn" image_size: 32 rounds: 6 local_steps: 10 '
+                'name: "monitored" model: "smallcnn" image_size: 32 rounds: 10 local_steps: 10 '
                 'batch_size: 8 min_sites: 2 start_timeout_seconds: 60 '
                 'round_deadline_seconds: 120 labels: "cardiomegaly" labels: "effusion_right" '
                 'dp { enabled: true noise_multiplier: 3.0 clip_norm: 1.0 delta: 1e-6 }')
