@@ -9,7 +9,8 @@ through a short DP job, then
     of the rules says 5 s where the shipped one says 10 min);
   - both daemons answer /healthz and /readyz, and a client whose data folder disappears stops
     being ready until it is back;
-  - `promtool check metrics` accepts both daemons' /metrics.
+  - `promtool check metrics` accepts both daemons' /metrics;
+  - `flctl job watch` follows the job to its end.
 
 Run by CTest: prometheus_test.py BIN_DIR WORK_DIR. Skips (exit 77 from CTest's point of view,
 a clear message) only when Debian's prometheus package is not installed."""
@@ -173,7 +174,12 @@ class PrometheusTest(unittest.TestCase):
                 'batch_size: 8 min_sites: 2 start_timeout_seconds: 60 '
                 'round_deadline_seconds: 120 labels: "cardiomegaly" labels: "effusion_right" '
                 'dp { enabled: true noise_multiplier: 3.0 clip_norm: 1.0 delta: 1e-6 }')
+            watch_log = open(os.path.join(fed.dir, "watch.log"), "w")
+            watch = subprocess.Popen(
+                [f"{fedlib.BIN}/flctl", "job", "watch", job_id, "--interval", "0.5",
+                 "--config", fed.admin], stdout=watch_log, stderr=subprocess.STDOUT)
             self.assertEqual(fed.wait(job_id)["state"], "DONE")
+            self.check_watch(watch, watch_log, job_id)
             time.sleep(3 * SCRAPE_SECONDS)  # the last scrape and rule evaluation after the end
             self.check_promtool_metrics(fed, client_ports)
             self.check_rules(prom, started)
@@ -203,6 +209,21 @@ class PrometheusTest(unittest.TestCase):
         finally:
             os.rename(data + ".away", data)
         self.assertEqual(http_get(readyz), (200, "ready\n"))
+
+    def check_watch(self, watch, log, job_id):
+        """`flctl job watch` followed the job to its end (not a terminal: one frame per change)."""
+        self.assertEqual(watch.wait(timeout=30), 0)
+        log.close()
+        with open(log.name) as f:
+            frames = f.read().split("\n\n")
+        self.assertGreater(len(frames), 3, "the view did not follow the rounds")
+        self.assertTrue(any(f"job {job_id}: running" in f and "round" in f and "open" in f
+                            for f in frames))
+        last = [f for f in frames if f.strip()][-1]
+        self.assertIn(f"job {job_id}: done, 10 of 10 rounds committed", last)
+        self.assertIn("AUROC, median over sites", last)
+        for site in SITES:
+            self.assertRegex(last, rf"{site}\s+connected\s+\d+\.\d+\s+aggregated")
 
     def check_promtool_metrics(self, fed, client_ports):
         for port in [fed.metrics_port] + list(client_ports.values()):
