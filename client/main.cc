@@ -1,9 +1,15 @@
 // fl-client: the hospital daemon. Usage: fl-client --config FILE
+#include <unistd.h>
+
 #include <atomic>
+#include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <thread>
+#include <utility>
 
 #include "client/daemon.h"
 #include "client/data_source.h"
@@ -26,6 +32,50 @@ namespace {
 
 int Die(const absl::Status& status) { return ExitWithError("fl-client", status); }
 
+// The folder the source reads and its labels file, if it names one of its own.
+std::pair<std::string, std::string> DataFilesOf(const DataSourceConfig& source) {
+  switch (source.kind_case()) {
+    case DataSourceConfig::kDicomFolder:
+      return {source.dicom_folder().dir(), source.dicom_folder().labels_csv()};
+    case DataSourceConfig::kChexpert:
+      return {source.chexpert().root(), ""};
+    case DataSourceConfig::kMimicCxr:
+      return {source.mimic_cxr().root(), ""};
+    case DataSourceConfig::kChestxray14:
+      return {source.chestxray14().root(), ""};
+    case DataSourceConfig::kVindrCxr:
+      return {source.vindr_cxr().root(), ""};  // its labels file lies under root
+    default:
+      return {"", ""};
+  }
+}
+
+// Ready once loaded: the data (the source's folder and labels file) can still be read, and the
+// TLS files gRPC serves are valid now. Before every scrape the privacy budget and the
+// certificates' expiry are set.
+void WatchHealth(MonitoringServer& monitoring, const ClientConfig& config,
+                 const std::string& dataset_id, PrivacyLedger& ledger, const TlsWatcher& tls,
+                 ClientMetrics& metrics) {
+  const auto [data_dir, labels_csv] = DataFilesOf(SourceOf(config));
+  monitoring.AddReadinessCheck("data", [data_dir = data_dir, csv = labels_csv] {
+    RETURN_IF_ERROR(CheckFolderAccess("data folder", data_dir, R_OK | X_OK));
+    if (!csv.empty() && ::access(csv.c_str(), R_OK) != 0) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("labels_csv ", csv, ": ", std::strerror(errno)));
+    }
+    return absl::OkStatus();
+  });
+  monitoring.AddReadinessCheck("tls", LiveTlsReadiness(config.state_dir()));
+  monitoring.AddScrapeHook([&config, dataset_id, &ledger, &tls, &metrics] {
+    ExportCertificateExpiry(tls, &metrics.tls_certificate_expiry);
+    const PrivacyBudget& cap = config.budget();
+    if (cap.max_epsilon() <= 0) return;
+    metrics.privacy_budget_epsilon.Set(cap.max_epsilon());
+    absl::StatusOr<double> spent = ledger.Epsilon(std::nullopt, dataset_id, cap.delta());
+    if (spent.ok()) metrics.privacy_spent_epsilon.Set(*spent);
+  });
+}
+
 int Run(const std::string& config_path) {
   absl::StatusOr<ClientConfig> config = LoadClientConfig(config_path);
   if (!config.ok()) return Die(config.status());
@@ -37,6 +87,10 @@ int Run(const std::string& config_path) {
   absl::StatusOr<std::unique_ptr<TlsWatcher>> tls =
       StartTlsWatcher("fl-client", config->tls(), config->state_dir(), &metrics.tls_reloads);
   if (!tls.ok()) return Die(tls.status());
+  // Served from the start: live while the data is scanned, ready only once all is loaded.
+  absl::StatusOr<std::unique_ptr<MonitoringServer>> monitoring =
+      StartMonitoring("fl-client", config->metrics_address(), registry, "");
+  if (!monitoring.ok()) return Die(monitoring.status());
   absl::StatusOr<std::unique_ptr<DataSource>> source = OpenDataSource(SourceOf(*config));
   if (!source.ok()) return Die(source.status());
   absl::StatusOr<Dataset> data = (*source)->List(config->test_fraction());
@@ -75,9 +129,6 @@ int Run(const std::string& config_path) {
   if (!trainer.ok()) return Die(trainer.status());
   metrics.images.Set(static_cast<double>(data->train.size() + data->test.size()));
   metrics.images_skipped.Set(data->skipped_files);
-  absl::StatusOr<std::unique_ptr<prometheus::Exposer>> exposer =
-      StartMetricsExposer("fl-client", config->metrics_address(), registry, "");
-  if (!exposer.ok()) return Die(exposer.status());
   absl::StatusOr<std::unique_ptr<PrivacyLedger>> ledger =
       PrivacyLedger::Open((std::filesystem::path(config->state_dir()) / "privacy.db").string());
   if (!ledger.ok()) return Die(ledger.status());
@@ -88,12 +139,14 @@ int Run(const std::string& config_path) {
       *config,
       GrpcConnector(config->coordinator_address(), config->coordinator_name(), (*tls)->provider()),
       *dataset_id, &*data, trainer->get(), ledger->get(), &metrics, &SystemClock(), &frozen);
+  if (*monitoring) WatchHealth(**monitoring, *config, *dataset_id, **ledger, **tls, metrics);
   std::thread([&daemon, &stopping] {
     WaitForStopSignal();
     stopping = true;
     daemon.Stop();
   }).detach();
   absl::Status status = daemon.Run();
+  monitoring->reset();  // its hooks read the ledger: no scrape or probe from here on
   if (!status.ok()) return Die(status);
   return 0;
 }

@@ -64,6 +64,30 @@ ClientMetrics::ClientMetrics(prometheus::Registry& r)
           BuildCounter()
               .Name("fl_client_tls_reloads_total")
               .Help("Changed TLS files picked up (ok) or refused, keeping the last good set")
-              .Register(r)) {}
+              .Register(r)),
+      tls_certificate_expiry(
+          BuildGauge()
+              .Name("fl_client_tls_certificate_expiry_timestamp_seconds")
+              .Help("When the TLS certificate in use (file=cert) and the first certificate of "
+                    "its CA bundle (file=ca) expire, Unix time")
+              .Register(r)),
+      privacy_budget_epsilon(BuildGauge()
+                                 .Name("fl_client_privacy_budget_epsilon")
+                                 .Help("The site's privacy cap: the most epsilon its dataset may "
+                                       "spend over every job; 0: no cap")
+                                 .Register(r)
+                                 .Add({})),
+      privacy_spent_epsilon(BuildGauge()
+                                .Name("fl_client_privacy_spent_epsilon")
+                                .Help("Epsilon the dataset has spent over every job, at the "
+                                      "cap's delta (0 when no cap is set)")
+                                .Register(r)
+                                .Add({})) {
+  // Every result at 0 from the start: increase() sees a series' first increment only when the
+  // series existed before it (the alerts of deploy/prometheus/ rely on it).
+  for (const char* result : {"done", "declined", "failed"}) tasks.Add({{"result", result}});
+  for (const char* rpc : {"upload", "report"}) send_retries.Add({{"rpc", rpc}});
+  for (const char* result : {"ok", "refused"}) tls_reloads.Add({{"result", result}});
+}
 
 }  // namespace fl

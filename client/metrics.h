@@ -25,6 +25,12 @@ struct ClientMetrics {
   prometheus::Family<prometheus::Gauge>& test_auroc;       // labels job, label (finding name)
   prometheus::Family<prometheus::Gauge>& privacy_epsilon;  // label job
   prometheus::Family<prometheus::Counter>& tls_reloads;    // label result: ok|refused
+  // label file: cert | ca (the first of the bundle to expire); Unix seconds
+  prometheus::Family<prometheus::Gauge>& tls_certificate_expiry;
+  // Set before every scrape (client/main.cc) when the site has a cap (budget.max_epsilon > 0),
+  // else 0: the cap, and what the dataset has spent over every job at the cap's delta
+  prometheus::Gauge& privacy_budget_epsilon;
+  prometheus::Gauge& privacy_spent_epsilon;
 };
 
 }  // namespace fl

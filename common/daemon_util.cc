@@ -1,15 +1,22 @@
 #include "common/daemon_util.h"
 
 #include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include <cerrno>
 #include <csignal>
+#include <cstring>
 #include <filesystem>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/cli.h"
 #include "common/file_util.h"
+#include "common/env.h"
 #include "common/log.h"
+#include "common/status.h"
+#include "common/x509.h"
 
 namespace fl {
 namespace {
@@ -64,23 +71,52 @@ absl::Status WritePortFile(const std::string& path, int port) {
   return WriteFileAtomic(path, absl::StrCat(port, "\n"), 0644);
 }
 
-absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartMetricsExposer(
+absl::StatusOr<std::unique_ptr<MonitoringServer>> StartMonitoring(
     const char* program, const std::string& address, std::shared_ptr<prometheus::Registry> registry,
     const std::string& port_file) {
   if (address.empty()) return nullptr;
-  std::unique_ptr<prometheus::Exposer> exposer;
-  try {
-    exposer = std::make_unique<prometheus::Exposer>(address);
-  } catch (const std::exception& e) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot serve metrics on ", address, ": ", e.what()));
+  ASSIGN_OR_RETURN(std::unique_ptr<MonitoringServer> server,
+                   MonitoringServer::Start(address, std::move(registry)));
+  for (int port : server->ports()) {
+    LogLine(program, absl::StrCat("metrics on port ", port, " (/metrics, /healthz, /readyz)"));
+    RETURN_IF_ERROR(WritePortFile(port_file, port));
   }
-  exposer->RegisterCollectable(registry);
-  for (int port : exposer->GetListeningPorts()) {
-    LogLine(program, absl::StrCat("metrics on port ", port));
-    if (absl::Status s = WritePortFile(port_file, port); !s.ok()) return s;
+  return server;
+}
+
+ReadinessCheck LiveTlsReadiness(const std::string& state_dir) {
+  const std::string live = (std::filesystem::path(state_dir) / "tls" / "current").string();
+  return [live]() -> absl::Status {
+    ASSIGN_OR_RETURN(std::string cert, ReadFileToString(live + "/cert.pem"));
+    ASSIGN_OR_RETURN(std::string ca, ReadFileToString(live + "/ca.pem"));
+    if (::access((live + "/key.pem").c_str(), R_OK) != 0) {
+      return ErrnoStatus("reading", live + "/key.pem", errno);
+    }
+    return VerifyCertChain(ca, cert);
+  };
+}
+
+absl::Status CheckFolderAccess(const std::string& what, const std::string& path, int mode) {
+  auto refused = [&](const char* why) {
+    return absl::FailedPreconditionError(absl::StrCat(what, " ", path, ": ", why));
+  };
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return refused(std::strerror(errno));
+  if (!S_ISDIR(st.st_mode)) return refused("not a folder");
+  if (::access(path.c_str(), mode) != 0) return refused(std::strerror(errno));
+  return absl::OkStatus();
+}
+
+void ExportCertificateExpiry(const TlsWatcher& watcher,
+                             prometheus::Family<prometheus::Gauge>* expiry) {
+  const TlsMaterial material = watcher.current();
+  for (const auto& [file, pem] :
+       {std::pair<const char*, const std::string&>{"cert", material.cert_pem},
+        {"ca", material.ca_pem}}) {
+    absl::StatusOr<int64_t> not_after = EarliestNotAfter(pem);
+    // The live set passed LoadTlsMaterial's checks, so it parses; keep the last value if not.
+    if (not_after.ok()) expiry->Add({{"file", file}}).Set(static_cast<double>(*not_after));
   }
-  return exposer;
 }
 
 absl::StatusOr<std::unique_ptr<TlsWatcher>> StartTlsWatcher(

@@ -6,11 +6,12 @@
 #include <string>
 
 #include <prometheus/counter.h>
-#include <prometheus/exposer.h>
 #include <prometheus/family.h>
+#include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
 #include "absl/status/statusor.h"
+#include "common/monitoring.h"
 #include "common/tls_watch.h"
 
 namespace fl {
@@ -34,11 +35,26 @@ int ExitWithError(const char* program, const absl::Status& status);
 // Writes `port` to `path` atomically; a no-op when `path` is empty.
 absl::Status WritePortFile(const std::string& path, int port);
 
-// Serves `registry` on http://ADDRESS/metrics; nullptr when `address` is empty. The bound port
-// is logged and, when `port_file` is set, written to it.
-absl::StatusOr<std::unique_ptr<prometheus::Exposer>> StartMetricsExposer(
+// Serves `registry` and the health probes on http://ADDRESS/{metrics,healthz,readyz}
+// (common/monitoring.h); nullptr when `address` is empty. The bound port is logged and, when
+// `port_file` is set, written to it. Not ready until the caller adds its readiness checks.
+absl::StatusOr<std::unique_ptr<MonitoringServer>> StartMonitoring(
     const char* program, const std::string& address, std::shared_ptr<prometheus::Registry> registry,
     const std::string& port_file);
+
+// Readiness of the TLS material a daemon serves: the copies under STATE_DIR/tls/current that
+// gRPC reads (TlsWatcher) are readable and the certificate verifies against the CA now (not
+// expired, not yet valid, or replaced by a mismatching file: not ready).
+ReadinessCheck LiveTlsReadiness(const std::string& state_dir);
+
+// OK if `path` is a folder this process may access with `mode` (R_OK, W_OK, X_OK as for
+// access(2)); else FAILED_PRECONDITION naming `what`, the path and the reason.
+absl::Status CheckFolderAccess(const std::string& what, const std::string& path, int mode);
+
+// Sets `expiry` {file="cert"} and {file="ca"} to the Unix time at which the live certificate
+// and the first certificate of the CA bundle expire (for the certificate-expiry alert).
+void ExportCertificateExpiry(const TlsWatcher& watcher,
+                             prometheus::Family<prometheus::Gauge>* expiry);
 
 // Watches the daemon's TLS files (validated copies live in STATE_DIR/tls); each reload of
 // changed files is logged and counted in `reloads` by result (ok, refused).

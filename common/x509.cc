@@ -9,7 +9,9 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <ctime>
 #include <memory>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -334,6 +336,23 @@ absl::Status VerifyCertChain(const std::string& ca_pem, const std::string& cert_
         "certificate does not verify against the CA: ", X509_verify_cert_error_string(error)));
   }
   return absl::OkStatus();
+}
+
+absl::StatusOr<int64_t> EarliestNotAfter(const std::string& pem) {
+  BioPtr bio = MemoryBio(pem);
+  if (!bio) return OpenSslError("allocating a memory BIO");
+  std::optional<int64_t> earliest;
+  while (X509Ptr cert{PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)}) {
+    struct tm when = {};
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(cert.get()), &when) != 1) {
+      return OpenSslError("reading a certificate's notAfter", absl::StatusCode::kInvalidArgument);
+    }
+    const int64_t seconds = timegm(&when);
+    if (!earliest || seconds < *earliest) earliest = seconds;
+  }
+  ERR_clear_error();  // the loop ends on the "no start line" error at the end of the text
+  if (!earliest) return absl::InvalidArgumentError("no PEM certificate");
+  return *earliest;
 }
 
 }  // namespace fl

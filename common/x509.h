@@ -59,4 +59,8 @@ absl::Status CheckKeyMatchesCert(const std::string& key_pem, const std::string& 
 // otherwise FailedPrecondition with OpenSSL's reason ("certificate has expired", ...).
 absl::Status VerifyCertChain(const std::string& ca_pem, const std::string& cert_pem);
 
+// The earliest notAfter (Unix seconds) over every certificate in `pem` (a certificate or a CA
+// bundle): when the first of them expires. InvalidArgument if it holds no PEM certificate.
+absl::StatusOr<int64_t> EarliestNotAfter(const std::string& pem);
+
 }  // namespace fl

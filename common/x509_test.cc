@@ -6,6 +6,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <ctime>
 #include <memory>
 #include <set>
 #include <string>
@@ -135,6 +136,26 @@ TEST(X509Test, PastValidityWindowIsExpired) {
   absl::Status status = VerifyCertChain(ca->cert_pem, leaf->cert_pem);
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_NE(status.message().find("expired"), std::string::npos) << status;
+}
+
+TEST(X509Test, EarliestNotAfterOfACertificateAndOfABundle) {
+  const int64_t now = static_cast<int64_t>(time(nullptr));
+  auto ca = CreateCa("ca", 10);
+  ASSERT_TRUE(ca.ok());
+  CertRequest request = ServerRequest();
+  request.valid_days = 3;
+  auto leaf = IssueCert(*ca, request);
+  ASSERT_TRUE(leaf.ok()) << leaf.status();
+  absl::StatusOr<int64_t> leaf_end = EarliestNotAfter(leaf->cert_pem);
+  ASSERT_TRUE(leaf_end.ok()) << leaf_end.status();
+  EXPECT_NEAR(*leaf_end, now + 3 * 86400, 120);
+  absl::StatusOr<int64_t> ca_end = EarliestNotAfter(ca->cert_pem);
+  ASSERT_TRUE(ca_end.ok());
+  EXPECT_NEAR(*ca_end, now + 10 * 86400, 120);
+  // A bundle expires with its first certificate, whatever the order.
+  EXPECT_EQ(*EarliestNotAfter(ca->cert_pem + leaf->cert_pem), *leaf_end);
+  EXPECT_EQ(*EarliestNotAfter(leaf->cert_pem + ca->cert_pem), *leaf_end);
+  EXPECT_EQ(EarliestNotAfter("garbage").status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(X509Test, RejectsBadInput) {

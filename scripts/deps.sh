@@ -9,7 +9,14 @@ PKGS=(build-essential cmake ninja-build ccache pkg-config git
   libdnnl-dev  # oneDNN's sgemm for the DP ghost norms (models/gram.h)
   libcli11-dev  # every program's command line (common/cli.h)
   libjpeg62-turbo-dev libpng-dev zlib1g-dev  # the public datasets' JPEG, PNG and .csv.gz (client/)
-  python3-matplotlib)  # the federation study's curves (scripts/fed_study.py)
+  python3-matplotlib  # the federation study's curves (scripts/fed_study.py)
+  libcivetweb-dev  # /metrics, /healthz, /readyz (common/monitoring.h)
+  # deploy/ checked by the tests (tests/deploy_test.py, tests/prometheus_test.py):
+  prometheus  # promtool and a real Prometheus server
+  systemd  # systemd-analyze verify / security of deploy/systemd
+  shellcheck python3-yaml python3-kubernetes)
+# kubectl (kustomize) for deploy/kubernetes: Debian's kubernetes-client, unless a kubectl is there.
+command -v kubectl >/dev/null || PKGS+=(kubernetes-client)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

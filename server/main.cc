@@ -5,6 +5,8 @@
 #include <set>
 #include <thread>
 
+#include <unistd.h>
+
 #include <grpcpp/grpcpp.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/resource_quota.h>
@@ -53,6 +55,23 @@ void WatchRevocations(const std::string& config_path, absl::Duration interval, A
   }
 }
 
+// Ready once serving: the state answers and may be written, and the TLS files gRPC serves are
+// valid now. Before every scrape the mirrors of the core's sites and jobs and the
+// certificates' expiry are set.
+void WatchHealth(MonitoringServer& monitoring, const CoordinatorConfig& config, Store& store,
+                 Coordinator& core, const TlsWatcher& tls, CoordinatorMetrics& metrics) {
+  monitoring.AddReadinessCheck("state", [&store, dir = config.state_dir()] {
+    RETURN_IF_ERROR(CheckFolderAccess("state_dir", dir, R_OK | W_OK | X_OK));
+    return store.Check();
+  });
+  monitoring.AddReadinessCheck("tls", LiveTlsReadiness(config.state_dir()));
+  monitoring.AddScrapeHook([&core, &tls, &metrics] {
+    metrics.RefreshStatus(core.ListSites(), core.ListJobs(),
+                          absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+    ExportCertificateExpiry(tls, &metrics.tls_certificate_expiry);
+  });
+}
+
 int Run(const std::string& config_path) {
   absl::StatusOr<CoordinatorConfig> config = LoadCoordinatorConfig(config_path);
   if (!config.ok()) return Die(config.status());
@@ -67,10 +86,10 @@ int Run(const std::string& config_path) {
   absl::StatusOr<std::unique_ptr<Store>> store =
       Store::Open((std::filesystem::path(config->state_dir()) / "state.db").string());
   if (!store.ok()) return Die(store.status());
-  absl::StatusOr<std::unique_ptr<prometheus::Exposer>> exposer =
-      StartMetricsExposer("fl-coordinator", config->metrics_address(), registry,
-                          config->port_file().empty() ? "" : config->port_file() + ".metrics");
-  if (!exposer.ok()) return Die(exposer.status());
+  absl::StatusOr<std::unique_ptr<MonitoringServer>> monitoring =
+      StartMonitoring("fl-coordinator", config->metrics_address(), registry,
+                      config->port_file().empty() ? "" : config->port_file() + ".metrics");
+  if (!monitoring.ok()) return Die(monitoring.status());
   Coordinator core(*config, store->get(), &metrics, InitModelFromRegistry);
   if (absl::Status s = core.Start(); !s.ok()) return Die(s);
   Authorizer auth(std::set<std::string>(config->revoked_certificates().begin(),
@@ -94,12 +113,14 @@ int Run(const std::string& config_path) {
   }
   if (absl::Status s = WritePortFile(config->port_file(), port); !s.ok()) return Die(s);
   LogLine("fl-coordinator", absl::StrCat("listening on port ", port));
+  if (*monitoring) WatchHealth(**monitoring, *config, **store, core, **tls, metrics);
   absl::Notification stop_watching;
   std::thread revocations(WatchRevocations, config_path,
                           absl::Seconds(config->tls().reload_seconds()), &auth, &metrics,
                           &stop_watching);
   const int signal_number = WaitForStopSignal();
   LogLine("fl-coordinator", absl::StrCat("stopping on signal ", signal_number));
+  monitoring->reset();  // its hooks read the core: no scrape or probe from here on
   stop_watching.Notify();
   revocations.join();
   core.Shutdown();

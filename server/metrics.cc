@@ -1,5 +1,7 @@
 #include "server/metrics.h"
 
+#include <algorithm>
+
 namespace fl {
 
 using prometheus::BuildCounter;
@@ -83,6 +85,116 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                          .Name("fl_coordinator_config_reloads_total")
                          .Help("Changed config files whose revocation list was applied (ok) or "
                                "refused")
-                         .Register(r)) {}
+                         .Register(r)),
+      tls_certificate_expiry(
+          BuildGauge()
+              .Name("fl_coordinator_tls_certificate_expiry_timestamp_seconds")
+              .Help("When the TLS certificate in use (file=cert) and the first certificate of "
+                    "its CA bundle (file=ca) expire, Unix time")
+              .Register(r)),
+      site_connected(BuildGauge()
+                         .Name("fl_coordinator_site_connected")
+                         .Help("1 while the site holds an open task stream, else 0")
+                         .Register(r)),
+      site_last_seen(BuildGauge()
+                         .Name("fl_coordinator_site_last_seen_timestamp_seconds")
+                         .Help("Last sign of life of the site (join, or a keepalive of its task "
+                               "stream), Unix time")
+                         .Register(r)),
+      job_rounds_done(BuildGauge()
+                          .Name("fl_coordinator_job_rounds_done")
+                          .Help("Rounds committed of a running job")
+                          .Register(r)),
+      job_rounds_planned(BuildGauge()
+                             .Name("fl_coordinator_job_rounds_planned")
+                             .Help("Rounds a running job will run at most (its spec)")
+                             .Register(r)),
+      job_round_deadline(BuildGauge()
+                             .Name("fl_coordinator_job_round_deadline_seconds")
+                             .Help("A running job's round deadline (its spec)")
+                             .Register(r)),
+      job_progress_time(BuildGauge()
+                            .Name("fl_coordinator_job_progress_timestamp_seconds")
+                            .Help("When this coordinator last saw a running job commit a round, "
+                                  "or first saw it running, Unix time")
+                            .Register(r)),
+      job_auroc(BuildGauge()
+                    .Name("fl_coordinator_job_auroc")
+                    .Help("Median over sites of the test AUROC per finding (label) of the latest "
+                          "evaluated model of a running job")
+                    .Register(r)),
+      job_train_loss(BuildGauge()
+                         .Name("fl_coordinator_job_train_loss")
+                         .Help("Sample-weighted training loss of the last committed round of a "
+                               "running job")
+                         .Register(r)) {
+  // Every result at 0 from the start: increase() and rate() see a series' first increment
+  // only when the series existed before it (the alerts of deploy/prometheus/ rely on it).
+  for (const char* result : {"accepted", "rejected", "failed", "stale"}) {
+    updates.Add({{"result", result}});
+  }
+  for (const char* result : {"accepted", "rejected", "duplicate", "stale"}) {
+    reports.Add({{"result", result}});
+  }
+  for (const char* result : {"ok", "refused"}) {
+    tls_reloads.Add({{"result", result}});
+    config_reloads.Add({{"result", result}});
+  }
+}
+
+void CoordinatorMetrics::RemoveJob(const std::string& job_id, const Progress& progress) {
+  const prometheus::Labels labels{{"job", job_id}};
+  for (auto* family : {&job_rounds_done, &job_rounds_planned, &job_round_deadline,
+                       &job_progress_time, &job_train_loss}) {
+    family->Remove(&family->Add(labels));
+  }
+  for (const std::string& finding : progress.findings) {
+    job_auroc.Remove(&job_auroc.Add({{"job", job_id}, {"label", finding}}));
+  }
+}
+
+void CoordinatorMetrics::RefreshStatus(const std::vector<SiteInfo>& sites,
+                                       const std::vector<JobStatus>& jobs, double now) {
+  for (const SiteInfo& site : sites) {
+    site_connected.Add({{"site", site.name()}}).Set(site.connected() ? 1 : 0);
+    site_last_seen.Add({{"site", site.name()}}).Set(site.last_seen_unix_seconds());
+  }
+  std::map<std::string, Progress> running;
+  for (const JobStatus& job : jobs) {
+    if (job.state() != RUNNING) continue;
+    auto known = progress_.find(job.job_id());
+    Progress progress{job.rounds_done(), now, {}};
+    if (known != progress_.end()) {
+      progress.findings = known->second.findings;
+      if (known->second.rounds_done == job.rounds_done()) progress.since = known->second.since;
+    }
+    const prometheus::Labels labels{{"job", job.job_id()}};
+    job_rounds_done.Add(labels).Set(job.rounds_done());
+    job_rounds_planned.Add(labels).Set(job.spec().rounds());
+    job_round_deadline.Add(labels).Set(job.spec().round_deadline_seconds());
+    job_progress_time.Add(labels).Set(progress.since);
+    if (job.rounds_size() > 0) {
+      job_train_loss.Add(labels).Set(job.rounds(job.rounds_size() - 1).train_loss());
+    }
+    // A round's AUROCs arrive with the next round's reports (they evaluate the model it made):
+    // the latest round that has them.
+    for (int r = job.rounds_size() - 1; r >= 0; --r) {
+      if (job.rounds(r).test().empty()) continue;
+      for (const LabelMetric& finding : job.rounds(r).test()) {
+        job_auroc.Add({{"job", job.job_id()}, {"label", finding.label()}}).Set(finding.auroc());
+        if (std::find(progress.findings.begin(), progress.findings.end(), finding.label()) ==
+            progress.findings.end()) {
+          progress.findings.push_back(finding.label());
+        }
+      }
+      break;
+    }
+    running[job.job_id()] = std::move(progress);
+  }
+  for (const auto& [job_id, progress] : progress_) {
+    if (running.count(job_id) == 0) RemoveJob(job_id, progress);
+  }
+  progress_ = std::move(running);
+}
 
 }  // namespace fl

@@ -57,6 +57,18 @@ absl::Status Store::PutJob(const JobStatus& job) {
   return stmt.Bind(1, job.job_id()).BindBlob(2, job.SerializeAsString()).Bind(3, Now()).Run();
 }
 
+absl::Status Store::Check() {
+  absl::MutexLock lock(&mu_);
+  for (const char* sql : {"SELECT 1 FROM jobs LIMIT 1", "SELECT 1 FROM sites LIMIT 1",
+                          "SELECT 1 FROM receipts LIMIT 1"}) {
+    SqlStatement stmt(db_, sql);
+    if (absl::Status s = stmt.Step().status(); !s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("state.db: ", s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<JobStatus>> Store::Jobs() {
   absl::MutexLock lock(&mu_);
   return ReadProtos<JobStatus>(db_, "SELECT status FROM jobs ORDER BY rowid");

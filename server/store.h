@@ -40,6 +40,10 @@ class Store {
   static absl::StatusOr<std::unique_ptr<Store>> Open(const std::string& path);
   ~Store();
 
+  // OK if the database answers a one-row read of each table the coordinator needs (readiness:
+  // the state is open and usable); else the SQLite error, naming what failed.
+  absl::Status Check();
+
   // Inserts or replaces a job's status.
   absl::Status PutJob(const JobStatus& job);
   absl::StatusOr<std::vector<JobStatus>> Jobs();

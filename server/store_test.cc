@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include <gtest/gtest.h>
+#include <sqlite3.h>
 
 #include "common/test_dir.h"
 
@@ -77,6 +78,21 @@ TEST(StoreTest, NotADatabaseRefused) {
   std::fputs("this is not sqlite, just text that is long enough to be a header", f);
   std::fclose(f);
   EXPECT_FALSE(Store::Open(path).ok());
+}
+
+// The coordinator's readiness probe: a usable state answers, a damaged schema does not.
+TEST(StoreTest, CheckFailsWhenATableIsGone) {
+  const std::string path = TempDb("check");
+  auto store = Store::Open(path);
+  ASSERT_TRUE(store.ok()) << store.status();
+  EXPECT_TRUE((*store)->Check().ok());
+  sqlite3* other = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &other), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(other, "DROP TABLE receipts", nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(other);
+  absl::Status status = (*store)->Check();
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find("receipts"), std::string::npos) << status;
 }
 
 }  // namespace

@@ -25,6 +25,8 @@ expect 0 "--ledger" -- "$BIN/flctl" privacy ledger --help
 expect 0 "epsilon" -- "$BIN/flctl" privacy --help
 expect 0 "--config" -- "$BIN/flctl" job submit --help
 expect 0 "JOB_ID" -- "$BIN/flctl" job wait --help
+expect 0 "--interval" -- "$BIN/flctl" job watch --help
+expect 0 "--installed" -- "$BIN/flctl" provision --help
 expect 0 "--json" -- "$BIN/flctl" sites --help
 expect 0 "--out" -- "$BIN/flctl" export --help
 expect 0 "--coordinator-address" -- "$BIN/flctl" provision --help

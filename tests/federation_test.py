@@ -62,7 +62,8 @@ class FederationTest(unittest.TestCase):
             # round 0's model and the final one, each site's own figures kept beside the median.
             self.assertEqual(
                 metric(text, "fl_coordinator_reports_total", {"result": "accepted"}), 6)
-            self.assertNotIn('fl_coordinator_reports_total{result="rejected"}', text)
+            self.assertEqual(
+                metric(text, "fl_coordinator_reports_total", {"result": "rejected"}), 0)
             for r in status["rounds"]:
                 self.assertEqual(sorted(s["site"] for s in r["reports"]), sorted(SITES))
             self.assertIn("reported by", fed.flctl("job", "status", job_id).stdout)

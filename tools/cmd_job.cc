@@ -6,8 +6,12 @@
 #include <memory>
 #include <thread>
 
+#include <unistd.h>
+
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/config.h"
 #include "common/grpc_status.h"
 #include "common/proto_json.h"
@@ -16,6 +20,7 @@
 #include "fl/federation.grpc.pb.h"
 #include "models/spec.h"
 #include "tools/cli.h"
+#include "tools/job_watch.h"
 
 namespace fl::cli {
 namespace {
@@ -28,6 +33,7 @@ struct AdminArgs {
   std::string job_id;
   std::string out;
   bool best = false;
+  double interval = 2;  // job watch: seconds between screens
 };
 
 void AddConfig(CLI::App* app, AdminArgs* args) {
@@ -169,6 +175,44 @@ absl::Status Wait(Admin::Stub& stub, const std::string& id, bool json) {
   }
 }
 
+// `flctl job watch`: redraws the job's screen every `interval` seconds until it ends (exit 0
+// when done). On a terminal the screen is cleared for each frame; otherwise (a log, a pipe) a
+// frame is printed only when it changed. Rides out a coordinator restart like Wait.
+absl::Status Watch(Admin::Stub& stub, const std::string& id, double interval) {
+  const bool terminal = ::isatty(STDOUT_FILENO) == 1;
+  RoundClock clock;
+  std::string last;
+  int unreachable = 0;
+  while (true) {
+    absl::StatusOr<JobStatus> got = Get(stub, id);
+    if (absl::IsUnavailable(got.status()) && unreachable++ * interval <= 60) {
+      std::this_thread::sleep_for(std::chrono::duration<double>(interval));
+      continue;
+    }
+    ASSIGN_OR_RETURN(JobStatus job, std::move(got));
+    unreachable = 0;
+    grpc::ClientContext ctx;
+    ListSitesResponse sites;
+    RETURN_IF_ERROR(FromGrpcStatus(stub.ListSites(&ctx, ListSitesRequest(), &sites)));
+    const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+    clock.Observe(job.rounds_done(), now);
+    const std::string frame =
+        WatchFrame(job, {sites.sites().begin(), sites.sites().end()}, now, clock.SecondsPerRound());
+    if (terminal) {
+      std::cout << "\033[H\033[2J" << frame << std::flush;
+    } else if (frame != last) {
+      std::cout << frame << "\n" << std::flush;
+    }
+    last = frame;
+    if (job.state() == DONE || job.state() == FAILED || job.state() == CANCELLED) {
+      return job.state() == DONE
+                 ? absl::OkStatus()
+                 : absl::AbortedError(absl::StrCat("job ", id, " ", StateName(job.state())));
+    }
+    std::this_thread::sleep_for(std::chrono::duration<double>(interval));
+  }
+}
+
 // One verb of `flctl job` on a connected stub.
 absl::Status RunJobVerb(const std::string& verb, Admin::Stub& stub, const AdminArgs& args) {
   if (verb == "submit") return Submit(stub, args);
@@ -185,6 +229,12 @@ absl::Status RunJobVerb(const std::string& verb, Admin::Stub& stub, const AdminA
     return absl::OkStatus();
   }
   if (verb == "wait") return Wait(stub, args.job_id, args.json);
+  if (verb == "watch") {
+    if (!(args.interval >= 0.1)) {
+      return absl::InvalidArgumentError("--interval must be at least 0.1 seconds");
+    }
+    return Watch(stub, args.job_id, args.interval);
+  }
   if (verb == "status") {
     ASSIGN_OR_RETURN(JobStatus job, Get(stub, args.job_id));
     args.json ? (void)(std::cout << ToJson(job) << "\n") : PrintStatus(job);
@@ -207,6 +257,9 @@ CommandRun SetUpJob(CLI::App& app) {
       {"list", "list the jobs: id, state, rounds done"},
       {"status", "a job's rounds, reports and sites"},
       {"wait", "print each round as it commits until the job ends; exit 1 unless it is done"},
+      {"watch",
+       "a live view: round and time left, AUROC per finding, each site's stream, epsilon and "
+       "part in the last round; redrawn until the job ends; exit 1 unless it is done"},
       {"cancel", "cancel a job"}};
   std::vector<CLI::App*> subcommands;
   for (const auto& [verb, summary] : verbs) {
@@ -216,6 +269,10 @@ CommandRun SetUpJob(CLI::App& app) {
           ->required();
     } else if (std::string(verb) != "list") {
       AddJobId(sub, args.get());
+    }
+    if (std::string(verb) == "watch") {
+      sub->add_option("--interval", args->interval, "seconds between screens")
+          ->capture_default_str();
     }
     AddConfig(sub, args.get());
     AddJson(sub, args.get());

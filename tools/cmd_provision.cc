@@ -81,6 +81,11 @@ cli::CommandRun SetUpProvision(CLI::App& app) {
   app.add_flag("--add", args->add, "only add participants (what every run does)");
   app.add_flag("--allow-non-dp", o.allow_non_dp,
                "sites' kits also train jobs without DP (policy { require_dp: false })");
+  app.add_flag("--installed", o.installed,
+               "configs name the paths deploy/ installs kits at (systemd units, containers, "
+               "Kubernetes): /etc/fl-coordinator + /var/lib/fl-coordinator, /etc/fl-client + "
+               "/var/lib/fl-client; metrics on 0.0.0.0:9464 (coordinator) and 127.0.0.1:9465 "
+               "(site)");
   app.add_option("--renew", args->renew,
                  "existing kits to re-key: coordinator and/or site or admin names, "
                  "comma-separated");

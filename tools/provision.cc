@@ -158,9 +158,10 @@ absl::Status ProvisionCoordinator(const ProvisionOptions& o, const std::string& 
   std::string kit = out + "/coordinator";
   CoordinatorConfig config;
   config.set_listen_address(absl::StrCat("0.0.0.0:", hp.port));
-  config.set_state_dir(kit + "/state");
-  *config.mutable_tls() = KitTls(kit);
-  config.set_metrics_address(o.coordinator_metrics);
+  config.set_state_dir(o.installed ? kInstalledCoordinator.state : kit + "/state");
+  *config.mutable_tls() = KitTls(o.installed ? kInstalledCoordinator.config : kit);
+  config.set_metrics_address(o.installed && o.coordinator_metrics.empty() ? "0.0.0.0:9464"
+                                                                          : o.coordinator_metrics);
   return WriteKit(o, kit, ca, request, "coordinator.conf", config, report);
 }
 
@@ -170,11 +171,12 @@ absl::Status ProvisionSite(const ProvisionOptions& o, const std::string& out,
   ClientConfig config;
   config.set_coordinator_address(o.coordinator_address);
   config.set_coordinator_name(o.coordinator_name);
-  *config.mutable_tls() = KitTls(kit);
+  *config.mutable_tls() = KitTls(o.installed ? kInstalledSite.config : kit);
   std::string data = o.data_root.empty() ? "/path/to/dicom" : o.data_root + "/" + name;
   config.set_data_dir(data);
   config.set_labels_csv(o.data_root.empty() ? "/path/to/labels.csv" : data + "/labels.csv");
-  config.set_state_dir(kit + "/state");
+  config.set_state_dir(o.installed ? kInstalledSite.state : kit + "/state");
+  if (o.installed) config.set_metrics_address("127.0.0.1:9465");
   config.set_device("auto");
   config.mutable_budget()->set_max_epsilon(o.max_epsilon);
   config.mutable_budget()->set_delta(o.delta);

@@ -21,6 +21,16 @@
 
 namespace fl {
 
+// Where deploy/ puts a daemon's kit (the ConfigurationDirectory of its systemd unit, a Secret in
+// Kubernetes) and its state_dir (StateDirectory, a volume).
+struct InstalledPaths {
+  const char* config;
+  const char* state;
+};
+inline constexpr InstalledPaths kInstalledCoordinator{"/etc/fl-coordinator",
+                                                      "/var/lib/fl-coordinator"};
+inline constexpr InstalledPaths kInstalledSite{"/etc/fl-client", "/var/lib/fl-client"};
+
 struct ProvisionOptions {
   std::string out_dir;                           // made absolute; the configs carry absolute paths
   std::string coordinator_address;               // HOST:PORT the sites and admins dial
@@ -37,6 +47,12 @@ struct ProvisionOptions {
   double delta = 1e-6;
   // Sites' kits say policy { require_dp: false }: they also train jobs without DP.
   bool allow_non_dp = false;
+  // The configs of the coordinator's and the sites' kits name where deploy/ installs them
+  // (systemd units, container images, Kubernetes) instead of where they are written: the kit's
+  // files in kInstalledCoordinator / kInstalledSite .config, the state in .state; metrics on
+  // 0.0.0.0:9464 (coordinator, unless coordinator_metrics is set) and 127.0.0.1:9465 (site).
+  // Admin kits are unaffected (flctl runs where they are).
+  bool installed = false;
   // Existing kits to re-key: "coordinator" (the coordinator's kit), site or admin names.
   std::vector<std::string> renew;
 };

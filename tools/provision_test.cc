@@ -199,6 +199,25 @@ TEST_F(ProvisionTest, RenewReKeysOnlyTheNamedKits) {
   EXPECT_EQ(Provision(options_).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// deploy/ installs the kits unchanged: the configs must name the units' folders.
+TEST_F(ProvisionTest, InstalledLayoutNamesTheDeployPaths) {
+  options_.installed = true;
+  ASSERT_TRUE(Provision(options_).ok());
+  auto coordinator = ParseConfig<CoordinatorConfig>(out_ + "/coordinator/coordinator.conf");
+  EXPECT_EQ(coordinator.state_dir(), "/var/lib/fl-coordinator");
+  EXPECT_EQ(coordinator.tls().cert_file(), "/etc/fl-coordinator/cert.pem");
+  EXPECT_EQ(coordinator.tls().key_file(), "/etc/fl-coordinator/key.pem");
+  EXPECT_EQ(coordinator.tls().ca_file(), "/etc/fl-coordinator/ca.pem");
+  EXPECT_EQ(coordinator.metrics_address(), "0.0.0.0:9464");
+  auto site = ParseConfig<ClientConfig>(out_ + "/sites/hospital-a/client.conf");
+  EXPECT_EQ(site.state_dir(), "/var/lib/fl-client");
+  EXPECT_EQ(site.tls().key_file(), "/etc/fl-client/key.pem");
+  EXPECT_EQ(site.metrics_address(), "127.0.0.1:9465");
+  EXPECT_EQ(site.data_dir(), "/data/hospital-a");
+  auto admin = ParseConfig<AdminConfig>(out_ + "/admins/alice/admin.conf");
+  EXPECT_EQ(admin.tls().key_file(), out_ + "/admins/alice/key.pem");
+}
+
 TEST_F(ProvisionTest, RefusesBadNamesAndAddresses) {
   std::vector<std::string> bad_names = {"Hospital", "-a", "a b", "a/b", "", std::string(64, 'a')};
   for (const std::string& bad : bad_names) {
