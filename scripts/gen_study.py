@@ -152,7 +152,7 @@ def main(study):
              f"Classifier trained on real data (FedAvg), mean AUROC on the hospitals' test sets: "
              f"{fmt(mean_ci(reference))}", "",
              "| arm | privacy | FID | precision | recall | memorisation ratio | "
-             "synthetic-only classifier AUROC | epsilon |",
+             "synthetic-only classifier AUROC | epsilon (each of the two stages) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for run in runs:
         arm, priv = run.rsplit("-", 1)
