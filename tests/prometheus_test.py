@@ -33,7 +33,8 @@ from fedlib import Federation, free_port, wait_until
 
 DEPLOY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "deploy")
 SITES = ["site-a", "site-b"]
-SCRAPE_SECONDS = 0.5  # scrapes and rule evaluations: the job runs for a few seconds only
+SCRAPE_SECONDS = 0.5  # scrapes and rule evaluations: the job runs for a few seconds only (long
+# enough, at 40 local steps a round, that scrapes see it running on a fast or a loaded machine)
 # The shipped FlSiteSilent waits 10 minutes of silence and 1 minute more; the test's copy 8 s
 # and 2 s (above a few missed scrapes on a loaded machine, which must not fire it).
 SILENT_AFTER = 8
@@ -170,7 +171,7 @@ class PrometheusTest(unittest.TestCase):
             fed.wait_connected(len(SITES))
             started = time.time()
             job_id = fed.submit(
-                'name: "monitored" model: "smallcnn" image_size: 32 rounds: 10 local_steps: 10 '
+                'name: "monitored" model: "smallcnn" image_size: 32 rounds: 10 local_steps: 40 '
                 'batch_size: 8 min_sites: 2 start_timeout_seconds: 60 '
                 'round_deadline_seconds: 120 labels: "cardiomegaly" labels: "effusion_right" '
                 'dp { enabled: true noise_multiplier: 3.0 clip_norm: 1.0 delta: 1e-6 }')
