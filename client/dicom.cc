@@ -10,6 +10,7 @@
 #include <mutex>
 
 // DCMTK's own DicomImage class is ::DicomImage; ours is fl::DicomImage.
+#include "client/image_codec.h"
 #include "dcmtk/config/osconfig.h"
 #include "dcmtk/dcmdata/dccodec.h"
 #include "dcmtk/dcmdata/dcdeftag.h"
@@ -174,56 +175,6 @@ absl::StatusOr<std::unique_ptr<DcmFileFormat>> LoadChecked(const std::string& pa
   return file;
 }
 
-// Area-averaging weights of one axis: output index o covers source [o*n/m, (o+1)*n/m).
-struct AxisWeights {
-  std::vector<int> first;                  // first source index per output index
-  std::vector<std::vector<float>> weight;  // weights from `first` on, summing to 1
-};
-
-AxisWeights MakeAxisWeights(int source, int target) {
-  AxisWeights w;
-  w.first.resize(target);
-  w.weight.resize(target);
-  const double step = static_cast<double>(source) / target;
-  for (int o = 0; o < target; ++o) {
-    const double lo = o * step, hi = (o + 1) * step;
-    const int first = static_cast<int>(lo);
-    const int last = std::min(source - 1, static_cast<int>(std::ceil(hi)) - 1);
-    w.first[o] = first;
-    for (int s = first; s <= last; ++s) {
-      const double overlap = std::min<double>(hi, s + 1) - std::max<double>(lo, s);
-      w.weight[o].push_back(static_cast<float>(std::max(0.0, overlap) / step));
-    }
-  }
-  return w;
-}
-
-// Area-averaging resize of a rows x cols 16-bit image to size x size floats in [0, 1].
-std::vector<float> ResizeArea(const Uint16* src, int rows, int cols, int size) {
-  const AxisWeights wx = MakeAxisWeights(cols, size);
-  const AxisWeights wy = MakeAxisWeights(rows, size);
-  std::vector<float> horizontal(static_cast<size_t>(rows) * size);
-  for (int r = 0; r < rows; ++r) {
-    const Uint16* line = src + static_cast<size_t>(r) * cols;
-    for (int o = 0; o < size; ++o) {
-      float sum = 0;
-      for (size_t k = 0; k < wx.weight[o].size(); ++k)
-        sum += wx.weight[o][k] * line[wx.first[o] + k];
-      horizontal[static_cast<size_t>(r) * size + o] = sum;
-    }
-  }
-  std::vector<float> out(static_cast<size_t>(size) * size, 0.0f);
-  for (int o = 0; o < size; ++o) {
-    float* dst = &out[static_cast<size_t>(o) * size];
-    for (size_t k = 0; k < wy.weight[o].size(); ++k) {
-      const float* line = &horizontal[static_cast<size_t>(wy.first[o] + k) * size];
-      for (int c = 0; c < size; ++c) dst[c] += wy.weight[o][k] * line[c];
-    }
-    for (int c = 0; c < size; ++c) dst[c] = std::clamp(dst[c] / 65535.0f, 0.0f, 1.0f);
-  }
-  return out;
-}
-
 // Renders the first frame of `file`: modality LUT, VOI (first window, else first VOI LUT, else
 // min-max), MONOCHROME1 polarity; into `out->pixels` when size > 0.
 absl::Status Render(DcmFileFormat& file, int size, DicomImage* out) {
@@ -255,8 +206,9 @@ absl::Status Render(DcmFileFormat& file, int size, DicomImage* out) {
         absl::StrCat("rendering failed: ", ::DicomImage::getString(view->getStatus())));
   }
   if (size > 0) {
-    out->pixels = ResizeArea(data, static_cast<int>(view->getHeight()),
-                             static_cast<int>(view->getWidth()), size);
+    out->pixels =
+        ResizeArea(reinterpret_cast<const uint16_t*>(data), static_cast<int>(view->getHeight()),
+                   static_cast<int>(view->getWidth()), size, size, 65535.0f);
     out->size = size;
   }
   return absl::OkStatus();

@@ -300,13 +300,14 @@ absl::StatusOr<GrayImage> DecodeImage(const std::string& path, int min_side) {
   return Decode(path, min_side, /*header_only=*/false);
 }
 
-std::vector<float> ResizeArea(const std::vector<float>& src, int rows, int cols, int out_rows,
-                              int out_cols) {
+template <typename T>
+std::vector<float> ResizeArea(const T* src, int rows, int cols, int out_rows, int out_cols,
+                              float divisor) {
   const AxisWeights wx = MakeAxisWeights(cols, out_cols);
   const AxisWeights wy = MakeAxisWeights(rows, out_rows);
   std::vector<float> horizontal(static_cast<size_t>(rows) * out_cols);
   for (int r = 0; r < rows; ++r) {
-    const float* line = &src[static_cast<size_t>(r) * cols];
+    const T* line = src + static_cast<size_t>(r) * cols;
     for (int o = 0; o < out_cols; ++o) {
       float sum = 0;
       for (size_t k = 0; k < wx.weight[o].size(); ++k)
@@ -321,9 +322,12 @@ std::vector<float> ResizeArea(const std::vector<float>& src, int rows, int cols,
       const float* line = &horizontal[static_cast<size_t>(wy.first[o] + k) * out_cols];
       for (int c = 0; c < out_cols; ++c) dst[c] += wy.weight[o][k] * line[c];
     }
-    for (int c = 0; c < out_cols; ++c) dst[c] = std::clamp(dst[c], 0.0f, 1.0f);
+    for (int c = 0; c < out_cols; ++c) dst[c] = std::clamp(dst[c] / divisor, 0.0f, 1.0f);
   }
   return out;
 }
+
+template std::vector<float> ResizeArea<float>(const float*, int, int, int, int, float);
+template std::vector<float> ResizeArea<uint16_t>(const uint16_t*, int, int, int, int, float);
 
 }  // namespace fl

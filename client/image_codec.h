@@ -36,8 +36,14 @@ absl::StatusOr<GrayImage> ReadImageHeader(const std::string& path);
 absl::StatusOr<GrayImage> DecodeImage(const std::string& path, int min_side = 0);
 
 // Area-averaging resize of a rows x cols image to out_rows x out_cols (each output pixel the
-// mean of the source area it covers).
-std::vector<float> ResizeArea(const std::vector<float>& src, int rows, int cols, int out_rows,
-                              int out_cols);
+// mean of the source area it covers), divided by `divisor` and clamped to [0, 1]. `T`: float or
+// uint16_t (DICOM's stored values, divisor 65535).
+template <typename T>
+std::vector<float> ResizeArea(const T* src, int rows, int cols, int out_rows, int out_cols,
+                              float divisor = 1.0f);
+inline std::vector<float> ResizeArea(const std::vector<float>& src, int rows, int cols,
+                                     int out_rows, int out_cols) {
+  return ResizeArea(src.data(), rows, cols, out_rows, out_cols);
+}
 
 }  // namespace fl

@@ -55,23 +55,6 @@ absl::StatusOr<std::unique_ptr<Admin::Stub>> Connect(const AdminArgs& args) {
   return Admin::NewStub(MakeChannel(config.coordinator_address(), config.coordinator_name(), tls));
 }
 
-const char* StateName(JobState state) {
-  switch (state) {
-    case QUEUED:
-      return "queued";
-    case RUNNING:
-      return "running";
-    case DONE:
-      return "done";
-    case FAILED:
-      return "failed";
-    case CANCELLED:
-      return "cancelled";
-    default:
-      return "unknown";
-  }
-}
-
 std::string Auroc(double v) { return std::isnan(v) ? "-" : absl::StrFormat("%.3f", v); }
 
 // "round R: sites a,b, loss L, mean AUROC M".
@@ -84,7 +67,7 @@ void PrintStatus(const JobStatus& job) {
   const JobSpec& spec = job.spec();
   std::cout << absl::StrFormat("job %s (%s): %s, %d/%d rounds%s\n", job.job_id(),
                                HasLabelHead(spec) ? spec.model() : WorkloadName(spec),
-                               StateName(job.state()), job.rounds_done(), job.spec().rounds(),
+                               JobStateName(job.state()), job.rounds_done(), job.spec().rounds(),
                                job.message().empty() ? "" : " - " + job.message());
   if (!job.spec().initial_model().empty()) {
     std::cout << "  started from " << job.spec().initial_model() << "\n";
@@ -169,7 +152,7 @@ absl::Status Wait(Admin::Stub& stub, const std::string& id, bool json) {
       json ? (void)(std::cout << ToJson(job) << "\n") : PrintStatus(job);
       return job.state() == DONE
                  ? absl::OkStatus()
-                 : absl::AbortedError(absl::StrCat("job ", id, " ", StateName(job.state())));
+                 : absl::AbortedError(absl::StrCat("job ", id, " ", JobStateName(job.state())));
     }
     std::this_thread::sleep_for(std::chrono::seconds(1));
   }
@@ -207,7 +190,7 @@ absl::Status Watch(Admin::Stub& stub, const std::string& id, double interval) {
     if (job.state() == DONE || job.state() == FAILED || job.state() == CANCELLED) {
       return job.state() == DONE
                  ? absl::OkStatus()
-                 : absl::AbortedError(absl::StrCat("job ", id, " ", StateName(job.state())));
+                 : absl::AbortedError(absl::StrCat("job ", id, " ", JobStateName(job.state())));
     }
     std::this_thread::sleep_for(std::chrono::duration<double>(interval));
   }
@@ -223,7 +206,7 @@ absl::Status RunJobVerb(const std::string& verb, Admin::Stub& stub, const AdminA
     if (args.json) std::cout << ToJson(jobs) << "\n";
     for (const JobStatus& job : jobs.jobs()) {
       if (!args.json)
-        std::cout << absl::StrFormat("%s\t%s\t%d/%d\n", job.job_id(), StateName(job.state()),
+        std::cout << absl::StrFormat("%s\t%s\t%d/%d\n", job.job_id(), JobStateName(job.state()),
                                      job.rounds_done(), job.spec().rounds());
     }
     return absl::OkStatus();

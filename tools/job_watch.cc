@@ -10,16 +10,8 @@
 #include "absl/strings/str_join.h"
 
 namespace fl {
-namespace {
 
-std::string Duration(double seconds) {
-  const int64_t s = static_cast<int64_t>(std::max(0.0, std::round(seconds)));
-  if (s < 60) return absl::StrCat(s, " s");
-  if (s < 3600) return absl::StrFormat("%d min %02d s", s / 60, s % 60);
-  return absl::StrFormat("%d h %02d min", s / 3600, (s % 3600) / 60);
-}
-
-const char* State(JobState state) {
+const char* JobStateName(JobState state) {
   switch (state) {
     case QUEUED:
       return "queued";
@@ -36,10 +28,19 @@ const char* State(JobState state) {
   }
 }
 
+namespace {
+
+std::string Duration(double seconds) {
+  const int64_t s = static_cast<int64_t>(std::max(0.0, std::round(seconds)));
+  if (s < 60) return absl::StrCat(s, " s");
+  if (s < 3600) return absl::StrFormat("%d min %02d s", s / 60, s % 60);
+  return absl::StrFormat("%d h %02d min", s / 3600, (s % 3600) / 60);
+}
+
 std::string Headline(const JobStatus& job, std::optional<double> seconds_per_round) {
   const uint32_t planned = job.spec().rounds();
   std::string line = absl::StrFormat("job %s: %s, %d of %d rounds committed", job.job_id(),
-                                     State(job.state()), job.rounds_done(), planned);
+                                     JobStateName(job.state()), job.rounds_done(), planned);
   if (job.state() == RUNNING && job.rounds_done() < planned) {
     absl::StrAppend(&line, absl::StrFormat(", round %d open (deadline %d s)", job.rounds_done(),
                                            job.spec().round_deadline_seconds()));

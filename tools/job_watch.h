@@ -26,6 +26,9 @@ class RoundClock {
   double last_time_ = 0;
 };
 
+// "queued", "running", "done", "failed", "cancelled" ("unknown" otherwise).
+const char* JobStateName(JobState state);
+
 // The screen: the job's state and round with an estimate of the time left; the median AUROC
 // per finding of the latest evaluated model; one line per site: its stream (connected or not,
 // seconds since its last sign of life), its part in the last committed round (aggregated, or
