@@ -48,20 +48,12 @@ FT_ROUNDS=${FL_FED_FT_ROUNDS:-200}
 FT_PATIENCE=${FL_FED_FT_PATIENCE:-30}
 FT_LR=${FL_FED_FT_LR:-0.001}
 VARIANTS=${FL_FED_VARIANTS-fedadam siteheads}  # set and empty: no variants
-SITES=(hospital-a hospital-b hospital-c)
 POOLED=pooled
 START=$(date +%s)
 # shellcheck source=scripts/study_lib.sh
 . scripts/study_lib.sh
+SITES=("${STUDY_SITES[@]}")
 
-declare -A LABELS=([hospital-a]=$FL_ALL_LABELS
-                   [hospital-b]=cardiomegaly,effusion_right,effusion_left
-                   [hospital-c]=infiltrate_right,infiltrate_left,atelectasis_right,atelectasis_left)
-# Scanners and populations differ between hospitals (contrast, noise, MONOCHROME1, prevalence).
-declare -A SCANNER=([hospital-a]="--prevalence 0.3"
-                    [hospital-b]="--contrast 0.8 --noise 0.07 --prevalence 0.4"
-                    [hospital-c]="--contrast 1.2 --noise 0.1 --photometric MONOCHROME1 --prevalence 0.25")
-declare -A COUNT=([hospital-a]=${COUNTS[0]} [hospital-b]=${COUNTS[1]} [hospital-c]=${COUNTS[2]})
 
 cat > "$D/config.json" <<EOF
 {"seeds": "$SEEDS", "counts": "${COUNTS[*]}", "test_images": $TEST_IMAGES, "size": $SIZE,
@@ -105,16 +97,7 @@ run_seed() {
     --sites "$(IFS=,; echo "${SITES[*]},$POOLED")" --admins operator --data-root "$S/data" \
     --allow-non-dp > "$S/logs/provision.log"
   admin=$S/pki/admins/operator/admin.conf
-  local k=0
-  for site in "${SITES[@]}"; do
-    k=$((k + 1))
-    # shellcheck disable=SC2086  # SCANNER holds several words on purpose
-    study_phantom "$BIN" "$S/data/$site" "${COUNT[$site]}" "$SIZE" $((seed * 1000 + k)) "$site" \
-      TRAIN --labels "${LABELS[$site]}" ${SCANNER[$site]} > "$S/logs/data-$site.log"
-    # shellcheck disable=SC2086
-    study_phantom "$BIN" "$S/test/$site" "$TEST_IMAGES" "$SIZE" $((seed * 1000 + 500 + k)) \
-      "$site-test" TEST --labels "${LABELS[$site]}" ${SCANNER[$site]} > "$S/logs/test-$site.log"
-  done
+  study_hospital_data "$BIN" "$S" "$seed" "$SIZE" "$TEST_IMAGES" "${COUNTS[@]}"
   study_pool_data "$S/data" "$POOLED" "${SITES[@]}"
 
   fl_start_coordinator "$BIN" "$S"
