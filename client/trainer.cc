@@ -68,10 +68,6 @@ std::string CudaDeviceName() {
   return "0";
 }
 
-int ChannelsOf(const JobSpec& spec) {
-  return spec.in_channels() > 0 ? static_cast<int>(spec.in_channels()) : 1;
-}
-
 absl::StatusOr<std::vector<float>> DecodeDicomPixels(const Sample& sample, int size) {
   ASSIGN_OR_RETURN(DicomImage image, DecodeDicom(sample.path, size));
   return std::move(image.pixels);

@@ -40,11 +40,11 @@ std::vector<std::string> WorkloadNames() {
           WorkloadName(WorkloadKind::kDiffusion)};
 }
 
-namespace {
-
 int ChannelsOf(const JobSpec& spec) {
   return spec.in_channels() > 0 ? static_cast<int>(spec.in_channels()) : 1;
 }
+
+namespace {
 
 template <typename Repeated>
 std::vector<int> WidthsOr(const Repeated& widths, std::vector<int> fallback) {

@@ -62,6 +62,9 @@ ModelSpec KlVaeSpec(int channels, int side, std::vector<int> widths, int latent_
 ModelSpec LatentUNetSpec(int latent_channels, int latent_side, std::vector<int> widths,
                          int embedding_width, int findings);
 
+// The job's image channels (in_channels, default 1).
+int ChannelsOf(const JobSpec& spec);
+
 // An autoencoder job's KL weight (AutoencoderWorkload.kl_weight, default 1e-6).
 double KlWeightFor(const JobSpec& spec);
 
