@@ -157,17 +157,14 @@ absl::Status Coordinator::KeepFrozenAutoencoder(JobStatus& job) {
   }
   RETURN_IF_ERROR(FrozenAutoencoderSpec(job.spec(), autoencoder->spec()).status());
   // That job's best model by validation, else its last.
-  uint32_t round = autoencoder->best_round();
-  std::string path = round > 0 ? BestPath(source, round) : "";
-  if (round == 0) {
-    ASSIGN_OR_RETURN(Checkpoint last, store_->LatestCheckpoint(source));
-    path = last.path;
-    round = last.round;
+  Checkpoint model{BestPath(source, autoencoder->best_round()), 0, autoencoder->best_round()};
+  if (model.round == 0) {
+    ASSIGN_OR_RETURN(model, store_->LatestCheckpoint(source));
   }
   // The copy is what is checked (it loads into the autoencoder's model: names, shapes, finite
   // values) and what the sites get, whatever becomes of the other job's files.
   const std::string copy = FrozenModelPath(job.job_id());
-  absl::StatusOr<std::string> bytes = ReadFileToString(path, env_);
+  absl::StatusOr<std::string> bytes = ReadFileToString(model.path, env_);
   if (!bytes.ok()) return Annotate(bytes.status(), "reading the autoencoder job's model");
   absl::Status checked = WriteFileAtomic(copy, *bytes, 0600, env_);
   absl::StatusOr<TensorList> weights = absl::InternalError("not read");
@@ -185,7 +182,7 @@ absl::Status Coordinator::KeepFrozenAutoencoder(JobStatus& job) {
     return Annotate(checked, absl::StrCat("the model of autoencoder job ", source));
   }
   *job.mutable_frozen_spec() = autoencoder->spec();
-  job.set_frozen_round(round);
+  job.set_frozen_round(model.round);
   job.set_frozen_digest(TensorDigest(*weights));
   return absl::OkStatus();
 }

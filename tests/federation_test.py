@@ -708,6 +708,18 @@ class FederationTest(unittest.TestCase):
         finally:
             fed.stop()
 
+    def train_two_rounds_at_site_b(self, fed, name):
+        """A two-round classifier job that site-b alone trains to the end, its client then
+        exiting cleanly (it is configured to leave when idle)."""
+        job_id = fed.submit(f'name: "{name}" model: "smallcnn" image_size: 32 rounds: 2 '
+                            'local_steps: 3 batch_size: 8 min_sites: 1 '
+                            'start_timeout_seconds: 60 round_deadline_seconds: 120 '
+                            'labels: "cardiomegaly" labels: "effusion_right"')
+        status = fed.wait(job_id)
+        self.assertEqual(status["state"], "DONE")
+        self.assertEqual(round_sites(status), {0: ["site-b"], 1: ["site-b"]})
+        self.assertEqual(fed.clients["site-b"].wait(timeout=60), 0)
+
     def test_corrupt_dicom_files_are_skipped_by_the_running_client(self):
         fed = Federation("corrupt")
         try:
@@ -727,14 +739,7 @@ class FederationTest(unittest.TestCase):
                 line = next(l for l in log.splitlines() if f"skipping {data}/{name}: " in l)
                 self.assertIn(reason, line)
             self.assertIn(f"{len(reasons)} files skipped, 0 without labels", log)
-            job_id = fed.submit('name: "c" model: "smallcnn" image_size: 32 rounds: 2 '
-                                'local_steps: 3 batch_size: 8 min_sites: 1 '
-                                'start_timeout_seconds: 60 round_deadline_seconds: 120 '
-                                'labels: "cardiomegaly" labels: "effusion_right"')
-            status = fed.wait(job_id)
-            self.assertEqual(status["state"], "DONE")
-            self.assertEqual(round_sites(status), {0: ["site-b"], 1: ["site-b"]})
-            self.assertEqual(fed.clients["site-b"].wait(timeout=60), 0)
+            self.train_two_rounds_at_site_b(fed, "c")
         finally:
             fed.stop()
 
@@ -769,14 +774,7 @@ class FederationTest(unittest.TestCase):
             self.assertIn("chexpert source: ", log)
             self.assertIn("1 files skipped, 0 without labels, 1 filtered out", log)
             self.assertIn("patient99999/study1/view1_frontal.jpg: missing file", log)
-            job_id = fed.submit('name: "x" model: "smallcnn" image_size: 32 rounds: 2 '
-                                'local_steps: 3 batch_size: 8 min_sites: 1 '
-                                'start_timeout_seconds: 60 round_deadline_seconds: 120 '
-                                'labels: "cardiomegaly" labels: "effusion_right"')
-            status = fed.wait(job_id)
-            self.assertEqual(status["state"], "DONE")
-            self.assertEqual(round_sites(status), {0: ["site-b"], 1: ["site-b"]})
-            self.assertEqual(fed.clients["site-b"].wait(timeout=60), 0)
+            self.train_two_rounds_at_site_b(fed, "x")
             # The cut JPEG is skipped whenever a round draws it (which images a round draws
             # depends on the job id, so this run may not); it never stops the job.
             # The decoded images stayed on the site's disk: the next start finds them.

@@ -84,10 +84,11 @@ int RunSynthEval(const CLI::App& app, const SynthEvalArgs& args) {
                          need, args.k, real->pixels.rows, synthetic->pixels.rows)),
                      1);
   }
-  absl::StatusOr<FeatureMatrix> fr = ClassifierFeaturesOf(args.features, real->pixels);
-  if (!fr.ok()) return cli::Fail(fr.status(), 1);
-  absl::StatusOr<FeatureMatrix> fs = ClassifierFeaturesOf(args.features, synthetic->pixels);
-  if (!fs.ok()) return cli::Fail(fs.status(), 1);
+  absl::StatusOr<std::vector<FeatureMatrix>> features =
+      ClassifierFeaturesOf(args.features, {&real->pixels, &synthetic->pixels});
+  if (!features.ok()) return cli::Fail(features.status(), 1);
+  const FeatureMatrix* fr = &(*features)[0];
+  const FeatureMatrix* fs = &(*features)[1];
   const PrecisionRecall pr = ImprovedPrecisionRecall(*fr, *fs, args.k);
   const Memorisation mem = MemorisationCheck(real->pixels, synthetic->pixels, args.closest);
   std::cout << absl::StrFormat(

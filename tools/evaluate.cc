@@ -414,12 +414,9 @@ EvaluationReport Summarize(const std::vector<std::string>& label_names,
   return report;
 }
 
-absl::StatusOr<FeatureMatrix> ClassifierFeaturesOf(const std::string& model_path,
-                                                   const FeatureMatrix& images) {
-  const std::string sidecar_path = SidecarPathFor(model_path);
-  ASSIGN_OR_RETURN(ModelSidecar sidecar, ReadModelSidecar(sidecar_path));
-  ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model, LoadModel(model_path, sidecar, sidecar_path));
-  const int64_t side = sidecar.input_size, channels = std::max(1, sidecar.in_channels);
+// The features of one set of images under `model`.
+absl::StatusOr<FeatureMatrix> FeaturesOf(ModelImpl& model, const FeatureMatrix& images,
+                                         int64_t side, int64_t channels) {
   if (images.cols != side * side) {
     return absl::InvalidArgumentError(
         absl::StrCat("images of ", images.cols, " pixels for a ", side, " x ", side, " px model"));
@@ -436,7 +433,7 @@ absl::StatusOr<FeatureMatrix> ClassifierFeaturesOf(const std::string& model_path
                            {n, 1, side, side}, torch::kFloat32)
               .expand({n, channels, side, side})
               .contiguous();
-      ASSIGN_OR_RETURN(torch::Tensor features, ClassifierFeatures(*model, batch));
+      ASSIGN_OR_RETURN(torch::Tensor features, ClassifierFeatures(model, batch));
       features = features.to(torch::kFloat32).contiguous();
       out.cols = features.size(1);
       out.data.insert(out.data.end(), features.data_ptr<float>(),
@@ -444,6 +441,20 @@ absl::StatusOr<FeatureMatrix> ClassifierFeaturesOf(const std::string& model_path
     }
   } catch (const c10::Error& e) {
     return absl::InternalError(absl::StrCat("features: ", e.what_without_backtrace()));
+  }
+  return out;
+}
+
+absl::StatusOr<std::vector<FeatureMatrix>> ClassifierFeaturesOf(
+    const std::string& model_path, const std::vector<const FeatureMatrix*>& sets) {
+  const std::string sidecar_path = SidecarPathFor(model_path);
+  ASSIGN_OR_RETURN(ModelSidecar sidecar, ReadModelSidecar(sidecar_path));
+  ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model, LoadModel(model_path, sidecar, sidecar_path));
+  std::vector<FeatureMatrix> out;
+  for (const FeatureMatrix* images : sets) {
+    ASSIGN_OR_RETURN(FeatureMatrix features, FeaturesOf(*model, *images, sidecar.input_size,
+                                                        std::max(1, sidecar.in_channels)));
+    out.push_back(std::move(features));
   }
   return out;
 }

@@ -53,9 +53,10 @@ Memorisation MemorisationCheck(const FeatureMatrix& real, const FeatureMatrix& s
                                int closest = 5);
 
 // The features that the label head of the classifier exported at `model_path` (card beside it)
-// reads, for each of `images` (each side x side pixels in [0, 1], side the model's input size).
-absl::StatusOr<FeatureMatrix> ClassifierFeaturesOf(const std::string& model_path,
-                                                   const FeatureMatrix& images);
+// reads, for each image of each of `sets` (each side x side pixels in [0, 1], side the model's
+// input size): one matrix per set, the model loaded once.
+absl::StatusOr<std::vector<FeatureMatrix>> ClassifierFeaturesOf(
+    const std::string& model_path, const std::vector<const FeatureMatrix*>& sets);
 
 // The images of a folder as the client reads them (every DICOM file, recursively, decoded and
 // resized to side x side in [0, 1]), one row each, with their paths; files that do not decode
