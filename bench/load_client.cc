@@ -15,6 +15,7 @@ constexpr int kConnectSeconds = 120;
 constexpr int kControlSeconds = 120;   // Join, Report
 constexpr int kTransferSeconds = 900;  // Download, Upload of the whole model
 constexpr uint64_t kMaxModelBytes = uint64_t{4} << 30;
+constexpr uint64_t kDeclaredImages = 100;  // the simulated site's images, declared at Join
 
 std::chrono::system_clock::time_point In(int seconds) {
   return std::chrono::system_clock::now() + std::chrono::seconds(seconds);
@@ -89,7 +90,7 @@ absl::Status SimSite::Connect() {
     label->set_positives(10 + i);
     label->set_negatives(90 - i);
   }
-  request.set_num_images(100);
+  request.set_num_images(kDeclaredImages);
   request.set_hardware("cpu:simulated");
   request.set_software_version("fl-bench-load");
   grpc::ClientContext ctx;
@@ -174,9 +175,8 @@ absl::Status SimSite::Upload(const Task& task) {
   UploadHeader header;
   header.set_job_id(task.job_id());
   header.set_round(task.round());
-  // Within the coordinator's bound of 2 * local_steps * batch_size samples.
-  header.set_num_samples(1 +
-                         options_.seed % (task.spec().local_steps() * task.spec().batch_size()));
+  // A train split within the images declared at Join (the coordinator's bound).
+  header.set_num_samples(1 + options_.seed % kDeclaredImages);
   for (const std::string& label : task.train_labels()) header.add_labels(label);
   header.set_num_tensors(static_cast<uint32_t>(metas_.size()));
   header.set_train_loss(0.5 + 0.001 * (options_.seed % 100));

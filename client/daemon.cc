@@ -218,7 +218,7 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
   TensorList global;
   RETURN_IF_ERROR(DownloadModel(coordinator, task, &global));
   if (task.evaluate_only() || task.round() > 0) {
-    absl::Status reported = EvaluateAndReport(coordinator, task, labels, global, 0);
+    absl::Status reported = EvaluateAndReport(coordinator, task, labels, global);
     if (task.evaluate_only()) RETURN_IF_ERROR(reported);
     if (!reported.ok()) {  // the round's training does not depend on it
       Log(absl::StrCat("job ", task.job_id(), " round ", task.round(),
@@ -257,10 +257,12 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
   KeptUpdate kept;
   kept.header.set_job_id(task.job_id());
   kept.header.set_round(task.round());
-  kept.header.set_num_samples(result.num_samples);
+  // The weight FedAvg gives this site: its train split's size, which it declared at Join.
+  kept.header.set_num_samples(data_->train.size());
   for (const std::string& label : result.labels) kept.header.add_labels(label);
   kept.header.set_num_tensors(static_cast<uint32_t>(result.update.size()));
-  kept.header.set_train_loss(result.loss);
+  // Under DP the loss over the round's private batches is not noised: it stays here.
+  if (!task.spec().dp().enabled()) kept.header.set_train_loss(result.loss);
   *kept.header.mutable_privacy() = std::move(privacy);
   kept.update = std::make_shared<const TensorList>(std::move(result.update));
   Keep(std::move(kept));
@@ -296,12 +298,11 @@ absl::Status ClientDaemon::EnsureFrozen(CoordinatorConnection& coordinator, cons
 
 absl::Status ClientDaemon::EvaluateAndReport(CoordinatorConnection& coordinator, const Task& task,
                                              const std::vector<std::string>& labels,
-                                             const TensorList& model, double train_loss) {
+                                             const TensorList& model) {
   ASSIGN_OR_RETURN(MetricsReport report,
                    trainer_->Evaluate(task.job_id(), task.spec(), labels, model));
   report.set_job_id(task.job_id());
   report.set_round(task.round());
-  report.set_train_loss(train_loss);
   std::vector<std::string> parts;
   for (const LabelMetric& m : report.test()) {
     metrics_->test_auroc.Add({{"job", task.job_id()}, {"label", m.label()}}).Set(m.auroc());

@@ -62,8 +62,7 @@ class ClientDaemon {
   // Makes the task's frozen autoencoder (Task.frozen_digest) available to the trainer.
   absl::Status EnsureFrozen(CoordinatorConnection& coordinator, const Task& task);
   absl::Status EvaluateAndReport(CoordinatorConnection& coordinator, const Task& task,
-                                 const std::vector<std::string>& labels, const TensorList& model,
-                                 double train_loss);
+                                 const std::vector<std::string>& labels, const TensorList& model);
   // A trained update (its cost, under DP, already recorded) until the coordinator has it: its
   // upload header (job, round, samples, labels, loss, privacy) and tensors. Kept on disk too
   // (state_dir/kept_update.safetensors), so that a restarted site sends it rather than train

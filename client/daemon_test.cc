@@ -215,6 +215,11 @@ TEST_F(SiteCoreTest, ADpRoundIsRecordedBeforeAnyByteIsSent) {
   EXPECT_THAT(coordinator_.events, ElementsAre("join", "download", "upload"));
   EXPECT_THAT(coordinator_.ledger_rounds_at_upload, ElementsAre(1));
   EXPECT_EQ(RecordedRounds(), 1);
+  // Nothing from the private batches but the noised update: no loss, and the weight is the
+  // train split's size (declared at Join), not the samples this round happened to draw.
+  ASSERT_EQ(coordinator_.headers.size(), 1u);
+  EXPECT_FALSE(coordinator_.headers[0].has_train_loss());
+  EXPECT_EQ(coordinator_.headers[0].num_samples(), data_.train.size());
 }
 
 TEST_F(SiteCoreTest, ALedgerThatCannotRecordDeclinesAndSendsNothing) {
@@ -346,6 +351,9 @@ TEST_F(SiteCoreTest, WithoutACapANonDpTaskTrains) {
   Run();
   EXPECT_THAT(coordinator_.events, ElementsAre("join", "download", "upload"));
   EXPECT_THAT(coordinator_.ledger_rounds_at_upload, ElementsAre(0));
+  ASSERT_EQ(coordinator_.headers.size(), 1u);
+  EXPECT_DOUBLE_EQ(coordinator_.headers[0].train_loss(), 0.5);
+  EXPECT_EQ(coordinator_.headers[0].num_samples(), data_.train.size());
 }
 
 // The data folder moved (or is reached through another path): the same images keep their id,

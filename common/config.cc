@@ -418,6 +418,10 @@ absl::StatusOr<JobSpec> ValidateJobSpec(JobSpec spec) {
   if (!Aggregation_IsValid(spec.aggregation())) {
     return Invalid("aggregation", absl::StrCat("has unknown value ", spec.aggregation()));
   }
+  if (spec.weighting() == WEIGHTING_UNSPECIFIED) spec.set_weighting(WEIGHTING_TRAIN_SIZE);
+  if (!Weighting_IsValid(spec.weighting())) {
+    return Invalid("weighting", absl::StrCat("has unknown value ", spec.weighting()));
+  }
   if (spec.trim_fraction() == 0) spec.set_trim_fraction(0.1);
   if (!(spec.trim_fraction() > 0 && spec.trim_fraction() < 0.5)) {
     return Invalid("trim_fraction",

@@ -60,6 +60,10 @@ TEST(ConfigTest, InvalidValuesNameTheField) {
   bad.set_initial_model("models/pretrained.safetensors");
   EXPECT_NE(ValidateJobSpec(bad).status().message().find("'initial_model'"), std::string::npos);
   EXPECT_DOUBLE_EQ(ValidateJobSpec(*spec)->trim_fraction(), 0.1);  // unset means 0.1
+  EXPECT_EQ(ValidateJobSpec(*spec)->weighting(), WEIGHTING_TRAIN_SIZE);  // FedAvg's n_k
+  bad = *spec;
+  bad.set_weighting(static_cast<Weighting>(7));
+  EXPECT_NE(ValidateJobSpec(bad).status().message().find("'weighting'"), std::string::npos);
   // Job names become file names under state_dir: no path separators or leading dots.
   for (const char* name : {"../x", "a/b", ".hidden", "-x", "a b"}) {
     bad = *spec;

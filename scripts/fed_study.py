@@ -27,8 +27,10 @@ import sys
 
 import numpy as np
 
-ARM_ORDER = ["alone", "fedavg", "fedadam", "fedyogi", "siteheads", "finetune", "pooled"]
-ARM_TITLES = {"alone": "alone", "fedavg": "FedAvg", "fedadam": "FedAdam", "fedyogi": "FedYogi",
+ARM_ORDER = ["alone", "fedavg", "fedavg-equal", "fedadam", "fedyogi", "siteheads", "finetune",
+             "pooled"]
+ARM_TITLES = {"alone": "alone", "fedavg": "FedAvg", "fedavg-equal": "FedAvg, equal site weights",
+              "fedadam": "FedAdam", "fedyogi": "FedYogi",
               "siteheads": "FedAvg, private heads", "finetune": "FedAvg + local fine-tune",
               "pooled": "pooled (upper bound)"}
 

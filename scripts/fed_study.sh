@@ -2,8 +2,10 @@
 # What federation is for (issue 10): on the same data and the same held-out test sets, for each
 # of several seeds (data draw and training), four arms with real daemons over mutual TLS:
 #   alone      each hospital trains on its own data only
-#   fedavg     the three hospitals federated (FedAvg, label heads); also, as FL_FED_VARIANTS says,
-#              fedadam, fedyogi (server optimizers) and siteheads (FedAvg with private heads)
+#   fedavg     the three hospitals federated (FedAvg, label heads, each site weighted by its
+#              train split); also, as FL_FED_VARIANTS says, fedadam, fedyogi (server
+#              optimizers), siteheads (FedAvg with private heads) and equal (fedavg-equal: every
+#              site's update weighted the same)
 #   finetune   the FedAvg model fine-tuned at each hospital on its own data (what it would deploy)
 #   pooled     one site holding every hospital's training data (the upper bound)
 # Every arm trains until its validation AUROC (each site's own held-out split, evaluated on
@@ -23,7 +25,7 @@
 # FL_FED_MODEL [smallcnn], FL_FED_ROUNDS [400], FL_FED_FED_ROUNDS [600], FL_FED_PATIENCE [60]
 # (0: every round), FL_FED_STEPS [30], FL_FED_BATCH [32], FL_FED_LR [0.003],
 # FL_FED_FT_ROUNDS [200], FL_FED_FT_PATIENCE [30], FL_FED_FT_LR [0.001],
-# FL_FED_VARIANTS ["fedadam siteheads"] (of fedadam fedyogi siteheads), FL_FED_BOOTSTRAP [1000],
+# FL_FED_VARIANTS ["fedadam siteheads"] (of fedadam fedyogi siteheads equal), FL_FED_BOOTSTRAP [1000],
 # FL_FED_VERBOSE (set: print the FedAvg job's rounds),
 # and the phantom's FL_PHANTOM_STRENGTH, FL_PHANTOM_VARIATION, FL_PHANTOM_LABEL_NOISE
 # (scripts/study_lib.sh). The defaults took 63 minutes for three seeds on 2 shared cores.
@@ -120,6 +122,7 @@ run_seed() {
     case $v in
       fedadam|fedyogi) submit "$v" "$all_sites" 3 rounds="$FED_ROUNDS" server="$v" ;;
       siteheads) submit siteheads "$all_sites" 3 rounds="$FED_ROUNDS" heads=site ;;
+      equal) submit fedavg-equal "$all_sites" 3 rounds="$FED_ROUNDS" weighting=equal ;;
       *) echo "unknown variant $v" >&2; return 1 ;;
     esac
   done

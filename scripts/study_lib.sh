@@ -25,13 +25,13 @@ study_phantom() {
 # study_job_spec FILE NAME SITES(comma) KEY=VALUE...: writes a job spec. Keys: model size rounds
 # steps batch lr opt (adam|sgd) momentum (sgd) seed min_sites server (fedavg|fedadam|fedyogi)
 # server_lr server_momentum (fedavg) heads (label|site) patience (early stopping, rounds; 0: off)
-# initial labels (comma list; default all eight).
+# initial labels (comma list; default all eight) weighting (train_size|equal).
 study_job_spec() {
   local file=$1 name=$2 sites=$3
   shift 3
   local -A k=([model]=smallcnn [size]=32 [rounds]=20 [steps]=20 [batch]=32 [lr]=0.002 [seed]=1
               [min_sites]=1 [opt]=adam [momentum]=0 [server]=fedavg [server_lr]=0 [heads]=label
-              [server_momentum]=0 [patience]=0 [initial]=""
+              [server_momentum]=0 [patience]=0 [initial]="" [weighting]=train_size
               [labels]=$FL_ALL_LABELS)
   local kv
   for kv in "$@"; do k[${kv%%=*}]=${kv#*=}; done
@@ -43,7 +43,7 @@ study_job_spec() {
     echo "server_optimizer { kind: ${k[server]^^} learning_rate: ${k[server_lr]}"
     echo "                   momentum: ${k[server_momentum]} }"
     echo "early_stopping { patience_rounds: ${k[patience]} }"
-    echo "head_mode: HEAD_MODE_${k[heads]^^}"
+    echo "head_mode: HEAD_MODE_${k[heads]^^} weighting: WEIGHTING_${k[weighting]^^}"
     local l s label_list site_list
     IFS=, read -ra label_list <<< "${k[labels]}"
     for l in "${label_list[@]}"; do echo "labels: \"$l\""; done

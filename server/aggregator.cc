@@ -235,6 +235,10 @@ float MomentumStep(const ServerOptimizer& opt, float delta, float& m) {
 
 }  // namespace
 
+uint64_t UpdateWeight(Weighting weighting, uint64_t train_size) {
+  return weighting == WEIGHTING_EQUAL ? 1 : train_size;
+}
+
 bool HasServerState(const ServerOptimizer& optimizer) {
   return optimizer.kind() == FEDADAM || optimizer.kind() == FEDYOGI || optimizer.momentum() > 0;
 }

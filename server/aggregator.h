@@ -27,6 +27,9 @@ struct UpdateLayout {
 UpdateLayout MakeLayout(const TensorList& global, const std::string& head_prefix, HeadMode mode,
                         size_t num_labels);
 
+// What an update from a site with `train_size` training images weighs in the mean (Weighting).
+uint64_t UpdateWeight(Weighting weighting, uint64_t train_size);
+
 // The server optimizer's state, kept across rounds: FedAdam/FedYogi's moment estimates (m, v);
 // FedAvg with server momentum's velocity (m alone, v empty).
 struct OptimizerMoments {

@@ -434,7 +434,7 @@ absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t ro
     summary.set_round(round);
     for (const std::string& site : round_->received) summary.add_sites(site);
     for (const auto& [site, why] : round_->declined) summary.add_declined(site + ": " + why);
-    summary.set_train_loss(round_->loss_sum / round_->weight_sum);
+    if (round_->loss_weight > 0) summary.set_train_loss(round_->loss_sum / round_->loss_weight);
     summary.set_mean_auroc(std::nan(""));
   }
   ASSIGN_OR_RETURN(std::unique_ptr<Aggregator> robust, CombineRobust());
@@ -489,8 +489,10 @@ absl::Status Coordinator::CommitNextModel(const std::string& job_id, uint32_t ro
   global_ = std::make_shared<const TensorList>(std::move(next));
   metrics_->rounds_completed.Increment();
   metrics_->round_duration.Observe(absl::ToDoubleSeconds(absl::Now() - round_->opened));
-  Log(absl::StrFormat("job %s round %d committed: %d sites, loss %.4f", job_id, round,
-                      summary.sites_size(), summary.train_loss()));
+  Log(absl::StrFormat("job %s round %d committed: %d sites%s", job_id, round, summary.sites_size(),
+                      summary.has_train_loss()
+                          ? absl::StrFormat(", loss %.4f", summary.train_loss())
+                          : std::string(" (no loss reported: DP)")));
   if (job.stopped_early()) {
     Log(
         absl::StrFormat("job %s stops early: no validation gain over round %d's model in %d "

@@ -102,7 +102,8 @@ absl::Status CheckNamedMetrics(const MetricsReport& report) {
 // well-formed named metrics.
 absl::Status CheckReportContent(const MetricsReport& report, const SiteInfo& site,
                                 const std::vector<std::string>& allowed) {
-  if (!std::isfinite(report.train_loss()) || report.train_loss() < 0) {
+  if (report.has_train_loss() &&
+      (!std::isfinite(report.train_loss()) || report.train_loss() < 0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("train_loss ", report.train_loss(), " is not a finite, non-negative number"));
   }
@@ -371,19 +372,25 @@ absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity&
     return absl::AlreadyExistsError("an update for this round was already received");
   }
   const JobSpec& spec = round_->spec;
-  // A site cannot weigh more than the samples its task allows (twice the nominal count leaves
-  // room for Poisson-sampled batches).
-  const uint64_t max_samples = std::min<uint64_t>(
-      2 * uint64_t{spec.local_steps()} * spec.batch_size(), Aggregator::kMaxWeight);
+  // A site's train split cannot hold more images than it declared when it joined.
+  auto joined = sites_.find(who.name);
+  const uint64_t declared = joined == sites_.end() ? 0 : joined->second.info.num_images();
+  const uint64_t max_samples = std::min<uint64_t>(declared, Aggregator::kMaxWeight);
   if (header.num_samples() == 0 || header.num_samples() > max_samples) {
     return absl::InvalidArgumentError(
-        absl::StrCat("num_samples ", header.num_samples(), " is outside [1, ", max_samples, "]"));
+        absl::StrCat("num_samples ", header.num_samples(), " (the train split's size) is outside [1, ",
+                     max_samples, "]: the site declared ", declared, " images when it joined"));
+  }
+  if (header.has_train_loss() &&
+      (!std::isfinite(header.train_loss()) || header.train_loss() < 0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "train_loss ", header.train_loss(), " is not a finite, non-negative number"));
   }
   ASSIGN_OR_RETURN(std::vector<size_t> rows, LabelRows(who.name, header));
   round_->uploading.insert(who.name);
   // Under the weighted mean every value must fit the exact sum at this weight (checked while
   // the update arrives, so that a refused one never reaches the aggregate).
-  const uint64_t mean_weight = round_->aggregator ? header.num_samples() : 0;
+  const uint64_t mean_weight = round_->aggregator ? UpdateWeight(spec.weighting(), header.num_samples()) : 0;
   return UploadPlan{round_->layout.shared,   std::move(rows), spec.max_update_norm(),
                     spec.clip_update_norm(), round_->attempt, mean_weight};
 }
@@ -530,6 +537,7 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   // aggregator), so a fold always finishes into the attempt it started in.
   absl::MutexLock fold_lock(&fold_mu_);
   Aggregator* aggregator;
+  uint64_t weight;
   {
     absl::MutexLock lock(&mu_);
     if (!round_ || round_->job_id != header.job_id() || round_->round != header.round()) {
@@ -541,6 +549,7 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
           "(stale round)"));
     }
     aggregator = round_->aggregator.get();  // null under a robust rule
+    weight = UpdateWeight(round_->spec.weighting(), header.num_samples());
   }
   // Once folding starts it must finish, so everything that can fail is checked first: the
   // spool holds exactly the update's bytes, and the receipt (refusing a duplicate) is written.
@@ -560,7 +569,7 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   RETURN_IF_ERROR(store_->AddReceipt(
       Receipt{header.job_id(), header.round(), attempt, site, header, scale, bytes, path}));
   if (aggregator != nullptr) {
-    RETURN_IF_ERROR(aggregator->BeginUpdate(header.num_samples(), rows, scale));
+    RETURN_IF_ERROR(aggregator->BeginUpdate(weight, rows, scale));
     if (absl::Status folded = FoldFile(aggregator, **in); !folded.ok()) {
       // An I/O error after the size check (or a value that passed the upload's checks yet not
       // the fold's): the sum now holds part of an update, so this round's aggregate must not
@@ -577,8 +586,10 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   // Under a robust rule the spool is only recorded; CloseRound reads it (it stays until commit).
   if (aggregator == nullptr) round_->spooled.push_back(SpooledUpdate{path, rows, scale, bytes});
   round_->received.insert(site);
-  round_->loss_sum += header.train_loss() * header.num_samples();
-  round_->weight_sum += header.num_samples();
+  if (header.has_train_loss()) {
+    round_->loss_sum += header.train_loss() * static_cast<double>(weight);
+    round_->loss_weight += static_cast<double>(weight);
+  }
   if (header.privacy().epsilon() > 0) {
     JobStatus& job = jobs_[header.job_id()];
     *SiteEntry(job, site)->mutable_privacy() = header.privacy();

@@ -257,6 +257,38 @@ TEST_F(CoordinatorTest, NormClippingScalesWithoutChangingWeight) {
   EXPECT_NEAR(weights[0].data[0], (10 * 1 + 10 * 10 * scale) / 20.0, 1e-6);
 }
 
+// WEIGHTING_EQUAL: site-a's 5 images weigh as much as site-b's 15. The round's loss is the mean
+// of the losses reported (site-b, as under DP, reports none); a non-finite loss is refused.
+TEST_F(CoordinatorTest, EqualWeightingAndALossOnlyFromSitesThatReportOne) {
+  ConnectSites();
+  JobSpec spec;
+  spec.set_rounds(1);
+  spec.set_weighting(WEIGHTING_EQUAL);
+  const std::string id = Submit(spec);
+  Task ta = a_->Next();
+  Task tb = b_->Next();
+  auto loss = [](double value) {
+    return [value](std::vector<UploadMessage>& m) { m[0].mutable_header()->set_train_loss(value); };
+  };
+  EXPECT_EQ(Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"}, loss(-1)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(Upload(a_->who(), ta, Update(1, 4, 6), 5, {"a", "b"}, loss(0.25)).ok());
+  ASSERT_TRUE(UploadB(tb).ok());
+  a_->Next();
+  b_->Next();
+  core_->CancelJob({"op", Role::kAdmin}, id).IgnoreError();  // skip the final evaluation
+  const TensorList weights = CommittedWeights(id);
+  ASSERT_EQ(weights.size(), 3u);
+  EXPECT_FLOAT_EQ(weights[0].data[0], 2.0f);  // (1 + 3) / 2
+  EXPECT_FLOAT_EQ(weights[1].data[0], 3.0f);  // row a: (4 + 2) / 2
+  EXPECT_FLOAT_EQ(weights[1].data[2], 6.0f);  // row b: site-a's alone
+  auto job = core_->GetJob(id);
+  ASSERT_TRUE(job.ok()) << job.status();
+  ASSERT_EQ(job->rounds_size(), 1);
+  ASSERT_TRUE(job->rounds(0).has_train_loss());
+  EXPECT_DOUBLE_EQ(job->rounds(0).train_loss(), 0.25);
+}
+
 double JobMeanAuroc(prometheus::Registry& registry, const std::string& id) {
   for (const auto& f : registry.Collect()) {
     if (f.name != "fl_coordinator_job_mean_auroc") continue;

@@ -173,7 +173,7 @@ void CoordinatorMetrics::RefreshStatus(const std::vector<SiteInfo>& sites,
     job_rounds_planned.Add(labels).Set(job.spec().rounds());
     job_round_deadline.Add(labels).Set(job.spec().round_deadline_seconds());
     job_progress_time.Add(labels).Set(progress.since);
-    if (job.rounds_size() > 0) {
+    if (job.rounds_size() > 0 && job.rounds(job.rounds_size() - 1).has_train_loss()) {
       job_train_loss.Add(labels).Set(job.rounds(job.rounds_size() - 1).train_loss());
     }
     // A round's AUROCs arrive with the next round's reports (they evaluate the model it made):
