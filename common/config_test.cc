@@ -59,7 +59,7 @@ TEST(ConfigTest, InvalidValuesNameTheField) {
   bad = *spec;
   bad.set_initial_model("models/pretrained.safetensors");
   EXPECT_NE(ValidateJobSpec(bad).status().message().find("'initial_model'"), std::string::npos);
-  EXPECT_DOUBLE_EQ(ValidateJobSpec(*spec)->trim_fraction(), 0.1);  // unset means 0.1
+  EXPECT_DOUBLE_EQ(ValidateJobSpec(*spec)->trim_fraction(), 0.1);        // unset means 0.1
   EXPECT_EQ(ValidateJobSpec(*spec)->weighting(), WEIGHTING_TRAIN_SIZE);  // FedAvg's n_k
   bad = *spec;
   bad.set_weighting(static_cast<Weighting>(7));

@@ -32,7 +32,7 @@ struct Coordinator::RoundState {
   std::map<std::string, std::string> declined;
   double loss_sum = 0;
   double loss_weight = 0;  // weights of the updates that reported a loss
-  bool poisoned = false;  // the aggregate holds part of an update; never apply it
+  bool poisoned = false;   // the aggregate holds part of an update; never apply it
   UpdateLayout layout;
   std::unique_ptr<Aggregator> aggregator;  // weighted mean only; folded as updates arrive
   std::vector<SpooledUpdate> spooled;      // robust rules only; combined when the round closes

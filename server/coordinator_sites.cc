@@ -102,8 +102,7 @@ absl::Status CheckNamedMetrics(const MetricsReport& report) {
 // well-formed named metrics.
 absl::Status CheckReportContent(const MetricsReport& report, const SiteInfo& site,
                                 const std::vector<std::string>& allowed) {
-  if (report.has_train_loss() &&
-      (!std::isfinite(report.train_loss()) || report.train_loss() < 0)) {
+  if (report.has_train_loss() && (!std::isfinite(report.train_loss()) || report.train_loss() < 0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("train_loss ", report.train_loss(), " is not a finite, non-negative number"));
   }
@@ -377,20 +376,20 @@ absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity&
   const uint64_t declared = joined == sites_.end() ? 0 : joined->second.info.num_images();
   const uint64_t max_samples = std::min<uint64_t>(declared, Aggregator::kMaxWeight);
   if (header.num_samples() == 0 || header.num_samples() > max_samples) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("num_samples ", header.num_samples(), " (the train split's size) is outside [1, ",
-                     max_samples, "]: the site declared ", declared, " images when it joined"));
-  }
-  if (header.has_train_loss() &&
-      (!std::isfinite(header.train_loss()) || header.train_loss() < 0)) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "train_loss ", header.train_loss(), " is not a finite, non-negative number"));
+        "num_samples ", header.num_samples(), " (the train split's size) is outside [1, ",
+        max_samples, "]: the site declared ", declared, " images when it joined"));
+  }
+  if (header.has_train_loss() && (!std::isfinite(header.train_loss()) || header.train_loss() < 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("train_loss ", header.train_loss(), " is not a finite, non-negative number"));
   }
   ASSIGN_OR_RETURN(std::vector<size_t> rows, LabelRows(who.name, header));
   round_->uploading.insert(who.name);
   // Under the weighted mean every value must fit the exact sum at this weight (checked while
   // the update arrives, so that a refused one never reaches the aggregate).
-  const uint64_t mean_weight = round_->aggregator ? UpdateWeight(spec.weighting(), header.num_samples()) : 0;
+  const uint64_t mean_weight =
+      round_->aggregator ? UpdateWeight(spec.weighting(), header.num_samples()) : 0;
   return UploadPlan{round_->layout.shared,   std::move(rows), spec.max_update_norm(),
                     spec.clip_update_norm(), round_->attempt, mean_weight};
 }

@@ -59,10 +59,9 @@ std::string Auroc(double v) { return std::isnan(v) ? "-" : absl::StrFormat("%.3f
 
 // "round R: sites a,b, loss L, mean AUROC M".
 std::string RoundLine(const RoundSummary& r) {
-  return absl::StrFormat("round %d: sites %s, loss %s, mean AUROC %s", r.round(),
-                         absl::StrJoin(r.sites(), ","),
-                         r.has_train_loss() ? absl::StrFormat("%.4f", r.train_loss()) : "-",
-                         Auroc(r.mean_auroc()));
+  return absl::StrFormat(
+      "round %d: sites %s, loss %s, mean AUROC %s", r.round(), absl::StrJoin(r.sites(), ","),
+      r.has_train_loss() ? absl::StrFormat("%.4f", r.train_loss()) : "-", Auroc(r.mean_auroc()));
 }
 
 void PrintStatus(const JobStatus& job) {
