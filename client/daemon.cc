@@ -219,7 +219,11 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
   RETURN_IF_ERROR(DownloadModel(coordinator, task, &global));
   if (task.evaluate_only() || task.round() > 0) {
     absl::Status reported = EvaluateAndReport(coordinator, task, labels, global);
-    if (task.evaluate_only()) RETURN_IF_ERROR(reported);
+    // A final evaluation the site cannot run (e.g. its test split is empty) is declined with
+    // the reason, so that the job does not wait for this site until the round's deadline.
+    if (task.evaluate_only() && !reported.ok()) {
+      return DeclineTask(coordinator, task, absl::StrCat("cannot evaluate: ", reported.message()));
+    }
     if (!reported.ok()) {  // the round's training does not depend on it
       Log(absl::StrCat("job ", task.job_id(), " round ", task.round(),
                        ": the global model's evaluation was not reported (", reported.message(),
@@ -231,8 +235,13 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
     return absl::OkStatus();
   }
   const auto start = std::chrono::steady_clock::now();
-  ASSIGN_OR_RETURN(TrainResult result,
-                   trainer_->Train(task.job_id(), task.spec(), labels, global, task.round()));
+  absl::StatusOr<TrainResult> trained =
+      trainer_->Train(task.job_id(), task.spec(), labels, global, task.round());
+  if (!trained.ok()) {  // e.g. no image decodes, or training diverged: the round need not wait
+    return DeclineTask(coordinator, task,
+                       absl::StrCat("training failed: ", trained.status().message()));
+  }
+  TrainResult result = *std::move(trained);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   metrics_->train_duration.Observe(seconds);

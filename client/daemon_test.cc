@@ -101,6 +101,7 @@ class FakeTrainer : public LocalTrainer {
                                     const std::vector<std::string>& labels, const TensorList&,
                                     uint32_t) override {
     ++trained;
+    if (!train_status.ok()) return train_status;
     TrainResult result;
     result.update = {{"w", {2}, {0.25f, 0.125f}}};
     result.num_samples = 40;
@@ -111,10 +112,13 @@ class FakeTrainer : public LocalTrainer {
   absl::StatusOr<MetricsReport> Evaluate(const std::string&, const JobSpec&,
                                          const std::vector<std::string>&,
                                          const TensorList&) override {
+    if (!evaluate_status.ok()) return evaluate_status;
     return MetricsReport();
   }
   std::string Hardware() const override { return "cpu:1 threads"; }
   int trained = 0;
+  absl::Status evaluate_status;  // what Evaluate returns when not OK
+  absl::Status train_status;     // what Train returns when not OK
 };
 
 Dataset MakeData(int images) {
@@ -343,6 +347,30 @@ TEST_F(SiteCoreTest, ARoundOverTheCapIsDeclinedBeforeAnyDownload) {
   Run();
   ASSERT_EQ(coordinator_.events.size(), 2u);
   EXPECT_THAT(coordinator_.events[1], HasSubstr("over the site's cap"));
+}
+
+// A final evaluation the site cannot run (here: no test images) is declined with the reason, so
+// the coordinator closes the job without waiting for the round's deadline.
+TEST_F(SiteCoreTest, AFailedTaskIsDeclinedWithItsReason) {
+  Task task = MakeTask(/*dp=*/false);
+  task.set_evaluate_only(true);
+  coordinator_.tasks.push_back(task);
+  trainer_.evaluate_status =
+      absl::FailedPreconditionError("the test split is empty: no sample to evaluate on");
+  Run();
+  ASSERT_EQ(coordinator_.events.size(), 3u);
+  EXPECT_EQ(coordinator_.events[1], "download");
+  EXPECT_THAT(coordinator_.events[2],
+              HasSubstr("decline: cannot evaluate: the test split is empty"));
+}
+
+TEST_F(SiteCoreTest, ATrainingThatFailsIsDeclinedWithItsReason) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/false));
+  trainer_.train_status = absl::InternalError("training diverged: the loss is not finite");
+  Run();
+  EXPECT_THAT(coordinator_.events,
+              ElementsAre("join", "download",
+                          "decline: training failed: training diverged: the loss is not finite"));
 }
 
 // Without a cap and without require_dp, a non-DP task trains (the demo's default).
