@@ -14,7 +14,8 @@ PKGS=(build-essential cmake ninja-build ccache pkg-config git
   # deploy/ checked by the tests (tests/deploy_test.py, tests/prometheus_test.py):
   prometheus  # promtool and a real Prometheus server
   systemd  # systemd-analyze verify / security of deploy/systemd
-  shellcheck python3-yaml python3-kubernetes)
+  shellcheck python3-yaml python3-kubernetes
+  chromium)  # draws flctl report's HTML in tests/federation_test.py (headless screenshot)
 # kubectl (kustomize) for deploy/kubernetes: Debian's kubernetes-client, unless a kubectl is there.
 command -v kubectl >/dev/null || PKGS+=(kubernetes-client)
 missing=()

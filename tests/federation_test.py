@@ -328,7 +328,7 @@ class FederationTest(unittest.TestCase):
         try:
             fed.start_coordinator()
             fed.start_client("site-b", seed=2)
-            job_id = fed.submit('name: "dp" model: "smallcnn" image_size: 32 rounds: 1 '
+            job_id = fed.submit('name: "dp" model: "smallcnn" image_size: 32 rounds: 2 '
                                 'local_steps: 3 batch_size: 8 min_sites: 1 '
                                 'start_timeout_seconds: 60 round_deadline_seconds: 120 '
                                 'labels: "cardiomegaly" dp { enabled: true noise_multiplier: 1.0 '
@@ -338,15 +338,43 @@ class FederationTest(unittest.TestCase):
             privacy = status["sites"][0]["privacy"]
             self.assertGreater(privacy["epsilon"], 0.5)
             self.assertLess(privacy["epsilon"], 10)
-            self.assertEqual(privacy["steps"], "3")  # uint64 prints as a JSON string
+            self.assertEqual(privacy["steps"], "6")  # uint64 prints as a JSON string
             self.assertIn('fl_coordinator_site_privacy_epsilon{job="' + job_id, fed.metrics())
             # The site's ledger holds the round (flctl privacy ledger reads it).
             ledger = f"{fed.dir}/pki/sites/site-b/state/privacy.db"
             out = run(f"{fedlib.BIN}/flctl", "privacy", "ledger", "--ledger", ledger,
                       "--delta", "1e-6").stdout
             self.assertAlmostEqual(float(out.split()[0]), privacy["epsilon"], places=6)
+            # Nothing else from the private batches left the site: no training loss.
+            self.assertNotIn("train_loss", status["rounds"][0])
+            self.check_report(fed, job_id, privacy["epsilon"])
         finally:
             fed.stop()
+
+    def check_report(self, fed, job_id, epsilon):
+        """flctl report writes one self-contained HTML file that is well-formed XML, holds the
+        job's figures, and draws in headless Chromium (a screenshot that is not blank)."""
+        import xml.etree.ElementTree as ET
+        html = f"{fed.dir}/report.html"
+        fed.flctl("report", job_id, "--out", html)
+        root = ET.parse(html).getroot()  # well-formed: every element closed, text escaped
+        ns = {"h": "http://www.w3.org/1999/xhtml", "svg": "http://www.w3.org/2000/svg"}
+        self.assertGreaterEqual(len(root.findall(".//svg:svg", ns)), 2)
+        cells = [td.text for td in root.findall(".//h:td", ns)]
+        self.assertIn(f"{epsilon:.3f}", cells)
+        text = open(html).read()
+        self.assertNotIn("<script", text)
+        self.assertNotIn("src=", text)
+        chromium = shutil.which("chromium")
+        self.assertIsNotNone(chromium, "chromium is missing: run scripts/deps.sh")
+        png = f"{fed.dir}/report.png"
+        done = run(chromium, "--headless", "--no-sandbox", "--disable-gpu",
+                   f"--user-data-dir={fed.dir}/chromium", "--window-size=1000,1600",
+                   f"--screenshot={png}", f"file://{html}", check=False, timeout=120)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        import matplotlib.image
+        pixels = matplotlib.image.imread(png)
+        self.assertGreater(float(pixels.std()), 0.05, "the screenshot is blank")
 
     def test_dp_update_on_the_wire_carries_the_noise(self):
         """The coordinator measures the L2 norm of the update bytes that reach it. The job bounds it

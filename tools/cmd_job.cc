@@ -13,6 +13,7 @@
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/config.h"
+#include "common/file_util.h"
 #include "common/grpc_status.h"
 #include "common/proto_json.h"
 #include "common/status.h"
@@ -21,6 +22,7 @@
 #include "models/spec.h"
 #include "tools/cli.h"
 #include "tools/job_watch.h"
+#include "tools/report.h"
 
 namespace fl::cli {
 namespace {
@@ -324,6 +326,37 @@ int RunExport(const AdminArgs& args) {
   return 0;
 }
 
+// flctl report JOB_ID --config ADMIN.conf --out report.html: the job's HTML report.
+int RunReport(const AdminArgs& args) {
+  absl::StatusOr<std::unique_ptr<Admin::Stub>> stub = Connect(args);
+  if (!stub.ok()) return Fail(stub.status(), 2);
+  absl::StatusOr<JobStatus> job = Get(**stub, args.job_id);
+  if (!job.ok()) return Fail(job.status());
+  grpc::ClientContext ctx;
+  ListSitesResponse sites;
+  absl::Status status = FromGrpcStatus((*stub)->ListSites(&ctx, ListSitesRequest(), &sites));
+  if (!status.ok()) return Fail(status);
+  absl::StatusOr<AdminConfig> config = LoadAdminConfig(args.config);
+  ReportContext context{absl::FormatTime("%Y-%m-%d %H:%M:%S UTC", absl::Now(), absl::UTCTimeZone()),
+                        FL_VERSION, config.ok() ? config->coordinator_address() : ""};
+  status = WriteFileAtomic(
+      args.out, ReportHtml(*job, {sites.sites().begin(), sites.sites().end()}, context), 0644);
+  if (!status.ok()) return Fail(status);
+  std::cout << "wrote " << args.out << "\n";
+  return 0;
+}
+
+CommandRun SetUpReport(CLI::App& app) {
+  auto args = std::make_shared<AdminArgs>();
+  AddJobId(&app, args.get());
+  AddConfig(&app, args.get());
+  app.add_option("--out", args->out,
+                 "the HTML file to write (self-contained: no script, no "
+                 "network)")
+      ->required();
+  return [args] { return RunReport(*args); };
+}
+
 CommandRun SetUpSites(CLI::App& app) {
   auto args = std::make_shared<AdminArgs>();
   AddConfig(&app, args.get());
@@ -345,6 +378,10 @@ CommandRun SetUpExport(CLI::App& app) {
 FL_COMMAND("job", "submit, list, inspect, wait for and cancel training jobs", SetUpJob);
 FL_COMMAND("sites", "list the consortium's sites and whether they are connected", SetUpSites);
 FL_COMMAND("export", "download a job's global model (safetensors + JSON model card)", SetUpExport);
+FL_COMMAND("report",
+           "write a job's report as one HTML file: validation over rounds, each site's figures, "
+           "privacy spent, spec and provenance",
+           SetUpReport);
 
 }  // namespace
 }  // namespace fl::cli
