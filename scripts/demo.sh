@@ -11,7 +11,8 @@
 # shows: the intervals cover the test images, not the training's own variation, and no arm
 # has converged (see the printout). About 7 minutes on 2 shared cores once built.
 # Installs what is missing, builds, provisions, generates phantom DICOM data, trains, reports.
-# Writes build/demo/summary.json and the FedAvg model to build/demo/model/. Environment:
+# Writes build/demo/summary.json, the FedAvg model to build/demo/model/ and its job's report
+# (flctl report) to build/demo/report.html. Environment:
 # FL_DEMO_ROUNDS (30), FL_DEMO_STEPS (10), FL_DEMO_SCALE (multiplies the hospitals' images, 1),
 # FL_DEMO_TEST_IMAGES (400), FL_DEMO_SEED (1).
 set -euo pipefail
@@ -35,5 +36,7 @@ FL_FED_BIN=$ROOT/build/bin FL_FED_OUT=$D/study FL_FED_SEEDS=$SEED FL_FED_VARIANT
 grep -v '^|\|^$\|^Seeds\|^Training\|^Wall\|^Mean\|^Differences\|^Per finding\|^Convergence\|^Curves\|^     round ' \
   "$D/study.log" || true
 cp -r "$D/study/seed-$SEED/models/fedavg" "$D/model"
+cp "$D/study/seed-$SEED/reports/fedavg.html" "$D/report.html"
 cp -r "$D/study/seed-$SEED/logs" "$D/logs"
 /usr/bin/python3 scripts/demo_summary.py "$D" "$D/study" "seed-$SEED" hospital-a hospital-b hospital-c
+echo "The FedAvg job's report (flctl report): $D/report.html"

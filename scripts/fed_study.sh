@@ -17,7 +17,8 @@
 # curves and how flat each was. Each chosen model is evaluated at each hospital on a
 # held-out test set of its own (clean labels) with per-image scores; scripts/fed_study.py computes
 # AUROC per site and finding, bootstrap 95% intervals over seeds and test images, and the paired
-# differences between arms, and writes study.md, study.json and plots/ARM.png.
+# differences between arms, and writes study.md, study.json and plots/ARM.png; each job's
+# `flctl report` is in seed-N/reports/ARM.html.
 #
 # Environment (defaults in brackets): FL_FED_BIN (folder with the binaries; default: build),
 # FL_FED_OUT [build/fed_study], FL_FED_SEEDS ["1 2 3"], FL_FED_COUNTS (training images of
@@ -146,6 +147,8 @@ run_seed() {
     local which=--best
     [ "$1" = siteheads ] && which=
     "$BIN/flctl" export "$2" --config "$admin" --out "$S/models/$1" $which > /dev/null
+    mkdir -p "$S/reports"
+    "$BIN/flctl" report "$2" --config "$admin" --out "$S/reports/$1.html" > /dev/null
   }
   local arm sites id i=0 runs
   mapfile -t runs < "$S/runs.tsv"

@@ -25,13 +25,15 @@ study_phantom() {
 # study_job_spec FILE NAME SITES(comma) KEY=VALUE...: writes a job spec. Keys: model size rounds
 # steps batch lr opt (adam|sgd) momentum (sgd) seed min_sites server (fedavg|fedadam|fedyogi)
 # server_lr server_momentum (fedavg) heads (label|site) patience (early stopping, rounds; 0: off)
-# initial labels (comma list; default all eight) weighting (train_size|equal).
+# initial labels (comma list; default all eight) weighting (train_size|equal) dp_epsilon (> 0: DP-SGD
+# at each site, its noise calibrated to this epsilon over all the job's rounds) dp_delta dp_clip.
 study_job_spec() {
   local file=$1 name=$2 sites=$3
   shift 3
   local -A k=([model]=smallcnn [size]=32 [rounds]=20 [steps]=20 [batch]=32 [lr]=0.002 [seed]=1
               [min_sites]=1 [opt]=adam [momentum]=0 [server]=fedavg [server_lr]=0 [heads]=label
               [server_momentum]=0 [patience]=0 [initial]="" [weighting]=train_size
+              [dp_epsilon]=0 [dp_delta]=1e-5 [dp_clip]=1.0
               [labels]=$FL_ALL_LABELS)
   local kv
   for kv in "$@"; do k[${kv%%=*}]=${kv#*=}; done
@@ -49,6 +51,10 @@ study_job_spec() {
     for l in "${label_list[@]}"; do echo "labels: \"$l\""; done
     IFS=, read -ra site_list <<< "$sites"
     for s in "${site_list[@]}"; do echo "sites: \"$s\""; done
+    if [ "${k[dp_epsilon]}" != 0 ]; then
+      echo "dp { enabled: true target_epsilon: ${k[dp_epsilon]} delta: ${k[dp_delta]}"
+      echo "     clip_norm: ${k[dp_clip]} }"
+    fi
     [ -n "${k[initial]}" ] && echo "initial_model: \"${k[initial]}\""
     true
   } > "$file"
