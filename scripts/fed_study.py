@@ -27,11 +27,13 @@ import sys
 
 import numpy as np
 
-ARM_ORDER = ["alone", "fedavg", "fedavg-equal", "fedadam", "fedyogi", "siteheads", "finetune",
-             "pooled"]
+ARM_ORDER = ["alone", "fedavg", "finetune", "fedavg-dp8", "finetune-dp8", "fedavg-equal",
+             "finetune-equal", "fedadam", "fedyogi", "siteheads", "pooled"]
 ARM_TITLES = {"alone": "alone", "fedavg": "FedAvg", "fedavg-equal": "FedAvg, equal site weights",
               "fedadam": "FedAdam", "fedyogi": "FedYogi",
               "siteheads": "FedAvg, private heads", "finetune": "FedAvg + local fine-tune",
+              "finetune-equal": "FedAvg, equal weights + local fine-tune",
+              "fedavg-dp8": "FedAvg, DP eps = 8", "finetune-dp8": "FedAvg, DP eps = 8 + local fine-tune",
               "pooled": "pooled (upper bound)"}
 
 
