@@ -341,6 +341,15 @@ def summarize(study, seconds, replicates, seed_value=12345):
             d = diff(other, pooled, "all")
             if d:
                 comparisons.append(d)
+    # A private arm against its non-private twin (fedavg-dp8 against fedavg), per site and over
+    # the sites: what DP costs.
+    for arm in [a for a in arms if "-dp" in a]:
+        base = arm.split("-dp")[0]
+        if base in arms:
+            for site in sites + ["all"]:
+                d = diff(arm, base, site)
+                if d:
+                    comparisons.append(d)
     finding_diffs = [d for arm in ("fedavg", "finetune") for site in sites
                      for k in sorted({k for (a, s, k) in point if s == site and k != "mean"})
                      for d in [diff(arm, "alone", site, k)] if d]
