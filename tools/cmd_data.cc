@@ -1,6 +1,6 @@
 // flctl data check: reads every file of a data folder, or of any data source (a client config's,
 // or a public dataset's root), exactly as the client would and reports what it found, per file
-// and in total.
+// and in total. flctl data sync: fetches what a pacs source's cache lacks (client/pacs.h).
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -10,6 +10,7 @@
 #include "absl/strings/str_format.h"
 #include "client/dataset.h"
 #include "client/dicom.h"
+#include "client/pacs.h"
 #include "client/pixel_cache.h"
 #include "common/config.h"
 #include "common/proto_json.h"
@@ -112,6 +113,29 @@ void ReportPixelCache(const ClientConfig& config, bool json) {
       << " MiB (" << dir << ")\n";
 }
 
+// flctl data sync: the client config's pacs source, synced as fl-client does at start.
+int Sync(const std::string& config_path, bool retry_rejected, bool verify) {
+  auto config = LoadTextProto<ClientConfig>(config_path);
+  if (!config.ok()) return cli::Fail(config.status(), 2);
+  const DataSourceConfig source = SourceOf(*config);
+  if (!source.has_pacs()) {
+    return cli::Fail(absl::InvalidArgumentError(
+                         absl::StrCat(config_path, " names no pacs source: nothing to sync")),
+                     2);
+  }
+  PacsSyncOptions options;
+  options.retry_rejected = retry_rejected;
+  options.verify = verify;
+  PacsSyncReport report;
+  const absl::Status synced = SyncPacs(source.pacs(), options, &report);
+  std::cout << DescribePacsSync(report) << "\n";
+  if (!synced.ok()) return cli::Fail(synced, 1);
+  if (report.studies == 0)
+    std::cout << "the query matched no studies (check source.pacs's filters)\n";
+  std::cout << "cache: " << source.pacs().cache_dir() << "\n";
+  return 0;
+}
+
 cli::CommandRun SetUpData(CLI::App& app) {
   struct DataArgs {
     std::string dir;
@@ -119,6 +143,8 @@ cli::CommandRun SetUpData(CLI::App& app) {
     std::string config;
     std::string kind;
     bool json = false;
+    bool retry_rejected = false;
+    bool verify = false;
   };
   auto args = std::make_shared<DataArgs>();
   app.require_subcommand(1);
@@ -132,10 +158,21 @@ cli::CommandRun SetUpData(CLI::App& app) {
                     "a client config file: check the source it names (data_dir or source)");
   check->add_option("--source", args->kind,
                     "the kind of dataset at DIR, read with its defaults: dicom_folder, "
-                    "chexpert, mimic_cxr, chestxray14 or vindr_cxr");
+                    "chexpert, mimic_cxr, chestxray14 or vindr_cxr (a pacs source: --config)");
   check->add_flag("--json", args->json,
                   "a JSON list of fl.DataCheckFile on stdout (the totals on stderr)");
-  return [args] {
+  CLI::App* sync = app.add_subcommand(
+      "sync",
+      "fetch what the cache of a client config's pacs source lacks from the PACS (as fl-client "
+      "does at start); print what was fetched and skipped, and why");
+  sync->add_option("--config", args->config, "the client config file naming a pacs source")
+      ->required();
+  sync->add_flag("--retry-rejected", args->retry_rejected,
+                 "ask again for objects refused as corrupt by an earlier sync");
+  sync->add_flag("--verify", args->verify,
+                 "re-hash every cached file first; one that changed is removed and fetched again");
+  return [args, sync] {
+    if (sync->parsed()) return Sync(args->config, args->retry_rejected, args->verify);
     if (!args->config.empty()) {
       if (!args->dir.empty() || !args->kind.empty()) {
         return cli::Fail(absl::InvalidArgumentError("--config takes no DIR and no --source"), 2);
@@ -158,7 +195,8 @@ cli::CommandRun SetUpData(CLI::App& app) {
 
 FL_COMMAND("data",
            "check a data folder or source as the client reads it (data check DIR, data check "
-           "--config FILE, data check --source KIND DIR)",
+           "--config FILE, data check --source KIND DIR); sync a PACS source's cache (data sync "
+           "--config FILE)",
            SetUpData);
 
 }  // namespace
