@@ -120,7 +120,7 @@ std::string RejectReason(const PacsSource& config) {
   return reason;
 }
 
-absl::Status ConfigureTls(const PacsTls& tls, DcmTLSSCU* scu) {
+absl::Status ConfigureTls(const TlsConfig& tls, DcmTLSSCU* scu) {
   for (const std::string* file : {&tls.ca_file(), &tls.cert_file(), &tls.key_file()}) {
     if (!file->empty() && !OFStandard::fileExists(file->c_str())) {
       return absl::InvalidArgumentError(absl::StrCat("source.pacs.tls: cannot read ", *file));
@@ -157,8 +157,10 @@ absl::Status OpenFailed(const PacsSource& config, const OFCondition& cond) {
                      config.calling_ae_title(), ": ", reason.empty() ? "no reason given" : reason,
                      " (is our AE title known to the PACS, and its called AE title right?)"));
   }
-  return absl::UnavailableError(
-      absl::StrCat("cannot reach PACS ", Peer(config), ": ", cond.text()));
+  return absl::UnavailableError(absl::StrCat(
+      "cannot open an association with PACS ", Peer(config), ": ", cond.text(),
+      config.has_tls() ? " (is it up, and does it speak DICOM TLS at this port?)"
+                       : " (is it up at this host and port, without TLS?)"));
 }
 
 std::string Value(DcmDataset* ds, const DcmTagKey& tag) {

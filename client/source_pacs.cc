@@ -74,7 +74,7 @@ absl::Status CheckLists(const PacsSource& config) {
   return absl::OkStatus();
 }
 
-absl::Status CheckTls(const PacsTls& tls) {
+absl::Status CheckTls(const TlsConfig& tls) {
   if (tls.ca_file().empty()) {
     return Invalid("tls.ca_file", "required for TLS (the CA that signed the PACS's certificate)");
   }

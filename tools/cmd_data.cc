@@ -10,7 +10,6 @@
 #include "absl/strings/str_format.h"
 #include "client/dataset.h"
 #include "client/dicom.h"
-#include "client/pacs.h"
 #include "client/pixel_cache.h"
 #include "common/config.h"
 #include "common/proto_json.h"
@@ -113,29 +112,6 @@ void ReportPixelCache(const ClientConfig& config, bool json) {
       << " MiB (" << dir << ")\n";
 }
 
-// flctl data sync: the client config's pacs source, synced as fl-client does at start.
-int Sync(const std::string& config_path, bool retry_rejected, bool verify) {
-  auto config = LoadTextProto<ClientConfig>(config_path);
-  if (!config.ok()) return cli::Fail(config.status(), 2);
-  const DataSourceConfig source = SourceOf(*config);
-  if (!source.has_pacs()) {
-    return cli::Fail(absl::InvalidArgumentError(
-                         absl::StrCat(config_path, " names no pacs source: nothing to sync")),
-                     2);
-  }
-  PacsSyncOptions options;
-  options.retry_rejected = retry_rejected;
-  options.verify = verify;
-  PacsSyncReport report;
-  const absl::Status synced = SyncPacs(source.pacs(), options, &report);
-  std::cout << DescribePacsSync(report) << "\n";
-  if (!synced.ok()) return cli::Fail(synced, 1);
-  if (report.studies == 0)
-    std::cout << "the query matched no studies (check source.pacs's filters)\n";
-  std::cout << "cache: " << source.pacs().cache_dir() << "\n";
-  return 0;
-}
-
 cli::CommandRun SetUpData(CLI::App& app) {
   struct DataArgs {
     std::string dir;
@@ -172,7 +148,11 @@ cli::CommandRun SetUpData(CLI::App& app) {
   sync->add_flag("--verify", args->verify,
                  "re-hash every cached file first; one that changed is removed and fetched again");
   return [args, sync] {
-    if (sync->parsed()) return Sync(args->config, args->retry_rejected, args->verify);
+    if (sync->parsed()) {
+      auto config = LoadTextProto<ClientConfig>(args->config);
+      if (!config.ok()) return cli::Fail(config.status(), 2);
+      return SyncDataSource(SourceOf(*config), args->retry_rejected, args->verify);
+    }
     if (!args->config.empty()) {
       if (!args->dir.empty() || !args->kind.empty()) {
         return cli::Fail(absl::InvalidArgumentError("--config takes no DIR and no --source"), 2);
