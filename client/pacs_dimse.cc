@@ -157,10 +157,10 @@ absl::Status OpenFailed(const PacsSource& config, const OFCondition& cond) {
                      config.calling_ae_title(), ": ", reason.empty() ? "no reason given" : reason,
                      " (is our AE title known to the PACS, and its called AE title right?)"));
   }
-  return absl::UnavailableError(absl::StrCat(
-      "cannot open an association with PACS ", Peer(config), ": ", cond.text(),
-      config.has_tls() ? " (is it up, and does it speak DICOM TLS at this port?)"
-                       : " (is it up at this host and port, without TLS?)"));
+  return absl::UnavailableError(
+      absl::StrCat("cannot open an association with PACS ", Peer(config), ": ", cond.text(),
+                   config.has_tls() ? " (is it up, and does it speak DICOM TLS at this port?)"
+                                    : " (is it up at this host and port, without TLS?)"));
 }
 
 std::string Value(DcmDataset* ds, const DcmTagKey& tag) {

@@ -178,8 +178,10 @@ absl::Status SyncPacsAtStart(const PacsSource& config, const char* program) {
   }
   const int cached = synced.ok() ? report.cached : CachedFiles(config.cache_dir());
   if (!synced.ok()) {
-    LogLine(program, absl::StrCat("PACS sync failed: ", synced.message(), "; going on with the ",
-                                  cached, " cached instances"));
+    if (cached > 0) {
+      LogLine(program, absl::StrCat("PACS sync failed: ", synced.message(), "; going on with the ",
+                                    cached, " cached instances"));
+    }
   } else if (report.studies == 0) {
     LogLine(program, "PACS sync: the query matched no studies (check source.pacs's filters)");
   }
