@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -96,8 +97,10 @@ class Orthanc {
 
   // Starts it and waits until its DICOM port accepts connections.
   ::testing::AssertionResult Start() {
+    if (pid_ > 0) return ::testing::AssertionFailure() << "Orthanc is running already";
     pid_ = ::fork();
     if (pid_ == 0) {
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlives a test that crashed
       const std::string log = dir_ + "/orthanc.log";
       freopen(log.c_str(), "a", stdout);
       freopen(log.c_str(), "a", stderr);
