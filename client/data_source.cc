@@ -16,6 +16,7 @@
 #include "absl/strings/str_join.h"
 #include "client/dicom.h"
 #include "client/image_codec.h"
+#include "client/pacs.h"
 #include "client/public_sources.h"
 #include "common/status.h"
 
@@ -201,11 +202,13 @@ absl::StatusOr<std::unique_ptr<DataSource>> OpenKind(const DataSourceConfig& con
       return OpenChestXray14Source(config.chestxray14());
     case DataSourceConfig::kVindrCxr:
       return OpenVindrCxrSource(config.vindr_cxr());
+    case DataSourceConfig::kPacs:
+      return OpenPacsSource(config.pacs());
     case DataSourceConfig::KIND_NOT_SET:
       break;
   }
   return absl::InvalidArgumentError(
-      "source: no kind set (dicom_folder, chexpert, mimic_cxr, chestxray14 or vindr_cxr)");
+      "source: no kind set (dicom_folder, chexpert, mimic_cxr, chestxray14, vindr_cxr or pacs)");
 }
 
 }  // namespace
@@ -220,7 +223,14 @@ absl::StatusOr<std::unique_ptr<DataSource>> OpenDataSource(const DataSourceConfi
 }
 
 DataSourceConfig SourceOf(const ClientConfig& config) {
-  if (config.has_source()) return config.source();
+  if (config.has_source()) {
+    DataSourceConfig source = config.source();
+    if (source.has_pacs() && source.pacs().cache_dir().empty()) {
+      source.mutable_pacs()->set_cache_dir(
+          (std::filesystem::path(config.state_dir()) / "pacs").string());
+    }
+    return source;
+  }
   DataSourceConfig source;
   source.mutable_dicom_folder()->set_dir(config.data_dir());
   source.mutable_dicom_folder()->set_labels_csv(config.labels_csv());

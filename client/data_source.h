@@ -1,8 +1,9 @@
 // A site's data, behind one interface: a source lists its samples (patient id for the split,
 // labels with unknown kept as such, clinical fields) and loads a sample's pixels. One
 // implementation per source kind (fl.DataSource in proto/fl/config.proto): a folder of DICOM
-// files with a labels CSV, and the public chest-radiograph datasets as released (CheXpert,
-// MIMIC-CXR-JPG, ChestX-ray14, VinDr-CXR). Torch-free: flctl links it too.
+// files with a labels CSV, the public chest-radiograph datasets as released (CheXpert,
+// MIMIC-CXR-JPG, ChestX-ray14, VinDr-CXR), and a PACS over DIMSE (client/pacs.h). Torch-free:
+// flctl links it too.
 #pragma once
 
 #include <cstdint>
@@ -54,8 +55,8 @@ class DataSource {
 // here: a missing root or an unknown kind is INVALID_ARGUMENT naming the field.
 absl::StatusOr<std::unique_ptr<DataSource>> OpenDataSource(const DataSourceConfig& config);
 
-// The client config's source: `source` when set, else data_dir and labels_csv as a
-// dicom_folder source.
+// The client config's source: `source` when set (a pacs source's empty cache_dir becomes
+// state_dir/pacs), else data_dir and labels_csv as a dicom_folder source.
 DataSourceConfig SourceOf(const ClientConfig& config);
 
 // Loads any image file a source lists by its content: JPEG, PNG, or else DICOM. 2D only so far

@@ -17,6 +17,7 @@
 #include "client/dataset.h"
 #include "client/grpc_link.h"
 #include "client/metrics.h"
+#include "client/pacs.h"
 #include "client/pixel_cache.h"
 #include "client/trainer.h"
 #include "common/config.h"
@@ -45,6 +46,8 @@ std::pair<std::string, std::string> DataFilesOf(const DataSourceConfig& source) 
       return {source.chestxray14().root(), ""};
     case DataSourceConfig::kVindrCxr:
       return {source.vindr_cxr().root(), ""};  // its labels file lies under root
+    case DataSourceConfig::kPacs:
+      return {PacsCache::InstancesDir(source.pacs().cache_dir()), source.pacs().labels_csv()};
     default:
       return {"", ""};
   }
@@ -93,6 +96,11 @@ int Run(const std::string& config_path) {
   if (!monitoring.ok()) return Die(monitoring.status());
   absl::StatusOr<std::unique_ptr<DataSource>> source = OpenDataSource(SourceOf(*config));
   if (!source.ok()) return Die(source.status());
+  if (SourceOf(*config).has_pacs()) {  // once, before listing: rounds read the cache only
+    if (absl::Status s = SyncPacsAtStart(SourceOf(*config).pacs(), "fl-client"); !s.ok()) {
+      return Die(s);
+    }
+  }
   absl::StatusOr<Dataset> data = (*source)->List(config->test_fraction());
   if (!data.ok()) return Die(data.status());
   LogLine(

@@ -316,11 +316,14 @@ absl::Status ValidateSourceKind(const DataSourceConfig& source) {
       return RequireNonEmpty("source.chestxray14.root", source.chestxray14().root());
     case DataSourceConfig::kVindrCxr:
       return RequireNonEmpty("source.vindr_cxr.root", source.vindr_cxr().root());
+    case DataSourceConfig::kPacs:  // the rest is checked where it is opened (client/pacs.h)
+      return RequireNonEmpty("source.pacs.host", source.pacs().host());
     case DataSourceConfig::KIND_NOT_SET:
       break;
   }
-  return Invalid("source",
-                 "names no kind (dicom_folder, chexpert, mimic_cxr, chestxray14 or vindr_cxr)");
+  return Invalid(
+      "source",
+      "names no kind (dicom_folder, chexpert, mimic_cxr, chestxray14, vindr_cxr or pacs)");
 }
 
 // Either data_dir and labels_csv (a DICOM folder) or a source, not both.

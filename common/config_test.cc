@@ -265,9 +265,13 @@ TEST(ConfigTest, ClientDataIsAFolderOrASourceNotBoth) {
   cache.set_pixel_cache_mib(512);
   EXPECT_TRUE(ValidateClientConfig(cache).ok());
   // An unknown source kind is refused by the parser, naming it.
-  auto unknown = ParseTextProto<ClientConfig>(R"pb(source { pacs { root: "x" } })pb", "c");
+  auto unknown = ParseTextProto<ClientConfig>(R"pb(source { dicomweb { root: "x" } })pb", "c");
   ASSERT_FALSE(unknown.ok());
-  EXPECT_NE(std::string(unknown.status().message()).find("pacs"), std::string::npos);
+  EXPECT_NE(std::string(unknown.status().message()).find("dicomweb"), std::string::npos);
+  // A PACS needs its host (the rest is checked where the source is opened, client/pacs.h).
+  ClientConfig pacs = *config;
+  pacs.mutable_source()->mutable_pacs();
+  EXPECT_NE(message(pacs).find("source.pacs.host"), std::string::npos) << message(pacs);
 }
 
 TEST(ConfigTest, CoordinatorAddressMustHavePort) {

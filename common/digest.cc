@@ -18,11 +18,25 @@ void UpdateLength(EVP_MD_CTX* ctx, uint64_t n) {
   Update(ctx, bytes, sizeof(bytes));
 }
 
+using DigestContext = std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)>;
+
+DigestContext NewSha256() {
+  DigestContext ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
+  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  return ctx;
+}
+
+std::string FinalHex(EVP_MD_CTX* ctx) {
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_DigestFinal_ex(ctx, digest, &length);
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), length));
+}
+
 }  // namespace
 
 std::string TensorDigest(const TensorList& tensors) {
-  std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> ctx(EVP_MD_CTX_new(), EVP_MD_CTX_free);
-  EVP_DigestInit_ex(ctx.get(), EVP_sha256(), nullptr);
+  DigestContext ctx = NewSha256();
   UpdateLength(ctx.get(), tensors.size());
   for (const NamedTensor& t : tensors) {
     UpdateLength(ctx.get(), t.name.size());
@@ -32,10 +46,13 @@ std::string TensorDigest(const TensorList& tensors) {
     UpdateLength(ctx.get(), t.byte_size());
     Update(ctx.get(), t.data.data(), t.byte_size());  // x86-64 and aarch64: little-endian
   }
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_DigestFinal_ex(ctx.get(), digest, &length);
-  return absl::BytesToHexString(absl::string_view(reinterpret_cast<const char*>(digest), length));
+  return FinalHex(ctx.get());
+}
+
+std::string Sha256Hex(absl::string_view bytes) {
+  DigestContext ctx = NewSha256();
+  Update(ctx.get(), bytes.data(), bytes.size());
+  return FinalHex(ctx.get());
 }
 
 }  // namespace fl

@@ -11,6 +11,7 @@ PKGS=(build-essential cmake ninja-build ccache pkg-config git
   libjpeg62-turbo-dev libpng-dev zlib1g-dev  # the public datasets' JPEG, PNG and .csv.gz (client/)
   python3-matplotlib  # the federation study's curves (scripts/fed_study.py)
   libcivetweb-dev  # /metrics, /healthz, /readyz (common/monitoring.h)
+  orthanc  # a real PACS (DIMSE C-FIND/C-GET, DICOM TLS) that client/pacs_test.cc starts on loopback
   # deploy/ checked by the tests (tests/deploy_test.py, tests/prometheus_test.py):
   prometheus  # promtool and a real Prometheus server
   systemd  # systemd-analyze verify / security of deploy/systemd

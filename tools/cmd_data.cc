@@ -1,6 +1,6 @@
 // flctl data check: reads every file of a data folder, or of any data source (a client config's,
 // or a public dataset's root), exactly as the client would and reports what it found, per file
-// and in total.
+// and in total. flctl data sync: fetches what a pacs source's cache lacks (client/pacs.h).
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
@@ -119,6 +119,8 @@ cli::CommandRun SetUpData(CLI::App& app) {
     std::string config;
     std::string kind;
     bool json = false;
+    bool retry_rejected = false;
+    bool verify = false;
   };
   auto args = std::make_shared<DataArgs>();
   app.require_subcommand(1);
@@ -132,10 +134,25 @@ cli::CommandRun SetUpData(CLI::App& app) {
                     "a client config file: check the source it names (data_dir or source)");
   check->add_option("--source", args->kind,
                     "the kind of dataset at DIR, read with its defaults: dicom_folder, "
-                    "chexpert, mimic_cxr, chestxray14 or vindr_cxr");
+                    "chexpert, mimic_cxr, chestxray14 or vindr_cxr (a pacs source: --config)");
   check->add_flag("--json", args->json,
                   "a JSON list of fl.DataCheckFile on stdout (the totals on stderr)");
-  return [args] {
+  CLI::App* sync = app.add_subcommand(
+      "sync",
+      "fetch what the cache of a client config's pacs source lacks from the PACS (as fl-client "
+      "does at start); print what was fetched and skipped, and why");
+  sync->add_option("--config", args->config, "the client config file naming a pacs source")
+      ->required();
+  sync->add_flag("--retry-rejected", args->retry_rejected,
+                 "ask again for objects refused as corrupt by an earlier sync");
+  sync->add_flag("--verify", args->verify,
+                 "re-hash every cached file first; one that changed is removed and fetched again");
+  return [args, sync] {
+    if (sync->parsed()) {
+      auto config = LoadTextProto<ClientConfig>(args->config);
+      if (!config.ok()) return cli::Fail(config.status(), 2);
+      return SyncDataSource(SourceOf(*config), args->retry_rejected, args->verify);
+    }
     if (!args->config.empty()) {
       if (!args->dir.empty() || !args->kind.empty()) {
         return cli::Fail(absl::InvalidArgumentError("--config takes no DIR and no --source"), 2);
@@ -158,7 +175,8 @@ cli::CommandRun SetUpData(CLI::App& app) {
 
 FL_COMMAND("data",
            "check a data folder or source as the client reads it (data check DIR, data check "
-           "--config FILE, data check --source KIND DIR)",
+           "--config FILE, data check --source KIND DIR); sync a PACS source's cache (data sync "
+           "--config FILE)",
            SetUpData);
 
 }  // namespace

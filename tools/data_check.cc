@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "client/data_source.h"
+#include "client/pacs.h"
 #include "common/proto_json.h"
 #include "fl/report.pb.h"
 #include "tools/cli.h"
@@ -75,6 +76,28 @@ int CheckDataSource(const DataSourceConfig& config, bool json) {
                                  << ", without labels: " << data->unlabelled_files
                                  << ", filtered out: " << data->filtered
                                  << ", findings: " << data->label_names.size() << "\n";
+  return 0;
+}
+
+int SyncDataSource(const DataSourceConfig& config, bool retry_rejected, bool verify) {
+  if (!config.has_pacs()) {
+    return cli::Fail(absl::InvalidArgumentError("the config names no pacs source: nothing to sync"),
+                     2);
+  }
+  if (absl::Status valid = ValidatePacsSource(config.pacs()); !valid.ok()) {
+    return cli::Fail(valid, 2);
+  }
+  PacsSyncOptions options;
+  options.retry_rejected = retry_rejected;
+  options.verify = verify;
+  PacsSyncReport report;
+  const absl::Status synced = SyncPacs(config.pacs(), options, &report);
+  std::cout << DescribePacsSync(report) << "\n";
+  if (!synced.ok()) return cli::Fail(synced, 1);
+  if (report.studies == 0) {
+    std::cout << "the query matched no studies (check source.pacs's filters)\n";
+  }
+  std::cout << "cache: " << config.pacs().cache_dir() << "\n";
   return 0;
 }
 

@@ -17,6 +17,12 @@ namespace fl {
 // be opened or listed (the reason on stderr).
 int CheckDataSource(const DataSourceConfig& config, bool json);
 
+// flctl data sync: fetches what the cache of `config`'s pacs source lacks (SyncPacs, as fl-client
+// does at start) and prints the report: totals, each object refused with its reason, the cache.
+// Returns the exit status: 0; 1 when the sync failed (the reason on stderr, after what it did);
+// 2 when `config` names no pacs source or its options are invalid.
+int SyncDataSource(const DataSourceConfig& config, bool retry_rejected, bool verify);
+
 // The source of `kind` ("dicom_folder", "chexpert", "mimic_cxr", "chestxray14", "vindr_cxr")
 // at `root` with its defaults; `labels` is a dicom_folder's labels CSV.
 absl::StatusOr<DataSourceConfig> SourceOfKind(const std::string& kind, const std::string& root,
