@@ -27,13 +27,14 @@ import sys
 
 import numpy as np
 
-ARM_ORDER = ["alone", "fedavg", "finetune", "fedavg-dp8", "finetune-dp8", "fedavg-equal",
-             "finetune-equal", "fedadam", "fedyogi", "siteheads", "pooled"]
+ARM_ORDER = ["alone", "fedavg", "finetune", "fedavg-dp8", "finetune-dp8", "fedavg-dp8b",
+             "fedavg-equal", "finetune-equal", "fedadam", "fedyogi", "siteheads", "pooled"]
 ARM_TITLES = {"alone": "alone", "fedavg": "FedAvg", "fedavg-equal": "FedAvg, equal site weights",
               "fedadam": "FedAdam", "fedyogi": "FedYogi",
               "siteheads": "FedAvg, private heads", "finetune": "FedAvg + local fine-tune",
               "finetune-equal": "FedAvg, equal weights + local fine-tune",
               "fedavg-dp8": "FedAvg, DP eps = 8", "finetune-dp8": "FedAvg, DP eps = 8 + local fine-tune",
+              "fedavg-dp8b": "FedAvg, DP eps = 8, batch 128",
               "pooled": "pooled (upper bound)"}
 
 
