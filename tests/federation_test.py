@@ -129,7 +129,7 @@ class FederationTest(unittest.TestCase):
             fed.wait_connected(1)
             # Enough local steps for training to outlast a few polls of flctl.
             job_id = fed.submit(
-                'name: "live" model: "smallcnn" image_size: 32 rounds: 1 local_steps: 2000 '
+                'name: "live" model: "smallcnn" image_size: 32 rounds: 1 local_steps: 5000 '
                 'batch_size: 8 min_sites: 1 start_timeout_seconds: 60 '
                 'round_deadline_seconds: 600 labels: "cardiomegaly"')
 
@@ -142,13 +142,13 @@ class FederationTest(unittest.TestCase):
             task = wait_until(training, 180, "site-a in phase training with steps done",
                               interval=0.2)
             self.assertEqual(task["site"], "site-a")
-            self.assertEqual(task["steps_total"], 2000)
+            self.assertEqual(task["steps_total"], 5000)
             self.assertGreater(task["since_unix_seconds"], 0)
             self.assertRegex(fed.flctl("job", "status", job_id).stdout,
-                             r"site-a: (training \d+/2000 steps|uploading|uploaded)")
+                             r"site-a: (training \d+/5000 steps|uploading|uploaded)")
             # The client's own gauges: its phase, the steps, the throughput, the data scan.
             text = fed.client_metrics("site-a")
-            self.assertEqual(metric(text, "fl_client_train_steps"), 2000)
+            self.assertEqual(metric(text, "fl_client_train_steps"), 5000)
             self.assertGreater(metric(text, "fl_client_train_steps_done"), 0)
             self.assertGreaterEqual(metric(text, "fl_client_train_images_per_second"), 0)
             phases = {p: metric(text, "fl_client_task_phase", {"phase": p})
