@@ -24,6 +24,9 @@ namespace {
 constexpr uint64_t kMaxModelBytes = uint64_t{64} << 30;
 // Training progress reaches the coordinator at most this often, and the log at most this often.
 constexpr absl::Duration kProgressInterval = absl::Seconds(2);
+// Once a progress message of the task failed (the coordinator away, a call timing out), training
+// sends at most this often: a call that hangs until its deadline must not stall every step.
+constexpr absl::Duration kProgressIntervalAfterFailure = absl::Seconds(30);
 constexpr absl::Duration kProgressLogInterval = absl::Seconds(10);
 
 void Log(const std::string& line) { LogLine("fl-client", line); }
@@ -340,25 +343,27 @@ TrainProgressFn ClientDaemon::TrainingProgress(CoordinatorConnection& coordinato
   const absl::Time start = clock_->Now();
   auto last_sent = std::make_shared<absl::Time>(absl::InfinitePast());
   auto last_logged = std::make_shared<absl::Time>(start);
-  return
-      [this, &coordinator, &task, dp_batch, start, last_sent, last_logged](const TrainProgress& p) {
-        const absl::Time now = clock_->Now();
-        const double seconds = absl::ToDoubleSeconds(now - start);
-        const double local_rate = seconds > 0 ? static_cast<double>(p.samples) / seconds : 0;
-        metrics_->train_steps_done.Set(p.steps_done);
-        metrics_->train_steps_total.Set(p.steps_total);
-        metrics_->train_images_per_second.Set(local_rate);
-        if (now - *last_logged >= kProgressLogInterval) {
-          *last_logged = now;
-          Log(absl::StrFormat("job %s round %d: step %d/%d, %.0f img/s", task.job_id(),
-                              task.round(), p.steps_done, p.steps_total, local_rate));
-        }
-        if (now - *last_sent < kProgressInterval) return;
-        *last_sent = now;
-        const double rate =
-            !dp_batch ? local_rate : (seconds > 0 ? p.steps_done * *dp_batch / seconds : 0);
-        SendProgress(coordinator, task, TASK_PHASE_TRAINING, p, rate);
-      };
+  return [this, &coordinator, &task, dp_batch, start, last_sent,
+          last_logged](const TrainProgress& p) {
+    const absl::Time now = clock_->Now();
+    const double seconds = absl::ToDoubleSeconds(now - start);
+    const double local_rate = seconds > 0 ? static_cast<double>(p.samples) / seconds : 0;
+    metrics_->train_steps_done.Set(p.steps_done);
+    metrics_->train_steps_total.Set(p.steps_total);
+    metrics_->train_images_per_second.Set(local_rate);
+    if (now - *last_logged >= kProgressLogInterval) {
+      *last_logged = now;
+      Log(absl::StrFormat("job %s round %d: step %d/%d, %.0f img/s", task.job_id(), task.round(),
+                          p.steps_done, p.steps_total, local_rate));
+    }
+    if (now - *last_sent < (progress_failed_ ? kProgressIntervalAfterFailure : kProgressInterval)) {
+      return;
+    }
+    *last_sent = now;
+    const double rate =
+        !dp_batch ? local_rate : (seconds > 0 ? p.steps_done * *dp_batch / seconds : 0);
+    SendProgress(coordinator, task, TASK_PHASE_TRAINING, p, rate);
+  };
 }
 
 absl::Status ClientDaemon::DownloadModel(CoordinatorConnection& coordinator, const Task& task,

@@ -100,9 +100,9 @@ class ClientDaemon {
   // per task, never fatal) and shows it in fl_client_task_phase.
   void SendPhase(CoordinatorConnection& coordinator, const Task& task, TaskPhase phase);
   // The trainer's progress callback for `task`: the gauges at each step; the coordinator and
-  // the log at the first step and then at most every few seconds. What the coordinator hears
-  // is counts only: steps, and under DP (`plan` set) a throughput from the plan's expected
-  // batch size, never from the Poisson batches actually drawn.
+  // the log at the first step and then at most every few seconds (every 30 s once a send failed).
+  // What the coordinator hears is counts only: steps, and under DP (`plan` set) a throughput from
+  // the plan's expected batch size, never from the Poisson batches actually drawn.
   TrainProgressFn TrainingProgress(CoordinatorConnection& coordinator, const Task& task,
                                    const DpPlan* plan);
   // Why this site must not take the task (empty: it may): the site's policy, or a DP round

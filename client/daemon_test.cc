@@ -42,6 +42,7 @@ struct Coordinator {
   // Every call in order: the events, and each progress message as "<phase> <done>/<total>".
   std::vector<std::string> timeline;
   std::vector<ProgressRequest> progress;
+  absl::Status progress_status;  // what every Progress call returns
   void Event(const std::string& event) {
     events.push_back(event);
     timeline.push_back(event);
@@ -103,7 +104,7 @@ class FakeConnection : public CoordinatorConnection {
         absl::AsciiStrToLower(absl::StripPrefix(TaskPhase_Name(request.phase()), "TASK_PHASE_")),
         " ", request.steps_done(), "/", request.steps_total()));
     c_->progress.push_back(request);
-    return absl::OkStatus();
+    return c_->progress_status;
   }
   PrivacyReport last_privacy_;
 
@@ -539,6 +540,18 @@ TEST_F(SiteCoreTest, DpProgressCarriesOnlyThePlansThroughput) {
     EXPECT_DOUBLE_EQ(p.images_per_second(), expected_batch / 3) << p.steps_done();
   }
   EXPECT_DOUBLE_EQ(metrics_.train_images_per_second.Value(), 7.0 / 3);  // 35 samples in 15 s
+}
+
+// A coordinator that does not take progress slows nothing down: the task goes on, and training
+// tries again only every 30 s on the clock (a call may hang until its deadline).
+TEST_F(SiteCoreTest, ProgressThatFailsIsTriedSeldomAndTheTaskGoesOn) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/false));
+  coordinator_.progress_status = absl::UnavailableError("progress: deadline exceeded");
+  trainer_.on_step = [this] { clock_.Advance(absl::Seconds(3)); };
+  Run();
+  EXPECT_THAT(coordinator_.timeline,
+              ElementsAre("join", "downloading 0/0", "download", "training 0/5", "training 1/5",
+                          "uploading 0/0", "upload"));
 }
 
 // A declined task sends nothing progress-like after its decline.
