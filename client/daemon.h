@@ -99,8 +99,8 @@ class ClientDaemon {
   // Tells the coordinator that the task enters `phase` (best effort: a failure is logged once
   // per task, never fatal) and shows it in fl_client_task_phase.
   void SendPhase(CoordinatorConnection& coordinator, const Task& task, TaskPhase phase);
-  // The trainer's progress callback for `task`: the gauges at each step; the coordinator and
-  // the log at the first step and then at most every few seconds (every 30 s once a send failed).
+  // The trainer's progress callback for `task`: the gauges at each step, the log every 10 s,
+  // the coordinator at the first step and then every 2 s at most (30 s once a send failed).
   // What the coordinator hears is counts only: steps, and under DP (`plan` set) a throughput from
   // the plan's expected batch size, never from the Poisson batches actually drawn.
   TrainProgressFn TrainingProgress(CoordinatorConnection& coordinator, const Task& task,
