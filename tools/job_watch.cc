@@ -140,7 +140,7 @@ std::string WatchFrame(const JobStatus& job, const std::vector<SiteInfo>& sites,
   auto row = [&](const std::string& site, const std::string& stream, const std::string& eps,
                  const std::string& now_doing, const std::string& part) {
     return task.empty() ? absl::StrFormat("  %-16s %-28s %-9s %s\n", site, stream, eps, part)
-                        : absl::StrFormat("  %-16s %-28s %-9s %-44s %s\n", site, stream, eps,
+                        : absl::StrFormat("  %-16s %-28s %-9s %-52s %s\n", site, stream, eps,
                                           now_doing, part);
   };
   absl::StrAppend(&out, row("site", "stream", "epsilon", "this round", "last committed round"));
