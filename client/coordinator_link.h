@@ -32,6 +32,8 @@ class CoordinatorConnection {
                                                 std::shared_ptr<const TensorList> update) = 0;
   virtual absl::Status Report(const MetricsReport& report) = 0;
   virtual absl::Status Decline(const DeclineRequest& request) = 0;
+  // Tells the coordinator the task's phase and training progress (best effort, quick).
+  virtual absl::Status Progress(const ProgressRequest& request) = 0;
 };
 
 // Dials the coordinator anew (each session of the daemon's reconnect loop).

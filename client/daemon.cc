@@ -6,9 +6,11 @@
 #include <optional>
 #include <random>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "client/policy.h"
 #include "common/log.h"
 #include "common/memory.h"
@@ -20,6 +22,12 @@ namespace fl {
 namespace {
 
 constexpr uint64_t kMaxModelBytes = uint64_t{64} << 30;
+// Training progress reaches the coordinator at most this often, and the log at most this often.
+constexpr absl::Duration kProgressInterval = absl::Seconds(2);
+// Once a progress message of the task failed (the coordinator away, a call timing out), training
+// sends at most this often: a call that hangs until its deadline must not stall every step.
+constexpr absl::Duration kProgressIntervalAfterFailure = absl::Seconds(30);
+constexpr absl::Duration kProgressLogInterval = absl::Seconds(10);
 
 void Log(const std::string& line) { LogLine("fl-client", line); }
 
@@ -35,6 +43,12 @@ bool IsRetryable(const absl::Status& status) {
     default:
       return false;
   }
+}
+
+// The label of fl_client_task_phase for a phase the site sends: its name in lower case
+// ("downloading", "evaluating", "training", "uploading").
+std::string PhaseLabel(TaskPhase phase) {
+  return absl::AsciiStrToLower(absl::StripPrefix(TaskPhase_Name(phase), "TASK_PHASE_"));
 }
 
 }  // namespace
@@ -119,7 +133,9 @@ absl::Status ClientDaemon::Session(CoordinatorConnection& coordinator, bool* joi
       }
       continue;  // keepalive
     }
+    progress_failed_ = false;
     absl::Status status = HandleTask(coordinator, task);
+    metrics_->SetTaskPhase("idle");
     ReleaseFreedMemory();  // what training kept for reuse, until the next task
     if (!status.ok()) {
       metrics_->tasks.Add({{"result", "failed"}}).Increment();
@@ -202,12 +218,14 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
         absl::StrFormat("job %s round %d: sending the update trained before again (no "
                         "retraining, no further privacy cost)",
                         task.job_id(), task.round()));
+    SendPhase(coordinator, task, TASK_PHASE_UPLOADING);
     RETURN_IF_ERROR(UploadKept(coordinator, task));
     metrics_->tasks.Add({{"result", "done"}}).Increment();
     return absl::OkStatus();
   }
   ASSIGN_OR_RETURN(std::string refusal, Refusal(task, plan ? &*plan : nullptr));
   if (!refusal.empty()) return DeclineTask(coordinator, task, refusal);
+  SendPhase(coordinator, task, TASK_PHASE_DOWNLOADING);
   if (!task.frozen_digest().empty()) {
     absl::Status frozen = EnsureFrozen(coordinator, task);
     if (!frozen.ok()) {
@@ -218,6 +236,7 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
   TensorList global;
   RETURN_IF_ERROR(DownloadModel(coordinator, task, &global));
   if (task.evaluate_only() || task.round() > 0) {
+    SendPhase(coordinator, task, TASK_PHASE_EVALUATING);
     absl::Status reported = EvaluateAndReport(coordinator, task, labels, global);
     // A final evaluation the site cannot run (e.g. its test split is empty) is declined with
     // the reason, so that the job does not wait for this site until the round's deadline.
@@ -234,9 +253,11 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
     metrics_->tasks.Add({{"result", "done"}}).Increment();
     return absl::OkStatus();
   }
+  SendPhase(coordinator, task, TASK_PHASE_TRAINING);
   const auto start = std::chrono::steady_clock::now();
   absl::StatusOr<TrainResult> trained =
-      trainer_->Train(task.job_id(), task.spec(), labels, global, task.round());
+      trainer_->Train(task.job_id(), task.spec(), labels, global, task.round(),
+                      TrainingProgress(coordinator, task, plan ? &*plan : nullptr));
   if (!trained.ok()) {  // e.g. no image decodes, or training diverged: the round need not wait
     return DeclineTask(coordinator, task,
                        absl::StrCat("training failed: ", trained.status().message()));
@@ -275,9 +296,74 @@ absl::Status ClientDaemon::HandleTask(CoordinatorConnection& coordinator, const 
   *kept.header.mutable_privacy() = std::move(privacy);
   kept.update = std::make_shared<const TensorList>(std::move(result.update));
   Keep(std::move(kept));
+  SendPhase(coordinator, task, TASK_PHASE_UPLOADING);
   RETURN_IF_ERROR(UploadKept(coordinator, task));
   metrics_->tasks.Add({{"result", "done"}}).Increment();
   return absl::OkStatus();
+}
+
+void ClientDaemon::SendProgress(CoordinatorConnection& coordinator, const Task& task,
+                                TaskPhase phase, const TrainProgress& steps,
+                                double images_per_second) {
+  ProgressRequest request;
+  request.set_job_id(task.job_id());
+  request.set_round(task.round());
+  request.set_phase(phase);
+  request.set_steps_done(static_cast<uint32_t>(steps.steps_done));
+  request.set_steps_total(static_cast<uint32_t>(steps.steps_total));
+  request.set_images_per_second(images_per_second);
+  absl::Status sent = coordinator.Progress(request);
+  if (!sent.ok() && !progress_failed_) {
+    progress_failed_ = true;
+    Log(absl::StrCat("job ", task.job_id(), " round ", task.round(),
+                     ": the coordinator did not take the task's progress (", sent.ToString(),
+                     "); the task goes on"));
+  }
+}
+
+void ClientDaemon::SendPhase(CoordinatorConnection& coordinator, const Task& task,
+                             TaskPhase phase) {
+  metrics_->SetTaskPhase(PhaseLabel(phase));
+  TrainProgress steps;
+  if (phase == TASK_PHASE_TRAINING) {
+    steps.steps_total = static_cast<int>(task.spec().local_steps());
+    metrics_->train_steps_done.Set(0);
+    metrics_->train_steps_total.Set(steps.steps_total);
+    metrics_->train_images_per_second.Set(0);
+  }
+  SendProgress(coordinator, task, phase, steps, 0);
+}
+
+TrainProgressFn ClientDaemon::TrainingProgress(CoordinatorConnection& coordinator, const Task& task,
+                                               const DpPlan* plan) {
+  // Under DP only the plan's expected batch size enters what leaves the site.
+  const std::optional<double> dp_batch =
+      plan ? std::optional<double>(plan->sample_rate * static_cast<double>(data_->train.size()))
+           : std::nullopt;
+  const absl::Time start = clock_->Now();
+  auto last_sent = std::make_shared<absl::Time>(absl::InfinitePast());
+  auto last_logged = std::make_shared<absl::Time>(start);
+  return [this, &coordinator, &task, dp_batch, start, last_sent,
+          last_logged](const TrainProgress& p) {
+    const absl::Time now = clock_->Now();
+    const double seconds = absl::ToDoubleSeconds(now - start);
+    const double local_rate = seconds > 0 ? static_cast<double>(p.samples) / seconds : 0;
+    metrics_->train_steps_done.Set(p.steps_done);
+    metrics_->train_steps_total.Set(p.steps_total);
+    metrics_->train_images_per_second.Set(local_rate);
+    if (now - *last_logged >= kProgressLogInterval) {
+      *last_logged = now;
+      Log(absl::StrFormat("job %s round %d: step %d/%d, %.0f img/s", task.job_id(), task.round(),
+                          p.steps_done, p.steps_total, local_rate));
+    }
+    if (now - *last_sent < (progress_failed_ ? kProgressIntervalAfterFailure : kProgressInterval)) {
+      return;
+    }
+    *last_sent = now;
+    const double rate =
+        !dp_batch ? local_rate : (seconds > 0 ? p.steps_done * *dp_batch / seconds : 0);
+    SendProgress(coordinator, task, TASK_PHASE_TRAINING, p, rate);
+  };
 }
 
 absl::Status ClientDaemon::DownloadModel(CoordinatorConnection& coordinator, const Task& task,

@@ -92,6 +92,19 @@ class ClientDaemon {
                                const std::function<absl::Status(int)>& send);
   absl::Status DeclineTask(CoordinatorConnection& coordinator, const Task& task,
                            const std::string& reason);
+  // Sends the task's phase and training progress to the coordinator (best effort: a failure
+  // is logged once per task, never fatal).
+  void SendProgress(CoordinatorConnection& coordinator, const Task& task, TaskPhase phase,
+                    const TrainProgress& steps, double images_per_second);
+  // Tells the coordinator that the task enters `phase` (best effort: a failure is logged once
+  // per task, never fatal) and shows it in fl_client_task_phase.
+  void SendPhase(CoordinatorConnection& coordinator, const Task& task, TaskPhase phase);
+  // The trainer's progress callback for `task`: the gauges at each step, the log every 10 s,
+  // the coordinator at the first step and then every 2 s at most (30 s once a send failed).
+  // What the coordinator hears is counts only: steps, and under DP (`plan` set) a throughput from
+  // the plan's expected batch size, never from the Poisson batches actually drawn.
+  TrainProgressFn TrainingProgress(CoordinatorConnection& coordinator, const Task& task,
+                                   const DpPlan* plan);
   // Why this site must not take the task (empty: it may): the site's policy, or a DP round
   // that would exceed the privacy cap. `plan` is the DP plan of a DP training task, else null.
   absl::StatusOr<std::string> Refusal(const Task& task, const DpPlan* plan);
@@ -110,6 +123,7 @@ class ClientDaemon {
   Clock* clock_;
   FrozenModelCache* frozen_;
   std::atomic<bool> stop_{false};
+  bool progress_failed_ = false;  // a progress message of the current task failed (logged)
   int tasks_done_ = 0;
   bool finished_ = false;
 };

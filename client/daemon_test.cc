@@ -11,6 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "common/digest.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -36,13 +39,21 @@ struct Coordinator {
   std::function<int64_t()> ledger_rounds;
   TensorList frozen = {{"encoder.w", {3}, {1, 2, 3}}};  // what a frozen download returns
   std::vector<UploadHeader> headers;                    // of every upload, in order
+  // Every call in order: the events, and each progress message as "<phase> <done>/<total>".
+  std::vector<std::string> timeline;
+  std::vector<ProgressRequest> progress;
+  absl::Status progress_status;  // what every Progress call returns
+  void Event(const std::string& event) {
+    events.push_back(event);
+    timeline.push_back(event);
+  }
 };
 
 class FakeConnection : public CoordinatorConnection {
  public:
   explicit FakeConnection(Coordinator* c) : c_(c) {}
   absl::StatusOr<JoinResponse> Join(const JoinRequest&) override {
-    c_->events.push_back("join");
+    c_->Event("join");
     JoinResponse response;
     response.set_site_name("site-a");
     return response;
@@ -57,15 +68,15 @@ class FakeConnection : public CoordinatorConnection {
   void CancelTasks() override { cancelled_ = true; }
   absl::StatusOr<TensorList> Download(const DownloadRequest& request, uint64_t) override {
     if (request.frozen()) {
-      c_->events.push_back("download frozen");
+      c_->Event("download frozen");
       return c_->frozen;
     }
-    c_->events.push_back("download");
+    c_->Event("download");
     return TensorList{{"w", {2}, {0.5f, -0.5f}}};
   }
   absl::StatusOr<UploadResponse> Upload(const UploadHeader& header,
                                         std::shared_ptr<const TensorList> update) override {
-    c_->events.push_back("upload");
+    c_->Event("upload");
     c_->headers.push_back(header);
     c_->ledger_rounds_at_upload.push_back(c_->ledger_rounds());
     EXPECT_EQ(update->size(), 1u);
@@ -81,12 +92,19 @@ class FakeConnection : public CoordinatorConnection {
     return response;
   }
   absl::Status Report(const MetricsReport&) override {
-    c_->events.push_back("report");
+    c_->Event("report");
     return absl::OkStatus();
   }
   absl::Status Decline(const DeclineRequest& request) override {
-    c_->events.push_back("decline: " + request.reason());
+    c_->Event("decline: " + request.reason());
     return absl::OkStatus();
+  }
+  absl::Status Progress(const ProgressRequest& request) override {
+    c_->timeline.push_back(absl::StrCat(
+        absl::AsciiStrToLower(absl::StripPrefix(TaskPhase_Name(request.phase()), "TASK_PHASE_")),
+        " ", request.steps_done(), "/", request.steps_total()));
+    c_->progress.push_back(request);
+    return c_->progress_status;
   }
   PrivacyReport last_privacy_;
 
@@ -97,11 +115,17 @@ class FakeConnection : public CoordinatorConnection {
 
 class FakeTrainer : public LocalTrainer {
  public:
-  absl::StatusOr<TrainResult> Train(const std::string&, const JobSpec&,
+  using LocalTrainer::Train;
+  absl::StatusOr<TrainResult> Train(const std::string&, const JobSpec& spec,
                                     const std::vector<std::string>& labels, const TensorList&,
-                                    uint32_t) override {
+                                    uint32_t, const TrainProgressFn& progress) override {
     ++trained;
     if (!train_status.ok()) return train_status;
+    const int steps = static_cast<int>(spec.local_steps());
+    for (int s = 1; s <= steps && progress; ++s) {
+      if (on_step) on_step();
+      progress({s, steps, static_cast<uint64_t>(7 * s)});  // 7 samples a step
+    }
     TrainResult result;
     result.update = {{"w", {2}, {0.25f, 0.125f}}};
     result.num_samples = 40;
@@ -117,8 +141,9 @@ class FakeTrainer : public LocalTrainer {
   }
   std::string Hardware() const override { return "cpu:1 threads"; }
   int trained = 0;
-  absl::Status evaluate_status;  // what Evaluate returns when not OK
-  absl::Status train_status;     // what Train returns when not OK
+  std::function<void()> on_step;  // called before each step's progress
+  absl::Status evaluate_status;   // what Evaluate returns when not OK
+  absl::Status train_status;      // what Train returns when not OK
 };
 
 Dataset MakeData(int images) {
@@ -329,6 +354,7 @@ TEST_F(SiteCoreTest, ACapMakesDpRequiredAndANonDpTaskIsDeclinedBeforeAnyDownload
   EXPECT_THAT(coordinator_.events[1], HasSubstr("decline: site policy: this site trains only "
                                                 "with differential privacy"));
   EXPECT_EQ(trainer_.trained, 0);
+  EXPECT_TRUE(coordinator_.progress.empty());  // refused before it started: no phase
 }
 
 TEST_F(SiteCoreTest, TooLittleNoiseIsDeclinedBeforeAnyDownload) {
@@ -476,6 +502,68 @@ TEST_F(SiteCoreTest, ATaskNamingAFrozenModelIsDeclinedWhereNoneCanBeKept) {
               ElementsAre("join",
                           "decline: the job's frozen autoencoder: this site keeps no "
                           "frozen models"));
+}
+
+// The coordinator hears each phase as it starts, in order: downloading, evaluating (after the
+// first round), training with its steps (the first step, then at most every 2 s on the
+// clock), uploading; and the gauges follow.
+TEST_F(SiteCoreTest, ProgressIsSentAtEachPhaseInOrder) {
+  Task task = MakeTask(/*dp=*/false);
+  task.set_round(1);
+  coordinator_.tasks.push_back(task);
+  Run();
+  EXPECT_THAT(coordinator_.timeline,
+              ElementsAre("join", "downloading 0/0", "download", "evaluating 0/0", "report",
+                          "training 0/5", "training 1/5", "uploading 0/0", "upload"));
+  EXPECT_EQ(metrics_.train_steps_done.Value(), 5);
+  EXPECT_EQ(metrics_.train_steps_total.Value(), 5);
+  EXPECT_EQ(metrics_.task_phase.Add({{"phase", "idle"}}).Value(), 1);
+  EXPECT_EQ(metrics_.task_phase.Add({{"phase", "training"}}).Value(), 0);
+}
+
+// Under DP the throughput the coordinator hears comes from the plan's expected batch size
+// (q x train images), never from the Poisson batches drawn; locally the real one is exported.
+TEST_F(SiteCoreTest, DpProgressCarriesOnlyThePlansThroughput) {
+  Task task = MakeTask(/*dp=*/true);
+  coordinator_.tasks.push_back(task);
+  trainer_.on_step = [this] { clock_.Advance(absl::Seconds(3)); };
+  Run();
+  EXPECT_THAT(coordinator_.timeline,
+              ElementsAre("join", "downloading 0/0", "download", "training 0/5", "training 1/5",
+                          "training 2/5", "training 3/5", "training 4/5", "training 5/5",
+                          "uploading 0/0", "upload"));
+  auto plan = PlanDp(task.spec(), data_.train.size());
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  const double expected_batch = plan->sample_rate * data_.train.size();
+  for (const ProgressRequest& p : coordinator_.progress) {
+    if (p.phase() != TASK_PHASE_TRAINING || p.steps_done() == 0) continue;
+    EXPECT_DOUBLE_EQ(p.images_per_second(), expected_batch / 3) << p.steps_done();
+  }
+  EXPECT_DOUBLE_EQ(metrics_.train_images_per_second.Value(), 7.0 / 3);  // 35 samples in 15 s
+}
+
+// A coordinator that does not take progress slows nothing down: the task goes on, and training
+// tries again only every 30 s on the clock (a call may hang until its deadline).
+TEST_F(SiteCoreTest, ProgressThatFailsIsTriedSeldomAndTheTaskGoesOn) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/false));
+  coordinator_.progress_status = absl::UnavailableError("progress: deadline exceeded");
+  trainer_.on_step = [this] { clock_.Advance(absl::Seconds(3)); };
+  Run();
+  EXPECT_THAT(coordinator_.timeline,
+              ElementsAre("join", "downloading 0/0", "download", "training 0/5", "training 1/5",
+                          "uploading 0/0", "upload"));
+}
+
+// A declined task sends nothing progress-like after its decline.
+TEST_F(SiteCoreTest, NoProgressAfterADecline) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/false));
+  trainer_.train_status = absl::InternalError("training diverged: the loss is not finite");
+  Run();
+  ASSERT_FALSE(coordinator_.timeline.empty());
+  EXPECT_THAT(coordinator_.timeline.back(), HasSubstr("decline: training failed"));
+  EXPECT_THAT(coordinator_.timeline,
+              ElementsAre("join", "downloading 0/0", "download", "training 0/5",
+                          "decline: training failed: training diverged: the loss is not finite"));
 }
 
 }  // namespace

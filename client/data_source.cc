@@ -129,12 +129,13 @@ namespace {
 // The folder of DICOM files with its labels CSV: LoadDataset, unchanged.
 class DicomFolderData : public DataSource {
  public:
-  explicit DicomFolderData(DicomFolderSource config) : config_(std::move(config)) {}
+  DicomFolderData(DicomFolderSource config, ScanProgress scan)
+      : config_(std::move(config)), scan_(std::move(scan)) {}
 
   std::string Kind() const override { return "dicom_folder"; }
 
   absl::StatusOr<Dataset> List(double test_fraction) const override {
-    return LoadDataset(config_.dir(), config_.labels_csv(), test_fraction);
+    return LoadDataset(config_.dir(), config_.labels_csv(), test_fraction, scan_);
   }
 
   absl::StatusOr<std::vector<float>> Load(const Sample& sample,
@@ -144,6 +145,7 @@ class DicomFolderData : public DataSource {
 
  private:
   const DicomFolderSource config_;
+  const ScanProgress scan_;
 };
 
 // Another source with findings renamed onto the job's label space.
@@ -187,13 +189,15 @@ class RenamedSource : public DataSource {
   const std::map<std::string, std::string> renames_;
 };
 
-absl::StatusOr<std::unique_ptr<DataSource>> OpenKind(const DataSourceConfig& config) {
+absl::StatusOr<std::unique_ptr<DataSource>> OpenKind(const DataSourceConfig& config,
+                                                     ScanProgress scan) {
   switch (config.kind_case()) {
     case DataSourceConfig::kDicomFolder:
       if (config.dicom_folder().dir().empty()) {
         return absl::InvalidArgumentError("source.dicom_folder.dir: required");
       }
-      return std::unique_ptr<DataSource>(std::make_unique<DicomFolderData>(config.dicom_folder()));
+      return std::unique_ptr<DataSource>(
+          std::make_unique<DicomFolderData>(config.dicom_folder(), std::move(scan)));
     case DataSourceConfig::kChexpert:
       return OpenChexpertSource(config.chexpert());
     case DataSourceConfig::kMimicCxr:
@@ -213,8 +217,9 @@ absl::StatusOr<std::unique_ptr<DataSource>> OpenKind(const DataSourceConfig& con
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<DataSource>> OpenDataSource(const DataSourceConfig& config) {
-  ASSIGN_OR_RETURN(std::unique_ptr<DataSource> source, OpenKind(config));
+absl::StatusOr<std::unique_ptr<DataSource>> OpenDataSource(const DataSourceConfig& config,
+                                                           ScanProgress scan) {
+  ASSIGN_OR_RETURN(std::unique_ptr<DataSource> source, OpenKind(config, std::move(scan)));
   if (config.rename_labels().empty()) return source;
   std::map<std::string, std::string> renames(config.rename_labels().begin(),
                                              config.rename_labels().end());

@@ -53,7 +53,9 @@ class DataSource {
 
 // The source `config` names (renames applied to what List returns). The options are checked
 // here: a missing root or an unknown kind is INVALID_ARGUMENT naming the field.
-absl::StatusOr<std::unique_ptr<DataSource>> OpenDataSource(const DataSourceConfig& config);
+// `scan`, when set, hears how a DICOM folder's listing progresses (LoadDataset).
+absl::StatusOr<std::unique_ptr<DataSource>> OpenDataSource(const DataSourceConfig& config,
+                                                           ScanProgress scan = ScanProgress());
 
 // The client config's source: `source` when set (a pacs source's empty cache_dir becomes
 // state_dir/pacs), else data_dir and labels_csv as a dicom_folder source.

@@ -173,7 +173,7 @@ absl::StatusOr<std::vector<std::string>> ListDataFiles(const std::string& dir,
 }
 
 absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& labels_csv,
-                                    double test_fraction) {
+                                    double test_fraction, const ScanProgress& progress) {
   if (!(test_fraction >= 0.0 && test_fraction <= 1.0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("test_fraction ", test_fraction, " is not in [0, 1]"));
@@ -187,7 +187,9 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& l
   Dataset dataset;
   dataset.label_names = table.label_names;
   std::unordered_set<std::string> seen_uids;
+  size_t done = 0;
   for (const std::string& path : files) {
+    if (progress) progress(done++, files.size());
     auto header = ReadDicomHeader(path);
     if (!header.ok()) {
       LogSkip(path, std::string(header.status().message()));
@@ -221,6 +223,7 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& l
     (StableFraction(key) < test_fraction ? dataset.test : dataset.train)
         .push_back(std::move(sample));
   }
+  if (progress) progress(files.size(), files.size());
   if (dataset.unlabelled_files > 0) {
     std::cerr << "dataset: " << dataset.unlabelled_files << " decodable files in " << dir
               << " have no row in " << labels_csv << "\n";

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <unordered_map>
 #include <utility>
@@ -89,8 +90,11 @@ absl::StatusOr<std::vector<std::string>> ListDataFiles(const std::string& dir,
 // out of both splits; with labels_csv empty every decodable file is kept with no labels. A second
 // file with an already seen SOP Instance UID is skipped. Each skipped file is logged to stderr
 // with its reason. Errors only for a missing folder, an unreadable CSV or a bad test_fraction.
+// `progress`, when set, hears after each file how many of the folder's files were looked at.
+using ScanProgress = std::function<void(size_t done, size_t total)>;
 absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& labels_csv,
-                                    double test_fraction);
+                                    double test_fraction,
+                                    const ScanProgress& progress = ScanProgress());
 
 // 64-bit FNV-1a of `text`, mixed by MurmurHash3's fmix64 finalizer (FNV alone barely moves the
 // high bits for ids that differ only at the end, like "P000017" and "P000018"). Stable across

@@ -4,6 +4,8 @@
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <utility>
+#include <vector>
 
 #include "client/dicom.h"
 #include "gtest/gtest.h"
@@ -146,6 +148,17 @@ TEST_F(LoadDatasetTest, WithoutCsvKeepsEveryDecodableFile) {
   EXPECT_EQ(data->train.size(), 40u);
   EXPECT_TRUE(data->label_names.empty());
   EXPECT_EQ(data->skipped_files, 3);  // now labels.csv is just another non-DICOM file
+}
+
+// The scan tells how far it has come: before each file (done of total) and once at the end.
+TEST_F(LoadDatasetTest, ScanProgressCountsEveryFile) {
+  std::vector<std::pair<size_t, size_t>> calls;
+  auto data = LoadDataset(dir_ + "/images", "", 0.0,
+                          [&](size_t done, size_t total) { calls.emplace_back(done, total); });
+  ASSERT_TRUE(data.ok()) << data.status();
+  const size_t files = 43;  // 40 images, labels.csv, notes.txt, the copy
+  ASSERT_EQ(calls.size(), files + 1);
+  for (size_t i = 0; i <= files; ++i) EXPECT_EQ(calls[i], std::make_pair(i, files));
 }
 
 TEST_F(LoadDatasetTest, ConfigurationErrorsAreErrors) {

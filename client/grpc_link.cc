@@ -62,20 +62,30 @@ class GrpcConnection : public CoordinatorConnection {
   }
 
   absl::Status Report(const MetricsReport& report) override {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(In(30));
-    Ack ack;
-    return Annotate(FromGrpcStatus(stub_->Report(&ctx, report, &ack)), "report");
+    return CallUnary(&Federation::Stub::Report, report, 30, "report");
   }
 
   absl::Status Decline(const DeclineRequest& request) override {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(In(30));
-    Ack ack;
-    return Annotate(FromGrpcStatus(stub_->Decline(&ctx, request, &ack)), "decline");
+    return CallUnary(&Federation::Stub::Decline, request, 30, "decline");
+  }
+
+  // Short: a progress message is worth little once late, and training waits for it.
+  absl::Status Progress(const ProgressRequest& request) override {
+    return CallUnary(&Federation::Stub::Progress, request, 3, "progress");
   }
 
  private:
+  // A unary call answered with an Ack, given `seconds` to complete.
+  template <typename Request>
+  absl::Status CallUnary(grpc::Status (Federation::Stub::*method)(grpc::ClientContext*,
+                                                                  const Request&, Ack*),
+                         const Request& request, int seconds, const char* what) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(seconds));
+    Ack ack;
+    return Annotate(FromGrpcStatus((stub_.get()->*method)(&ctx, request, &ack)), what);
+  }
+
   const std::shared_ptr<grpc::Channel> channel_;
   const std::unique_ptr<Federation::Stub> stub_;
   grpc::ClientContext tasks_ctx_;

@@ -82,12 +82,49 @@ ClientMetrics::ClientMetrics(prometheus::Registry& r)
                                 .Help("Epsilon the dataset has spent over every job, at the "
                                       "cap's delta (0 when no cap is set)")
                                 .Register(r)
-                                .Add({})) {
+                                .Add({})),
+      task_phase(BuildGauge()
+                     .Name("fl_client_task_phase")
+                     .Help("1 for the phase of the current task the site is in (idle, "
+                           "downloading, evaluating, training, uploading), 0 for the others")
+                     .Register(r)),
+      train_steps_done(BuildGauge()
+                           .Name("fl_client_train_steps_done")
+                           .Help("Local steps done in the current (or last) training")
+                           .Register(r)
+                           .Add({})),
+      train_steps_total(BuildGauge()
+                            .Name("fl_client_train_steps")
+                            .Help("Local steps of the current (or last) training")
+                            .Register(r)
+                            .Add({})),
+      train_images_per_second(BuildGauge()
+                                  .Name("fl_client_train_images_per_second")
+                                  .Help("Images per second of the current (or last) training")
+                                  .Register(r)
+                                  .Add({})),
+      data_scan_files_done(BuildGauge()
+                               .Name("fl_client_data_scan_files_done")
+                               .Help("Files of the data folder looked at by the scan at start")
+                               .Register(r)
+                               .Add({})),
+      data_scan_files(BuildGauge()
+                          .Name("fl_client_data_scan_files")
+                          .Help("Files the scan at start found to look at")
+                          .Register(r)
+                          .Add({})) {
   // Every result at 0 from the start: increase() sees a series' first increment only when the
   // series existed before it (the alerts of deploy/prometheus/ rely on it).
   for (const char* result : {"done", "declined", "failed"}) tasks.Add({{"result", result}});
   for (const char* rpc : {"upload", "report"}) send_retries.Add({{"rpc", rpc}});
   for (const char* result : {"ok", "refused"}) tls_reloads.Add({{"result", result}});
+  SetTaskPhase("idle");
+}
+
+void ClientMetrics::SetTaskPhase(const std::string& phase) {
+  for (const char* p : {"idle", "downloading", "evaluating", "training", "uploading"}) {
+    task_phase.Add({{"phase", p}}).Set(phase == p ? 1 : 0);
+  }
 }
 
 }  // namespace fl

@@ -7,6 +7,8 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include <string>
+
 namespace fl {
 
 struct ClientMetrics {
@@ -31,6 +33,20 @@ struct ClientMetrics {
   // else 0: the cap, and what the dataset has spent over every job at the cap's delta
   prometheus::Gauge& privacy_budget_epsilon;
   prometheus::Gauge& privacy_spent_epsilon;
+  // The current task: label phase (idle, downloading, evaluating, training, uploading), 1 for
+  // the phase the site is in and 0 for the others (SetTaskPhase)
+  prometheus::Family<prometheus::Gauge>& task_phase;
+  // Local training of the current (or last) task: steps done of the round's total, and the
+  // images per second trained so far
+  prometheus::Gauge& train_steps_done;
+  prometheus::Gauge& train_steps_total;
+  prometheus::Gauge& train_images_per_second;
+  // The data scan at start: files looked at so far of those found (equal once it is done)
+  prometheus::Gauge& data_scan_files_done;
+  prometheus::Gauge& data_scan_files;
+
+  // Sets task_phase: 1 for `phase` (one of the labels above), 0 for the others.
+  void SetTaskPhase(const std::string& phase);
 };
 
 }  // namespace fl

@@ -134,12 +134,14 @@ class TorchTrainer : public LocalTrainer {
         cache_(options_.loader),
         heads_(options_.state_dir) {}
 
+  using LocalTrainer::Train;
   absl::StatusOr<TrainResult> Train(const std::string& job_id, const JobSpec& spec,
                                     const std::vector<std::string>& train_labels,
-                                    const TensorList& global, uint32_t round) override {
+                                    const TensorList& global, uint32_t round,
+                                    const TrainProgressFn& progress) override {
     const std::string what = absl::StrCat("training job ", job_id, " round ", round);
     try {
-      auto result = TrainImpl(job_id, spec, train_labels, global, round);
+      auto result = TrainImpl(job_id, spec, train_labels, global, round, progress);
       if (!result.ok()) return Annotate(result.status(), what);
       return result;
     } catch (const c10::Error& e) {
@@ -172,7 +174,8 @@ class TorchTrainer : public LocalTrainer {
  private:
   absl::StatusOr<TrainResult> TrainImpl(const std::string& job_id, const JobSpec& spec,
                                         const std::vector<std::string>& train_labels,
-                                        const TensorList& global, uint32_t round);
+                                        const TensorList& global, uint32_t round,
+                                        const TrainProgressFn& progress);
   absl::StatusOr<MetricsReport> EvaluateImpl(const std::string& job_id, const JobSpec& spec,
                                              const std::vector<std::string>& train_labels,
                                              const TensorList& weights);
@@ -186,16 +189,19 @@ class TorchTrainer : public LocalTrainer {
   // The job's frozen autoencoder when its workload needs one, else null.
   absl::StatusOr<std::shared_ptr<KlVaeImpl>> FrozenAutoencoder(const JobSpec& spec);
   absl::StatusOr<StepStats> TrainSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
-                                       StepContext& context, const LabelMap& labels, uint64_t seed);
+                                       StepContext& context, const LabelMap& labels, uint64_t seed,
+                                       const TrainProgressFn& progress);
   absl::StatusOr<StepStats> DpTrainSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
                                          StepContext& context, const LabelMap& labels,
-                                         uint64_t seed);
+                                         uint64_t seed, const TrainProgressFn& progress);
   absl::StatusOr<StepStats> RunDpSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
                                        DpSgdEngine& engine, const DpRound& round,
-                                       BatchPrefetcher& batches, StepContext& context);
+                                       BatchPrefetcher& batches, StepContext& context,
+                                       const TrainProgressFn& progress);
   absl::Status CheckCancelled() const;
   absl::StatusOr<StepStats> RunSteps(ModelImpl& model, torch::optim::Optimizer& optimizer,
-                                     BatchPrefetcher& batches, int count, StepContext& context);
+                                     BatchPrefetcher& batches, int count, StepContext& context,
+                                     const TrainProgressFn& progress);
   HostBatch LoadBatch(Split split, const std::vector<int>& indices, int size,
                       const LabelMap& labels, std::optional<uint64_t> augment_seed) {
     return AssembleBatch(cache_, split, Samples(split), indices, size, labels.column, augment_seed);
@@ -234,7 +240,8 @@ DeviceBatch TorchTrainer::ToDevice(HostBatch& batch, const JobSpec& spec) const 
 absl::StatusOr<StepStats> TorchTrainer::RunDpSteps(ModelImpl& model,
                                                    torch::optim::Optimizer& optimizer,
                                                    DpSgdEngine& engine, const DpRound& round,
-                                                   BatchPrefetcher& batches, StepContext& context) {
+                                                   BatchPrefetcher& batches, StepContext& context,
+                                                   const TrainProgressFn& progress) {
   const JobSpec& spec = context.spec;
   const Workload& workload = WorkloadFor(spec);
   StepStats stats;
@@ -257,6 +264,7 @@ absl::StatusOr<StepStats> TorchTrainer::RunDpSteps(ModelImpl& model,
     // An empty batch still steps: the noise alone, so the batch size is not revealed.
     RETURN_IF_ERROR(engine.Step(optimizer));
     ++stats.steps;
+    if (progress) progress({stats.steps, static_cast<int>(round.first.size()) - 1, stats.samples});
   }
   return stats;
 }
@@ -271,7 +279,8 @@ absl::Status TorchTrainer::CheckCancelled() const {
 absl::StatusOr<StepStats> TorchTrainer::RunSteps(ModelImpl& model,
                                                  torch::optim::Optimizer& optimizer,
                                                  BatchPrefetcher& batches, int count,
-                                                 StepContext& context) {
+                                                 StepContext& context,
+                                                 const TrainProgressFn& progress) {
   const JobSpec& spec = context.spec;
   const Workload& workload = WorkloadFor(spec);
   StepStats stats;
@@ -289,6 +298,7 @@ absl::StatusOr<StepStats> TorchTrainer::RunSteps(ModelImpl& model,
     stats.loss_sum += loss.item<double>();
     stats.samples += batch.n;
     ++stats.steps;
+    if (progress) progress({s + 1, count, stats.samples});
   }
   return stats;
 }
@@ -370,7 +380,7 @@ absl::StatusOr<std::vector<std::vector<int>>> TorchTrainer::PlanRound(const JobS
 absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ModelImpl& model,
                                                    torch::optim::Optimizer& optimizer,
                                                    StepContext& context, const LabelMap& labels,
-                                                   uint64_t seed) {
+                                                   uint64_t seed, const TrainProgressFn& progress) {
   const JobSpec& spec = context.spec;
   const int size = static_cast<int>(spec.image_size());
   const int steps = spec.local_steps() > 0 ? spec.local_steps() : kDefaultLocalSteps;
@@ -381,7 +391,7 @@ absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ModelImpl& model,
         return LoadBatch(Split::kTrain, plan[k], size, labels, seed ^ ((k + 1) * 0x9E3779B9ull));
       },
       options_.loader_threads, 2 * options_.loader_threads);
-  ASSIGN_OR_RETURN(StepStats stats, RunSteps(model, optimizer, batches, steps, context));
+  ASSIGN_OR_RETURN(StepStats stats, RunSteps(model, optimizer, batches, steps, context, progress));
   if (stats.steps == 0) {
     return absl::FailedPreconditionError(
         absl::StrCat("no step possible: no sampled train image decoded",
@@ -402,7 +412,8 @@ absl::StatusOr<StepStats> TorchTrainer::TrainSteps(ModelImpl& model,
 absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ModelImpl& model,
                                                      torch::optim::Optimizer& optimizer,
                                                      StepContext& context, const LabelMap& labels,
-                                                     uint64_t seed) {
+                                                     uint64_t seed,
+                                                     const TrainProgressFn& progress) {
   const JobSpec& spec = context.spec;
   const int64_t n = static_cast<int64_t>(data_.train.size());
   ASSIGN_OR_RETURN(const DpPlan plan, PlanDp(spec, n));
@@ -428,7 +439,8 @@ absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ModelImpl& model,
                          seed ^ ((k + 1) * 0x9E3779B9ull));
       },
       options_.loader_threads, 2 * options_.loader_threads);
-  ASSIGN_OR_RETURN(StepStats stats, RunDpSteps(model, optimizer, *engine, round, batches, context));
+  ASSIGN_OR_RETURN(StepStats stats,
+                   RunDpSteps(model, optimizer, *engine, round, batches, context, progress));
   if (round.drawn > 0 && stats.samples == 0) {
     return absl::FailedPreconditionError(absl::StrCat("none of the ", round.drawn,
                                                       " sampled train images decoded (",
@@ -443,7 +455,8 @@ absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ModelImpl& model,
 
 absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id, const JobSpec& spec,
                                                     const std::vector<std::string>& train_labels,
-                                                    const TensorList& global, uint32_t round) {
+                                                    const TensorList& global, uint32_t round,
+                                                    const TrainProgressFn& progress) {
   if (data_.train.empty()) {
     return absl::FailedPreconditionError("the train split is empty: no sample to train on");
   }
@@ -454,9 +467,10 @@ absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id, c
   const uint64_t seed = RoundSeed(job_id, spec.seed(), round);
   ASSIGN_OR_RETURN(std::shared_ptr<KlVaeImpl> frozen, FrozenAutoencoder(spec));
   StepContext context{spec, at::detail::createCPUGenerator(seed ^ kWorkloadSeedSalt), frozen};
-  ASSIGN_OR_RETURN(StepStats stats, spec.dp().enabled()
-                                        ? DpTrainSteps(*model, *optimizer, context, labels, seed)
-                                        : TrainSteps(*model, *optimizer, context, labels, seed));
+  ASSIGN_OR_RETURN(StepStats stats,
+                   spec.dp().enabled()
+                       ? DpTrainSteps(*model, *optimizer, context, labels, seed, progress)
+                       : TrainSteps(*model, *optimizer, context, labels, seed, progress));
   // Label mode: ComputeUpdate zeroes the head rows of labels not trained here. With DP-SGD the
   // engine noised those rows too; they are rows whose noise is simply not sent.
   const std::string prefix = model->head_prefix();

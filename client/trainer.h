@@ -58,16 +58,34 @@ struct TrainResult {
   std::vector<std::string> labels;  // head rows (labels) the update carries
 };
 
+// Local training's progress: steps done of the round's total, and the samples trained on so
+// far (counts only).
+struct TrainProgress {
+  int steps_done = 0;
+  int steps_total = 0;
+  uint64_t samples = 0;
+};
+// Called on the training thread after each local step; keep it quick.
+using TrainProgressFn = std::function<void(const TrainProgress&)>;
+
 class LocalTrainer {
  public:
   virtual ~LocalTrainer() = default;
 
   // Trains `spec.local_steps` steps from `global` on the train split with the job's workload
   // (client/workload.h); a classifier uses only the columns of `train_labels` (a missing value is
-  // masked out of the loss, never treated as negative).
+  // masked out of the loss, never treated as negative). `progress` (may be empty) hears of each
+  // step.
   virtual absl::StatusOr<TrainResult> Train(const std::string& job_id, const JobSpec& spec,
                                             const std::vector<std::string>& train_labels,
-                                            const TensorList& global, uint32_t round) = 0;
+                                            const TensorList& global, uint32_t round,
+                                            const TrainProgressFn& progress) = 0;
+  // The same without progress.
+  absl::StatusOr<TrainResult> Train(const std::string& job_id, const JobSpec& spec,
+                                    const std::vector<std::string>& train_labels,
+                                    const TensorList& global, uint32_t round) {
+    return Train(job_id, spec, train_labels, global, round, TrainProgressFn());
+  }
 
   // The workload's evaluation of the model `weights` on the test split (with this site's private
   // head in site mode): the classifier's AUROC per label of `train_labels` in `test`, other

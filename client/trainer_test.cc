@@ -630,5 +630,26 @@ TEST(DpTrainerTest, UndecodableSamplesAreDroppedFromTheBatch) {
   EXPECT_THAT(std::string(failed.status().message()), HasSubstr("decoded"));
 }
 
+// Each local step is told as it ends, plain and DP-SGD alike (a DP round has local_steps steps
+// whatever its Poisson batches draw).
+TEST(TrainerProgressTest, EachStepIsTold) {
+  FakeLoader loader;
+  Dataset data = MakeDataset(RightMissing(Sizes(64, 8)));
+  for (const JobSpec& spec : {MakeSpec(HEAD_MODE_LABEL, 4, 16), DpSpec(1.0, 4)}) {
+    Global global = GlobalFor(spec);
+    std::vector<TrainProgress> told;
+    auto result = MakeTrainer(data, loader, "", /*dp_test_seed=*/11)
+                      ->Train("job1", spec, {"left"}, global.weights, 1,
+                              [&](const TrainProgress& p) { told.push_back(p); });
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_EQ(told.size(), 4u) << spec.dp().enabled();
+    for (int s = 0; s < 4; ++s) {
+      EXPECT_EQ(told[s].steps_done, s + 1);
+      EXPECT_EQ(told[s].steps_total, 4);
+    }
+    EXPECT_EQ(told.back().samples, result->num_samples);
+  }
+}
+
 }  // namespace
 }  // namespace fl

@@ -216,7 +216,7 @@ absl::StatusOr<JobSpec> Coordinator::ValidateJobSpecForModel(const JobSpec& spec
 std::vector<JobStatus> Coordinator::ListJobs() {
   absl::MutexLock lock(&mu_);
   std::vector<JobStatus> out;
-  for (const std::string& id : job_order_) out.push_back(jobs_[id]);
+  for (const std::string& id : job_order_) out.push_back(WithCurrentTasks(jobs_[id]));
   return out;
 }
 
@@ -224,7 +224,7 @@ absl::StatusOr<JobStatus> Coordinator::GetJob(const std::string& job_id) {
   absl::MutexLock lock(&mu_);
   auto it = jobs_.find(job_id);
   if (it == jobs_.end()) return absl::NotFoundError(absl::StrCat("no job ", job_id));
-  return it->second;
+  return WithCurrentTasks(it->second);
 }
 
 absl::StatusOr<JobStatus> Coordinator::CancelJob(const Identity& who, const std::string& job_id) {

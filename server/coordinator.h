@@ -72,6 +72,9 @@ class Coordinator {
   // Nothing reaches the aggregate until the whole update has been received and validated.
   absl::StatusOr<UploadResponse> Upload(const Identity& who, const UploadStream& stream);
   absl::Status Report(const Identity& who, const MetricsReport& report);
+  // Records the site's phase and training progress in its task of the open round (checked as
+  // federation.proto's ProgressRequest says); JobStatus.current shows it.
+  absl::Status Progress(const Identity& who, const ProgressRequest& request);
 
   // ---- admins ----
   absl::StatusOr<JobStatus> SubmitJob(const Identity& who, const JobSpec& spec);
@@ -200,6 +203,16 @@ class Coordinator {
   std::set<std::string> CarryOverUpdates();
   // The open round's task for `site`.
   Task MakeTask(const std::string& site) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Task phases (coordinator_progress.cc). Sets the phase of `site`'s task in the open round
+  // of `job_id`, a phase the coordinator saw itself (a download, an upload, a decline); nothing
+  // when that round is not open or `site` has no task in it.
+  void MarkPhase(const std::string& job_id, const std::string& site, TaskPhase phase,
+                 const std::string& reason = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // OK when `site` may send `request` now (see federation.proto, ProgressRequest).
+  absl::Status CheckProgress(const std::string& site, const ProgressRequest& request) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // `job` with its open round's site tasks (JobStatus.current) when it is the running one.
+  JobStatus WithCurrentTasks(JobStatus job) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const CoordinatorConfig config_;
   Store* const store_;

@@ -30,6 +30,8 @@ struct Coordinator::RoundState {
   std::set<std::string> received;
   std::set<std::string> reported;
   std::map<std::string, std::string> declined;
+  // Per assigned site, its task's phase and progress (JobStatus.current): one entry each.
+  std::map<std::string, SiteTask> tasks;
   double loss_sum = 0;
   double loss_weight = 0;  // weights of the updates that reported a loss
   bool poisoned = false;   // the aggregate holds part of an update; never apply it

@@ -342,6 +342,13 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, ui
     sites_[site].pending.push_back(MakeTask(site));
     r->assigned.insert(site);
   }
+  for (const std::string& site : r->assigned) {
+    SiteTask& task = r->tasks[site];
+    task.set_site(site);
+    task.set_round(round);
+    task.set_phase(carried.count(site) ? TASK_PHASE_UPLOADED : TASK_PHASE_ASSIGNED);
+    task.set_since_unix_seconds(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+  }
   if (!carried.empty()) {
     Log(absl::StrCat("job ", job_id, " round ", round, ": reusing the updates of ",
                      absl::StrJoin(carried, ", "), " received before"));

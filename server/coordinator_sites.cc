@@ -279,6 +279,7 @@ absl::Status Coordinator::Decline(const Identity& who, const DeclineRequest& req
       return absl::FailedPreconditionError("no such open task for this site");
     }
     round_->declined[who.name] = request.reason();
+    MarkPhase(request.job_id(), who.name, TASK_PHASE_DECLINED, request.reason());
   }
   metrics_->declines.Increment();
   Log(absl::StrCat(who.name, " declined round ", request.round(), " of ", request.job_id(), ": ",
@@ -330,6 +331,7 @@ absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& r
           absl::StrCat("job ", request.job_id(), " builds on no frozen model"));
     }
     model = global_;
+    MarkPhase(request.job_id(), who.name, TASK_PHASE_DOWNLOADING);
   }
   ASSIGN_OR_RETURN(std::unique_ptr<TransferSlot> slot, AcquireTransferSlot(cancelled));
   if (request.frozen()) {  // read per download: it is asked for once per site and job
@@ -344,6 +346,10 @@ absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& r
     return emit(c);
   }));
   metrics_->download_bytes.Increment(static_cast<double>(bytes));
+  absl::MutexLock lock(&mu_);
+  if (round_ && round_->round == request.round()) {
+    MarkPhase(request.job_id(), who.name, TASK_PHASE_DOWNLOADED);
+  }
   return absl::OkStatus();
 }
 
@@ -386,6 +392,7 @@ absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity&
   }
   ASSIGN_OR_RETURN(std::vector<size_t> rows, LabelRows(who.name, header));
   round_->uploading.insert(who.name);
+  MarkPhase(header.job_id(), who.name, TASK_PHASE_UPLOADING);
   // Under the weighted mean every value must fit the exact sum at this weight (checked while
   // the update arrives, so that a refused one never reaches the aggregate).
   const uint64_t mean_weight =
@@ -585,6 +592,7 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   // Under a robust rule the spool is only recorded; CloseRound reads it (it stays until commit).
   if (aggregator == nullptr) round_->spooled.push_back(SpooledUpdate{path, rows, scale, bytes});
   round_->received.insert(site);
+  MarkPhase(header.job_id(), site, TASK_PHASE_UPLOADED);
   if (header.has_train_loss()) {
     round_->loss_sum += header.train_loss() * static_cast<double>(weight);
     round_->loss_weight += static_cast<double>(weight);
@@ -654,6 +662,7 @@ absl::Status Coordinator::Report(const Identity& who, const MetricsReport& repor
     absl::MutexLock lock(&mu_);
     if (round_ && round_->job_id == report.job_id() && round_->round == report.round()) {
       round_->reported.insert(who.name);
+      MarkPhase(report.job_id(), who.name, TASK_PHASE_REPORTED);
     }
   }
   metrics_->ReportsWith("accepted").Increment();

@@ -76,6 +76,11 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
                   .Help("Evaluation reports by result: accepted, rejected (invalid or hostile), "
                         "duplicate (ignored), stale (round not open)")
                   .Register(r)),
+      progress(BuildCounter()
+                   .Name("fl_coordinator_progress_total")
+                   .Help("Sites' task progress messages by result: accepted, rejected (invalid "
+                         "or hostile), stale (round not open or task finished)")
+                   .Register(r)),
       tls_reloads(
           BuildCounter()
               .Name("fl_coordinator_tls_reloads_total")
@@ -136,6 +141,7 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
   for (const char* result : {"accepted", "rejected", "duplicate", "stale"}) {
     reports.Add({{"result", result}});
   }
+  for (const char* result : {"accepted", "rejected", "stale"}) progress.Add({{"result", result}});
   for (const char* result : {"ok", "refused"}) {
     tls_reloads.Add({{"result", result}});
     config_reloads.Add({{"result", result}});

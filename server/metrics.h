@@ -37,6 +37,9 @@ struct CoordinatorMetrics {
   // label result: accepted | rejected (invalid or hostile) | duplicate (a second report of the
   // same site and round, ignored) | stale (for a round that is not open)
   prometheus::Family<prometheus::Counter>& reports;
+  // Sites' progress messages (Federation.Progress), label result: accepted | rejected (invalid
+  // or hostile) | stale (for a round that is not open, or a task already finished)
+  prometheus::Family<prometheus::Counter>& progress;
   prometheus::Family<prometheus::Counter>& tls_reloads;     // label result: ok|refused
   prometheus::Family<prometheus::Counter>& config_reloads;  // label result: ok|refused
   // label file: cert | ca (the first of the bundle to expire); Unix seconds
@@ -72,6 +75,9 @@ struct CoordinatorMetrics {
   prometheus::Counter& UpdateStale() { return updates.Add({{"result", "stale"}}); }
   prometheus::Counter& ReportsWith(const std::string& result) {
     return reports.Add({{"result", result}});
+  }
+  prometheus::Counter& ProgressWith(const std::string& result) {
+    return progress.Add({{"result", result}});
   }
 
  private:

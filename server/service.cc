@@ -99,6 +99,12 @@ grpc::Status FederationService::Report(grpc::ServerContext* ctx, const MetricsRe
   return ToGrpcStatus(core_->Report(*who, *request));
 }
 
+grpc::Status FederationService::Progress(grpc::ServerContext* ctx, const ProgressRequest* request,
+                                         Ack*) {
+  FL_CALLER(ctx, Role::kSite);
+  return ToGrpcStatus(core_->Progress(*who, *request));
+}
+
 grpc::Status AdminService::SubmitJob(grpc::ServerContext* ctx, const SubmitJobRequest* request,
                                      JobStatus* response) {
   FL_CALLER(ctx, Role::kAdmin);

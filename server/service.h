@@ -43,6 +43,8 @@ class FederationService final : public Federation::Service {
                       grpc::ServerReaderWriter<UploadReply, UploadMessage>* stream) override;
   grpc::Status Report(grpc::ServerContext* ctx, const MetricsReport* request,
                       Ack* response) override;
+  grpc::Status Progress(grpc::ServerContext* ctx, const ProgressRequest* request,
+                        Ack* response) override;
 
  private:
   Coordinator* core_;

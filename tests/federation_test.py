@@ -121,6 +121,51 @@ class FederationTest(unittest.TestCase):
         finally:
             fed.stop()
 
+    def test_job_status_shows_each_sites_training_progress_live(self):
+        fed = Federation("progress")
+        try:
+            fed.start_coordinator()
+            fed.start_client("site-a", seed=1, metrics=True)
+            fed.wait_connected(1)
+            # Enough local steps for training to outlast a few polls of flctl.
+            job_id = fed.submit(
+                'name: "live" model: "smallcnn" image_size: 32 rounds: 1 local_steps: 5000 '
+                'batch_size: 8 min_sites: 1 start_timeout_seconds: 60 '
+                'round_deadline_seconds: 600 labels: "cardiomegaly"')
+
+            def training():
+                for task in fed.status(job_id).get("current", []):
+                    done, total = task.get("steps_done", 0), task.get("steps_total", 0)
+                    if task["phase"] == "TASK_PHASE_TRAINING" and 0 < done <= total:
+                        return task
+                return None
+            task = wait_until(training, 180, "site-a in phase training with steps done",
+                              interval=0.2)
+            self.assertEqual(task["site"], "site-a")
+            self.assertEqual(task["steps_total"], 5000)
+            self.assertGreater(task["since_unix_seconds"], 0)
+            self.assertRegex(fed.flctl("job", "status", job_id).stdout,
+                             r"site-a: (training \d+/5000 steps|uploading|uploaded)")
+            # The client's own gauges: its phase, the steps, the throughput, the data scan.
+            text = fed.client_metrics("site-a")
+            self.assertEqual(metric(text, "fl_client_train_steps"), 5000)
+            self.assertGreater(metric(text, "fl_client_train_steps_done"), 0)
+            self.assertGreaterEqual(metric(text, "fl_client_train_images_per_second"), 0)
+            phases = {p: metric(text, "fl_client_task_phase", {"phase": p})
+                      for p in ("idle", "downloading", "evaluating", "training", "uploading")}
+            self.assertEqual(sum(phases.values()), 1)
+            scanned = metric(text, "fl_client_data_scan_files")
+            self.assertGreater(scanned, 0)
+            self.assertEqual(metric(text, "fl_client_data_scan_files_done"), scanned)
+            coordinator = fed.metrics()
+            self.assertGreater(
+                metric(coordinator, "fl_coordinator_progress_total", {"result": "accepted"}), 0)
+            self.assertEqual(
+                metric(coordinator, "fl_coordinator_progress_total", {"result": "rejected"}), 0)
+            fed.flctl("job", "cancel", job_id)
+        finally:
+            fed.stop()
+
     def test_dp_round_over_the_site_budget_is_declined_with_the_reason(self):
         fed = Federation("dp_budget")
         try:

@@ -75,6 +75,10 @@ void PrintStatus(const JobStatus& job) {
   if (!job.spec().initial_model().empty()) {
     std::cout << "  started from " << job.spec().initial_model() << "\n";
   }
+  const double now = absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch());
+  for (const SiteTask& t : job.current()) {
+    std::cout << absl::StrFormat("  round %d, %s: %s\n", t.round(), t.site(), SiteTaskText(t, now));
+  }
   if (job.best_round() > 0) {
     std::cout << absl::StrFormat(
         "  best model by validation: after round %d (%s %.4f; flctl "

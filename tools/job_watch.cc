@@ -5,9 +5,11 @@
 #include <map>
 #include <set>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 
 namespace fl {
 
@@ -69,7 +71,31 @@ std::string Findings(const JobStatus& job) {
   return "  AUROC: no evaluated model yet\n";
 }
 
+// A phase as the screen says it: its name in lower case, two of them spelt out.
+std::string PhaseName(TaskPhase phase) {
+  if (phase == TASK_PHASE_ASSIGNED) return "assigned, waiting";
+  if (phase == TASK_PHASE_REPORTED) return "evaluated, reported";
+  const std::string name =
+      absl::AsciiStrToLower(absl::StripPrefix(TaskPhase_Name(phase), "TASK_PHASE_"));
+  return name.empty() ? "unknown" : name;
+}
+
 }  // namespace
+
+std::string SiteTaskText(const SiteTask& task, double now) {
+  std::string text = PhaseName(task.phase());
+  if (task.phase() == TASK_PHASE_DECLINED) return absl::StrCat(text, ": ", task.reason());
+  if (task.phase() == TASK_PHASE_TRAINING && task.steps_total() > 0) {
+    absl::StrAppend(&text, " ", task.steps_done(), "/", task.steps_total(), " steps");
+    if (task.images_per_second() > 0) {
+      absl::StrAppend(&text, absl::StrFormat(", %.0f img/s", task.images_per_second()));
+    }
+  }
+  if (task.since_unix_seconds() > 0) {
+    absl::StrAppend(&text, " (for ", Duration(now - task.since_unix_seconds()), ")");
+  }
+  return text;
+}
 
 void RoundClock::Observe(uint32_t rounds_done, double now) {
   if (!first_rounds_) {
@@ -108,8 +134,16 @@ std::string WatchFrame(const JobStatus& job, const std::vector<SiteInfo>& sites,
   }
   std::map<std::string, double> epsilon;
   for (const SiteReport& s : job.sites()) epsilon[s.site()] = s.privacy().epsilon();
-  absl::StrAppend(&out, absl::StrFormat("  %-16s %-28s %-9s %s\n", "site", "stream", "epsilon",
-                                        "last committed round"));
+  // The open round's column only while there is one (a job that ended has none).
+  std::map<std::string, std::string> task;
+  for (const SiteTask& t : job.current()) task[t.site()] = SiteTaskText(t, now);
+  auto row = [&](const std::string& site, const std::string& stream, const std::string& eps,
+                 const std::string& now_doing, const std::string& part) {
+    return task.empty() ? absl::StrFormat("  %-16s %-28s %-9s %s\n", site, stream, eps, part)
+                        : absl::StrFormat("  %-16s %-28s %-9s %-52s %s\n", site, stream, eps,
+                                          now_doing, part);
+  };
+  absl::StrAppend(&out, row("site", "stream", "epsilon", "this round", "last committed round"));
   for (const SiteInfo& site : sites) {
     const std::string stream =
         site.connected()
@@ -121,8 +155,8 @@ std::string WatchFrame(const JobStatus& job, const std::vector<SiteInfo>& sites,
     std::string part = "-";
     if (aggregated.count(site.name()) != 0) part = "aggregated";
     if (declined.count(site.name()) != 0) part = "declined: " + declined[site.name()];
-    absl::StrAppend(&out,
-                    absl::StrFormat("  %-16s %-28s %-9s %s\n", site.name(), stream, eps, part));
+    const std::string now_doing = task.count(site.name()) != 0 ? task[site.name()] : "-";
+    absl::StrAppend(&out, row(site.name(), stream, eps, now_doing, part));
   }
   return out;
 }

@@ -29,10 +29,15 @@ class RoundClock {
 // "queued", "running", "done", "failed", "cancelled" ("unknown" otherwise).
 const char* JobStateName(JobState state);
 
+// A site's task in the open round, as one short phrase with how long it has been in it:
+// "training 12/30 steps, 35 img/s (for 40 s)", "uploading (for 2 s)", "declined: <reason>".
+std::string SiteTaskText(const SiteTask& task, double now);
+
 // The screen: the job's state and round with an estimate of the time left; the median AUROC
 // per finding of the latest evaluated model; one line per site: its stream (connected or not,
-// seconds since its last sign of life), its part in the last committed round (aggregated, or
-// declined with the reason) and the epsilon it reported for this job. `now` in Unix seconds.
+// seconds since its last sign of life), its task in the open round (SiteTaskText), its part in
+// the last committed round (aggregated, or declined with the reason) and the epsilon it
+// reported for this job. `now` in Unix seconds.
 std::string WatchFrame(const JobStatus& job, const std::vector<SiteInfo>& sites, double now,
                        std::optional<double> seconds_per_round);
 

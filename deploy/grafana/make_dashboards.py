@@ -6,7 +6,7 @@ Three dashboards, all on one Prometheus data source (variable `datasource`):
   fl-federation  the consortium operator: coordinator, sites, jobs, rounds, bytes, rejections
   fl-job         one federated job (variable fl_job): AUROC per finding, epsilon per site, loss
   fl-site        hospital IT: one fl-client (variable instance): tasks, training time, images,
-                 privacy budget, certificate
+                 privacy budget, certificate, the current task's phase and training progress
 Every PromQL expression here is evaluated against a real Prometheus scraping a real federation
 by tests/prometheus_test.py; the federated job's id is in label fl_job (prometheus.yml).
 """
@@ -254,6 +254,17 @@ def site():
                 [target(f"increase(fl_client_reconnects_total{sel}[1h])", "reconnects"),
                  target(f"sum by (rpc) (increase(fl_client_send_retries_total{sel}[1h]))",
                         "resent {{rpc}}")]),
+        L.panel("state-timeline", "Task phase",
+                "1 for the phase of the current task: idle, downloading, evaluating, training, "
+                "uploading (flctl job watch shows every site's).",
+                [target(f"fl_client_task_phase{sel}", "{{phase}}")], w=8),
+        L.panel("timeseries", "Local training steps",
+                "Local steps done of the current (or last) training's total.",
+                [target(f"fl_client_train_steps_done{sel}", "done"),
+                 target(f"fl_client_train_steps{sel}", "of")], w=8),
+        L.panel("timeseries", "Training throughput",
+                "Images per second of the current (or last) local training.",
+                [target(f"fl_client_train_images_per_second{sel}", "{{instance}}")], w=8),
     ]
     variables = [query_var("instance", "fl-client", 'label_values(fl_client_connected, instance)',
                            include_all=True)]
