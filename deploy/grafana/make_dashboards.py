@@ -176,7 +176,8 @@ def job():
                 "Privacy spent (epsilon at the job's delta) each site reported with its updates.",
                 [target(f"fl_coordinator_site_privacy_epsilon{sel}", "{{site}}")]),
         L.panel("timeseries", "Training loss",
-                "Sample-weighted mean of the sites' training losses in the last round.",
+                "Mean of the sites' training losses in the last round, weighted as their updates; "
+                "empty for a DP job (a site keeps its loss: it is not noised).",
                 [target(f"fl_coordinator_job_train_loss{sel}", "loss")]),
         L.panel("timeseries", "Rounds",
                 "Rounds committed against the job's plan (while it runs).",
