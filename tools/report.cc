@@ -69,10 +69,10 @@ std::string Section(const std::string& title) {
   return absl::StrCat("<h2>", HtmlEscape(title), "</h2>\n");
 }
 
-// A table from a header row and rows of already escaped cells.
+// A table from a header row and rows of already escaped cells, scrolling sideways when wide.
 std::string Table(const std::vector<std::string>& header,
                   const std::vector<std::vector<std::string>>& rows) {
-  std::string out = "<table>\n<tr>";
+  std::string out = "<div class=\"wide\"><table>\n<tr>";
   for (const std::string& h : header) absl::StrAppend(&out, "<th>", HtmlEscape(h), "</th>");
   absl::StrAppend(&out, "</tr>\n");
   for (const auto& row : rows) {
@@ -80,7 +80,7 @@ std::string Table(const std::vector<std::string>& header,
     for (const std::string& cell : row) absl::StrAppend(&out, "<td>", cell, "</td>");
     absl::StrAppend(&out, "</tr>\n");
   }
-  return out + "</table>\n";
+  return out + "</table></div>\n";
 }
 
 bool IsClassifier(const JobSpec& spec) { return KindOf(spec) == WorkloadKind::kClassification; }
@@ -287,7 +287,7 @@ constexpr char kStyle[] =
     "table{border-collapse:collapse;margin:8px 0}th,td{border:1px solid #ccc;padding:3px 8px;"
     "text-align:left;font-size:0.9em}th{background:#f3f3f3}pre{background:#f7f7f7;padding:8px;"
     "overflow-x:auto;font-size:0.85em}svg{display:block;margin:8px 0}"
-    ".state{font-weight:bold}";
+    ".state{font-weight:bold}.wide{overflow-x:auto}";
 
 }  // namespace
 
