@@ -398,6 +398,10 @@ absl::Status ClientDaemon::EvaluateAndReport(CoordinatorConnection& coordinator,
                    trainer_->Evaluate(task.job_id(), task.spec(), labels, model));
   report.set_job_id(task.job_id());
   report.set_round(task.round());
+  // The ROC curves go with the final evaluation only: the report of the model a site keeps.
+  if (!task.evaluate_only()) {
+    for (LabelMetric& m : *report.mutable_test()) m.clear_roc();
+  }
   std::vector<std::string> parts;
   for (const LabelMetric& m : report.test()) {
     metrics_->test_auroc.Add({{"job", task.job_id()}, {"label", m.label()}}).Set(m.auroc());

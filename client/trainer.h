@@ -104,5 +104,11 @@ absl::StatusOr<std::unique_ptr<LocalTrainer>> CreateLocalTrainer(const Dataset& 
 // Area under the ROC curve of `scores` against binary `targets` (ties counted half). Returns NaN
 // when either class is absent.
 double Auroc(const std::vector<float>& scores, const std::vector<float>& targets);
+// The ROC curve of `scores` against `targets` (NaN ones left out) at most `max_points` points
+// from (0, 0) to (1, 1): thresholds at quantiles of the scores, so that no step of the curve
+// moves on fewer than n / (max_points - 1) images (tied scores move together). Empty unless both
+// classes are present. REQUIRES: max_points >= 2.
+std::vector<RocPoint> RocCurve(const std::vector<float>& scores, const std::vector<float>& targets,
+                               int max_points = 21);
 
 }  // namespace fl

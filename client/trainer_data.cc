@@ -244,8 +244,48 @@ std::vector<LabelMetric> ScoreTable::Metrics(const JobSpec& spec,
         std::count_if(targets[j].begin(), targets[j].end(), [](float t) { return t > 0.5f; });
     m.set_positives(positives);
     m.set_negatives(targets[j].size() - positives);
+    for (const RocPoint& point : RocCurve(scores[j], targets[j])) *m.add_roc() = point;
   }
   return metrics;
+}
+
+std::vector<RocPoint> RocCurve(const std::vector<float>& scores, const std::vector<float>& targets,
+                               int max_points) {
+  std::vector<std::pair<float, bool>> items;  // (score, positive)
+  for (size_t i = 0; i < scores.size() && i < targets.size(); ++i) {
+    if (std::isnan(targets[i]) || std::isnan(scores[i])) continue;
+    items.emplace_back(scores[i], targets[i] > 0.5f);
+  }
+  const int64_t positives =
+      std::count_if(items.begin(), items.end(), [](const auto& item) { return item.second; });
+  const int64_t negatives = static_cast<int64_t>(items.size()) - positives;
+  if (positives == 0 || negatives == 0 || max_points < 2) return {};
+  std::sort(items.begin(), items.end(),
+            [](const auto& a, const auto& b) { return a.first > b.first; });
+  const int64_t n = static_cast<int64_t>(items.size());
+  const int64_t step = (n + max_points - 2) / (max_points - 1);  // images per step, rounded up
+  auto point = [&](int64_t tp, int64_t fp) {
+    RocPoint p;
+    p.set_fpr(static_cast<double>(fp) / negatives);
+    p.set_tpr(static_cast<double>(tp) / positives);
+    return p;
+  };
+  std::vector<RocPoint> curve{point(0, 0)};
+  int64_t tp = 0, fp = 0, since = 0;
+  for (size_t i = 0; i < items.size();) {
+    size_t k = i;  // a run of tied scores passes the threshold together
+    for (; k < items.size() && items[k].first == items[i].first; ++k) {
+      items[k].second ? ++tp : ++fp;
+    }
+    since += static_cast<int64_t>(k - i);
+    i = k;
+    if (since >= step && i < items.size()) {
+      curve.push_back(point(tp, fp));
+      since = 0;
+    }
+  }
+  curve.push_back(point(tp, fp));  // (1, 1)
+  return curve;
 }
 
 double Auroc(const std::vector<float>& scores, const std::vector<float>& targets) {

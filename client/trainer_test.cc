@@ -190,6 +190,34 @@ TEST(AurocTest, PerfectReversedAndHandComputed) {
   EXPECT_DOUBLE_EQ(Auroc({0.1f, 0.4f, 0.35f, 0.8f}, {0, 0, 1, 1}), 0.75);
 }
 
+TEST(RocCurveTest, FromZeroToOneWithTiesTogetherAndFewPoints) {
+  auto pairs = [](const std::vector<RocPoint>& curve) {
+    std::vector<std::pair<double, double>> out;
+    for (const RocPoint& p : curve) out.emplace_back(p.fpr(), p.tpr());
+    return out;
+  };
+  using P = std::vector<std::pair<double, double>>;
+  EXPECT_EQ(pairs(RocCurve({0.1f, 0.2f, 0.8f, 0.9f}, {0, 0, 1, 1})),
+            (P{{0, 0}, {0, 0.5}, {0, 1}, {0.5, 1}, {1, 1}}));
+  // Tied scores pass the threshold together.
+  EXPECT_EQ(pairs(RocCurve({0.5f, 0.5f, 0.9f, 0.1f}, {1, 0, 1, 0})),
+            (P{{0, 0}, {0, 0.5}, {0.5, 1}, {1, 1}}));
+  EXPECT_TRUE(RocCurve({0.1f, 0.7f}, {1, 1}).empty());  // one class only
+  std::vector<float> scores, targets;
+  for (int i = 0; i < 1000; ++i) {
+    scores.push_back(static_cast<float>((i * 7919) % 1000) / 1000.0f);
+    targets.push_back(static_cast<float>(i % 3 == 0));
+  }
+  const std::vector<RocPoint> curve = RocCurve(scores, targets);
+  ASSERT_LE(curve.size(), 21u);
+  ASSERT_GE(curve.size(), 10u);
+  for (size_t i = 1; i < curve.size(); ++i) {
+    EXPECT_GE(curve[i].fpr(), curve[i - 1].fpr());
+    EXPECT_GE(curve[i].tpr(), curve[i - 1].tpr());
+  }
+  EXPECT_EQ(pairs({curve.back()}), (P{{1, 1}}));
+}
+
 TEST(AurocTest, TiesCountHalf) {
   EXPECT_DOUBLE_EQ(Auroc({0.5f, 0.5f, 0.5f, 0.5f}, {1, 0, 1, 0}), 0.5);
   // Pairs: (0.5 vs 0.2) 1, (0.5 vs 0.5) 0.5, (0.9 vs both) 2 -> 3.5 / 4.

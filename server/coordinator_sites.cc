@@ -96,6 +96,35 @@ absl::Status CheckNamedMetrics(const MetricsReport& report) {
   return absl::OkStatus();
 }
 
+// INVALID_ARGUMENT unless `m`'s ROC curve is one: at most kMaxRocPoints points in [0, 1], both
+// rates never decreasing, from (0, 0) to (1, 1); none at all is fine.
+absl::Status CheckRoc(const LabelMetric& m) {
+  constexpr int kMaxRocPoints = 21;
+  if (m.roc().empty()) return absl::OkStatus();
+  auto refuse = [&](const std::string& why) {
+    return absl::InvalidArgumentError(absl::StrCat("finding '", m.label(), "': ROC curve ", why));
+  };
+  if (m.roc_size() > kMaxRocPoints) {
+    return refuse(absl::StrCat("of ", m.roc_size(), " points (at most ", kMaxRocPoints, ")"));
+  }
+  if (m.positives() == 0 || m.negatives() == 0) return refuse("without both classes");
+  for (int i = 0; i < m.roc_size(); ++i) {
+    const RocPoint& p = m.roc(i);
+    if (!(p.fpr() >= 0 && p.fpr() <= 1 && p.tpr() >= 0 && p.tpr() <= 1)) {
+      return refuse(absl::StrCat("point ", i, " outside [0, 1]"));
+    }
+    if (i > 0 && (p.fpr() < m.roc(i - 1).fpr() || p.tpr() < m.roc(i - 1).tpr())) {
+      return refuse(absl::StrCat("decreasing at point ", i));
+    }
+  }
+  const RocPoint& first = m.roc(0);
+  const RocPoint& last = m.roc(m.roc_size() - 1);
+  if (first.fpr() != 0 || first.tpr() != 0 || last.fpr() != 1 || last.tpr() != 1) {
+    return refuse("not from (0, 0) to (1, 1)");
+  }
+  return absl::OkStatus();
+}
+
 // INVALID_ARGUMENT unless every figure of `report` is one `site` can have: findings of `allowed`
 // (its labels in the job), each once, with counts within what it declared at Join, AUROCs NaN
 // or in [0, 1] (and defined only with both classes present), a finite loss, and
@@ -132,6 +161,7 @@ absl::Status CheckReportContent(const MetricsReport& report, const SiteInfo& sit
           " negatives exceed the site's declared ", declared.positives(), " and ",
           declared.negatives(), " or its ", report.test_images(), " test images"));
     }
+    RETURN_IF_ERROR(CheckRoc(m));
     if (std::isnan(m.auroc())) continue;
     if (!(m.auroc() >= 0 && m.auroc() <= 1)) {
       return absl::InvalidArgumentError(
@@ -700,7 +730,9 @@ absl::Status Coordinator::AttachReport(JobStatus& job, const std::string& site,
         return absl::AlreadyExistsError("this site already reported on this round");
       }
     }
-    *summary.add_reports() = own;
+    SiteReport* kept = summary.add_reports();
+    *kept = own;
+    for (LabelMetric& m : *kept->mutable_test()) m.clear_roc();  // the latest report keeps them
     PoolMetrics(summary);
   }
   SiteReport* entry = SiteEntry(job, site);

@@ -337,6 +337,20 @@ TEST_F(CoordinatorTest, ForgedEvaluationReportChangesNothingTheOperatorSees) {
   EXPECT_EQ(code(c, stale), StatusCode::kFailedPrecondition);
   EXPECT_EQ(core_->Report({"site-d", Role::kSite}, AurocReport(ec, 0.5, 10, 10, 20)).code(),
             StatusCode::kPermissionDenied);
+  // A ROC curve must be one: rates in [0, 1], never decreasing, from (0, 0) to (1, 1).
+  auto with_roc = [&](std::vector<std::pair<double, double>> points) {
+    MetricsReport r = AurocReport(ec, 0.5, 10, 10, 20);
+    for (const auto& [fpr, tpr] : points) {
+      RocPoint* p = r.mutable_test(0)->add_roc();
+      p->set_fpr(fpr);
+      p->set_tpr(tpr);
+    }
+    return r;
+  };
+  EXPECT_EQ(code(c, with_roc({{0, 0}, {0.5, 0.9}, {0.4, 1}, {1, 1}})),
+            StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(c, with_roc({{0, 0}, {0.5, 1.5}, {1, 1}})), StatusCode::kInvalidArgument);
+  EXPECT_EQ(code(c, with_roc({{0, 0}, {0.5, 0.9}})), StatusCode::kInvalidArgument);
   // Named metrics (other workloads' figures) must be well formed too.
   MetricsReport named = AurocReport(ec, 0.5, 10, 10, 20);
   Metric* l1 = named.add_metrics();
@@ -346,7 +360,7 @@ TEST_F(CoordinatorTest, ForgedEvaluationReportChangesNothingTheOperatorSees) {
   l1->set_value(0.1);
   l1->set_name("L1 error");
   EXPECT_EQ(code(c, named), StatusCode::kInvalidArgument);
-  EXPECT_EQ(Counted(registry_, "fl_coordinator_reports_total", "rejected"), 9);
+  EXPECT_EQ(Counted(registry_, "fl_coordinator_reports_total", "rejected"), 12);
   EXPECT_EQ(Counted(registry_, "fl_coordinator_reports_total", "stale"), 1);
   auto job = core_->GetJob(id);
   ASSERT_TRUE(job.ok());

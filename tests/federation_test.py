@@ -405,6 +405,8 @@ class FederationTest(unittest.TestCase):
         root = ET.parse(html).getroot()  # well-formed: every element closed, text escaped
         ns = {"h": "http://www.w3.org/1999/xhtml", "svg": "http://www.w3.org/2000/svg"}
         self.assertGreaterEqual(len(root.findall(".//svg:svg", ns)), 2)
+        titles = [t.text for t in root.findall(".//svg:title", ns)]
+        self.assertIn("ROC: cardiomegaly (final model)", titles)  # from the final evaluation
         cells = [td.text for td in root.findall(".//h:td", ns)]
         self.assertIn(f"{epsilon:.3f}", cells)
         text = open(html).read()

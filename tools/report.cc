@@ -47,10 +47,11 @@ struct Range {
   }
 };
 
-// About `ticks` + 1 tick values over `x`: whole numbers when the range has whole ends (rounds).
+// About `ticks` + 1 tick values over `x`: whole numbers when the range has whole ends at least 2
+// apart (rounds).
 std::vector<double> XTicks(const Range& x, int ticks) {
   std::vector<double> out;
-  if (x.lo == std::floor(x.lo) && x.hi == std::floor(x.hi)) {
+  if (x.lo == std::floor(x.lo) && x.hi == std::floor(x.hi) && x.hi - x.lo >= 2) {
     const double step = std::max(1.0, std::ceil((x.hi - x.lo) / ticks));
     for (double v = x.lo; v <= x.hi; v += step) out.push_back(v);
     return out;
@@ -164,6 +165,28 @@ std::string SitesSection(const JobStatus& job, const std::vector<SiteInfo>& site
   return out + Table({"site", "images", "labels", "hardware", "software", "now"}, rows);
 }
 
+// Per finding, each site's ROC curve of the final model (its final evaluation report), beside
+// the chance line.
+std::string RocCharts(const JobStatus& job) {
+  std::string out;
+  for (const std::string& label : job.spec().labels()) {
+    std::vector<ChartSeries> series{{"chance", {{0, 0}, {1, 1}}}};
+    for (const SiteReport& r : job.sites()) {
+      for (const LabelMetric& m : r.test()) {
+        if (m.label() != label || m.roc().empty()) continue;
+        ChartSeries& s = series.emplace_back();
+        s.name = absl::StrFormat("%s (AUROC %s)", r.site(), Figure(m.auroc()));
+        for (const RocPoint& p : m.roc()) s.points.emplace_back(p.fpr(), p.tpr());
+      }
+    }
+    if (series.size() == 1) continue;
+    absl::StrAppend(&out,
+                    SvgLineChart(series, {absl::StrCat("ROC: ", label, " (final model)"),
+                                          "false positive rate", "true positive rate", 0, 1}));
+  }
+  return out;
+}
+
 std::string FinalSection(const JobStatus& job) {
   std::string out = Section("Each site's figures on the latest model");
   if (job.sites().empty()) return out + "<p>No site has reported yet.</p>\n";
@@ -200,7 +223,7 @@ std::string FinalSection(const JobStatus& job) {
       absl::StrAppend(&out, SvgLineChart(series, {"Each site's mean AUROC on its own split",
                                                   "rounds done", "AUROC", 0, 0}));
     }
-    return out;
+    return out + RocCharts(job);
   }
   std::set<std::string> names;
   for (const SiteReport& r : job.sites()) {

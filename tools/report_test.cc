@@ -94,6 +94,11 @@ JobStatus Job() {
   m->set_auroc(0.8);
   m->set_positives(12);
   m->set_negatives(88);
+  for (auto [fpr, tpr] : {std::pair{0.0, 0.0}, {0.2, 0.7}, {1.0, 1.0}}) {
+    RocPoint* p = m->add_roc();
+    p->set_fpr(fpr);
+    p->set_tpr(tpr);
+  }
   PrivacyReport& p = *final_report->mutable_privacy();
   p.set_epsilon(2.5);
   p.set_delta(1e-5);
@@ -123,9 +128,11 @@ TEST(ReportHtmlTest, EverySectionFromTheJobsFigures) {
   EXPECT_THAT(html, Not(HasSubstr("<script")));  // no script at all, and names escaped
   EXPECT_THAT(html, Not(HasSubstr("src=")));     // nothing fetched: self-contained
   EXPECT_THAT(html, Not(HasSubstr("href=")));
-  // Charts: validation, each site's own, privacy.
-  EXPECT_EQ(Count(html, "<svg"), 3u);
-  EXPECT_EQ(Count(html, "</svg>"), 3u);
+  // Charts: validation, each site's own, the ROC of the one finding with a curve, privacy.
+  EXPECT_EQ(Count(html, "<svg"), 4u);
+  EXPECT_EQ(Count(html, "</svg>"), 4u);
+  EXPECT_THAT(html, HasSubstr("ROC: cardiomegaly (final model)"));
+  EXPECT_THAT(html, HasSubstr(">site-a (AUROC 0.800)</text>"));
 }
 
 }  // namespace
