@@ -17,7 +17,7 @@
 namespace fl {
 namespace {
 
-constexpr int kWidth = 640;
+constexpr int kWidth = 720;
 constexpr int kHeight = 320;
 constexpr int kLeft = 60;
 constexpr int kRight = 470;  // the legend sits right of the plot

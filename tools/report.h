@@ -28,7 +28,7 @@ struct ChartOptions {
   double y_max = 0;
 };
 
-// An SVG line chart (640 x 320 with its legend), every text escaped. Series without a finite
+// An SVG line chart (720 x 320 with its legend), every text escaped. Series without a finite
 // point are listed in the legend only.
 std::string SvgLineChart(const std::vector<ChartSeries>& series, const ChartOptions& options);
 
