@@ -9,7 +9,7 @@
 # of its own (FL_DEMO_TEST_IMAGES images, default 400); the table gives AUROC with bootstrap 95%
 # intervals over those test images. One seed on a short budget cannot show what the study
 # shows: the intervals cover the test images, not the training's own variation, and no arm
-# has converged (see the printout). About 7 minutes on 2 shared cores once built.
+# has converged (see the printout). About 3 minutes on 2 cores once built.
 # Installs what is missing, builds, provisions, generates phantom DICOM data, trains, reports.
 # Writes build/demo/summary.json, the FedAvg model to build/demo/model/ and its job's report
 # (flctl report) to build/demo/report.html. Environment:

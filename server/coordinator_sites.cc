@@ -96,6 +96,18 @@ absl::Status CheckNamedMetrics(const MetricsReport& report) {
   return absl::OkStatus();
 }
 
+// INVALID_ARGUMENT when a report or an upload header carries a training loss that is not a
+// finite, non-negative number (none at all, as under DP, is fine).
+template <typename Message>
+absl::Status CheckLoss(const Message& message) {
+  if (!message.has_train_loss() ||
+      (std::isfinite(message.train_loss()) && message.train_loss() >= 0)) {
+    return absl::OkStatus();
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("train_loss ", message.train_loss(), " is not a finite, non-negative number"));
+}
+
 // INVALID_ARGUMENT unless `m`'s ROC curve is one: at most kMaxRocPoints points in [0, 1], both
 // rates never decreasing, from (0, 0) to (1, 1); none at all is fine.
 absl::Status CheckRoc(const LabelMetric& m) {
@@ -131,10 +143,7 @@ absl::Status CheckRoc(const LabelMetric& m) {
 // well-formed named metrics.
 absl::Status CheckReportContent(const MetricsReport& report, const SiteInfo& site,
                                 const std::vector<std::string>& allowed) {
-  if (report.has_train_loss() && (!std::isfinite(report.train_loss()) || report.train_loss() < 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("train_loss ", report.train_loss(), " is not a finite, non-negative number"));
-  }
+  RETURN_IF_ERROR(CheckLoss(report));
   RETURN_IF_ERROR(CheckNamedMetrics(report));
   if (report.test_images() > site.num_images()) {
     return absl::InvalidArgumentError(absl::StrCat("test_images ", report.test_images(),
@@ -416,10 +425,7 @@ absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity&
         "num_samples ", header.num_samples(), " (the train split's size) is outside [1, ",
         max_samples, "]: the site declared ", declared, " images when it joined"));
   }
-  if (header.has_train_loss() && (!std::isfinite(header.train_loss()) || header.train_loss() < 0)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("train_loss ", header.train_loss(), " is not a finite, non-negative number"));
-  }
+  RETURN_IF_ERROR(CheckLoss(header));
   ASSIGN_OR_RETURN(std::vector<size_t> rows, LabelRows(who.name, header));
   round_->uploading.insert(who.name);
   MarkPhase(header.job_id(), who.name, TASK_PHASE_UPLOADING);

@@ -1,6 +1,7 @@
 #include "tools/dicom_write.h"
 
 #include "absl/strings/str_cat.h"
+#include "dcmtk/dcmdata/dcdeftag.h"
 #include "dcmtk/dcmdata/dctag.h"
 #include "dcmtk/dcmdata/dcuid.h"
 
@@ -14,6 +15,15 @@ absl::Status PutAll(DcmDataset* ds, const std::vector<std::pair<DcmTagKey, std::
           absl::StrCat("setting ", DcmTag(key).getTagName(), ": ", cond.text()));
     }
   }
+  return absl::OkStatus();
+}
+
+absl::Status SaveWithPixels(DcmFileFormat& file, const std::vector<uint16_t>& stored,
+                            const std::string& path) {
+  OFCondition cond = file.getDataset()->putAndInsertUint16Array(
+      DCM_PixelData, stored.data(), static_cast<unsigned long>(stored.size()));
+  if (cond.good()) cond = file.saveFile(path.c_str(), EXS_LittleEndianExplicit);
+  if (cond.bad()) return absl::InternalError(absl::StrCat("writing ", path, ": ", cond.text()));
   return absl::OkStatus();
 }
 

@@ -491,10 +491,7 @@ absl::Status WritePhantomDicom(const std::vector<uint16_t>& pixels, const Phanto
                               {DCM_RescaleIntercept, "0"},
                               {DCM_RescaleSlope, "1"},
                               {DCM_RescaleType, "US"}}));
-  OFCondition cond = ds->putAndInsertUint16Array(DCM_PixelData, stored.data(), stored.size());
-  if (cond.good()) cond = file.saveFile(path.c_str(), EXS_LittleEndianExplicit);
-  if (cond.bad()) return absl::InternalError(absl::StrCat("writing ", path, ": ", cond.text()));
-  return absl::OkStatus();
+  return SaveWithPixels(file, stored, path);
 }
 
 std::vector<std::string> ColumnsToWrite(const PhantomOptions& options) {

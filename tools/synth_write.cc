@@ -83,10 +83,7 @@ absl::Status WriteImage(const SyntheticSet& set, const SyntheticSet::Image& imag
                               {DCM_PixelRepresentation, "0"},
                               {DCM_WindowCenter, "2048"},
                               {DCM_WindowWidth, "4096"}}));
-  OFCondition cond = ds->putAndInsertUint16Array(DCM_PixelData, stored.data(), stored.size());
-  if (cond.good()) cond = file.saveFile(path.c_str(), EXS_LittleEndianExplicit);
-  if (cond.bad()) return absl::InternalError(absl::StrCat("writing ", path, ": ", cond.text()));
-  return absl::OkStatus();
+  return SaveWithPixels(file, stored, path);
 }
 
 }  // namespace
