@@ -155,7 +155,7 @@ absl::Status RunAggregateBench(const std::vector<int64_t>& flags) {
   std::printf("memcpy:          %8.1f MiB/s (best of 15)\n", MibPerSecond(bytes, t.memcpy_s));
   std::printf("float fold:      %8.1f MiB/s (best of 15; the order-dependent fold of before)\n",
               MibPerSecond(bytes, t.float_fold_s));
-  std::printf("fold:            %8.1f MiB/s (best of 15; exact, 128-bit fixed point)\n",
+  std::printf("fold:            %8.1f MiB/s (best of 15; exact fixed point, 64-bit words)\n",
               MibPerSecond(bytes, t.fold_s));
   std::printf(
       "validated fold:  %8.1f MiB/s (best of 5; WriteTensorChunks -> "

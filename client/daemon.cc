@@ -1,7 +1,6 @@
 #include "client/daemon.h"
 
 #include <cmath>
-#include <filesystem>
 #include <map>
 #include <optional>
 #include <random>
@@ -64,7 +63,7 @@ absl::StatusOr<std::string> BindDatasetId(const ClientConfig& config, const Data
 
 ClientDaemon::ClientDaemon(ClientConfig config, Connector connect, std::string dataset_id,
                            const Dataset* data, LocalTrainer* trainer, PrivacyLedger* ledger,
-                           ClientMetrics* metrics, Clock* clock, FrozenModelCache* frozen)
+                           ClientMetrics* metrics, Clock* clock, FrozenModelCache* frozen, Env* env)
     : config_(std::move(config)),
       connect_(std::move(connect)),
       dataset_id_(std::move(dataset_id)),
@@ -73,7 +72,8 @@ ClientDaemon::ClientDaemon(ClientConfig config, Connector connect, std::string d
       ledger_(ledger),
       metrics_(metrics),
       clock_(clock),
-      frozen_(frozen) {}
+      frozen_(frozen),
+      env_(env) {}
 
 JoinRequest ClientDaemon::MakeJoinRequest() const {
   JoinRequest request;
@@ -423,7 +423,7 @@ std::string ClientDaemon::KeptPath() const {
 
 void ClientDaemon::Keep(KeptUpdate kept) {
   absl::Status written =
-      WriteSafetensors(KeptPath(), *kept.update, {{"header", ToJson(kept.header)}});
+      WriteSafetensors(KeptPath(), *kept.update, {{"header", ToJson(kept.header)}}, env_);
   if (!written.ok()) {
     Log(absl::StrCat("the update of job ", kept.header.job_id(), " round ", kept.header.round(),
                      " is not kept on disk (", written.message(),
@@ -434,15 +434,16 @@ void ClientDaemon::Keep(KeptUpdate kept) {
 
 void ClientDaemon::ForgetKept() {
   kept_.reset();
-  std::error_code ec;
-  std::filesystem::remove(KeptPath(), ec);
-  if (ec) Log(absl::StrCat("cannot remove ", KeptPath(), ": ", ec.message()));
+  const absl::Status removed = env_->RemoveFile(KeptPath());
+  if (!removed.ok() && !absl::IsNotFound(removed)) {
+    Log(absl::StrCat("cannot remove the kept update: ", removed.message()));
+  }
 }
 
 void ClientDaemon::RestoreKept() {
-  if (!std::filesystem::exists(KeptPath())) return;
+  if (!env_->FileExists(KeptPath())) return;
   std::map<std::string, std::string> metadata;
-  absl::StatusOr<TensorList> update = ReadSafetensors(KeptPath(), &metadata);
+  absl::StatusOr<TensorList> update = ReadSafetensors(KeptPath(), &metadata, env_);
   KeptUpdate kept;
   absl::Status read = update.status();
   if (read.ok()) read = FromJson(metadata["header"], KeptPath(), &kept.header);

@@ -24,6 +24,7 @@
 #include "client/metrics.h"
 #include "client/trainer.h"
 #include "common/clock.h"
+#include "common/env.h"
 #include "fl/config.pb.h"
 #include "privacy/dp_plan.h"
 #include "privacy/ledger.h"
@@ -42,10 +43,11 @@ class ClientDaemon {
   // spent on this site's dataset, under `dataset_id` (as PrivacyLedger::BindDataset returned
   // it), by every DP job.
   // `frozen` keeps the models that jobs build on (the trainer reads them from it); null: this
-  // site declines such jobs.
+  // site declines such jobs. Files in state_dir (the kept update) go through `env`.
   ClientDaemon(ClientConfig config, Connector connect, std::string dataset_id, const Dataset* data,
                LocalTrainer* trainer, PrivacyLedger* ledger, ClientMetrics* metrics,
-               Clock* clock = &SystemClock(), FrozenModelCache* frozen = nullptr);
+               Clock* clock = &SystemClock(), FrozenModelCache* frozen = nullptr,
+               Env* env = Env::Default());
 
   // Runs until Stop() or an exit condition of the config (exit_after_tasks, exit_when_idle).
   absl::Status Run();
@@ -122,6 +124,7 @@ class ClientDaemon {
   ClientMetrics* metrics_;
   Clock* clock_;
   FrozenModelCache* frozen_;
+  Env* env_;
   std::atomic<bool> stop_{false};
   bool progress_failed_ = false;  // a progress message of the current task failed (logged)
   int tasks_done_ = 0;

@@ -15,6 +15,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/strip.h"
 #include "common/digest.h"
+#include "common/fault_env.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "prometheus/registry.h"
@@ -207,7 +208,7 @@ class SiteCoreTest : public ::testing::Test {
     dataset_id_ = *id;
     ClientDaemon daemon(
         config_, [this] { return std::make_unique<FakeConnection>(&coordinator_); }, dataset_id_,
-        &data_, &trainer_, ledger_.get(), &metrics_, &clock_, frozen_);
+        &data_, &trainer_, ledger_.get(), &metrics_, &clock_, frozen_, &env_);
     ASSERT_TRUE(daemon.Run().ok());
   }
 
@@ -236,6 +237,7 @@ class SiteCoreTest : public ::testing::Test {
   Coordinator coordinator_;
   std::string dataset_id_;
   FrozenModelCache* frozen_ = nullptr;
+  FaultEnv env_;  // the daemon's files in state_dir
 };
 
 TEST_F(SiteCoreTest, ADpRoundIsRecordedBeforeAnyByteIsSent) {
@@ -318,6 +320,46 @@ TEST_F(SiteCoreTest, AfterASiteRestartTheKeptUpdateIsSentWithoutRetraining) {
             coordinator_.headers[0].SerializeAsString());
   EXPECT_GT(coordinator_.headers[1].privacy().epsilon(), 0);
   EXPECT_FALSE(std::filesystem::exists(dir_ / "kept_update.safetensors"));  // sent: forgotten
+}
+
+// A disk that fills while the update is kept (half of it written, then ENOSPC): nothing torn is
+// left in state_dir, the update still goes out from memory, and a restart finds nothing to send.
+TEST_F(SiteCoreTest, AKeptUpdateThatCannotBeWrittenIsStillSentAndLeavesNothingTorn) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  coordinator_.upload_results = {absl::UnavailableError("coordinator restarting")};
+  env_.Inject({.op = FileOp::kWrite,
+               .error = ENOSPC,
+               .every = true,
+               .short_write = true,
+               .path_part = "kept_update"});
+  Run();
+  EXPECT_GT(env_.injected(), 0);
+  EXPECT_THAT(coordinator_.events, ElementsAre("join", "download", "upload", "upload"));
+  EXPECT_EQ(trainer_.trained, 1);
+  EXPECT_EQ(RecordedRounds(), 1);
+  for (const auto& entry : std::filesystem::directory_iterator(dir_)) {
+    EXPECT_EQ(entry.path().filename().string().find("kept_update"), std::string::npos)
+        << entry.path();
+  }
+}
+
+// A kept update that cannot be read back after a restart (EIO) is dropped: the round is trained
+// and paid for again, never sent half-read.
+TEST_F(SiteCoreTest, AKeptUpdateThatCannotBeReadIsTrainedAndCountedAgain) {
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  coordinator_.upload_results = {
+      absl::FailedPreconditionError("round 0 of job cxr-1 is not open (stale round)")};
+  Run();
+  ASSERT_TRUE(std::filesystem::exists(dir_ / "kept_update.safetensors"));
+  coordinator_.events.clear();
+  coordinator_.tasks.push_back(MakeTask(/*dp=*/true));
+  env_.Inject({.op = FileOp::kRead, .error = EIO, .path_part = "kept_update"});
+  Run();
+  EXPECT_EQ(env_.injected(), 1);
+  EXPECT_THAT(coordinator_.events, ElementsAre("join", "download", "upload"));
+  EXPECT_EQ(trainer_.trained, 2);
+  EXPECT_EQ(RecordedRounds(), 2);
+  EXPECT_FALSE(std::filesystem::exists(dir_ / "kept_update.safetensors"));
 }
 
 // What was kept is for its own job and round only: the next round trains afresh, and an update

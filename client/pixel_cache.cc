@@ -6,13 +6,13 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <vector>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/status.h"
 
 namespace fl {
 namespace {
@@ -93,7 +93,7 @@ std::string NameOf(const std::string& key) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<PixelCache>> PixelCache::Open(const std::string& dir,
-                                                             int64_t max_bytes) {
+                                                             int64_t max_bytes, Env* env) {
   if (max_bytes <= 0) return absl::InvalidArgumentError("pixel cache bound must be > 0");
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -112,7 +112,7 @@ absl::StatusOr<std::unique_ptr<PixelCache>> PixelCache::Open(const std::string& 
   }
   if (ec) return absl::UnavailableError(absl::StrCat("pixel cache ", dir, ": ", ec.message()));
   std::sort(found.begin(), found.end());
-  std::unique_ptr<PixelCache> cache(new PixelCache(dir, max_bytes));
+  std::unique_ptr<PixelCache> cache(new PixelCache(dir, max_bytes, env));
   absl::MutexLock lock(&cache->mu_);
   for (const auto& [time, entry] : found) cache->Touch(entry.first, entry.second);
   cache->EvictToFit();
@@ -138,8 +138,7 @@ void PixelCache::Touch(const std::string& name, int64_t bytes) {
 void PixelCache::Drop(const std::string& name) {
   auto it = entries_.find(name);
   if (it == entries_.end()) return;
-  std::error_code ec;
-  fs::remove(PathOf(name), ec);
+  env_->RemoveFile(PathOf(name)).IgnoreError();  // gone already, or removed at the next Open
   by_use_.erase(it->second.last_use);
   stats_.bytes -= it->second.bytes;
   entries_.erase(it);
@@ -162,8 +161,8 @@ std::optional<std::vector<float>> PixelCache::Get(const std::string& key) {
       return std::nullopt;
     }
   }
-  std::ifstream in(PathOf(name), std::ios::binary);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  // An entry that cannot be read (an I/O error, removed meanwhile) decodes as damaged: dropped.
+  const std::string bytes = env_->ReadFileToString(PathOf(name)).value_or(std::string());
   bool other_key = false;
   std::optional<std::vector<float>> pixels = Decode(bytes, key, &other_key);
   absl::MutexLock lock(&mu_);
@@ -190,22 +189,16 @@ absl::Status PixelCache::Put(const std::string& key, const std::vector<float>& p
     absl::MutexLock lock(&mu_);
     temp = PathOf(absl::StrCat(name, ".", ++temp_counter_, kTempSuffix));
   }
-  {
-    std::ofstream out(temp, std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.close();
-    if (!out) {
-      std::error_code ec;
-      fs::remove(temp, ec);
-      return absl::UnavailableError(
-          absl::StrCat("pixel cache: cannot write ", temp, " (disk full?)"));
-    }
-  }
-  std::error_code ec;
-  fs::rename(temp, PathOf(name), ec);
-  if (ec) {
-    fs::remove(temp, ec);
-    return absl::UnavailableError(absl::StrCat("pixel cache: cannot rename ", temp));
+  // No fsync: an entry torn by a crash fails its CRC and is dropped when read.
+  absl::Status written = [&]() -> absl::Status {
+    ASSIGN_OR_RETURN(std::unique_ptr<WritableFile> out, env_->NewWritableFile(temp, 0600));
+    RETURN_IF_ERROR(out->Append(bytes));
+    RETURN_IF_ERROR(out->Close());
+    return env_->RenameFile(temp, PathOf(name));
+  }();
+  if (!written.ok()) {
+    env_->RemoveFile(temp).IgnoreError();
+    return Annotate(written, "pixel cache");
   }
   absl::MutexLock lock(&mu_);
   Touch(name, static_cast<int64_t>(bytes.size()));

@@ -17,6 +17,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "client/data_source.h"
+#include "common/env.h"
 
 namespace fl {
 
@@ -35,8 +36,9 @@ class PixelCache {
   // Opens `dir` (created if missing) and indexes the entries there, the least recently written
   // first to be evicted; left-over temporary files of an interrupted write are removed. Entries
   // beyond `max_bytes` are evicted at once. REQUIRES: max_bytes > 0.
-  static absl::StatusOr<std::unique_ptr<PixelCache>> Open(const std::string& dir,
-                                                          int64_t max_bytes);
+  // Entries are written, read and removed through `env`.
+  static absl::StatusOr<std::unique_ptr<PixelCache>> Open(const std::string& dir, int64_t max_bytes,
+                                                          Env* env = Env::Default());
 
   // The pixels stored under `key`, or nullopt when there are none. An entry that does not read
   // back whole (truncated, another key, a CRC mismatch) is removed and counted as damaged.
@@ -56,7 +58,8 @@ class PixelCache {
     uint64_t last_use = 0;
   };
 
-  PixelCache(std::string dir, int64_t max_bytes) : dir_(std::move(dir)), max_bytes_(max_bytes) {}
+  PixelCache(std::string dir, int64_t max_bytes, Env* env)
+      : dir_(std::move(dir)), max_bytes_(max_bytes), env_(env) {}
   std::string PathOf(const std::string& name) const;
   void Touch(const std::string& name, int64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Drop(const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -64,6 +67,7 @@ class PixelCache {
 
   const std::string dir_;
   const int64_t max_bytes_;
+  Env* const env_;
   mutable absl::Mutex mu_;
   std::unordered_map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);  // by file name
   std::map<uint64_t, std::string> by_use_ ABSL_GUARDED_BY(mu_);          // last_use -> name

@@ -4,6 +4,7 @@
 #include <fstream>
 #include <thread>
 
+#include "common/fault_env.h"
 #include "common/test_dir.h"
 #include "gtest/gtest.h"
 
@@ -100,6 +101,31 @@ TEST(PixelCacheTest, DamagedEntriesAreRemovedAndNeverReturned) {
   EXPECT_EQ((*cache)->stats().damaged, 2);
   EXPECT_EQ((*cache)->stats().entries, 0);
   EXPECT_TRUE(EntryFiles(dir).empty());
+}
+
+// A disk that fills in the middle of an entry: the error says so (RESOURCE_EXHAUSTED), nothing
+// half-written stays, and the cache goes on (a read that fails with EIO is a miss, the entry
+// dropped; the image is decoded again).
+TEST(PixelCacheTest, AFullDiskOrAFailingReadLeavesTheCacheSound) {
+  const std::string dir = FreshTestDir("pixel_cache_faults");
+  FaultEnv env;
+  auto cache = PixelCache::Open(dir, 1 << 20, &env);
+  ASSERT_TRUE(cache.ok());
+  ASSERT_TRUE((*cache)->Put("kept", Pixels(50, 0.5f)).ok());
+  env.Inject({.op = FileOp::kWrite, .error = ENOSPC, .short_write = true});
+  const absl::Status full = (*cache)->Put("torn", Pixels(50, 0.25f));
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  EXPECT_NE(full.message().find("pixel cache"), std::string::npos) << full;
+  EXPECT_EQ(EntryFiles(dir).size(), 1u);  // no temporary file left
+  EXPECT_FALSE((*cache)->Get("torn").has_value());
+  env.Inject({.op = FileOp::kRename, .error = EIO});
+  EXPECT_EQ((*cache)->Put("torn", Pixels(50, 0.25f)).code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(EntryFiles(dir).size(), 1u);
+  ASSERT_TRUE((*cache)->Put("torn", Pixels(50, 0.25f)).ok());
+  EXPECT_EQ((*cache)->Get("torn"), Pixels(50, 0.25f));
+  env.Inject({.op = FileOp::kRead, .error = EIO});
+  EXPECT_FALSE((*cache)->Get("kept").has_value());
+  EXPECT_EQ((*cache)->stats().entries, 1);
 }
 
 // A source that counts its decodes.

@@ -4,11 +4,11 @@
 #include <cctype>
 #include <cmath>
 #include <cstdio>
-#include <filesystem>
 #include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/file_util.h"
 #include "common/safetensors.h"
 #include "common/status.h"
 
@@ -180,8 +180,8 @@ absl::StatusOr<std::optional<TensorList>> HeadStore::Get(const std::string& job_
   if (it != heads_.end()) return std::optional<TensorList>(it->second);
   if (state_dir_.empty()) return std::optional<TensorList>();
   ASSIGN_OR_RETURN(std::string path, PathFor(job_id));
-  if (!std::filesystem::exists(path)) return std::optional<TensorList>();
-  ASSIGN_OR_RETURN(TensorList head, ReadSafetensors(path));
+  if (!env_->FileExists(path)) return std::optional<TensorList>();
+  ASSIGN_OR_RETURN(TensorList head, ReadSafetensors(path, nullptr, env_));
   heads_[job_id] = head;
   return std::optional<TensorList>(std::move(head));
 }
@@ -190,13 +190,9 @@ absl::Status HeadStore::Put(const std::string& job_id, TensorList head) {
   absl::MutexLock lock(&mu_);
   if (!state_dir_.empty()) {
     ASSIGN_OR_RETURN(std::string path, PathFor(job_id));
-    std::error_code ec;
-    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
-    if (ec) {
-      return absl::InternalError(absl::StrCat("creating the folder of ", path, ": ", ec.message()));
-    }
-    RETURN_IF_ERROR(
-        Annotate(WriteSafetensors(path, head, {{"job_id", job_id}}), "saving the private head"));
+    RETURN_IF_ERROR(Annotate(MakeDirs(ParentDir(path), 0700, env_), "saving the private head"));
+    RETURN_IF_ERROR(Annotate(WriteSafetensors(path, head, {{"job_id", job_id}}, env_),
+                             "saving the private head"));
   }
   heads_[job_id] = std::move(head);
   return absl::OkStatus();

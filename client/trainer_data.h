@@ -19,6 +19,7 @@
 #include "absl/synchronization/mutex.h"
 #include "client/dataset.h"
 #include "client/trainer.h"
+#include "common/env.h"
 #include "common/tensor.h"
 
 namespace fl {
@@ -108,10 +109,12 @@ class BatchPrefetcher {
 };
 
 // Private heads (HEAD_MODE_SITE) per job: in memory, and with a state_dir also in
-// <state_dir>/heads/<job_id>.safetensors, so they survive a restart. Thread-safe.
+// <state_dir>/heads/<job_id>.safetensors, so they survive a restart; files through `env`.
+// Thread-safe.
 class HeadStore {
  public:
-  explicit HeadStore(std::string state_dir) : state_dir_(std::move(state_dir)) {}
+  explicit HeadStore(std::string state_dir, Env* env = Env::Default())
+      : state_dir_(std::move(state_dir)), env_(env) {}
 
   // The head kept for `job_id`, or nullopt when this site has none yet.
   absl::StatusOr<std::optional<TensorList>> Get(const std::string& job_id);
@@ -122,6 +125,7 @@ class HeadStore {
   absl::StatusOr<std::string> PathFor(const std::string& job_id) const;
 
   const std::string state_dir_;
+  Env* const env_;
   absl::Mutex mu_;
   std::map<std::string, TensorList> heads_ ABSL_GUARDED_BY(mu_);
 };

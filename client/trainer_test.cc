@@ -10,7 +10,9 @@
 #include <string>
 #include <vector>
 
+#include "common/fault_env.h"
 #include "common/safetensors.h"
+#include "client/trainer_data.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "common/test_dir.h"
@@ -350,6 +352,30 @@ TEST(TrainerTest, SiteHeadStaysPrivateAndPersists) {
   auto metrics = a->Evaluate("job-7", spec, labels, backbone);
   ASSERT_TRUE(metrics.ok()) << metrics.status();
   EXPECT_EQ(metrics->test_size(), 2);
+}
+
+// A private head that cannot be saved (a full disk, half of it written) is an error with the disk's
+// code, and the head saved before stays whole on disk for the next start.
+TEST(HeadStoreTest, AFailedSaveKeepsTheHeadBeforeIt) {
+  const std::string dir = TempDir("heads");
+  FaultEnv env;
+  const TensorList first = {{"fc.weight", {2}, {1, 2}}};
+  const TensorList second = {{"fc.weight", {2}, {3, 4}}};
+  HeadStore store(dir, &env);
+  ASSERT_TRUE(store.Put("job-7", first).ok());
+  env.Inject({.op = FileOp::kWrite, .error = ENOSPC, .short_write = true});
+  const absl::Status failed = store.Put("job-7", second);
+  EXPECT_EQ(failed.code(), absl::StatusCode::kResourceExhausted) << failed;
+  EXPECT_NE(failed.message().find("private head"), std::string::npos) << failed;
+  auto reread = HeadStore(dir, &env).Get("job-7");
+  ASSERT_TRUE(reread.ok()) << reread.status();
+  ASSERT_TRUE(reread->has_value());
+  EXPECT_EQ((**reread)[0].data, first[0].data);
+  // A folder that cannot be made (a read-only disk) names its cause too.
+  HeadStore elsewhere(dir + "/other", &env);
+  env.Inject({.op = FileOp::kMkdir, .error = EROFS});
+  EXPECT_EQ(elsewhere.Put("job-8", first).code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(elsewhere.Put("../x", first).code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST(TrainerTest, SkipsUndecodableSamples) {

@@ -14,6 +14,7 @@
 #include <string>
 #include <thread>
 
+#include "common/fault_env.h"
 #include "common/file_util.h"
 #include "common/tls_watch.h"
 #include "common/x509.h"
@@ -329,14 +330,16 @@ bool EventuallyAnswers(const std::string& address, const CertificateProvider& pr
 
 std::string Bundle(const KeyAndCert& a, const KeyAndCert& b) { return a.cert_pem + b.cert_pem; }
 
-// A kit of `own` signed by `ca`, watched with reload_seconds 1; `reloads` collects what the
-// watcher reported.
+// A kit of `own` signed by `ca`, watched every `reload_seconds` (the watcher writes its copies
+// through `env`); `reloads` collects what the watcher reported.
 struct WatchedKit {
-  WatchedKit(const KeyAndCert& ca, const KeyAndCert& own) {
+  WatchedKit(const KeyAndCert& ca, const KeyAndCert& own, int reload_seconds = 1,
+             Env* env = Env::Default()) {
     config = WriteKit(kit.path(), ca, own);
-    config.set_reload_seconds(1);
-    auto started = TlsWatcher::Start(config, active.path() + "/tls",
-                                     [this](const absl::Status& s) { reloads.push_back(s); });
+    config.set_reload_seconds(reload_seconds);
+    auto started = TlsWatcher::Start(
+        config, active.path() + "/tls", [this](const absl::Status& s) { reloads.push_back(s); },
+        env);
     EXPECT_TRUE(started.ok()) << started.status();
     if (started.ok()) watcher = *std::move(started);
   }
@@ -404,6 +407,28 @@ TEST(TlsWatcherTest, RefusedRotationKeepsTheLastGoodSet) {
             c.coordinator.key_pem);
   EXPECT_TRUE(EventuallyAnswers(server.address(), site, "hospital-a/site"));
   EXPECT_EQ(w.watcher->current().cert_pem, c.coordinator.cert_pem);
+}
+
+// A good rotation that cannot be written (the disk is full) is refused with the disk's code, the
+// last good set stays live, and the next check, with room again, makes it live: files that
+// did not change are tried again when only writing them failed.
+TEST(TlsWatcherTest, ARotationThatCannotBeWrittenIsTriedAgain) {
+  Consortium c = MakeConsortium(), next = MakeConsortium();
+  FaultEnv env;
+  WatchedKit w(c.ca, c.coordinator, /*reload_seconds=*/3600, &env);  // checks by hand only
+  ASSERT_NE(w.watcher, nullptr);
+  const std::string live = w.active.path() + "/tls/current/ca.pem";
+  ASSERT_TRUE(WriteFileAtomic(w.config.ca_file(), Bundle(c.ca, next.ca), 0644).ok());
+  env.Inject({.op = FileOp::kWrite, .error = ENOSPC, .path_part = "/tls/"});
+  absl::StatusOr<bool> checked = w.watcher->CheckNow();
+  EXPECT_EQ(checked.status().code(), absl::StatusCode::kResourceExhausted) << checked.status();
+  EXPECT_EQ(ReadFileToString(live).value_or(""), c.ca.cert_pem);
+  EXPECT_EQ(w.watcher->current().ca_pem, c.ca.cert_pem);
+  EXPECT_EQ(w.watcher->CheckNow().value_or(false), true);
+  EXPECT_EQ(ReadFileToString(live).value_or(""), Bundle(c.ca, next.ca));
+  ASSERT_EQ(w.reloads.size(), 2u);
+  EXPECT_FALSE(w.reloads[0].ok());
+  EXPECT_TRUE(w.reloads[1].ok());
 }
 
 TEST(TlsWatcherTest, ClientPresentsItsRotatedCertificate) {

@@ -28,21 +28,23 @@ std::string Snapshot(const TlsConfig& config) {
 
 }  // namespace
 
-TlsWatcher::TlsWatcher(TlsConfig config, std::string active_dir, ReloadCallback on_reload)
+TlsWatcher::TlsWatcher(TlsConfig config, std::string active_dir, ReloadCallback on_reload, Env* env)
     : config_(std::move(config)),
       active_dir_(std::move(active_dir)),
-      on_reload_(std::move(on_reload)) {}
+      on_reload_(std::move(on_reload)),
+      env_(env) {}
 
 absl::StatusOr<std::unique_ptr<TlsWatcher>> TlsWatcher::Start(const TlsConfig& config,
                                                               const std::string& active_dir,
-                                                              ReloadCallback on_reload) {
-  std::unique_ptr<TlsWatcher> watcher(new TlsWatcher(config, active_dir, std::move(on_reload)));
+                                                              ReloadCallback on_reload, Env* env) {
+  std::unique_ptr<TlsWatcher> watcher(
+      new TlsWatcher(config, active_dir, std::move(on_reload), env));
   const std::string snapshot = Snapshot(config);
   ASSIGN_OR_RETURN(TlsMaterial material, LoadTlsMaterial(config));
   // Copies left by an earlier run are stale: start from an empty folder.
   std::error_code ec;
   fs::remove_all(active_dir, ec);
-  RETURN_IF_ERROR(MakeDirs(active_dir, 0700));
+  RETURN_IF_ERROR(MakeDirs(active_dir, 0700, env));
   {
     absl::MutexLock lock(&watcher->mu_);
     RETURN_IF_ERROR(watcher->Publish(material));
@@ -81,9 +83,11 @@ absl::StatusOr<bool> TlsWatcher::CheckNow() {
     unsettled_ = snapshot;
     return false;
   }
-  last_seen_ = snapshot;  // a refused set is reported once, not at every check
+  // A refused set is reported once, not at every check; a good set that could not be written
+  // (a full disk) is tried again at the next check.
   if (status.ok()) status = Publish(*material);
   if (status.ok()) current_ = *std::move(material);
+  if (status.ok() || !material.ok()) last_seen_ = snapshot;
   if (on_reload_) on_reload_(status);
   if (!status.ok()) return status;
   return true;
@@ -92,10 +96,10 @@ absl::StatusOr<bool> TlsWatcher::CheckNow() {
 absl::Status TlsWatcher::Publish(const TlsMaterial& material) {
   const uint64_t generation = ++generation_;
   const fs::path dir = fs::path(active_dir_) / absl::StrCat("gen-", generation);
-  RETURN_IF_ERROR(MakeDirs(dir.string(), 0700));
-  RETURN_IF_ERROR(WriteFileAtomic((dir / "ca.pem").string(), material.ca_pem, 0600));
-  RETURN_IF_ERROR(WriteFileAtomic((dir / "cert.pem").string(), material.cert_pem, 0600));
-  RETURN_IF_ERROR(WriteFileAtomic((dir / "key.pem").string(), material.key_pem, 0600));
+  RETURN_IF_ERROR(MakeDirs(dir.string(), 0700, env_));
+  RETURN_IF_ERROR(WriteFileAtomic((dir / "ca.pem").string(), material.ca_pem, 0600, env_));
+  RETURN_IF_ERROR(WriteFileAtomic((dir / "cert.pem").string(), material.cert_pem, 0600, env_));
+  RETURN_IF_ERROR(WriteFileAtomic((dir / "key.pem").string(), material.key_pem, 0600, env_));
   // gRPC's file watcher reads active_dir/current/*: swapping one symlink changes all three
   // files at once, so it never pairs an old key with a new certificate.
   const fs::path link = fs::path(active_dir_) / "current";

@@ -9,6 +9,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/env.h"
 #include "common/tls.h"
 #include "fl/config.pb.h"
 
@@ -21,10 +22,12 @@ class TlsWatcher {
   using ReloadCallback = std::function<void(const absl::Status&)>;
 
   // Loads `config`'s files with LoadTlsMaterial (an error fails the start-up), copies them into
-  // `active_dir` (created, mode 0700) and watches them every config.reload_seconds().
+  // `active_dir` (created, mode 0700; the copies written through `env`) and watches them every
+  // config.reload_seconds().
   static absl::StatusOr<std::unique_ptr<TlsWatcher>> Start(const TlsConfig& config,
                                                            const std::string& active_dir,
-                                                           ReloadCallback on_reload);
+                                                           ReloadCallback on_reload,
+                                                           Env* env = Env::Default());
   ~TlsWatcher();
   TlsWatcher(const TlsWatcher&) = delete;
   TlsWatcher& operator=(const TlsWatcher&) = delete;
@@ -40,7 +43,7 @@ class TlsWatcher {
   absl::StatusOr<bool> CheckNow();
 
  private:
-  TlsWatcher(TlsConfig config, std::string active_dir, ReloadCallback on_reload);
+  TlsWatcher(TlsConfig config, std::string active_dir, ReloadCallback on_reload, Env* env);
   // Writes `material` as a new generation folder and points active_dir/current at it.
   absl::Status Publish(const TlsMaterial& material);
   void Loop();
@@ -48,6 +51,7 @@ class TlsWatcher {
   const TlsConfig config_;
   const std::string active_dir_;
   const ReloadCallback on_reload_;
+  Env* const env_;
   CertificateProvider provider_;
   mutable absl::Mutex mu_;
   TlsMaterial current_ ABSL_GUARDED_BY(mu_);

@@ -36,6 +36,9 @@ namespace {
 constexpr double kFixedLimit = Aggregator::kMaxContribution * 0x1p40;
 static_assert(Aggregator::kFractionBits == 40, "kFixedLimit and kFromFixed assume 2^40");
 constexpr double kFromFixed = 0x1p-40;
+constexpr __int128 kTwo64 = static_cast<__int128>(1) << 64;
+
+using HighWords = std::unordered_map<uint64_t, int64_t>;
 
 // The fixed-point term of one value: trunc(value × multiplier). Truncation (cvttsd2si) does not
 // depend on the FPU's rounding mode, so every process computes the same integer.
@@ -50,32 +53,52 @@ inline bool ToFixed(float value, double multiplier, __int128* term) {
   return true;
 }
 
-// sum[i] += term(data[i]) for i < n; stops before the first value out of range and returns its
-// index (n when none).
-size_t AddFixed(double multiplier, const float* __restrict data, __int128* __restrict sum,
-                size_t n) {
-  __int128 term;
+// The sum of element `element`, high × 2^64 + low, plus `term`, written back as its unique
+// (high, low) pair: low in [-2^63, 2^63), a high word kept only while it is not zero.
+void AddWide(__int128 term, int64_t* low, HighWords& high, uint64_t element) {
+  auto it = high.find(element);
+  const __int128 sum = (it == high.end() ? 0 : it->second * kTwo64) + *low + term;
+  *low = static_cast<int64_t>(static_cast<uint64_t>(sum));  // modulo 2^64, as two's complement
+  const int64_t new_high = static_cast<int64_t>((sum - *low) / kTwo64);
+  if (new_high != 0) {
+    high[element] = new_high;
+  } else if (it != high.end()) {
+    high.erase(it);
+  }
+}
+
+// low[i] += term(data[i]) (or -= when `subtract`) for i < n, `first` being the element index of
+// low[0]; stops before the first value out of range and returns its index (n when none). A term
+// or a sum that leaves 64 bits takes the wide path.
+template <bool subtract>
+size_t AddFixed(double multiplier, const float* __restrict data, int64_t* __restrict low,
+                HighWords& high, uint64_t first, size_t n) {
   for (size_t i = 0; i < n; ++i) {
+    const double v = double{data[i]} * multiplier;
+    if (std::fabs(v) < 0x1p63) [[likely]] {
+      const int64_t term = static_cast<int64_t>(v);
+      int64_t result;
+      const bool overflow = subtract ? __builtin_sub_overflow(low[i], term, &result)
+                                     : __builtin_add_overflow(low[i], term, &result);
+      if (!overflow) [[likely]] {
+        low[i] = result;
+        continue;
+      }
+    }
+    __int128 term;
     if (!ToFixed(data[i], multiplier, &term)) [[unlikely]]
       return i;
-    sum[i] += term;
+    AddWide(subtract ? -term : term, &low[i], high, first + i);
   }
   return n;
 }
 
-// Takes back exactly what AddFixed added for the same values.
-void SubtractFixed(double multiplier, const float* __restrict data, __int128* __restrict sum,
-                   size_t n) {
-  __int128 term;
-  for (size_t i = 0; i < n; ++i) {
-    ToFixed(data[i], multiplier, &term);
-    sum[i] -= term;
-  }
-}
-
-double FixedToDouble(__int128 sum) {
-  const int64_t low = static_cast<int64_t>(sum);
-  return low == sum ? static_cast<double>(low) : static_cast<double>(sum);
+double FixedToDouble(int64_t low, const HighWords& high, uint64_t element) {
+  if (high.empty()) [[likely]]
+    return static_cast<double>(low);
+  auto it = high.find(element);
+  if (it == high.end()) return static_cast<double>(low);
+  return static_cast<double>(it->second * kTwo64 + low);
 }
 
 }  // namespace
@@ -86,6 +109,7 @@ Aggregator::Aggregator(UpdateLayout layout, size_t num_labels)
   for (const TensorMeta& meta : layout_.shared) {
     sums_.emplace_back(meta.byte_size() / sizeof(float), 0);
   }
+  high_.resize(layout_.shared.size());
 }
 
 absl::StatusOr<Aggregator> Aggregator::FromAverage(UpdateLayout layout, size_t num_labels,
@@ -178,17 +202,19 @@ absl::Status Aggregator::Fold(size_t index, uint64_t offset, const float* data, 
         absl::StrCat("fold of ", n, " values at ", offset, " is outside shared tensor ", index));
   }
   if (n == 0) return absl::OkStatus();
-  __int128* sum = sums_[index].data() + offset;
+  int64_t* sum = sums_[index].data() + offset;
+  HighWords& high = high_[index];
   size_t bad = n;
   ForEachRun(index, offset, n, [&](size_t start, size_t length) {
-    const size_t done = AddFixed(multiplier_, data + start, sum + start, length);
+    const size_t done =
+        AddFixed<false>(multiplier_, data + start, sum + start, high, offset + start, length);
     if (done < length) bad = start + done;
     return done == length;
   });
   if (bad == n) return absl::OkStatus();
   // Take this call's terms back (integer sums: exactly), so the refused chunk leaves no trace.
   ForEachRun(index, offset, bad, [&](size_t start, size_t length) {
-    SubtractFixed(multiplier_, data + start, sum + start, length);
+    AddFixed<true>(multiplier_, data + start, sum + start, high, offset + start, length);
     return true;
   });
   return absl::InvalidArgumentError(absl::StrCat(
@@ -279,16 +305,20 @@ absl::StatusOr<TensorList> Aggregator::NextModel(const ServerOptimizer& optimize
         out[i] = current[i];
         continue;
       }
-      const float delta = from_average_ ? out[i]
-                                        : static_cast<float>(FixedToDouble(sums_[k][i]) *
-                                                             kFromFixed / static_cast<double>(w));
+      const float delta = from_average_
+                              ? out[i]
+                              : static_cast<float>(FixedToDouble(sums_[k][i], high_[k], i) *
+                                                   kFromFixed / static_cast<double>(w));
       out[i] = current[i] + (adaptive   ? AdaptiveStep(optimizer, delta, moments->m[g].data[i],
                                                        moments->v[g].data[i])
                              : momentum ? MomentumStep(optimizer, delta, moments->m[g].data[i])
                                         : lr * delta);
     }
     next[g].data = std::move(out);
-    if (!from_average_) std::vector<__int128>().swap(sums_[k]);  // memory back as we go
+    if (!from_average_) {  // memory back as we go
+      std::vector<int64_t>().swap(sums_[k]);
+      HighWords().swap(high_[k]);
+    }
   }
   for (size_t g = 0; g < global.size(); ++g) {
     if (!shared[g]) next[g].data = global[g].data;

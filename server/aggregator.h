@@ -3,7 +3,9 @@
 // multiple of one model whatever the number of sites.
 #pragma once
 
+#include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -56,10 +58,15 @@ absl::StatusOr<OptimizerMoments> ReadMoments(const std::string& path, const Tens
 // Why fixed point: a float sum depends on the order of its terms, so the same updates arriving
 // in another order, or folded again from their spools after a crash, gave another model. Each
 // value is turned into an integer, trunc(value × weight × scale × 2^kFractionBits), by a rule
-// that depends on that update alone, and the integers are summed exactly in 128 bits; integer
-// addition does not care about order. The mean is taken once, at NextModel. Cost: 16 bytes per
-// shared parameter instead of 4 (still one model's worth of memory, times four), and a fold
-// about as fast as memory allows an integer read-modify-write.
+// that depends on that update alone, and the integers are summed exactly; integer addition does
+// not care about order. The mean is taken once, at NextModel.
+//
+// Memory: each sum is held as a 64-bit low word per shared parameter (8 bytes: twice the model)
+// and a high word kept apart, sparsely, only for the elements whose sum has left the 64-bit range
+// (|sum| >= 2^63 in fixed point: |weighted sum| >= 2^23, which a model update does not reach
+// unless values or weights are huge). Each (high, low) pair is the unique representation of its
+// integer, so the bytes of the result do not depend on which path an addition took. A fold is a
+// read-modify-write of one 64-bit word per value.
 class Aggregator {
  public:
   // Resolution of the sum: 2^-40 (about 1e-12) of one sample's weight, far below a float's
@@ -125,8 +132,11 @@ class Aggregator {
 
   UpdateLayout layout_;
   size_t num_labels_;
-  // Weighted mean: exact fixed-point sums, one buffer per shared tensor.
-  std::vector<std::vector<__int128>> sums_;
+  // Weighted mean: exact fixed-point sums, one buffer of low words per shared tensor, and the
+  // high words of the few elements whose sums do not fit in 64 bits (element -> high word; the
+  // sum is high × 2^64 + low, low signed).
+  std::vector<std::vector<int64_t>> sums_;
+  std::vector<std::unordered_map<uint64_t, int64_t>> high_;
   // Sums of the weights (at most kMaxWeight × kMaxUpdates < 2^63, so exact).
   uint64_t total_weight_ = 0;
   std::vector<uint64_t> label_weight_;  // per label row

@@ -237,6 +237,77 @@ TEST(AggregatorTest, EveryOrderGivesTheSameBytes) {
   EXPECT_TRUE(float_differs);
 }
 
+// Sums that leave the 64-bit low word (three values of 6e6 at weight 1: 6e6 × 2^40 fits, two of
+// them do not) and terms that never fit (1e3 at the largest weight: about 2^82) are still exact
+// and order-independent; in some orders the partial sums cross 2^63 and come back, in others not.
+TEST(AggregatorTest, SumsBeyond64BitsAreExactInEveryOrder) {
+  const uint64_t big_weight = Aggregator::kMaxWeight;
+  const std::vector<TestUpdate> updates = {
+      {{{"conv.weight", {2}, {6e6f, 1e3f}}, {"fc.weight", {3, 2}, {6e6f, 1, 1, 1, 1, 1}}},
+       1,
+       {0, 1, 2},
+       1.0},
+      {{{"conv.weight", {2}, {6e6f, -2.5f}}, {"fc.weight", {3, 2}, {6e6f, 2, 2, 2, 2, 2}}},
+       1,
+       {0, 1, 2},
+       1.0},
+      {{{"conv.weight", {2}, {6e6f, 0.125f}}, {"fc.weight", {3, 2}, {-6e6f, 3, 3, 3, 3, 3}}},
+       1,
+       {0, 1, 2},
+       1.0},
+      {{{"conv.weight", {2}, {-6e6f, 7}}, {"fc.weight", {3, 2}, {-6e6f, 4, 4, 4, 4, 4}}},
+       1,
+       {0, 1, 2},
+       1.0},
+      {{{"conv.weight", {2}, {1e-3f, 1e3f}}, {"fc.weight", {3, 2}, {1e-6f, 5, 5, 5, 5, 5}}},
+       big_weight,
+       {0},
+       1.0},
+  };
+  std::vector<size_t> order(updates.size());
+  std::iota(order.begin(), order.end(), 0);
+  const std::string first = FoldInOrder(updates, order);
+  do {
+    ASSERT_EQ(FoldInOrder(updates, order), first);
+  } while (std::next_permutation(order.begin(), order.end()));
+  // And the bytes are the weighted mean.
+  TensorList global = Global();
+  Aggregator agg(MakeLayout(global, "fc.", HEAD_MODE_LABEL, 3), 3);
+  for (const TestUpdate& u : updates) FoldAll(agg, u.tensors, u.weight, u.rows, u.scale);
+  const TensorList before = Global();
+  ASSERT_TRUE(agg.Apply(FedAvg(), global, nullptr).ok());
+  for (size_t k = 0; k < 2; ++k) {
+    for (size_t i = 0; i < global[k].data.size(); ++i) {
+      long double sum = 0, weight = 0;
+      for (const TestUpdate& u : updates) {
+        if (k == 1 && std::find(u.rows.begin(), u.rows.end(), i / 2) == u.rows.end()) continue;
+        sum += static_cast<long double>(u.weight) * u.tensors[k].data[i];
+        weight += u.weight;
+      }
+      EXPECT_FLOAT_EQ(global[k].data[i], before[k].data[i] + static_cast<float>(sum / weight))
+          << k << " " << i;
+    }
+  }
+}
+
+// A refused chunk is taken back exactly also where the sum had left 64 bits.
+TEST(AggregatorTest, RefusedChunkBeyond64BitsLeavesNoTrace) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  TensorList global = Global();
+  Aggregator agg(MakeLayout(global, "fc.", HEAD_MODE_SITE, 3), 3);
+  const float big[2] = {6e6f, 1e3f};
+  const float bad[2] = {6e6f, nan};
+  ASSERT_TRUE(agg.BeginUpdate(1, {}).ok());
+  ASSERT_TRUE(agg.Fold(0, 0, big, 2).ok());
+  agg.EndUpdate();
+  ASSERT_TRUE(agg.BeginUpdate(1, {}).ok());
+  EXPECT_EQ(agg.Fold(0, 0, bad, 2).code(), absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(agg.Fold(0, 0, big, 2).ok());
+  agg.EndUpdate();
+  ASSERT_TRUE(agg.Apply(FedAvg(), global, nullptr).ok());
+  EXPECT_EQ(global[0].data, std::vector<float>({1 + 6e6f, 2 + 1e3f}));
+}
+
 // The exact sum is the weighted mean (to far below a float's resolution), also in chunks split
 // mid-row, and with clipping scales.
 TEST(AggregatorTest, ExactSumIsTheWeightedMean) {
