@@ -4,9 +4,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "bench/bench_model.h"
-#include "common/grpc_status.h"
+#include "common/transport/grpc_status.h"
 #include "common/status.h"
-#include "common/upload.h"
+#include "common/transport/upload.h"
 
 namespace fl::bench {
 namespace {

@@ -16,7 +16,7 @@
 #include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "common/tensor_stream.h"
-#include "common/tls.h"
+#include "common/transport/tls.h"
 #include "fl/federation.grpc.pb.h"
 
 namespace fl::bench {

@@ -7,7 +7,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/tensor.h"
-#include "common/tls.h"
+#include "common/transport/tls.h"
 
 namespace fl::bench {
 

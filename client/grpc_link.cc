@@ -5,10 +5,10 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/synchronization/mutex.h"
-#include "common/grpc_status.h"
+#include "common/transport/grpc_status.h"
 #include "common/status.h"
 #include "common/tensor_stream.h"
-#include "common/upload.h"
+#include "common/transport/upload.h"
 #include "fl/federation.grpc.pb.h"
 
 namespace fl {

@@ -6,7 +6,7 @@
 #include <string>
 
 #include "client/coordinator_link.h"
-#include "common/tls.h"
+#include "common/transport/tls.h"
 
 namespace fl {
 

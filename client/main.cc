@@ -23,11 +23,12 @@
 #include "client/trainer.h"
 #include "common/config.h"
 #include "common/daemon_util.h"
+#include "common/transport/tls_watch.h"
 #include "common/file_util.h"
 #include "common/log.h"
 #include "common/memory.h"
 #include "common/status.h"
-#include "common/tls.h"
+#include "common/transport/tls.h"
 
 namespace fl {
 namespace {

@@ -107,30 +107,4 @@ absl::Status CheckFolderAccess(const std::string& what, const std::string& path,
   return absl::OkStatus();
 }
 
-void ExportCertificateExpiry(const TlsWatcher& watcher,
-                             prometheus::Family<prometheus::Gauge>* expiry) {
-  const TlsMaterial material = watcher.current();
-  for (const auto& [file, pem] :
-       {std::pair<const char*, const std::string&>{"cert", material.cert_pem},
-        {"ca", material.ca_pem}}) {
-    absl::StatusOr<int64_t> not_after = EarliestNotAfter(pem);
-    // The live set passed LoadTlsMaterial's checks, so it parses; keep the last value if not.
-    if (not_after.ok()) expiry->Add({{"file", file}}).Set(static_cast<double>(*not_after));
-  }
-}
-
-absl::StatusOr<std::unique_ptr<TlsWatcher>> StartTlsWatcher(
-    const char* program, const TlsConfig& tls, const std::string& state_dir,
-    prometheus::Family<prometheus::Counter>* reloads) {
-  const std::string active = (std::filesystem::path(state_dir) / "tls").string();
-  return TlsWatcher::Start(tls, active, [program, reloads](const absl::Status& status) {
-    reloads->Add({{"result", status.ok() ? "ok" : "refused"}}).Increment();
-    LogLine(program, status.ok() ? "TLS files changed and checked: new connections use them within "
-                                   "reload_seconds"
-                                 : absl::StrCat("TLS files changed but refused (still using the "
-                                                "previous ones): ",
-                                                status.message()));
-  });
-}
-
 }  // namespace fl

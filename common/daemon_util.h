@@ -5,14 +5,10 @@
 #include <optional>
 #include <string>
 
-#include <prometheus/counter.h>
-#include <prometheus/family.h>
-#include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
 #include "absl/status/statusor.h"
 #include "common/monitoring.h"
-#include "common/tls_watch.h"
 
 namespace fl {
 
@@ -50,16 +46,5 @@ ReadinessCheck LiveTlsReadiness(const std::string& state_dir);
 // OK if `path` is a folder this process may access with `mode` (R_OK, W_OK, X_OK as for
 // access(2)); else FAILED_PRECONDITION naming `what`, the path and the reason.
 absl::Status CheckFolderAccess(const std::string& what, const std::string& path, int mode);
-
-// Sets `expiry` {file="cert"} and {file="ca"} to the Unix time at which the live certificate
-// and the first certificate of the CA bundle expire (for the certificate-expiry alert).
-void ExportCertificateExpiry(const TlsWatcher& watcher,
-                             prometheus::Family<prometheus::Gauge>* expiry);
-
-// Watches the daemon's TLS files (validated copies live in STATE_DIR/tls); each reload of
-// changed files is logged and counted in `reloads` by result (ok, refused).
-absl::StatusOr<std::unique_ptr<TlsWatcher>> StartTlsWatcher(
-    const char* program, const TlsConfig& tls, const std::string& state_dir,
-    prometheus::Family<prometheus::Counter>* reloads);
 
 }  // namespace fl

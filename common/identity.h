@@ -1,6 +1,6 @@
 // Who a participant is: the name and role its certificate states. gRPC-free, so that the
 // coordinator core can take an Identity without seeing the transport; the transport
-// (common/tls.h, PeerIdentity) fills it in from the verified peer certificate.
+// (common/transport/tls.h, PeerIdentity) fills it in from the verified peer certificate.
 #pragma once
 
 #include <string>

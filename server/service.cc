@@ -1,7 +1,7 @@
 #include "server/service.h"
 
 #include "absl/strings/str_cat.h"
-#include "common/grpc_status.h"
+#include "common/transport/grpc_status.h"
 
 namespace fl {
 namespace {

@@ -5,7 +5,7 @@
 #include <set>
 #include <string>
 
-#include "common/tls.h"
+#include "common/transport/tls.h"
 #include "fl/federation.grpc.pb.h"
 #include "server/coordinator.h"
 

@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "common/file_util.h"
-#include "common/tls.h"
+#include "common/transport/tls.h"
 #include "common/x509.h"
 #include "fl/config.pb.h"
 

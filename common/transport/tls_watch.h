@@ -7,10 +7,14 @@
 #include <string>
 #include <thread>
 
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "common/env.h"
-#include "common/tls.h"
+#include "common/transport/tls.h"
 #include "fl/config.pb.h"
 
 namespace fl {
@@ -61,5 +65,18 @@ class TlsWatcher {
   bool stop_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
 };
+
+// For the daemons.
+
+// Sets `expiry` {file="cert"} and {file="ca"} to the Unix time at which the live certificate
+// and the first certificate of the CA bundle expire (for the certificate-expiry alert).
+void ExportCertificateExpiry(const TlsWatcher& watcher,
+                             prometheus::Family<prometheus::Gauge>* expiry);
+
+// Watches the daemon's TLS files (validated copies live in STATE_DIR/tls); each reload of
+// changed files is logged and counted in `reloads` by result (ok, refused).
+absl::StatusOr<std::unique_ptr<TlsWatcher>> StartTlsWatcher(
+    const char* program, const TlsConfig& tls, const std::string& state_dir,
+    prometheus::Family<prometheus::Counter>* reloads);
 
 }  // namespace fl

@@ -1,4 +1,4 @@
-#include "common/tls_watch.h"
+#include "common/transport/tls_watch.h"
 
 #include <sys/stat.h>
 
@@ -6,7 +6,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/file_util.h"
+#include "common/log.h"
 #include "common/status.h"
+#include "common/x509.h"
 
 namespace fl {
 namespace fs = std::filesystem;
@@ -129,6 +131,32 @@ void TlsWatcher::Loop() {
     }
     (void)CheckNow();  // the callback has reported the outcome
   }
+}
+
+void ExportCertificateExpiry(const TlsWatcher& watcher,
+                             prometheus::Family<prometheus::Gauge>* expiry) {
+  const TlsMaterial material = watcher.current();
+  for (const auto& [file, pem] :
+       {std::pair<const char*, const std::string&>{"cert", material.cert_pem},
+        {"ca", material.ca_pem}}) {
+    absl::StatusOr<int64_t> not_after = EarliestNotAfter(pem);
+    // The live set passed LoadTlsMaterial's checks, so it parses; keep the last value if not.
+    if (not_after.ok()) expiry->Add({{"file", file}}).Set(static_cast<double>(*not_after));
+  }
+}
+
+absl::StatusOr<std::unique_ptr<TlsWatcher>> StartTlsWatcher(
+    const char* program, const TlsConfig& tls, const std::string& state_dir,
+    prometheus::Family<prometheus::Counter>* reloads) {
+  const std::string active = (std::filesystem::path(state_dir) / "tls").string();
+  return TlsWatcher::Start(tls, active, [program, reloads](const absl::Status& status) {
+    reloads->Add({{"result", status.ok() ? "ok" : "refused"}}).Increment();
+    LogLine(program, status.ok() ? "TLS files changed and checked: new connections use them within "
+                                   "reload_seconds"
+                                 : absl::StrCat("TLS files changed but refused (still using the "
+                                                "previous ones): ",
+                                                status.message()));
+  });
 }
 
 }  // namespace fl

@@ -1,4 +1,4 @@
-#include "common/upload.h"
+#include "common/transport/upload.h"
 
 #include <string>
 

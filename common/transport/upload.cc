@@ -1,4 +1,4 @@
-#include "common/upload.h"
+#include "common/transport/upload.h"
 
 #include <grpcpp/completion_queue.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -8,10 +8,10 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
-#include "common/grpc_status.h"
+#include "common/transport/grpc_status.h"
 #include "common/status.h"
 #include "common/tensor_stream.h"
-#include "common/tls.h"
+#include "common/transport/tls.h"
 
 namespace fl {
 namespace {

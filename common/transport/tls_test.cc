@@ -1,4 +1,4 @@
-#include "common/tls.h"
+#include "common/transport/tls.h"
 
 #include <grpcpp/generic/async_generic_service.h>
 #include <grpcpp/generic/generic_stub.h>
@@ -16,7 +16,7 @@
 
 #include "common/fault_env.h"
 #include "common/file_util.h"
-#include "common/tls_watch.h"
+#include "common/transport/tls_watch.h"
 #include "common/x509.h"
 
 namespace fl {

@@ -1,4 +1,4 @@
-#include "common/tls.h"
+#include "common/transport/tls.h"
 
 #include <grpc/grpc_security_constants.h>
 #include <grpcpp/security/tls_credentials_options.h>
