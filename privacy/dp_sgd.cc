@@ -255,14 +255,22 @@ absl::Status DpSgdEngine::Step(torch::optim::Optimizer& opt) {
   try {
     torch::NoGradGuard no_grad;
     const double noise_std = options_.noise_multiplier * options_.clip_norm;
+    GradientReducer* reducer = options_.reducer;
+    const bool adds_noise = reducer == nullptr || reducer->rank() == 0;  // once per step
+    std::vector<Tensor> grads;
+    grads.reserve(params_.size());
     for (size_t i = 0; i < params_.size(); ++i) {
       const Tensor& p = params_[i].second;
       Tensor grad = sums_[i].defined() ? sums_[i] : torch::zeros_like(p);
-      if (noise_std > 0) {
+      if (noise_std > 0 && adds_noise) {
         grad = grad + torch::randn(p.sizes(), NoiseGenerator(p.device()), p.options()) * noise_std;
       }
-      p.mutable_grad() = grad / options_.expected_batch_size;
+      grads.push_back(grad.contiguous());
       sums_[i] = Tensor();
+    }
+    if (reducer != nullptr) RETURN_IF_ERROR(reducer->SumInPlace(grads));
+    for (size_t i = 0; i < params_.size(); ++i) {
+      params_[i].second.mutable_grad() = grads[i] / options_.expected_batch_size;
     }
     opt.step();
     samples_ = 0;

@@ -21,6 +21,19 @@
 
 namespace fl {
 
+// Sums tensors over the processes that train one model together at one site (data parallel:
+// each process holds a shard of the site's data and takes the same steps). privacy/
+// process_group.h has the c10d implementation (Gloo on CPUs).
+class GradientReducer {
+ public:
+  virtual ~GradientReducer() = default;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  // Replaces each of `tensors` by its sum over every rank, in place. Every rank calls it with
+  // tensors of the same shapes and dtypes in the same order; it returns once all have.
+  virtual absl::Status SumInPlace(std::vector<torch::Tensor>& tensors) = 0;
+};
+
 struct DpSgdOptions {
   // C: each sample's whole-model gradient is scaled to norm at most C. > 0.
   double clip_norm = 1.0;
@@ -35,6 +48,12 @@ struct DpSgdOptions {
   uint64_t test_seed = 0;
   // How per-sample norms are computed; kAuto picks the cheaper per layer.
   GradSampleMode norm_mode = GradSampleMode::kAuto;
+  // Several processes (null: this one alone): each clips its own samples, rank 0 adds the noise
+  // to its clipped sum once, and the sums are added over the ranks, so the step is exactly that
+  // of one process over the union of the shards, with noise of variance sigma^2 C^2 (not
+  // world_size times that): the accounting does not change. expected_batch_size is then q
+  // times the size of all the shards together. Not owned.
+  GradientReducer* reducer = nullptr;
 };
 
 // OK if `model` can be trained with DP-SGD: no BatchNorm module and no InstanceNorm with
@@ -66,7 +85,8 @@ class DpSgdEngine {
   absl::Status AccumulateMicroBatch(const std::function<torch::Tensor()>& per_sample_loss);
 
   // Writes (accumulated clipped sum + N(0, sigma^2 C^2)) / B to every trainable parameter's .grad,
-  // calls opt.step() and resets the accumulator.
+  // calls opt.step() and resets the accumulator. With a reducer, the sum and the noise are over
+  // all ranks (each rank must call Step for the same steps).
   absl::Status Step(torch::optim::Optimizer& opt);
 
   // Samples accumulated since the last Step().

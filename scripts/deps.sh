@@ -7,6 +7,7 @@ PKGS=(build-essential cmake ninja-build ccache pkg-config git
   libgtest-dev libgmock-dev libbenchmark-dev python3 python3-torch python3-torchvision python3-numpy
   clang libclang-rt-14-dev gdb clang-format  # clang-format: the code's format (scripts/test.sh)
   libdnnl-dev  # oneDNN's sgemm for the DP ghost norms (models/gram.h)
+  libgloo-dev  # the headers of the Gloo process groups in Debian's LibTorch (privacy/process_group.cc)
   libcli11-dev  # every program's command line (common/cli.h)
   libjpeg62-turbo-dev libpng-dev zlib1g-dev  # the public datasets' JPEG, PNG and .csv.gz (client/)
   python3-matplotlib  # the federation study's curves (scripts/fed_study.py)
