@@ -33,11 +33,16 @@ void AddToSplit(Sample sample, double test_fraction, Dataset* data) {
   (fraction < test_fraction ? data->test : data->train).push_back(std::move(sample));
 }
 
-void Skip(const std::string& what, const std::string& reason, Dataset* data) {
+void Skip(const std::string& what, const std::string& reason, SkipKind kind, Dataset* data) {
   std::cerr << "dataset: skipping "
             << (absl::StartsWith(reason, what) ? reason : absl::StrCat(what, ": ", reason)) << "\n";
-  data->skips.push_back({what, reason});
+  data->skips.push_back({what, reason, kind});
   ++data->skipped_files;
+}
+
+void Skip(const std::string& what, const absl::Status& status, Dataset* data) {
+  Skip(what, std::string(status.message()),
+       absl::IsNotFound(status) ? SkipKind::kMissingFile : SkipKind::kUnreadable, data);
 }
 
 absl::Status CheckTestFraction(double test_fraction) {

@@ -71,7 +71,10 @@ namespace source_internal {
 // Adds `sample` to `data`'s train or test split by its patient's hash.
 void AddToSplit(Sample sample, double test_fraction, Dataset* data);
 // Counts and logs a skipped file (or CSV row) with its reason.
-void Skip(const std::string& what, const std::string& reason, Dataset* data);
+void Skip(const std::string& what, const std::string& reason, SkipKind kind, Dataset* data);
+// The same for a file whose check failed with `status`: NOT_FOUND is a missing file, anything
+// else an unreadable one.
+void Skip(const std::string& what, const absl::Status& status, Dataset* data);
 // Checks that test_fraction is in [0, 1].
 absl::Status CheckTestFraction(double test_fraction);
 // Applies uncertain-label policy to a CheXpert-labeler value: "1.0" 1, "0.0" 0, "-1.0" by

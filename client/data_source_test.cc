@@ -317,8 +317,13 @@ TEST(ChestXray14SourceTest, ReadsTheReleaseCsvAndFindsPngsUnderImagesFolders) {
   auto samples = ById(*data);
   EXPECT_EQ(samples.size(), 3u);
   EXPECT_EQ(data->skipped_files, 3);  // corrupt PNG, missing file, unknown finding
-  std::string reasons;
-  for (const SkippedItem& s : data->skips) reasons += s.what + ": " + s.reason + "\n";
+  std::string reasons, kinds;
+  for (const SkippedItem& s : data->skips) {
+    reasons += s.what + ": " + s.reason + "\n";
+    kinds += std::string(SkipKindName(s.kind)) + " ";
+  }
+  // The metric's bounded reasons, in listing order.
+  EXPECT_EQ(kinds, "unreadable missing_file bad_row ") << reasons;
   EXPECT_THAT(reasons, HasSubstr("00000013_006.png: neither a JPEG nor a PNG"));
   EXPECT_THAT(reasons, HasSubstr("00000013_007.png: missing file"));
   EXPECT_THAT(reasons, HasSubstr("unknown finding 'Covid'"));
@@ -394,8 +399,15 @@ TEST_F(VindrCxrTest, MergesRadiologistsByMajorityOrAny) {
   EXPECT_FALSE(Unknown(first.fields[0]));  // PatientAge from the header
   // Reasons: R9's second row of image 2, a truncated DICOM, a listed file that is missing.
   std::string reasons;
-  for (const SkippedItem& s : majority->skips) reasons += s.what + ": " + s.reason + "\n";
+  std::map<std::string, int> kinds;
+  for (const SkippedItem& s : majority->skips) {
+    reasons += s.what + ": " + s.reason + "\n";
+    ++kinds[SkipKindName(s.kind)];
+  }
   EXPECT_EQ(majority->skipped_files, 3) << reasons;
+  EXPECT_EQ(kinds, (std::map<std::string, int>{{"bad_row", 1}, {"missing_file", 1},
+                                               {"unreadable", 1}}))
+      << reasons;
   EXPECT_THAT(reasons, HasSubstr("second row of radiologist R9"));
   EXPECT_THAT(reasons, HasSubstr(std::string(kIds[2]) + ".dicom"));
   EXPECT_THAT(reasons, HasSubstr("missing file"));

@@ -107,6 +107,20 @@ void LogSkip(const std::string& path, const std::string& reason) {
 
 }  // namespace
 
+const char* SkipKindName(SkipKind kind) {
+  switch (kind) {
+    case SkipKind::kUnreadable:
+      return "unreadable";
+    case SkipKind::kMissingFile:
+      return "missing_file";
+    case SkipKind::kDuplicate:
+      return "duplicate";
+    case SkipKind::kBadRow:
+      return "bad_row";
+  }
+  return "unreadable";
+}
+
 absl::StatusOr<LabelTable> ReadLabelsCsv(const std::string& path) {
   std::ifstream in(path);
   if (!in) return absl::NotFoundError(absl::StrCat("cannot open labels CSV ", path));
@@ -193,13 +207,16 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& l
     auto header = ReadDicomHeader(path);
     if (!header.ok()) {
       LogSkip(path, std::string(header.status().message()));
-      dataset.skips.push_back({path, std::string(header.status().message())});
+      dataset.skips.push_back({path, std::string(header.status().message()),
+                               absl::IsNotFound(header.status()) ? SkipKind::kMissingFile
+                                                                 : SkipKind::kUnreadable});
       ++dataset.skipped_files;
       continue;
     }
     if (!header->sop_instance_uid.empty() && !seen_uids.insert(header->sop_instance_uid).second) {
       LogSkip(path, "duplicate SOP Instance UID " + header->sop_instance_uid);
-      dataset.skips.push_back({path, "duplicate SOP Instance UID " + header->sop_instance_uid});
+      dataset.skips.push_back(
+          {path, "duplicate SOP Instance UID " + header->sop_instance_uid, SkipKind::kDuplicate});
       ++dataset.skipped_files;
       continue;
     }

@@ -30,10 +30,25 @@ struct Sample {
   std::vector<float> fields;
 };
 
+// Why a source skipped a file or CSV row, in few words: the `reason` label of
+// fl_client_images_skipped (bounded; the full reason is logged).
+enum class SkipKind {
+  kUnreadable,   // the file is there but is not an image this build reads (corrupt, truncated,
+                 // not DICOM, an unsupported transfer syntax or format)
+  kMissingFile,  // listed in a labels CSV, not on disk
+  kDuplicate,    // the same image twice (SOP Instance UID, path, id)
+  kBadRow,       // a CSV row that cannot be used (a label value or field it cannot read)
+};
+inline constexpr SkipKind kSkipKinds[] = {SkipKind::kUnreadable, SkipKind::kMissingFile,
+                                          SkipKind::kDuplicate, SkipKind::kBadRow};
+// "unreadable", "missing_file", "duplicate", "bad_row".
+const char* SkipKindName(SkipKind kind);
+
 // A file or CSV row a source could not use, and why.
 struct SkippedItem {
   std::string what;  // the file's path, or the CSV and line
   std::string reason;
+  SkipKind kind = SkipKind::kUnreadable;
 };
 
 struct Dataset {

@@ -94,6 +94,9 @@ TEST_F(LoadDatasetTest, JoinsBySopInstanceUidAndCountsSkippedFiles) {
   EXPECT_EQ(data->label_names, (std::vector<std::string>{"cardiomegaly", "effusion_left"}));
   EXPECT_EQ(data->train.size() + data->test.size(), 40u);
   EXPECT_EQ(data->skipped_files, 2);  // notes.txt and the duplicate UID
+  ASSERT_EQ(data->skips.size(), 2u);
+  std::multiset<SkipKind> kinds = {data->skips[0].kind, data->skips[1].kind};
+  EXPECT_EQ(kinds, (std::multiset<SkipKind>{SkipKind::kUnreadable, SkipKind::kDuplicate}));
   EXPECT_EQ(data->unlabelled_files, 0);
   auto table = ReadLabelsCsv(dir_ + "/images/labels.csv");
   ASSERT_TRUE(table.ok());

@@ -1,6 +1,7 @@
 // fl-client: the hospital daemon. Usage: fl-client --config FILE
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -163,7 +164,11 @@ int Run(const std::string& config_path) {
   absl::StatusOr<std::unique_ptr<LocalTrainer>> trainer = CreateLocalTrainer(*data, options);
   if (!trainer.ok()) return Die(trainer.status());
   metrics.images.Set(static_cast<double>(data->train.size() + data->test.size()));
-  metrics.images_skipped.Set(data->skipped_files);
+  for (SkipKind kind : kSkipKinds) {  // every reason, 0 included, so alerts see the series
+    metrics.images_skipped.Add({{"reason", SkipKindName(kind)}})
+        .Set(static_cast<double>(std::count_if(data->skips.begin(), data->skips.end(),
+                                               [kind](const SkippedItem& s) { return s.kind == kind; })));
+  }
   absl::StatusOr<std::unique_ptr<PrivacyLedger>> ledger =
       PrivacyLedger::Open((std::filesystem::path(config->state_dir()) / "privacy.db").string());
   if (!ledger.ok()) return Die(ledger.status());

@@ -49,9 +49,9 @@ ClientMetrics::ClientMetrics(prometheus::Registry& r)
                  .Add({})),
       images_skipped(BuildGauge()
                          .Name("fl_client_images_skipped")
-                         .Help("Files in the data folder that could not be read")
-                         .Register(r)
-                         .Add({})),
+                         .Help("Files or labels-CSV rows the data source skipped at listing, by "
+                               "reason (unreadable, missing_file, duplicate, bad_row)")
+                         .Register(r)),
       test_auroc(BuildGauge()
                      .Name("fl_client_test_auroc")
                      .Help("AUROC of the latest global model on the local test split")

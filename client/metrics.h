@@ -23,7 +23,9 @@ struct ClientMetrics {
   prometheus::Counter& upload_bytes;
   prometheus::Counter& download_bytes;
   prometheus::Gauge& images;                               // usable images (train + test)
-  prometheus::Gauge& images_skipped;                       // files that could not be decoded
+  // Files (or CSV rows) the data source skipped when it listed the data; label reason:
+  // unreadable | missing_file | duplicate | bad_row (SkipKind, client/dataset.h)
+  prometheus::Family<prometheus::Gauge>& images_skipped;
   prometheus::Family<prometheus::Gauge>& test_auroc;       // labels job, label (finding name)
   prometheus::Family<prometheus::Gauge>& privacy_epsilon;  // label job
   prometheus::Family<prometheus::Counter>& tls_reloads;    // label result: ok|refused

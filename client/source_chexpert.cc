@@ -124,13 +124,17 @@ class ChexpertData : public DataSource {
       return;
     }
     absl::StatusOr<std::vector<float>> labels = ReadFindings(row, findings, config_.uncertain());
-    if (!labels.ok()) return Skip(where, std::string(labels.status().message()), data);
-    if (relative.empty()) return Skip(where, "empty Path", data);
-    if (!seen->insert(relative).second) return Skip(where, "duplicate Path " + relative, data);
+    if (!labels.ok()) {
+      return Skip(where, std::string(labels.status().message()), SkipKind::kBadRow, data);
+    }
+    if (relative.empty()) return Skip(where, "empty Path", SkipKind::kBadRow, data);
+    if (!seen->insert(relative).second) {
+      return Skip(where, "duplicate Path " + relative, SkipKind::kDuplicate, data);
+    }
     Sample sample;
     sample.path = Resolve(relative);
     if (absl::Status s = source_internal::CheckImageFile(sample.path); !s.ok()) {
-      return Skip(sample.path, std::string(s.message()), data);
+      return Skip(sample.path, s, data);
     }
     sample.image_id = "chexpert:" + relative;
     sample.patient_id = ChexpertPatient(relative);
@@ -170,11 +174,11 @@ absl::StatusOr<MimicLabels> ReadMimicLabels(const std::string& path, UncertainPo
     if (!more) break;
     absl::StatusOr<std::vector<float>> values = ReadFindings(row, findings, policy);
     if (!values.ok()) {
-      Skip(csv->Where(), std::string(values.status().message()), data);
+      Skip(csv->Where(), std::string(values.status().message()), SkipKind::kBadRow, data);
       continue;
     }
     if (!labels.by_study.emplace(StudyKey{row[subject], row[study]}, *std::move(values)).second) {
-      Skip(csv->Where(), "duplicate study " + row[study], data);
+      Skip(csv->Where(), "duplicate study " + row[study], SkipKind::kDuplicate, data);
     }
   }
   return labels;
@@ -238,13 +242,15 @@ class MimicCxrData : public DataSource {
       return;
     }
     if (dicom.empty() || subject.size() < 2) {
-      return Skip(where, "empty dicom_id or subject_id", data);
+      return Skip(where, "empty dicom_id or subject_id", SkipKind::kBadRow, data);
     }
-    if (!seen->insert(dicom).second) return Skip(where, "duplicate dicom_id " + dicom, data);
+    if (!seen->insert(dicom).second) {
+      return Skip(where, "duplicate dicom_id " + dicom, SkipKind::kDuplicate, data);
+    }
     Sample sample;
     sample.path = ImagePath(subject, study, dicom);
     if (absl::Status s = source_internal::CheckImageFile(sample.path); !s.ok()) {
-      return Skip(sample.path, std::string(s.message()), data);
+      return Skip(sample.path, s, data);
     }
     sample.image_id = "mimic-cxr:" + dicom;
     sample.patient_id = subject;

@@ -111,18 +111,22 @@ class ChestXray14Data : public DataSource {
       return;
     }
     absl::StatusOr<std::vector<float>> labels = ParseNihFindings(row[c[1]]);
-    if (!labels.ok()) return Skip(where, std::string(labels.status().message()), data);
-    if (!seen->insert(name).second) return Skip(where, "duplicate Image Index " + name, data);
+    if (!labels.ok()) {
+      return Skip(where, std::string(labels.status().message()), SkipKind::kBadRow, data);
+    }
+    if (!seen->insert(name).second) {
+      return Skip(where, "duplicate Image Index " + name, SkipKind::kDuplicate, data);
+    }
     auto file = pngs.find(name);
     if (file == pngs.end()) {
       return Skip(where,
                   absl::StrCat(name,
                                ": missing file (listed in the CSV, under no images*/ "
                                "folder)"),
-                  data);
+                  SkipKind::kMissingFile, data);
     }
     if (absl::Status s = source_internal::CheckImageFile(file->second); !s.ok()) {
-      return Skip(file->second, std::string(s.message()), data);
+      return Skip(file->second, s, data);
     }
     Sample sample;
     sample.path = file->second;
@@ -197,7 +201,7 @@ class VindrCxrData : public DataSource {
       ASSIGN_OR_RETURN(bool more, csv->Next(&row));
       if (!more) break;
       absl::Status s = AddReading(row, image, rad, findings, order, images);
-      if (!s.ok()) Skip(csv->Where(), std::string(s.message()), data);
+      if (!s.ok()) Skip(csv->Where(), std::string(s.message()), SkipKind::kBadRow, data);
     }
     return absl::OkStatus();
   }
@@ -243,10 +247,10 @@ class VindrCxrData : public DataSource {
         (fs::path(config_.root()) / config_.image_dir() / (id + ".dicom")).string();
     std::error_code ec;
     if (!fs::is_regular_file(path, ec)) {
-      return Skip(path, "missing file (listed in the labels CSV)", data);
+      return Skip(path, "missing file (listed in the labels CSV)", SkipKind::kMissingFile, data);
     }
     absl::StatusOr<DicomImage> header = ReadDicomHeader(path);
-    if (!header.ok()) return Skip(path, std::string(header.status().message()), data);
+    if (!header.ok()) return Skip(path, header.status(), data);
     Sample sample;
     sample.path = path;
     sample.sop_instance_uid = header->sop_instance_uid;

@@ -806,7 +806,10 @@ class FederationTest(unittest.TestCase):
                 f.writelines(f"{name},1,0\n" for name in reasons)
             fed.start_client("site-b", make_data=False, metrics=True)
             text = fed.client_metrics("site-b")
-            self.assertEqual(metric(text, "fl_client_images_skipped"), len(reasons))
+            self.assertEqual(metric(text, "fl_client_images_skipped", {"reason": "unreadable"}),
+                             len(reasons))
+            for other in ("missing_file", "duplicate", "bad_row"):
+                self.assertEqual(metric(text, "fl_client_images_skipped", {"reason": other}), 0)
             self.assertEqual(metric(text, "fl_client_images"), 48)
             log = fed.log("site-b")
             for name, reason in reasons.items():
@@ -843,7 +846,8 @@ class FederationTest(unittest.TestCase):
             fed.start_client("site-b", make_data=False, metrics=True,
                              extra="pixel_cache_mib: 16\n")
             text = fed.client_metrics("site-b")
-            self.assertEqual(metric(text, "fl_client_images_skipped"), 1)
+            self.assertEqual(metric(text, "fl_client_images_skipped", {"reason": "missing_file"}), 1)
+            self.assertEqual(metric(text, "fl_client_images_skipped", {"reason": "unreadable"}), 0)
             self.assertEqual(metric(text, "fl_client_images"), 48)
             log = fed.log("site-b")
             self.assertIn("chexpert source: ", log)

@@ -207,9 +207,11 @@ def site():
                 extra=thresholds((None, "red"), (1, "green"))),
         L.panel("stat", "Usable images", "Labelled images found in data_dir (train + test).",
                 [target(f"fl_client_images{sel}", "{{instance}}", instant=True)], w=4, h=4),
-        L.panel("stat", "Files skipped", "Files in data_dir that could not be read; the log "
-                "names each file and the reason.",
-                [target(f"fl_client_images_skipped{sel}", "{{instance}}", instant=True)],
+        L.panel("stat", "Files skipped", "Files or labels-CSV rows the data source skipped (the "
+                "metric has them by reason: unreadable, missing_file, duplicate, bad_row); the "
+                "log and `flctl data check` name each file and the full reason.",
+                [target(f"sum by (instance) (fl_client_images_skipped{sel})", "{{instance}}",
+                        instant=True)],
                 w=4, h=4, extra=thresholds((None, "green"), (1, "orange"))),
         L.panel("gauge", "Privacy budget used",
                 "Share of budget.max_epsilon the dataset has spent over every job; the site "
