@@ -72,15 +72,18 @@ inline bool Accepts(int port) {
   return ok;
 }
 
-// One Orthanc process: DICOM on loopback at `port`, no HTTP server, called AE title checked,
-// our AE title known and allowed C-FIND and C-GET; anyone may C-STORE (the loader). `extra`:
-// more settings (JSON members, each followed by a comma); `loader_args`: storescu's options
-// for them (e.g. TLS).
+inline constexpr char kNoHttp[] = R"("Plugins": [], "HttpServerEnabled": false)";
+
+// One Orthanc process: DICOM on loopback at `port`, called AE title checked, our AE title known
+// and allowed C-FIND and C-GET; anyone may C-STORE (the loader). `extra`: more settings (JSON
+// members, each followed by a comma); `loader_args`: storescu's options for them (e.g. TLS);
+// `http`: the HTTP server's and plugins' settings (none by default; see client/
+// pacs_dicomweb_test.cc), with `http_port` to wait for at Start.
 class Orthanc {
  public:
   Orthanc(const std::string& dir, int port, const std::string& extra = "",
-          const std::string& loader_args = "")
-      : dir_(dir), port_(port), loader_args_(loader_args) {
+          const std::string& loader_args = "", const std::string& http = kNoHttp, int http_port = 0)
+      : dir_(dir), port_(port), http_port_(http_port), loader_args_(loader_args) {
     fs::create_directories(dir + "/storage");
     const std::string storage = absl::StrCat("\"", dir, "/storage\"");
     const std::string modality =
@@ -88,14 +91,14 @@ class Orthanc {
                      R"( "AllowFind": true, "AllowGet": true, "AllowMove": false})");
     std::ofstream(dir + "/orthanc.json") << absl::StrCat(
         "{", extra, R"("Name": "fl-test", "StorageDirectory": )", storage,
-        R"(, "IndexDirectory": )", storage, R"(, "Plugins": [], "HttpServerEnabled": false,)",
+        R"(, "IndexDirectory": )", storage, ", ", http, ",",
         R"( "RemoteAccessAllowed": false, "DicomAet": ")", kPacsAe, R"(", "DicomPort": )", port,
         R"(, "DicomCheckCalledAet": true, "DicomAlwaysAllowStore": true,)",
         R"( "DicomAlwaysAllowEcho": true, "DicomModalities": {"fl": )", modality, "}}");
   }
   ~Orthanc() { Kill(SIGKILL); }
 
-  // Starts it and waits until its DICOM port accepts connections.
+  // Starts it and waits until its DICOM port (and HTTP port, if any) accepts connections.
   ::testing::AssertionResult Start() {
     if (pid_ > 0) return ::testing::AssertionFailure() << "Orthanc is running already";
     pid_ = ::fork();
@@ -109,7 +112,9 @@ class Orthanc {
       ::_exit(127);
     }
     for (int i = 0; i < 300; ++i) {
-      if (Accepts(port_)) return ::testing::AssertionSuccess();
+      if (Accepts(port_) && (http_port_ == 0 || Accepts(http_port_))) {
+        return ::testing::AssertionSuccess();
+      }
       if (::waitpid(pid_, nullptr, WNOHANG) == pid_) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
@@ -137,6 +142,7 @@ class Orthanc {
  private:
   const std::string dir_;
   const int port_;
+  const int http_port_;
   const std::string loader_args_;
   pid_t pid_ = -1;
 };
