@@ -40,16 +40,14 @@ class DicomWebTest : public PacsTest {
     const std::string http = absl::StrCat(
         R"("Plugins": [")", kDicomWebPlugin, R"("], "HttpServerEnabled": true, "HttpPort": )",
         http_port_, R"(, "AuthenticationEnabled": false, "LuaScripts": [")", lua,
-        R"("], "DicomWeb": {"Enable": true, "Root": "/dicom-web/"})", HttpsSettings());
+        R"("], "DicomWeb": {"Enable": true, "Root": "/dicom-web/"})");
     return std::make_unique<Orthanc>(dir_ + "/orthanc", port_, "", "", http, http_port_);
   }
 
-  // More HTTP settings (", NAME: VALUE..."), for HTTPS.
-  virtual std::string HttpsSettings() { return ""; }
-  virtual std::string Scheme() const { return "http"; }
-
+  // The service as the client reaches it: Orthanc's HTTP port, or HTTPS in front of it.
   std::string Url() const {
-    return absl::StrCat(Scheme(), "://127.0.0.1:", http_port_, "/dicom-web");
+    return https_port_ > 0 ? absl::StrCat("https://127.0.0.1:", https_port_, "/dicom-web")
+                           : absl::StrCat("http://127.0.0.1:", http_port_, "/dicom-web");
   }
 
   // `config` over DICOMweb, with the token.
@@ -67,6 +65,7 @@ class DicomWebTest : public PacsTest {
   }
 
   int http_port_ = 0;
+  int https_port_ = 0;  // set by a fixture that puts HTTPS in front
 };
 
 }  // namespace testing
