@@ -5,9 +5,7 @@
 #include <signal.h>
 
 #include <algorithm>
-#include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <set>
 #include <thread>
@@ -97,40 +95,6 @@ TEST_F(DicomWebTest, QidoResultsArePagedWithLimitAndOffset) {
   EXPECT_EQ(rows->size(), 2u);
 }
 
-TEST_F(DicomWebTest, SyncFetchesOnlyWhatIsNew) {
-  PacsSyncReport first = Sync(Web(Chest()));
-  EXPECT_EQ(first.studies, 2);
-  EXPECT_EQ(first.fetched, 4);
-  EXPECT_EQ(first.cached, 4);
-  EXPECT_EQ(CachedFiles().size(), 4u);
-
-  PacsSyncReport second = Sync(Web(Chest()));
-  EXPECT_EQ(second.fetched, 0);
-  EXPECT_EQ(second.series_up_to_date, 2);
-
-  ASSERT_TRUE(Load(3));  // a new study
-  PacsSyncReport third = Sync(Web(Chest()));
-  EXPECT_EQ(third.fetched, 1);
-  EXPECT_EQ(third.series_up_to_date, 2);
-  EXPECT_EQ(third.cached, 5);
-  absl::StatusOr<DicomImage> added = ReadDicomHeader(files_[5]);
-  ASSERT_TRUE(added.ok()) << added.status();
-  EXPECT_THAT(CachedFiles(), ::testing::Contains(PacsCache::FileName(added->sop_instance_uid)));
-}
-
-TEST_F(DicomWebTest, AnInstanceAddedToACachedSeriesIsFetchedAlone) {
-  ASSERT_EQ(Sync(Web(Chest())).fetched, 4);
-  Retag(files_[6], studies_[1], studies_[1].study_uid, studies_[1].series_uid);
-  ASSERT_TRUE(orthanc_->Store({files_[6]}));
-  PacsSyncReport report = Sync(Web(Chest()));
-  EXPECT_EQ(report.fetched, 1);
-  EXPECT_EQ(report.already_cached, 2);
-  EXPECT_EQ(report.cached, 5);
-  absl::StatusOr<DicomImage> added = ReadDicomHeader(files_[6]);
-  ASSERT_TRUE(added.ok()) << added.status();
-  EXPECT_THAT(CachedFiles(), ::testing::Contains(PacsCache::FileName(added->sop_instance_uid)));
-}
-
 TEST_F(DicomWebTest, AWrongOrMissingTokenIsPermissionDeniedAndTheCacheUntouched) {
   PacsSource config = Web(Chest());
   WritePrivate(dir_ + "/wrong", "not-the-token\n");
@@ -168,75 +132,6 @@ TEST_F(DicomWebTest, AServerThatIsDownIsUnavailable) {
   EXPECT_THAT(std::string(status.message()), HasSubstr(Url()));
   status = SyncPacsAtStart(Web(Chest()), "pacs_dicomweb_test");
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
-}
-
-TEST_F(DicomWebTest, KilledMidSyncLeavesASoundCacheAndTheNextSyncCompletes) {
-  PacsSyncOptions options;
-  options.on_cached = [&](int fetched) {
-    if (fetched == 1) orthanc_->Kill(SIGKILL);
-  };
-  absl::Status status;
-  PacsSyncReport report = Sync(Web(Chest()), &status, options);
-  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
-  EXPECT_THAT(std::string(status.message()), HasSubstr("the next sync resumes"));
-  EXPECT_GE(report.cached, 1);
-  EXPECT_LT(report.cached, 4);
-  EXPECT_EQ(CachedFiles().size(), static_cast<size_t>(report.cached));
-  EXPECT_TRUE(fs::is_empty(dir_ + "/cache/incoming"));
-
-  ASSERT_TRUE(orthanc_->Start());
-  const int before = report.cached;
-  report = Sync(Web(Chest()));
-  EXPECT_EQ(report.fetched, 4 - before);
-  EXPECT_EQ(report.cached, 4);
-  EXPECT_EQ(CachedFiles().size(), 4u);
-}
-
-TEST_F(DicomWebTest, ACorruptObjectIsRejectedAndNeverCached) {
-  Retag(files_[7], studies_[1], studies_[1].study_uid, studies_[1].series_uid);
-  DcmFileFormat file;
-  ASSERT_TRUE(file.loadFile(files_[7].c_str()).good());
-  const Uint16 few[8] = {};
-  ASSERT_TRUE(file.getDataset()->putAndInsertUint16Array(DCM_PixelData, few, 8).good());
-  const std::string corrupt = dir_ + "/corrupt.dcm";
-  ASSERT_TRUE(file.saveFile(corrupt.c_str(), EXS_LittleEndianExplicit).good());
-  ASSERT_TRUE(orthanc_->Store({corrupt}));
-
-  PacsSyncReport report = Sync(Web(Chest()));
-  EXPECT_EQ(report.fetched, 4);
-  EXPECT_EQ(report.rejected, 1);
-  ASSERT_EQ(report.rejects.size(), 1u);
-  EXPECT_THAT(report.rejects[0].reason, HasSubstr("pixel data too short"));
-  EXPECT_EQ(CachedFiles().size(), 4u);
-  EXPECT_TRUE(fs::is_empty(dir_ + "/cache/incoming"));
-
-  report = Sync(Web(Chest()));  // known as refused: not asked for again
-  EXPECT_EQ(report.fetched, 0);
-  EXPECT_EQ(report.series_up_to_date, report.series);
-}
-
-TEST_F(DicomWebTest, AnEmptyQueryIsNoError) {
-  PacsSource config = Web(Chest());
-  config.set_study_date_range("20300101-");
-  PacsSyncReport report = Sync(config);
-  EXPECT_EQ(report.studies, 0);
-  EXPECT_EQ(report.fetched, 0);
-  config = Web(Config());
-  config.add_accession_numbers("NO-SUCH");
-  absl::StatusOr<std::vector<PacsStudyInfo>> studies = QueryPacs(config);
-  ASSERT_TRUE(studies.ok()) << studies.status();
-  EXPECT_TRUE(studies->empty());
-}
-
-TEST_F(DicomWebTest, LimitsHoldAcrossSeveralRequests) {
-  PacsSource config = Web(Config());  // all three studies: 5 instances in 3 series
-  config.set_max_associations(2);
-  config.set_max_instances_per_minute(600);
-  config.set_pause_ms(20);
-  const auto start = std::chrono::steady_clock::now();
-  PacsSyncReport report = Sync(config);
-  EXPECT_EQ(report.fetched, 5);
-  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(400));
 }
 
 TEST_F(DicomWebTest, FlctlDataSyncAndTheSourceWork) {

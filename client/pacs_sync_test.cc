@@ -1,6 +1,5 @@
 // The pacs source's limits, cache repair, `flctl data sync` and DICOM TLS, against a real
 // Orthanc (client/pacs_test_util.h).
-#include <chrono>
 #include <filesystem>
 #include <fstream>
 
@@ -18,19 +17,6 @@ namespace fs = std::filesystem;
 using ::fl::testing::Orthanc;
 using ::fl::testing::PacsTest;
 using ::testing::HasSubstr;
-
-TEST_F(PacsTest, LimitsHoldAcrossSeveralAssociations) {
-  PacsSource config = Config();  // all three studies: 5 instances in 3 series
-  config.set_max_associations(2);
-  config.set_max_instances_per_minute(600);  // one each 100 ms, whichever association
-  config.set_pause_ms(20);
-  const auto start = std::chrono::steady_clock::now();
-  PacsSyncReport report = Sync(config);
-  const auto elapsed = std::chrono::steady_clock::now() - start;
-  EXPECT_EQ(report.fetched, 5);
-  EXPECT_EQ(report.cached, 5);
-  EXPECT_GE(elapsed, std::chrono::milliseconds(400));
-}
 
 TEST_F(PacsTest, ASecondSyncAtOnceIsRefused) {
   absl::StatusOr<std::unique_ptr<PacsCache>> held = PacsCache::Open(dir_ + "/cache");
