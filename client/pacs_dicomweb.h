@@ -12,6 +12,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "client/pacs_connection.h"
+#include "client/pacs_http.h"
 #include "client/pacs_multipart.h"
 #include "dcmtk/dcmdata/dcfilefo.h"
 #include "fl/config.pb.h"
@@ -48,14 +49,12 @@ class DicomWebConnection : public PacsConnection {
   // QIDO-RS results per request (default 500); tests set it small to exercise paging.
   void set_page_size(int page_size) { page_size_ = page_size; }
 
-  struct Http;  // the curl handle and one request's state (pacs_dicomweb.cc)
-
  private:
-  DicomWebConnection(std::unique_ptr<Http> http, std::string base);
+  DicomWebConnection(std::unique_ptr<DicomWebHttp> http, std::string base);
   absl::StatusOr<std::vector<DicomRow>> FindPage(const std::string& url, const DicomKeys& keys,
                                                  const std::string& level_path, bool* more);
 
-  std::unique_ptr<Http> http_;
+  std::unique_ptr<DicomWebHttp> http_;
   const std::string base_;
   int page_size_ = 500;
 };

@@ -122,6 +122,10 @@ TEST_F(DicomWebTest, AWrongOrMissingTokenIsPermissionDeniedAndTheCacheUntouched)
               HasSubstr("source.pacs.dicomweb.bearer_token_file: " + dir_ + "/token is readable"));
   fs::permissions(dir_ + "/token", fs::perms::group_read, fs::perm_options::remove);
   EXPECT_EQ(Sync(config).fetched, 4);
+  // The file is read at each sync: a token rotated there counts at once.
+  WritePrivate(dir_ + "/token", "revoked-token\n");
+  Sync(config, &status);
+  EXPECT_EQ(status.code(), absl::StatusCode::kPermissionDenied) << status;
 }
 
 TEST_F(DicomWebTest, AServerThatIsDownIsUnavailable) {

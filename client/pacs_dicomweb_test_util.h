@@ -1,7 +1,8 @@
 // For the DICOMweb tests: Orthanc with Debian's orthanc-dicomweb plugin on loopback, its
-// /dicom-web/ routes guarded by a bearer token that Orthanc itself checks (a Lua
-// IncomingHttpRequestFilter: Orthanc 1.10 has no bearer-token option of its own, and its
-// HTTP basic authentication would not see our header).
+// /dicom-web/ routes guarded by a bearer token that Orthanc itself checks, with a Lua
+// IncomingHttpRequestFilter (Orthanc checks bearer tokens only through its authorization
+// plugin, which Debian 12 does not package; its HTTP basic authentication would not look at
+// our header).
 #pragma once
 
 #include <filesystem>
