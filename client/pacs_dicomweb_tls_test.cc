@@ -16,7 +16,6 @@
 
 #include "client/pacs.h"
 #include "client/pacs_dicomweb_test_util.h"
-#include "common/x509.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -27,6 +26,7 @@ namespace fs = std::filesystem;
 using ::fl::testing::Accepts;
 using ::fl::testing::DicomWebTest;
 using ::fl::testing::FreePort;
+using ::fl::testing::WriteTestPki;
 using ::testing::HasSubstr;
 
 constexpr char kNginx[] = "/usr/sbin/nginx";
@@ -87,19 +87,7 @@ class DicomWebTlsTest : public DicomWebTest {
         << kNginx << " is missing: run scripts/deps.sh, which installs Debian's nginx-light";
     DicomWebTest::SetUp();
     const std::string tls = dir_ + "/tls";
-    fs::create_directories(tls);
-    absl::StatusOr<KeyAndCert> ca = CreateCa("test-pacs-ca", 2);
-    absl::StatusOr<KeyAndCert> other_ca = CreateCa("another-ca", 2);
-    ASSERT_TRUE(ca.ok() && other_ca.ok());
-    absl::StatusOr<KeyAndCert> pacs = IssueCert(*ca, {"pacs", "", {"localhost"}, {"127.0.0.1"}, 2});
-    absl::StatusOr<KeyAndCert> ours = IssueCert(*ca, {"flclient", "", {}, {}, 2});
-    ASSERT_TRUE(pacs.ok() && ours.ok());
-    WritePrivate(tls + "/ca.pem", ca->cert_pem);
-    WritePrivate(tls + "/other-ca.pem", other_ca->cert_pem);
-    WritePrivate(tls + "/pacs.pem", pacs->cert_pem);
-    WritePrivate(tls + "/pacs.key", pacs->key_pem);
-    WritePrivate(tls + "/ours.pem", ours->cert_pem);
-    WritePrivate(tls + "/ours.key", ours->key_pem);
+    ASSERT_TRUE(WriteTestPki(tls));
     do {
       https_port_ = FreePort();
     } while (https_port_ == http_port_ || https_port_ == port_);

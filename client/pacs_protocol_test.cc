@@ -152,6 +152,18 @@ TEST_P(PacsProtocolTest, LimitsHoldAcrossSeveralConnections) {
   EXPECT_GE(elapsed, std::chrono::milliseconds(400));
 }
 
+// A pace slower than the timeout: the wait for the next instance is ours, not a stalled PACS.
+TEST_P(PacsProtocolTest, APaceSlowerThanTheTimeoutIsNoTimeout) {
+  PacsSource config = Via(Chest());
+  config.set_timeout_seconds(1);
+  if (config.has_dicomweb()) config.mutable_dicomweb()->set_timeout_seconds(1);
+  config.set_max_instances_per_minute(20);  // one each 3 s
+  config.clear_modalities();
+  config.add_modalities("DX");  // study B: one series of 2 instances
+  PacsSyncReport report = Sync(config);
+  EXPECT_EQ(report.fetched, 2);
+}
+
 INSTANTIATE_TEST_SUITE_P(Protocols, PacsProtocolTest,
                          ::testing::Values(Protocol::kDimse, Protocol::kDicomWeb),
                          [](const ::testing::TestParamInfo<Protocol>& info) {

@@ -19,6 +19,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -26,6 +27,7 @@
 #include "client/dicom.h"
 #include "client/pacs.h"
 #include "common/test_dir.h"
+#include "common/x509.h"
 #include "dcmtk/dcmdata/dcdeftag.h"
 #include "dcmtk/dcmdata/dcfilefo.h"
 #include "dcmtk/dcmdata/dcmetinf.h"
@@ -146,6 +148,28 @@ class Orthanc {
   const std::string loader_args_;
   pid_t pid_ = -1;
 };
+
+// Test certificates under `dir`, each file mode 0600: ca.pem (a CA of the test's own),
+// pacs.pem and pacs.key (the PACS, for localhost and 127.0.0.1), ours.pem and ours.key (the
+// client), other-ca.pem (a CA that signed neither). From the project's CA code (common/x509.h).
+inline ::testing::AssertionResult WriteTestPki(const std::string& dir) {
+  fs::create_directories(dir);
+  absl::StatusOr<KeyAndCert> ca = CreateCa("test-pacs-ca", 2);
+  absl::StatusOr<KeyAndCert> other_ca = CreateCa("another-ca", 2);
+  if (!ca.ok() || !other_ca.ok()) return ::testing::AssertionFailure() << "CreateCa failed";
+  absl::StatusOr<KeyAndCert> pacs = IssueCert(*ca, {"pacs", "", {"localhost"}, {"127.0.0.1"}, 2});
+  absl::StatusOr<KeyAndCert> ours = IssueCert(*ca, {"flclient", "", {}, {}, 2});
+  if (!pacs.ok() || !ours.ok()) return ::testing::AssertionFailure() << "IssueCert failed";
+  for (const auto& [name, text] :
+       {std::pair{"ca.pem", &ca->cert_pem}, std::pair{"other-ca.pem", &other_ca->cert_pem},
+        std::pair{"pacs.pem", &pacs->cert_pem}, std::pair{"pacs.key", &pacs->key_pem},
+        std::pair{"ours.pem", &ours->cert_pem}, std::pair{"ours.key", &ours->key_pem}}) {
+    const std::string path = dir + "/" + name;
+    std::ofstream(path) << *text;
+    fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write);
+  }
+  return ::testing::AssertionSuccess();
+}
 
 // A study of phantom images: one series of `modality`.
 struct StudySpec {
