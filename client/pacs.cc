@@ -1,4 +1,5 @@
-// The PACS sync: C-FIND the studies and series, C-GET what the cache lacks.
+// The PACS sync: C-FIND the studies and series, C-GET what the cache lacks (over DIMSE, or the
+// same as QIDO-RS and WADO-RS over DICOMweb: client/pacs_connection.h).
 #include "client/pacs.h"
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "client/pacs_dicomweb.h"
 #include "client/pacs_dimse.h"
 #include "common/status.h"
 #include "dcmtk/dcmdata/dcdeftag.h"
@@ -37,7 +39,7 @@ bool WantedModality(const PacsSource& config, const std::string& modality) {
                      [&](const std::string& m) { return absl::EqualsIgnoreCase(m, modality); });
 }
 
-absl::StatusOr<std::vector<PacsSeriesInfo>> FindSeries(PacsAssociation& pacs,
+absl::StatusOr<std::vector<PacsSeriesInfo>> FindSeries(PacsConnection& pacs,
                                                        const PacsSource& config,
                                                        const std::string& study_uid) {
   const std::string one_modality = config.modalities_size() == 1 ? config.modalities(0) : "";
@@ -60,8 +62,9 @@ absl::StatusOr<std::vector<PacsSeriesInfo>> FindSeries(PacsAssociation& pacs,
   return series;
 }
 
-// At most max_instances_per_minute instances, shared by all associations of a sync. Waiting in
-// the C-STORE handler holds back the PACS's next C-STORE: the pace is the PACS's too.
+// At most max_instances_per_minute instances, shared by all connections of a sync. Waiting in
+// the C-STORE handler holds back the PACS's next C-STORE (over DICOMweb, the reading of the
+// response): the pace is the PACS's too.
 class Pacer {
  public:
   explicit Pacer(int per_minute)
@@ -93,7 +96,7 @@ class SyncRun {
         pacer_(static_cast<int>(config.max_instances_per_minute())) {}
 
   // Fetches what `series` lacks over `pacs`.
-  absl::Status FetchSeries(PacsAssociation& pacs, const PacsSeriesInfo& series);
+  absl::Status FetchSeries(PacsConnection& pacs, const PacsSeriesInfo& series);
 
   // The next series to fetch, or nullptr when all are taken or the sync failed.
   const PacsSeriesInfo* Next(const std::vector<PacsSeriesInfo>& work) {
@@ -112,7 +115,7 @@ class SyncRun {
 
  private:
   absl::Status Store(DcmDataset* instance);
-  absl::Status Get(PacsAssociation& pacs, const char* level, const DicomKeys& keys);
+  absl::Status Get(PacsConnection& pacs, const char* level, const DicomKeys& keys);
 
   const PacsSource& config_;
   const PacsSyncOptions& options_;
@@ -143,7 +146,7 @@ absl::Status SyncRun::Store(DcmDataset* instance) {
   return stored;
 }
 
-absl::Status SyncRun::Get(PacsAssociation& pacs, const char* level, const DicomKeys& keys) {
+absl::Status SyncRun::Get(PacsConnection& pacs, const char* level, const DicomKeys& keys) {
   GetTally tally;
   int refused = 0;
   const absl::Status got = pacs.Get(
@@ -158,12 +161,15 @@ absl::Status SyncRun::Get(PacsAssociation& pacs, const char* level, const DicomK
     absl::MutexLock lock(&mu_);
     // The PACS counts our refusals of corrupt objects among its failed sub-operations.
     report_->failed += std::max(0, tally.failed - refused);
+    // Objects the transport refused before they could be read (not DICOM at all).
+    report_->rejected += static_cast<int>(tally.refused.size());
+    for (const std::string& why : tally.refused) report_->rejects.push_back({"PACS object", why});
   }
   if (config_.pause_ms() > 0) absl::SleepFor(absl::Milliseconds(config_.pause_ms()));
   return got;
 }
 
-absl::Status SyncRun::FetchSeries(PacsAssociation& pacs, const PacsSeriesInfo& series) {
+absl::Status SyncRun::FetchSeries(PacsConnection& pacs, const PacsSeriesInfo& series) {
   const DicomKeys series_keys = {{DCM_StudyInstanceUID, series.study_uid},
                                  {DCM_SeriesInstanceUID, series.series_uid}};
   if (cache_->KnownInSeries(series.series_uid) == 0) return Get(pacs, "SERIES", series_keys);
@@ -201,13 +207,13 @@ std::vector<PacsSeriesInfo> Work(const std::vector<PacsStudyInfo>& studies, Pacs
   return work;
 }
 
-// Runs `work` on up to max_associations associations at once.
+// Runs `work` on up to max_associations connections at once.
 absl::Status Fetch(const PacsSource& config, const std::vector<PacsSeriesInfo>& work,
                    SyncRun& run) {
   const size_t associations =
       std::min<size_t>(std::max<uint32_t>(1, config.max_associations()), work.size());
   auto worker = [&] {
-    absl::StatusOr<std::unique_ptr<PacsAssociation>> pacs = PacsAssociation::Open(config);
+    absl::StatusOr<std::unique_ptr<PacsConnection>> pacs = OpenPacsConnection(config);
     if (!pacs.ok()) return run.Fail(pacs.status());
     while (const PacsSeriesInfo* series = run.Next(work)) {
       const absl::Status fetched = run.FetchSeries(**pacs, *series);
@@ -223,9 +229,18 @@ absl::Status Fetch(const PacsSource& config, const std::vector<PacsSeriesInfo>& 
 
 }  // namespace
 
+absl::StatusOr<std::unique_ptr<PacsConnection>> OpenPacsConnection(const PacsSource& config) {
+  if (config.has_dicomweb()) {
+    ASSIGN_OR_RETURN(std::unique_ptr<DicomWebConnection> web, DicomWebConnection::Open(config));
+    return std::unique_ptr<PacsConnection>(std::move(web));
+  }
+  ASSIGN_OR_RETURN(std::unique_ptr<PacsAssociation> dimse, PacsAssociation::Open(config));
+  return std::unique_ptr<PacsConnection>(std::move(dimse));
+}
+
 absl::StatusOr<std::vector<PacsStudyInfo>> QueryPacs(const PacsSource& config) {
   RETURN_IF_ERROR(ValidatePacsSource(config));
-  ASSIGN_OR_RETURN(std::unique_ptr<PacsAssociation> pacs, PacsAssociation::Open(config));
+  ASSIGN_OR_RETURN(std::unique_ptr<PacsConnection> pacs, OpenPacsConnection(config));
   std::vector<std::string> accessions(config.accession_numbers().begin(),
                                       config.accession_numbers().end());
   if (accessions.empty()) accessions.push_back("");

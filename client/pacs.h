@@ -1,10 +1,12 @@
-// A PACS as a data source, over DICOM DIMSE (fl.PacsSource in proto/fl/config.proto): studies
-// found by C-FIND, their instances fetched by C-GET into a local cache (client/pacs_cache.h),
-// which the source lists and loads like a DICOM folder (LoadDataset, the same labels CSV).
-// Rounds never wait on the PACS: only a sync talks to it (the daemon's at start, or `flctl data
-// sync`), and a sync fetches only what the cache lacks.
+// A PACS as a data source (fl.PacsSource in proto/fl/config.proto), over DICOM DIMSE (studies
+// found by C-FIND, their instances fetched by C-GET; client/pacs_dimse.h) or DICOMweb (QIDO-RS
+// and WADO-RS; client/pacs_dicomweb.h), into a local cache (client/pacs_cache.h), which the
+// source lists and loads like a DICOM folder (LoadDataset, the same labels CSV). The sync below
+// is the same for both protocols (client/pacs_connection.h is the seam). Rounds never wait on
+// the PACS: only a sync talks to it (the daemon's at start, or `flctl data sync`), and a sync
+// fetches only what the cache lacks.
 //
-// Not done here: DICOMweb (QIDO-RS, WADO-RS), C-MOVE, and syncing while the daemon runs.
+// Not done here: C-MOVE, STOW-RS, and syncing while the daemon runs.
 #pragma once
 
 #include <cstdint>
@@ -46,9 +48,11 @@ struct PacsStudyInfo {
   std::vector<PacsSeriesInfo> series;  // those matching the modality and body-part filters
 };
 
-// C-FIND on one association: the studies matching config's filters (STUDY level; once per
-// accession number when there are any), then their series (SERIES level). Studies without a
-// matching series are left out. Errors as PacsAssociation::Open and Find (client/pacs_dimse.h).
+// C-FIND on one association (or QIDO-RS on one HTTP session): the studies matching config's
+// filters (STUDY level; once per accession number when there are any), then their series
+// (SERIES level). Studies without a matching series are left out. Errors as
+// PacsAssociation::Open and Find (client/pacs_dimse.h) or DicomWebConnection's
+// (client/pacs_dicomweb.h: PERMISSION_DENIED on HTTP 401/403, UNAVAILABLE when unreachable).
 absl::StatusOr<std::vector<PacsStudyInfo>> QueryPacs(const PacsSource& config);
 
 struct PacsSyncReport {
@@ -60,7 +64,7 @@ struct PacsSyncReport {
   int already_cached = 0;            // instances listed by the PACS (IMAGE level) and cached before
   int rejected = 0;                  // objects refused as corrupt in this sync (never cached)
   int rejected_earlier = 0;          // objects refused in an earlier sync, not asked for again
-  int failed = 0;                    // C-STORE sub-operations the PACS reported as failed
+  int failed = 0;                    // C-STORE sub-operations the PACS reported as failed (DIMSE)
   int cached = 0;                    // instances in the cache after the sync
   CacheRepair repair;                // what an interrupted sync had left, removed
   std::vector<SkippedItem> rejects;  // this sync's refused objects, with the reasons
@@ -74,7 +78,8 @@ struct PacsSyncOptions {
 };
 
 // Queries the PACS and fetches into the cache what it lacks, within config's limits
-// (max_associations series at once, pause_ms after each C-GET, max_instances_per_minute).
+// (max_associations series at once, pause_ms after each C-GET or WADO-RS request,
+// max_instances_per_minute).
 // `report` holds what was done even when the sync fails part-way: what was fully received stays
 // cached, partial files are removed, and the next sync resumes. An empty query result is OK
 // (report->studies == 0). Errors: as QueryPacs; UNAVAILABLE when the PACS goes away

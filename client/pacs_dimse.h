@@ -4,41 +4,21 @@
 // Internal to the pacs source (client/pacs.h).
 #pragma once
 
-#include <functional>
-#include <map>
 #include <memory>
 #include <string>
-#include <utility>
-#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "dcmtk/config/osconfig.h"
-#include "dcmtk/dcmdata/dcdatset.h"
-#include "dcmtk/dcmdata/dctagkey.h"
+#include "client/pacs_connection.h"
 #include "fl/config.pb.h"
 
 class DcmSCU;
 
 namespace fl {
 
-// A C-FIND identifier or response: tag -> value (multiple values joined by '\').
-using DicomKeys = std::vector<std::pair<DcmTagKey, std::string>>;
-using DicomRow = std::map<DcmTagKey, std::string>;
-
-// What the PACS reported for one C-GET: completed and failed sub-operations (C-STOREs).
-struct GetTally {
-  int completed = 0;
-  int failed = 0;
-  int warning = 0;
-};
-
-class PacsAssociation {
+class PacsAssociation : public PacsConnection {
  public:
-  // Receives each instance of a C-GET. OK: stored (C-STORE success). DATA_LOSS: refused as
-  // corrupt (the PACS is told the store failed; the retrieval goes on). Anything else stops
-  // the retrieval (e.g. the disk is full).
-  using StoreFn = std::function<absl::Status(DcmDataset* instance)>;
+  // StoreFn (client/pacs_connection.h): a DATA_LOSS refusal is a failed C-STORE to the PACS.
 
   // Opens an association with config's PACS, proposing C-FIND and C-GET (Study Root) and the
   // image storage classes (CR, DX, MG, CT, MR, enhanced CT/MR, secondary capture, US, XA) in
@@ -48,19 +28,20 @@ class PacsAssociation {
   // FAILED_PRECONDITION when it accepts neither C-FIND nor C-GET; a TLS file that cannot be
   // read is INVALID_ARGUMENT naming it.
   static absl::StatusOr<std::unique_ptr<PacsAssociation>> Open(const PacsSource& config);
-  ~PacsAssociation();  // releases the association (aborts it when it is broken)
+  ~PacsAssociation() override;  // releases the association (aborts it when it is broken)
 
   // C-FIND at `level` ("STUDY", "SERIES", "IMAGE") with `keys` (matching values, or empty to
   // have the attribute returned). Returns one row per match with the keys' values.
-  absl::StatusOr<std::vector<DicomRow>> Find(const char* level, const DicomKeys& keys);
+  absl::StatusOr<std::vector<DicomRow>> Find(const char* level, const DicomKeys& keys) override;
 
   // C-GET at `level` of the unique keys in `keys`; every instance received goes to `store`.
   // A connection lost mid-transfer is UNAVAILABLE (what `store` accepted before stays); a
   // refusal by the PACS is FAILED_PRECONDITION with its status.
-  absl::Status Get(const char* level, const DicomKeys& keys, const StoreFn& store, GetTally* tally);
+  absl::Status Get(const char* level, const DicomKeys& keys, const StoreFn& store,
+                   GetTally* tally) override;
 
   // "HOST:PORT (AE TITLE)", for messages.
-  const std::string& peer() const { return peer_; }
+  const std::string& peer() const override { return peer_; }
 
   struct Hook;  // how C-STOREs reach the StoreFn (pacs_dimse.cc)
 

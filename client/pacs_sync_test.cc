@@ -1,12 +1,10 @@
 // The pacs source's limits, cache repair, `flctl data sync` and DICOM TLS, against a real
 // Orthanc (client/pacs_test_util.h).
-#include <chrono>
 #include <filesystem>
 #include <fstream>
 
 #include "client/pacs.h"
 #include "client/pacs_test_util.h"
-#include "common/x509.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tools/data_check.h"
@@ -17,20 +15,8 @@ namespace {
 namespace fs = std::filesystem;
 using ::fl::testing::Orthanc;
 using ::fl::testing::PacsTest;
+using ::fl::testing::WriteTestPki;
 using ::testing::HasSubstr;
-
-TEST_F(PacsTest, LimitsHoldAcrossSeveralAssociations) {
-  PacsSource config = Config();  // all three studies: 5 instances in 3 series
-  config.set_max_associations(2);
-  config.set_max_instances_per_minute(600);  // one each 100 ms, whichever association
-  config.set_pause_ms(20);
-  const auto start = std::chrono::steady_clock::now();
-  PacsSyncReport report = Sync(config);
-  const auto elapsed = std::chrono::steady_clock::now() - start;
-  EXPECT_EQ(report.fetched, 5);
-  EXPECT_EQ(report.cached, 5);
-  EXPECT_GE(elapsed, std::chrono::milliseconds(400));
-}
 
 TEST_F(PacsTest, ASecondSyncAtOnceIsRefused) {
   absl::StatusOr<std::unique_ptr<PacsCache>> held = PacsCache::Open(dir_ + "/cache");
@@ -86,19 +72,7 @@ class PacsTlsTest : public PacsTest {
  protected:
   std::unique_ptr<Orthanc> MakeOrthanc() override {
     const std::string tls = dir_ + "/tls";
-    fs::create_directories(tls);
-    absl::StatusOr<KeyAndCert> ca = CreateCa("test-pacs-ca", 2);
-    EXPECT_TRUE(ca.ok()) << ca.status();
-    CertRequest server{"pacs", "", {"localhost"}, {"127.0.0.1"}, 2};
-    CertRequest client{"flclient", "", {}, {}, 2};
-    absl::StatusOr<KeyAndCert> pacs = IssueCert(*ca, server);
-    absl::StatusOr<KeyAndCert> ours = IssueCert(*ca, client);
-    EXPECT_TRUE(pacs.ok() && ours.ok());
-    Write(tls + "/ca.pem", ca->cert_pem);
-    Write(tls + "/pacs.pem", pacs->cert_pem);
-    Write(tls + "/pacs.key", pacs->key_pem);
-    Write(tls + "/ours.pem", ours->cert_pem);
-    Write(tls + "/ours.key", ours->key_pem);
+    EXPECT_TRUE(WriteTestPki(tls));
     const std::string extra = absl::StrCat(
         R"("DicomTlsEnabled": true, "DicomTlsCertificate": ")", tls, R"(/pacs.pem",)",
         R"( "DicomTlsPrivateKey": ")", tls, R"(/pacs.key", "DicomTlsTrustedCertificates": ")", tls,
@@ -106,10 +80,6 @@ class PacsTlsTest : public PacsTest {
     const std::string loader =
         absl::StrCat("+tls ", tls, "/ours.key ", tls, "/ours.pem -pw +cf ", tls, "/ca.pem");
     return std::make_unique<Orthanc>(dir_ + "/orthanc", port_, extra, loader);
-  }
-
-  static void Write(const std::string& path, const std::string& text) {
-    std::ofstream(path) << text;
   }
 
   PacsSource Tls() const {

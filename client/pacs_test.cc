@@ -1,11 +1,9 @@
 // The pacs source against a real PACS: Debian's Orthanc, started by each test on loopback with
 // its own config and storage, loaded with phantom studies through DCMTK's storescu.
+// The sync over both protocols: client/pacs_protocol_test.cc.
 #include "client/pacs.h"
 
 #include <signal.h>
-
-#include <filesystem>
-#include <fstream>
 
 #include "client/dicom.h"
 #include "client/pacs_test_util.h"
@@ -16,9 +14,7 @@
 namespace fl {
 namespace {
 
-namespace fs = std::filesystem;
 using ::fl::testing::PacsTest;
-using ::fl::testing::Retag;
 using ::testing::HasSubstr;
 using ::testing::UnorderedElementsAre;
 
@@ -45,38 +41,6 @@ TEST_F(PacsTest, QueryFiltersPickTheRightStudies) {
   EXPECT_THAT(Accessions(config), UnorderedElementsAre("ACC1", "ACC3"));
 }
 
-TEST_F(PacsTest, SyncFetchesOnlyWhatIsNew) {
-  PacsSyncReport first = Sync(Chest());
-  EXPECT_EQ(first.studies, 2);
-  EXPECT_EQ(first.fetched, 4);
-  EXPECT_EQ(first.cached, 4);
-  EXPECT_EQ(CachedFiles().size(), 4u);
-
-  PacsSyncReport second = Sync(Chest());
-  EXPECT_EQ(second.fetched, 0);
-  EXPECT_EQ(second.series_up_to_date, 2);
-
-  ASSERT_TRUE(Load(3));  // a new study
-  PacsSyncReport third = Sync(Chest());
-  EXPECT_EQ(third.fetched, 1);
-  EXPECT_EQ(third.series_up_to_date, 2);
-  EXPECT_EQ(third.cached, 5);
-  absl::StatusOr<DicomImage> added = ReadDicomHeader(files_[5]);
-  ASSERT_TRUE(added.ok()) << added.status();
-  EXPECT_THAT(CachedFiles(), ::testing::Contains(PacsCache::FileName(added->sop_instance_uid)));
-}
-
-TEST_F(PacsTest, AnInstanceAddedToACachedSeriesIsFetchedAlone) {
-  ASSERT_EQ(Sync(Chest()).fetched, 4);
-  // One more image in study B's series.
-  Retag(files_[6], studies_[1], studies_[1].study_uid, studies_[1].series_uid);
-  ASSERT_TRUE(orthanc_->Store({files_[6]}));
-  PacsSyncReport report = Sync(Chest());
-  EXPECT_EQ(report.fetched, 1);
-  EXPECT_EQ(report.already_cached, 2);
-  EXPECT_EQ(report.cached, 5);
-}
-
 TEST_F(PacsTest, AWrongCalledAeTitleIsRefusedWithThePacsReason) {
   PacsSource config = Chest();
   config.set_called_ae_title("NOTTHEPACS");
@@ -101,79 +65,6 @@ TEST_F(PacsTest, APacsThatIsDownIsUnavailableAndTheDaemonGoesOnWithTheCache) {
   Sync(config, &status);
   EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
   EXPECT_TRUE(SyncPacsAtStart(config, "pacs_test").ok());
-}
-
-TEST_F(PacsTest, KilledMidSyncLeavesASoundCacheAndTheNextSyncCompletes) {
-  PacsSyncOptions options;
-  options.on_cached = [&](int fetched) {
-    if (fetched == 1) orthanc_->Kill(SIGKILL);
-  };
-  absl::Status status;
-  PacsSyncReport report = Sync(Chest(), &status, options);
-  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
-  EXPECT_THAT(std::string(status.message()), HasSubstr("the next sync resumes"));
-  EXPECT_EQ(report.cached, 1);
-  EXPECT_EQ(CachedFiles().size(), 1u);
-  // What a crash of ours would leave: a partial file, a file the index does not know.
-  std::ofstream(dir_ + "/cache/incoming/1.2.3.dcm.part") << "DICM half";
-  std::ofstream(dir_ + "/cache/instances/1.2.3.dcm") << "not indexed";
-
-  ASSERT_TRUE(orthanc_->Start());
-  report = Sync(Chest());
-  EXPECT_EQ(report.fetched, 3);
-  EXPECT_EQ(report.already_cached, 1);
-  EXPECT_EQ(report.cached, 4);
-  EXPECT_EQ(report.repair.partial_files, 1);
-  EXPECT_EQ(report.repair.unindexed_files, 1);
-  EXPECT_EQ(CachedFiles().size(), 4u);
-  EXPECT_TRUE(fs::is_empty(dir_ + "/cache/incoming"));
-}
-
-TEST_F(PacsTest, ACorruptObjectIsRejectedAndNeverCached) {
-  // In study B's series, pixel data far shorter than 64 x 64 x 16 bits: DCMTK parses it (and
-  // so does Orthanc), but it does not decode.
-  Retag(files_[7], studies_[1], studies_[1].study_uid, studies_[1].series_uid);
-  DcmFileFormat file;
-  ASSERT_TRUE(file.loadFile(files_[7].c_str()).good());
-  const Uint16 few[8] = {};
-  ASSERT_TRUE(file.getDataset()->putAndInsertUint16Array(DCM_PixelData, few, 8).good());
-  const std::string corrupt = dir_ + "/corrupt.dcm";
-  ASSERT_TRUE(file.saveFile(corrupt.c_str(), EXS_LittleEndianExplicit).good());
-  ASSERT_TRUE(orthanc_->Store({corrupt}));
-
-  PacsSyncReport report = Sync(Chest());
-  EXPECT_EQ(report.fetched, 4);
-  EXPECT_EQ(report.rejected, 1);
-  EXPECT_EQ(report.failed, 0);  // our refusal is not counted as the PACS's failure
-  ASSERT_EQ(report.rejects.size(), 1u);
-  EXPECT_THAT(report.rejects[0].reason, HasSubstr("pixel data too short"));
-  EXPECT_THAT(DescribePacsSync(report), HasSubstr("rejected "));
-  EXPECT_EQ(CachedFiles().size(), 4u);
-  EXPECT_TRUE(fs::is_empty(dir_ + "/cache/incoming"));
-
-  report = Sync(Chest());  // the refused object is known: its series is not asked for again
-  EXPECT_EQ(report.fetched, 0);
-  EXPECT_EQ(report.series_up_to_date, report.series);
-  PacsSyncOptions retry;
-  retry.retry_rejected = true;
-  report = Sync(Chest(), nullptr, retry);
-  EXPECT_EQ(report.fetched, 0);
-  EXPECT_EQ(report.already_cached, 2);
-  EXPECT_EQ(report.rejected, 1);
-  EXPECT_EQ(report.cached, 4);
-}
-
-TEST_F(PacsTest, AnEmptyQueryIsNoErrorButAnEmptyCacheStopsTheDaemon) {
-  PacsSource config = Chest();
-  config.set_study_date_range("20300101-");
-  PacsSyncReport report = Sync(config);
-  EXPECT_EQ(report.studies, 0);
-  EXPECT_EQ(report.fetched, 0);
-  absl::Status status = SyncPacsAtStart(config, "pacs_test");
-  EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_THAT(std::string(status.message()), HasSubstr("matched 0 studies"));
-  ASSERT_EQ(Sync(Chest()).fetched, 4);
-  EXPECT_TRUE(SyncPacsAtStart(config, "pacs_test").ok());  // the cache has data
 }
 
 TEST_F(PacsTest, ListAndLoadReadTheCacheWithTheLabelsCsv) {

@@ -19,6 +19,7 @@
 #include <set>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -26,6 +27,7 @@
 #include "client/dicom.h"
 #include "client/pacs.h"
 #include "common/test_dir.h"
+#include "common/x509.h"
 #include "dcmtk/dcmdata/dcdeftag.h"
 #include "dcmtk/dcmdata/dcfilefo.h"
 #include "dcmtk/dcmdata/dcmetinf.h"
@@ -72,15 +74,18 @@ inline bool Accepts(int port) {
   return ok;
 }
 
-// One Orthanc process: DICOM on loopback at `port`, no HTTP server, called AE title checked,
-// our AE title known and allowed C-FIND and C-GET; anyone may C-STORE (the loader). `extra`:
-// more settings (JSON members, each followed by a comma); `loader_args`: storescu's options
-// for them (e.g. TLS).
+inline constexpr char kNoHttp[] = R"("Plugins": [], "HttpServerEnabled": false)";
+
+// One Orthanc process: DICOM on loopback at `port`, called AE title checked, our AE title known
+// and allowed C-FIND and C-GET; anyone may C-STORE (the loader). `extra`: more settings (JSON
+// members, each followed by a comma); `loader_args`: storescu's options for them (e.g. TLS);
+// `http`: the HTTP server's and plugins' settings (none by default; see client/
+// pacs_dicomweb_test.cc), with `http_port` to wait for at Start.
 class Orthanc {
  public:
   Orthanc(const std::string& dir, int port, const std::string& extra = "",
-          const std::string& loader_args = "")
-      : dir_(dir), port_(port), loader_args_(loader_args) {
+          const std::string& loader_args = "", const std::string& http = kNoHttp, int http_port = 0)
+      : dir_(dir), port_(port), http_port_(http_port), loader_args_(loader_args) {
     fs::create_directories(dir + "/storage");
     const std::string storage = absl::StrCat("\"", dir, "/storage\"");
     const std::string modality =
@@ -88,14 +93,14 @@ class Orthanc {
                      R"( "AllowFind": true, "AllowGet": true, "AllowMove": false})");
     std::ofstream(dir + "/orthanc.json") << absl::StrCat(
         "{", extra, R"("Name": "fl-test", "StorageDirectory": )", storage,
-        R"(, "IndexDirectory": )", storage, R"(, "Plugins": [], "HttpServerEnabled": false,)",
+        R"(, "IndexDirectory": )", storage, ", ", http, ",",
         R"( "RemoteAccessAllowed": false, "DicomAet": ")", kPacsAe, R"(", "DicomPort": )", port,
         R"(, "DicomCheckCalledAet": true, "DicomAlwaysAllowStore": true,)",
         R"( "DicomAlwaysAllowEcho": true, "DicomModalities": {"fl": )", modality, "}}");
   }
   ~Orthanc() { Kill(SIGKILL); }
 
-  // Starts it and waits until its DICOM port accepts connections.
+  // Starts it and waits until its DICOM port (and HTTP port, if any) accepts connections.
   ::testing::AssertionResult Start() {
     if (pid_ > 0) return ::testing::AssertionFailure() << "Orthanc is running already";
     pid_ = ::fork();
@@ -109,7 +114,9 @@ class Orthanc {
       ::_exit(127);
     }
     for (int i = 0; i < 300; ++i) {
-      if (Accepts(port_)) return ::testing::AssertionSuccess();
+      if (Accepts(port_) && (http_port_ == 0 || Accepts(http_port_))) {
+        return ::testing::AssertionSuccess();
+      }
       if (::waitpid(pid_, nullptr, WNOHANG) == pid_) break;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
@@ -137,9 +144,32 @@ class Orthanc {
  private:
   const std::string dir_;
   const int port_;
+  const int http_port_;
   const std::string loader_args_;
   pid_t pid_ = -1;
 };
+
+// Test certificates under `dir`, each file mode 0600: ca.pem (a CA of the test's own),
+// pacs.pem and pacs.key (the PACS, for localhost and 127.0.0.1), ours.pem and ours.key (the
+// client), other-ca.pem (a CA that signed neither). From the project's CA code (common/x509.h).
+inline ::testing::AssertionResult WriteTestPki(const std::string& dir) {
+  fs::create_directories(dir);
+  absl::StatusOr<KeyAndCert> ca = CreateCa("test-pacs-ca", 2);
+  absl::StatusOr<KeyAndCert> other_ca = CreateCa("another-ca", 2);
+  if (!ca.ok() || !other_ca.ok()) return ::testing::AssertionFailure() << "CreateCa failed";
+  absl::StatusOr<KeyAndCert> pacs = IssueCert(*ca, {"pacs", "", {"localhost"}, {"127.0.0.1"}, 2});
+  absl::StatusOr<KeyAndCert> ours = IssueCert(*ca, {"flclient", "", {}, {}, 2});
+  if (!pacs.ok() || !ours.ok()) return ::testing::AssertionFailure() << "IssueCert failed";
+  for (const auto& [name, text] :
+       {std::pair{"ca.pem", &ca->cert_pem}, std::pair{"other-ca.pem", &other_ca->cert_pem},
+        std::pair{"pacs.pem", &pacs->cert_pem}, std::pair{"pacs.key", &pacs->key_pem},
+        std::pair{"ours.pem", &ours->cert_pem}, std::pair{"ours.key", &ours->key_pem}}) {
+    const std::string path = dir + "/" + name;
+    std::ofstream(path) << *text;
+    fs::permissions(path, fs::perms::owner_read | fs::perms::owner_write);
+  }
+  return ::testing::AssertionSuccess();
+}
 
 // A study of phantom images: one series of `modality`.
 struct StudySpec {

@@ -85,6 +85,47 @@ absl::Status CheckTls(const TlsConfig& tls) {
   return absl::OkStatus();
 }
 
+// The DICOMweb service: an http(s) URL; TLS only with https; cert and key together.
+absl::Status CheckDicomWeb(const PacsSource::DicomWeb& web) {
+  const std::string url = absl::AsciiStrToLower(web.url());
+  const bool https = absl::StartsWith(url, "https://");
+  if (!https && !absl::StartsWith(url, "http://")) {
+    return Invalid("dicomweb.url", absl::StrCat("'", web.url(),
+                                                "' is not an http:// or https:// URL (e.g. "
+                                                "https://pacs.hospital.local/dicom-web)"));
+  }
+  if (url.size() <= (https ? 8u : 7u) || url.find_first_of("?# \\") != std::string::npos) {
+    return Invalid("dicomweb.url",
+                   absl::StrCat("'", web.url(), "' has no host, or a query, fragment or space"));
+  }
+  if (web.has_tls()) {
+    if (!https) return Invalid("dicomweb.tls", "set for an http:// URL: use https://");
+    if (web.tls().cert_file().empty() != web.tls().key_file().empty()) {
+      return Invalid(
+          web.tls().cert_file().empty() ? "dicomweb.tls.cert_file" : "dicomweb.tls.key_file",
+          "set both cert_file and key_file, or neither");
+    }
+  }
+  if (web.timeout_seconds() > 3600) {
+    return Invalid("dicomweb.timeout_seconds",
+                   absl::StrCat(web.timeout_seconds(), " is over 3600"));
+  }
+  return absl::OkStatus();
+}
+
+// Where the PACS is: DIMSE's host, port and AE titles, or the DICOMweb service.
+absl::Status CheckPeer(const PacsSource& config) {
+  if (config.has_dicomweb()) return CheckDicomWeb(config.dicomweb());
+  if (config.host().empty()) return Invalid("host", "required (or set dicomweb)");
+  if (config.port() < 1 || config.port() > 65535) {
+    return Invalid("port", absl::StrCat(config.port(), " is not in 1..65535"));
+  }
+  RETURN_IF_ERROR(CheckAeTitle("called_ae_title", config.called_ae_title()));
+  RETURN_IF_ERROR(CheckAeTitle("calling_ae_title", config.calling_ae_title()));
+  if (config.has_tls()) RETURN_IF_ERROR(CheckTls(config.tls()));
+  return absl::OkStatus();
+}
+
 class PacsData : public DataSource {
  public:
   explicit PacsData(PacsSource config) : config_(std::move(config)) {}
@@ -122,12 +163,7 @@ int CachedFiles(const std::string& cache_dir) {
 }  // namespace
 
 absl::Status ValidatePacsSource(const PacsSource& config) {
-  if (config.host().empty()) return Invalid("host", "required");
-  if (config.port() < 1 || config.port() > 65535) {
-    return Invalid("port", absl::StrCat(config.port(), " is not in 1..65535"));
-  }
-  RETURN_IF_ERROR(CheckAeTitle("called_ae_title", config.called_ae_title()));
-  RETURN_IF_ERROR(CheckAeTitle("calling_ae_title", config.calling_ae_title()));
+  RETURN_IF_ERROR(CheckPeer(config));
   RETURN_IF_ERROR(CheckLists(config));
   RETURN_IF_ERROR(CheckKey("body_part", config.body_part(), 16));
   RETURN_IF_ERROR(CheckKey("study_description", config.study_description(), 64));
@@ -141,7 +177,6 @@ absl::Status ValidatePacsSource(const PacsSource& config) {
   if (config.timeout_seconds() > 3600) {
     return Invalid("timeout_seconds", absl::StrCat(config.timeout_seconds(), " is over 3600"));
   }
-  if (config.has_tls()) RETURN_IF_ERROR(CheckTls(config.tls()));
   return absl::OkStatus();
 }
 

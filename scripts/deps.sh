@@ -13,6 +13,9 @@ PKGS=(build-essential cmake ninja-build ccache pkg-config git
   python3-matplotlib  # the federation study's curves (scripts/fed_study.py)
   libcivetweb-dev  # /metrics, /healthz, /readyz (common/monitoring.h)
   orthanc  # a real PACS (DIMSE C-FIND/C-GET, DICOM TLS) that client/pacs_test.cc starts on loopback
+  libcurl4-openssl-dev  # a PACS over DICOMweb: QIDO-RS and WADO-RS over HTTP(S) (client/pacs_dicomweb.h)
+  orthanc-dicomweb  # Orthanc's DICOMweb plugin, which client/pacs_dicomweb_test.cc runs as the real server
+  nginx-light  # HTTPS with a client certificate in front of Orthanc (client/pacs_dicomweb_tls_test.cc)
   # deploy/ checked by the tests (tests/deploy_test.py, tests/prometheus_test.py):
   prometheus  # promtool and a real Prometheus server
   systemd  # systemd-analyze verify / security of deploy/systemd
