@@ -183,7 +183,7 @@ absl::StatusOr<PrivacyReport> ClientDaemon::RecordPrivacy(const Task& task, cons
   RETURN_IF_ERROR(ledger_->Record(task.job_id(), dataset_id_, task.round(), plan.sample_rate,
                                   plan.noise_multiplier, plan.steps_per_round));
   ASSIGN_OR_RETURN(double epsilon, ledger_->Epsilon(task.job_id(), dataset_id_, plan.delta));
-  metrics_->privacy_epsilon.Add({{"job", task.job_id()}}).Set(epsilon);
+  metrics_->privacy_epsilon.Add({{"fl_job", task.job_id()}}).Set(epsilon);
   PrivacyReport report;
   report.set_epsilon(epsilon);
   report.set_delta(plan.delta);
@@ -404,7 +404,7 @@ absl::Status ClientDaemon::EvaluateAndReport(CoordinatorConnection& coordinator,
   }
   std::vector<std::string> parts;
   for (const LabelMetric& m : report.test()) {
-    metrics_->test_auroc.Add({{"job", task.job_id()}, {"label", m.label()}}).Set(m.auroc());
+    metrics_->test_auroc.Add({{"fl_job", task.job_id()}, {"label", m.label()}}).Set(m.auroc());
     parts.push_back(absl::StrFormat("AUROC %s %.3f", m.label(), m.auroc()));
   }
   for (const Metric& m : report.metrics()) {

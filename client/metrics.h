@@ -26,8 +26,8 @@ struct ClientMetrics {
   // Files (or CSV rows) the data source skipped when it listed the data; label reason:
   // unreadable | missing_file | duplicate | bad_row (SkipKind, client/dataset.h)
   prometheus::Family<prometheus::Gauge>& images_skipped;
-  prometheus::Family<prometheus::Gauge>& test_auroc;       // labels job, label (finding name)
-  prometheus::Family<prometheus::Gauge>& privacy_epsilon;  // label job
+  prometheus::Family<prometheus::Gauge>& test_auroc;       // labels fl_job, label (finding name)
+  prometheus::Family<prometheus::Gauge>& privacy_epsilon;  // label fl_job
   prometheus::Family<prometheus::Counter>& tls_reloads;    // label result: ok|refused
   // label file: cert | ca (the first of the bundle to expire); Unix seconds
   prometheus::Family<prometheus::Gauge>& tls_certificate_expiry;

@@ -415,10 +415,21 @@ absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ModelImpl& model,
                                                      uint64_t seed,
                                                      const TrainProgressFn& progress) {
   const JobSpec& spec = context.spec;
-  const int64_t n = static_cast<int64_t>(data_.train.size());
+  // With several processes (options_.reducer) this one holds a shard of the site's split: the
+  // plan is over the whole split, the sampling over the shard at the same q.
+  const int64_t shard = static_cast<int64_t>(data_.train.size());
+  GradientReducer* reducer = options_.reducer;
+  const int64_t n = reducer != nullptr ? options_.site_train_size : shard;
+  if (n < shard) {
+    return absl::InvalidArgumentError(absl::StrCat("the site's train split (", n,
+                                                   ") is smaller than this process's shard (",
+                                                   shard, ")"));
+  }
   ASSIGN_OR_RETURN(const DpPlan plan, PlanDp(spec, n));
   const bool test_seed = options_.dp_test_seed != 0;
-  uint64_t sample_seed = options_.dp_test_seed ^ seed;
+  // Each rank samples its shard independently (a rank's test seed is apart from the others').
+  const uint64_t rank = reducer != nullptr ? static_cast<uint64_t>(reducer->rank()) : 0;
+  uint64_t sample_seed = options_.dp_test_seed ^ seed ^ (rank * 0xD1B54A32D192ED03ull);
   if (!test_seed) {
     ASSIGN_OR_RETURN(sample_seed, SecureSeed());
   }
@@ -428,9 +439,10 @@ absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ModelImpl& model,
   dp.expected_batch_size = plan.sample_rate * n;
   dp.secure_noise = !test_seed;
   dp.test_seed = sample_seed * 0x9E3779B97F4A7C15ull + 1;  // noise apart from sampling
+  dp.reducer = reducer;
   ASSIGN_OR_RETURN(std::unique_ptr<DpSgdEngine> engine, DpSgdEngine::Create(model, dp));
   const int batch = spec.batch_size() > 0 ? spec.batch_size() : kDefaultBatchSize;
-  ASSIGN_OR_RETURN(const DpRound round, DrawDpRound(n, plan, batch, sample_seed));
+  ASSIGN_OR_RETURN(const DpRound round, DrawDpRound(shard, plan, batch, sample_seed));
   const int size = static_cast<int>(spec.image_size());
   BatchPrefetcher batches(
       static_cast<int>(round.micro.size()),
@@ -459,6 +471,10 @@ absl::StatusOr<TrainResult> TorchTrainer::TrainImpl(const std::string& job_id, c
                                                     const TrainProgressFn& progress) {
   if (data_.train.empty()) {
     return absl::FailedPreconditionError("the train split is empty: no sample to train on");
+  }
+  if (options_.reducer != nullptr && !spec.dp().enabled()) {
+    return absl::UnimplementedError(
+        "training over several processes is built for DP-SGD jobs only so far");
   }
   ASSIGN_OR_RETURN(LabelMap labels, MapLabels(spec, train_labels, data_.label_names));
   ASSIGN_OR_RETURN(std::shared_ptr<ModelImpl> model, BuildModel(job_id, spec, global));

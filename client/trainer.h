@@ -17,6 +17,8 @@
 
 namespace fl {
 
+class GradientReducer;  // privacy/dp_sgd.h
+
 // Decodes one sample's image to size x size floats in [0, 1] (DecodeDicom by default).
 using ImageLoader =
     std::function<absl::StatusOr<std::vector<float>>(const Sample& sample, int size)>;
@@ -46,6 +48,15 @@ struct TrainerOptions {
   // Checked before every step; when it returns true, Train stops with CANCELLED (the daemon is
   // shutting down). Unset: never.
   std::function<bool()> cancelled;
+  // Data parallel over several processes of this site (privacy/process_group.h; not owned):
+  // this trainer holds one shard of the site's train split (the `data` it was created with),
+  // `site_train_size` is the whole split's size, and every process trains the same job and
+  // round at once. DP-SGD only so far: each process Poisson-samples its shard at the plan's q
+  // (over the whole split: the same sampling), clips its samples, and the engine sums the
+  // clipped gradients over the processes with the noise added once (DpSgdOptions.reducer), so
+  // every process ends with the same model. Null: one process.
+  GradientReducer* reducer = nullptr;
+  int64_t site_train_size = 0;
 };
 
 struct TrainResult {

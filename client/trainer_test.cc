@@ -1,6 +1,8 @@
 #include "client/trainer.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -10,12 +12,15 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "common/fault_env.h"
 #include "common/safetensors.h"
 #include "client/trainer_data.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "common/test_dir.h"
+#include "common/test_workers.h"
+#include "privacy/process_group_test_util.h"
 #include "models/model.h"
 
 namespace fl {
@@ -480,6 +485,98 @@ TEST(TrainerTest, AutoencoderTrainsWithDpSgd) {
     for (float v : a->update[i].data) moved |= v != 0.0f;
   }
   EXPECT_TRUE(moved);
+}
+
+// Data parallel DP-SGD: two processes of one site, each with half of the train split, joined by
+// a Gloo group (privacy/process_group.h). With q = 1 every sample is drawn at every step, so the
+// union of the shards is the whole split and the update is the one process's over all of it
+// (rank 0 draws the same noise from the same test seed), within float tolerance.
+constexpr char kTrainerWorkerEnv[] = "FL_TRAINER_WORKER";  // WorkerValue with OUT
+
+JobSpec DataParallelSpec() {
+  JobSpec spec = MakeSpec(HEAD_MODE_LABEL, 2, 16);  // batch 16 of 16 images: q = 1
+  spec.mutable_dp()->set_enabled(true);
+  spec.mutable_dp()->set_clip_norm(1.0);
+  spec.mutable_dp()->set_noise_multiplier(0.5);
+  return spec;
+}
+
+Dataset Shard(const Dataset& data, int rank, int world) {
+  Dataset shard = data;
+  shard.train.clear();
+  for (size_t i = rank; i < data.train.size(); i += world) shard.train.push_back(data.train[i]);
+  return shard;
+}
+
+TEST(TrainerWorker, DISABLED_Rank) {
+  std::vector<std::string> f;  // OUT
+  auto reducer = JoinWorkerGroup(kTrainerWorkerEnv, &f);
+  ASSERT_TRUE(reducer.ok()) << reducer.status();
+  ASSERT_EQ(f.size(), 1u);
+  FakeLoader loader;
+  const Dataset data = MakeDataset(Sizes(16, 4));
+  TrainerOptions options;
+  options.device = "cpu";
+  options.dp_test_seed = 99;
+  options.loader = loader.loader();
+  options.reducer = reducer->get();
+  options.site_train_size = static_cast<int64_t>(data.train.size());
+  auto trainer =
+      CreateLocalTrainer(Shard(data, (*reducer)->rank(), (*reducer)->world_size()), options);
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  const JobSpec spec = DataParallelSpec();
+  auto result = (*trainer)->Train("dp", spec, {"left", "right"}, GlobalFor(spec).weights, 0);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_TRUE(WriteSafetensors(f[0], result->update).ok());
+}
+
+TEST(TrainerTest, DataParallelDpEqualsOneProcess) {
+  const std::string dir = FreshTestDir("ranks");
+  std::vector<std::string> values;
+  for (int rank = 0; rank < 2; ++rank) {
+    values.push_back(WorkerValue(rank, 2, dir + "/rendezvous",
+                                 absl::StrCat(dir, "/rank", rank, ".safetensors")));
+  }
+  RunWorkers("TrainerWorker.DISABLED_Rank", kTrainerWorkerEnv, values);
+  auto rank0 = ReadSafetensors(dir + "/rank0.safetensors");
+  auto rank1 = ReadSafetensors(dir + "/rank1.safetensors");
+  ASSERT_TRUE(rank0.ok() && rank1.ok());
+  FakeLoader loader;
+  const JobSpec spec = DataParallelSpec();
+  auto alone = MakeTrainer(MakeDataset(Sizes(16, 4)), loader, "", /*dp_test_seed=*/99)
+                   ->Train("dp", spec, {"left", "right"}, GlobalFor(spec).weights, 0);
+  ASSERT_TRUE(alone.ok()) << alone.status();
+  ASSERT_EQ(rank0->size(), alone->update.size());
+  float worst = 0, moved = 0;
+  for (size_t t = 0; t < alone->update.size(); ++t) {
+    EXPECT_EQ((*rank0)[t].data, (*rank1)[t].data) << (*rank0)[t].name;  // one model
+    for (size_t i = 0; i < alone->update[t].data.size(); ++i) {
+      worst = std::max(worst, std::fabs((*rank0)[t].data[i] - alone->update[t].data[i]));
+      moved = std::max(moved, std::fabs(alone->update[t].data[i]));
+    }
+  }
+  EXPECT_LT(worst, 1e-5f);
+  EXPECT_GT(moved, 1e-4f);
+  // Without DP, several processes are refused (not built yet).
+  class NeverCalled : public GradientReducer {
+   public:
+    int rank() const override { return 0; }
+    int world_size() const override { return 2; }
+    absl::Status SumInPlace(std::vector<torch::Tensor>&) override {
+      ADD_FAILURE() << "a non-DP job reached the reducer";
+      return absl::InternalError("called");
+    }
+  } never;
+  TrainerOptions options;
+  options.device = "cpu";
+  options.loader = loader.loader();
+  options.reducer = &never;
+  options.site_train_size = 16;
+  auto trainer = CreateLocalTrainer(MakeDataset(Sizes(16, 4)), options);
+  ASSERT_TRUE(trainer.ok());
+  JobSpec plain = MakeSpec(HEAD_MODE_LABEL, 2, 16);
+  EXPECT_EQ((*trainer)->Train("x", plain, {"left"}, GlobalFor(plain).weights, 0).status().code(),
+            absl::StatusCode::kUnimplemented);
 }
 
 // A stopping client does not finish its local steps: training ends with CANCELLED.

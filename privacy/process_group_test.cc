@@ -3,28 +3,21 @@
 // parent compares what they wrote with one process training on all the data.
 #include "privacy/process_group.h"
 
-#include <signal.h>
-#include <spawn.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <chrono>
 #include <cstdlib>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_split.h"
 #include "common/safetensors.h"
 #include "common/status.h"
 #include "common/test_dir.h"
+#include "common/test_workers.h"
+#include "privacy/process_group_test_util.h"
 #include "common/torch_pch.h"
 #include "gtest/gtest.h"
 #include "models/dp_layers.h"
 #include "privacy/dp_sgd.h"
-
-extern char** environ;
 
 namespace fl {
 namespace {
@@ -32,7 +25,7 @@ namespace {
 using torch::Tensor;
 namespace nn = torch::nn;
 
-constexpr char kWorkerEnv[] = "FL_PROCESS_GROUP_WORKER";  // MODE,RANK,WORLD,STORE,OUT
+constexpr char kWorkerEnv[] = "FL_PROCESS_GROUP_WORKER";  // WorkerValue with MODE,OUT
 constexpr int kSamples = 12, kSteps = 3;
 constexpr uint64_t kNoiseSeed = 1234;
 
@@ -105,57 +98,26 @@ TensorList Parameters(nn::Sequential& net) {
 
 // A worker: joins the group, trains its shard, writes its parameters to OUT.
 TEST(ProcessGroupWorker, DISABLED_Run) {
-  const char* spec = std::getenv(kWorkerEnv);
-  ASSERT_NE(spec, nullptr) << "run by ProcessGroupTest only";
-  const std::vector<std::string> f = absl::StrSplit(spec, ',');
-  ASSERT_EQ(f.size(), 5u);
-  ProcessGroupOptions options;
-  options.rank = std::stoi(f[1]);
-  options.world_size = std::stoi(f[2]);
-  options.store_path = f[3];
-  options.timeout = absl::Seconds(30);
-  auto reducer = JoinGlooGroup(options);
+  std::vector<std::string> f;  // MODE, OUT
+  auto reducer = JoinWorkerGroup(kWorkerEnv, &f);
   ASSERT_TRUE(reducer.ok()) << reducer.status();
+  ASSERT_EQ(f.size(), 2u);
   TrainRun run = MakeRun(f[0]);
-  const int64_t shard = kSamples / options.world_size;
-  ASSERT_TRUE(Train(run, options.rank * shard, (options.rank + 1) * shard, reducer->get()).ok());
-  ASSERT_TRUE(WriteSafetensors(f[4], Parameters(run.net)).ok());
+  const int rank = (*reducer)->rank();
+  const int64_t shard = kSamples / (*reducer)->world_size();
+  ASSERT_TRUE(Train(run, rank * shard, (rank + 1) * shard, reducer->get()).ok());
+  ASSERT_TRUE(WriteSafetensors(f[1], Parameters(run.net)).ok());
 }
 
-// Starts `world` workers in `mode` and waits for them (at most 120 s); returns the parameters
-// each wrote.
-std::vector<TensorList> RunWorkers(const std::string& mode, int world) {
+// Runs `world` ranks in `mode`; returns the parameters each wrote.
+std::vector<TensorList> RunRanks(const std::string& mode, int world) {
   const std::string dir = FreshTestDir(mode);
-  std::vector<pid_t> pids;
+  std::vector<std::string> values;
   for (int rank = 0; rank < world; ++rank) {
-    const std::string env = absl::StrCat(kWorkerEnv, "=", mode, ",", rank, ",", world, ",", dir,
-                                         "/rendezvous,", dir, "/rank", rank, ".safetensors");
-    std::vector<std::string> envs = {env};
-    for (char** e = environ; *e != nullptr; ++e) envs.push_back(*e);
-    std::vector<char*> envp;
-    for (std::string& e : envs) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    std::string exe = "/proc/self/exe", all = "--gtest_also_run_disabled_tests",
-                filter = "--gtest_filter=ProcessGroupWorker.DISABLED_Run";
-    char* argv[] = {exe.data(), all.data(), filter.data(), nullptr};
-    pid_t pid;
-    EXPECT_EQ(posix_spawn(&pid, exe.c_str(), nullptr, nullptr, argv, envp.data()), 0);
-    pids.push_back(pid);
+    values.push_back(WorkerValue(rank, world, dir + "/rendezvous",
+                                 absl::StrCat(mode, ",", dir, "/rank", rank, ".safetensors")));
   }
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  for (pid_t pid : pids) {
-    int status = 0;
-    while (waitpid(pid, &status, WNOHANG) == 0) {
-      if (std::chrono::steady_clock::now() > deadline) {
-        kill(pid, SIGKILL);
-        waitpid(pid, &status, 0);
-        ADD_FAILURE() << "a worker did not finish within 120 s";
-        break;
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "worker status " << status;
-  }
+  RunWorkers("ProcessGroupWorker.DISABLED_Run", kWorkerEnv, values);
   std::vector<TensorList> out;
   for (int rank = 0; rank < world; ++rank) {
     auto params = ReadSafetensors(absl::StrCat(dir, "/rank", rank, ".safetensors"));
@@ -178,7 +140,7 @@ float MaxAbsDiff(const TensorList& a, const TensorList& b) {
 // Two processes, each with half the samples, take the same steps as one process with all of them
 // (the same noise seed): the same model within float tolerance, and the ranks agree bitwise.
 TEST(ProcessGroupTest, TwoRanksTrainAsOneProcessOverTheUnionOfTheirShards) {
-  const std::vector<TensorList> ranks = RunWorkers("train", 2);
+  const std::vector<TensorList> ranks = RunRanks("train", 2);
   ASSERT_EQ(ranks.size(), 2u);
   TrainRun alone = MakeRun("train");
   const TensorList before = Parameters(alone.net);
@@ -194,7 +156,7 @@ TEST(ProcessGroupTest, TwoRanksTrainAsOneProcessOverTheUnionOfTheirShards) {
 // 100,100 parameters is sigma^2 C^2 = 1 (two ranks each adding noise would give 2), and it is
 // the noise one process draws from the same seed.
 TEST(ProcessGroupTest, NoiseIsAddedOnceOverTheRanks) {
-  const std::vector<TensorList> ranks = RunWorkers("noise", 2);
+  const std::vector<TensorList> ranks = RunRanks("noise", 2);
   ASSERT_EQ(ranks.size(), 2u);
   double sum = 0, squares = 0;
   size_t n = 0;

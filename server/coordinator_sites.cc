@@ -636,7 +636,7 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   if (header.privacy().epsilon() > 0) {
     JobStatus& job = jobs_[header.job_id()];
     *SiteEntry(job, site)->mutable_privacy() = header.privacy();
-    metrics_->site_epsilon.Add({{"job", header.job_id()}, {"site", site}})
+    metrics_->site_epsilon.Add({{"fl_job", header.job_id()}, {"site", site}})
         .Set(header.privacy().epsilon());
   }
   return absl::OkStatus();
@@ -703,7 +703,7 @@ absl::Status Coordinator::Report(const Identity& who, const MetricsReport& repor
   }
   metrics_->ReportsWith("accepted").Increment();
   if (report.round() >= 1 && report.round() <= static_cast<uint32_t>(job->rounds_size())) {
-    metrics_->job_mean_auroc.Add({{"job", job->job_id()}})
+    metrics_->job_mean_auroc.Add({{"fl_job", job->job_id()}})
         .Set(job->rounds(static_cast<int>(report.round()) - 1).mean_auroc());
   }
   return absl::OkStatus();

@@ -149,13 +149,13 @@ CoordinatorMetrics::CoordinatorMetrics(prometheus::Registry& r)
 }
 
 void CoordinatorMetrics::RemoveJob(const std::string& job_id, const Progress& progress) {
-  const prometheus::Labels labels{{"job", job_id}};
+  const prometheus::Labels labels{{"fl_job", job_id}};
   for (auto* family : {&job_rounds_done, &job_rounds_planned, &job_round_deadline,
                        &job_progress_time, &job_train_loss}) {
     family->Remove(&family->Add(labels));
   }
   for (const std::string& finding : progress.findings) {
-    job_auroc.Remove(&job_auroc.Add({{"job", job_id}, {"label", finding}}));
+    job_auroc.Remove(&job_auroc.Add({{"fl_job", job_id}, {"label", finding}}));
   }
 }
 
@@ -174,7 +174,7 @@ void CoordinatorMetrics::RefreshStatus(const std::vector<SiteInfo>& sites,
       progress.findings = known->second.findings;
       if (known->second.rounds_done == job.rounds_done()) progress.since = known->second.since;
     }
-    const prometheus::Labels labels{{"job", job.job_id()}};
+    const prometheus::Labels labels{{"fl_job", job.job_id()}};
     job_rounds_done.Add(labels).Set(job.rounds_done());
     job_rounds_planned.Add(labels).Set(job.spec().rounds());
     job_round_deadline.Add(labels).Set(job.spec().round_deadline_seconds());
@@ -187,7 +187,7 @@ void CoordinatorMetrics::RefreshStatus(const std::vector<SiteInfo>& sites,
     for (int r = job.rounds_size() - 1; r >= 0; --r) {
       if (job.rounds(r).test().empty()) continue;
       for (const LabelMetric& finding : job.rounds(r).test()) {
-        job_auroc.Add({{"job", job.job_id()}, {"label", finding.label()}}).Set(finding.auroc());
+        job_auroc.Add({{"fl_job", job.job_id()}, {"label", finding.label()}}).Set(finding.auroc());
         if (std::find(progress.findings.begin(), progress.findings.end(), finding.label()) ==
             progress.findings.end()) {
           progress.findings.push_back(finding.label());

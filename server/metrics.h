@@ -32,8 +32,8 @@ struct CoordinatorMetrics {
   prometheus::Counter& update_bytes;
   prometheus::Counter& download_bytes;
   prometheus::Counter& declines;
-  prometheus::Family<prometheus::Gauge>& site_epsilon;    // labels job, site
-  prometheus::Family<prometheus::Gauge>& job_mean_auroc;  // label job
+  prometheus::Family<prometheus::Gauge>& site_epsilon;    // labels fl_job, site
+  prometheus::Family<prometheus::Gauge>& job_mean_auroc;  // label fl_job
   // label result: accepted | rejected (invalid or hostile) | duplicate (a second report of the
   // same site and round, ignored) | stale (for a round that is not open)
   prometheus::Family<prometheus::Counter>& reports;
@@ -50,7 +50,8 @@ struct CoordinatorMetrics {
   // label site: Unix time of the site's last sign of life (join, or its stream's keepalive
   // each second); the "site silent" alert (deploy/prometheus/) compares it with time()
   prometheus::Family<prometheus::Gauge>& site_last_seen;
-  // Running jobs only (queued ones wait their turn), label job:
+  // Running jobs only (queued ones wait their turn), label fl_job (Prometheus keeps `job` for
+  // the scrape job):
   prometheus::Family<prometheus::Gauge>& job_rounds_done;
   prometheus::Family<prometheus::Gauge>& job_rounds_planned;
   prometheus::Family<prometheus::Gauge>& job_round_deadline;  // the spec's, in seconds
@@ -59,8 +60,8 @@ struct CoordinatorMetrics {
   // is stuck (a restart reopens the round, so restarting the clock then is right)
   prometheus::Family<prometheus::Gauge>& job_progress_time;
   // The median over sites of the test AUROC of the latest evaluated model (the last
-  // RoundSummary with reports; a round's come with the next round's), labels job and label
-  // (the finding); the last committed round's sample-weighted training loss, label job
+  // RoundSummary with reports; a round's come with the next round's), labels fl_job and label
+  // (the finding); the last committed round's sample-weighted training loss, label fl_job
   prometheus::Family<prometheus::Gauge>& job_auroc;
   prometheus::Family<prometheus::Gauge>& job_train_loss;
 

@@ -79,14 +79,14 @@ TEST(CoordinatorMetricsTest, SitesMirrorTheirStreams) {
 TEST(CoordinatorMetricsTest, ProgressTimeMovesOnlyWithCommittedRounds) {
   prometheus::Registry registry;
   CoordinatorMetrics metrics(registry);
-  const std::map<std::string, std::string> j1{{"job", "j1"}};
+  const std::map<std::string, std::string> j1{{"fl_job", "j1"}};
   metrics.RefreshStatus({}, {Job("j1", QUEUED, 0)}, 50);  // waits its turn: not stuck
   EXPECT_EQ(Value(registry, "fl_coordinator_job_progress_timestamp_seconds", j1), std::nullopt);
   metrics.RefreshStatus({}, {Job("j1", RUNNING, 0), Job("old", DONE, 5)}, 100);
   EXPECT_EQ(Value(registry, "fl_coordinator_job_progress_timestamp_seconds", j1), 100);
   EXPECT_EQ(Value(registry, "fl_coordinator_job_rounds_planned", j1), 5);
   EXPECT_EQ(Value(registry, "fl_coordinator_job_round_deadline_seconds", j1), 120);
-  EXPECT_EQ(Value(registry, "fl_coordinator_job_rounds_done", {{"job", "old"}}), std::nullopt);
+  EXPECT_EQ(Value(registry, "fl_coordinator_job_rounds_done", {{"fl_job", "old"}}), std::nullopt);
 
   metrics.RefreshStatus({}, {Job("j1", RUNNING, 0)}, 160);
   EXPECT_EQ(Value(registry, "fl_coordinator_job_progress_timestamp_seconds", j1), 100);
@@ -109,7 +109,7 @@ TEST(CoordinatorMetricsTest, ProgressTimeMovesOnlyWithCommittedRounds) {
 TEST(CoordinatorMetricsTest, LatestEvaluatedRoundAndLoss) {
   prometheus::Registry registry;
   CoordinatorMetrics metrics(registry);
-  const std::map<std::string, std::string> j1{{"job", "j1"}};
+  const std::map<std::string, std::string> j1{{"fl_job", "j1"}};
   JobStatus job = Job("j1", RUNNING, 2);
   RoundSummary* first = job.add_rounds();
   first->set_train_loss(0.7);
@@ -120,19 +120,19 @@ TEST(CoordinatorMetricsTest, LatestEvaluatedRoundAndLoss) {
   second->set_train_loss(0.5);
   metrics.RefreshStatus({}, {job}, 100);
   EXPECT_EQ(Value(registry, "fl_coordinator_job_train_loss", j1), 0.5);
-  EXPECT_EQ(Value(registry, "fl_coordinator_job_auroc", {{"job", "j1"}, {"label", "effusion"}}),
+  EXPECT_EQ(Value(registry, "fl_coordinator_job_auroc", {{"fl_job", "j1"}, {"label", "effusion"}}),
             0.61);
   LabelMetric* cardiomegaly = job.mutable_rounds(1)->add_test();
   cardiomegaly->set_label("cardiomegaly");
   cardiomegaly->set_auroc(0.75);
   metrics.RefreshStatus({}, {job}, 110);
-  EXPECT_EQ(Value(registry, "fl_coordinator_job_auroc", {{"job", "j1"}, {"label", "cardiomegaly"}}),
+  EXPECT_EQ(Value(registry, "fl_coordinator_job_auroc", {{"fl_job", "j1"}, {"label", "cardiomegaly"}}),
             0.75);
   job.set_state(DONE);
   metrics.RefreshStatus({}, {job}, 120);
   EXPECT_EQ(Value(registry, "fl_coordinator_job_train_loss", j1), std::nullopt);
   for (const char* finding : {"effusion", "cardiomegaly"}) {
-    EXPECT_EQ(Value(registry, "fl_coordinator_job_auroc", {{"job", "j1"}, {"label", finding}}),
+    EXPECT_EQ(Value(registry, "fl_coordinator_job_auroc", {{"fl_job", "j1"}, {"label", finding}}),
               std::nullopt)
         << finding;
   }

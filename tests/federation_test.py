@@ -384,7 +384,7 @@ class FederationTest(unittest.TestCase):
             self.assertGreater(privacy["epsilon"], 0.5)
             self.assertLess(privacy["epsilon"], 10)
             self.assertEqual(privacy["steps"], "6")  # uint64 prints as a JSON string
-            self.assertIn('fl_coordinator_site_privacy_epsilon{job="' + job_id, fed.metrics())
+            self.assertIn('fl_coordinator_site_privacy_epsilon{fl_job="' + job_id, fed.metrics())
             # The site's ledger holds the round (flctl privacy ledger reads it).
             ledger = f"{fed.dir}/pki/sites/site-b/state/privacy.db"
             out = run(f"{fedlib.BIN}/flctl", "privacy", "ledger", "--ledger", ledger,
