@@ -421,9 +421,8 @@ absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ModelImpl& model,
   GradientReducer* reducer = options_.reducer;
   const int64_t n = reducer != nullptr ? options_.site_train_size : shard;
   if (n < shard) {
-    return absl::InvalidArgumentError(absl::StrCat("the site's train split (", n,
-                                                   ") is smaller than this process's shard (",
-                                                   shard, ")"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the site's train split (", n, ") is smaller than this process's shard (", shard, ")"));
   }
   ASSIGN_OR_RETURN(const DpPlan plan, PlanDp(spec, n));
   const bool test_seed = options_.dp_test_seed != 0;
@@ -446,9 +445,12 @@ absl::StatusOr<StepStats> TorchTrainer::DpTrainSteps(ModelImpl& model,
   const int size = static_cast<int>(spec.image_size());
   BatchPrefetcher batches(
       static_cast<int>(round.micro.size()),
-      [&](int k) {
+      [&](int k) {  // augmented by step, not micro-batch: alike however the step is split
+        const size_t step =
+            std::upper_bound(round.first.begin(), round.first.end(), static_cast<size_t>(k)) -
+            round.first.begin() - 1;
         return LoadBatch(Split::kTrain, round.micro[k], size, labels,
-                         seed ^ ((k + 1) * 0x9E3779B9ull));
+                         seed ^ ((step + 1) * 0x9E3779B9ull));
       },
       options_.loader_threads, 2 * options_.loader_threads);
   ASSIGN_OR_RETURN(StepStats stats,

@@ -68,7 +68,6 @@ absl::StatusOr<std::vector<float>> ImageCache::Decode(const Sample& sample, int 
 HostBatch AssembleBatch(ImageCache& cache, Split split, const std::vector<Sample>& samples,
                         const std::vector<int>& indices, int size, const std::vector<int>& columns,
                         std::optional<uint64_t> augment_seed) {
-  std::mt19937_64 rng(augment_seed.value_or(0));
   HostBatch batch;
   batch.pixels.reserve(indices.size() * size * size);
   batch.targets.reserve(indices.size() * columns.size());
@@ -77,6 +76,7 @@ HostBatch AssembleBatch(ImageCache& cache, Split split, const std::vector<Sample
     if (image == nullptr) continue;
     if (augment_seed.has_value()) {
       std::vector<float> augmented = *image;
+      std::mt19937_64 rng(*augment_seed ^ (StableHash64(samples[i].path) * 0x9E3779B97F4A7C15ull));
       Augment(augmented, size, rng);
       batch.pixels.insert(batch.pixels.end(), augmented.begin(), augmented.end());
     } else {

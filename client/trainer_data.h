@@ -63,7 +63,9 @@ struct HostBatch {
 
 // The decodable samples of `indices` (undecodable ones are left out). Target k of a sample is
 // its value in dataset column columns[k], or NaN where columns[k] < 0. With an augment_seed each
-// image is shifted and brightness-jittered (see Augment), deterministically from the seed.
+// image is shifted and brightness-jittered (see Augment), deterministically from the seed and the
+// sample (its path), not from its place in the batch: the same step augments an image alike
+// whichever batch or process (a shard of the site's data) it falls in.
 HostBatch AssembleBatch(ImageCache& cache, Split split, const std::vector<Sample>& samples,
                         const std::vector<int>& indices, int size, const std::vector<int>& columns,
                         std::optional<uint64_t> augment_seed);
