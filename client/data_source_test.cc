@@ -405,8 +405,8 @@ TEST_F(VindrCxrTest, MergesRadiologistsByMajorityOrAny) {
     ++kinds[SkipKindName(s.kind)];
   }
   EXPECT_EQ(majority->skipped_files, 3) << reasons;
-  EXPECT_EQ(kinds, (std::map<std::string, int>{{"bad_row", 1}, {"missing_file", 1},
-                                               {"unreadable", 1}}))
+  EXPECT_EQ(kinds,
+            (std::map<std::string, int>{{"bad_row", 1}, {"missing_file", 1}, {"unreadable", 1}}))
       << reasons;
   EXPECT_THAT(reasons, HasSubstr("second row of radiologist R9"));
   EXPECT_THAT(reasons, HasSubstr(std::string(kIds[2]) + ".dicom"));

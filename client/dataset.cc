@@ -207,9 +207,9 @@ absl::StatusOr<Dataset> LoadDataset(const std::string& dir, const std::string& l
     auto header = ReadDicomHeader(path);
     if (!header.ok()) {
       LogSkip(path, std::string(header.status().message()));
-      dataset.skips.push_back({path, std::string(header.status().message()),
-                               absl::IsNotFound(header.status()) ? SkipKind::kMissingFile
-                                                                 : SkipKind::kUnreadable});
+      dataset.skips.push_back(
+          {path, std::string(header.status().message()),
+           absl::IsNotFound(header.status()) ? SkipKind::kMissingFile : SkipKind::kUnreadable});
       ++dataset.skipped_files;
       continue;
     }

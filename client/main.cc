@@ -166,8 +166,9 @@ int Run(const std::string& config_path) {
   metrics.images.Set(static_cast<double>(data->train.size() + data->test.size()));
   for (SkipKind kind : kSkipKinds) {  // every reason, 0 included, so alerts see the series
     metrics.images_skipped.Add({{"reason", SkipKindName(kind)}})
-        .Set(static_cast<double>(std::count_if(data->skips.begin(), data->skips.end(),
-                                               [kind](const SkippedItem& s) { return s.kind == kind; })));
+        .Set(static_cast<double>(
+            std::count_if(data->skips.begin(), data->skips.end(),
+                          [kind](const SkippedItem& s) { return s.kind == kind; })));
   }
   absl::StatusOr<std::unique_ptr<PrivacyLedger>> ledger =
       PrivacyLedger::Open((std::filesystem::path(config->state_dir()) / "privacy.db").string());

@@ -22,7 +22,7 @@ struct ClientMetrics {
   prometheus::Histogram& train_duration;
   prometheus::Counter& upload_bytes;
   prometheus::Counter& download_bytes;
-  prometheus::Gauge& images;                               // usable images (train + test)
+  prometheus::Gauge& images;  // usable images (train + test)
   // Files (or CSV rows) the data source skipped when it listed the data; label reason:
   // unreadable | missing_file | duplicate | bad_row (SkipKind, client/dataset.h)
   prometheus::Family<prometheus::Gauge>& images_skipped;

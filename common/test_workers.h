@@ -47,8 +47,8 @@ inline void RunWorkers(const std::string& test, const std::string& variable,
       if (std::chrono::steady_clock::now() > deadline) {
         kill(pid, SIGKILL);
         waitpid(pid, &status, 0);
-        ADD_FAILURE() << "a worker of " << test << " was still running after "
-                      << timeout.count() << " s";
+        ADD_FAILURE() << "a worker of " << test << " was still running after " << timeout.count()
+                      << " s";
         break;
       }
       std::this_thread::sleep_for(std::chrono::milliseconds(20));

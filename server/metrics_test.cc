@@ -126,8 +126,9 @@ TEST(CoordinatorMetricsTest, LatestEvaluatedRoundAndLoss) {
   cardiomegaly->set_label("cardiomegaly");
   cardiomegaly->set_auroc(0.75);
   metrics.RefreshStatus({}, {job}, 110);
-  EXPECT_EQ(Value(registry, "fl_coordinator_job_auroc", {{"fl_job", "j1"}, {"label", "cardiomegaly"}}),
-            0.75);
+  EXPECT_EQ(
+      Value(registry, "fl_coordinator_job_auroc", {{"fl_job", "j1"}, {"label", "cardiomegaly"}}),
+      0.75);
   job.set_state(DONE);
   metrics.RefreshStatus({}, {job}, 120);
   EXPECT_EQ(Value(registry, "fl_coordinator_job_train_loss", j1), std::nullopt);
