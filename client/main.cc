@@ -13,6 +13,8 @@
 #include <thread>
 #include <utility>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "client/daemon.h"
 #include "client/data_source.h"
 #include "client/frozen_models.h"
@@ -118,9 +120,10 @@ int Run(const std::string& config_path) {
       OpenDataSource(SourceOf(*config), ScanReporter(metrics));
   if (!source.ok()) return Die(source.status());
   if (SourceOf(*config).has_pacs()) {  // once, before listing: rounds read the cache only
-    if (absl::Status s = SyncPacsAtStart(SourceOf(*config).pacs(), "fl-client"); !s.ok()) {
-      return Die(s);
-    }
+    PacsSyncOutcome outcome;
+    const absl::Status s = SyncPacsAtStart(SourceOf(*config).pacs(), "fl-client", &outcome);
+    metrics.ExportPacsSync(outcome, absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+    if (!s.ok()) return Die(s);
   }
   absl::StatusOr<Dataset> data = (*source)->List(config->test_fraction());
   if (!data.ok()) return Die(data.status());

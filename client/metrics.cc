@@ -112,13 +112,49 @@ ClientMetrics::ClientMetrics(prometheus::Registry& r)
                           .Name("fl_client_data_scan_files")
                           .Help("Files the scan at start found to look at")
                           .Register(r)
-                          .Add({})) {
+                          .Add({})),
+      pacs_sync_instances(BuildGauge()
+                              .Name("fl_client_pacs_sync_instances")
+                              .Help("Instances of the PACS sync at start, by result (fetched, "
+                                    "already_cached, rejected, failed)")
+                              .Register(r)),
+      pacs_sync_fetched_bytes(BuildGauge()
+                                  .Name("fl_client_pacs_sync_fetched_bytes")
+                                  .Help("Bytes the PACS sync at start fetched")
+                                  .Register(r)),
+      pacs_cached_instances(BuildGauge()
+                                .Name("fl_client_pacs_cached_instances")
+                                .Help("Instances in the PACS cache after the sync at start")
+                                .Register(r)),
+      pacs_sync_success(BuildGauge()
+                            .Name("fl_client_pacs_sync_success")
+                            .Help("1 if the PACS sync at start succeeded, 0 if the daemon went "
+                                  "on with the cache")
+                            .Register(r)),
+      pacs_sync_timestamp(BuildGauge()
+                              .Name("fl_client_pacs_sync_timestamp_seconds")
+                              .Help("When the PACS sync at start ended (Unix time)")
+                              .Register(r)) {
   // Every result at 0 from the start: increase() sees a series' first increment only when the
   // series existed before it (the alerts of deploy/prometheus/ rely on it).
   for (const char* result : {"done", "declined", "failed"}) tasks.Add({{"result", result}});
   for (const char* rpc : {"upload", "report"}) send_retries.Add({{"rpc", rpc}});
   for (const char* result : {"ok", "refused"}) tls_reloads.Add({{"result", result}});
   SetTaskPhase("idle");
+}
+
+void ClientMetrics::ExportPacsSync(const PacsSyncOutcome& outcome, double unix_seconds) {
+  const PacsSyncReport& r = outcome.report;
+  for (const auto& [result, count] : {std::pair<const char*, int>{"fetched", r.fetched},
+                                      {"already_cached", r.already_cached},
+                                      {"rejected", r.rejected},
+                                      {"failed", r.failed}}) {
+    pacs_sync_instances.Add({{"result", result}}).Set(count);
+  }
+  pacs_sync_fetched_bytes.Add({}).Set(static_cast<double>(r.fetched_bytes));
+  pacs_cached_instances.Add({}).Set(outcome.cached);
+  pacs_sync_success.Add({}).Set(outcome.sync.ok() ? 1 : 0);
+  pacs_sync_timestamp.Add({}).Set(unix_seconds);
 }
 
 void ClientMetrics::SetTaskPhase(const std::string& phase) {

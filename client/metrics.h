@@ -9,6 +9,8 @@
 
 #include <string>
 
+#include "client/pacs.h"
+
 namespace fl {
 
 struct ClientMetrics {
@@ -47,8 +49,20 @@ struct ClientMetrics {
   prometheus::Gauge& data_scan_files_done;
   prometheus::Gauge& data_scan_files;
 
+  // The PACS sync at start (a pacs source only; no series otherwise): instances of that sync by
+  // result (fetched, already_cached, rejected, failed), the bytes it fetched, the instances in
+  // the cache after it, 1 if it succeeded (0: the daemon went on with the cache), and when it
+  // ended (Unix seconds)
+  prometheus::Family<prometheus::Gauge>& pacs_sync_instances;
+  prometheus::Family<prometheus::Gauge>& pacs_sync_fetched_bytes;
+  prometheus::Family<prometheus::Gauge>& pacs_cached_instances;
+  prometheus::Family<prometheus::Gauge>& pacs_sync_success;
+  prometheus::Family<prometheus::Gauge>& pacs_sync_timestamp;
+
   // Sets task_phase: 1 for `phase` (one of the labels above), 0 for the others.
   void SetTaskPhase(const std::string& phase);
+  // Sets the pacs_* gauges from the sync at start, which ended at `unix_seconds`.
+  void ExportPacsSync(const PacsSyncOutcome& outcome, double unix_seconds);
 };
 
 }  // namespace fl

@@ -90,9 +90,19 @@ absl::Status SyncPacs(const PacsSource& config, const PacsSyncOptions& options,
 // The report as lines for people: totals, then each refused object with its reason.
 std::string DescribePacsSync(const PacsSyncReport& report);
 
+// What the daemon's sync at start did (for its metrics): the sync's report and status, and the
+// instances in the cache after it.
+struct PacsSyncOutcome {
+  PacsSyncReport report;
+  absl::Status sync;
+  int cached = 0;
+};
+
 // The daemon's sync before it lists its data: a PACS that is down or refuses, or a query that
 // matches nothing, is logged and the daemon goes on with what is cached; only when the cache
 // then holds no image at all is it an error (FAILED_PRECONDITION, with the sync's reason).
-absl::Status SyncPacsAtStart(const PacsSource& config, const char* program);
+// `outcome` (may be null) gets what the sync did, also when it fails.
+absl::Status SyncPacsAtStart(const PacsSource& config, const char* program,
+                             PacsSyncOutcome* outcome = nullptr);
 
 }  // namespace fl

@@ -132,11 +132,16 @@ TEST_P(PacsProtocolTest, AnEmptyQueryIsNoErrorButAnEmptyCacheStopsTheDaemon) {
   PacsSyncReport report = Sync(config);
   EXPECT_EQ(report.studies, 0);
   EXPECT_EQ(report.fetched, 0);
-  absl::Status status = SyncPacsAtStart(config, "pacs_protocol_test");
+  PacsSyncOutcome outcome;
+  absl::Status status = SyncPacsAtStart(config, "pacs_protocol_test", &outcome);
   EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(status.message()), HasSubstr("matched 0 studies"));
+  EXPECT_TRUE(outcome.sync.ok());
+  EXPECT_EQ(outcome.cached, 0);
   ASSERT_EQ(Sync(Via(Chest())).fetched, 4);
-  EXPECT_TRUE(SyncPacsAtStart(config, "pacs_protocol_test").ok());  // the cache has data
+  EXPECT_TRUE(SyncPacsAtStart(config, "pacs_protocol_test", &outcome).ok());  // the cache has data
+  EXPECT_EQ(outcome.cached, 4);
+  EXPECT_EQ(outcome.report.studies, 0);
 }
 
 TEST_P(PacsProtocolTest, LimitsHoldAcrossSeveralConnections) {

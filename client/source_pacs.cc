@@ -205,13 +205,19 @@ std::string DescribePacsSync(const PacsSyncReport& r) {
   return text;
 }
 
-absl::Status SyncPacsAtStart(const PacsSource& config, const char* program) {
-  PacsSyncReport report;
-  const absl::Status synced = SyncPacs(config, PacsSyncOptions(), &report);
+absl::Status SyncPacsAtStart(const PacsSource& config, const char* program,
+                             PacsSyncOutcome* outcome) {
+  PacsSyncOutcome local;
+  if (outcome == nullptr) outcome = &local;
+  PacsSyncReport& report = outcome->report;
+  report = PacsSyncReport();
+  outcome->sync = SyncPacs(config, PacsSyncOptions(), &report);
+  const absl::Status& synced = outcome->sync;
   for (absl::string_view line : absl::StrSplit(DescribePacsSync(report), '\n')) {
     LogLine(program, absl::StrCat("PACS sync: ", line));
   }
   const int cached = synced.ok() ? report.cached : CachedFiles(config.cache_dir());
+  outcome->cached = cached;
   if (!synced.ok()) {
     if (cached > 0) {
       LogLine(program, absl::StrCat("PACS sync failed: ", synced.message(), "; going on with the ",
