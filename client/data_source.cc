@@ -45,6 +45,18 @@ void Skip(const std::string& what, const absl::Status& status, Dataset* data) {
        absl::IsNotFound(status) ? SkipKind::kMissingFile : SkipKind::kUnreadable, data);
 }
 
+void CheckFilesAndSplit(std::vector<Sample> pending, double test_fraction, const ScanProgress& scan,
+                        Dataset* data) {
+  for (size_t i = 0; i < pending.size(); ++i) {
+    if (absl::Status s = CheckImageFile(pending[i].path); !s.ok()) {
+      Skip(pending[i].path, s, data);
+    } else {
+      AddToSplit(std::move(pending[i]), test_fraction, data);
+    }
+    if (scan) scan(i + 1, pending.size());
+  }
+}
+
 absl::Status CheckTestFraction(double test_fraction) {
   if (!(test_fraction >= 0.0 && test_fraction <= 1.0)) {
     return absl::InvalidArgumentError(
@@ -204,13 +216,13 @@ absl::StatusOr<std::unique_ptr<DataSource>> OpenKind(const DataSourceConfig& con
       return std::unique_ptr<DataSource>(
           std::make_unique<DicomFolderData>(config.dicom_folder(), std::move(scan)));
     case DataSourceConfig::kChexpert:
-      return OpenChexpertSource(config.chexpert());
+      return OpenChexpertSource(config.chexpert(), std::move(scan));
     case DataSourceConfig::kMimicCxr:
-      return OpenMimicCxrSource(config.mimic_cxr());
+      return OpenMimicCxrSource(config.mimic_cxr(), std::move(scan));
     case DataSourceConfig::kChestxray14:
-      return OpenChestXray14Source(config.chestxray14());
+      return OpenChestXray14Source(config.chestxray14(), std::move(scan));
     case DataSourceConfig::kVindrCxr:
-      return OpenVindrCxrSource(config.vindr_cxr());
+      return OpenVindrCxrSource(config.vindr_cxr(), std::move(scan));
     case DataSourceConfig::kPacs:
       return OpenPacsSource(config.pacs());
     case DataSourceConfig::KIND_NOT_SET:

@@ -70,6 +70,11 @@ namespace source_internal {
 
 // Adds `sample` to `data`'s train or test split by its patient's hash.
 void AddToSplit(Sample sample, double test_fraction, Dataset* data);
+// The second pass of a CSV layout's listing: checks each sample's image file (CheckImageFile,
+// the slow part: it reads the file's header), skips those that fail and adds the others to the
+// split, reporting (done, total) to `scan` (may be empty) after each.
+void CheckFilesAndSplit(std::vector<Sample> pending, double test_fraction, const ScanProgress& scan,
+                        Dataset* data);
 // Counts and logs a skipped file (or CSV row) with its reason.
 void Skip(const std::string& what, const std::string& reason, SkipKind kind, Dataset* data);
 // The same for a file whose check failed with `status`: NOT_FOUND is a missing file, anything

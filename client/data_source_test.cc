@@ -113,6 +113,22 @@ class ChexpertTest : public ::testing::Test {
   std::string parent_, root_;
 };
 
+// The scan reports its slow pass, the image files checked of those the CSVs list, as it goes.
+TEST_F(ChexpertTest, TheScanReportsEachImageFileChecked) {
+  std::vector<std::pair<size_t, size_t>> calls;
+  auto source = OpenDataSource(Config(UNCERTAIN_IGNORE), [&calls](size_t done, size_t total) {
+    calls.push_back({done, total});
+  });
+  ASSERT_TRUE(source.ok()) << source.status();
+  auto data = (*source)->List(0.0);
+  ASSERT_TRUE(data.ok()) << data.status();
+  const size_t listed = data->train.size() + data->test.size() + data->skips.size();
+  ASSERT_EQ(calls.size(), listed);  // every listed file, the missing one included
+  for (size_t i = 0; i < calls.size(); ++i) {
+    EXPECT_EQ(calls[i], std::make_pair(i + 1, listed));
+  }
+}
+
 TEST_F(ChexpertTest, ListsTheReleaseWithLabelsFieldsAndSkips) {
   auto source = Open(Config(UNCERTAIN_IGNORE));
   auto data = source->List(0.0);
@@ -323,7 +339,7 @@ TEST(ChestXray14SourceTest, ReadsTheReleaseCsvAndFindsPngsUnderImagesFolders) {
     kinds += std::string(SkipKindName(s.kind)) + " ";
   }
   // The metric's bounded reasons, in listing order.
-  EXPECT_EQ(kinds, "unreadable missing_file bad_row ") << reasons;
+  EXPECT_EQ(kinds, "missing_file bad_row unreadable ") << reasons;  // files checked last
   EXPECT_THAT(reasons, HasSubstr("00000013_006.png: neither a JPEG nor a PNG"));
   EXPECT_THAT(reasons, HasSubstr("00000013_007.png: missing file"));
   EXPECT_THAT(reasons, HasSubstr("unknown finding 'Covid'"));

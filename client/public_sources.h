@@ -13,14 +13,20 @@
 
 namespace fl {
 
+// Each reads its CSVs first, then checks the image files they list, reporting that second pass
+// (the slow one) to `scan` (images checked of those listed).
 // CheXpert v1.0 (client/source_chexpert.cc).
-absl::StatusOr<std::unique_ptr<DataSource>> OpenChexpertSource(const ChexpertSource& config);
+absl::StatusOr<std::unique_ptr<DataSource>> OpenChexpertSource(const ChexpertSource& config,
+                                                               ScanProgress scan = {});
 // MIMIC-CXR-JPG v2.0.0 (client/source_chexpert.cc: the same CheXpert labeler's values).
-absl::StatusOr<std::unique_ptr<DataSource>> OpenMimicCxrSource(const MimicCxrSource& config);
+absl::StatusOr<std::unique_ptr<DataSource>> OpenMimicCxrSource(const MimicCxrSource& config,
+                                                               ScanProgress scan = {});
 // NIH ChestX-ray14 (client/source_nih_vindr.cc).
-absl::StatusOr<std::unique_ptr<DataSource>> OpenChestXray14Source(const ChestXray14Source& config);
+absl::StatusOr<std::unique_ptr<DataSource>> OpenChestXray14Source(const ChestXray14Source& config,
+                                                                  ScanProgress scan = {});
 // VinDr-CXR v1.0.0 (client/source_nih_vindr.cc).
-absl::StatusOr<std::unique_ptr<DataSource>> OpenVindrCxrSource(const VindrCxrSource& config);
+absl::StatusOr<std::unique_ptr<DataSource>> OpenVindrCxrSource(const VindrCxrSource& config,
+                                                               ScanProgress scan = {});
 
 namespace source_internal {
 

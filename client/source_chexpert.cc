@@ -17,7 +17,6 @@ namespace fl {
 namespace {
 
 namespace fs = std::filesystem;
-using source_internal::AddToSplit;
 using source_internal::ChexpertValue;
 using source_internal::Skip;
 
@@ -48,7 +47,8 @@ std::string ChexpertPatient(const std::string& path) {
 
 class ChexpertData : public DataSource {
  public:
-  explicit ChexpertData(ChexpertSource config) : config_(std::move(config)) {
+  ChexpertData(ChexpertSource config, ScanProgress scan)
+      : config_(std::move(config)), scan_(std::move(scan)) {
     if (config_.csv_files().empty()) config_.add_csv_files("train.csv");
   }
 
@@ -59,10 +59,11 @@ class ChexpertData : public DataSource {
     Dataset data;
     data.field_names = source_internal::ClinicalFieldNames();
     std::set<std::string> seen;
+    std::vector<Sample> pending;  // listed; their files are checked once every CSV is read
     for (const std::string& name : config_.csv_files()) {
-      RETURN_IF_ERROR(
-          ReadCsv((fs::path(config_.root()) / name).string(), test_fraction, &seen, &data));
+      RETURN_IF_ERROR(ReadCsv((fs::path(config_.root()) / name).string(), &seen, &pending, &data));
     }
+    source_internal::CheckFilesAndSplit(std::move(pending), test_fraction, scan_, &data);
     return data;
   }
 
@@ -85,8 +86,8 @@ class ChexpertData : public DataSource {
     return beside.string();
   }
 
-  absl::Status ReadCsv(const std::string& path, double test_fraction, std::set<std::string>* seen,
-                       Dataset* data) const {
+  absl::Status ReadCsv(const std::string& path, std::set<std::string>* seen,
+                       std::vector<Sample>* pending, Dataset* data) const {
     ASSIGN_OR_RETURN(std::unique_ptr<CsvReader> csv, CsvReader::Open(path));
     std::vector<int> meta;
     for (const char* column : kChexpertMeta) {
@@ -110,14 +111,14 @@ class ChexpertData : public DataSource {
     while (true) {
       ASSIGN_OR_RETURN(bool more, csv->Next(&row));
       if (!more) break;
-      AddRow(row, meta, findings, csv->Where(), test_fraction, seen, data);
+      AddRow(row, meta, findings, csv->Where(), seen, pending, data);
     }
     return absl::OkStatus();
   }
 
   void AddRow(const std::vector<std::string>& row, const std::vector<int>& meta,
-              const std::vector<int>& findings, const std::string& where, double test_fraction,
-              std::set<std::string>* seen, Dataset* data) const {
+              const std::vector<int>& findings, const std::string& where,
+              std::set<std::string>* seen, std::vector<Sample>* pending, Dataset* data) const {
     const std::string& relative = row[meta[0]];
     if (config_.frontal_only() && row[meta[3]] != "Frontal") {
       ++data->filtered;
@@ -133,18 +134,16 @@ class ChexpertData : public DataSource {
     }
     Sample sample;
     sample.path = Resolve(relative);
-    if (absl::Status s = source_internal::CheckImageFile(sample.path); !s.ok()) {
-      return Skip(sample.path, s, data);
-    }
     sample.image_id = "chexpert:" + relative;
     sample.patient_id = ChexpertPatient(relative);
     sample.labels = *std::move(labels);
     source_internal::SetClinical(row[meta[1]], source_internal::ParseAgeYears(row[meta[2]]),
                                  &sample);
-    AddToSplit(std::move(sample), test_fraction, data);
+    pending->push_back(std::move(sample));
   }
 
   ChexpertSource config_;
+  const ScanProgress scan_;
 };
 
 // ---- MIMIC-CXR-JPG
@@ -186,7 +185,8 @@ absl::StatusOr<MimicLabels> ReadMimicLabels(const std::string& path, UncertainPo
 
 class MimicCxrData : public DataSource {
  public:
-  explicit MimicCxrData(MimicCxrSource config) : config_(std::move(config)) {}
+  MimicCxrData(MimicCxrSource config, ScanProgress scan)
+      : config_(std::move(config)), scan_(std::move(scan)) {}
 
   std::string Kind() const override { return "mimic_cxr"; }
 
@@ -206,12 +206,14 @@ class MimicCxrData : public DataSource {
       c.push_back(index);
     }
     std::set<std::string> seen;
+    std::vector<Sample> pending;
     std::vector<std::string> row;
     while (true) {
       ASSIGN_OR_RETURN(bool more, csv->Next(&row));
       if (!more) break;
-      AddRow(row, c, labels, csv->Where(), test_fraction, &seen, &data);
+      AddRow(row, c, labels, csv->Where(), &seen, &pending, &data);
     }
+    source_internal::CheckFilesAndSplit(std::move(pending), test_fraction, scan_, &data);
     return data;
   }
 
@@ -229,8 +231,8 @@ class MimicCxrData : public DataSource {
 
   // One metadata row: filtered by view, joined with its study's labels, its file checked.
   void AddRow(const std::vector<std::string>& row, const std::vector<int>& c,
-              const MimicLabels& labels, const std::string& where, double test_fraction,
-              std::set<std::string>* seen, Dataset* data) const {
+              const MimicLabels& labels, const std::string& where, std::set<std::string>* seen,
+              std::vector<Sample>* pending, Dataset* data) const {
     const std::string &dicom = row[c[0]], &subject = row[c[1]], &study = row[c[2]];
     if (!WantView(row[c[3]])) {
       ++data->filtered;
@@ -249,13 +251,10 @@ class MimicCxrData : public DataSource {
     }
     Sample sample;
     sample.path = ImagePath(subject, study, dicom);
-    if (absl::Status s = source_internal::CheckImageFile(sample.path); !s.ok()) {
-      return Skip(sample.path, s, data);
-    }
     sample.image_id = "mimic-cxr:" + dicom;
     sample.patient_id = subject;
     sample.labels = found->second;
-    AddToSplit(std::move(sample), test_fraction, data);
+    pending->push_back(std::move(sample));
   }
 
   // files/p10/p10000032/s50414267/02aa804e-....jpg
@@ -267,18 +266,21 @@ class MimicCxrData : public DataSource {
   }
 
   const MimicCxrSource config_;
+  const ScanProgress scan_;
 };
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<DataSource>> OpenChexpertSource(const ChexpertSource& config) {
+absl::StatusOr<std::unique_ptr<DataSource>> OpenChexpertSource(const ChexpertSource& config,
+                                                               ScanProgress scan) {
   RETURN_IF_ERROR(source_internal::CheckRoot(config.root(), "source.chexpert.root"));
-  return std::unique_ptr<DataSource>(std::make_unique<ChexpertData>(config));
+  return std::unique_ptr<DataSource>(std::make_unique<ChexpertData>(config, std::move(scan)));
 }
 
-absl::StatusOr<std::unique_ptr<DataSource>> OpenMimicCxrSource(const MimicCxrSource& config) {
+absl::StatusOr<std::unique_ptr<DataSource>> OpenMimicCxrSource(const MimicCxrSource& config,
+                                                               ScanProgress scan) {
   RETURN_IF_ERROR(source_internal::CheckRoot(config.root(), "source.mimic_cxr.root"));
-  return std::unique_ptr<DataSource>(std::make_unique<MimicCxrData>(config));
+  return std::unique_ptr<DataSource>(std::make_unique<MimicCxrData>(config, std::move(scan)));
 }
 
 }  // namespace fl

@@ -66,7 +66,8 @@ absl::StatusOr<std::unordered_map<std::string, std::string>> IndexPngs(const std
 
 class ChestXray14Data : public DataSource {
  public:
-  explicit ChestXray14Data(ChestXray14Source config) : config_(std::move(config)) {}
+  ChestXray14Data(ChestXray14Source config, ScanProgress scan)
+      : config_(std::move(config)), scan_(std::move(scan)) {}
 
   std::string Kind() const override { return "chestxray14"; }
 
@@ -87,12 +88,14 @@ class ChestXray14Data : public DataSource {
     data.label_names = Nih14Findings();
     data.field_names = source_internal::ClinicalFieldNames();
     std::set<std::string> seen;
+    std::vector<Sample> pending;
     std::vector<std::string> row;
     while (true) {
       ASSIGN_OR_RETURN(bool more, csv->Next(&row));
       if (!more) break;
-      AddRow(row, c, pngs, csv->Where(), test_fraction, &seen, &data);
+      AddRow(row, c, pngs, csv->Where(), &seen, &pending, &data);
     }
+    source_internal::CheckFilesAndSplit(std::move(pending), test_fraction, scan_, &data);
     return data;
   }
 
@@ -104,7 +107,7 @@ class ChestXray14Data : public DataSource {
  private:
   void AddRow(const std::vector<std::string>& row, const std::vector<int>& c,
               const std::unordered_map<std::string, std::string>& pngs, const std::string& where,
-              double test_fraction, std::set<std::string>* seen, Dataset* data) const {
+              std::set<std::string>* seen, std::vector<Sample>* pending, Dataset* data) const {
     const std::string& name = row[c[0]];
     if (config_.frontal_only() && row[c[5]] != "PA" && row[c[5]] != "AP") {
       ++data->filtered;
@@ -125,19 +128,17 @@ class ChestXray14Data : public DataSource {
                                "folder)"),
                   SkipKind::kMissingFile, data);
     }
-    if (absl::Status s = source_internal::CheckImageFile(file->second); !s.ok()) {
-      return Skip(file->second, s, data);
-    }
     Sample sample;
     sample.path = file->second;
     sample.image_id = "chestxray14:" + name;
     sample.patient_id = row[c[2]];
     sample.labels = *std::move(labels);
     source_internal::SetClinical(row[c[4]], source_internal::ParseAgeYears(row[c[3]]), &sample);
-    AddToSplit(std::move(sample), test_fraction, data);
+    pending->push_back(std::move(sample));
   }
 
   const ChestXray14Source config_;
+  const ScanProgress scan_;
 };
 
 // ---- VinDr-CXR
@@ -157,7 +158,8 @@ absl::StatusOr<int> ReadBinary(const std::string& text) {
 
 class VindrCxrData : public DataSource {
  public:
-  explicit VindrCxrData(VindrCxrSource config) : config_(std::move(config)) {
+  VindrCxrData(VindrCxrSource config, ScanProgress scan)
+      : config_(std::move(config)), scan_(std::move(scan)) {
     if (config_.labels_csv().empty()) config_.set_labels_csv("annotations/image_labels_train.csv");
     if (config_.image_dir().empty()) config_.set_image_dir("train");
   }
@@ -171,8 +173,9 @@ class VindrCxrData : public DataSource {
     std::map<std::string, Readings> images;
     RETURN_IF_ERROR(ReadLabels(&data, &order, &images));
     data.field_names = source_internal::ClinicalFieldNames();
-    for (const std::string& id : order) {
-      AddImage(id, images.at(id), test_fraction, &data);
+    for (size_t i = 0; i < order.size(); ++i) {  // reads each file's DICOM header: slow
+      AddImage(order[i], images.at(order[i]), test_fraction, &data);
+      if (scan_) scan_(i + 1, order.size());
     }
     return data;
   }
@@ -262,18 +265,21 @@ class VindrCxrData : public DataSource {
   }
 
   VindrCxrSource config_;
+  const ScanProgress scan_;
 };
 
 }  // namespace
 
-absl::StatusOr<std::unique_ptr<DataSource>> OpenChestXray14Source(const ChestXray14Source& config) {
+absl::StatusOr<std::unique_ptr<DataSource>> OpenChestXray14Source(const ChestXray14Source& config,
+                                                                  ScanProgress scan) {
   RETURN_IF_ERROR(source_internal::CheckRoot(config.root(), "source.chestxray14.root"));
-  return std::unique_ptr<DataSource>(std::make_unique<ChestXray14Data>(config));
+  return std::unique_ptr<DataSource>(std::make_unique<ChestXray14Data>(config, std::move(scan)));
 }
 
-absl::StatusOr<std::unique_ptr<DataSource>> OpenVindrCxrSource(const VindrCxrSource& config) {
+absl::StatusOr<std::unique_ptr<DataSource>> OpenVindrCxrSource(const VindrCxrSource& config,
+                                                               ScanProgress scan) {
   RETURN_IF_ERROR(source_internal::CheckRoot(config.root(), "source.vindr_cxr.root"));
-  return std::unique_ptr<DataSource>(std::make_unique<VindrCxrData>(config));
+  return std::unique_ptr<DataSource>(std::make_unique<VindrCxrData>(config, std::move(scan)));
 }
 
 }  // namespace fl
