@@ -1,9 +1,6 @@
 #include "client/pacs_http.h"
 
-#include <sys/stat.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 #include <mutex>
 #include <utility>
@@ -11,7 +8,6 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "absl/strings/strip.h"
 #include "common/file_util.h"
 #include "common/status.h"
@@ -24,23 +20,8 @@ constexpr size_t kMaxBodyBytes = size_t{256} << 20;
 constexpr size_t kMaxErrorBytes = 2048;
 constexpr char kField[] = "source.pacs.dicomweb.";
 
-// A secret (the token, the TLS key) that others may read is refused, as common/tls.cc does.
-absl::Status CheckPrivate(const std::string& field, const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(kField, field, ": cannot read ", path, ": ", std::strerror(errno)));
-  }
-  if ((st.st_mode & 077) != 0) {
-    return absl::FailedPreconditionError(
-        absl::StrFormat("%s%s: %s is readable by group or others (mode %04o); run 'chmod 600 %s'",
-                        kField, field, path, st.st_mode & 07777, path));
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<std::string> ReadToken(const std::string& path) {
-  RETURN_IF_ERROR(CheckPrivate("bearer_token_file", path));
+  RETURN_IF_ERROR(CheckOwnerOnly(absl::StrCat(kField, "bearer_token_file"), path));
   absl::StatusOr<std::string> text = ReadFileToString(path);
   if (!text.ok()) return Annotate(text.status(), absl::StrCat(kField, "bearer_token_file"));
   const std::string token(absl::StripAsciiWhitespace(*text));
@@ -65,7 +46,9 @@ absl::Status CheckTlsFiles(const TlsConfig& tls) {
       return absl::InvalidArgumentError(absl::StrCat(kField, field, ": cannot read ", *path));
     }
   }
-  if (!tls.key_file().empty()) RETURN_IF_ERROR(CheckPrivate("tls.key_file", tls.key_file()));
+  if (!tls.key_file().empty()) {
+    RETURN_IF_ERROR(CheckOwnerOnly(absl::StrCat(kField, "tls.key_file"), tls.key_file()));
+  }
   return absl::OkStatus();
 }
 

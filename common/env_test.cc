@@ -67,6 +67,21 @@ TEST(EnvTest, WritesReadsListsRenamesAndRemoves) {
   EXPECT_TRUE(env->ListDir(dir)->empty());
 }
 
+TEST(FileUtilTest, CheckOwnerOnlyRefusesWhatOthersMayReadNamingTheField) {
+  const std::string dir = FreshTestDir();
+  const std::string secret = dir + "/token";
+  ASSERT_TRUE(WriteFileAtomic(secret, "s3cret", 0600).ok());
+  EXPECT_TRUE(CheckOwnerOnly("x.token_file", secret).ok());
+  ASSERT_EQ(chmod(secret.c_str(), 0640), 0);
+  const absl::Status readable = CheckOwnerOnly("x.token_file", secret);
+  EXPECT_EQ(readable.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(readable.message().find("x.token_file: " + secret), std::string::npos) << readable;
+  EXPECT_NE(readable.message().find("chmod 600"), std::string::npos) << readable;
+  const absl::Status missing = CheckOwnerOnly("x.token_file", dir + "/none");
+  EXPECT_EQ(missing.code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.message().find("x.token_file"), std::string::npos) << missing;
+}
+
 TEST(EnvTest, MakeDirsCreatesParentsAndRefusesAFile) {
   const std::string dir = FreshTestDir();
   ASSERT_TRUE(MakeDirs(dir + "/x/y/z", 0700).ok());

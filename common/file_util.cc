@@ -1,13 +1,30 @@
 #include "common/file_util.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <memory>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/status.h"
 
 namespace fl {
+
+absl::Status CheckOwnerOnly(const std::string& field, const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) {
+    return Annotate(ErrnoStatus("looking at", path, errno), field);
+  }
+  if ((st.st_mode & 077) != 0) {
+    return absl::FailedPreconditionError(
+        absl::StrFormat("%s: %s is readable by group or others (mode %04o); run 'chmod 600 %s'",
+                        field, path, st.st_mode & 07777, path));
+  }
+  return absl::OkStatus();
+}
 
 std::string ParentDir(const std::string& path) {
   size_t slash = path.find_last_of('/');

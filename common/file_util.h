@@ -34,6 +34,11 @@ absl::StatusOr<std::string> ReadFileToString(const std::string& path, Env* env =
 // left as it is.
 absl::Status MakeDirs(const std::string& path, mode_t mode, Env* env = Env::Default());
 
+// OK when only its owner may read `path` (a private key, a token): else FAILED_PRECONDITION
+// saying "`field`: PATH is readable by group or others (mode ...); run 'chmod 600 PATH'". A
+// file that cannot be looked at is the ErrnoStatus of stat, prefixed with `field`.
+absl::Status CheckOwnerOnly(const std::string& field, const std::string& path);
+
 // The folder part of `path` ("." for a bare name).
 std::string ParentDir(const std::string& path);
 

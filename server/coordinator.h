@@ -203,11 +203,12 @@ class Coordinator {
   std::set<std::string> CarryOverUpdates();
   // The open round's task for `site`.
   Task MakeTask(const std::string& site) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Task phases (coordinator_progress.cc). Sets the phase of `site`'s task in the open round
-  // of `job_id`, a phase the coordinator saw itself (a download, an upload, a decline); nothing
-  // when that round is not open or `site` has no task in it.
-  void MarkPhase(const std::string& job_id, const std::string& site, TaskPhase phase,
-                 const std::string& reason = "") ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Task phases (coordinator_progress.cc). Sets the phase of `site`'s task in round `round` of
+  // `job_id`, a phase the coordinator saw itself (a download, an upload, a decline); nothing
+  // when that round is not the open one or `site` has no task in it.
+  void MarkPhase(const std::string& job_id, uint32_t round, const std::string& site,
+                 TaskPhase phase, const std::string& reason = "")
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // OK when `site` may send `request` now (see federation.proto, ProgressRequest).
   absl::Status CheckProgress(const std::string& site, const ProgressRequest& request) const
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/strings/cord.h"
+#include "absl/time/clock.h"
 #include "absl/time/time.h"
 #include "common/log.h"
 #include "models/spec.h"
@@ -44,6 +45,9 @@ struct Coordinator::RoundState {
 namespace coordinator_internal {
 
 inline void Log(const std::string& line) { LogLine("fl-coordinator", line); }
+
+// Wall time as Unix seconds, for what the coordinator shows (last seen, a task's phase since).
+inline double NowUnixSeconds() { return absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()); }
 
 // Marks a failure of this side's storage (a file under state_dir, or the store), whatever its
 // code: a round that fails with it is tried again without spending the job's attempts.

@@ -17,8 +17,6 @@ namespace {
 // A declined task's reason is the site's text: kept short in the live state.
 constexpr size_t kMaxReasonBytes = 512;
 
-double NowSeconds() { return absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()); }
-
 // Phases a site itself may send.
 bool SiteSendable(TaskPhase phase) {
   return phase == TASK_PHASE_DOWNLOADING || phase == TASK_PHASE_EVALUATING ||
@@ -30,16 +28,16 @@ bool SiteSendable(TaskPhase phase) {
 void EnterPhase(SiteTask& task, TaskPhase phase) {
   if (task.phase() != phase) {
     task.set_phase(phase);
-    task.set_since_unix_seconds(NowSeconds());
+    task.set_since_unix_seconds(coordinator_internal::NowUnixSeconds());
   }
   if (phase != TASK_PHASE_TRAINING) task.set_images_per_second(0);
 }
 
 }  // namespace
 
-void Coordinator::MarkPhase(const std::string& job_id, const std::string& site, TaskPhase phase,
-                            const std::string& reason) {
-  if (!round_ || round_->job_id != job_id) return;
+void Coordinator::MarkPhase(const std::string& job_id, uint32_t round, const std::string& site,
+                            TaskPhase phase, const std::string& reason) {
+  if (!round_ || round_->job_id != job_id || round_->round != round) return;
   auto it = round_->tasks.find(site);
   if (it == round_->tasks.end()) return;
   EnterPhase(it->second, phase);

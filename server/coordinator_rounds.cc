@@ -347,7 +347,7 @@ absl::Status Coordinator::RunRound(const std::string& job_id, uint32_t round, ui
     task.set_site(site);
     task.set_round(round);
     task.set_phase(carried.count(site) ? TASK_PHASE_UPLOADED : TASK_PHASE_ASSIGNED);
-    task.set_since_unix_seconds(absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()));
+    task.set_since_unix_seconds(coordinator_internal::NowUnixSeconds());
   }
   if (!carried.empty()) {
     Log(absl::StrCat("job ", job_id, " round ", round, ": reusing the updates of ",

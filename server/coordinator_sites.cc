@@ -29,8 +29,6 @@ using coordinator_internal::Terminal;
 
 namespace {
 
-double NowSeconds() { return absl::ToDoubleSeconds(absl::Now() - absl::UnixEpoch()); }
-
 double Median(std::vector<double> values) {
   std::sort(values.begin(), values.end());
   const size_t n = values.size();
@@ -228,7 +226,7 @@ absl::StatusOr<JoinResponse> Coordinator::Join(const Identity& who, const JoinRe
     site.set_num_images(request.num_images());
     site.set_hardware(request.hardware());
     site.set_software_version(request.software_version());
-    site.set_last_seen_unix_seconds(NowSeconds());
+    site.set_last_seen_unix_seconds(coordinator_internal::NowUnixSeconds());
     info = site;
   }
   RETURN_IF_ERROR(store_->PutSite(info));
@@ -274,7 +272,7 @@ absl::Status Coordinator::StreamTasks(const Identity& who,
       mu_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(1));
       SiteState& site = sites_[who.name];
       if (shutdown_ || site.stream_id != id) break;
-      site.info.set_last_seen_unix_seconds(NowSeconds());
+      site.info.set_last_seen_unix_seconds(coordinator_internal::NowUnixSeconds());
       if (!site.pending.empty()) {
         task = site.pending.front();
         site.pending.erase(site.pending.begin());
@@ -318,7 +316,7 @@ absl::Status Coordinator::Decline(const Identity& who, const DeclineRequest& req
       return absl::FailedPreconditionError("no such open task for this site");
     }
     round_->declined[who.name] = request.reason();
-    MarkPhase(request.job_id(), who.name, TASK_PHASE_DECLINED, request.reason());
+    MarkPhase(request.job_id(), request.round(), who.name, TASK_PHASE_DECLINED, request.reason());
   }
   metrics_->declines.Increment();
   Log(absl::StrCat(who.name, " declined round ", request.round(), " of ", request.job_id(), ": ",
@@ -370,7 +368,7 @@ absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& r
           absl::StrCat("job ", request.job_id(), " builds on no frozen model"));
     }
     model = global_;
-    MarkPhase(request.job_id(), who.name, TASK_PHASE_DOWNLOADING);
+    MarkPhase(request.job_id(), request.round(), who.name, TASK_PHASE_DOWNLOADING);
   }
   ASSIGN_OR_RETURN(std::unique_ptr<TransferSlot> slot, AcquireTransferSlot(cancelled));
   if (request.frozen()) {  // read per download: it is asked for once per site and job
@@ -386,9 +384,7 @@ absl::Status Coordinator::Download(const Identity& who, const DownloadRequest& r
   }));
   metrics_->download_bytes.Increment(static_cast<double>(bytes));
   absl::MutexLock lock(&mu_);
-  if (round_ && round_->round == request.round()) {
-    MarkPhase(request.job_id(), who.name, TASK_PHASE_DOWNLOADED);
-  }
+  MarkPhase(request.job_id(), request.round(), who.name, TASK_PHASE_DOWNLOADED);
   return absl::OkStatus();
 }
 
@@ -428,7 +424,7 @@ absl::StatusOr<Coordinator::UploadPlan> Coordinator::AdmitUpload(const Identity&
   RETURN_IF_ERROR(CheckLoss(header));
   ASSIGN_OR_RETURN(std::vector<size_t> rows, LabelRows(who.name, header));
   round_->uploading.insert(who.name);
-  MarkPhase(header.job_id(), who.name, TASK_PHASE_UPLOADING);
+  MarkPhase(header.job_id(), header.round(), who.name, TASK_PHASE_UPLOADING);
   // Under the weighted mean every value must fit the exact sum at this weight (checked while
   // the update arrives, so that a refused one never reaches the aggregate).
   const uint64_t mean_weight =
@@ -628,7 +624,7 @@ absl::Status Coordinator::FoldSpool(const std::string& path, const UploadHeader&
   // Under a robust rule the spool is only recorded; CloseRound reads it (it stays until commit).
   if (aggregator == nullptr) round_->spooled.push_back(SpooledUpdate{path, rows, scale, bytes});
   round_->received.insert(site);
-  MarkPhase(header.job_id(), site, TASK_PHASE_UPLOADED);
+  MarkPhase(header.job_id(), header.round(), site, TASK_PHASE_UPLOADED);
   if (header.has_train_loss()) {
     round_->loss_sum += header.train_loss() * static_cast<double>(weight);
     round_->loss_weight += static_cast<double>(weight);
@@ -698,7 +694,7 @@ absl::Status Coordinator::Report(const Identity& who, const MetricsReport& repor
     absl::MutexLock lock(&mu_);
     if (round_ && round_->job_id == report.job_id() && round_->round == report.round()) {
       round_->reported.insert(who.name);
-      MarkPhase(report.job_id(), who.name, TASK_PHASE_REPORTED);
+      MarkPhase(report.job_id(), report.round(), who.name, TASK_PHASE_REPORTED);
     }
   }
   metrics_->ReportsWith("accepted").Increment();

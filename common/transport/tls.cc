@@ -2,13 +2,10 @@
 
 #include <grpc/grpc_security_constants.h>
 #include <grpcpp/security/tls_credentials_options.h>
-#include <sys/stat.h>
 
-#include <cerrno>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "absl/strings/str_format.h"
 #include "common/file_util.h"
 #include "common/status.h"
 #include "common/x509.h"
@@ -29,21 +26,6 @@ absl::StatusOr<std::string> ReadTlsFile(const std::string& field, const std::str
   return contents;
 }
 
-// A private key readable by anyone but its owner is refused: it is the participant's identity.
-absl::Status CheckKeyFileMode(const std::string& path) {
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0) {
-    return absl::NotFoundError(
-        absl::StrCat("tls.key_file: cannot stat ", path, ": ", std::strerror(errno)));
-  }
-  if ((st.st_mode & 077) != 0) {
-    return absl::FailedPreconditionError(absl::StrFormat(
-        "tls.key_file: %s is readable by group or others (mode %04o); run 'chmod 600 %s'", path,
-        st.st_mode & 07777, path));
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<TlsMaterial> LoadTlsMaterial(const TlsConfig& config) {
@@ -51,7 +33,8 @@ absl::StatusOr<TlsMaterial> LoadTlsMaterial(const TlsConfig& config) {
   ASSIGN_OR_RETURN(m.ca_pem, ReadTlsFile("ca_file", config.ca_file()));
   ASSIGN_OR_RETURN(m.cert_pem, ReadTlsFile("cert_file", config.cert_file()));
   ASSIGN_OR_RETURN(m.key_pem, ReadTlsFile("key_file", config.key_file()));
-  RETURN_IF_ERROR(CheckKeyFileMode(config.key_file()));
+  // The key is the participant's identity: refused when others may read it.
+  RETURN_IF_ERROR(CheckOwnerOnly("tls.key_file", config.key_file()));
   RETURN_IF_ERROR(Annotate(ParseCertSubject(m.ca_pem).status(),
                            absl::StrCat("tls.ca_file ", config.ca_file())));
   RETURN_IF_ERROR(Annotate(ParseCertSubject(m.cert_pem).status(),
